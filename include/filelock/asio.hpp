@@ -1,0 +1,200 @@
+#pragma once
+
+// The Asio adapter (standalone Asio 1.22+): acquire a lock file from an event
+// loop without ever blocking its thread, bounded by a timeout, cancellable.
+//
+//     asio::awaitable<void> work() {
+//         auto lock = co_await filelock::async_lock("app.lock", 5s);
+//         ...                               // held until `lock` is destroyed
+//     }
+//
+//     filelock::async_lock(io.get_executor(), "app.lock", 5s,
+//         [](std::error_code ec, filelock::lock_file lock) { ... });
+//
+// Attempts are non-blocking; between them the operation waits on a
+// steady_timer with the options' backoff (capped exponential, jittered), and
+// makes a last attempt at the deadline.
+
+#include <filelock/detail/file_target.hpp>
+#include <filelock/lock_file.hpp>
+#include <filelock/options.hpp>
+
+#include <asio/associated_executor.hpp>
+#include <asio/async_result.hpp>
+#include <asio/awaitable.hpp>
+#include <asio/cancellation_type.hpp>
+#include <asio/compose.hpp>
+#include <asio/error.hpp>
+#include <asio/execution.hpp>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/is_executor.hpp>
+#include <asio/post.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <system_error>
+#include <type_traits>
+
+namespace filelock {
+namespace detail {
+
+template <class Executor>
+class async_lock_op {
+public:
+    async_lock_op(const Executor& ex, acquisition acq)
+        : timer_(std::make_unique<timer_type>(ex)),
+          acq_(std::make_unique<acquisition>(std::move(acq))) {}
+
+    template <class Self>
+    void operator()(Self& self, std::error_code ec = {}) {
+        switch (state_) {
+        case state::starting:
+            // No side effect survives a cancellation (a won lock is released
+            // again), so every kind of cancellation is supported.
+            self.reset_cancellation_state(asio::enable_total_cancellation());
+            attempt(self, true);
+            return;
+        case state::waiting:
+            if (ec == asio::error::operation_aborted || cancelled(self))
+                return finish(self, asio::error::operation_aborted);
+            attempt(self, false);
+            return;
+        case state::delivering:
+            return finish(self, result_);
+        }
+    }
+
+private:
+    using timer_type = asio::basic_waitable_timer<clock, asio::wait_traits<clock>, Executor>;
+    enum class state { starting, waiting, delivering };
+
+    template <class Self>
+    static bool cancelled(Self& self) {
+        return self.get_cancellation_state().cancelled() != asio::cancellation_type::none;
+    }
+
+    template <class Self>
+    void attempt(Self& self, bool inline_call) {
+        const next_action next = acq_->resume(clock::now());
+        if (!next.is_done()) {
+            state_ = state::waiting;
+            timer_->expires_after(next.delay);
+            timer_->async_wait(std::move(self));
+            return;
+        }
+        result_ = next.ec;
+        if (!result_) lock_ = acq_->target().take();
+        if (!inline_call) return finish(self, result_);
+        // Never complete from inside the initiating function.
+        state_ = state::delivering;
+        asio::post(std::move(self));
+    }
+
+    template <class Self>
+    void finish(Self& self, std::error_code ec) {
+        // A cancellation that arrived after the lock was won but before the
+        // handler ran: release it, so no lock is left held by nobody.
+        if (!ec && cancelled(self)) ec = asio::error::operation_aborted;
+        lock_file lock = ec ? lock_file() : std::move(lock_);
+        lock_.close();
+        acq_.reset();
+        timer_.reset();
+        self.complete(ec, std::move(lock));
+    }
+
+    std::unique_ptr<timer_type> timer_;
+    std::unique_ptr<acquisition> acq_;
+    lock_file lock_;
+    std::error_code result_;
+    state state_ = state::starting;
+};
+
+template <class T>
+inline constexpr bool is_executor_v =
+    asio::execution::is_executor<T>::value || asio::is_executor<T>::value;
+
+}  // namespace detail
+
+/// Acquires the lock file at `path`, retrying non-blocking attempts until it
+/// is won or `timeout` passed (`timeout <= 0`: one attempt; `wait_forever`:
+/// no deadline).
+///
+/// Completion signature: `void(std::error_code ec, lock_file lock)`.
+///  - success: `ec` is empty and `lock` holds the lock (a lock_file, or a
+///    simple one when `options.write_content` is false);
+///  - deadline: `errc::timeout` (== std::errc::timed_out);
+///  - cancellation: `asio::error::operation_aborted`;
+///  - anything else (a missing directory, EACCES, EISDIR, a bad content
+///    template, ...): that error, at once, without retries.
+///
+/// Per-operation cancellation: terminal, partial and total are all
+/// supported. A cancellation that arrives after the lock was won but before
+/// the handler runs releases the lock and completes with operation_aborted:
+/// the lock is either delivered or released, never orphaned.
+///
+/// Executor: the first attempt is made inside this call, but the handler is
+/// never invoked from inside it; it runs on its associated executor (default:
+/// `ex`). Waits use a steady_timer on `ex` (a strand serialises them).
+///
+/// Object lifetimes: `path` and `options` are copied. The operation owns its
+/// descriptor; destroying the execution context with the operation pending
+/// closes it (a lock won but not yet delivered is released). After
+/// `io_context::stop()`, a won-but-undelivered lock stays held until the
+/// context runs again or is destroyed.
+template <class Executor,
+          class CompletionToken = asio::default_completion_token_t<Executor>,
+          std::enable_if_t<detail::is_executor_v<Executor>, int> = 0>
+auto async_lock(const Executor& ex, const std::filesystem::path& path,
+                std::chrono::nanoseconds timeout, const lock_options& options,
+                CompletionToken&& token = asio::default_completion_token_t<Executor>()) {
+    return asio::async_compose<CompletionToken, void(std::error_code, lock_file)>(
+        detail::async_lock_op<Executor>(ex, detail::make_acquisition(path, timeout, options)),
+        token, ex);
+}
+
+/// As above with default options.
+template <class Executor,
+          class CompletionToken = asio::default_completion_token_t<Executor>,
+          std::enable_if_t<detail::is_executor_v<Executor> &&
+                               !std::is_convertible_v<CompletionToken, const lock_options&>,
+                           int> = 0>
+auto async_lock(const Executor& ex, const std::filesystem::path& path,
+                std::chrono::nanoseconds timeout,
+                CompletionToken&& token = asio::default_completion_token_t<Executor>()) {
+    return async_lock(ex, path, timeout, lock_options{}, std::forward<CompletionToken>(token));
+}
+
+/// As above on an execution context's executor (e.g. an io_context).
+template <class ExecutionContext, class... Args,
+          std::enable_if_t<std::is_convertible_v<ExecutionContext&, asio::execution_context&>,
+                           int> = 0>
+auto async_lock(ExecutionContext& ctx, const std::filesystem::path& path,
+                std::chrono::nanoseconds timeout, Args&&... args) {
+    return async_lock(ctx.get_executor(), path, timeout, std::forward<Args>(args)...);
+}
+
+/// The coroutine form, for `asio::awaitable` code:
+///
+///     auto lock = co_await filelock::async_lock("app.lock", 5s);
+///
+/// Runs on the coroutine's executor (`this_coro::executor`) and is cancelled
+/// through the coroutine's cancellation slot. Returns the held lock; throws
+/// timeout_error (a lock_error) when the deadline passed,
+/// std::filesystem::filesystem_error naming the path for any other error, with
+/// `code() == asio::error::operation_aborted` on cancellation.
+inline asio::awaitable<lock_file> async_lock(std::filesystem::path path,
+                                             std::chrono::nanoseconds timeout,
+                                             lock_options options = {}) {
+    auto ex = co_await asio::this_coro::executor;
+    auto [ec, lock] = co_await async_lock(ex, path, timeout, options,
+                                          asio::experimental::as_tuple(asio::use_awaitable));
+    if (ec)
+        detail::throw_error(ec, path, ec == errc::timeout ? read_holder(path) : std::string());
+    co_return std::move(lock);
+}
+
+}  // namespace filelock

@@ -1,0 +1,122 @@
+#pragma once
+
+// The acquisition engine: decides what to do next, never does I/O itself.
+//
+// A driver (the sync facade, the Asio or libuv adapter) calls `resume(now)`;
+// the engine makes one non-blocking attempt through its Target and answers
+// either *done* (won, or failed with an error) or *wait* (for how long).
+// It knows nothing of files or POSIX: a Target is anything with
+//
+//     std::error_code try_acquire();   // {} = won, errc::locked = contention,
+//                                      // anything else = a real error
+//
+// so other lock substrates (a lock service, LockFileEx) drive the same engine.
+// Time comes in as a parameter: tests drive it with a fake clock.
+
+#include <filelock/error.hpp>
+#include <filelock/options.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <system_error>
+
+namespace filelock::detail {
+
+using clock = std::chrono::steady_clock;
+
+struct next_action {
+    enum class kind { done, wait };
+    kind what = kind::done;
+    /// done: empty when the lock was won; errc::timeout when the deadline
+    /// passed under contention; otherwise the Target's error.
+    std::error_code ec{};
+    /// wait: how long before the next `resume`.
+    clock::duration delay{};
+
+    bool is_done() const noexcept { return what == kind::done; }
+};
+
+/// Capped exponential backoff with jitter (xorshift randomness: cheap, and
+/// seeded per acquisition so contenders do not move in lock-step).
+class backoff {
+public:
+    backoff(const backoff_policy& p, std::uint64_t seed) noexcept
+        : policy_(p), state_(seed ? seed : 0x9e3779b97f4a7c15ull) {
+        policy_.initial = std::max(policy_.initial, clock::duration(1));
+        policy_.cap = std::max(policy_.cap, policy_.initial);
+        policy_.multiplier = std::max(policy_.multiplier, 1.0);
+        policy_.jitter = std::clamp(policy_.jitter, 0.0, 1.0);
+        ceiling_ = policy_.initial;
+    }
+
+    /// The next wait, in `[ceiling * (1 - jitter), ceiling]`; the ceiling then
+    /// grows by the multiplier up to the cap.
+    clock::duration next() noexcept {
+        const auto ceiling = ceiling_;
+        const double grown = static_cast<double>(ceiling_.count()) * policy_.multiplier;
+        ceiling_ = grown >= static_cast<double>(policy_.cap.count())
+                       ? policy_.cap
+                       : clock::duration(static_cast<clock::rep>(grown));
+        const double u = static_cast<double>(random() >> 11) * 0x1.0p-53;  // [0, 1)
+        const double scale = 1.0 - policy_.jitter * u;
+        return std::max(clock::duration(1),
+                        clock::duration(static_cast<clock::rep>(
+                            static_cast<double>(ceiling.count()) * scale)));
+    }
+
+    clock::duration ceiling() const noexcept { return ceiling_; }
+
+private:
+    std::uint64_t random() noexcept {
+        state_ ^= state_ << 13;
+        state_ ^= state_ >> 7;
+        state_ ^= state_ << 17;
+        return state_;
+    }
+
+    backoff_policy policy_;
+    std::uint64_t state_;
+    clock::duration ceiling_;
+};
+
+template <class Target>
+class engine {
+public:
+    /// `timeout`: how long attempts may go on from the first `resume`;
+    /// <= 0 is exactly one attempt; `wait_forever` never expires.
+    engine(Target target, clock::duration timeout, const backoff_policy& policy,
+           std::uint64_t seed) noexcept(std::is_nothrow_move_constructible_v<Target>)
+        : target_(std::move(target)), timeout_(timeout), backoff_(policy, seed) {}
+
+    next_action resume(clock::time_point now) {
+        if (!started_) {
+            started_ = true;
+            forever_ = timeout_ >= clock::time_point::max() - now;
+            deadline_ = forever_ ? clock::time_point::max() : now + std::max(timeout_, {});
+        }
+        ++attempts_;
+        const std::error_code ec = target_.try_acquire();
+        if (ec != errc::locked) return {next_action::kind::done, ec, {}};
+        if (!forever_ && now >= deadline_) return {next_action::kind::done, errc::timeout, {}};
+        auto delay = backoff_.next();
+        if (!forever_ && delay > deadline_ - now) delay = deadline_ - now;  // last attempt at the deadline
+        return {next_action::kind::wait, {}, delay};
+    }
+
+    Target& target() noexcept { return target_; }
+    const Target& target() const noexcept { return target_; }
+    unsigned attempts() const noexcept { return attempts_; }
+    clock::time_point deadline() const noexcept { return deadline_; }
+
+private:
+    Target target_;
+    clock::duration timeout_;
+    backoff backoff_;
+    clock::time_point deadline_{};
+    unsigned attempts_ = 0;
+    bool started_ = false;
+    bool forever_ = false;
+};
+
+}  // namespace filelock::detail

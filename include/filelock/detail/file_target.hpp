@@ -1,0 +1,79 @@
+#pragma once
+
+// The lock primitive as an engine Target: one non-blocking attempt on a lock
+// file. Public only because the header-only Asio adapter drives it; users
+// never name it.
+
+#include <filelock/detail/engine.hpp>
+#include <filelock/export.hpp>
+#include <filelock/lock_file.hpp>
+#include <filelock/options.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <system_error>
+
+namespace filelock::detail {
+
+class FILELOCK_API file_target {
+public:
+    /// Validates and expands the content template; a bad one is reported by
+    /// the first try_acquire(), before the file is touched.
+    file_target(std::filesystem::path path, const lock_options& options);
+    file_target(file_target&& other) noexcept;
+    file_target& operator=(file_target&&) = delete;
+    ~file_target();
+
+    /// One attempt: {} = won (take() it), errc::locked = contention (the
+    /// descriptor stays open for the next attempt), anything else = error
+    /// (nothing held, nothing open).
+    std::error_code try_acquire() noexcept;
+
+    /// The lock won by the last successful try_acquire().
+    lock_file take() noexcept;
+
+    /// The system call that produced the last error, or nullptr.
+    const char* failed_call() const noexcept { return failed_call_; }
+    /// The holder's content (bounded read) through the open descriptor.
+    std::string holder() const noexcept;
+    const std::filesystem::path& path() const noexcept { return path_; }
+
+private:
+    std::error_code fail(int err, const char* call) noexcept;
+    std::error_code open_file() noexcept;
+    std::error_code lock_nb() noexcept;
+    void unlock_and_close() noexcept;
+    void close_fd() noexcept;
+
+    std::filesystem::path path_;
+    std::string content_;      // what to write after winning ("" = nothing)
+    std::error_code init_error_;
+    const char* failed_call_ = nullptr;
+    int fd_ = -1;
+    bool won_ = false;
+    bool shared_ = false;
+    bool ofd_ = false;
+    bool writes_ = false;
+    bool nofollow_ = false;
+    bool read_only_ = false;
+    mode_t file_mode_ = 0666;
+};
+
+using acquisition = engine<file_target>;
+
+/// A seed that differs between processes, threads and calls.
+FILELOCK_API std::uint64_t random_seed() noexcept;
+
+inline acquisition make_acquisition(const std::filesystem::path& path, clock::duration timeout,
+                                    const lock_options& options) {
+    return acquisition(file_target(path, options), timeout, options.backoff, random_seed());
+}
+
+/// Expands a content template into `out` (" " + expansion + "\n").
+FILELOCK_API std::error_code expand_content(std::string_view tmpl, std::string& out);
+
+/// Strips what a holder wrote down to its content ("1234" from " 1234\n").
+FILELOCK_API std::string holder_from_bytes(std::string_view bytes);
+
+}  // namespace filelock::detail

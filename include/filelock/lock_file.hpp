@@ -1,0 +1,120 @@
+#pragma once
+
+// Inter-process locks held on lock files, with the semantics of Python's
+// zc.lockfile (`LockFile`, `SimpleLockFile`, `LockError` are `lock_file`,
+// `simple_lock_file`, `lock_error` here).
+//
+//     filelock::lock_file lock("app.lock");            // one attempt, or lock_error
+//     auto lock = filelock::lock("app.lock", 5s);      // retries until won or 5 s passed
+//
+// What holds, whatever the entry point:
+//  - The lock file is created if missing (mode `options.file_mode & ~umask`)
+//    and never removed. It is opened without O_TRUNC, and content is written
+//    only after the lock was won, so a contender never modifies a holder's
+//    file.
+//  - A won lock is verified to be on the file the path names now (same device
+//    and inode). If another tool unlinked or replaced the file in between, the
+//    attempt releases it and tries again on the new file.
+//  - Locks belong to the open file description (flock or OFD, never classic
+//    per-process fcntl locks): two attempts in one process exclude each other,
+//    across threads and coroutines. Descriptors are O_CLOEXEC: an exec'd child
+//    never holds the lock.
+//  - fork(): a child shares the parent's open file description. A lock_file
+//    remembers the process that took the lock; closing or destroying it in
+//    any other process (the forked child) only closes that process's
+//    descriptor and leaves the parent's lock alone.
+//  - A process that dies releases its locks (the kernel does it).
+
+#include <filelock/error.hpp>
+#include <filelock/export.hpp>
+#include <filelock/options.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <system_error>
+
+namespace filelock {
+
+namespace detail {
+class file_target;
+}
+
+/// A held lock (or, default-constructed / moved-from / closed, no lock).
+/// Move-only; the destructor releases.
+class FILELOCK_API lock_file {
+public:
+    using native_handle_type = int;
+
+    /// Holds nothing.
+    lock_file() noexcept = default;
+
+    /// Makes exactly one non-blocking attempt (zc.lockfile's `LockFile`).
+    /// On success writes `" " + expanded content_template + "\n"` at offset 0
+    /// and truncates after it (unless `options.write_content` is false or the
+    /// lock is shared).
+    /// Throws lock_error on contention, std::filesystem::filesystem_error
+    /// (naming the path, the call and the cause) on any other failure.
+    explicit lock_file(const std::filesystem::path& path, const lock_options& options = {});
+
+    lock_file(lock_file&& other) noexcept;
+    lock_file& operator=(lock_file&& other) noexcept;
+    lock_file(const lock_file&) = delete;
+    lock_file& operator=(const lock_file&) = delete;
+    ~lock_file();
+
+    /// Releases the lock (unlock, then close the descriptor). Idempotent.
+    /// The lock file stays.
+    void close() noexcept;
+
+    /// The path the lock was taken on (empty when nothing was ever held).
+    const std::filesystem::path& path() const noexcept { return path_; }
+    /// The descriptor holding the lock, or -1.
+    native_handle_type native_handle() const noexcept { return fd_; }
+    bool is_locked() const noexcept { return fd_ >= 0; }
+    explicit operator bool() const noexcept { return is_locked(); }
+
+private:
+    friend class detail::file_target;
+    lock_file(int fd, std::filesystem::path path, bool ofd) noexcept;
+
+    int fd_ = -1;
+    bool ofd_ = false;
+    unsigned generation_ = 0;  // fork generation of the process that took the lock
+    std::filesystem::path path_;
+};
+
+/// zc.lockfile's `SimpleLockFile`: the same lock, writing nothing. Works on a
+/// lock file the caller may only read (it is opened read-only, as flock(1)
+/// does). Follows symbolic links, since nothing is written.
+class FILELOCK_API simple_lock_file : public lock_file {
+public:
+    simple_lock_file() noexcept = default;
+    /// One attempt; `options.write_content` is ignored (always false).
+    explicit simple_lock_file(const std::filesystem::path& path, lock_options options = {});
+};
+
+/// One non-blocking attempt that never throws: on contention `ec` is
+/// `errc::locked`; on any other failure the system's error (or a
+/// filelock::errc). Returns a held lock on success, an empty one otherwise.
+FILELOCK_API lock_file try_lock(const std::filesystem::path& path, const lock_options& options,
+                                std::error_code& ec) noexcept;
+FILELOCK_API lock_file try_lock(const std::filesystem::path& path, std::error_code& ec) noexcept;
+
+/// Timed acquisition: attempts until the lock is won or `timeout` passed,
+/// sleeping between attempts with the options' backoff (a last attempt is
+/// made at the deadline). `timeout <= 0` is exactly one attempt;
+/// `wait_forever` never gives up. An expired deadline, including the single
+/// attempt of `timeout == 0`, is `errc::timeout` (== std::errc::timed_out);
+/// the throwing form throws timeout_error (a lock_error). Other errors end
+/// the wait at once and are never retried.
+FILELOCK_API lock_file lock(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
+                            const lock_options& options = {});
+FILELOCK_API lock_file lock(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
+                            const lock_options& options, std::error_code& ec) noexcept;
+
+/// The content of the lock file at `path` as a holder wrote it (surrounding
+/// whitespace stripped, at most 1 KiB read), or an empty string if it cannot
+/// be read. For messages only: it may change at any moment.
+FILELOCK_API std::string read_holder(const std::filesystem::path& path) noexcept;
+
+}  // namespace filelock

@@ -1,0 +1,68 @@
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <sys/types.h>
+
+namespace filelock {
+
+/// A timeout that never expires: wait until the lock is won (or cancelled).
+inline constexpr std::chrono::nanoseconds wait_forever = std::chrono::nanoseconds::max();
+
+enum class lock_mode {
+    exclusive,  ///< one holder (LOCK_EX / F_WRLCK)
+    shared,     ///< many shared holders, no exclusive one (LOCK_SH / F_RDLCK)
+};
+
+enum class lock_backend {
+    /// flock(2). The default: it interoperates with zc.lockfile, py-filelock,
+    /// portalocker and flock(1).
+    flock,
+    /// Open file description locks (fcntl F_OFD_SETLK over the whole file).
+    /// Works over NFS, where flock may be emulated or local only. Does not
+    /// exclude flock(2) users.
+    ofd,
+};
+
+/// How a timed acquisition spaces its attempts: capped exponential backoff
+/// with jitter. The n-th wait is drawn from
+/// `[d * (1 - jitter), d]` with `d = min(cap, initial * multiplier^n)`;
+/// `jitter == 1` is "full jitter". Waits never pass the deadline, and one last
+/// attempt is made at the deadline.
+struct backoff_policy {
+    std::chrono::nanoseconds initial = std::chrono::milliseconds(1);
+    double multiplier = 2.0;
+    std::chrono::nanoseconds cap = std::chrono::milliseconds(100);
+    double jitter = 1.0;
+};
+
+struct lock_options {
+    lock_mode mode = lock_mode::exclusive;
+    lock_backend backend = lock_backend::flock;
+
+    /// What a `lock_file` writes once it holds the lock: `" " + expansion +
+    /// "\n"` at offset 0, then the file is truncated after it (zc.lockfile's
+    /// format). Fields: `{pid}`, `{hostname}`; `{{` and `}}` are literal
+    /// braces. Anything else in braces is rejected (errc::invalid_template)
+    /// before the file is touched.
+    std::string content_template = "{pid}";
+
+    /// false: write nothing, as `simple_lock_file` does. A simple lock also
+    /// works on a file the caller may only read. Shared locks never write
+    /// (another shared holder's content would be overwritten).
+    bool write_content = true;
+
+    /// Permission bits of a lock file created by the attempt; the process
+    /// umask applies (so the default gives `0666 & ~umask`).
+    mode_t file_mode = 0666;
+
+    /// By default, content is never written through a symbolic link at the
+    /// last path component (a planted `/tmp/app.lock -> ~/.bashrc` must not be
+    /// truncated): such a path fails with errc::symlink_not_followed. Set to
+    /// true to follow links. Locks that write nothing always follow links.
+    bool follow_symlinks = false;
+
+    backoff_policy backoff{};
+};
+
+}  // namespace filelock

@@ -1,0 +1,413 @@
+#include <filelock/detail/file_target.hpp>
+#include <filelock/lock_file.hpp>
+
+#include "sys.hpp"
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <limits.h>
+#include <new>
+#include <sys/file.h>
+#include <thread>
+#include <utility>
+#include <atomic>
+#include <unistd.h>
+
+namespace filelock {
+namespace detail {
+namespace {
+
+// How often one attempt follows a path whose file is being unlinked or
+// replaced under it before it counts as contention.
+constexpr int max_identity_rounds = 16;
+// The most of a holder's content ever read.
+constexpr std::size_t max_holder_bytes = 1024;
+
+std::error_code sys_error(int err) noexcept { return {err, std::system_category()}; }
+
+template <class F>
+auto retry_eintr(F f) noexcept {
+    decltype(f()) r;
+    do r = f();
+    while (r == -1 && errno == EINTR);
+    return r;
+}
+
+int set_ofd_lock(int fd, short type) noexcept {
+    struct ::flock lk {};
+    lk.l_type = type;
+    lk.l_whence = SEEK_SET;
+    return retry_eintr([&] { return sys().fcntl_lock(fd, F_OFD_SETLK, &lk); });
+}
+
+void release_fd(int fd, bool ofd) noexcept {
+    if (ofd)
+        set_ofd_lock(fd, F_UNLCK);
+    else
+        retry_eintr([&] { return sys().flock(fd, LOCK_UN); });
+    sys().close(fd);  // never retried: the descriptor is gone whatever it returns
+}
+
+std::string read_holder_fd(int fd) noexcept {
+    try {
+        char buf[max_holder_bytes];
+        const ssize_t n = retry_eintr([&] { return sys().pread(fd, buf, sizeof buf, 0); });
+        return n > 0 ? holder_from_bytes(std::string_view(buf, static_cast<std::size_t>(n))) : "";
+    } catch (...) {
+        return {};
+    }
+}
+
+std::error_code append_hostname(std::string& out) {
+    char host[HOST_NAME_MAX + 1] = {};
+    if (::gethostname(host, sizeof host - 1) != 0) return sys_error(errno);
+    out += host;
+    return {};
+}
+
+}  // namespace
+
+std::error_code expand_content(std::string_view tmpl, std::string& out) {
+    std::string result = " ";
+    for (std::size_t i = 0; i < tmpl.size(); ++i) {
+        const char c = tmpl[i];
+        if (c == '}') {
+            if (i + 1 < tmpl.size() && tmpl[i + 1] == '}') {
+                result += '}';
+                ++i;
+                continue;
+            }
+            return errc::invalid_template;  // a lone '}'
+        }
+        if (c != '{') {
+            result += c;
+            continue;
+        }
+        if (i + 1 < tmpl.size() && tmpl[i + 1] == '{') {
+            result += '{';
+            ++i;
+            continue;
+        }
+        const auto close = tmpl.find('}', i + 1);
+        if (close == std::string_view::npos) return errc::invalid_template;
+        const auto field = tmpl.substr(i + 1, close - i - 1);
+        if (field == "pid") {
+            result += std::to_string(current_pid());
+        } else if (field == "hostname") {
+            if (auto ec = append_hostname(result)) return ec;
+        } else {
+            return errc::invalid_template;
+        }
+        i = close;
+    }
+    result += '\n';
+    out = std::move(result);
+    return {};
+}
+
+std::string holder_from_bytes(std::string_view bytes) {
+    bytes = bytes.substr(0, max_holder_bytes);
+    const auto space = [](char c) {
+        return c == ' ' || c == '\n' || c == '\t' || c == '\r' || c == '\0';
+    };
+    while (!bytes.empty() && space(bytes.front())) bytes.remove_prefix(1);
+    while (!bytes.empty() && space(bytes.back())) bytes.remove_suffix(1);
+    return std::string(bytes);
+}
+
+std::uint64_t random_seed() noexcept {
+    static std::atomic<std::uint64_t> counter{0};
+    const auto now = static_cast<std::uint64_t>(clock::now().time_since_epoch().count());
+    std::uint64_t x = now ^ (static_cast<std::uint64_t>(current_pid()) << 32) ^
+                      (counter.fetch_add(0x9e3779b97f4a7c15ull, std::memory_order_relaxed));
+    // splitmix64 finaliser
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+file_target::file_target(std::filesystem::path path, const lock_options& options)
+    : path_(std::move(path)),
+      shared_(options.mode == lock_mode::shared),
+      ofd_(options.backend == lock_backend::ofd),
+      writes_(options.write_content && options.mode == lock_mode::exclusive),
+      file_mode_(options.file_mode) {
+    nofollow_ = writes_ && !options.follow_symlinks;
+    // Writing needs a writable descriptor, and so does an exclusive OFD lock
+    // (F_WRLCK); everything else locks through a read-only one, which also
+    // works on a file the caller may only read.
+    read_only_ = !writes_ && !(ofd_ && !shared_);
+    if (options.write_content) init_error_ = expand_content(options.content_template, content_);
+    if (!writes_) content_.clear();
+}
+
+file_target::file_target(file_target&& other) noexcept
+    : path_(std::move(other.path_)),
+      content_(std::move(other.content_)),
+      init_error_(other.init_error_),
+      failed_call_(other.failed_call_),
+      fd_(std::exchange(other.fd_, -1)),
+      won_(std::exchange(other.won_, false)),
+      shared_(other.shared_),
+      ofd_(other.ofd_),
+      writes_(other.writes_),
+      nofollow_(other.nofollow_),
+      read_only_(other.read_only_),
+      file_mode_(other.file_mode_) {}
+
+file_target::~file_target() {
+    if (won_)
+        unlock_and_close();
+    else
+        close_fd();
+}
+
+std::error_code file_target::fail(int err, const char* call) noexcept {
+    failed_call_ = call;
+    return sys_error(err);
+}
+
+void file_target::close_fd() noexcept {
+    if (fd_ >= 0) sys().close(fd_);
+    fd_ = -1;
+}
+
+void file_target::unlock_and_close() noexcept {
+    if (fd_ >= 0) release_fd(fd_, ofd_);
+    fd_ = -1;
+    won_ = false;
+}
+
+std::error_code file_target::open_file() noexcept {
+    // Never O_TRUNC: a contender must not touch the holder's content.
+    const int flags = (read_only_ ? O_RDONLY : O_RDWR) | O_CREAT | O_CLOEXEC | O_NOCTTY |
+                      O_NONBLOCK | (nofollow_ ? O_NOFOLLOW : 0);
+    const char* p = path_.c_str();
+    fd_ = retry_eintr([&] { return sys().open(p, flags, file_mode_); });
+    if (fd_ >= 0) return {};
+    const int err = errno;
+    if (err == ELOOP && nofollow_) {
+        struct ::stat st {};
+        if (sys().lstat(p, &st) == 0 && S_ISLNK(st.st_mode)) {
+            failed_call_ = "open";
+            return errc::symlink_not_followed;
+        }
+    }
+    return fail(err, "open");
+}
+
+std::error_code file_target::lock_nb() noexcept {
+    int rc;
+    if (ofd_) {
+        rc = set_ofd_lock(fd_, shared_ ? F_RDLCK : F_WRLCK);
+        // POSIX lets a conflicting fcntl lock fail with EACCES or EAGAIN.
+        if (rc == -1 && (errno == EAGAIN || errno == EACCES)) return errc::locked;
+        if (rc == -1) return fail(errno, "fcntl(F_OFD_SETLK)");
+    } else {
+        rc = retry_eintr([&] { return sys().flock(fd_, (shared_ ? LOCK_SH : LOCK_EX) | LOCK_NB); });
+        if (rc == -1 && errno == EWOULDBLOCK) return errc::locked;
+        if (rc == -1) return fail(errno, "flock");
+    }
+    return {};
+}
+
+std::error_code file_target::try_acquire() noexcept {
+    if (init_error_) return init_error_;
+    if (won_) return {};
+    failed_call_ = nullptr;
+    for (int round = 0; round < max_identity_rounds; ++round) {
+        if (fd_ < 0) {
+            if (auto ec = open_file()) return ec;
+        }
+        if (auto ec = lock_nb()) {
+            // Contention keeps the descriptor for the next attempt: reopening
+            // would generate close events that wake other waiters.
+            if (ec != errc::locked) close_fd();
+            return ec;
+        }
+        won_ = true;
+
+        struct ::stat held {};
+        if (sys().fstat(fd_, &held) != 0) {
+            const int err = errno;
+            unlock_and_close();
+            return fail(err, "fstat");
+        }
+        if (!S_ISREG(held.st_mode)) {
+            unlock_and_close();
+            failed_call_ = "fstat";
+            return S_ISDIR(held.st_mode) ? sys_error(EISDIR) : make_error_code(errc::not_a_regular_file);
+        }
+        // The lock counts only if the path still names the locked file.
+        struct ::stat named {};
+        const int rc = (nofollow_ ? sys().lstat : sys().stat)(path_.c_str(), &named);
+        if (rc != 0) {
+            const int err = errno;
+            unlock_and_close();
+            if (err == ENOENT) continue;  // unlinked after we opened it: retry on a new file
+            return fail(err, nofollow_ ? "lstat" : "stat");
+        }
+        if (named.st_dev != held.st_dev || named.st_ino != held.st_ino) {
+            unlock_and_close();  // replaced: retry on the file the path names now
+            continue;
+        }
+        if (!content_.empty()) {
+            std::size_t done = 0;
+            while (done < content_.size()) {
+                const ssize_t n = retry_eintr([&] {
+                    return sys().pwrite(fd_, content_.data() + done, content_.size() - done,
+                                        static_cast<off_t>(done));
+                });
+                if (n <= 0) {
+                    const int err = n < 0 ? errno : EIO;
+                    unlock_and_close();
+                    return fail(err, "pwrite");
+                }
+                done += static_cast<std::size_t>(n);
+            }
+            // The fstat above gave the size: truncate only what is left over.
+            if (held.st_size > static_cast<off_t>(content_.size()) &&
+                retry_eintr([&] {
+                    return sys().ftruncate(fd_, static_cast<off_t>(content_.size()));
+                }) != 0) {
+                const int err = errno;
+                unlock_and_close();
+                return fail(err, "ftruncate");
+            }
+        }
+        return {};
+    }
+    return errc::locked;  // the path keeps changing under us
+}
+
+lock_file file_target::take() noexcept {
+    if (!won_) return {};
+    won_ = false;
+    try {
+        return lock_file(std::exchange(fd_, -1), path_, ofd_);
+    } catch (...) {  // the path copy failed: keep nothing held by nobody
+        unlock_and_close();
+        return {};
+    }
+}
+
+std::string file_target::holder() const noexcept {
+    return fd_ >= 0 ? read_holder_fd(fd_) : read_holder(path_);
+}
+
+}  // namespace detail
+
+lock_file::lock_file(int fd, std::filesystem::path path, bool ofd) noexcept
+    : fd_(fd), ofd_(ofd), generation_(detail::fork_generation()), path_(std::move(path)) {}
+
+lock_file::lock_file(const std::filesystem::path& path, const lock_options& options) {
+    detail::file_target target(path, options);
+    if (auto ec = target.try_acquire())
+        detail::throw_error(ec, path, ec == errc::locked ? target.holder() : std::string(),
+                            target.failed_call());
+    *this = target.take();
+}
+
+lock_file::lock_file(lock_file&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)),
+      ofd_(other.ofd_),
+      generation_(other.generation_),
+      path_(std::move(other.path_)) {}
+
+lock_file& lock_file::operator=(lock_file&& other) noexcept {
+    if (this != &other) {
+        close();
+        fd_ = std::exchange(other.fd_, -1);
+        ofd_ = other.ofd_;
+        generation_ = other.generation_;
+        path_ = std::move(other.path_);
+    }
+    return *this;
+}
+
+lock_file::~lock_file() { close(); }
+
+void lock_file::close() noexcept {
+    if (fd_ < 0) return;
+    // In a forked child the descriptor shares the parent's open file
+    // description: unlocking it would release the parent's lock.
+    if (generation_ == detail::fork_generation())
+        detail::release_fd(fd_, ofd_);
+    else
+        detail::sys().close(fd_);
+    fd_ = -1;
+}
+
+simple_lock_file::simple_lock_file(const std::filesystem::path& path, lock_options options)
+    : lock_file(path, [&] {
+          options.write_content = false;
+          return options;
+      }()) {}
+
+lock_file try_lock(const std::filesystem::path& path, const lock_options& options,
+                   std::error_code& ec) noexcept {
+    try {
+        detail::file_target target(path, options);
+        ec = target.try_acquire();
+        return ec ? lock_file() : target.take();
+    } catch (const std::bad_alloc&) {
+        ec = std::make_error_code(std::errc::not_enough_memory);
+        return {};
+    }
+}
+
+lock_file try_lock(const std::filesystem::path& path, std::error_code& ec) noexcept {
+    return try_lock(path, lock_options{}, ec);
+}
+
+namespace {
+
+// The sync driver: sleeps between the engine's attempts.
+lock_file lock_impl(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
+                    const lock_options& options, std::error_code& ec, bool throwing) {
+    auto acq = detail::make_acquisition(path, timeout, options);
+    for (;;) {
+        const auto next = acq.resume(detail::clock::now());
+        if (!next.is_done()) {
+            std::this_thread::sleep_for(next.delay);
+            continue;
+        }
+        ec = next.ec;
+        if (!ec) return acq.target().take();
+        if (throwing)
+            detail::throw_error(ec, path, ec == errc::timeout ? acq.target().holder() : std::string(),
+                                acq.target().failed_call());
+        return {};
+    }
+}
+
+}  // namespace
+
+lock_file lock(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
+               const lock_options& options) {
+    std::error_code ec;
+    return lock_impl(path, timeout, options, ec, true);
+}
+
+lock_file lock(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
+               const lock_options& options, std::error_code& ec) noexcept {
+    try {
+        return lock_impl(path, timeout, options, ec, false);
+    } catch (const std::bad_alloc&) {
+        ec = std::make_error_code(std::errc::not_enough_memory);
+        return {};
+    }
+}
+
+std::string read_holder(const std::filesystem::path& path) noexcept {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) return {};
+    struct ::stat st {};
+    std::string holder;
+    if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) holder = detail::read_holder_fd(fd);
+    ::close(fd);
+    return holder;
+}
+
+}  // namespace filelock

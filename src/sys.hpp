@@ -1,0 +1,39 @@
+#pragma once
+
+// The one seam through which every system call of the lock primitive goes,
+// so tests can inject errno values (as fmt's posix-mock test does). The table
+// holds plain libc functions by default.
+
+#include <filelock/export.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+namespace filelock::detail {
+
+struct sys_table {
+    int (*open)(const char* path, int flags, mode_t mode);
+    int (*close)(int fd);
+    int (*flock)(int fd, int op);
+    int (*fcntl_lock)(int fd, int cmd, struct ::flock* lk);
+    int (*fstat)(int fd, struct ::stat* st);
+    int (*stat)(const char* path, struct ::stat* st);
+    int (*lstat)(const char* path, struct ::stat* st);
+    ssize_t (*pwrite)(int fd, const void* buf, size_t n, off_t off);
+    ssize_t (*pread)(int fd, void* buf, size_t n, off_t off);
+    int (*ftruncate)(int fd, off_t len);
+};
+
+/// The table in use. Tests replace entries and restore them.
+FILELOCK_API sys_table& sys() noexcept;
+/// The libc functions.
+FILELOCK_API const sys_table& default_sys() noexcept;
+
+/// The process's pid, cached; refreshed in a forked child.
+FILELOCK_API pid_t current_pid() noexcept;
+/// Increments in every forked child: a lock taken under another generation
+/// belongs to the parent.
+FILELOCK_API unsigned fork_generation() noexcept;
+
+}  // namespace filelock::detail

@@ -1,0 +1,709 @@
+// The sync facade and the lock primitive, in one process (plus forked
+// children where a second process is the point).
+
+#include <filelock/detail/file_target.hpp>
+#include <filelock/lock_file.hpp>
+
+#include "../src/sys.hpp"
+#include "support.hpp"
+
+#include <atomic>
+#include <climits>
+#include <functional>
+#include <map>
+#include <sys/stat.h>
+#include <thread>
+
+using namespace test;
+using filelock::errc;
+using filelock::lock_file;
+using filelock::lock_options;
+using filelock::simple_lock_file;
+
+namespace {
+
+std::string pid_content() { return " " + std::to_string(::getpid()) + "\n"; }
+
+std::string hostname() {
+    char h[HOST_NAME_MAX + 1] = {};
+    ::gethostname(h, sizeof h - 1);
+    return h;
+}
+
+// Replaces entries of the syscall table for one test and restores them.
+struct seam {
+    filelock::detail::sys_table saved = filelock::detail::sys();
+    ~seam() { filelock::detail::sys() = saved; }
+    filelock::detail::sys_table& table() { return filelock::detail::sys(); }
+};
+
+// Injections need plain function pointers: the current plan lives here.
+struct plan {
+    std::string call;   // which call fails
+    int err = 0;        // with which errno
+    int times = 1;      // how many times (then it succeeds)
+    int seen = 0;
+};
+plan g_plan;
+
+bool inject(const char* call) {
+    if (g_plan.call != call || g_plan.times == 0) return false;
+    --g_plan.times;
+    ++g_plan.seen;
+    errno = g_plan.err;
+    return true;
+}
+
+const filelock::detail::sys_table& real() { return filelock::detail::default_sys(); }
+
+int f_open(const char* p, int fl, mode_t m) { return inject("open") ? -1 : real().open(p, fl, m); }
+int f_flock(int fd, int op) { return inject("flock") ? -1 : real().flock(fd, op); }
+int f_fcntl(int fd, int cmd, struct ::flock* l) {
+    return inject("fcntl") ? -1 : real().fcntl_lock(fd, cmd, l);
+}
+int f_fstat(int fd, struct ::stat* st) { return inject("fstat") ? -1 : real().fstat(fd, st); }
+int f_stat(const char* p, struct ::stat* st) { return inject("stat") ? -1 : real().stat(p, st); }
+int f_lstat(const char* p, struct ::stat* st) { return inject("lstat") ? -1 : real().lstat(p, st); }
+ssize_t f_pwrite(int fd, const void* b, size_t n, off_t o) {
+    return inject("pwrite") ? -1 : real().pwrite(fd, b, n, o);
+}
+int f_ftruncate(int fd, off_t n) { return inject("ftruncate") ? -1 : real().ftruncate(fd, n); }
+
+struct injecting_seam : seam {
+    injecting_seam(std::string call, int err, int times = 1) {
+        g_plan = {std::move(call), err, times, 0};
+        auto& t = table();
+        t.open = f_open;
+        t.flock = f_flock;
+        t.fcntl_lock = f_fcntl;
+        t.fstat = f_fstat;
+        t.stat = f_stat;
+        t.lstat = f_lstat;
+        t.pwrite = f_pwrite;
+        t.ftruncate = f_ftruncate;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("lock_file: writes ' {pid}\\n' and leaves the file after close") {
+    scratch s;
+    const auto p = s / "app.lock";
+    {
+        lock_file l(p);
+        CHECK(l.is_locked());
+        CHECK(l.native_handle() >= 0);
+        CHECK(l.path() == p);
+        CHECK(read_file(p) == pid_content());
+    }
+    CHECK(fs::exists(p));
+    CHECK(read_file(p) == pid_content());
+}
+
+TEST_CASE("lock_file: the hostname template gives zc.lockfile's format") {
+    scratch s;
+    lock_options o;
+    o.content_template = "{pid};{hostname}";
+    lock_file l(s / "a.lock", o);
+    CHECK(read_file(s / "a.lock") == " " + std::to_string(::getpid()) + ";" + hostname() + "\n");
+}
+
+TEST_CASE("lock_file: braces are escaped with {{ and }}") {
+    std::string out;
+    REQUIRE(!filelock::detail::expand_content("{{x}}-{pid}", out));
+    CHECK(out == " {x}-" + std::to_string(::getpid()) + "\n");
+}
+
+TEST_CASE("lock_file: a malformed template is rejected before the file is touched") {
+    for (std::string bad : {"{", "}", "{pid", "{nope}", "a}b", "{}", "{pid}{"}) {
+        CAPTURE(bad);
+        scratch s;
+        const auto p = s / "a.lock";
+        lock_options o;
+        o.content_template = bad;
+        std::error_code ec;
+        auto l = filelock::try_lock(p, o, ec);
+        CHECK(ec == errc::invalid_template);
+        CHECK(ec == std::errc::invalid_argument);
+        CHECK(!l.is_locked());
+        CHECK(!fs::exists(p));
+        CHECK_THROWS_AS(lock_file(p, o), std::filesystem::filesystem_error);
+        CHECK(!fs::exists(p));
+    }
+}
+
+TEST_CASE("lock_file: the content is truncated after a longer previous one") {
+    scratch s;
+    const auto p = s / "a.lock";
+    write_file(p, " 99999999999 some long leftover from an earlier holder\n");
+    lock_file l(p);
+    CHECK(read_file(p) == pid_content());
+}
+
+TEST_CASE("lock_file: a second attempt in the same process fails with lock_error") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_file first(p);
+    try {
+        lock_file second(p);
+        FAIL("second lock succeeded");
+    } catch (const filelock::lock_error& e) {
+        CHECK(std::string(e.what()) == "Couldn't lock '" + p.string() + "'");
+        CHECK(e.path() == p);
+        CHECK(e.holder() == std::to_string(::getpid()));
+        CHECK(e.code() == errc::locked);
+    }
+    // the holder's pid stays after the failed attempt
+    CHECK(read_file(p) == pid_content());
+}
+
+TEST_CASE("lock_file: try_lock reports contention as errc::locked without throwing") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_file first(p);
+    std::error_code ec;
+    auto second = filelock::try_lock(p, ec);
+    CHECK(ec == errc::locked);
+    CHECK(ec == std::errc::resource_unavailable_try_again);
+    CHECK(!second.is_locked());
+    first.close();
+    auto third = filelock::try_lock(p, ec);
+    CHECK(!ec);
+    CHECK(third.is_locked());
+}
+
+TEST_CASE("lock_file: close releases, is idempotent, and the destructor closes") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_file l(p);
+    CHECK(!lock_is_free(p));
+    l.close();
+    CHECK(!l.is_locked());
+    CHECK(l.native_handle() == -1);
+    CHECK(lock_is_free(p));
+    l.close();
+    CHECK(lock_is_free(p));
+    { lock_file again(p); }
+    CHECK(lock_is_free(p));
+}
+
+TEST_CASE("lock_file: moving transfers the lock; the moved-from object holds nothing") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_file a(p);
+    lock_file b(std::move(a));
+    CHECK(!a.is_locked());
+    CHECK(b.is_locked());
+    a.close();  // must not release b's lock
+    CHECK(!lock_is_free(p));
+    lock_file c;
+    c = std::move(b);
+    CHECK(c.is_locked());
+    CHECK(!lock_is_free(p));
+    c = lock_file();
+    CHECK(lock_is_free(p));
+}
+
+TEST_CASE("simple_lock_file: writes nothing") {
+    scratch s;
+    const auto p = s / "a.lock";
+    write_file(p, "keep me");
+    simple_lock_file l(p);
+    CHECK(l.is_locked());
+    CHECK(read_file(p) == "keep me");
+    CHECK_THROWS_AS(lock_file(p), filelock::lock_error);
+}
+
+TEST_CASE("simple_lock_file: works on a file the caller can only read") {
+    scratch s;
+    const auto p = s / "ro.lock";
+    write_file(p, " 42\n");
+    fs::permissions(p, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+    fs::permissions(s.dir, fs::perms::all);
+    // Run as an unprivileged user (root ignores permission bits).
+    child c([&](int) {
+        if (::geteuid() == 0 && (::setgid(65534) != 0 || ::setuid(65534) != 0)) return 10;
+        std::error_code ec;
+        auto simple = filelock::try_lock(p, [] { lock_options o; o.write_content = false; return o; }(), ec);
+        if (ec || !simple.is_locked()) return 11;
+        simple.close();
+        auto full = filelock::try_lock(p, ec);
+        if (ec != std::errc::permission_denied || full.is_locked()) return 12;
+        return read_file(p) == " 42\n" ? 0 : 13;
+    });
+    c.release();
+    CHECK(c.wait() == 0);
+}
+
+TEST_CASE("lock_file: a created file gets file_mode minus the umask") {
+    scratch s;
+    const mode_t old = ::umask(022);
+    lock_options o;
+    o.file_mode = 0640;
+    { lock_file l(s / "a.lock", o); }
+    { lock_file l(s / "b.lock"); }
+    ::umask(old);
+    struct ::stat st {};
+    REQUIRE(::stat((s / "a.lock").c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0640);
+    REQUIRE(::stat((s / "b.lock").c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0644);
+}
+
+TEST_CASE("lock_file: shared locks coexist and exclude an exclusive one") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_options sh;
+    sh.mode = filelock::lock_mode::shared;
+    lock_file a(p, sh), b(p, sh);
+    CHECK(a.is_locked());
+    CHECK(b.is_locked());
+    CHECK(read_file(p).empty());  // shared holders write nothing
+    CHECK_THROWS_AS(lock_file(p), filelock::lock_error);
+    a.close();
+    b.close();
+    lock_file ex(p);
+    CHECK_THROWS_AS(lock_file(p, sh), filelock::lock_error);
+}
+
+TEST_CASE("lock_file: OFD locks exclude each other in one process and write the pid") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_options o;
+    o.backend = filelock::lock_backend::ofd;
+    lock_file a(p, o);
+    CHECK(read_file(p) == pid_content());
+    std::error_code ec;
+    filelock::try_lock(p, o, ec);
+    CHECK(ec == errc::locked);
+    a.close();
+    CHECK(filelock::try_lock(p, o, ec).is_locked());
+    CHECK(!ec);
+}
+
+TEST_CASE("lock_file: OFD shared locks coexist and exclude an exclusive one") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_options sh;
+    sh.backend = filelock::lock_backend::ofd;
+    sh.mode = filelock::lock_mode::shared;
+    lock_options ex = sh;
+    ex.mode = filelock::lock_mode::exclusive;
+    lock_file a(p, sh), b(p, sh);
+    std::error_code ec;
+    filelock::try_lock(p, ex, ec);
+    CHECK(ec == errc::locked);
+}
+
+TEST_CASE("lock_file: 50 threads each increment a counter under the lock: exactly 50") {
+    scratch s;
+    const auto p = s / "a.lock";
+    const auto counter = s / "counter";
+    write_file(counter, "0");
+    std::vector<std::thread> threads;
+    std::atomic<int> inside{0}, overlaps{0};
+    for (int i = 0; i < 50; ++i)
+        threads.emplace_back([&] {
+            auto l = filelock::lock(p, 30s);
+            if (inside.fetch_add(1) != 0) ++overlaps;
+            const int n = std::stoi(read_file(counter));
+            std::this_thread::sleep_for(100us);
+            write_file(counter, std::to_string(n + 1));
+            inside.fetch_sub(1);
+        });
+    for (auto& t : threads) t.join();
+    CHECK(overlaps == 0);
+    CHECK(read_file(counter) == "50");
+}
+
+TEST_CASE("lock: timeout 0 under contention is errc::timeout, the throwing form timeout_error") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_file held(p);
+    std::error_code ec;
+    auto l = filelock::lock(p, 0s, {}, ec);
+    CHECK(ec == errc::timeout);
+    CHECK(ec == std::errc::timed_out);
+    CHECK(!l.is_locked());
+    try {
+        filelock::lock(p, 0s);
+        FAIL("no timeout");
+    } catch (const filelock::timeout_error& e) {
+        CHECK(e.path() == p);
+        CHECK(e.holder() == std::to_string(::getpid()));
+        CHECK(e.code() == errc::timeout);
+    }
+    CHECK_THROWS_AS(filelock::lock(p, 20ms), filelock::lock_error);  // timeout_error is a lock_error
+}
+
+TEST_CASE("lock: a timed acquisition wins once the holder releases") {
+    scratch s;
+    const auto p = s / "a.lock";
+    auto held = std::make_unique<lock_file>(p);
+    std::thread releaser([&] {
+        std::this_thread::sleep_for(50ms);
+        held.reset();
+    });
+    auto l = filelock::lock(p, 30s);
+    CHECK(l.is_locked());
+    releaser.join();
+}
+
+TEST_CASE("lock: wait_forever waits for the release") {
+    scratch s;
+    const auto p = s / "a.lock";
+    auto held = std::make_unique<lock_file>(p);
+    std::thread releaser([&] {
+        std::this_thread::sleep_for(30ms);
+        held.reset();
+    });
+    auto l = filelock::lock(p, filelock::wait_forever);
+    CHECK(l.is_locked());
+    releaser.join();
+}
+
+TEST_CASE("lock_file: bad paths report their own error with the path, never 'locked'") {
+    scratch s;
+    write_file(s / "file", "x");
+    struct row {
+        std::string name;
+        fs::path path;
+        std::errc expected;
+    };
+    const std::vector<row> rows = {
+        {"missing directory", s / "nope" / "a.lock", std::errc::no_such_file_or_directory},
+        {"a directory", s.dir, std::errc::is_a_directory},
+        {"a file as a directory", s / "file" / "a.lock", std::errc::not_a_directory},
+        {"empty path", fs::path(), std::errc::no_such_file_or_directory},
+        {"name too long", s / std::string(300, 'x'), std::errc::filename_too_long},
+        {"path too long", fs::path(std::string(5000, '/') + "x"), std::errc::filename_too_long},
+    };
+    for (const auto& r : rows) {
+        for (bool simple : {false, true}) {
+            CAPTURE(r.name, simple);
+            const int fds = open_fd_count();
+            lock_options o;
+            o.write_content = !simple;
+            std::error_code ec;
+            auto l = filelock::try_lock(r.path, o, ec);
+            CHECK(ec == r.expected);
+            CHECK(ec != errc::locked);
+            CHECK(!l.is_locked());
+            l = filelock::lock(r.path, 10s, o, ec);  // an error is never retried
+            CHECK(ec == r.expected);
+            CHECK(open_fd_count() == fds);
+            try {
+                lock_file x(r.path, o);
+                FAIL("no error");
+            } catch (const filelock::lock_error&) {
+                FAIL("reported as contention");
+            } catch (const fs::filesystem_error& e) {
+                CHECK(e.code() == r.expected);
+                CHECK(e.path1() == r.path);
+                CHECK(std::string(e.what()).find(r.path.string().substr(0, 50)) != std::string::npos);
+            }
+        }
+    }
+}
+
+TEST_CASE("lock_file: a FIFO is not a regular file and is left alone") {
+    scratch s;
+    const auto p = s / "fifo";
+    REQUIRE(::mkfifo(p.c_str(), 0644) == 0);
+    const int fds = open_fd_count();
+    std::error_code ec;
+    filelock::try_lock(p, ec);
+    CHECK(ec == errc::not_a_regular_file);
+    CHECK(open_fd_count() == fds);
+}
+
+TEST_CASE("lock_file: never writes through a symlink at the last component by default") {
+    scratch s;
+    const auto victim = s / "bashrc";
+    write_file(victim, "precious\n");
+    const auto link = s / "app.lock";
+    fs::create_symlink(victim, link);
+    std::error_code ec;
+    auto l = filelock::try_lock(link, ec);
+    CHECK(ec == errc::symlink_not_followed);
+    CHECK(read_file(victim) == "precious\n");
+    CHECK_THROWS_AS(lock_file(link), fs::filesystem_error);
+    // a dangling link is not followed to create a file either
+    const auto dangling = s / "dangling.lock";
+    fs::create_symlink(s / "created-through-link", dangling);
+    filelock::try_lock(dangling, ec);
+    CHECK(ec == errc::symlink_not_followed);
+    CHECK(!fs::exists(s / "created-through-link"));
+    // simple locks write nothing, so they may follow
+    CHECK(simple_lock_file(link).is_locked());
+    // and an explicit opt-in follows
+    lock_options follow;
+    follow.follow_symlinks = true;
+    {
+        lock_file f(link, follow);
+        CHECK(read_file(victim) == pid_content());
+    }
+}
+
+TEST_CASE("lock_file: EINTR is retried on every call that may return it") {
+    scratch s;
+    const auto p = s / "a.lock";
+    for (const char* call : {"open", "flock", "pwrite", "ftruncate"}) {
+        CAPTURE(call);
+        write_file(p, std::string(100, 'x'));  // so that ftruncate runs
+        injecting_seam inj(call, EINTR, 3);
+        lock_file l(p);
+        CHECK(l.is_locked());
+        CHECK(g_plan.seen == 3);
+        CHECK(read_file(p) == pid_content());
+    }
+}
+
+TEST_CASE("lock_file: a failing call is reported with its errno and leaks nothing") {
+    scratch s;
+    const auto p = s / "a.lock";
+    struct row {
+        const char* call;
+        int err;
+    };
+    const std::vector<row> rows = {
+        {"open", EMFILE},     {"open", ENFILE},   {"open", EACCES},      {"open", EROFS},
+        {"flock", ENOLCK},    {"flock", EBADF},   {"flock", EIO},        {"fstat", EIO},
+        {"lstat", EACCES},    {"lstat", EIO},     {"pwrite", ENOSPC},    {"pwrite", EIO},
+        {"ftruncate", EIO},   {"ftruncate", EROFS},
+    };
+    for (const auto& r : rows) {
+        CAPTURE(r.call, r.err);
+        write_file(p, std::string(100, 'x'));
+        const int fds = open_fd_count();
+        {
+            injecting_seam inj(r.call, r.err);
+            std::error_code ec;
+            auto l = filelock::try_lock(p, ec);
+            CHECK(ec == std::error_code(r.err, std::system_category()));
+            CHECK(!l.is_locked());
+            CHECK(g_plan.seen == 1);
+        }
+        CHECK(open_fd_count() == fds);
+        CHECK(lock_is_free(p));  // nothing left held by nobody
+        {
+            injecting_seam inj(r.call, r.err);
+            try {
+                lock_file l(p);
+                FAIL("no error");
+            } catch (const fs::filesystem_error& e) {
+                CHECK(e.code().value() == r.err);
+                CHECK(e.path1() == p);
+                CHECK(std::string(e.what()).find(std::string("(") + r.call) != std::string::npos);
+            }
+        }
+    }
+}
+
+TEST_CASE("lock_file: OFD errors other than contention are reported") {
+    scratch s;
+    lock_options o;
+    o.backend = filelock::lock_backend::ofd;
+    injecting_seam inj("fcntl", ENOLCK);
+    std::error_code ec;
+    filelock::try_lock(s / "a.lock", o, ec);
+    CHECK(ec == std::errc::no_lock_available);
+}
+
+TEST_CASE("lock_file: ftruncate is skipped when the file is no longer than the content") {
+    scratch s;
+    const auto p = s / "a.lock";
+    seam sm;
+    static int truncates;
+    truncates = 0;
+    sm.table().ftruncate = [](int fd, off_t n) {
+        ++truncates;
+        return filelock::detail::default_sys().ftruncate(fd, n);
+    };
+    { lock_file l(p); }  // new file
+    { lock_file l(p); }  // same length
+    CHECK(truncates == 0);
+    write_file(p, std::string(64, 'x'));
+    { lock_file l(p); }
+    CHECK(truncates == 1);
+    CHECK(read_file(p) == pid_content());
+}
+
+TEST_CASE("lock_file: a lock won on a file that was replaced meanwhile is retried on the new file") {
+    scratch s;
+    const auto p = s / "a.lock";
+    write_file(p, "old");
+    seam sm;
+    static fs::path target;
+    static int replaced;
+    target = p;
+    replaced = 0;
+    // Between open and flock, another tool replaces the file.
+    sm.table().flock = [](int fd, int op) {
+        if ((op & LOCK_UN) == 0 && replaced++ == 0) {
+            write_file(target.string() + ".new", "new");
+            fs::rename(target.string() + ".new", target);
+        }
+        return filelock::detail::default_sys().flock(fd, op);
+    };
+    lock_file l(p);
+    CHECK(replaced == 2);  // won twice: the stale inode, then the current one
+    struct ::stat held {}, named {};
+    REQUIRE(::fstat(l.native_handle(), &held) == 0);
+    REQUIRE(::stat(p.c_str(), &named) == 0);
+    CHECK(held.st_ino == named.st_ino);
+    CHECK(read_file(p) == pid_content());
+}
+
+TEST_CASE("lock_file: a lock won on a file unlinked meanwhile is retried on a new file") {
+    scratch s;
+    const auto p = s / "a.lock";
+    seam sm;
+    static fs::path target;
+    static int calls;
+    target = p;
+    calls = 0;
+    sm.table().flock = [](int fd, int op) {
+        if ((op & LOCK_UN) == 0 && calls++ == 0) fs::remove(target);
+        return filelock::detail::default_sys().flock(fd, op);
+    };
+    lock_file l(p);
+    CHECK(calls == 2);
+    CHECK(fs::exists(p));
+    CHECK(read_file(p) == pid_content());
+}
+
+TEST_CASE("lock_file: a waiter that wins a stale inode after unlink+release retries on the new file") {
+    // The race that gave py-filelock two holders: a waiter opened the old file,
+    // the holder unlinked it and released, a newcomer locked a new file.
+    scratch s;
+    const auto p = s / "a.lock";
+    auto holder = std::make_unique<lock_file>(p);
+    filelock::detail::file_target waiter(p, {});
+    REQUIRE(waiter.try_acquire() == errc::locked);  // keeps its descriptor on the old inode
+    fs::remove(p);
+    holder.reset();               // the old inode is free now
+    lock_file newcomer(p);        // a new file, held
+    CHECK(waiter.try_acquire() == errc::locked);
+    newcomer.close();
+    CHECK(!waiter.try_acquire());
+    lock_file won = waiter.take();
+    struct ::stat held {}, named {};
+    REQUIRE(::fstat(won.native_handle(), &held) == 0);
+    REQUIRE(::stat(p.c_str(), &named) == 0);
+    CHECK(held.st_ino == named.st_ino);
+}
+
+TEST_CASE("lock_file: holder content read on contention is bounded and stripped") {
+    CHECK(filelock::detail::holder_from_bytes(" 1234\n") == "1234");
+    CHECK(filelock::detail::holder_from_bytes("no newline") == "no newline");
+    CHECK(filelock::detail::holder_from_bytes(std::string(100000, 'a')).size() == 1024);
+    CHECK(filelock::detail::holder_from_bytes(std::string("\0\1\2 9\n", 6)) == std::string("\1\2 9"));
+    scratch s;
+    const auto p = s / "big.lock";
+    write_file(p, std::string(10 << 20, 'z'));
+    simple_lock_file held(p);
+    try {
+        lock_file l(p);
+        FAIL("no contention");
+    } catch (const filelock::lock_error& e) {
+        CHECK(e.holder().size() == 1024);
+    }
+    CHECK(filelock::read_holder(p).size() == 1024);
+    CHECK(filelock::read_holder(s / "missing").empty());
+}
+
+TEST_CASE("lock_file: descriptors are close-on-exec") {
+    scratch s;
+    lock_file l(s / "a.lock");
+    CHECK((::fcntl(l.native_handle(), F_GETFD) & FD_CLOEXEC) != 0);
+}
+
+TEST_CASE("lock_file: a forked child destroying its copy does not release the parent's lock") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_file held(p);
+    child c([&](int ready) {
+        held.close();  // the child's copy of the descriptor
+        (void)!::write(ready, "r", 1);
+        return 0;
+    });
+    REQUIRE(c.ready());
+    c.release();
+    CHECK(c.wait() == 0);
+    CHECK(!lock_is_free(p));
+    child other([&](int) {
+        std::error_code ec;
+        filelock::try_lock(p, ec);
+        return ec == errc::locked ? 0 : 1;
+    });
+    other.release();
+    CHECK(other.wait() == 0);
+}
+
+TEST_CASE("lock_file: another process cannot lock while we hold it, and can once we release") {
+    scratch s;
+    const auto p = s / "a.lock";
+    auto probe = [&] {
+        child c([&](int) {
+            std::error_code ec;
+            auto l = filelock::try_lock(p, ec);
+            return ec == errc::locked ? 1 : (ec ? 2 : 0);
+        });
+        c.release();
+        return c.wait();
+    };
+    lock_file l(p);
+    CHECK(probe() == 1);
+    l.close();
+    CHECK(probe() == 0);
+}
+
+TEST_CASE("lock_file: release and re-acquire while a child process is alive") {
+    scratch s;
+    const auto p = s / "a.lock";
+    {
+        child holder = hold_in_child(p);
+        REQUIRE(holder.ready());
+        CHECK_THROWS_AS(lock_file(p), filelock::lock_error);
+        holder.release();
+        CHECK(holder.wait() == 0);
+    }
+    lock_file mine(p);
+    child contender([&](int) {
+        std::error_code ec;
+        filelock::try_lock(p, ec);
+        return ec == errc::locked ? 0 : 1;
+    });
+    contender.release();
+    CHECK(contender.wait() == 0);
+    mine.close();
+    lock_file again(p);
+    CHECK(again.is_locked());
+}
+
+TEST_CASE("lock_file: a killed holder's lock is free at once, and its pid stays") {
+    scratch s;
+    const auto p = s / "a.lock";
+    child holder = hold_in_child(p);
+    REQUIRE(holder.ready());
+    const std::string content = read_file(p);
+    CHECK(content != pid_content());
+    holder.kill();
+    holder.wait();
+    lock_file mine(p);
+    CHECK(read_file(p) == pid_content());
+}
+
+TEST_CASE("simple_lock_file: a failing stat in the identity check is reported and releases") {
+    scratch s;
+    const auto p = s / "a.lock";
+    injecting_seam inj("stat", EIO);
+    std::error_code ec;
+    lock_options o;
+    o.write_content = false;
+    auto l = filelock::try_lock(p, o, ec);
+    CHECK(ec == std::errc::io_error);
+    CHECK(g_plan.seen == 1);
+    CHECK(lock_is_free(p));
+}
