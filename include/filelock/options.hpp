@@ -37,6 +37,12 @@ struct backoff_policy {
 };
 
 struct lock_options {
+    // User-provided on purpose: g++ 12 destroys an aggregate temporary with
+    // default member initializers twice when it appears in a co_await
+    // expression (`co_await async_lock(path, 5s, {})`). Not an aggregate, no
+    // double free.
+    lock_options() noexcept {}
+
     lock_mode mode = lock_mode::exclusive;
     lock_backend backend = lock_backend::flock;
 

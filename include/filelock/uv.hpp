@@ -231,23 +231,23 @@ class task;
 
 namespace detail {
 
+// Resumes the awaiting coroutine by symmetric transfer (no stack growth).
+struct final_awaiter {
+    bool await_ready() noexcept { return false; }
+    template <class P>
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) noexcept {
+        return h.promise().continuation;
+    }
+    void await_resume() noexcept {}
+};
+
 template <class T>
 struct task_promise_base {
     std::coroutine_handle<> continuation = std::noop_coroutine();
     std::exception_ptr error;
 
     std::suspend_always initial_suspend() noexcept { return {}; }
-    auto final_suspend() noexcept {
-        struct final_awaiter {
-            bool await_ready() noexcept { return false; }
-            template <class P>
-            std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) noexcept {
-                return h.promise().continuation;
-            }
-            void await_resume() noexcept {}
-        };
-        return final_awaiter{};
-    }
+    final_awaiter final_suspend() noexcept { return {}; }
     void unhandled_exception() noexcept { error = std::current_exception(); }
 };
 
