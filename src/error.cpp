@@ -11,25 +11,26 @@ public:
 
     std::string message(int ev) const override {
         switch (static_cast<errc>(ev)) {
-        case errc::locked: return "the lock is held by another holder";
-        case errc::timeout: return "timed out waiting for the lock";
-        case errc::invalid_template: return "invalid content template";
-        case errc::not_a_regular_file: return "the lock file is not a regular file";
-        case errc::symlink_not_followed:
-            return "the lock file is a symbolic link (lock_options::follow_symlinks is off)";
+            case errc::locked: return "the lock is held by another holder";
+            case errc::timeout: return "timed out waiting for the lock";
+            case errc::invalid_template: return "invalid content template";
+            case errc::not_a_regular_file: return "the lock file is not a regular file";
+            case errc::symlink_not_followed:
+                return "the lock file is a symbolic link (lock_options::follow_symlinks is off)";
         }
         return "unknown filelock error";
     }
 
     bool equivalent(int ev, const std::error_condition& cond) const noexcept override {
         switch (static_cast<errc>(ev)) {
-        case errc::locked:
-            return cond == std::errc::resource_unavailable_try_again ||
-                   cond == std::errc::operation_would_block;
-        case errc::timeout: return cond == std::errc::timed_out;
-        case errc::invalid_template: return cond == std::errc::invalid_argument;
-        case errc::symlink_not_followed: return cond == std::errc::too_many_symbolic_link_levels;
-        default: return default_error_condition(ev) == cond;
+            case errc::locked:
+                return cond == std::errc::resource_unavailable_try_again ||
+                       cond == std::errc::operation_would_block;
+            case errc::timeout: return cond == std::errc::timed_out;
+            case errc::invalid_template: return cond == std::errc::invalid_argument;
+            case errc::symlink_not_followed:
+                return cond == std::errc::too_many_symbolic_link_levels;
+            default: return default_error_condition(ev) == cond;
         }
     }
 };
@@ -47,7 +48,8 @@ lock_error::lock_error(std::error_code ec, std::filesystem::path path, std::stri
     : std::system_error(ec),
       path_(std::move(path)),
       holder_(std::move(holder)),
-      what_((ec == errc::timeout ? "Timed out waiting to lock " : "Couldn't lock ") + quoted(path_)) {}
+      what_((ec == errc::timeout ? "Timed out waiting to lock " : "Couldn't lock ") +
+            quoted(path_)) {}
 
 lock_error::lock_error(std::filesystem::path path, std::string holder)
     : lock_error(errc::locked, std::move(path), std::move(holder)) {}

@@ -237,7 +237,8 @@ std::error_code file_target::try_acquire() noexcept {
         if (!S_ISREG(held.st_mode)) {
             unlock_and_close();
             failed_call_ = "fstat";
-            return S_ISDIR(held.st_mode) ? sys_error(EISDIR) : make_error_code(errc::not_a_regular_file);
+            return S_ISDIR(held.st_mode) ? sys_error(EISDIR)
+                                         : make_error_code(errc::not_a_regular_file);
         }
         // The lock counts only if the path still names the locked file.
         struct ::stat named {};
@@ -376,7 +377,8 @@ lock_file lock_impl(const std::filesystem::path& path, std::chrono::nanoseconds 
         ec = next.ec;
         if (!ec) return acq.target().take();
         if (throwing)
-            detail::throw_error(ec, path, ec == errc::timeout ? acq.target().holder() : std::string(),
+            detail::throw_error(ec, path,
+                                ec == errc::timeout ? acq.target().holder() : std::string(),
                                 acq.target().failed_call());
         return {};
     }

@@ -12,7 +12,8 @@ int sys_open(const char* path, int flags, mode_t mode) { return ::open(path, fla
 int sys_fcntl_lock(int fd, int cmd, struct ::flock* lk) { return ::fcntl(fd, cmd, lk); }
 
 constexpr sys_table libc_table{
-    sys_open, ::close, ::flock, sys_fcntl_lock, ::fstat, ::stat, ::lstat, ::pwrite, ::pread, ::ftruncate,
+    sys_open, ::close, ::flock,  sys_fcntl_lock, ::fstat,
+    ::stat,   ::lstat, ::pwrite, ::pread,        ::ftruncate,
 };
 
 sys_table table = libc_table;

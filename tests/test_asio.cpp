@@ -51,13 +51,16 @@ TEST_CASE("asio: co_await async_lock(path, timeout) acquires an uncontended lock
     const auto p = s / "a.lock";
     asio::io_context io;
     bool done = false;
-    asio::co_spawn(io, [&]() -> asio::awaitable<void> {
-        auto l = co_await filelock::async_lock(p, 5s);
-        CHECK(l.is_locked());
-        CHECK(read_file(p) == " " + std::to_string(::getpid()) + "\n");
-        CHECK(!lock_is_free(p));
-        done = true;
-    }, asio::detached);
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            auto l = co_await filelock::async_lock(p, 5s);
+            CHECK(l.is_locked());
+            CHECK(read_file(p) == " " + std::to_string(::getpid()) + "\n");
+            CHECK(!lock_is_free(p));
+            done = true;
+        },
+        asio::detached);
     io.run();
     CHECK(done);
     CHECK(lock_is_free(p));
@@ -135,15 +138,18 @@ TEST_CASE("asio: the coroutine form throws timeout_error with the path and the h
     lock_file held(p);
     asio::io_context io;
     bool caught = false;
-    asio::co_spawn(io, [&]() -> asio::awaitable<void> {
-        try {
-            co_await filelock::async_lock(p, 30ms);
-        } catch (const filelock::timeout_error& e) {
-            caught = true;
-            CHECK(e.path() == p);
-            CHECK(e.holder() == std::to_string(::getpid()));
-        }
-    }, asio::detached);
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            try {
+                co_await filelock::async_lock(p, 30ms);
+            } catch (const filelock::timeout_error& e) {
+                caught = true;
+                CHECK(e.path() == p);
+                CHECK(e.holder() == std::to_string(::getpid()));
+            }
+        },
+        asio::detached);
     io.run();
     CHECK(caught);
 }
@@ -175,20 +181,23 @@ TEST_CASE("asio: completion tokens: use_future, as_tuple, deferred, use_awaitabl
     }
     SECTION("as_tuple(use_awaitable) and use_awaitable") {
         bool done = false;
-        asio::co_spawn(io, [&]() -> asio::awaitable<void> {
-            auto ex = co_await asio::this_coro::executor;
-            auto [ec, l] = co_await filelock::async_lock(
-                ex, p, 5s, asio::experimental::as_tuple(asio::use_awaitable));
-            CHECK(!ec);
-            CHECK(l.is_locked());
-            auto [ec2, l2] = co_await filelock::async_lock(
-                ex, p, 0s, asio::experimental::as_tuple(asio::use_awaitable));
-            CHECK(ec2 == errc::timeout);
-            l.close();
-            auto l3 = co_await filelock::async_lock(ex, p, 5s, asio::use_awaitable);
-            CHECK(l3.is_locked());
-            done = true;
-        }, asio::detached);
+        asio::co_spawn(
+            io,
+            [&]() -> asio::awaitable<void> {
+                auto ex = co_await asio::this_coro::executor;
+                auto [ec, l] = co_await filelock::async_lock(
+                    ex, p, 5s, asio::experimental::as_tuple(asio::use_awaitable));
+                CHECK(!ec);
+                CHECK(l.is_locked());
+                auto [ec2, l2] = co_await filelock::async_lock(
+                    ex, p, 0s, asio::experimental::as_tuple(asio::use_awaitable));
+                CHECK(ec2 == errc::timeout);
+                l.close();
+                auto l3 = co_await filelock::async_lock(ex, p, 5s, asio::use_awaitable);
+                CHECK(l3.is_locked());
+                done = true;
+            },
+            asio::detached);
         io.run();
         CHECK(done);
     }
@@ -206,26 +215,32 @@ TEST_CASE("asio: awaitable_operators: lock || timer") {
         child holder = hold_in_child(p);
         REQUIRE(holder.ready());
         bool timer_won = false;
-        asio::co_spawn(io, [&]() -> asio::awaitable<void> {
-            auto ex = co_await asio::this_coro::executor;
-            asio::steady_timer t(ex, 50ms);
-            auto r = co_await (filelock::async_lock(ex, p, 30s, asio::use_awaitable) ||
-                               t.async_wait(asio::use_awaitable));
-            timer_won = r.index() == 1;
-        }, asio::detached);
+        asio::co_spawn(
+            io,
+            [&]() -> asio::awaitable<void> {
+                auto ex = co_await asio::this_coro::executor;
+                asio::steady_timer t(ex, 50ms);
+                auto r = co_await (filelock::async_lock(ex, p, 30s, asio::use_awaitable) ||
+                                   t.async_wait(asio::use_awaitable));
+                timer_won = r.index() == 1;
+            },
+            asio::detached);
         io.run();
         CHECK(timer_won);
         CHECK(open_fd_count() == fds + 2);  // only the holder child's pipes
     }
     SECTION("the lock wins when it is free; the timer is cancelled") {
         std::optional<lock_file> got;
-        asio::co_spawn(io, [&]() -> asio::awaitable<void> {
-            auto ex = co_await asio::this_coro::executor;
-            asio::steady_timer t(ex, 30s);
-            auto r = co_await (filelock::async_lock(ex, p, 30s, asio::use_awaitable) ||
-                               t.async_wait(asio::use_awaitable));
-            if (r.index() == 0) got = std::move(std::get<0>(r));
-        }, asio::detached);
+        asio::co_spawn(
+            io,
+            [&]() -> asio::awaitable<void> {
+                auto ex = co_await asio::this_coro::executor;
+                asio::steady_timer t(ex, 30s);
+                auto r = co_await (filelock::async_lock(ex, p, 30s, asio::use_awaitable) ||
+                                   t.async_wait(asio::use_awaitable));
+                if (r.index() == 0) got = std::move(std::get<0>(r));
+            },
+            asio::detached);
         io.run();
         REQUIRE(got);
         CHECK(got->is_locked());
@@ -250,7 +265,8 @@ TEST_CASE("asio: per-operation cancellation, terminal/partial/total, at every st
             if (st != "after the lock was won, before the handler ran") held.emplace(p);
             asio::cancellation_signal sig;
             outcome out;
-            filelock::async_lock(io, p, 30s, asio::bind_cancellation_slot(sig.slot(), capture(out)));
+            filelock::async_lock(io, p, 30s,
+                                 asio::bind_cancellation_slot(sig.slot(), capture(out)));
             asio::steady_timer t(io);
             if (st == "while waiting") {
                 t.expires_after(30ms);
@@ -289,13 +305,16 @@ TEST_CASE("asio: cancelling a co_spawned coroutine waiting for the lock") {
     asio::io_context io;
     asio::cancellation_signal sig;
     std::error_code seen;
-    asio::co_spawn(io, [&]() -> asio::awaitable<void> {
-        try {
-            co_await filelock::async_lock(p, 30s);
-        } catch (const std::system_error& e) {
-            seen = e.code();
-        }
-    }, asio::bind_cancellation_slot(sig.slot(), asio::detached));
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            try {
+                co_await filelock::async_lock(p, 30s);
+            } catch (const std::system_error& e) {
+                seen = e.code();
+            }
+        },
+        asio::bind_cancellation_slot(sig.slot(), asio::detached));
     asio::steady_timer t(io, 20ms);
     t.async_wait([&](std::error_code) { sig.emit(asio::cancellation_type::terminal); });
     io.run();
@@ -322,14 +341,17 @@ TEST_CASE("asio: errors are reported at once with their code, without retries") 
         CHECK(out.ec == r.expected);
         CHECK(std::chrono::steady_clock::now() - start < 10s);  // not retried until the deadline
         std::error_code thrown;
-        asio::co_spawn(io, [&]() -> asio::awaitable<void> {
-            try {
-                co_await filelock::async_lock(r.path, 30s);
-            } catch (const fs::filesystem_error& e) {
-                thrown = e.code();
-                CHECK(e.path1() == r.path);
-            }
-        }, asio::detached);
+        asio::co_spawn(
+            io,
+            [&]() -> asio::awaitable<void> {
+                try {
+                    co_await filelock::async_lock(r.path, 30s);
+                } catch (const fs::filesystem_error& e) {
+                    thrown = e.code();
+                    CHECK(e.path1() == r.path);
+                }
+            },
+            asio::detached);
         io.restart();
         io.run();
         CHECK(thrown == r.expected);
@@ -437,16 +459,19 @@ TEST_CASE("asio: many coroutines on one io_context each acquire exactly once, ex
     int inside = 0, overlaps = 0, counter = 0;
     std::vector<int> acquired(n, 0);
     for (int i = 0; i < n; ++i)
-        asio::co_spawn(io, [&, i]() -> asio::awaitable<void> {
-            auto ex = co_await asio::this_coro::executor;
-            auto l = co_await filelock::async_lock(p, 60s);
-            if (inside++ != 0) ++overlaps;
-            ++acquired[static_cast<size_t>(i)];
-            asio::steady_timer t(ex, 1ms);  // hold across a suspension
-            co_await t.async_wait(asio::use_awaitable);
-            ++counter;
-            --inside;
-        }, asio::detached);
+        asio::co_spawn(
+            io,
+            [&, i]() -> asio::awaitable<void> {
+                auto ex = co_await asio::this_coro::executor;
+                auto l = co_await filelock::async_lock(p, 60s);
+                if (inside++ != 0) ++overlaps;
+                ++acquired[static_cast<size_t>(i)];
+                asio::steady_timer t(ex, 1ms);  // hold across a suspension
+                co_await t.async_wait(asio::use_awaitable);
+                ++counter;
+                --inside;
+            },
+            asio::detached);
     io.run();
     CHECK(overlaps == 0);
     CHECK(counter == n);
@@ -461,15 +486,18 @@ TEST_CASE("asio: a 4-thread io_context with strands: exclusion and exactly-once"
     std::atomic<int> inside{0}, overlaps{0}, counter{0};
     for (int i = 0; i < n; ++i) {
         auto strand = asio::make_strand(io);
-        asio::co_spawn(strand, [&]() -> asio::awaitable<void> {
-            auto ex = co_await asio::this_coro::executor;
-            auto l = co_await filelock::async_lock(p, 60s);
-            if (inside.fetch_add(1) != 0) ++overlaps;
-            asio::steady_timer t(ex, 1ms);
-            co_await t.async_wait(asio::use_awaitable);
-            ++counter;
-            inside.fetch_sub(1);
-        }, asio::detached);
+        asio::co_spawn(
+            strand,
+            [&]() -> asio::awaitable<void> {
+                auto ex = co_await asio::this_coro::executor;
+                auto l = co_await filelock::async_lock(p, 60s);
+                if (inside.fetch_add(1) != 0) ++overlaps;
+                asio::steady_timer t(ex, 1ms);
+                co_await t.async_wait(asio::use_awaitable);
+                ++counter;
+                inside.fetch_sub(1);
+            },
+            asio::detached);
     }
     std::vector<std::thread> threads;
     for (int i = 0; i < 4; ++i) threads.emplace_back([&] { io.run(); });

@@ -44,7 +44,8 @@ const char zc_incr[] =
     "    lock.close()\n";
 
 const char flock_incr[] =
-    "for i in $(seq \"$3\"); do flock \"$1\" sh -c 'v=$(cat \"$0\"); echo $((v + 1)) > \"$0\"' \"$2\"; done";
+    "for i in $(seq \"$3\"); do flock \"$1\" sh -c 'v=$(cat \"$0\"); echo $((v + 1)) > \"$0\"' "
+    "\"$2\"; done";
 
 }  // namespace
 

@@ -39,9 +39,9 @@ struct seam {
 
 // Injections need plain function pointers: the current plan lives here.
 struct plan {
-    std::string call;   // which call fails
-    int err = 0;        // with which errno
-    int times = 1;      // how many times (then it succeeds)
+    std::string call;  // which call fails
+    int err = 0;       // with which errno
+    int times = 1;     // how many times (then it succeeds)
     int seen = 0;
 };
 plan g_plan;
@@ -224,7 +224,14 @@ TEST_CASE("simple_lock_file: works on a file the caller can only read") {
     child c([&](int) {
         if (::geteuid() == 0 && (::setgid(65534) != 0 || ::setuid(65534) != 0)) return 10;
         std::error_code ec;
-        auto simple = filelock::try_lock(p, [] { lock_options o; o.write_content = false; return o; }(), ec);
+        auto simple = filelock::try_lock(
+            p,
+            [] {
+                lock_options o;
+                o.write_content = false;
+                return o;
+            }(),
+            ec);
         if (ec || !simple.is_locked()) return 11;
         simple.close();
         auto full = filelock::try_lock(p, ec);
@@ -333,7 +340,8 @@ TEST_CASE("lock: timeout 0 under contention is errc::timeout, the throwing form 
         CHECK(e.holder() == std::to_string(::getpid()));
         CHECK(e.code() == errc::timeout);
     }
-    CHECK_THROWS_AS(filelock::lock(p, 20ms), filelock::lock_error);  // timeout_error is a lock_error
+    CHECK_THROWS_AS(filelock::lock(p, 20ms),
+                    filelock::lock_error);  // timeout_error is a lock_error
 }
 
 TEST_CASE("lock: a timed acquisition wins once the holder releases") {
@@ -400,7 +408,8 @@ TEST_CASE("lock_file: bad paths report their own error with the path, never 'loc
             } catch (const fs::filesystem_error& e) {
                 CHECK(e.code() == r.expected);
                 CHECK(e.path1() == r.path);
-                CHECK(std::string(e.what()).find(r.path.string().substr(0, 50)) != std::string::npos);
+                CHECK(std::string(e.what()).find(r.path.string().substr(0, 50)) !=
+                      std::string::npos);
             }
         }
     }
@@ -467,10 +476,10 @@ TEST_CASE("lock_file: a failing call is reported with its errno and leaks nothin
         int err;
     };
     const std::vector<row> rows = {
-        {"open", EMFILE},     {"open", ENFILE},   {"open", EACCES},      {"open", EROFS},
-        {"flock", ENOLCK},    {"flock", EBADF},   {"flock", EIO},        {"fstat", EIO},
-        {"lstat", EACCES},    {"lstat", EIO},     {"pwrite", ENOSPC},    {"pwrite", EIO},
-        {"ftruncate", EIO},   {"ftruncate", EROFS},
+        {"open", EMFILE},   {"open", ENFILE},     {"open", EACCES},   {"open", EROFS},
+        {"flock", ENOLCK},  {"flock", EBADF},     {"flock", EIO},     {"fstat", EIO},
+        {"lstat", EACCES},  {"lstat", EIO},       {"pwrite", ENOSPC}, {"pwrite", EIO},
+        {"ftruncate", EIO}, {"ftruncate", EROFS},
     };
     for (const auto& r : rows) {
         CAPTURE(r.call, r.err);
@@ -529,7 +538,8 @@ TEST_CASE("lock_file: ftruncate is skipped when the file is no longer than the c
     CHECK(read_file(p) == pid_content());
 }
 
-TEST_CASE("lock_file: a lock won on a file that was replaced meanwhile is retried on the new file") {
+TEST_CASE(
+    "lock_file: a lock won on a file that was replaced meanwhile is retried on the new file") {
     scratch s;
     const auto p = s / "a.lock";
     write_file(p, "old");
@@ -548,7 +558,8 @@ TEST_CASE("lock_file: a lock won on a file that was replaced meanwhile is retrie
     };
     lock_file l(p);
     CHECK(replaced == 2);  // won twice: the stale inode, then the current one
-    struct ::stat held {}, named {};
+    struct ::stat held {
+    }, named{};
     REQUIRE(::fstat(l.native_handle(), &held) == 0);
     REQUIRE(::stat(p.c_str(), &named) == 0);
     CHECK(held.st_ino == named.st_ino);
@@ -573,7 +584,8 @@ TEST_CASE("lock_file: a lock won on a file unlinked meanwhile is retried on a ne
     CHECK(read_file(p) == pid_content());
 }
 
-TEST_CASE("lock_file: a waiter that wins a stale inode after unlink+release retries on the new file") {
+TEST_CASE(
+    "lock_file: a waiter that wins a stale inode after unlink+release retries on the new file") {
     // The race that gave py-filelock two holders: a waiter opened the old file,
     // the holder unlinked it and released, a newcomer locked a new file.
     scratch s;
@@ -582,13 +594,14 @@ TEST_CASE("lock_file: a waiter that wins a stale inode after unlink+release retr
     filelock::detail::file_target waiter(p, {});
     REQUIRE(waiter.try_acquire() == errc::locked);  // keeps its descriptor on the old inode
     fs::remove(p);
-    holder.reset();               // the old inode is free now
-    lock_file newcomer(p);        // a new file, held
+    holder.reset();         // the old inode is free now
+    lock_file newcomer(p);  // a new file, held
     CHECK(waiter.try_acquire() == errc::locked);
     newcomer.close();
     CHECK(!waiter.try_acquire());
     lock_file won = waiter.take();
-    struct ::stat held {}, named {};
+    struct ::stat held {
+    }, named{};
     REQUIRE(::fstat(won.native_handle(), &held) == 0);
     REQUIRE(::stat(p.c_str(), &named) == 0);
     CHECK(held.st_ino == named.st_ino);
@@ -598,7 +611,8 @@ TEST_CASE("lock_file: holder content read on contention is bounded and stripped"
     CHECK(filelock::detail::holder_from_bytes(" 1234\n") == "1234");
     CHECK(filelock::detail::holder_from_bytes("no newline") == "no newline");
     CHECK(filelock::detail::holder_from_bytes(std::string(100000, 'a')).size() == 1024);
-    CHECK(filelock::detail::holder_from_bytes(std::string("\0\1\2 9\n", 6)) == std::string("\1\2 9"));
+    CHECK(filelock::detail::holder_from_bytes(std::string("\0\1\2 9\n", 6)) ==
+          std::string("\1\2 9"));
     scratch s;
     const auto p = s / "big.lock";
     write_file(p, std::string(10 << 20, 'z'));

@@ -15,8 +15,8 @@ TEST_CASE("filelock-run: runs the command under the lock and exits with its stat
     CHECK(run({tool, p.string(), "sh", "-c", "exit 7"}) == 7);
     CHECK(run({tool, p.string(), "sh", "-c", "kill -TERM $$"}) == 128 + SIGTERM);
     // the command sees the lock held (and our content in the file)
-    CHECK(run({tool, p.string(), "sh", "-c", "flock -n \"$0\" true && exit 3; grep -q '^ [0-9]*$' \"$0\"",
-               p.string()}) == 0);
+    CHECK(run({tool, p.string(), "sh", "-c",
+               "flock -n \"$0\" true && exit 3; grep -q '^ [0-9]*$' \"$0\"", p.string()}) == 0);
     CHECK(lock_is_free(p));
     CHECK(fs::exists(p));
 }

@@ -70,12 +70,15 @@ struct loop_sleep {
         auto* t = new uv_timer_t;
         uv_timer_init(loop, t);
         t->data = h.address();
-        uv_timer_start(t, [](uv_timer_t* t) {
-            auto h = std::coroutine_handle<>::from_address(t->data);
-            uv_close(reinterpret_cast<uv_handle_t*>(t),
-                     [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
-            h.resume();
-        }, static_cast<uint64_t>(d.count()), 0);
+        uv_timer_start(
+            t,
+            [](uv_timer_t* t) {
+                auto h = std::coroutine_handle<>::from_address(t->data);
+                uv_close(reinterpret_cast<uv_handle_t*>(t),
+                         [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+                h.resume();
+            },
+            static_cast<uint64_t>(d.count()), 0);
     }
     void await_resume() const noexcept {}
 };
@@ -90,12 +93,15 @@ void after(uv_loop_t* loop, std::chrono::milliseconds d, F f) {
     auto* h = new holder{{}, std::move(f)};
     uv_timer_init(loop, &h->t);
     h->t.data = h;
-    uv_timer_start(&h->t, [](uv_timer_t* t) {
-        auto* h = static_cast<holder*>(t->data);
-        h->f();
-        uv_close(reinterpret_cast<uv_handle_t*>(t),
-                 [](uv_handle_t* t) { delete static_cast<holder*>(t->data); });
-    }, static_cast<uint64_t>(d.count()), 0);
+    uv_timer_start(
+        &h->t,
+        [](uv_timer_t* t) {
+            auto* h = static_cast<holder*>(t->data);
+            h->f();
+            uv_close(reinterpret_cast<uv_handle_t*>(t),
+                     [](uv_handle_t* t) { delete static_cast<holder*>(t->data); });
+        },
+        static_cast<uint64_t>(d.count()), 0);
 }
 
 }  // namespace
@@ -357,7 +363,8 @@ TEST_CASE("uv: tasks compose with symmetric transfer") {
     };
     auto outer = [&]() -> fuv::task<int> {
         int sum = 0;
-        for (int i = 0; i < 1000; ++i) sum += co_await inner(1);  // deep chains do not grow the stack
+        for (int i = 0; i < 1000; ++i)
+            sum += co_await inner(1);  // deep chains do not grow the stack
         co_return sum;
     };
     auto t = outer();

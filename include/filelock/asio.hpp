@@ -52,19 +52,18 @@ public:
     template <class Self>
     void operator()(Self& self, std::error_code ec = {}) {
         switch (state_) {
-        case state::starting:
-            // No side effect survives a cancellation (a won lock is released
-            // again), so every kind of cancellation is supported.
-            self.reset_cancellation_state(asio::enable_total_cancellation());
-            attempt(self, true);
-            return;
-        case state::waiting:
-            if (ec == asio::error::operation_aborted || cancelled(self))
-                return finish(self, asio::error::operation_aborted);
-            attempt(self, false);
-            return;
-        case state::delivering:
-            return finish(self, result_);
+            case state::starting:
+                // No side effect survives a cancellation (a won lock is released
+                // again), so every kind of cancellation is supported.
+                self.reset_cancellation_state(asio::enable_total_cancellation());
+                attempt(self, true);
+                return;
+            case state::waiting:
+                if (ec == asio::error::operation_aborted || cancelled(self))
+                    return finish(self, asio::error::operation_aborted);
+                attempt(self, false);
+                return;
+            case state::delivering: return finish(self, result_);
         }
     }
 
@@ -145,8 +144,7 @@ inline constexpr bool is_executor_v =
 /// closes it (a lock won but not yet delivered is released). After
 /// `io_context::stop()`, a won-but-undelivered lock stays held until the
 /// context runs again or is destroyed.
-template <class Executor,
-          class CompletionToken = asio::default_completion_token_t<Executor>,
+template <class Executor, class CompletionToken = asio::default_completion_token_t<Executor>,
           std::enable_if_t<detail::is_executor_v<Executor>, int> = 0>
 auto async_lock(const Executor& ex, const std::filesystem::path& path,
                 std::chrono::nanoseconds timeout, const lock_options& options,
@@ -157,8 +155,7 @@ auto async_lock(const Executor& ex, const std::filesystem::path& path,
 }
 
 /// As above with default options.
-template <class Executor,
-          class CompletionToken = asio::default_completion_token_t<Executor>,
+template <class Executor, class CompletionToken = asio::default_completion_token_t<Executor>,
           std::enable_if_t<detail::is_executor_v<Executor> &&
                                !std::is_convertible_v<CompletionToken, const lock_options&>,
                            int> = 0>
@@ -169,9 +166,9 @@ auto async_lock(const Executor& ex, const std::filesystem::path& path,
 }
 
 /// As above on an execution context's executor (e.g. an io_context).
-template <class ExecutionContext, class... Args,
-          std::enable_if_t<std::is_convertible_v<ExecutionContext&, asio::execution_context&>,
-                           int> = 0>
+template <
+    class ExecutionContext, class... Args,
+    std::enable_if_t<std::is_convertible_v<ExecutionContext&, asio::execution_context&>, int> = 0>
 auto async_lock(ExecutionContext& ctx, const std::filesystem::path& path,
                 std::chrono::nanoseconds timeout, Args&&... args) {
     return async_lock(ctx.get_executor(), path, timeout, std::forward<Args>(args)...);
@@ -192,8 +189,7 @@ inline asio::awaitable<lock_file> async_lock(std::filesystem::path path,
     auto ex = co_await asio::this_coro::executor;
     auto [ec, lock] = co_await async_lock(ex, path, timeout, options,
                                           asio::experimental::as_tuple(asio::use_awaitable));
-    if (ec)
-        detail::throw_error(ec, path, ec == errc::timeout ? read_holder(path) : std::string());
+    if (ec) detail::throw_error(ec, path, ec == errc::timeout ? read_holder(path) : std::string());
     co_return std::move(lock);
 }
 

@@ -150,8 +150,12 @@ class lock_awaitable {
 public:
     lock_awaitable(uv_loop_t* loop, std::filesystem::path path, std::chrono::nanoseconds timeout,
                    lock_options options, std::stop_token stop, std::error_code* ec) noexcept
-        : loop_(loop), path_(std::move(path)), timeout_(timeout), options_(std::move(options)),
-          stop_(std::move(stop)), ec_out_(ec) {}
+        : loop_(loop),
+          path_(std::move(path)),
+          timeout_(timeout),
+          options_(std::move(options)),
+          stop_(std::move(stop)),
+          ec_out_(ec) {}
     lock_awaitable(lock_awaitable&&) = delete;
     ~lock_awaitable() {
         if (req_.pending()) req_.abandon();
@@ -176,8 +180,8 @@ public:
             return std::move(lock_);
         }
         if (ec_)
-            filelock::detail::throw_error(ec_, path_,
-                                          ec_ == errc::timeout ? read_holder(path_) : std::string());
+            filelock::detail::throw_error(
+                ec_, path_, ec_ == errc::timeout ? read_holder(path_) : std::string());
         return std::move(lock_);
     }
 

@@ -31,7 +31,9 @@ std::unordered_multimap<uv_loop_t*, op*> registry;
 
 struct op {
     op(uv_loop_t* l, filelock::detail::acquisition a, completion cb)
-        : loop(l), acq(std::in_place, std::move(a)), callback(std::move(cb)),
+        : loop(l),
+          acq(std::in_place, std::move(a)),
+          callback(std::move(cb)),
           ctl(std::make_shared<control>()) {}
 
     uv_loop_t* loop;
@@ -63,8 +65,8 @@ struct op {
         if (next.is_done()) return finish(next.ec, next.ec ? lock_file() : acq->target().take());
         // uv timers count whole milliseconds: round up, never spin at 0.
         using namespace std::chrono;
-        const auto ms = std::max<std::uint64_t>(1, static_cast<std::uint64_t>(
-                                                       ceil<milliseconds>(next.delay).count()));
+        const auto ms = std::max<std::uint64_t>(
+            1, static_cast<std::uint64_t>(ceil<milliseconds>(next.delay).count()));
         uv_timer_start(&timer, on_timer, ms, 0);
     }
 
@@ -100,8 +102,8 @@ struct op {
 
 request start(uv_loop_t* loop, const std::filesystem::path& path, std::chrono::nanoseconds timeout,
               const lock_options& options, detail::completion callback) {
-    auto o = std::make_unique<detail::op>(loop, filelock::detail::make_acquisition(path, timeout, options),
-                                          std::move(callback));
+    auto o = std::make_unique<detail::op>(
+        loop, filelock::detail::make_acquisition(path, timeout, options), std::move(callback));
     o->timer.data = o.get();
     o->async.data = o.get();
     if (int rc = uv_async_init(loop, &o->async, detail::op::on_async); rc != 0)

@@ -60,9 +60,9 @@ public:
                        : clock::duration(static_cast<clock::rep>(grown));
         const double u = static_cast<double>(random() >> 11) * 0x1.0p-53;  // [0, 1)
         const double scale = 1.0 - policy_.jitter * u;
-        return std::max(clock::duration(1),
-                        clock::duration(static_cast<clock::rep>(
-                            static_cast<double>(ceiling.count()) * scale)));
+        return std::max(
+            clock::duration(1),
+            clock::duration(static_cast<clock::rep>(static_cast<double>(ceiling.count()) * scale)));
     }
 
     clock::duration ceiling() const noexcept { return ceiling_; }
@@ -100,7 +100,8 @@ public:
         if (ec != errc::locked) return {next_action::kind::done, ec, {}};
         if (!forever_ && now >= deadline_) return {next_action::kind::done, errc::timeout, {}};
         auto delay = backoff_.next();
-        if (!forever_ && delay > deadline_ - now) delay = deadline_ - now;  // last attempt at the deadline
+        if (!forever_ && delay > deadline_ - now)
+            delay = deadline_ - now;  // last attempt at the deadline
         return {next_action::kind::wait, {}, delay};
     }
 

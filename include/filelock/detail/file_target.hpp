@@ -47,7 +47,7 @@ private:
     void close_fd() noexcept;
 
     std::filesystem::path path_;
-    std::string content_;      // what to write after winning ("" = nothing)
+    std::string content_;  // what to write after winning ("" = nothing)
     std::error_code init_error_;
     const char* failed_call_ = nullptr;
     int fd_ = -1;

@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""Sums Catch2's test-case counts over meson test logs (testlog.json files)
+and prints the closing line "N passed, N failed". A meson test that failed
+without a Catch2 summary (crash, timeout) counts as one failed test case."""
+import json
+import re
+import sys
+
+passed = failed = 0
+all_ok = re.compile(r"All tests passed \(\d+ assertions? in (\d+) test cases?\)")
+mixed = re.compile(r"test cases:\s+(\d+)\s+\|\s+(\d+) passed\s+\|\s+(\d+) failed")
+for path in sys.argv[1:]:
+    try:
+        lines = open(path).read().splitlines()
+    except OSError:
+        print("missing log: %s" % path)
+        failed += 1
+        continue
+    for line in lines:
+        t = json.loads(line)
+        out = t.get("stdout", "")
+        m_ok = all_ok.findall(out)
+        m_mixed = mixed.findall(out)
+        if t["result"] == "OK" and m_ok:
+            passed += int(m_ok[-1])
+        elif m_mixed:
+            _, p, f = m_mixed[-1]
+            passed += int(p)
+            failed += max(int(f), 1 if t["result"] != "OK" else 0)
+        elif t["result"] == "OK":
+            passed += 1
+        else:
+            failed += 1
+        print("%-10s %-40s %s" % (path.split("/")[0], t["name"], t["result"]))
+print("%d passed, %d failed" % (passed, failed))
+sys.exit(1 if failed else 0)

@@ -1,0 +1,35 @@
+#!/bin/sh
+# Developer entry point (Debian 12, run as root or with sudo available):
+#   ./dev.sh demo    install what is missing, build, run the two-process demo
+#   ./dev.sh test    install what is missing, build, run the whole test suite
+#   ./dev.sh deps    only install the Debian packages
+set -eu
+cd "$(dirname "$0")"
+
+PACKAGES="g++ meson ninja-build pkg-config libasio-dev libuv1-dev catch2 python3-zc.lockfile util-linux"
+BUILD=${BUILD:-build}
+
+deps() {
+    missing=""
+    for p in $PACKAGES; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+    done
+    [ -z "$missing" ] && return 0
+    echo "installing:$missing"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+}
+
+build() {
+    [ -f "$BUILD/build.ninja" ] || meson setup "$BUILD" --buildtype=debugoptimized
+    ninja -C "$BUILD"
+}
+
+case "${1:-}" in
+deps) deps ;;
+demo) deps && build && "$BUILD/examples/1_sync" ;;
+test) deps && build && meson test -C "$BUILD" --print-errorlogs ;;
+*) echo "usage: $0 demo|test|deps" >&2; exit 64 ;;
+esac
