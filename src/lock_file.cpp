@@ -132,6 +132,7 @@ file_target::file_target(std::filesystem::path path, const lock_options& options
       shared_(options.mode == lock_mode::shared),
       ofd_(options.backend == lock_backend::ofd),
       writes_(options.write_content && options.mode == lock_mode::exclusive),
+      remove_(options.remove_on_release && options.mode == lock_mode::exclusive),
       file_mode_(options.file_mode) {
     nofollow_ = writes_ && !options.follow_symlinks;
     // Writing needs a writable descriptor, and so does an exclusive OFD lock
@@ -154,7 +155,10 @@ file_target::file_target(file_target&& other) noexcept
       writes_(other.writes_),
       nofollow_(other.nofollow_),
       read_only_(other.read_only_),
-      file_mode_(other.file_mode_) {}
+      remove_(other.remove_),
+      file_mode_(other.file_mode_),
+      dev_(other.dev_),
+      ino_(other.ino_) {}
 
 file_target::~file_target() {
     if (won_)
@@ -253,6 +257,8 @@ std::error_code file_target::try_acquire() noexcept {
             unlock_and_close();  // replaced: retry on the file the path names now
             continue;
         }
+        dev_ = held.st_dev;
+        ino_ = held.st_ino;
         if (!content_.empty()) {
             std::size_t done = 0;
             while (done < content_.size()) {
@@ -285,12 +291,15 @@ std::error_code file_target::try_acquire() noexcept {
 lock_file file_target::take() noexcept {
     if (!won_) return {};
     won_ = false;
-    try {
-        return lock_file(std::exchange(fd_, -1), path_, ofd_);
-    } catch (...) {  // the path copy failed: keep nothing held by nobody
-        unlock_and_close();
-        return {};
-    }
+    lock_file::held h;
+    h.fd = std::exchange(fd_, -1);
+    h.ofd = ofd_;
+    h.remove = remove_;
+    h.generation = fork_generation();
+    h.dev = dev_;
+    h.ino = ino_;
+    // The target is spent once its lock is taken: its path moves along.
+    return lock_file(h, std::move(path_));
 }
 
 std::string file_target::holder() const noexcept {
@@ -299,8 +308,8 @@ std::string file_target::holder() const noexcept {
 
 }  // namespace detail
 
-lock_file::lock_file(int fd, std::filesystem::path path, bool ofd) noexcept
-    : fd_(fd), ofd_(ofd), generation_(detail::fork_generation()), path_(std::move(path)) {}
+lock_file::lock_file(const held& h, std::filesystem::path path) noexcept
+    : h_(h), path_(std::move(path)) {}
 
 lock_file::lock_file(const std::filesystem::path& path, const lock_options& options) {
     detail::file_target target(path, options);
@@ -311,17 +320,12 @@ lock_file::lock_file(const std::filesystem::path& path, const lock_options& opti
 }
 
 lock_file::lock_file(lock_file&& other) noexcept
-    : fd_(std::exchange(other.fd_, -1)),
-      ofd_(other.ofd_),
-      generation_(other.generation_),
-      path_(std::move(other.path_)) {}
+    : h_(std::exchange(other.h_, held{})), path_(std::move(other.path_)) {}
 
 lock_file& lock_file::operator=(lock_file&& other) noexcept {
     if (this != &other) {
         close();
-        fd_ = std::exchange(other.fd_, -1);
-        ofd_ = other.ofd_;
-        generation_ = other.generation_;
+        h_ = std::exchange(other.h_, held{});
         path_ = std::move(other.path_);
     }
     return *this;
@@ -330,14 +334,24 @@ lock_file& lock_file::operator=(lock_file&& other) noexcept {
 lock_file::~lock_file() { close(); }
 
 void lock_file::close() noexcept {
-    if (fd_ < 0) return;
+    if (h_.fd < 0) return;
+    const int fd = std::exchange(h_.fd, -1);
     // In a forked child the descriptor shares the parent's open file
     // description: unlocking it would release the parent's lock.
-    if (generation_ == detail::fork_generation())
-        detail::release_fd(fd_, ofd_);
-    else
-        detail::sys().close(fd_);
-    fd_ = -1;
+    if (h_.generation != detail::fork_generation()) {
+        detail::sys().close(fd);
+        return;
+    }
+    if (h_.remove) {
+        // Unlink while still holding, and only the file we hold: a waiter that
+        // then wins this inode sees that the path no longer names it.
+        struct ::stat named {};
+        if (detail::sys().lstat(path_.c_str(), &named) == 0 &&
+            static_cast<unsigned long long>(named.st_dev) == h_.dev &&
+            static_cast<unsigned long long>(named.st_ino) == h_.ino)
+            detail::sys().unlink(path_.c_str());
+    }
+    detail::release_fd(fd, h_.ofd);
 }
 
 simple_lock_file::simple_lock_file(const std::filesystem::path& path, lock_options options)

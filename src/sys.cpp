@@ -12,8 +12,17 @@ int sys_open(const char* path, int flags, mode_t mode) { return ::open(path, fla
 int sys_fcntl_lock(int fd, int cmd, struct ::flock* lk) { return ::fcntl(fd, cmd, lk); }
 
 constexpr sys_table libc_table{
-    sys_open, ::close, ::flock,  sys_fcntl_lock, ::fstat,
-    ::stat,   ::lstat, ::pwrite, ::pread,        ::ftruncate,
+    .open = sys_open,
+    .close = ::close,
+    .flock = ::flock,
+    .fcntl_lock = sys_fcntl_lock,
+    .fstat = ::fstat,
+    .stat = ::stat,
+    .lstat = ::lstat,
+    .pwrite = ::pwrite,
+    .pread = ::pread,
+    .ftruncate = ::ftruncate,
+    .unlink = ::unlink,
 };
 
 sys_table table = libc_table;

@@ -23,6 +23,7 @@ struct sys_table {
     ssize_t (*pwrite)(int fd, const void* buf, size_t n, off_t off);
     ssize_t (*pread)(int fd, void* buf, size_t n, off_t off);
     int (*ftruncate)(int fd, off_t len);
+    int (*unlink)(const char* path);
 };
 
 /// The table in use. Tests replace entries and restore them.

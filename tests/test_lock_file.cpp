@@ -721,3 +721,125 @@ TEST_CASE("simple_lock_file: a failing stat in the identity check is reported an
     CHECK(g_plan.seen == 1);
     CHECK(lock_is_free(p));
 }
+
+TEST_CASE("remove_on_release: the holder removes the file it holds when it releases") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_options o;
+    o.remove_on_release = true;
+    {
+        lock_file l(p, o);
+        CHECK(fs::exists(p));
+    }
+    CHECK(!fs::exists(p));
+    // without the option the file stays
+    { lock_file l(p); }
+    CHECK(fs::exists(p));
+}
+
+TEST_CASE("remove_on_release: a file that no longer is the one held is not removed") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_options o;
+    o.remove_on_release = true;
+    lock_file l(p, o);
+    write_file(s / "other", "someone else's");
+    fs::rename(s / "other", p);  // another tool replaced the path
+    l.close();
+    CHECK(read_file(p) == "someone else's");
+}
+
+TEST_CASE("remove_on_release: a waiter holding the removed file retries on the new one") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_options o;
+    o.remove_on_release = true;
+    auto holder = std::make_unique<lock_file>(p, o);
+    filelock::detail::file_target waiter(p, o);
+    REQUIRE(waiter.try_acquire() == errc::locked);  // descriptor on the file about to go
+    holder.reset();                                 // unlinks, then releases
+    CHECK(!fs::exists(p));
+    lock_file newcomer(p, o);                     // creates and holds a new file
+    CHECK(waiter.try_acquire() == errc::locked);  // the stale inode is not a win
+    newcomer.close();
+    REQUIRE(!waiter.try_acquire());
+    auto won = waiter.take();
+    CHECK(fs::exists(p));
+    CHECK(read_file(p) == pid_content());
+}
+
+TEST_CASE("remove_on_release: shared locks and forked children never remove") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_options o;
+    o.remove_on_release = true;
+    o.mode = filelock::lock_mode::shared;
+    { lock_file l(p, o); }
+    CHECK(fs::exists(p));
+    lock_options ex;
+    ex.remove_on_release = true;
+    lock_file held(p, ex);
+    child c([&](int) {
+        held.close();  // the child's copy
+        return 0;
+    });
+    c.release();
+    CHECK(c.wait() == 0);
+    CHECK(fs::exists(p));
+    CHECK(!lock_is_free(p));
+}
+
+TEST_CASE("lock_file: a device node is not a regular file, for simple locks too") {
+    for (bool simple : {false, true}) {
+        lock_options o;
+        o.write_content = !simple;
+        std::error_code ec;
+        filelock::try_lock("/dev/null", o, ec);
+        CHECK(ec == errc::not_a_regular_file);
+    }
+}
+
+TEST_CASE("lock_file: a holder's content without a newline is reported as is") {
+    scratch s;
+    const auto p = s / "a.lock";
+    write_file(p, "4321");
+    simple_lock_file held(p);
+    try {
+        lock_file l(p);
+        FAIL("no contention");
+    } catch (const filelock::lock_error& e) {
+        CHECK(e.holder() == "4321");
+    }
+}
+
+TEST_CASE("lock_file: another user's 0644 lock file and a read-only directory, as nobody") {
+    scratch s;
+    fs::permissions(s.dir, fs::perms::all);
+    const auto theirs = s / "theirs.lock";
+    write_file(theirs, " 1\n");
+    fs::permissions(theirs, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                                fs::perms::others_read);
+    fs::create_directory(s / "ro");
+    fs::permissions(s / "ro", fs::perms::owner_read | fs::perms::owner_exec |
+                                  fs::perms::group_read | fs::perms::group_exec |
+                                  fs::perms::others_read | fs::perms::others_exec);
+    // Runs as nobody (root ignores permission bits); as a normal user the
+    // files are still someone else's only if the test runs as root.
+    if (::geteuid() != 0) return;
+    child c([&](int) {
+        if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 10;
+        std::error_code ec;
+        filelock::try_lock(theirs, ec);
+        if (ec != std::errc::permission_denied) return 11;
+        lock_options simple;
+        simple.write_content = false;
+        if (!filelock::try_lock(theirs, simple, ec).is_locked() || ec) return 12;
+        filelock::try_lock(s / "ro" / "a.lock", ec);
+        if (ec != std::errc::permission_denied) return 13;
+        filelock::try_lock(s / "ro" / "a.lock", simple, ec);
+        if (ec != std::errc::permission_denied) return 14;
+        return read_file(theirs) == " 1\n" ? 0 : 15;
+    });
+    c.release();
+    CHECK(c.wait() == 0);
+}

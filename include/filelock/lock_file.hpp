@@ -63,23 +63,28 @@ public:
     ~lock_file();
 
     /// Releases the lock (unlock, then close the descriptor). Idempotent.
-    /// The lock file stays.
+    /// The lock file stays (unless the options asked for remove_on_release).
     void close() noexcept;
 
     /// The path the lock was taken on (empty when nothing was ever held).
     const std::filesystem::path& path() const noexcept { return path_; }
     /// The descriptor holding the lock, or -1.
-    native_handle_type native_handle() const noexcept { return fd_; }
-    bool is_locked() const noexcept { return fd_ >= 0; }
+    native_handle_type native_handle() const noexcept { return h_.fd; }
+    bool is_locked() const noexcept { return h_.fd >= 0; }
     explicit operator bool() const noexcept { return is_locked(); }
 
 private:
     friend class detail::file_target;
-    lock_file(int fd, std::filesystem::path path, bool ofd) noexcept;
+    struct held {
+        int fd = -1;
+        bool ofd = false;
+        bool remove = false;      // unlink the path on release
+        unsigned generation = 0;  // fork generation of the process that took the lock
+        unsigned long long dev = 0, ino = 0;
+    };
+    lock_file(const held& h, std::filesystem::path path) noexcept;
 
-    int fd_ = -1;
-    bool ofd_ = false;
-    unsigned generation_ = 0;  // fork generation of the process that took the lock
+    held h_;
     std::filesystem::path path_;
 };
 

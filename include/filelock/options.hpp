@@ -68,6 +68,16 @@ struct lock_options {
     /// true to follow links. Locks that write nothing always follow links.
     bool follow_symlinks = false;
 
+    /// Remove the lock file when the lock is released: the holder unlinks the
+    /// path while it still holds the lock (only if the path still names the
+    /// locked file), then releases. Safe among filelock users only: a waiter
+    /// that wins the unlinked file finds (identity check) that the path no
+    /// longer names it and retries on the new file. zc.lockfile, flock(1) and
+    /// other tools do not check, so one of them waiting on the old file could
+    /// hold it while a filelock user holds the new one: leave this off when
+    /// the lock file is shared with them. Ignored for shared locks.
+    bool remove_on_release = false;
+
     backoff_policy backoff{};
 };
 

@@ -30,7 +30,8 @@ public:
     /// (nothing held, nothing open).
     std::error_code try_acquire() noexcept;
 
-    /// The lock won by the last successful try_acquire().
+    /// The lock won by the last successful try_acquire(). The target is spent
+    /// afterwards (its path moves into the lock_file).
     lock_file take() noexcept;
 
     /// The system call that produced the last error, or nullptr.
@@ -57,7 +58,9 @@ private:
     bool writes_ = false;
     bool nofollow_ = false;
     bool read_only_ = false;
+    bool remove_ = false;
     mode_t file_mode_ = 0666;
+    unsigned long long dev_ = 0, ino_ = 0;  // of the file won
 };
 
 using acquisition = engine<file_target>;
