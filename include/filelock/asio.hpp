@@ -15,6 +15,12 @@
 // steady_timer with the options' backoff (capped exponential, jittered), and
 // makes a last attempt at the deadline.
 
+// Asio 1.22 enables co_await support for clang only with libc++'s
+// <experimental/coroutine>; clang 14 with libstdc++'s <coroutine> works too.
+#if defined(__clang__) && defined(__cpp_impl_coroutine) && !defined(ASIO_HAS_CO_AWAIT)
+#define ASIO_HAS_CO_AWAIT 1
+#endif
+
 #include <filelock/detail/file_target.hpp>
 #include <filelock/lock_file.hpp>
 #include <filelock/options.hpp>

@@ -1,0 +1,647 @@
+// Torture test: many processes, each with threads and coroutines, take one
+// lock every way there is (sync lock_file / filelock::lock, the Asio adapter,
+// the libuv adapter, Python's zc.lockfile, flock(1)) while faults are
+// injected: SIGKILLed holders and waiters, cancellations, timeouts, and the
+// lock file deleted, renamed or replaced while held and waited on.
+//
+// Every holder runs the same critical section: it checks an occupancy marker
+// that a second live holder would have left, writes its own token there,
+// appends the token to a log, and checks the marker again before clearing it.
+// A process acknowledges an operation only after the release.
+//
+//   torture [--seconds N]      (default 60, or $TORTURE_SECONDS; --long = 600)
+//   torture --negative-control (sync workers skip the lock: must report violations)
+//
+// Phase 1 (mixed, 60% of the time) runs every kind of worker, with kills,
+// cancellations and timeouts. Phase 2 (filelock only) adds replacing the lock
+// file and holders that remove it on release: zc.lockfile and flock(1) do not
+// check which file they locked, so in their presence a replaced lock file can
+// legitimately have two holders (see README); they sit phase 2 out.
+//
+// Exit status 0 only if there were no violations, the log holds every
+// acknowledged operation exactly once (plus at most one unacknowledged entry
+// per killed process), no worker leaked a descriptor, and none hung.
+
+#include <filelock/asio.hpp>
+#include <filelock/lock_file.hpp>
+#include <filelock/uv.hpp>
+
+#include <asio/bind_cancellation_slot.hpp>
+#include <asio/cancellation_signal.hpp>
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/io_context.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/strand.hpp>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <dirent.h>
+#include <fcntl.h>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <poll.h>
+#include <random>
+#include <set>
+#include <spawn.h>
+#include <string>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+extern char** environ;
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using clk = std::chrono::steady_clock;
+
+namespace {
+
+int fd_count() {
+    int n = 0;
+    if (DIR* d = ::opendir("/proc/self/fd")) {
+        while (dirent* e = ::readdir(d)) n += e->d_name[0] != '.';
+        ::closedir(d);
+    }
+    return n - 1;
+}
+
+// ---------------------------------------------------------------------------
+// The critical section, shared by the C++ workers and `torture --cs`.
+
+// Is the process that wrote `token` ("pid:...") still alive and not exiting?
+bool holder_alive(const std::string& token) {
+    const long pid = std::strtol(token.c_str(), nullptr, 10);
+    if (pid <= 0) return false;
+    FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r");
+    if (!f) return false;
+    char comm[256] = {};
+    char state = 0;
+    int ppid, pgrp, session, tty, tpgid;
+    unsigned flags = 0;
+    const int n = std::fscanf(f, "%*d (%255[^)]) %c %d %d %d %d %d %u", comm, &state, &ppid, &pgrp,
+                              &session, &tty, &tpgid, &flags);
+    std::fclose(f);
+    if (n < 8) return false;
+    constexpr unsigned pf_exiting = 0x4;  // a killed holder on its way out
+    return state != 'Z' && state != 'X' && (flags & pf_exiting) == 0;
+}
+
+struct files {
+    fs::path dir, lock, marker, log, violations, stop;
+    explicit files(fs::path d)
+        : dir(d),
+          lock(d / "lock"),
+          marker(d / "marker"),
+          log(d / "log"),
+          violations(d / "violations"),
+          stop(d / "stop") {}
+};
+
+void append(const fs::path& p, const std::string& line) {
+    const int fd = ::open(p.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return;
+    (void)!::write(fd, line.data(), line.size());
+    ::close(fd);
+}
+
+// Returns false if another live holder was seen.
+bool critical_section(const files& f, const std::string& token, unsigned spin_us) {
+    const int fd = ::open(f.marker.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return false;
+    bool ok = true;
+    char buf[128];
+    ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+    std::string seen(buf, n > 0 ? static_cast<size_t>(n) : 0);
+    if (!seen.empty() && seen != token && holder_alive(seen)) {
+        ok = false;
+        append(f.violations, "enter " + token + " saw " + seen + "\n");
+    }
+    (void)!::pwrite(fd, token.data(), token.size(), 0);
+    (void)!::ftruncate(fd, static_cast<off_t>(token.size()));
+    append(f.log, token + "\n");
+    if (spin_us) std::this_thread::sleep_for(std::chrono::microseconds(spin_us));
+    n = ::pread(fd, buf, sizeof buf - 1, 0);
+    seen.assign(buf, n > 0 ? static_cast<size_t>(n) : 0);
+    if (seen != token) {
+        ok = false;
+        append(f.violations, "leave " + token + " saw " + seen + "\n");
+    }
+    (void)!::ftruncate(fd, 0);
+    ::close(fd);
+    return ok;
+}
+
+// ---------------------------------------------------------------------------
+// Workers (child processes). Each prints "ack TOKEN" after each release and a
+// final "stat ..." line when told to stop.
+
+struct tally {
+    std::atomic<long> acquired{0}, timeouts{0}, cancels{0}, errors{0};
+    std::mutex out;
+    void ack(const std::string& token) {
+        std::lock_guard<std::mutex> g(out);
+        std::printf("ack %s\n", token.c_str());
+        std::fflush(stdout);
+    }
+    void error(const std::string& what) {
+        ++errors;
+        std::lock_guard<std::mutex> g(out);
+        std::fprintf(stderr, "torture worker %d: %s\n", ::getpid(), what.c_str());
+    }
+};
+
+std::chrono::nanoseconds pick_timeout(std::mt19937& rng) {
+    static const std::chrono::nanoseconds choices[] = {0ms, 1ms, 20ms, 200ms, 2s};
+    return choices[std::uniform_int_distribution<int>(0, 4)(rng)];
+}
+
+filelock::lock_options pick_options(std::mt19937& rng, bool replacing) {
+    filelock::lock_options o;
+    o.backoff.cap = 20ms;
+    o.remove_on_release = replacing && std::uniform_int_distribution<int>(0, 3)(rng) == 0;
+    return o;
+}
+
+bool g_no_lock = false;  // negative control: the sync workers do not lock at all
+
+void sync_worker(const files& f, tally& t, unsigned seed, bool replacing) {
+    std::vector<std::thread> threads;
+    for (unsigned k = 0; k < 3; ++k)
+        threads.emplace_back([&, k] {
+            std::mt19937 rng(seed * 7 + k);
+            for (long i = 0; !fs::exists(f.stop); ++i) {
+                const std::string token =
+                    std::to_string(::getpid()) + ":s" + std::to_string(k) + ":" + std::to_string(i);
+                auto opts = pick_options(rng, replacing);
+                filelock::lock_file l;
+                std::error_code ec;
+                if (g_no_lock)
+                    ;
+                else if (rng() % 2)
+                    l = filelock::try_lock(f.lock, opts, ec);
+                else
+                    l = filelock::lock(f.lock, pick_timeout(rng), opts, ec);
+                if (ec == filelock::errc::locked || ec == filelock::errc::timeout) {
+                    ++t.timeouts;
+                    std::this_thread::sleep_for(1ms);
+                    continue;
+                }
+                if (ec) {
+                    t.error("sync lock: " + ec.message());
+                    continue;
+                }
+                ++t.acquired;
+                critical_section(f, token, static_cast<unsigned>(rng() % 300));
+                l.close();
+                t.ack(token);
+            }
+        });
+    for (auto& th : threads) th.join();
+}
+
+void asio_worker(const files& f, tally& t, unsigned seed, bool replacing) {
+    asio::io_context io(2);
+    for (unsigned k = 0; k < 4; ++k) {
+        auto strand = asio::make_strand(io);
+        asio::co_spawn(
+            strand,
+            [&, k]() -> asio::awaitable<void> {
+                auto ex = co_await asio::this_coro::executor;
+                std::mt19937 rng(seed * 13 + k);
+                for (long i = 0; !fs::exists(f.stop); ++i) {
+                    const std::string token = std::to_string(::getpid()) + ":a" +
+                                              std::to_string(k) + ":" + std::to_string(i);
+                    // Shared: a timer handler already queued may still emit.
+                    auto sig = std::make_shared<asio::cancellation_signal>();
+                    auto armed = std::make_shared<bool>(true);
+                    asio::steady_timer canceller(ex);
+                    if (rng() % 4 == 0) {
+                        canceller.expires_after(std::chrono::microseconds(rng() % 20000));
+                        canceller.async_wait([sig, armed](std::error_code e) {
+                            if (!e && *armed) sig->emit(asio::cancellation_type::terminal);
+                        });
+                    }
+                    auto [ec, l] = co_await filelock::async_lock(
+                        ex, f.lock, pick_timeout(rng), pick_options(rng, replacing),
+                        asio::bind_cancellation_slot(
+                            sig->slot(), asio::experimental::as_tuple(asio::use_awaitable)));
+                    *armed = false;
+                    canceller.cancel();
+                    if (ec == asio::error::operation_aborted) {
+                        ++t.cancels;
+                        continue;
+                    }
+                    if (ec == filelock::errc::timeout) {
+                        ++t.timeouts;
+                        continue;
+                    }
+                    if (ec) {
+                        t.error("asio async_lock: " + ec.message());
+                        continue;
+                    }
+                    ++t.acquired;
+                    critical_section(f, token, static_cast<unsigned>(rng() % 300));
+                    l.close();
+                    t.ack(token);
+                }
+            },
+            asio::detached);
+    }
+    std::thread other([&] { io.run(); });
+    io.run();
+    other.join();
+}
+
+void uv_worker(const files& f, tally& t, unsigned seed, bool replacing) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    std::mutex stops_mutex;
+    std::vector<std::stop_source*> stops;
+    std::atomic<bool> done{false};
+    auto body = [&](unsigned k) -> filelock::uv::task<> {
+        std::mt19937 rng(seed * 17 + k);
+        for (long i = 0; !fs::exists(f.stop); ++i) {
+            const std::string token =
+                std::to_string(::getpid()) + ":u" + std::to_string(k) + ":" + std::to_string(i);
+            std::stop_source stop;
+            {
+                std::lock_guard<std::mutex> g(stops_mutex);
+                stops.push_back(&stop);
+            }
+            std::error_code ec;
+            auto l = co_await filelock::uv::async_lock(&loop, f.lock, pick_timeout(rng),
+                                                       pick_options(rng, replacing),
+                                                       stop.get_token(), ec);
+            {
+                std::lock_guard<std::mutex> g(stops_mutex);
+                std::erase(stops, &stop);
+            }
+            if (ec == std::errc::operation_canceled) {
+                ++t.cancels;
+                continue;
+            }
+            if (ec == filelock::errc::timeout) {
+                ++t.timeouts;
+                continue;
+            }
+            if (ec) {
+                t.error("uv async_lock: " + ec.message());
+                continue;
+            }
+            ++t.acquired;
+            critical_section(f, token, static_cast<unsigned>(rng() % 300));
+            l.close();
+            t.ack(token);
+        }
+    };
+    std::vector<filelock::uv::task<>> tasks;
+    for (unsigned k = 0; k < 4; ++k) {
+        tasks.push_back(body(k));
+        tasks.back().start();
+    }
+    // Cancellations from another thread, at random.
+    std::thread canceller([&] {
+        std::mt19937 rng(seed);
+        while (!done) {
+            std::this_thread::sleep_for(std::chrono::microseconds(rng() % 30000));
+            std::lock_guard<std::mutex> g(stops_mutex);
+            if (!stops.empty()) stops[rng() % stops.size()]->request_stop();
+        }
+    });
+    uv_run(&loop, UV_RUN_DEFAULT);
+    done = true;
+    canceller.join();
+    for (auto& task : tasks)
+        if (!task.done()) t.error("uv task did not finish");
+    if (uv_loop_close(&loop) != 0) t.error("uv_loop_close: handles left");
+}
+
+int worker_main(const std::string& kind, const fs::path& dir, unsigned seed, bool replacing) {
+    files f(dir);
+    tally t;
+    // Warm up what the libraries open once per process, then take the baseline.
+    {
+        asio::io_context io;
+        asio::steady_timer warm(io);
+        uv_loop_t l;
+        uv_loop_init(&l);
+        uv_async_t a;
+        uv_async_init(&l, &a, nullptr);
+        uv_close(reinterpret_cast<uv_handle_t*>(&a), nullptr);
+        uv_run(&l, UV_RUN_DEFAULT);
+        uv_loop_close(&l);
+    }
+    const int baseline = fd_count();
+    if (kind == "sync")
+        sync_worker(f, t, seed, replacing);
+    else if (kind == "asio")
+        asio_worker(f, t, seed, replacing);
+    else if (kind == "uv")
+        uv_worker(f, t, seed, replacing);
+    const int fds = fd_count();
+    std::printf("stat acquired=%ld timeouts=%ld cancels=%ld errors=%ld fd_leak=%d\n",
+                t.acquired.load(), t.timeouts.load(), t.cancels.load(), t.errors.load(),
+                fds - baseline);
+    std::fflush(stdout);
+    return 0;
+}
+
+const char python_worker[] = R"(
+import os, sys, time, zc.lockfile
+d = sys.argv[1]
+lock, marker, log, viol, stop = (os.path.join(d, n) for n in ('lock', 'marker', 'log', 'violations', 'stop'))
+def alive(token):
+    try:
+        pid = int(token.split(':')[0])
+        with open('/proc/%d/stat' % pid) as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+        return fields[0] not in 'ZX' and not (int(fields[6]) & 4)
+    except Exception:
+        return False
+def note(line):
+    with open(viol, 'a') as f: f.write(line + '\n')
+i = 0
+while not os.path.exists(stop):
+    token = '%d:p:%d' % (os.getpid(), i)
+    i += 1
+    try:
+        l = zc.lockfile.LockFile(lock)
+    except zc.lockfile.LockError:
+        time.sleep(0.002)
+        continue
+    fd = os.open(marker, os.O_RDWR | os.O_CREAT, 0o644)
+    seen = os.pread(fd, 127, 0).decode(errors='replace')
+    if seen and seen != token and alive(seen): note('enter %s saw %s' % (token, seen))
+    os.pwrite(fd, token.encode(), 0); os.ftruncate(fd, len(token))
+    with open(log, 'a') as f: f.write(token + '\n')
+    seen = os.pread(fd, 127, 0).decode(errors='replace')
+    if seen != token: note('leave %s saw %s' % (token, seen))
+    os.ftruncate(fd, 0); os.close(fd)
+    l.close()
+    print('ack', token, flush=True)
+print('stat acquired=%d timeouts=0 cancels=0 errors=0 fd_leak=0' % i, flush=True)
+)";
+
+const char flock_worker[] = R"(
+d=$1; self=$2; i=0
+while [ ! -e "$d/stop" ]; do
+  t="$$:f:$i"; i=$((i+1))
+  if flock -w 0.5 "$d/lock" "$self" --cs "$d" "$t"; then echo "ack $t"; fi
+done
+echo "stat acquired=$i timeouts=0 cancels=0 errors=0 fd_leak=0"
+)";
+
+// ---------------------------------------------------------------------------
+// The orchestrator.
+
+struct worker {
+    pid_t pid = 0;
+    std::string kind;
+    int out = -1;
+    std::string buf;
+    bool stopped = false;
+};
+
+struct totals {
+    std::set<std::string> acked;
+    long kills = 0, replacements = 0, cancels = 0, timeouts = 0, errors = 0, fd_leaks = 0, hung = 0,
+         acquired = 0, stat_lines = 0;
+};
+
+pid_t spawn(const std::vector<std::string>& argv, int& out_fd) {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) return -1;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, p[1], 1);
+    // Own process group: a kill takes flock(1)'s command along with the shell.
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+    posix_spawnattr_setpgroup(&attr, 0);
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    pid_t pid = -1;
+    if (::posix_spawnp(&pid, args[0], &fa, &attr, args.data(), environ) != 0) pid = -1;
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    ::close(p[1]);
+    out_fd = p[0];
+    ::fcntl(out_fd, F_SETFL, O_NONBLOCK);
+    return pid;
+}
+
+void consume(worker& w, totals& t) {
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(w.out, buf, sizeof buf)) > 0) w.buf.append(buf, static_cast<size_t>(n));
+    size_t pos;
+    while ((pos = w.buf.find('\n')) != std::string::npos) {
+        const std::string line = w.buf.substr(0, pos);
+        w.buf.erase(0, pos + 1);
+        if (line.rfind("ack ", 0) == 0) {
+            t.acked.insert(line.substr(4));
+        } else if (line.rfind("stat ", 0) == 0) {
+            long a = 0, to = 0, c = 0, e = 0;
+            int leak = 0;
+            std::sscanf(line.c_str(),
+                        "stat acquired=%ld timeouts=%ld cancels=%ld errors=%ld fd_leak=%d", &a, &to,
+                        &c, &e, &leak);
+            t.acquired += a;
+            t.timeouts += to;
+            t.cancels += c;
+            t.errors += e;
+            t.fd_leaks += leak != 0;
+            ++t.stat_lines;
+        }
+    }
+}
+
+int orchestrate(const std::string& self, double seconds) {
+    char tmpl[] = "/tmp/filelock-torture-XXXXXX";
+    if (!::mkdtemp(tmpl)) return 2;
+    files f{fs::path(tmpl)};
+    std::mt19937 rng(12345);
+    totals t;
+    std::vector<worker> workers;
+    const bool have_python = ::system("/usr/bin/python3 -c 'import zc.lockfile' 2>/dev/null") == 0;
+
+    auto start_worker = [&](const std::string& kind, bool replacing) {
+        worker w;
+        w.kind = kind;
+        const std::string seed = std::to_string(rng());
+        if (kind == "zc")
+            w.pid = spawn({"/usr/bin/python3", "-c", python_worker, f.dir.string()}, w.out);
+        else if (kind == "flock1")
+            w.pid = spawn({"bash", "-c", flock_worker, "flock1", f.dir.string(), self}, w.out);
+        else
+            w.pid = spawn({self, "--worker", kind, f.dir.string(), seed,
+                           std::string(replacing ? "r" : "-") + (g_no_lock ? "n" : "-")},
+                          w.out);
+        if (w.pid > 0) workers.push_back(std::move(w));
+    };
+
+    auto run_phase = [&](const std::vector<std::string>& kinds, double secs, bool replacing) {
+        ::unlink(f.stop.c_str());
+        for (const auto& k : kinds) start_worker(k, replacing);
+        const auto end = clk::now() + std::chrono::duration<double>(secs);
+        auto next_kill = clk::now() + 100ms, next_replace = clk::now() + 150ms;
+        while (clk::now() < end) {
+            std::vector<pollfd> pfds;
+            for (auto& w : workers) pfds.push_back({w.out, POLLIN, 0});
+            ::poll(pfds.data(), pfds.size(), 10);
+            for (auto& w : workers) consume(w, t);
+            if (clk::now() >= next_kill && !workers.empty()) {
+                next_kill = clk::now() + std::chrono::milliseconds(50 + rng() % 250);
+                const size_t i = rng() % workers.size();
+                auto w = std::move(workers[i]);
+                workers.erase(workers.begin() + static_cast<long>(i));
+                ::kill(-w.pid, SIGKILL);
+                ::waitpid(w.pid, nullptr, 0);
+                consume(w, t);
+                ::close(w.out);
+                ++t.kills;
+                start_worker(w.kind, replacing);
+            }
+            if (replacing && clk::now() >= next_replace) {
+                next_replace = clk::now() + std::chrono::milliseconds(50 + rng() % 200);
+                // Replace the lock file while holding it (others wait on it).
+                std::error_code ec;
+                auto held = filelock::lock(f.lock, 2s, {}, ec);
+                if (!ec) {
+                    const std::string token =
+                        std::to_string(::getpid()) + ":r:" + std::to_string(t.replacements);
+                    critical_section(f, token, 0);
+                    switch (rng() % 3) {
+                        case 0: ::unlink(f.lock.c_str()); break;
+                        case 1: ::rename(f.lock.c_str(), (f.dir / "lock.old").c_str()); break;
+                        default: {
+                            const auto tmp = f.dir / "lock.new";
+                            ::close(::open(tmp.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
+                            ::rename(tmp.c_str(), f.lock.c_str());
+                        }
+                    }
+                    held.close();
+                    t.acked.insert(token);
+                    ++t.replacements;
+                }
+            }
+        }
+        // Stop: every worker finishes its current operation and reports.
+        append(f.stop, "");
+        const auto deadline = clk::now() + 20s;
+        for (auto& w : workers) {
+            int status = 0;
+            pid_t r;
+            while ((r = ::waitpid(w.pid, &status, WNOHANG)) == 0 && clk::now() < deadline) {
+                consume(w, t);
+                std::this_thread::sleep_for(5ms);
+            }
+            if (r == 0) {
+                ++t.hung;
+                std::fprintf(stderr, "torture: %s worker %d hung\n", w.kind.c_str(), w.pid);
+                ::kill(-w.pid, SIGKILL);
+                ::waitpid(w.pid, nullptr, 0);
+            } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+                ++t.errors;
+                std::fprintf(stderr, "torture: %s worker %d exited badly (%d)\n", w.kind.c_str(),
+                             w.pid, status);
+            }
+            ::fcntl(w.out, F_SETFL, 0);
+            consume(w, t);
+            ::close(w.out);
+        }
+        workers.clear();
+    };
+
+    std::vector<std::string> mixed = {"sync", "sync", "asio", "asio", "uv", "uv", "flock1"};
+    if (have_python) mixed.insert(mixed.end(), {"zc", "zc"});
+    const long kills_before = t.kills;
+    run_phase(mixed, seconds * 0.6, false);
+    const long phase1_kills = t.kills - kills_before;
+    run_phase({"sync", "sync", "asio", "asio", "uv", "uv"}, seconds * 0.4, true);
+
+    // Check the log against the acknowledgements.
+    std::map<std::string, int> logged;
+    {
+        FILE* lf = std::fopen(f.log.c_str(), "r");
+        char line[256];
+        while (lf && std::fgets(line, sizeof line, lf)) {
+            std::string s(line);
+            if (!s.empty() && s.back() == '\n') s.pop_back();
+            ++logged[s];
+        }
+        if (lf) std::fclose(lf);
+    }
+    long duplicates = 0, missing = 0, unacked = 0;
+    for (auto& [token, n] : logged) {
+        duplicates += n > 1;
+        unacked += !t.acked.count(token);
+    }
+    for (auto& token : t.acked) missing += !logged.count(token);
+    long violations = 0;
+    {
+        FILE* vf = std::fopen(f.violations.c_str(), "r");
+        char line[512];
+        while (vf && std::fgets(line, sizeof line, vf)) {
+            ++violations;
+            std::fprintf(stderr, "torture: violation: %s", line);
+        }
+        if (vf) std::fclose(vf);
+    }
+    std::printf(
+        "torture summary (%.0f s, phase 1 mixed %s+zc.lockfile+flock(1), phase 2 with "
+        "replacements)\n"
+        "  operations acknowledged: %zu (log entries %zu; unacknowledged entries %ld, all from "
+        "%ld killed processes at most)\n"
+        "  kills: %ld (phase 1: %ld)  replacements: %ld  cancellations: %ld  timeouts/contention: "
+        "%ld\n"
+        "  violations: %ld  duplicate log entries: %ld  acknowledged but missing: %ld\n"
+        "  worker errors: %ld  descriptor leaks: %ld  hung workers: %ld\n",
+        seconds, have_python ? "sync+asio+uv" : "sync+asio+uv (no python3-zc.lockfile!)",
+        t.acked.size(), logged.size(), unacked, t.kills, t.kills, phase1_kills, t.replacements,
+        t.cancels, t.timeouts, violations, duplicates, missing, t.errors, t.fd_leaks, t.hung);
+    std::error_code ec;
+    fs::remove_all(f.dir, ec);
+    const bool ok = violations == 0 && duplicates == 0 && missing == 0 && unacked <= t.kills &&
+                    t.errors == 0 && t.fd_leaks == 0 && t.hung == 0 && !t.acked.empty() &&
+                    have_python;
+    std::printf("torture: %s\n", ok ? "PASS" : "FAIL");
+    return ok ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::signal(SIGPIPE, SIG_IGN);
+    const std::string self = fs::canonical("/proc/self/exe").string();
+    if (argc >= 4 && std::string(argv[1]) == "--cs") {
+        files f{fs::path(argv[2])};
+        return critical_section(f, argv[3], 100) ? 0 : 3;
+    }
+    if (argc >= 6 && std::string(argv[1]) == "--worker") {
+        const std::string flags = argv[5];
+        g_no_lock = flags.find('n') != std::string::npos;
+        return worker_main(argv[2], argv[3], static_cast<unsigned>(std::stoul(argv[4])),
+                           flags.find('r') != std::string::npos);
+    }
+    double seconds = 60;
+    if (const char* s = std::getenv("TORTURE_SECONDS")) seconds = std::atof(s);
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--seconds" && i + 1 < argc) seconds = std::atof(argv[++i]);
+        if (a == "--long") seconds = 600;
+        if (a == "--negative-control") g_no_lock = true;  // must FAIL: proves detection works
+    }
+    return orchestrate(self, seconds);
+}
