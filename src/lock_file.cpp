@@ -1,4 +1,5 @@
 #include <filelock/detail/file_target.hpp>
+#include <filelock/detail/release_watcher.hpp>
 #include <filelock/lock_file.hpp>
 
 #include "sys.hpp"
@@ -9,6 +10,8 @@
 #include <limits.h>
 #include <new>
 #include <sys/file.h>
+#include <optional>
+#include <poll.h>
 #include <thread>
 #include <utility>
 #include <atomic>
@@ -133,6 +136,7 @@ file_target::file_target(std::filesystem::path path, const lock_options& options
       ofd_(options.backend == lock_backend::ofd),
       writes_(options.write_content && options.mode == lock_mode::exclusive),
       remove_(options.remove_on_release && options.mode == lock_mode::exclusive),
+      wake_(options.wake_on_release),
       file_mode_(options.file_mode) {
     nofollow_ = writes_ && !options.follow_symlinks;
     // Writing needs a writable descriptor, and so does an exclusive OFD lock
@@ -156,6 +160,7 @@ file_target::file_target(file_target&& other) noexcept
       nofollow_(other.nofollow_),
       read_only_(other.read_only_),
       remove_(other.remove_),
+      wake_(other.wake_),
       file_mode_(other.file_mode_),
       dev_(other.dev_),
       ino_(other.ino_) {}
@@ -378,23 +383,40 @@ lock_file try_lock(const std::filesystem::path& path, std::error_code& ec) noexc
 
 namespace {
 
-// The sync driver: sleeps between the engine's attempts.
+// The sync driver: between attempts it waits for a release event (inotify
+// close on the lock file) or the backoff delay, whichever comes first.
 lock_file lock_impl(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
                     const lock_options& options, std::error_code& ec, bool throwing) {
     auto acq = detail::make_acquisition(path, timeout, options);
-    for (;;) {
-        const auto next = acq.resume(detail::clock::now());
-        if (!next.is_done()) {
+    std::optional<detail::release_watcher> watcher;  // made at the first contention
+    int wd = -1;
+    for (bool woken = false;;) {
+        const auto next = acq.resume(detail::clock::now(), woken);
+        woken = false;
+        if (next.is_done()) {
+            ec = next.ec;
+            if (!ec) return acq.target().take();
+            if (throwing)
+                detail::throw_error(ec, path,
+                                    ec == errc::timeout ? acq.target().holder() : std::string(),
+                                    acq.target().failed_call());
+            return {};
+        }
+        if (!watcher && acq.target().wake_on_release()) watcher.emplace();
+        if (watcher && wd < 0) wd = watcher->add(path);
+        if (wd < 0) {  // no events here: the backoff alone
             std::this_thread::sleep_for(next.delay);
             continue;
         }
-        ec = next.ec;
-        if (!ec) return acq.target().take();
-        if (throwing)
-            detail::throw_error(ec, path,
-                                ec == errc::timeout ? acq.target().holder() : std::string(),
-                                acq.target().failed_call());
-        return {};
+        ::pollfd pfd{watcher->native_handle(), POLLIN, 0};
+        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(next.delay).count();
+        const ::timespec ts{static_cast<time_t>(ns / 1000000000),
+                            static_cast<long>(ns % 1000000000)};
+        if (::ppoll(&pfd, 1, &ts, nullptr) > 0 && !watcher->drain().empty()) {
+            woken = true;
+            watcher->remove(wd);  // the path may name another file now: watch anew
+            wd = -1;
+        }
     }
 }
 

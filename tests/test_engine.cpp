@@ -203,3 +203,35 @@ TEST_CASE("engine: a time near the clock's end does not overflow the deadline") 
     const auto a = e.resume(f.now);
     CHECK(!a.is_done());
 }
+
+TEST_CASE("engine: a failed attempt after a release event is retried quickly, then backs off") {
+    fixture f;
+    f.policy = {50ms, 2.0, 1s, 0.0};
+    auto e = f.make(10s);
+    auto a = e.resume(f.now);
+    REQUIRE(!a.is_done());
+    CHECK(a.delay == 50ms);  // no event yet: plain backoff
+    f.now += 10ms;           // an event ends the wait early
+    std::vector<sclock::duration> waits;
+    a = e.resume(f.now, true);
+    for (int i = 0; i < 4; ++i) {
+        REQUIRE(!a.is_done());
+        waits.push_back(a.delay);
+        f.now += a.delay;
+        a = e.resume(f.now);
+    }
+    CHECK(waits == std::vector<sclock::duration>{20us, 100us, 500us, 100ms});
+}
+
+TEST_CASE("engine: quick retries never pass the deadline") {
+    fixture f;
+    auto e = f.make(50us);
+    auto a = e.resume(f.now, true);
+    REQUIRE(!a.is_done());
+    CHECK(a.delay == 20us);
+    f.now += a.delay;
+    a = e.resume(f.now);
+    CHECK(a.delay == 30us);  // clamped: 100 us would pass the deadline
+    f.now += a.delay;
+    CHECK(e.resume(f.now).ec == errc::timeout);
+}

@@ -22,6 +22,7 @@
 #endif
 
 #include <filelock/detail/file_target.hpp>
+#include <filelock/detail/release_watcher.hpp>
 #include <filelock/lock_file.hpp>
 #include <filelock/options.hpp>
 
@@ -34,6 +35,7 @@
 #include <asio/execution.hpp>
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/is_executor.hpp>
+#include <asio/posix/stream_descriptor.hpp>
 #include <asio/post.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
@@ -41,12 +43,137 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <optional>
+#include <unistd.h>
+#include <unordered_map>
+#include <vector>
 #include <system_error>
 #include <type_traits>
 
 namespace filelock {
 namespace detail {
+
+// What an operation waiting for a release event shares with the service
+// that reads the events: how to end its wait early.
+struct release_wake {
+    std::mutex mutex;
+    std::function<void()> cancel_timer;  // empty once the operation stopped waiting
+    bool woken = false;
+    asio::any_io_executor executor;  // where the operation's handlers run
+};
+
+// One inotify instance per execution context, read through a
+// stream_descriptor while some operation waits for a release event; closed
+// again when none waits (an idle context holds no descriptor).
+class release_service : public asio::execution_context::service {
+public:
+    inline static asio::execution_context::id id;
+
+    explicit release_service(asio::execution_context& ctx) : service(ctx) {}
+
+    /// Registers `w` for events on the file `path` names now; returns the
+    /// watch descriptor, or -1 (then the operation relies on its timer).
+    int watch(const std::filesystem::path& path, const std::shared_ptr<release_wake>& w) {
+        std::lock_guard<std::mutex> g(mutex_);
+        if (shut_down_) return -1;
+        if (!watcher_) watcher_.emplace();
+        if (!watcher_->valid()) {
+            watcher_.reset();
+            return -1;
+        }
+        if (!stream_) {
+            const int fd = ::dup(watcher_->native_handle());
+            if (fd < 0) return -1;
+            stream_.emplace(w->executor, fd);
+        }
+        const int wd = watcher_->add(path);
+        if (wd < 0) return -1;
+        waiting_.emplace(wd, w);
+        if (!reading_) {
+            reading_ = true;
+            stream_->async_wait(asio::posix::descriptor_base::wait_read,
+                                [this](std::error_code ec) { on_readable(ec); });
+        }
+        return wd;
+    }
+
+    /// Drops `w`'s watch (if `wd` >= 0); closes the instance if nobody waits.
+    void unwatch(int wd, const release_wake* w) {
+        std::lock_guard<std::mutex> g(mutex_);
+        auto [b, e] = waiting_.equal_range(wd);
+        for (auto it = b; it != e; ++it)
+            if (it->second.lock().get() == w || it->second.expired()) {
+                waiting_.erase(it);
+                watcher_->remove(wd);
+                break;
+            }
+        // Nobody waits: stop reading (so that run() can return) and close.
+        if (waiting_.empty()) {
+            if (reading_)
+                stream_->cancel();  // on_readable closes
+            else
+                close();
+        }
+    }
+
+private:
+    void shutdown() override {
+        std::lock_guard<std::mutex> g(mutex_);
+        shut_down_ = true;
+        waiting_.clear();
+        close();
+    }
+
+    void close() {
+        stream_.reset();
+        watcher_.reset();
+    }
+
+    void on_readable(std::error_code ec) {
+        std::vector<std::shared_ptr<release_wake>> woken;
+        {
+            std::lock_guard<std::mutex> g(mutex_);
+            reading_ = false;
+            if (shut_down_) return;
+            if (!ec && watcher_) {
+                for (int wd : watcher_->drain()) {
+                    auto [b, e] = waiting_.equal_range(wd);
+                    for (auto it = b; it != e; ++it) {
+                        if (auto w = it->second.lock()) woken.push_back(std::move(w));
+                        watcher_->remove(wd);  // the woken watch anew: the path may have moved
+                    }
+                    waiting_.erase(wd);
+                }
+            }
+            if (waiting_.empty()) {
+                // Idle. The woken usually watch again at once: keep the
+                // instance unless we were cancelled because nobody waits.
+                if (ec) close();
+            } else if (stream_) {
+                reading_ = true;
+                stream_->async_wait(asio::posix::descriptor_base::wait_read,
+                                    [this](std::error_code e) { on_readable(e); });
+            }
+        }
+        for (auto& w : woken)
+            asio::post(w->executor, [w] {
+                std::lock_guard<std::mutex> g(w->mutex);
+                if (!w->cancel_timer) return;
+                w->woken = true;
+                w->cancel_timer();
+            });
+    }
+
+    std::mutex mutex_;
+    std::optional<release_watcher> watcher_;
+    std::optional<asio::posix::stream_descriptor> stream_;
+    std::unordered_multimap<int, std::weak_ptr<release_wake>> waiting_;
+    bool reading_ = false;
+    bool shut_down_ = false;
+};
 
 template <class Executor>
 class async_lock_op {
@@ -62,13 +189,20 @@ public:
                 // No side effect survives a cancellation (a won lock is released
                 // again), so every kind of cancellation is supported.
                 self.reset_cancellation_state(asio::enable_total_cancellation());
-                attempt(self, true);
+                attempt(self, true, false);
                 return;
-            case state::waiting:
-                if (ec == asio::error::operation_aborted || cancelled(self))
+            case state::waiting: {
+                bool woken = false;
+                if (wake_) {
+                    std::lock_guard<std::mutex> g(wake_->mutex);
+                    woken = std::exchange(wake_->woken, false);
+                }
+                if (woken) wd_ = -1;  // the service dropped our watch
+                if (cancelled(self) || (ec == asio::error::operation_aborted && !woken))
                     return finish(self, asio::error::operation_aborted);
-                attempt(self, false);
+                attempt(self, false, woken);
                 return;
+            }
             case state::delivering: return finish(self, result_);
         }
     }
@@ -82,11 +216,33 @@ private:
         return self.get_cancellation_state().cancelled() != asio::cancellation_type::none;
     }
 
+    // Registers for release events (once per watch: the service drops it
+    // when it wakes us).
+    void watch_release() {
+        if (wd_ >= 0 || !acq_->target().wake_on_release()) return;
+        if (!wake_) {
+            wake_ = std::make_shared<release_wake>();
+            wake_->executor = timer_->get_executor();
+            service_ = &asio::use_service<release_service>(
+                asio::query(timer_->get_executor(), asio::execution::context));
+        }
+        wd_ = service_->watch(acq_->target().path(), wake_);
+    }
+
     template <class Self>
-    void attempt(Self& self, bool inline_call) {
-        const next_action next = acq_->resume(clock::now());
+    void attempt(Self& self, bool inline_call, bool woken) {
+        const next_action next = acq_->resume(clock::now(), woken);
         if (!next.is_done()) {
             state_ = state::waiting;
+            watch_release();
+            if (!wake_) {
+                timer_->expires_after(next.delay);
+                timer_->async_wait(std::move(self));
+                return;
+            }
+            // The service may cancel the timer from another thread.
+            std::lock_guard<std::mutex> g(wake_->mutex);
+            wake_->cancel_timer = [t = timer_.get()] { t->cancel(); };
             timer_->expires_after(next.delay);
             timer_->async_wait(std::move(self));
             return;
@@ -106,6 +262,11 @@ private:
         if (!ec && cancelled(self)) ec = asio::error::operation_aborted;
         lock_file lock = ec ? lock_file() : std::move(lock_);
         lock_.close();
+        if (wake_) {
+            service_->unwatch(wd_, wake_.get());
+            std::lock_guard<std::mutex> g(wake_->mutex);
+            wake_->cancel_timer = nullptr;
+        }
         acq_.reset();
         timer_.reset();
         self.complete(ec, std::move(lock));
@@ -113,6 +274,9 @@ private:
 
     std::unique_ptr<timer_type> timer_;
     std::unique_ptr<acquisition> acq_;
+    std::shared_ptr<release_wake> wake_;
+    release_service* service_ = nullptr;
+    int wd_ = -1;
     lock_file lock_;
     std::error_code result_;
     state state_ = state::starting;

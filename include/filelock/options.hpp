@@ -78,6 +78,12 @@ struct lock_options {
     /// the lock file is shared with them. Ignored for shared locks.
     bool remove_on_release = false;
 
+    /// Timed and async acquisitions wake when the holder releases (Linux:
+    /// an inotify close event on the lock file) instead of waiting out the
+    /// backoff, which stays as the fallback (a holder that unlocks without
+    /// closing, NFS, other systems). Off: the backoff alone.
+    bool wake_on_release = true;
+
     backoff_policy backoff{};
 };
 

@@ -1,4 +1,5 @@
 #include <filelock/detail/file_target.hpp>
+#include <filelock/detail/release_watcher.hpp>
 #include <filelock/uv.hpp>
 
 #include <algorithm>
@@ -23,9 +24,20 @@ struct control {
 
 namespace {
 
-// Pending operations per loop, for cancel_all().
+// Pending operations per loop, for cancel_all(), and each loop's watcher.
 std::mutex registry_mutex;
 std::unordered_multimap<uv_loop_t*, op*> registry;
+
+// One inotify instance per loop, polled with uv_poll_t (uv_fs_event does not
+// report close events). It exists only while the loop has operations, so
+// that the loop can close.
+struct loop_watch {
+    uv_loop_t* loop;
+    uv_poll_t poll{};
+    filelock::detail::release_watcher watcher;
+    std::unordered_multimap<int, op*> waiting;  // watch descriptor -> operations
+};
+std::unordered_map<uv_loop_t*, loop_watch*> loop_watches;
 
 }  // namespace
 
@@ -41,6 +53,8 @@ struct op {
     uv_async_t async{};
     int open_handles = 0;
     bool finished = false;
+    loop_watch* watch = nullptr;  // set while registered for release events
+    int wd = -1;
     std::optional<filelock::detail::acquisition> acq;
     completion callback;
     std::shared_ptr<control> ctl;
@@ -50,7 +64,75 @@ struct op {
         if (--self->open_handles == 0) delete self;
     }
 
-    static void on_timer(uv_timer_t* t) { static_cast<op*>(t->data)->step(); }
+    static void on_timer(uv_timer_t* t) { static_cast<op*>(t->data)->step(false); }
+
+    static void on_poll(uv_poll_t* p, int status, int) {
+        auto* lw = static_cast<loop_watch*>(p->data);
+        if (status < 0) return;
+        std::vector<op*> woken;
+        for (int wd : lw->watcher.drain()) {
+            auto [b, e] = lw->waiting.equal_range(wd);
+            for (auto it = b; it != e; ++it) woken.push_back(it->second);
+        }
+        // Each woken operation watches anew on its next wait: the path may
+        // name another file now.
+        for (op* o : woken) o->unwatch();
+        for (op* o : woken)
+            if (!o->finished) {
+                uv_timer_stop(&o->timer);
+                o->step(true);
+            }
+    }
+
+    void watch_release() {
+        if (wd >= 0 || !acq->target().wake_on_release()) return;
+        loop_watch* lw;
+        {
+            std::lock_guard<std::mutex> g(registry_mutex);
+            auto it = loop_watches.find(loop);
+            lw = it == loop_watches.end() ? nullptr : it->second;
+        }
+        if (!lw) {
+            auto fresh = std::make_unique<loop_watch>();
+            fresh->loop = loop;
+            if (!fresh->watcher.valid() ||
+                uv_poll_init(loop, &fresh->poll, fresh->watcher.native_handle()) != 0)
+                return;  // no events: the backoff alone
+            fresh->poll.data = fresh.get();
+            uv_poll_start(&fresh->poll, UV_READABLE, on_poll);
+            lw = fresh.release();
+            std::lock_guard<std::mutex> g(registry_mutex);
+            loop_watches[loop] = lw;
+        }
+        wd = lw->watcher.add(acq->target().path());
+        if (wd < 0) return;
+        watch = lw;
+        lw->waiting.emplace(wd, this);
+    }
+
+    void unwatch() {
+        if (!watch) return;
+        auto [b, e] = watch->waiting.equal_range(wd);
+        for (auto it = b; it != e; ++it)
+            if (it->second == this) {
+                watch->waiting.erase(it);
+                break;
+            }
+        watch->watcher.remove(wd);
+        watch = nullptr;
+        wd = -1;
+    }
+
+    // Called with registry_mutex held, after this operation left the registry.
+    static void close_watch_if_idle(uv_loop_t* loop) {
+        if (registry.count(loop)) return;
+        auto it = loop_watches.find(loop);
+        if (it == loop_watches.end()) return;
+        loop_watch* lw = it->second;
+        loop_watches.erase(it);
+        uv_close(reinterpret_cast<uv_handle_t*>(&lw->poll),
+                 [](uv_handle_t* h) { delete static_cast<loop_watch*>(h->data); });
+    }
 
     static void on_async(uv_async_t* a) {
         auto* self = static_cast<op*>(a->data);
@@ -58,20 +140,24 @@ struct op {
             self->finish(std::make_error_code(std::errc::operation_canceled), {});
     }
 
-    void step() {
+    void step(bool woken) {
         if (ctl->cancel_requested.load())
             return finish(std::make_error_code(std::errc::operation_canceled), {});
-        const auto next = acq->resume(filelock::detail::clock::now());
+        const auto next = acq->resume(filelock::detail::clock::now(), woken);
         if (next.is_done()) return finish(next.ec, next.ec ? lock_file() : acq->target().take());
-        // uv timers count whole milliseconds: round up, never spin at 0.
+        watch_release();
+        // uv timers count whole milliseconds: a shorter wait (the quick
+        // retries after a release event) becomes "next loop iteration".
         using namespace std::chrono;
-        const auto ms = std::max<std::uint64_t>(
-            1, static_cast<std::uint64_t>(ceil<milliseconds>(next.delay).count()));
+        const auto ms = next.delay < 1ms
+                            ? std::uint64_t{0}
+                            : static_cast<std::uint64_t>(ceil<milliseconds>(next.delay).count());
         uv_timer_start(&timer, on_timer, ms, 0);
     }
 
     void finish(std::error_code ec, lock_file lock) {
         finished = true;
+        unwatch();
         {
             std::lock_guard<std::mutex> g(ctl->mutex);
             ctl->target = nullptr;
@@ -89,6 +175,7 @@ struct op {
                     registry.erase(it);
                     break;
                 }
+            close_watch_if_idle(loop);  // the loop's last operation: let it close
         }
         completion cb = std::move(callback);
         acq.reset();  // closes the waiter's descriptor now

@@ -12,6 +12,12 @@
 //
 // so other lock substrates (a lock service, LockFileEx) drive the same engine.
 // Time comes in as a parameter: tests drive it with a fake clock.
+//
+// Release events: a wait may end early when the driver sees a release event
+// (on Linux, an inotify close event on the lock file); the driver then says
+// so with `resume(now, true)`. Such an event can come slightly before the
+// holder's lock is really gone, so a failed attempt right after an event is
+// retried quickly a few times before the backoff takes over again.
 
 #include <filelock/error.hpp>
 #include <filelock/options.hpp>
@@ -19,6 +25,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <iterator>
 #include <system_error>
 
 namespace filelock::detail {
@@ -31,7 +38,8 @@ struct next_action {
     /// done: empty when the lock was won; errc::timeout when the deadline
     /// passed under contention; otherwise the Target's error.
     std::error_code ec{};
-    /// wait: how long before the next `resume`.
+    /// wait: how long before the next `resume`, unless a release event comes
+    /// first (drivers that can watch for one end the wait early).
     clock::duration delay{};
 
     bool is_done() const noexcept { return what == kind::done; }
@@ -89,7 +97,14 @@ public:
            std::uint64_t seed) noexcept(std::is_nothrow_move_constructible_v<Target>)
         : target_(std::move(target)), timeout_(timeout), backoff_(policy, seed) {}
 
-    next_action resume(clock::time_point now) {
+    /// Delays of the quick retries after a release event.
+    static constexpr clock::duration quick_retries[] = {std::chrono::microseconds(20),
+                                                        std::chrono::microseconds(100),
+                                                        std::chrono::microseconds(500)};
+
+    /// One attempt. `woken`: the wait ended because of a release event.
+    next_action resume(clock::time_point now, bool woken = false) {
+        if (woken) quick_ = 0;
         if (!started_) {
             started_ = true;
             forever_ = timeout_ >= clock::time_point::max() - now;
@@ -99,7 +114,7 @@ public:
         const std::error_code ec = target_.try_acquire();
         if (ec != errc::locked) return {next_action::kind::done, ec, {}};
         if (!forever_ && now >= deadline_) return {next_action::kind::done, errc::timeout, {}};
-        auto delay = backoff_.next();
+        auto delay = quick_ < std::size(quick_retries) ? quick_retries[quick_++] : backoff_.next();
         if (!forever_ && delay > deadline_ - now)
             delay = deadline_ - now;  // last attempt at the deadline
         return {next_action::kind::wait, {}, delay};
@@ -116,6 +131,7 @@ private:
     backoff backoff_;
     clock::time_point deadline_{};
     unsigned attempts_ = 0;
+    std::size_t quick_ = std::size(quick_retries);  // no quick retries before an event
     bool started_ = false;
     bool forever_ = false;
 };

@@ -39,6 +39,8 @@ public:
     /// The holder's content (bounded read) through the open descriptor.
     std::string holder() const noexcept;
     const std::filesystem::path& path() const noexcept { return path_; }
+    /// Whether waits should also end on a release event.
+    bool wake_on_release() const noexcept { return wake_; }
 
 private:
     std::error_code fail(int err, const char* call) noexcept;
@@ -59,6 +61,7 @@ private:
     bool nofollow_ = false;
     bool read_only_ = false;
     bool remove_ = false;
+    bool wake_ = true;
     mode_t file_mode_ = 0666;
     unsigned long long dev_ = 0, ino_ = 0;  // of the file won
 };
