@@ -383,12 +383,57 @@ lock_file try_lock(const std::filesystem::path& path, std::error_code& ec) noexc
 
 namespace {
 
+// Each thread that waits keeps one inotify instance and its watches for the
+// next wait (creating and closing an instance costs tens of microseconds on
+// the path from release to acquisition). At most a few watches are kept.
+class thread_watches {
+public:
+    detail::release_watcher& watcher() {
+        // A forked child must not read its parent's events from the shared
+        // instance: it gets one of its own.
+        if (generation_ != detail::fork_generation()) {
+            generation_ = detail::fork_generation();
+            cache_.clear();
+            watcher_.emplace();
+        }
+        return *watcher_;
+    }
+
+    int watch(const std::filesystem::path& path) {
+        for (auto& [p, wd] : cache_)
+            if (p == path) return wd;
+        const int wd = watcher().add(path);
+        if (wd < 0) return -1;
+        if (cache_.size() == max_cached) {
+            watcher().remove(cache_.front().second);
+            cache_.erase(cache_.begin());
+        }
+        cache_.emplace_back(path, wd);
+        return wd;
+    }
+
+    void forget(int wd) {
+        for (auto it = cache_.begin(); it != cache_.end(); ++it)
+            if (it->second == wd) {
+                watcher().remove(wd);
+                cache_.erase(it);
+                return;
+            }
+    }
+
+private:
+    static constexpr std::size_t max_cached = 8;
+    std::optional<detail::release_watcher> watcher_;
+    unsigned generation_ = ~0u;
+    std::vector<std::pair<std::filesystem::path, int>> cache_;
+};
+
 // The sync driver: between attempts it waits for a release event (inotify
 // close on the lock file) or the backoff delay, whichever comes first.
 lock_file lock_impl(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
                     const lock_options& options, std::error_code& ec, bool throwing) {
     auto acq = detail::make_acquisition(path, timeout, options);
-    std::optional<detail::release_watcher> watcher;  // made at the first contention
+    thread_watches* watches = nullptr;  // at the first contention
     int wd = -1;
     for (bool woken = false;;) {
         const auto next = acq.resume(detail::clock::now(), woken);
@@ -402,21 +447,31 @@ lock_file lock_impl(const std::filesystem::path& path, std::chrono::nanoseconds 
                                     acq.target().failed_call());
             return {};
         }
-        if (!watcher && acq.target().wake_on_release()) watcher.emplace();
-        if (watcher && wd < 0) wd = watcher->add(path);
+        if (!watches && acq.target().wake_on_release()) {
+            static thread_local thread_watches per_thread;
+            watches = &per_thread;
+        }
+        if (watches) {
+            // Events not consumed yet (stale, or those that woke the last
+            // attempt): a moved file must be watched anew.
+            for (const auto& ev : watches->watcher().drain())
+                if (ev.moved) {
+                    watches->forget(ev.wd);
+                    if (ev.wd == wd) wd = -1;
+                }
+            if (wd < 0) wd = watches->watch(path);
+        }
         if (wd < 0) {  // no events here: the backoff alone
             std::this_thread::sleep_for(next.delay);
             continue;
         }
-        ::pollfd pfd{watcher->native_handle(), POLLIN, 0};
+        ::pollfd pfd{watches->watcher().native_handle(), POLLIN, 0};
         const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(next.delay).count();
         const ::timespec ts{static_cast<time_t>(ns / 1000000000),
                             static_cast<long>(ns % 1000000000)};
-        if (::ppoll(&pfd, 1, &ts, nullptr) > 0 && !watcher->drain().empty()) {
-            woken = true;
-            watcher->remove(wd);  // the path may name another file now: watch anew
-            wd = -1;
-        }
+        // Readable: attempt at once; the events are read after a failed
+        // attempt (above), or at the next wait of this thread.
+        woken = ::ppoll(&pfd, 1, &ts, nullptr) > 0;
     }
 }
 

@@ -1,6 +1,7 @@
 #include <filelock/detail/release_watcher.hpp>
 
 #include <cerrno>
+#include <climits>
 #include <unistd.h>
 
 #if defined(__linux__)
@@ -43,8 +44,8 @@ void release_watcher::remove(int wd) noexcept {
     }
 }
 
-std::vector<int> release_watcher::drain() {
-    std::vector<int> woken;
+std::vector<release_watcher::event> release_watcher::drain() {
+    std::vector<event> woken;
     alignas(inotify_event) char buf[4096];
     for (;;) {
         const ssize_t n = ::read(fd_, buf, sizeof buf);
@@ -53,10 +54,17 @@ std::vector<int> release_watcher::drain() {
             const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
             off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
             if (ev->mask & IN_IGNORED) refs_.erase(ev->wd);  // the inode is gone
-            bool seen = false;
-            for (int w : woken) seen |= w == ev->wd;
-            if (!seen) woken.push_back(ev->wd);
+            const bool moved = ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_ATTRIB | IN_IGNORED);
+            event* seen = nullptr;
+            for (auto& w : woken)
+                if (w.wd == ev->wd) seen = &w;
+            if (seen)
+                seen->moved |= moved;
+            else
+                woken.push_back({ev->wd, moved});
         }
+        // A read that did not fill the buffer took everything queued.
+        if (static_cast<std::size_t>(n) + sizeof(inotify_event) + NAME_MAX + 1 <= sizeof buf) break;
     }
     return woken;
 }
@@ -67,7 +75,7 @@ release_watcher::release_watcher() noexcept = default;
 release_watcher::~release_watcher() = default;
 int release_watcher::add(const std::filesystem::path&) noexcept { return -1; }
 void release_watcher::remove(int) noexcept {}
-std::vector<int> release_watcher::drain() { return {}; }
+std::vector<release_watcher::event> release_watcher::drain() { return {}; }
 
 #endif
 

@@ -62,6 +62,7 @@ struct release_wake {
     std::mutex mutex;
     std::function<void()> cancel_timer;  // empty once the operation stopped waiting
     bool woken = false;
+    bool rewatch = false;            // the service dropped the watch: the file moved
     asio::any_io_executor executor;  // where the operation's handlers run
 };
 
@@ -139,13 +140,20 @@ private:
             reading_ = false;
             if (shut_down_) return;
             if (!ec && watcher_) {
-                for (int wd : watcher_->drain()) {
-                    auto [b, e] = waiting_.equal_range(wd);
-                    for (auto it = b; it != e; ++it) {
-                        if (auto w = it->second.lock()) woken.push_back(std::move(w));
-                        watcher_->remove(wd);  // the woken watch anew: the path may have moved
+                for (const auto& ev : watcher_->drain()) {
+                    auto [b, e] = waiting_.equal_range(ev.wd);
+                    for (auto it = b; it != e; ++it)
+                        if (auto w = it->second.lock()) {
+                            if (ev.moved) {
+                                std::lock_guard<std::mutex> wg(w->mutex);
+                                w->rewatch = true;
+                            }
+                            woken.push_back(std::move(w));
+                        }
+                    if (ev.moved) {  // the path may name another file now
+                        for (auto it = b; it != e; ++it) watcher_->remove(ev.wd);
+                        waiting_.erase(ev.wd);
                     }
-                    waiting_.erase(wd);
                 }
             }
             if (waiting_.empty()) {
@@ -196,8 +204,8 @@ public:
                 if (wake_) {
                     std::lock_guard<std::mutex> g(wake_->mutex);
                     woken = std::exchange(wake_->woken, false);
+                    if (std::exchange(wake_->rewatch, false)) wd_ = -1;  // dropped by the service
                 }
-                if (woken) wd_ = -1;  // the service dropped our watch
                 if (cancelled(self) || (ec == asio::error::operation_aborted && !woken))
                     return finish(self, asio::error::operation_aborted);
                 attempt(self, false, woken);
@@ -262,14 +270,19 @@ private:
         if (!ec && cancelled(self)) ec = asio::error::operation_aborted;
         lock_file lock = ec ? lock_file() : std::move(lock_);
         lock_.close();
-        if (wake_) {
-            service_->unwatch(wd_, wake_.get());
-            std::lock_guard<std::mutex> g(wake_->mutex);
-            wake_->cancel_timer = nullptr;
+        auto wake = std::move(wake_);
+        if (wake) {
+            std::lock_guard<std::mutex> g(wake->mutex);
+            wake->cancel_timer = nullptr;
         }
         acq_.reset();
         timer_.reset();
+        release_service* service = service_;
+        const int wd = wd_;
         self.complete(ec, std::move(lock));
+        // Watch clean-up after the handler: it is not on the way from the
+        // release to the new holder. (Only locals: `this` may be gone.)
+        if (service) service->unwatch(wd, wake.get());
     }
 
     std::unique_ptr<timer_type> timer_;

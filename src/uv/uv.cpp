@@ -70,13 +70,17 @@ struct op {
         auto* lw = static_cast<loop_watch*>(p->data);
         if (status < 0) return;
         std::vector<op*> woken;
-        for (int wd : lw->watcher.drain()) {
-            auto [b, e] = lw->waiting.equal_range(wd);
-            for (auto it = b; it != e; ++it) woken.push_back(it->second);
+        std::vector<op*> moved;
+        for (const auto& ev : lw->watcher.drain()) {
+            auto [b, e] = lw->waiting.equal_range(ev.wd);
+            for (auto it = b; it != e; ++it) {
+                woken.push_back(it->second);
+                if (ev.moved) moved.push_back(it->second);
+            }
         }
-        // Each woken operation watches anew on its next wait: the path may
-        // name another file now.
-        for (op* o : woken) o->unwatch();
+        // The path may name another file now: those watch anew on their next
+        // wait. A plain close event keeps the watch.
+        for (op* o : moved) o->unwatch();
         for (op* o : woken)
             if (!o->finished) {
                 uv_timer_stop(&o->timer);
@@ -157,7 +161,6 @@ struct op {
 
     void finish(std::error_code ec, lock_file lock) {
         finished = true;
-        unwatch();
         {
             std::lock_guard<std::mutex> g(ctl->mutex);
             ctl->target = nullptr;
@@ -175,13 +178,17 @@ struct op {
                     registry.erase(it);
                     break;
                 }
-            close_watch_if_idle(loop);  // the loop's last operation: let it close
         }
         completion cb = std::move(callback);
         acq.reset();  // closes the waiter's descriptor now
         uv_close(reinterpret_cast<uv_handle_t*>(&timer), on_close);
         uv_close(reinterpret_cast<uv_handle_t*>(&async), on_close);
         if (cb) cb(ec, std::move(lock));
+        // Watch clean-up after the callback: it is not on the way from the
+        // release to the new holder.
+        unwatch();
+        std::lock_guard<std::mutex> g(registry_mutex);
+        close_watch_if_idle(loop);  // the loop's last operation: let it close
     }
 };
 

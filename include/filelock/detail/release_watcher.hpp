@@ -37,9 +37,15 @@ public:
     /// Drops one reference taken by add().
     void remove(int wd) noexcept;
 
-    /// Reads the pending events; returns the watch descriptors that saw one
-    /// (each once). Their waiters should attempt now and then watch anew.
-    std::vector<int> drain();
+    struct event {
+        int wd;
+        /// The file was unlinked, renamed or replaced (or the watch is gone):
+        /// waiters should drop this watch and watch the path anew.
+        bool moved;
+    };
+    /// Reads the pending events, one entry per watch descriptor that saw
+    /// any. Its waiters should attempt now.
+    std::vector<event> drain();
 
     /// Watches currently held (for tests and benchmarks).
     std::size_t watches() const noexcept { return refs_.size(); }
