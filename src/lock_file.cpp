@@ -457,7 +457,9 @@ lock_file lock_impl(const std::filesystem::path& path, std::chrono::nanoseconds 
             for (const auto& ev : watches->watcher().drain())
                 if (ev.moved) {
                     watches->forget(ev.wd);
-                    if (ev.wd == wd) wd = -1;
+                    if (ev.wd != wd) continue;
+                    wd = -1;
+                    acq.target().drop_file();  // wait on the file the path names now
                 }
             if (wd < 0) wd = watches->watch(path);
         }

@@ -204,7 +204,10 @@ public:
                 if (wake_) {
                     std::lock_guard<std::mutex> g(wake_->mutex);
                     woken = std::exchange(wake_->woken, false);
-                    if (std::exchange(wake_->rewatch, false)) wd_ = -1;  // dropped by the service
+                    if (std::exchange(wake_->rewatch, false)) {  // the file moved
+                        wd_ = -1;
+                        acq_->target().drop_file();
+                    }
                 }
                 if (cancelled(self) || (ec == asio::error::operation_aborted && !woken))
                     return finish(self, asio::error::operation_aborted);

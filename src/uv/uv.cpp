@@ -80,7 +80,10 @@ struct op {
         }
         // The path may name another file now: those watch anew on their next
         // wait. A plain close event keeps the watch.
-        for (op* o : moved) o->unwatch();
+        for (op* o : moved) {
+            o->unwatch();
+            o->acq->target().drop_file();  // wait on the file the path names now
+        }
         for (op* o : woken)
             if (!o->finished) {
                 uv_timer_stop(&o->timer);

@@ -30,6 +30,12 @@ public:
     /// (nothing held, nothing open).
     std::error_code try_acquire() noexcept;
 
+    /// The file was unlinked or replaced while we waited on it: the next
+    /// attempt opens the path anew instead of waiting on the old file.
+    void drop_file() noexcept {
+        if (!won_) close_fd();
+    }
+
     /// The lock won by the last successful try_acquire(). The target is spent
     /// afterwards (its path moves into the lock_file).
     lock_file take() noexcept;
