@@ -1,0 +1,78 @@
+// filelock as a lockbench peer (../shared/lockbench, see its README):
+// acquire = the timeout-bounded API of the sync facade (default), of the Asio
+// adapter (-DLOCKBENCH_ASIO) or of the libuv adapter (-DLOCKBENCH_UV), each
+// run to completion on its own event loop; release = lock_file::close().
+
+#include "lockbench_driver.h"
+
+#include <filelock/lock_file.hpp>
+#if defined(LOCKBENCH_ASIO)
+#include <filelock/asio.hpp>
+#include <asio/io_context.hpp>
+#elif defined(LOCKBENCH_UV)
+#include <filelock/uv.hpp>
+#endif
+
+#include <chrono>
+#include <cstdio>
+
+namespace {
+
+std::chrono::nanoseconds to_timeout(double seconds) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(seconds));
+}
+
+void* finish(std::error_code ec, filelock::lock_file lock, int* timed_out) {
+    if (ec == filelock::errc::timeout) {
+        *timed_out = 1;
+        return nullptr;
+    }
+    if (ec) {
+        std::fprintf(stderr, "filelock: %s\n", ec.message().c_str());
+        return nullptr;
+    }
+    return new filelock::lock_file(std::move(lock));
+}
+
+void* acquire(const char* path, double timeout_s, int* timed_out) {
+    std::error_code ec;
+    filelock::lock_file lock;
+#if defined(LOCKBENCH_ASIO)
+    static asio::io_context io;
+    filelock::async_lock(io, path, to_timeout(timeout_s), [&](std::error_code e, filelock::lock_file l) {
+        ec = e;
+        lock = std::move(l);
+    });
+    io.restart();
+    io.run();
+#elif defined(LOCKBENCH_UV)
+    static uv_loop_t* loop = [] {
+        static uv_loop_t l;
+        uv_loop_init(&l);
+        return &l;
+    }();
+    filelock::uv::async_lock(loop, path, to_timeout(timeout_s), [&](std::error_code e, filelock::lock_file l) {
+        ec = e;
+        lock = std::move(l);
+    });
+    uv_run(loop, UV_RUN_DEFAULT);
+#else
+    lock = filelock::lock(path, to_timeout(timeout_s), {}, ec);
+#endif
+    return finish(ec, std::move(lock), timed_out);
+}
+
+void release(void* handle) { delete static_cast<filelock::lock_file*>(handle); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+#if defined(LOCKBENCH_ASIO)
+    lockbench_ops ops = {"filelock-asio", acquire, release};
+#elif defined(LOCKBENCH_UV)
+    lockbench_ops ops = {"filelock-uv", acquire, release};
+#else
+    lockbench_ops ops = {"filelock", acquire, release};
+#endif
+    return lockbench_main(argc, argv, &ops);
+}
