@@ -19,7 +19,8 @@
 namespace {
 
 std::chrono::nanoseconds to_timeout(double seconds) {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(seconds));
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+        std::chrono::duration<double>(seconds));
 }
 
 void* finish(std::error_code ec, filelock::lock_file lock, int* timed_out) {
@@ -39,10 +40,11 @@ void* acquire(const char* path, double timeout_s, int* timed_out) {
     filelock::lock_file lock;
 #if defined(LOCKBENCH_ASIO)
     static asio::io_context io;
-    filelock::async_lock(io, path, to_timeout(timeout_s), [&](std::error_code e, filelock::lock_file l) {
-        ec = e;
-        lock = std::move(l);
-    });
+    filelock::async_lock(io, path, to_timeout(timeout_s),
+                         [&](std::error_code e, filelock::lock_file l) {
+                             ec = e;
+                             lock = std::move(l);
+                         });
     io.restart();
     io.run();
 #elif defined(LOCKBENCH_UV)
@@ -51,10 +53,11 @@ void* acquire(const char* path, double timeout_s, int* timed_out) {
         uv_loop_init(&l);
         return &l;
     }();
-    filelock::uv::async_lock(loop, path, to_timeout(timeout_s), [&](std::error_code e, filelock::lock_file l) {
-        ec = e;
-        lock = std::move(l);
-    });
+    filelock::uv::async_lock(loop, path, to_timeout(timeout_s),
+                             [&](std::error_code e, filelock::lock_file l) {
+                                 ec = e;
+                                 lock = std::move(l);
+                             });
     uv_run(loop, UV_RUN_DEFAULT);
 #else
     lock = filelock::lock(path, to_timeout(timeout_s), {}, ec);

@@ -1,5 +1,7 @@
 #include <filelock/detail/release_watcher.hpp>
 
+#include "sys.hpp"
+
 #include <cerrno>
 #include <climits>
 #include <unistd.h>
@@ -17,7 +19,7 @@ constexpr std::uint32_t watch_mask =
     IN_CLOSE_WRITE | IN_CLOSE_NOWRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ATTRIB;
 }
 
-release_watcher::release_watcher() noexcept : fd_(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC)) {}
+release_watcher::release_watcher() noexcept : fd_(sys().inotify_init1(IN_NONBLOCK | IN_CLOEXEC)) {}
 
 release_watcher::~release_watcher() {
     if (fd_ >= 0) ::close(fd_);
@@ -25,7 +27,7 @@ release_watcher::~release_watcher() {
 
 int release_watcher::add(const std::filesystem::path& path) noexcept {
     if (fd_ < 0) return -1;
-    const int wd = ::inotify_add_watch(fd_, path.c_str(), watch_mask);
+    const int wd = sys().inotify_add_watch(fd_, path.c_str(), watch_mask);
     if (wd < 0) return -1;
     try {
         ++refs_[wd];

@@ -4,12 +4,25 @@
 #include <pthread.h>
 #include <sys/file.h>
 #include <unistd.h>
+#include <cerrno>
+#if defined(__linux__)
+#include <sys/inotify.h>
+#endif
 
 namespace filelock::detail {
 namespace {
 
 int sys_open(const char* path, int flags, mode_t mode) { return ::open(path, flags, mode); }
 int sys_fcntl_lock(int fd, int cmd, struct ::flock* lk) { return ::fcntl(fd, cmd, lk); }
+#if defined(__linux__)
+int sys_inotify_init1(int flags) { return ::inotify_init1(flags); }
+int sys_inotify_add_watch(int fd, const char* path, uint32_t mask) {
+    return ::inotify_add_watch(fd, path, mask);
+}
+#else
+int sys_inotify_init1(int) { return errno = ENOSYS, -1; }
+int sys_inotify_add_watch(int, const char*, uint32_t) { return errno = ENOSYS, -1; }
+#endif
 
 constexpr sys_table libc_table{
     .open = sys_open,
@@ -23,6 +36,8 @@ constexpr sys_table libc_table{
     .pread = ::pread,
     .ftruncate = ::ftruncate,
     .unlink = ::unlink,
+    .inotify_init1 = sys_inotify_init1,
+    .inotify_add_watch = sys_inotify_add_watch,
 };
 
 sys_table table = libc_table;

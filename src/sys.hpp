@@ -8,6 +8,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <cstdint>
 #include <sys/types.h>
 
 namespace filelock::detail {
@@ -24,6 +25,8 @@ struct sys_table {
     ssize_t (*pread)(int fd, void* buf, size_t n, off_t off);
     int (*ftruncate)(int fd, off_t len);
     int (*unlink)(const char* path);
+    int (*inotify_init1)(int flags);
+    int (*inotify_add_watch)(int fd, const char* path, uint32_t mask);
 };
 
 /// The table in use. Tests replace entries and restore them.

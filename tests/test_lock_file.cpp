@@ -843,3 +843,39 @@ TEST_CASE("lock_file: another user's 0644 lock file and a read-only directory, a
     c.release();
     CHECK(c.wait() == 0);
 }
+
+TEST_CASE("lock: when inotify fails (no instance, no watch) waiting falls back to the backoff") {
+    // A fresh thread: lock() keeps one inotify instance per thread.
+    for (const char* call : {"inotify_init1", "inotify_add_watch"}) {
+        for (int err : {EMFILE, ENOSPC, ENOMEM}) {
+            CAPTURE(call, err);
+            scratch s;
+            const auto p = s / "a.lock";
+            auto held = std::make_unique<lock_file>(p);
+            seam sm;
+            static const char* failing;
+            static int failing_err;
+            failing = call;
+            failing_err = err;
+            sm.table().inotify_init1 = [](int flags) {
+                if (std::string(failing) == "inotify_init1") return errno = failing_err, -1;
+                return filelock::detail::default_sys().inotify_init1(flags);
+            };
+            sm.table().inotify_add_watch = [](int fd, const char* path, uint32_t mask) {
+                if (std::string(failing) == "inotify_add_watch") return errno = failing_err, -1;
+                return filelock::detail::default_sys().inotify_add_watch(fd, path, mask);
+            };
+            std::thread releaser([&] {
+                std::this_thread::sleep_for(30ms);
+                held.reset();
+            });
+            std::error_code ec;
+            lock_file got;
+            std::thread waiter([&] { got = filelock::lock(p, 30s, {}, ec); });
+            waiter.join();
+            releaser.join();
+            CHECK(!ec);
+            CHECK(got.is_locked());
+        }
+    }
+}
