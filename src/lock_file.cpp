@@ -436,7 +436,7 @@ lock_file lock_impl(const std::filesystem::path& path, std::chrono::nanoseconds 
     thread_watches* watches = nullptr;  // at the first contention
     int wd = -1;
     for (bool woken = false;;) {
-        const auto next = acq.resume(detail::clock::now(), woken);
+        const auto next = acq.resume(detail::clock::now(), woken, wd >= 0);
         woken = false;
         if (next.is_done()) {
             ec = next.ec;

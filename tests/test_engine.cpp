@@ -235,3 +235,17 @@ TEST_CASE("engine: quick retries never pass the deadline") {
     f.now += a.delay;
     CHECK(e.resume(f.now).ec == errc::timeout);
 }
+
+TEST_CASE("engine: while release events are watched, the fallback waits are stretched") {
+    fixture f;
+    f.policy = {10ms, 2.0, 100ms, 0.0};
+    auto plain = f.make(1h);
+    auto watched = f.make(1h);
+    std::vector<sclock::duration> a, b;
+    for (int i = 0; i < 6; ++i) {
+        a.push_back(plain.resume(f.now).delay);
+        b.push_back(watched.resume(f.now, false, true).delay);
+    }
+    CHECK(a == std::vector<sclock::duration>{10ms, 20ms, 40ms, 80ms, 100ms, 100ms});
+    CHECK(b == std::vector<sclock::duration>{40ms, 80ms, 160ms, 320ms, 400ms, 400ms});
+}

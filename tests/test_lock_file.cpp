@@ -879,3 +879,32 @@ TEST_CASE("lock: when inotify fails (no instance, no watch) waiting falls back t
         }
     }
 }
+
+TEST_CASE("lock_file: a failing close is not retried and leaves nothing held") {
+    for (int err : {EIO, EINTR}) {
+        CAPTURE(err);
+        scratch s;
+        const auto p = s / "a.lock";
+        const int fds = open_fd_count();
+        seam sm;
+        static int closes, close_err;
+        closes = 0;
+        close_err = err;
+        // Linux releases the descriptor even when close reports an error.
+        sm.table().close = [](int fd) {
+            ++closes;
+            filelock::detail::default_sys().close(fd);
+            errno = close_err;
+            return -1;
+        };
+        {
+            lock_file l(p);
+            l.close();
+            CHECK(closes == 1);  // never retried: a retry could close someone else's descriptor
+            l.close();
+            CHECK(closes == 1);
+        }
+        CHECK(lock_is_free(p));
+        CHECK(open_fd_count() == fds);
+    }
+}

@@ -242,7 +242,7 @@ private:
 
     template <class Self>
     void attempt(Self& self, bool inline_call, bool woken) {
-        const next_action next = acq_->resume(clock::now(), woken);
+        const next_action next = acq_->resume(clock::now(), woken, wd_ >= 0);
         if (!next.is_done()) {
             state_ = state::waiting;
             watch_release();

@@ -150,7 +150,7 @@ struct op {
     void step(bool woken) {
         if (ctl->cancel_requested.load())
             return finish(std::make_error_code(std::errc::operation_canceled), {});
-        const auto next = acq->resume(filelock::detail::clock::now(), woken);
+        const auto next = acq->resume(filelock::detail::clock::now(), woken, wd >= 0);
         if (next.is_done()) return finish(next.ec, next.ec ? lock_file() : acq->target().take());
         watch_release();
         // uv timers count whole milliseconds: a shorter wait (the quick

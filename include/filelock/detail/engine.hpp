@@ -102,8 +102,14 @@ public:
                                                         std::chrono::microseconds(100),
                                                         std::chrono::microseconds(500)};
 
-    /// One attempt. `woken`: the wait ended because of a release event.
-    next_action resume(clock::time_point now, bool woken = false) {
+    /// While the driver watches for release events, the backoff timer is
+    /// only a fallback (for holders that unlock without closing): its waits
+    /// are this many times longer, so that a long wait costs little CPU.
+    static constexpr int watched_stretch = 4;
+
+    /// One attempt. `woken`: the wait ended because of a release event;
+    /// `watching`: the next wait will also end on a release event.
+    next_action resume(clock::time_point now, bool woken = false, bool watching = false) {
         if (woken) quick_ = 0;
         if (!started_) {
             started_ = true;
@@ -114,7 +120,9 @@ public:
         const std::error_code ec = target_.try_acquire();
         if (ec != errc::locked) return {next_action::kind::done, ec, {}};
         if (!forever_ && now >= deadline_) return {next_action::kind::done, errc::timeout, {}};
-        auto delay = quick_ < std::size(quick_retries) ? quick_retries[quick_++] : backoff_.next();
+        auto delay = quick_ < std::size(quick_retries) ? quick_retries[quick_++]
+                     : watching                        ? backoff_.next() * watched_stretch
+                                                       : backoff_.next();
         if (!forever_ && delay > deadline_ - now)
             delay = deadline_ - now;  // last attempt at the deadline
         return {next_action::kind::wait, {}, delay};
