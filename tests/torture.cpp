@@ -157,6 +157,23 @@ struct tally {
         std::lock_guard<std::mutex> g(out);
         std::fprintf(stderr, "torture worker %d: %s\n", ::getpid(), what.c_str());
     }
+
+    // The end of one async acquisition: counts it and, if the lock was won,
+    // runs the critical section, releases and acknowledges.
+    void settle(const files& f, std::error_code ec, std::error_code cancelled, const char* who,
+                filelock::lock_file& l, const std::string& token, unsigned spin_us) {
+        if (ec == cancelled)
+            ++cancels;
+        else if (ec == filelock::errc::timeout)
+            ++timeouts;
+        else if (ec)
+            error(std::string(who) + ": " + ec.message());
+        if (ec) return;
+        ++acquired;
+        critical_section(f, token, spin_us);
+        l.close();
+        ack(token);
+    }
 };
 
 std::chrono::nanoseconds pick_timeout(std::mt19937& rng) {
@@ -236,22 +253,8 @@ void asio_worker(const files& f, tally& t, unsigned seed, bool replacing) {
                             sig->slot(), asio::experimental::as_tuple(asio::use_awaitable)));
                     *armed = false;
                     canceller.cancel();
-                    if (ec == asio::error::operation_aborted) {
-                        ++t.cancels;
-                        continue;
-                    }
-                    if (ec == filelock::errc::timeout) {
-                        ++t.timeouts;
-                        continue;
-                    }
-                    if (ec) {
-                        t.error("asio async_lock: " + ec.message());
-                        continue;
-                    }
-                    ++t.acquired;
-                    critical_section(f, token, static_cast<unsigned>(rng() % 300));
-                    l.close();
-                    t.ack(token);
+                    t.settle(f, ec, asio::error::operation_aborted, "asio async_lock", l, token,
+                             static_cast<unsigned>(rng() % 300));
                 }
             },
             asio::detached);
@@ -285,22 +288,8 @@ void uv_worker(const files& f, tally& t, unsigned seed, bool replacing) {
                 std::lock_guard<std::mutex> g(stops_mutex);
                 std::erase(stops, &stop);
             }
-            if (ec == std::errc::operation_canceled) {
-                ++t.cancels;
-                continue;
-            }
-            if (ec == filelock::errc::timeout) {
-                ++t.timeouts;
-                continue;
-            }
-            if (ec) {
-                t.error("uv async_lock: " + ec.message());
-                continue;
-            }
-            ++t.acquired;
-            critical_section(f, token, static_cast<unsigned>(rng() % 300));
-            l.close();
-            t.ack(token);
+            t.settle(f, ec, std::make_error_code(std::errc::operation_canceled), "uv async_lock", l,
+                     token, static_cast<unsigned>(rng() % 300));
         }
     };
     std::vector<filelock::uv::task<>> tasks;
