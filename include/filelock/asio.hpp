@@ -42,6 +42,8 @@
 #include <asio/use_awaitable.hpp>
 
 #include <chrono>
+#include <atomic>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -63,6 +65,7 @@ struct release_wake {
     std::function<void()> cancel_timer;  // empty once the operation stopped waiting
     bool woken = false;
     bool rewatch = false;            // the service dropped the watch: the file moved
+    std::uint64_t arrival = 0;       // order of the operations' first waits
     asio::any_io_executor executor;  // where the operation's handlers run
 };
 
@@ -142,14 +145,20 @@ private:
             if (!ec && watcher_) {
                 for (const auto& ev : watcher_->drain()) {
                     auto [b, e] = waiting_.equal_range(ev.wd);
+                    std::shared_ptr<release_wake> first;
                     for (auto it = b; it != e; ++it)
                         if (auto w = it->second.lock()) {
                             if (ev.moved) {
                                 std::lock_guard<std::mutex> wg(w->mutex);
                                 w->rewatch = true;
+                                woken.push_back(std::move(w));
+                            } else if (!first || w->arrival < first->arrival) {
+                                first = std::move(w);
                             }
-                            woken.push_back(std::move(w));
                         }
+                    // A release lets one waiter in: wake the longest-waiting
+                    // one only; the others keep their fallback timers.
+                    if (first) woken.push_back(std::move(first));
                     if (ev.moved) {  // the path may name another file now
                         for (auto it = b; it != e; ++it) watcher_->remove(ev.wd);
                         waiting_.erase(ev.wd);
@@ -169,9 +178,10 @@ private:
         for (auto& w : woken)
             asio::post(w->executor, [w] {
                 std::lock_guard<std::mutex> g(w->mutex);
-                if (!w->cancel_timer) return;
+                // Not waiting on its timer right now: the operation sees the
+                // flag when it next arms the timer.
                 w->woken = true;
-                w->cancel_timer();
+                if (w->cancel_timer) w->cancel_timer();
             });
     }
 
@@ -232,7 +242,9 @@ private:
     void watch_release() {
         if (wd_ >= 0 || !acq_->target().wake_on_release()) return;
         if (!wake_) {
+            static std::atomic<std::uint64_t> arrivals{0};
             wake_ = std::make_shared<release_wake>();
+            wake_->arrival = arrivals++;
             wake_->executor = timer_->get_executor();
             service_ = &asio::use_service<release_service>(
                 asio::query(timer_->get_executor(), asio::execution::context));
@@ -254,7 +266,8 @@ private:
             // The service may cancel the timer from another thread.
             std::lock_guard<std::mutex> g(wake_->mutex);
             wake_->cancel_timer = [t = timer_.get()] { t->cancel(); };
-            timer_->expires_after(next.delay);
+            // A wake that came while we were attempting ends this wait at once.
+            timer_->expires_after(wake_->woken ? clock::duration::zero() : next.delay);
             timer_->async_wait(std::move(self));
             return;
         }

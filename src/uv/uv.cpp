@@ -38,6 +38,7 @@ struct loop_watch {
     std::unordered_multimap<int, op*> waiting;  // watch descriptor -> operations
 };
 std::unordered_map<uv_loop_t*, loop_watch*> loop_watches;
+std::atomic<std::uint64_t> next_arrival{0};
 
 }  // namespace
 
@@ -55,6 +56,7 @@ struct op {
     bool finished = false;
     loop_watch* watch = nullptr;  // set while registered for release events
     int wd = -1;
+    std::uint64_t arrival = next_arrival++;  // order of the operations' starts
     std::optional<filelock::detail::acquisition> acq;
     completion callback;
     std::shared_ptr<control> ctl;
@@ -73,10 +75,19 @@ struct op {
         std::vector<op*> moved;
         for (const auto& ev : lw->watcher.drain()) {
             auto [b, e] = lw->waiting.equal_range(ev.wd);
+            op* first = nullptr;
             for (auto it = b; it != e; ++it) {
-                woken.push_back(it->second);
-                if (ev.moved) moved.push_back(it->second);
+                if (ev.moved) {
+                    moved.push_back(it->second);
+                    woken.push_back(it->second);
+                } else if (!first || it->second->arrival < first->arrival) {
+                    first = it->second;
+                }
             }
+            // A release lets one waiter in: wake the longest-waiting one only
+            // (waking all of them would make N waiters cost N attempts per
+            // release). The others keep their fallback timers.
+            if (first) woken.push_back(first);
         }
         // The path may name another file now: those watch anew on their next
         // wait. A plain close event keeps the watch.
