@@ -10,6 +10,7 @@
 #include "support.hpp"
 
 #include <asio/io_context.hpp>
+#include <asio/steady_timer.hpp>
 
 #include <thread>
 
@@ -205,4 +206,64 @@ TEST_CASE("wake: N waiters of one loop share one inotify instance and one watch"
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK(done == n);
     CHECK(uv_loop_close(&loop) == 0);
+}
+
+TEST_CASE(
+    "wake: a release wakes the longest-waiting waiter of a loop: local handoffs in FIFO order") {
+    constexpr int n = 20;
+    SECTION("libuv") {
+        scratch s;
+        const auto p = s / "a.lock";
+        auto held = std::make_unique<lock_file>(p);
+        uv_loop_t loop;
+        uv_loop_init(&loop);
+        std::vector<int> order;
+        std::vector<lock_file> kept(n);
+        uv_timer_t release_timer;
+        uv_timer_init(&loop, &release_timer);
+        for (int i = 0; i < n; ++i)
+            filelock::uv::async_lock(&loop, p, 60s, event_only(),
+                                     [&, i](std::error_code ec, lock_file l) {
+                                         if (ec) return;
+                                         order.push_back(i);
+                                         kept[static_cast<size_t>(i)] = std::move(l);
+                                         release_timer.data = &kept[static_cast<size_t>(i)];
+                                         uv_timer_start(
+                                             &release_timer,
+                                             [](uv_timer_t* t) {  // release on a later iteration
+                                                 static_cast<lock_file*>(t->data)->close();
+                                             },
+                                             1, 0);
+                                     });
+        uv_run(&loop, UV_RUN_NOWAIT);  // every waiter made its first attempt, in order
+        held.reset();
+        uv_run(&loop, UV_RUN_DEFAULT);
+        uv_close(reinterpret_cast<uv_handle_t*>(&release_timer), nullptr);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        CHECK(uv_loop_close(&loop) == 0);
+        std::vector<int> fifo(n);
+        for (int i = 0; i < n; ++i) fifo[static_cast<size_t>(i)] = i;
+        CHECK(order == fifo);
+    }
+    SECTION("asio") {
+        scratch s;
+        const auto p = s / "a.lock";
+        auto held = std::make_unique<lock_file>(p);
+        asio::io_context io;
+        std::vector<int> order;
+        for (int i = 0; i < n; ++i)
+            filelock::async_lock(io, p, 60s, event_only(), [&, i](std::error_code ec, lock_file l) {
+                if (ec) return;
+                order.push_back(i);
+                auto t = std::make_shared<asio::steady_timer>(io, 1ms);  // release later
+                t->async_wait(
+                    [t, l = std::make_shared<lock_file>(std::move(l))](std::error_code) {});
+            });
+        io.poll();
+        held.reset();
+        io.run();
+        std::vector<int> fifo(n);
+        for (int i = 0; i < n; ++i) fifo[static_cast<size_t>(i)] = i;
+        CHECK(order == fifo);
+    }
 }
