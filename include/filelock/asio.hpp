@@ -42,7 +42,6 @@
 #include <asio/use_awaitable.hpp>
 
 #include <chrono>
-#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -65,7 +64,7 @@ struct release_wake {
     std::function<void()> cancel_timer;  // empty once the operation stopped waiting
     bool woken = false;
     bool rewatch = false;            // the service dropped the watch: the file moved
-    std::uint64_t arrival = 0;       // order of the operations' first waits
+    std::uint64_t arrival = 0;       // order of the operations' first waits (0: none yet)
     asio::any_io_executor executor;  // where the operation's handlers run
 };
 
@@ -95,6 +94,7 @@ public:
         }
         const int wd = watcher_->add(path);
         if (wd < 0) return -1;
+        if (w->arrival == 0) w->arrival = ++arrivals_;  // the first wait fixes its place
         waiting_.emplace(wd, w);
         if (!reading_) {
             reading_ = true;
@@ -189,6 +189,7 @@ private:
     std::optional<release_watcher> watcher_;
     std::optional<asio::posix::stream_descriptor> stream_;
     std::unordered_multimap<int, std::weak_ptr<release_wake>> waiting_;
+    std::uint64_t arrivals_ = 0;
     bool reading_ = false;
     bool shut_down_ = false;
 };
@@ -242,9 +243,7 @@ private:
     void watch_release() {
         if (wd_ >= 0 || !acq_->target().wake_on_release()) return;
         if (!wake_) {
-            static std::atomic<std::uint64_t> arrivals{0};
             wake_ = std::make_shared<release_wake>();
-            wake_->arrival = arrivals++;
             wake_->executor = timer_->get_executor();
             service_ = &asio::use_service<release_service>(
                 asio::query(timer_->get_executor(), asio::execution::context));
