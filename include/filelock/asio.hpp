@@ -13,7 +13,10 @@
 //
 // Attempts are non-blocking; between them the operation waits on a
 // steady_timer with the options' backoff (capped exponential, jittered), and
-// makes a last attempt at the deadline.
+// makes a last attempt at the deadline. On Linux it also wakes when the holder
+// closes the lock file (inotify, read through a stream_descriptor; one instance
+// per execution context while operations wait); a release wakes the context's
+// longest-waiting operation.
 
 // Asio 1.22 enables co_await support for clang only with libc++'s
 // <experimental/coroutine>; clang 14 with libstdc++'s <coroutine> works too.

@@ -13,7 +13,9 @@
 //
 // Attempts are non-blocking; between them the operation waits on a uv_timer_t
 // with the options' backoff (millisecond resolution), and makes a last attempt
-// at the deadline.
+// at the deadline. On Linux it also wakes when the holder closes the lock file
+// (inotify, polled with uv_poll_t; one instance per loop while the loop has
+// operations); a release wakes the loop's longest-waiting operation.
 //
 // Outcomes: the lock (empty error code); errc::timeout when the deadline
 // passed (== std::errc::timed_out); std::errc::operation_canceled after a
