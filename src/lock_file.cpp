@@ -1,4 +1,5 @@
 #include <filelock/detail/file_target.hpp>
+#include <filelock/detail/local_queue.hpp>
 #include <filelock/detail/release_watcher.hpp>
 #include <filelock/lock_file.hpp>
 
@@ -9,6 +10,7 @@
 #include <cstring>
 #include <limits.h>
 #include <new>
+#include <sys/eventfd.h>
 #include <sys/file.h>
 #include <optional>
 #include <poll.h>
@@ -137,6 +139,7 @@ file_target::file_target(std::filesystem::path path, const lock_options& options
       writes_(options.write_content && options.mode == lock_mode::exclusive),
       remove_(options.remove_on_release && options.mode == lock_mode::exclusive),
       wake_(options.wake_on_release),
+      queue_(options.queue_local_waiters && options.mode == lock_mode::exclusive),
       file_mode_(options.file_mode) {
     nofollow_ = writes_ && !options.follow_symlinks;
     // Writing needs a writable descriptor, and so does an exclusive OFD lock
@@ -161,6 +164,7 @@ file_target::file_target(file_target&& other) noexcept
       read_only_(other.read_only_),
       remove_(other.remove_),
       wake_(other.wake_),
+      queue_(other.queue_),
       file_mode_(other.file_mode_),
       dev_(other.dev_),
       ino_(other.ino_) {}
@@ -357,6 +361,7 @@ void lock_file::close() noexcept {
             detail::sys().unlink(path_.c_str());
     }
     detail::release_fd(fd, h_.ofd);
+    detail::local_release(path_);  // the next waiter of this process, at once
 }
 
 simple_lock_file::simple_lock_file(const std::filesystem::path& path, lock_options options)
@@ -428,25 +433,96 @@ private:
     std::vector<std::pair<std::filesystem::path, int>> cache_;
 };
 
+// A thread's place in a local queue: the queue wakes it through an eventfd
+// (one per thread, kept for the next wait; a forked child makes its own).
+class thread_place final : public detail::queue_waiter {
+public:
+    static thread_place* make() {
+        struct thread_eventfd {
+            int fd = -1;
+            unsigned generation = ~0u;
+            ~thread_eventfd() {
+                if (fd >= 0) ::close(fd);
+            }
+        };
+        static thread_local thread_eventfd efd;
+        if (efd.generation != detail::fork_generation()) {
+            efd.generation = detail::fork_generation();
+            if (efd.fd >= 0) ::close(efd.fd);  // a forked child's copy: the parent's stays theirs
+            efd.fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        }
+        if (efd.fd < 0) return nullptr;  // no queue: attempt on our own
+        static thread_local std::optional<thread_place> place;
+        place.emplace(efd.fd);
+        place->consume();  // a wake left over from an earlier wait
+        return &*place;
+    }
+
+    explicit thread_place(int efd) noexcept : efd_(efd) {}
+    void wake() noexcept override {
+        const std::uint64_t one = 1;
+        (void)!::write(efd_, &one, sizeof one);
+    }
+    int native_handle() const noexcept { return efd_; }
+    /// Whether a wake came (and takes it).
+    bool consume() noexcept {
+        std::uint64_t n = 0;
+        return ::read(efd_, &n, sizeof n) == sizeof n;
+    }
+
+private:
+    int efd_;
+};
+
 // The sync driver: between attempts it waits for a release event (inotify
-// close on the lock file) or the backoff delay, whichever comes first.
+// close on the lock file), a wake from the local queue, or the backoff delay,
+// whichever comes first. Behind another waiter of this process it waits for
+// its turn (or its deadline) only.
 lock_file lock_impl(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
                     const lock_options& options, std::error_code& ec, bool throwing) {
     auto acq = detail::make_acquisition(path, timeout, options);
+    acq.start(detail::clock::now());
+    thread_place* place = nullptr;
+    bool head = true;
+    if (acq.target().queues() && !acq.single_attempt() && (place = thread_place::make()))
+        head = place->join(path);
+    struct leave_queue {
+        thread_place* p;
+        ~leave_queue() {
+            if (p) p->leave();  // on every way out: the next waiter's turn
+        }
+    } leaving{place};
+
+    const auto done = [&](std::error_code e) -> lock_file {
+        ec = e;
+        if (!ec) return acq.target().take();
+        if (throwing)
+            detail::throw_error(ec, path,
+                                ec == errc::timeout ? acq.target().holder() : std::string(),
+                                acq.target().failed_call());
+        return {};
+    };
+    const auto until = [](detail::clock::duration d) {
+        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+        return ::timespec{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+    };
+
     thread_watches* watches = nullptr;  // at the first contention
     int wd = -1;
     for (bool woken = false;;) {
-        const auto next = acq.resume(detail::clock::now(), woken, wd >= 0);
-        woken = false;
-        if (next.is_done()) {
-            ec = next.ec;
-            if (!ec) return acq.target().take();
-            if (throwing)
-                detail::throw_error(ec, path,
-                                    ec == errc::timeout ? acq.target().holder() : std::string(),
-                                    acq.target().failed_call());
-            return {};
+        const auto now = detail::clock::now();
+        if (!head) {
+            if (acq.expired(now)) return done(errc::timeout);
+            ::pollfd pfd{place->native_handle(), POLLIN, 0};
+            const bool forever = acq.deadline() == detail::clock::time_point::max();
+            const ::timespec ts = until(acq.deadline() - now);
+            if (::ppoll(&pfd, 1, forever ? nullptr : &ts, nullptr) > 0 && place->consume())
+                head = place->is_head();
+            continue;
         }
+        const auto next = acq.resume(now, woken, wd >= 0);
+        woken = false;
+        if (next.is_done()) return done(next.ec);
         if (!watches && acq.target().wake_on_release()) {
             static thread_local thread_watches per_thread;
             watches = &per_thread;
@@ -462,18 +538,24 @@ lock_file lock_impl(const std::filesystem::path& path, std::chrono::nanoseconds 
                     acq.target().drop_file();  // wait on the file the path names now
                 }
             if (wd < 0) wd = watches->watch(path);
+            if (place) place->watching.store(wd >= 0);
         }
-        if (wd < 0) {  // no events here: the backoff alone
+        ::pollfd pfds[2];
+        ::nfds_t n = 0;
+        if (wd >= 0) pfds[n++] = {watches->watcher().native_handle(), POLLIN, 0};
+        if (place) pfds[n++] = {place->native_handle(), POLLIN, 0};
+        if (n == 0) {  // no events here: the backoff alone
             std::this_thread::sleep_for(next.delay);
             continue;
         }
-        ::pollfd pfd{watches->watcher().native_handle(), POLLIN, 0};
-        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(next.delay).count();
-        const ::timespec ts{static_cast<time_t>(ns / 1000000000),
-                            static_cast<long>(ns % 1000000000)};
-        // Readable: attempt at once; the events are read after a failed
-        // attempt (above), or at the next wait of this thread.
-        woken = ::ppoll(&pfd, 1, &ts, nullptr) > 0;
+        const ::timespec ts = until(next.delay);
+        // Readable: attempt at once. Release events are read after a failed
+        // attempt (above), or at the next wait of this thread; a wake from the
+        // queue (a local holder released) needs no quick retries.
+        if (::ppoll(pfds, n, &ts, nullptr) > 0) {
+            const bool turn = place && place->consume();
+            woken = wd >= 0 && (pfds[0].revents & POLLIN) && !turn;
+        }
     }
 }
 

@@ -111,11 +111,7 @@ public:
     /// `watching`: the next wait will also end on a release event.
     next_action resume(clock::time_point now, bool woken = false, bool watching = false) {
         if (woken) quick_ = 0;
-        if (!started_) {
-            started_ = true;
-            forever_ = timeout_ >= clock::time_point::max() - now;
-            deadline_ = forever_ ? clock::time_point::max() : now + std::max(timeout_, {});
-        }
+        start(now);
         ++attempts_;
         const std::error_code ec = target_.try_acquire();
         if (ec != errc::locked) return {next_action::kind::done, ec, {}};
@@ -127,6 +123,24 @@ public:
             delay = deadline_ - now;  // last attempt at the deadline
         return {next_action::kind::wait, {}, delay};
     }
+
+    /// Fixes the deadline at `now + timeout` without an attempt (the first
+    /// `resume` does it otherwise). For drivers that queue an acquisition
+    /// before its first attempt: the timeout counts from its start.
+    void start(clock::time_point now) noexcept {
+        if (started_) return;
+        started_ = true;
+        forever_ = timeout_ >= clock::time_point::max() - now;
+        deadline_ = forever_ ? clock::time_point::max() : now + std::max(timeout_, {});
+    }
+
+    /// Whether the deadline has passed (false before start, and forever).
+    bool expired(clock::time_point now) const noexcept {
+        return started_ && !forever_ && now >= deadline_;
+    }
+
+    /// A single attempt, never a wait: an engine made with timeout <= 0.
+    bool single_attempt() const noexcept { return timeout_ <= clock::duration::zero(); }
 
     Target& target() noexcept { return target_; }
     const Target& target() const noexcept { return target_; }

@@ -47,6 +47,8 @@ public:
     const std::filesystem::path& path() const noexcept { return path_; }
     /// Whether waits should also end on a release event.
     bool wake_on_release() const noexcept { return wake_; }
+    /// Whether timed attempts join the path's local queue.
+    bool queues() const noexcept { return queue_; }
 
 private:
     std::error_code fail(int err, const char* call) noexcept;
@@ -68,6 +70,7 @@ private:
     bool read_only_ = false;
     bool remove_ = false;
     bool wake_ = true;
+    bool queue_ = true;
     mode_t file_mode_ = 0666;
     unsigned long long dev_ = 0, ino_ = 0;  // of the file won
 };

@@ -1,0 +1,83 @@
+#pragma once
+
+// Local queues: one per lock path in a process. Waiters of one process for
+// one lock file line up in arrival order and only the head makes attempts,
+// so N local waiters hold one descriptor and one release watch (the head's),
+// not N, and are served first come, first served. The kernel lock still does
+// the excluding: every head acquires through its own descriptor, so two
+// local waiters never share a won lock.
+//
+// A release by a holder in this process (lock_file::close) wakes the head at
+// once. Other processes are not starved: once local holders have handed the
+// lock to one another for longer than `fair_share` in a row, the next local
+// release does not wake the head directly, and the head races the other
+// processes' waiters on equal terms (everyone woken by the same close event).
+//
+// Drivers (the sync lock(), the Asio and libuv adapters) derive their waiting
+// operation from queue_waiter. The queue is process-wide and thread-safe:
+// waiters of different threads and event loops share it.
+
+#include <filelock/export.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <filesystem>
+
+namespace filelock::detail {
+
+struct path_queue;
+
+class FILELOCK_API queue_waiter {
+public:
+    queue_waiter() noexcept = default;
+    queue_waiter(const queue_waiter&) = delete;
+    queue_waiter& operator=(const queue_waiter&) = delete;
+
+    /// The waiter became the head of its queue, or it is the head and a
+    /// holder in this process released the lock: it should attempt now.
+    /// Called from any thread with the queue's lock held: it must only
+    /// signal its driver (set a flag, post, write an eventfd), never call
+    /// back into the queue.
+    virtual void wake() noexcept = 0;
+
+    /// Joins the tail of the queue of `path` (the same file spelled the same
+    /// way, after lexical normalisation). Returns whether it is the head.
+    /// Call once; leave() before joining again.
+    bool join(const std::filesystem::path& path);
+    /// Leaves the queue (idempotent). A head that leaves wakes the next
+    /// waiter, which becomes the head.
+    void leave() noexcept;
+    bool joined() const noexcept { return queue_ != nullptr; }
+    /// Whether this waiter is its queue's head (may attempt). A waiter only
+    /// becomes the head through wake(), so a driver may cache the answer
+    /// until its next wake.
+    bool is_head() const noexcept;
+
+    /// Drivers set it while the head watches for release events: only then
+    /// may the queue leave a local release to the close event (see above).
+    std::atomic<bool> watching{false};
+
+protected:
+    ~queue_waiter() { leave(); }
+
+private:
+    friend struct path_queue;
+    path_queue* queue_ = nullptr;
+    queue_waiter* prev_ = nullptr;
+    queue_waiter* next_ = nullptr;
+};
+
+/// How long holders in one process may hand a lock to one another directly
+/// before a release is left to the close event that all waiters see.
+inline constexpr std::chrono::microseconds fair_share{1000};
+
+/// Tells the local queue of `path` that a holder in this process released
+/// the lock: wakes its head (lock_file::close calls it after releasing).
+/// Costs one atomic load when no queue exists.
+FILELOCK_API void local_release(const std::filesystem::path& path) noexcept;
+
+/// Waiters queued in this process, over all paths (tests and benchmarks).
+FILELOCK_API std::size_t local_waiters() noexcept;
+
+}  // namespace filelock::detail

@@ -1,0 +1,120 @@
+#include <filelock/detail/local_queue.hpp>
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+namespace filelock::detail {
+
+struct path_queue {
+    using clock = std::chrono::steady_clock;
+
+    std::string key;
+    queue_waiter* head = nullptr;
+    queue_waiter* tail = nullptr;
+    // Local holders have been handing the lock on directly since
+    // streak_start; `direct`: the head was woken by a local release.
+    bool streak = false;
+    bool direct = false;
+    clock::time_point streak_start{};
+
+    static std::mutex mutex;
+    static std::unordered_map<std::string, std::unique_ptr<path_queue>> queues;
+    static std::atomic<std::size_t> waiters;
+
+    static std::string key_of(const std::filesystem::path& path) {
+        return path.lexically_normal().native();
+    }
+
+    // With the mutex held.
+    void push(queue_waiter& w) {
+        w.queue_ = this;
+        w.prev_ = tail;
+        w.next_ = nullptr;
+        (tail ? tail->next_ : head) = &w;
+        tail = &w;
+        waiters.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    // With the mutex held; returns whether the queue is now empty.
+    bool unlink(queue_waiter& w) noexcept {
+        const bool was_head = head == &w;
+        (w.prev_ ? w.prev_->next_ : head) = w.next_;
+        (w.next_ ? w.next_->prev_ : tail) = w.prev_;
+        w.queue_ = nullptr;
+        w.prev_ = w.next_ = nullptr;
+        waiters.fetch_sub(1, std::memory_order_relaxed);
+        if (was_head) {
+            // A head that got the lock other than from a local holder's hand
+            // (or gave up) ends the streak.
+            if (!direct) streak = false;
+            direct = false;
+            if (head) head->wake();  // the next in line attempts now
+        }
+        return head == nullptr;
+    }
+
+    // A holder of this process released: wake the head, unless local
+    // holders have kept the lock among themselves for a fair share already.
+    void released() noexcept {
+        if (!head) return;
+        const auto now = clock::now();
+        if (!streak) {
+            streak = true;
+            streak_start = now;
+        } else if (now - streak_start >= fair_share && head->watching.load()) {
+            // Yield this one: the head sees the holder's close event like
+            // every other process's waiter does, and races them for it.
+            streak = false;
+            return;
+        }
+        direct = true;
+        head->wake();
+    }
+};
+
+std::mutex path_queue::mutex;
+std::unordered_map<std::string, std::unique_ptr<path_queue>> path_queue::queues;
+std::atomic<std::size_t> path_queue::waiters{0};
+
+bool queue_waiter::join(const std::filesystem::path& path) {
+    std::string key = path_queue::key_of(path);
+    std::lock_guard<std::mutex> g(path_queue::mutex);
+    auto& q = path_queue::queues[key];
+    if (!q) {
+        q = std::make_unique<path_queue>();
+        q->key = std::move(key);
+    }
+    q->push(*this);
+    return q->head == this;
+}
+
+void queue_waiter::leave() noexcept {
+    if (!queue_) return;
+    std::lock_guard<std::mutex> g(path_queue::mutex);
+    path_queue* q = queue_;
+    if (q->unlink(*this)) path_queue::queues.erase(path_queue::queues.find(q->key));
+}
+
+bool queue_waiter::is_head() const noexcept {
+    std::lock_guard<std::mutex> g(path_queue::mutex);
+    return queue_ && queue_->head == this;
+}
+
+void local_release(const std::filesystem::path& path) noexcept {
+    if (path_queue::waiters.load(std::memory_order_relaxed) == 0) return;
+    try {
+        const std::string key = path_queue::key_of(path);
+        std::lock_guard<std::mutex> g(path_queue::mutex);
+        auto it = path_queue::queues.find(key);
+        if (it != path_queue::queues.end()) it->second->released();
+    } catch (...) {
+        // Out of memory normalising the path: the head still wakes on the
+        // close event or its timer.
+    }
+}
+
+std::size_t local_waiters() noexcept { return path_queue::waiters.load(); }
+
+}  // namespace filelock::detail
