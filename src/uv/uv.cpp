@@ -1,4 +1,5 @@
 #include <filelock/detail/file_target.hpp>
+#include <filelock/detail/local_queue.hpp>
 #include <filelock/detail/release_watcher.hpp>
 #include <filelock/uv.hpp>
 
@@ -6,16 +7,18 @@
 #include <atomic>
 #include <mutex>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace filelock::uv {
 namespace detail {
 
 struct op;
+struct loop_state;
 
-// What request handles share with the operation. `op` is cleared (under the
-// mutex) when the operation completes, so no uv_async_send can reach a handle
-// that is closing.
+// What request handles share with the operation. `target` is cleared (under
+// the mutex) when the operation completes, so no signal can reach an
+// operation that is closing.
 struct control {
     std::mutex mutex;
     op* target = nullptr;
@@ -24,153 +27,123 @@ struct control {
 
 namespace {
 
-// Pending operations per loop, for cancel_all(), and each loop's watcher.
 std::mutex registry_mutex;
-std::unordered_multimap<uv_loop_t*, op*> registry;
-
-// One inotify instance per loop, polled with uv_poll_t (uv_fs_event does not
-// report close events). It exists only while the loop has operations, so
-// that the loop can close.
-struct loop_watch {
-    uv_loop_t* loop;
-    uv_poll_t poll{};
-    filelock::detail::release_watcher watcher;
-    std::unordered_multimap<int, op*> waiting;  // watch descriptor -> operations
-};
-std::unordered_map<uv_loop_t*, loop_watch*> loop_watches;
+std::unordered_map<uv_loop_t*, loop_state*> loops;  // loops with pending operations
 std::atomic<std::uint64_t> next_arrival{0};
 
 }  // namespace
 
-struct op {
-    op(uv_loop_t* l, filelock::detail::acquisition a, completion cb)
-        : loop(l),
-          acq(std::in_place, std::move(a)),
+// A loop's shared handles, alive while the loop has pending operations (so
+// that an idle loop can close):
+//  - one uv_async_t through which other threads (cancel) and the local queue
+//    (your turn) signal operations: one handle for all, not one per
+//    operation (libuv scans every async handle of a loop on each wake-up);
+//  - one inotify instance, polled with uv_poll_t (uv_fs_event does not report
+//    close events), created at the first wait.
+struct loop_state {
+    explicit loop_state(uv_loop_t* l) : loop(l) {}
+
+    uv_loop_t* loop;
+    uv_async_t async{};
+    uv_poll_t poll{};
+    int open_handles = 0;
+    bool closing = false;
+    std::unordered_set<op*> ops;  // pending (loop thread only)
+
+    std::mutex mutex;  // guards `signalled` and the operations' signal flags
+    std::vector<op*> signalled;
+
+    std::optional<filelock::detail::release_watcher> watcher;
+    bool polling = false;
+    std::unordered_multimap<int, op*> waiting;  // watch descriptor -> operations
+
+    static loop_state* of(uv_loop_t* loop);
+    void signal(op* o, bool turn) noexcept;
+    void forget_signal(op* o) noexcept;
+    filelock::detail::release_watcher* release_watcher();
+    void close_if_idle() noexcept;
+
+    static void on_async(uv_async_t* a);
+    static void on_poll(uv_poll_t* p, int status, int);
+    static void on_close(uv_handle_t* h) {
+        auto* self = static_cast<loop_state*>(h->data);
+        if (--self->open_handles == 0) delete self;
+    }
+};
+
+struct op final : filelock::detail::queue_waiter {
+    op(filelock::detail::acquisition a, completion cb)
+        : acq(std::in_place, std::move(a)),
           callback(std::move(cb)),
           ctl(std::make_shared<control>()) {}
 
-    uv_loop_t* loop;
+    loop_state* ls = nullptr;
     uv_timer_t timer{};
-    uv_async_t async{};
-    int open_handles = 0;
     bool finished = false;
-    loop_watch* watch = nullptr;  // set while registered for release events
-    int wd = -1;
+    bool queued = false;                     // in the path's local queue
+    bool head = false;                       // its head: may attempt
+    int wd = -1;                             // watch descriptor while registered for release events
     std::uint64_t arrival = next_arrival++;  // order of the operations' starts
     std::optional<filelock::detail::acquisition> acq;
     completion callback;
     std::shared_ptr<control> ctl;
+    // Under ls->mutex:
+    bool in_signalled = false;
+    bool turn = false;  // the local queue woke it
 
-    static void on_close(uv_handle_t* h) {
-        auto* self = static_cast<op*>(h->data);
-        if (--self->open_handles == 0) delete self;
-    }
+    void wake() noexcept override { ls->signal(this, true); }
 
     static void on_timer(uv_timer_t* t) { static_cast<op*>(t->data)->step(false); }
-
-    static void on_poll(uv_poll_t* p, int status, int) {
-        auto* lw = static_cast<loop_watch*>(p->data);
-        if (status < 0) return;
-        std::vector<op*> woken;
-        std::vector<op*> moved;
-        for (const auto& ev : lw->watcher.drain()) {
-            auto [b, e] = lw->waiting.equal_range(ev.wd);
-            op* first = nullptr;
-            for (auto it = b; it != e; ++it) {
-                if (ev.moved) {
-                    moved.push_back(it->second);
-                    woken.push_back(it->second);
-                } else if (!first || it->second->arrival < first->arrival) {
-                    first = it->second;
-                }
-            }
-            // A release lets one waiter in: wake the longest-waiting one only
-            // (waking all of them would make N waiters cost N attempts per
-            // release). The others keep their fallback timers.
-            if (first) woken.push_back(first);
-        }
-        // The path may name another file now: those watch anew on their next
-        // wait. A plain close event keeps the watch.
-        for (op* o : moved) {
-            o->unwatch();
-            o->acq->target().drop_file();  // wait on the file the path names now
-        }
-        for (op* o : woken)
-            if (!o->finished) {
-                uv_timer_stop(&o->timer);
-                o->step(true);
-            }
-    }
-
-    void watch_release() {
-        if (wd >= 0 || !acq->target().wake_on_release()) return;
-        loop_watch* lw;
-        {
-            std::lock_guard<std::mutex> g(registry_mutex);
-            auto it = loop_watches.find(loop);
-            lw = it == loop_watches.end() ? nullptr : it->second;
-        }
-        if (!lw) {
-            auto fresh = std::make_unique<loop_watch>();
-            fresh->loop = loop;
-            if (!fresh->watcher.valid() ||
-                uv_poll_init(loop, &fresh->poll, fresh->watcher.native_handle()) != 0)
-                return;  // no events: the backoff alone
-            fresh->poll.data = fresh.get();
-            uv_poll_start(&fresh->poll, UV_READABLE, on_poll);
-            lw = fresh.release();
-            std::lock_guard<std::mutex> g(registry_mutex);
-            loop_watches[loop] = lw;
-        }
-        wd = lw->watcher.add(acq->target().path());
-        if (wd < 0) return;
-        watch = lw;
-        lw->waiting.emplace(wd, this);
-    }
-
-    void unwatch() {
-        if (!watch) return;
-        auto [b, e] = watch->waiting.equal_range(wd);
-        for (auto it = b; it != e; ++it)
-            if (it->second == this) {
-                watch->waiting.erase(it);
-                break;
-            }
-        watch->watcher.remove(wd);
-        watch = nullptr;
-        wd = -1;
-    }
-
-    // Called with registry_mutex held, after this operation left the registry.
-    static void close_watch_if_idle(uv_loop_t* loop) {
-        if (registry.count(loop)) return;
-        auto it = loop_watches.find(loop);
-        if (it == loop_watches.end()) return;
-        loop_watch* lw = it->second;
-        loop_watches.erase(it);
-        uv_close(reinterpret_cast<uv_handle_t*>(&lw->poll),
-                 [](uv_handle_t* h) { delete static_cast<loop_watch*>(h->data); });
-    }
-
-    static void on_async(uv_async_t* a) {
-        auto* self = static_cast<op*>(a->data);
-        if (!self->finished && self->ctl->cancel_requested.load())
-            self->finish(std::make_error_code(std::errc::operation_canceled), {});
-    }
+    static void on_close(uv_handle_t* h) { delete static_cast<op*>(h->data); }
 
     void step(bool woken) {
         if (ctl->cancel_requested.load())
             return finish(std::make_error_code(std::errc::operation_canceled), {});
-        const auto next = acq->resume(filelock::detail::clock::now(), woken, wd >= 0);
+        const auto now = filelock::detail::clock::now();
+        if (queued && !head) head = is_head();
+        if (queued && !head) {
+            // Not our turn: only the deadline (or the queue) ends the wait.
+            if (acq->expired(now)) return finish(errc::timeout, {});
+            if (acq->deadline() != filelock::detail::clock::time_point::max())
+                start_timer(acq->deadline() - now);
+            return;
+        }
+        const auto next = acq->resume(now, woken, wd >= 0);
         if (next.is_done()) return finish(next.ec, next.ec ? lock_file() : acq->target().take());
         watch_release();
+        start_timer(next.delay);
+    }
+
+    void start_timer(filelock::detail::clock::duration delay) {
         // uv timers count whole milliseconds: a shorter wait (the quick
         // retries after a release event) becomes "next loop iteration".
         using namespace std::chrono;
-        const auto ms = next.delay < 1ms
-                            ? std::uint64_t{0}
-                            : static_cast<std::uint64_t>(ceil<milliseconds>(next.delay).count());
+        const auto ms = delay < 1ms ? std::uint64_t{0}
+                                    : static_cast<std::uint64_t>(ceil<milliseconds>(delay).count());
         uv_timer_start(&timer, on_timer, ms, 0);
+    }
+
+    void watch_release() {
+        if (wd >= 0 || !acq->target().wake_on_release()) return;
+        auto* w = ls->release_watcher();
+        if (!w) return;  // no events: the backoff alone
+        wd = w->add(acq->target().path());
+        if (wd < 0) return;
+        ls->waiting.emplace(wd, this);
+        watching.store(true);
+    }
+
+    void unwatch() {
+        if (wd < 0) return;
+        auto [b, e] = ls->waiting.equal_range(wd);
+        for (auto it = b; it != e; ++it)
+            if (it->second == this) {
+                ls->waiting.erase(it);
+                break;
+            }
+        ls->watcher->remove(wd);
+        wd = -1;
+        watching.store(false);
     }
 
     void finish(std::error_code ec, lock_file lock) {
@@ -184,52 +157,157 @@ struct op {
             lock.close();
             ec = std::make_error_code(std::errc::operation_canceled);
         }
-        {
-            std::lock_guard<std::mutex> g(registry_mutex);
-            auto [b, e] = registry.equal_range(loop);
-            for (auto it = b; it != e; ++it)
-                if (it->second == this) {
-                    registry.erase(it);
-                    break;
-                }
-        }
+        leave();  // the next local waiter attempts now
+        ls->forget_signal(this);
+        ls->ops.erase(this);
         completion cb = std::move(callback);
         acq.reset();  // closes the waiter's descriptor now
-        uv_close(reinterpret_cast<uv_handle_t*>(&timer), on_close);
-        uv_close(reinterpret_cast<uv_handle_t*>(&async), on_close);
+        uv_close(reinterpret_cast<uv_handle_t*>(&timer), on_close);  // freed after this call
         if (cb) cb(ec, std::move(lock));
         // Watch clean-up after the callback: it is not on the way from the
         // release to the new holder.
         unwatch();
-        std::lock_guard<std::mutex> g(registry_mutex);
-        close_watch_if_idle(loop);  // the loop's last operation: let it close
+        ls->close_if_idle();  // the loop's last operation: let it close
     }
 };
+
+loop_state* loop_state::of(uv_loop_t* loop) {
+    std::lock_guard<std::mutex> g(registry_mutex);
+    if (auto it = loops.find(loop); it != loops.end()) return it->second;
+    auto s = std::make_unique<loop_state>(loop);
+    if (int rc = uv_async_init(loop, &s->async, on_async); rc != 0)
+        throw std::system_error(-rc, std::system_category(), "filelock::uv: uv_async_init");
+    s->async.data = s.get();
+    s->open_handles = 1;
+    loops.emplace(loop, s.get());
+    return s.release();  // freed in on_close
+}
+
+void loop_state::signal(op* o, bool turn) noexcept {
+    {
+        std::lock_guard<std::mutex> g(mutex);
+        if (turn) o->turn = true;
+        if (!o->in_signalled) {
+            o->in_signalled = true;
+            signalled.push_back(o);
+        }
+    }
+    uv_async_send(&async);
+}
+
+void loop_state::forget_signal(op* o) noexcept {
+    std::lock_guard<std::mutex> g(mutex);
+    if (!o->in_signalled) return;
+    o->in_signalled = false;
+    signalled.erase(std::find(signalled.begin(), signalled.end(), o));
+}
+
+void loop_state::on_async(uv_async_t* a) {
+    auto* self = static_cast<loop_state*>(a->data);
+    std::vector<std::pair<op*, bool>> ready;  // operation, its turn
+    {
+        std::lock_guard<std::mutex> g(self->mutex);
+        for (op* o : self->signalled) {
+            o->in_signalled = false;
+            ready.emplace_back(o, std::exchange(o->turn, false));
+        }
+        self->signalled.clear();
+    }
+    for (auto [o, turn] : ready) {
+        if (o->finished) continue;  // cancel_all() or a callback ended it meanwhile
+        if (o->ctl->cancel_requested.load()) {
+            o->finish(std::make_error_code(std::errc::operation_canceled), {});
+        } else if (turn) {
+            uv_timer_stop(&o->timer);
+            o->head = true;
+            o->step(false);
+        }
+    }
+}
+
+filelock::detail::release_watcher* loop_state::release_watcher() {
+    if (!watcher) {
+        watcher.emplace();
+        if (watcher->valid() && uv_poll_init(loop, &poll, watcher->native_handle()) == 0) {
+            poll.data = this;
+            ++open_handles;
+            polling = true;
+            uv_poll_start(&poll, UV_READABLE, on_poll);
+        }
+    }
+    return polling ? &*watcher : nullptr;
+}
+
+void loop_state::on_poll(uv_poll_t* p, int status, int) {
+    auto* self = static_cast<loop_state*>(p->data);
+    if (status < 0) return;
+    std::vector<op*> woken;
+    std::vector<op*> moved;
+    for (const auto& ev : self->watcher->drain()) {
+        auto [b, e] = self->waiting.equal_range(ev.wd);
+        op* first = nullptr;
+        for (auto it = b; it != e; ++it) {
+            if (ev.moved) {
+                moved.push_back(it->second);
+                woken.push_back(it->second);
+            } else if (!first || it->second->arrival < first->arrival) {
+                first = it->second;
+            }
+        }
+        // A release lets one waiter in: wake the longest-waiting one only
+        // (waking all of them would make N waiters cost N attempts per
+        // release). The others keep their fallback timers.
+        if (first) woken.push_back(first);
+    }
+    // The path may name another file now: those watch anew on their next
+    // wait. A plain close event keeps the watch.
+    for (op* o : moved) {
+        o->unwatch();
+        o->acq->target().drop_file();  // wait on the file the path names now
+    }
+    for (op* o : woken)
+        if (!o->finished) {
+            uv_timer_stop(&o->timer);
+            o->step(true);
+        }
+}
+
+void loop_state::close_if_idle() noexcept {
+    if (!ops.empty() || closing) return;
+    closing = true;
+    {
+        std::lock_guard<std::mutex> g(registry_mutex);
+        if (auto it = loops.find(loop); it != loops.end() && it->second == this) loops.erase(it);
+    }
+    if (polling) uv_close(reinterpret_cast<uv_handle_t*>(&poll), on_close);
+    uv_close(reinterpret_cast<uv_handle_t*>(&async), on_close);
+}
 
 }  // namespace detail
 
 request start(uv_loop_t* loop, const std::filesystem::path& path, std::chrono::nanoseconds timeout,
               const lock_options& options, detail::completion callback) {
     auto o = std::make_unique<detail::op>(
-        loop, filelock::detail::make_acquisition(path, timeout, options), std::move(callback));
+        filelock::detail::make_acquisition(path, timeout, options), std::move(callback));
+    detail::loop_state* ls = detail::loop_state::of(loop);
+    o->ls = ls;
     o->timer.data = o.get();
-    o->async.data = o.get();
-    if (int rc = uv_async_init(loop, &o->async, detail::op::on_async); rc != 0)
-        throw std::system_error(-rc, std::system_category(), "filelock::uv: uv_async_init");
-    o->open_handles = 1;
     uv_timer_init(loop, &o->timer);
-    o->open_handles = 2;
-    // The first attempt runs on the next loop iteration: the callback is never
+    // Timed exclusive attempts line up in the path's local queue, in the
+    // order of these calls; the timeout counts from now.
+    o->acq->start(filelock::detail::clock::now());
+    if (o->acq->target().queues() && !o->acq->single_attempt()) {
+        o->queued = true;
+        o->head = o->join(o->acq->target().path());
+    }
+    // The first step runs on the next loop iteration: the callback is never
     // invoked from inside this call, and a cancel() made right after it
     // returns is seen before any attempt.
     uv_timer_start(&o->timer, detail::op::on_timer, 0, 0);
     o->ctl->target = o.get();
-    {
-        std::lock_guard<std::mutex> g(detail::registry_mutex);
-        detail::registry.emplace(loop, o.get());
-    }
+    ls->ops.insert(o.get());
     request req(o->ctl);
-    o.release();  // owned by its handles from now on: freed in on_close
+    o.release();  // owned by its timer from now on: freed in on_close
     return req;
 }
 
@@ -237,7 +315,7 @@ void request::cancel() const noexcept {
     if (!control_) return;
     std::lock_guard<std::mutex> g(control_->mutex);
     control_->cancel_requested.store(true);
-    if (control_->target) uv_async_send(&control_->target->async);
+    if (control_->target) control_->target->ls->signal(control_->target, false);
 }
 
 void request::abandon() const noexcept {
@@ -246,7 +324,7 @@ void request::abandon() const noexcept {
     control_->cancel_requested.store(true);
     if (control_->target) {
         control_->target->callback = {};
-        uv_async_send(&control_->target->async);
+        control_->target->ls->signal(control_->target, false);
     }
 }
 
@@ -257,12 +335,13 @@ bool request::pending() const noexcept {
 }
 
 void cancel_all(uv_loop_t* loop) noexcept {
-    std::vector<detail::op*> ops;
+    detail::loop_state* ls = nullptr;
     {
         std::lock_guard<std::mutex> g(detail::registry_mutex);
-        auto [b, e] = detail::registry.equal_range(loop);
-        for (auto it = b; it != e; ++it) ops.push_back(it->second);
+        if (auto it = detail::loops.find(loop); it != detail::loops.end()) ls = it->second;
     }
+    if (!ls) return;
+    std::vector<detail::op*> ops(ls->ops.begin(), ls->ops.end());
     for (auto* o : ops) {
         if (o->finished) continue;  // a callback of this loop already ended it
         o->ctl->cancel_requested.store(true);
