@@ -25,6 +25,7 @@
 #endif
 
 #include <filelock/detail/file_target.hpp>
+#include <filelock/detail/local_queue.hpp>
 #include <filelock/detail/release_watcher.hpp>
 #include <filelock/lock_file.hpp>
 #include <filelock/options.hpp>
@@ -60,15 +61,37 @@
 namespace filelock {
 namespace detail {
 
-// What an operation waiting for a release event shares with the service
-// that reads the events: how to end its wait early.
-struct release_wake {
+// What a waiting operation shares with those that may end its wait early:
+// the service reading release events, and the path's local queue.
+struct release_wake final : queue_waiter, std::enable_shared_from_this<release_wake> {
     std::mutex mutex;
     std::function<void()> cancel_timer;  // empty once the operation stopped waiting
-    bool woken = false;
-    bool rewatch = false;            // the service dropped the watch: the file moved
-    std::uint64_t arrival = 0;       // order of the operations' first waits (0: none yet)
-    asio::any_io_executor executor;  // where the operation's handlers run
+    bool woken = false;                  // a release event
+    bool turn = false;                   // the local queue: this is the head now
+    bool rewatch = false;                // the service dropped the watch: the file moved
+    std::uint64_t arrival = 0;           // order of the operations' first waits (0: none yet)
+    asio::any_io_executor executor;      // where the operation's handlers run
+
+    // Ends the operation's wait: on its executor, since timers are not
+    // thread-safe. A flag set while the operation is not waiting on its
+    // timer is seen when it next arms it.
+    template <class Flag>
+    void end_wait(Flag flag) {
+        asio::post(executor, [w = shared_from_this(), flag] {
+            std::lock_guard<std::mutex> g(w->mutex);
+            (*w).*flag = true;
+            if (w->cancel_timer) w->cancel_timer();
+        });
+    }
+
+    void wake() noexcept override {
+        try {
+            end_wait(&release_wake::turn);
+        } catch (...) {
+            // Cannot post (out of memory): the operation attempts at its
+            // deadline, or when its timer ends.
+        }
+    }
 };
 
 // One inotify instance per execution context, read through a
@@ -178,14 +201,7 @@ private:
                                     [this](std::error_code e) { on_readable(e); });
             }
         }
-        for (auto& w : woken)
-            asio::post(w->executor, [w] {
-                std::lock_guard<std::mutex> g(w->mutex);
-                // Not waiting on its timer right now: the operation sees the
-                // flag when it next arms the timer.
-                w->woken = true;
-                if (w->cancel_timer) w->cancel_timer();
-            });
+        for (auto& w : woken) w->end_wait(&release_wake::woken);
     }
 
     std::mutex mutex_;
@@ -211,20 +227,31 @@ public:
                 // No side effect survives a cancellation (a won lock is released
                 // again), so every kind of cancellation is supported.
                 self.reset_cancellation_state(asio::enable_total_cancellation());
+                acq_->start(clock::now());
+                if (acq_->target().queues() && !acq_->single_attempt()) {
+                    // Timed exclusive attempts line up in the path's local
+                    // queue, in the order of the initiations.
+                    make_wake();
+                    if (!wake_->join(acq_->target().path())) return wait_turn(self, true);
+                }
                 attempt(self, true, false);
                 return;
             case state::waiting: {
-                bool woken = false;
+                bool woken = false, turn = false;
                 if (wake_) {
                     std::lock_guard<std::mutex> g(wake_->mutex);
                     woken = std::exchange(wake_->woken, false);
+                    turn = std::exchange(wake_->turn, false);
                     if (std::exchange(wake_->rewatch, false)) {  // the file moved
                         wd_ = -1;
+                        wake_->watching.store(false);
                         acq_->target().drop_file();
                     }
                 }
-                if (cancelled(self) || (ec == asio::error::operation_aborted && !woken))
+                if (cancelled(self) || (ec == asio::error::operation_aborted && !woken && !turn))
                     return finish(self, asio::error::operation_aborted);
+                if (wake_ && wake_->joined() && !turn && !wake_->is_head())
+                    return wait_turn(self, false);
                 attempt(self, false, woken);
                 return;
             }
@@ -241,36 +268,62 @@ private:
         return self.get_cancellation_state().cancelled() != asio::cancellation_type::none;
     }
 
+    void make_wake() {
+        if (wake_) return;
+        wake_ = std::make_shared<release_wake>();
+        wake_->executor = timer_->get_executor();
+    }
+
     // Registers for release events (once per watch: the service drops it
     // when it wakes us).
     void watch_release() {
         if (wd_ >= 0 || !acq_->target().wake_on_release()) return;
-        if (!wake_) {
-            wake_ = std::make_shared<release_wake>();
-            wake_->executor = timer_->get_executor();
+        make_wake();
+        if (!service_)
             service_ = &asio::use_service<release_service>(
                 asio::query(timer_->get_executor(), asio::execution::context));
-        }
         wd_ = service_->watch(acq_->target().path(), wake_);
+        wake_->watching.store(wd_ >= 0);
+    }
+
+    // Behind another waiter of this process: only the deadline, or the
+    // queue making this the head, ends the wait.
+    template <class Self>
+    void wait_turn(Self& self, bool inline_call) {
+        if (acq_->expired(clock::now())) {
+            result_ = errc::timeout;
+            if (!inline_call) return finish(self, result_);
+            state_ = state::delivering;
+            return asio::post(std::move(self));
+        }
+        state_ = state::waiting;
+        arm(self, acq_->deadline());
+    }
+
+    template <class Self>
+    void arm(Self& self, clock::time_point expiry) {
+        if (!wake_) {
+            timer_->expires_at(expiry);
+            timer_->async_wait(std::move(self));
+            return;
+        }
+        // The service and the queue may cancel the timer from other threads
+        // (through a post to our executor).
+        std::lock_guard<std::mutex> g(wake_->mutex);
+        wake_->cancel_timer = [t = timer_.get()] { t->cancel(); };
+        // A wake that came while we were attempting ends this wait at once.
+        timer_->expires_at(wake_->woken || wake_->turn ? clock::now() : expiry);
+        timer_->async_wait(std::move(self));
     }
 
     template <class Self>
     void attempt(Self& self, bool inline_call, bool woken) {
-        const next_action next = acq_->resume(clock::now(), woken, wd_ >= 0);
+        const auto now = clock::now();
+        const next_action next = acq_->resume(now, woken, wd_ >= 0);
         if (!next.is_done()) {
             state_ = state::waiting;
             watch_release();
-            if (!wake_) {
-                timer_->expires_after(next.delay);
-                timer_->async_wait(std::move(self));
-                return;
-            }
-            // The service may cancel the timer from another thread.
-            std::lock_guard<std::mutex> g(wake_->mutex);
-            wake_->cancel_timer = [t = timer_.get()] { t->cancel(); };
-            // A wake that came while we were attempting ends this wait at once.
-            timer_->expires_after(wake_->woken ? clock::duration::zero() : next.delay);
-            timer_->async_wait(std::move(self));
+            arm(self, now + next.delay);
             return;
         }
         result_ = next.ec;
@@ -290,6 +343,7 @@ private:
         lock_.close();
         auto wake = std::move(wake_);
         if (wake) {
+            wake->leave();  // the next local waiter attempts now
             std::lock_guard<std::mutex> g(wake->mutex);
             wake->cancel_timer = nullptr;
         }
