@@ -1,0 +1,544 @@
+// Local queues: waiters of one process for one lock file line up, only the
+// head attempts (one descriptor and one watch for all of them), they are
+// served in arrival order, and they still exclude each other and other
+// processes. Behaviour, not timing.
+
+#include <filelock/asio.hpp>
+#include <filelock/detail/local_queue.hpp>
+#include <filelock/lock_file.hpp>
+#include <filelock/uv.hpp>
+
+#include "support.hpp"
+
+#include <asio/bind_cancellation_slot.hpp>
+#include <asio/cancellation_signal.hpp>
+#include <asio/io_context.hpp>
+#include <asio/post.hpp>
+
+#include <atomic>
+#include <mutex>
+#include <thread>
+
+using namespace test;
+using filelock::errc;
+using filelock::lock_file;
+namespace fdetail = filelock::detail;
+
+namespace {
+
+struct fake_waiter final : fdetail::queue_waiter {
+    int wakes = 0;
+    void wake() noexcept override { ++wakes; }
+    ~fake_waiter() { leave(); }
+};
+
+// Holds a lock for one loop iteration, checking that nobody else holds it
+// meanwhile (in this process).
+struct exclusion {
+    std::atomic<int> inside{0};
+    std::atomic<int> overlaps{0};
+    void enter() {
+        if (inside.fetch_add(1) != 0) ++overlaps;
+    }
+    void exit() { inside.fetch_sub(1); }
+};
+
+void uv_release_later(uv_loop_t* loop, lock_file l, exclusion* ex) {
+    struct holder {
+        uv_timer_t timer;
+        lock_file lock;
+        exclusion* ex;
+    };
+    auto* h = new holder{{}, std::move(l), ex};
+    uv_timer_init(loop, &h->timer);
+    h->timer.data = h;
+    uv_timer_start(
+        &h->timer,
+        [](uv_timer_t* t) {
+            auto* h = static_cast<holder*>(t->data);
+            if (h->ex) h->ex->exit();
+            h->lock.close();
+            uv_close(reinterpret_cast<uv_handle_t*>(t),
+                     [](uv_handle_t* t) { delete static_cast<holder*>(t->data); });
+        },
+        0, 0);
+}
+
+void asio_release_later(asio::io_context& io, lock_file l, exclusion* ex) {
+    asio::post(io, [held = std::make_shared<lock_file>(std::move(l)), ex] {
+        if (ex) ex->exit();
+        held->close();
+    });
+}
+
+// Runs `loop` until `pred` holds (a bounded number of iterations: a hang
+// shows as a failed check, not a stuck test).
+template <class Pred>
+bool uv_run_until(uv_loop_t* loop, Pred pred) {
+    for (int i = 0; i < 100000 && !pred(); ++i) uv_run(loop, UV_RUN_NOWAIT);
+    return pred();
+}
+
+template <class Pred>
+bool asio_run_until(asio::io_context& io, Pred pred) {
+    for (int i = 0; i < 100000 && !pred(); ++i) {
+        io.poll();
+        io.restart();
+    }
+    return pred();
+}
+
+std::vector<int> iota(int n, std::initializer_list<int> except = {}) {
+    std::vector<int> v;
+    for (int i = 0; i < n; ++i)
+        if (std::find(except.begin(), except.end(), i) == except.end()) v.push_back(i);
+    return v;
+}
+
+}  // namespace
+
+TEST_CASE("local queue: waiters line up in arrival order; a head that leaves wakes the next only") {
+    const auto before = fdetail::local_waiters();
+    fake_waiter a, b, c;
+    CHECK(a.join("q/x.lock"));
+    CHECK_FALSE(b.join("q/x.lock"));
+    CHECK_FALSE(c.join("q/./x.lock"));  // the same path, spelled differently
+    CHECK(fdetail::local_waiters() == before + 3);
+    CHECK(a.is_head());
+    CHECK_FALSE(b.is_head());
+
+    c.leave();  // not the head: nobody is woken
+    CHECK(a.wakes + b.wakes + c.wakes == 0);
+    a.leave();
+    CHECK(b.wakes == 1);
+    CHECK(b.is_head());
+    CHECK(c.wakes == 0);
+    a.leave();  // idempotent
+    CHECK(b.wakes == 1);
+    b.leave();
+    CHECK(fdetail::local_waiters() == before);
+}
+
+TEST_CASE("local queue: another path is another queue") {
+    fake_waiter a, b;
+    CHECK(a.join("q/x.lock"));
+    CHECK(b.join("q/y.lock"));
+}
+
+TEST_CASE("local queue: a release by a local holder wakes the head, and only the head") {
+    fake_waiter a, b;
+    a.join("q/x.lock");
+    b.join("q/x.lock");
+    fdetail::local_release("q/x.lock");
+    CHECK(a.wakes == 1);
+    CHECK(b.wakes == 0);
+    fdetail::local_release("q/other.lock");  // no queue there: nothing happens
+    CHECK(a.wakes == 1);
+}
+
+TEST_CASE(
+    "local queue: after a fair share of local handoffs, a release is left to the close "
+    "event") {
+    fake_waiter a;
+    a.join("q/fair.lock");
+    a.watching = true;
+    fdetail::local_release("q/fair.lock");  // starts a streak
+    CHECK(a.wakes == 1);
+    std::this_thread::sleep_for(fdetail::fair_share * 2);
+    fdetail::local_release("q/fair.lock");  // over the share: yield to other processes
+    CHECK(a.wakes == 1);
+    fdetail::local_release("q/fair.lock");  // a new streak
+    CHECK(a.wakes == 2);
+
+    SECTION("a head that does not watch for close events is always woken") {
+        a.watching = false;
+        std::this_thread::sleep_for(fdetail::fair_share * 2);
+        fdetail::local_release("q/fair.lock");
+        CHECK(a.wakes == 3);
+    }
+    SECTION("a lock taken other than from a local hand ends the streak") {
+        fake_waiter b;
+        b.join("q/fair.lock");
+        b.watching = true;
+        a.leave();  // took it after the local release: the streak goes on
+        CHECK(b.wakes == 1);
+        fake_waiter c;
+        c.join("q/fair.lock");
+        c.watching = true;
+        b.leave();  // b was never handed the lock locally: the streak ends
+        CHECK(c.wakes == 1);
+        std::this_thread::sleep_for(fdetail::fair_share * 2);
+        fdetail::local_release("q/fair.lock");
+        CHECK(c.wakes == 2);
+    }
+}
+
+TEST_CASE(
+    "uv: N waiters on one loop share one descriptor and one watch, and acquire once each "
+    "in arrival order") {
+    scratch s;
+    const auto p = s / "a.lock";
+    auto holder = hold_in_child(p);
+    REQUIRE(holder.ready());
+    const int watches0 = inotify_watches();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    constexpr int n = 200;
+    std::vector<int> order;
+    exclusion ex;
+    for (int i = 0; i < n; ++i)
+        filelock::uv::async_lock(&loop, p, 60s, [&, i](std::error_code ec, lock_file l) {
+            REQUIRE_FALSE(ec);
+            ex.enter();
+            order.push_back(i);
+            uv_release_later(&loop, std::move(l), &ex);
+        });
+    // The head attempted, failed and watches; the others only wait.
+    REQUIRE(uv_run_until(&loop, [&] { return inotify_watches() > watches0; }));
+    for (int i = 0; i < 20; ++i) uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK(fds_on(p) == 1);
+    CHECK(inotify_watches() - watches0 == 1);
+    CHECK(order.empty());
+
+    holder.release();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(order == iota(n));
+    CHECK(ex.overlaps == 0);
+    CHECK(fds_on(p) == 0);
+    CHECK(fdetail::local_waiters() == 0);
+    CHECK(uv_loop_close(&loop) == 0);
+}
+
+TEST_CASE("uv: cancelling queued waiters, the head among them, leaves the queue intact") {
+    scratch s;
+    const auto p = s / "a.lock";
+    auto holder = hold_in_child(p);
+    REQUIRE(holder.ready());
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    constexpr int n = 10;
+    std::vector<int> order;
+    std::vector<int> cancelled;
+    std::vector<filelock::uv::request> reqs;
+    for (int i = 0; i < n; ++i)
+        reqs.push_back(
+            filelock::uv::async_lock(&loop, p, 60s, [&, i](std::error_code ec, lock_file l) {
+                if (ec) {
+                    CHECK(ec == std::errc::operation_canceled);
+                    cancelled.push_back(i);
+                    return;
+                }
+                order.push_back(i);
+                uv_release_later(&loop, std::move(l), nullptr);
+            }));
+    REQUIRE(uv_run_until(&loop, [&] { return fds_on(p) == 1; }));  // the head's
+    reqs[0].cancel();
+    reqs[4].cancel();
+    reqs[9].cancel();
+    REQUIRE(uv_run_until(&loop, [&] { return cancelled.size() == 3; }));
+    // The next in line took over the one descriptor.
+    REQUIRE(uv_run_until(&loop, [&] { return fds_on(p) == 1; }));
+    CHECK(fdetail::local_waiters() == 7);
+
+    holder.release();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(cancelled == std::vector<int>{0, 4, 9});
+    CHECK(order == iota(n, {0, 4, 9}));
+    CHECK(uv_loop_close(&loop) == 0);
+}
+
+TEST_CASE("uv: a queued waiter times out at its deadline and the queue goes on") {
+    scratch s;
+    const auto p = s / "a.lock";
+    auto holder = hold_in_child(p);
+    REQUIRE(holder.ready());
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    std::vector<int> order;
+    std::error_code short_ec;
+    bool short_done = false;
+    auto acquire = [&](int i, std::chrono::milliseconds timeout) {
+        filelock::uv::async_lock(&loop, p, timeout, [&, i](std::error_code ec, lock_file l) {
+            if (i == 2) {
+                short_ec = ec;
+                short_done = true;
+                return;
+            }
+            REQUIRE_FALSE(ec);
+            order.push_back(i);
+            uv_release_later(&loop, std::move(l), nullptr);
+        });
+    };
+    acquire(0, 60s);
+    acquire(1, 60s);
+    acquire(2, 50ms);  // behind two others: never the head before its deadline
+    acquire(3, 60s);
+    REQUIRE(uv_run_until(&loop, [&] { return short_done; }));
+    CHECK(short_ec == errc::timeout);
+    holder.release();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(order == std::vector<int>{0, 1, 3});
+    CHECK(uv_loop_close(&loop) == 0);
+}
+
+TEST_CASE("uv: waiters of two loops on two threads share one queue and exclude each other") {
+    scratch s;
+    const auto p = s / "a.lock";
+    exclusion ex;
+    std::atomic<int> acquired{0};
+    auto run_loop = [&] {
+        uv_loop_t loop;
+        uv_loop_init(&loop);
+        for (int i = 0; i < 100; ++i)
+            filelock::uv::async_lock(&loop, p, 60s, [&](std::error_code ec, lock_file l) {
+                REQUIRE_FALSE(ec);
+                ex.enter();
+                ++acquired;
+                uv_release_later(&loop, std::move(l), &ex);
+            });
+        uv_run(&loop, UV_RUN_DEFAULT);
+        CHECK(uv_loop_close(&loop) == 0);
+    };
+    std::thread t1(run_loop), t2(run_loop);
+    t1.join();
+    t2.join();
+    CHECK(acquired == 200);
+    CHECK(ex.overlaps == 0);
+    CHECK(fdetail::local_waiters() == 0);
+}
+
+TEST_CASE("uv: with queue_local_waiters off, each waiter attempts with its own descriptor") {
+    scratch s;
+    const auto p = s / "a.lock";
+    auto holder = hold_in_child(p);
+    REQUIRE(holder.ready());
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    filelock::lock_options o;
+    o.queue_local_waiters = false;
+    int acquired = 0;
+    for (int i = 0; i < 5; ++i)
+        filelock::uv::async_lock(&loop, p, 60s, o, [&](std::error_code ec, lock_file l) {
+            REQUIRE_FALSE(ec);
+            ++acquired;
+            uv_release_later(&loop, std::move(l), nullptr);
+        });
+    REQUIRE(uv_run_until(&loop, [&] { return fds_on(p) == 5; }));
+    holder.release();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(acquired == 5);
+    CHECK(uv_loop_close(&loop) == 0);
+}
+
+TEST_CASE("uv: local waiters and another process's waiters exclude each other") {
+    scratch s;
+    const auto p = s / "a.lock";
+    const auto counter = s / "counter";
+    write_file(counter, "0");
+    // Read, then write one more, under the lock: a lost update shows as a
+    // total below 2 * rounds.
+    const auto bump = [counter] {
+        write_file(counter, std::to_string(std::stoi(read_file(counter)) + 1));
+    };
+    constexpr int rounds = 200;
+    child other([&](int ready) {
+        (void)!::write(ready, "r", 1);
+        for (int i = 0; i < rounds; ++i) {
+            auto l = filelock::lock(p, 60s);
+            bump();
+        }
+        return 0;
+    });
+    REQUIRE(other.ready());
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    for (int i = 0; i < rounds; ++i)
+        filelock::uv::async_lock(&loop, p, 60s, [&](std::error_code ec, lock_file l) {
+            REQUIRE_FALSE(ec);
+            bump();
+            uv_release_later(&loop, std::move(l), nullptr);
+        });
+    uv_run(&loop, UV_RUN_DEFAULT);
+    other.release();
+    CHECK(other.wait() == 0);
+    CHECK(read_file(counter) == std::to_string(2 * rounds));
+    CHECK(uv_loop_close(&loop) == 0);
+}
+
+TEST_CASE(
+    "asio: N waiters on one context share one descriptor and one watch, and acquire once "
+    "each in arrival order") {
+    scratch s;
+    const auto p = s / "a.lock";
+    auto holder = hold_in_child(p);
+    REQUIRE(holder.ready());
+    const int watches0 = inotify_watches();
+    asio::io_context io;
+    constexpr int n = 200;
+    std::vector<int> order;
+    exclusion ex;
+    for (int i = 0; i < n; ++i)
+        filelock::async_lock(io, p, 60s, [&, i](std::error_code ec, lock_file l) {
+            REQUIRE_FALSE(ec);
+            ex.enter();
+            order.push_back(i);
+            asio_release_later(io, std::move(l), &ex);
+        });
+    REQUIRE(asio_run_until(io, [&] { return inotify_watches() > watches0; }));
+    CHECK(fds_on(p) == 1);  // the head's
+    CHECK(inotify_watches() - watches0 == 1);
+    CHECK(order.empty());
+
+    holder.release();
+    io.run();
+    CHECK(order == iota(n));
+    CHECK(ex.overlaps == 0);
+    CHECK(fds_on(p) == 0);
+    CHECK(fdetail::local_waiters() == 0);
+}
+
+TEST_CASE("asio: cancelling queued waiters, the head among them, leaves the queue intact") {
+    scratch s;
+    const auto p = s / "a.lock";
+    auto holder = hold_in_child(p);
+    REQUIRE(holder.ready());
+    asio::io_context io;
+    constexpr int n = 10;
+    std::vector<int> order, cancelled;
+    std::vector<asio::cancellation_signal> signals(n);
+    for (int i = 0; i < n; ++i)
+        filelock::async_lock(
+            io, p, 60s,
+            asio::bind_cancellation_slot(signals[static_cast<size_t>(i)].slot(),
+                                         [&, i](std::error_code ec, lock_file l) {
+                                             if (ec) {
+                                                 CHECK(ec == asio::error::operation_aborted);
+                                                 cancelled.push_back(i);
+                                                 return;
+                                             }
+                                             order.push_back(i);
+                                             asio_release_later(io, std::move(l), nullptr);
+                                         }));
+    REQUIRE(asio_run_until(io, [&] { return fds_on(p) == 1; }));
+    signals[0].emit(asio::cancellation_type::terminal);
+    signals[4].emit(asio::cancellation_type::terminal);
+    signals[9].emit(asio::cancellation_type::terminal);
+    REQUIRE(asio_run_until(io, [&] { return cancelled.size() == 3; }));
+    REQUIRE(asio_run_until(io, [&] { return fds_on(p) == 1; }));
+    CHECK(fdetail::local_waiters() == 7);
+
+    holder.release();
+    io.run();
+    CHECK(cancelled == std::vector<int>{0, 4, 9});
+    CHECK(order == iota(n, {0, 4, 9}));
+}
+
+TEST_CASE("asio: a queued waiter times out at its deadline and the queue goes on") {
+    scratch s;
+    const auto p = s / "a.lock";
+    auto holder = hold_in_child(p);
+    REQUIRE(holder.ready());
+    asio::io_context io;
+    std::vector<int> order;
+    std::error_code short_ec;
+    bool short_done = false;
+    for (int i = 0; i < 4; ++i)
+        filelock::async_lock(io, p, i == 2 ? std::chrono::nanoseconds(50ms) : 60s,
+                             [&, i](std::error_code ec, lock_file l) {
+                                 if (i == 2) {
+                                     short_ec = ec;
+                                     short_done = true;
+                                     return;
+                                 }
+                                 REQUIRE_FALSE(ec);
+                                 order.push_back(i);
+                                 asio_release_later(io, std::move(l), nullptr);
+                             });
+    REQUIRE(asio_run_until(io, [&] { return short_done; }));
+    CHECK(short_ec == errc::timeout);
+    holder.release();
+    io.run();
+    CHECK(order == std::vector<int>{0, 1, 3});
+}
+
+TEST_CASE("asio: waiters of a 4-thread context exclude each other and each acquire once") {
+    scratch s;
+    const auto p = s / "a.lock";
+    asio::io_context io;
+    exclusion ex;
+    std::atomic<int> acquired{0};
+    for (int i = 0; i < 200; ++i)
+        filelock::async_lock(io, p, 60s, [&](std::error_code ec, lock_file l) {
+            REQUIRE_FALSE(ec);
+            ex.enter();
+            ++acquired;
+            asio_release_later(io, std::move(l), &ex);
+        });
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 4; ++i) threads.emplace_back([&] { io.run(); });
+    for (auto& t : threads) t.join();
+    CHECK(acquired == 200);
+    CHECK(ex.overlaps == 0);
+    CHECK(fdetail::local_waiters() == 0);
+}
+
+TEST_CASE(
+    "lock(): threads of one process queue behind one descriptor and acquire in arrival "
+    "order") {
+    scratch s;
+    const auto p = s / "a.lock";
+    auto holder = hold_in_child(p);
+    REQUIRE(holder.ready());
+    constexpr int n = 16;
+    std::mutex m;
+    std::vector<int> order;
+    exclusion ex;
+    std::vector<std::thread> threads;
+    const auto base = fdetail::local_waiters();
+    for (int i = 0; i < n; ++i) {
+        threads.emplace_back([&, i] {
+            std::error_code ec;
+            auto l = filelock::lock(p, 60s, {}, ec);
+            REQUIRE_FALSE(ec);
+            ex.enter();
+            {
+                std::lock_guard<std::mutex> g(m);
+                order.push_back(i);
+            }
+            ex.exit();
+        });
+        // The next thread starts once this one is in the queue.
+        while (fdetail::local_waiters() < base + static_cast<size_t>(i) + 1)
+            std::this_thread::yield();
+    }
+    while (fds_on(p) < 1) std::this_thread::yield();  // the head's first attempt
+    std::this_thread::sleep_for(10ms);                // room for others to open one, wrongly
+    CHECK(fds_on(p) == 1);
+    holder.release();
+    for (auto& t : threads) t.join();
+    CHECK(order == iota(n));
+    CHECK(ex.overlaps == 0);
+}
+
+TEST_CASE("lock(): a queued thread times out at its deadline, naming the holder") {
+    scratch s;
+    const auto p = s / "a.lock";
+    auto holder = hold_in_child(p);
+    REQUIRE(holder.ready());
+    const auto base = fdetail::local_waiters();
+    std::thread head([&] {
+        std::error_code ec;
+        auto l = filelock::lock(p, 60s, {}, ec);
+        CHECK_FALSE(ec);
+    });
+    while (fdetail::local_waiters() < base + 1) std::this_thread::yield();
+    try {
+        (void)filelock::lock(p, 50ms);
+        FAIL("no timeout");
+    } catch (const filelock::timeout_error& e) {
+        CHECK(e.path() == p);
+        CHECK_FALSE(e.holder().empty());
+    }
+    holder.release();
+    head.join();
+}
