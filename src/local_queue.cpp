@@ -1,11 +1,14 @@
 #include <filelock/detail/local_queue.hpp>
 
+#include <algorithm>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
 
 namespace filelock::detail {
+
+constexpr std::chrono::microseconds yield_slack{2000};
 
 struct path_queue {
     using clock = std::chrono::steady_clock;
@@ -18,6 +21,10 @@ struct path_queue {
     bool streak = false;
     bool direct = false;
     clock::time_point streak_start{};
+    // The streak allowed before a yield; the last yield (0: none pending)
+    // and the end of its grace.
+    clock::duration share = min_fair_share;
+    clock::time_point yielded_at{}, hold_until{};
 
     static std::mutex mutex;
     static std::unordered_map<std::string, std::unique_ptr<path_queue>> queues;
@@ -46,6 +53,17 @@ struct path_queue {
         w.prev_ = w.next_ = nullptr;
         waiters.fetch_sub(1, std::memory_order_relaxed);
         if (was_head) {
+            if (yielded_at != clock::time_point{}) {
+                // The first head to go after a yield. Won about when the
+                // grace ended (timers are coarse: a slack): no other process
+                // wanted the lock, so local streaks may run longer. Later:
+                // another process took its turn; keep giving it turns often.
+                const auto now = clock::now();
+                share = now - yielded_at <= yield_grace + yield_slack
+                            ? std::min<clock::duration>(2 * share, max_fair_share)
+                            : clock::duration(min_fair_share);
+                yielded_at = {};
+            }
             // A head that got the lock other than from a local holder's hand
             // (or gave up) ends the streak.
             if (!direct) streak = false;
@@ -56,17 +74,19 @@ struct path_queue {
     }
 
     // A holder of this process released: wake the head, unless local
-    // holders have kept the lock among themselves for a fair share already.
+    // holders have kept the lock among themselves for their share already.
     void released() noexcept {
         if (!head) return;
         const auto now = clock::now();
         if (!streak) {
             streak = true;
             streak_start = now;
-        } else if (now - streak_start >= fair_share && head->watching.load()) {
-            // Yield this one: the head sees the holder's close event like
-            // every other process's waiter does, and races them for it.
+        } else if (now - streak_start >= share && head->watching.load()) {
+            // Yield this one: the head waits out a grace, so that waiters of
+            // other processes, woken by the same close event, can take it.
             streak = false;
+            yielded_at = now;
+            hold_until = now + yield_grace;
             return;
         }
         direct = true;
@@ -95,6 +115,14 @@ void queue_waiter::leave() noexcept {
     std::lock_guard<std::mutex> g(path_queue::mutex);
     path_queue* q = queue_;
     if (q->unlink(*this)) path_queue::queues.erase(path_queue::queues.find(q->key));
+}
+
+std::chrono::steady_clock::duration queue_waiter::hold_off() const noexcept {
+    std::lock_guard<std::mutex> g(path_queue::mutex);
+    if (!queue_ || queue_->head != this) return {};
+    const auto now = std::chrono::steady_clock::now();
+    return queue_->hold_until > now ? queue_->hold_until - now
+                                    : std::chrono::steady_clock::duration::zero();
 }
 
 bool queue_waiter::is_head() const noexcept {

@@ -520,6 +520,13 @@ lock_file lock_impl(const std::filesystem::path& path, std::chrono::nanoseconds 
                 head = place->is_head();
             continue;
         }
+        if (place) {
+            // The queue yields this turn to other processes for a moment.
+            if (const auto d = place->hold_off(); d > d.zero()) {
+                std::this_thread::sleep_for(d);
+                continue;
+            }
+        }
         const auto next = acq.resume(now, woken, wd >= 0);
         woken = false;
         if (next.is_done()) return done(next.ec);

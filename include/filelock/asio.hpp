@@ -319,6 +319,13 @@ private:
     template <class Self>
     void attempt(Self& self, bool inline_call, bool woken) {
         const auto now = clock::now();
+        if (wake_ && wake_->joined()) {
+            // The queue yields this turn to other processes for a moment.
+            if (const auto d = wake_->hold_off(); d > d.zero()) {
+                state_ = state::waiting;
+                return arm(self, now + d);
+            }
+        }
         const next_action next = acq_->resume(now, woken, wd_ >= 0);
         if (!next.is_done()) {
             state_ = state::waiting;

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -50,8 +51,12 @@ struct loop_state {
     bool closing = false;
     std::unordered_set<op*> ops;  // pending (loop thread only)
 
-    std::mutex mutex;  // guards `signalled` and the operations' signal flags
+    std::mutex mutex;  // guards what follows and the operations' signal flags
     std::vector<op*> signalled;
+    // on_async is handling signals on `dispatcher`: a signal from that thread
+    // is seen before it returns, without another uv_async_send.
+    bool dispatching = false;
+    std::thread::id dispatcher;
 
     std::optional<filelock::detail::release_watcher> watcher;
     bool polling = false;
@@ -97,6 +102,7 @@ struct op final : filelock::detail::queue_waiter {
     static void on_close(uv_handle_t* h) { delete static_cast<op*>(h->data); }
 
     void step(bool woken) {
+        using namespace std::chrono_literals;
         if (ctl->cancel_requested.load())
             return finish(std::make_error_code(std::errc::operation_canceled), {});
         const auto now = filelock::detail::clock::now();
@@ -107,6 +113,11 @@ struct op final : filelock::detail::queue_waiter {
             if (acq->deadline() != filelock::detail::clock::time_point::max())
                 start_timer(acq->deadline() - now);
             return;
+        }
+        if (queued) {
+            // The queue yields this turn to other processes for a moment.
+            if (const auto d = hold_off(); d > d.zero())
+                return start_timer(std::max<filelock::detail::clock::duration>(d, 1ms));
         }
         const auto next = acq->resume(now, woken, wd >= 0);
         if (next.is_done()) return finish(next.ec, next.ec ? lock_file() : acq->target().take());
@@ -191,6 +202,7 @@ void loop_state::signal(op* o, bool turn) noexcept {
             o->in_signalled = true;
             signalled.push_back(o);
         }
+        if (dispatching && dispatcher == std::this_thread::get_id()) return;
     }
     uv_async_send(&async);
 }
@@ -204,23 +216,31 @@ void loop_state::forget_signal(op* o) noexcept {
 
 void loop_state::on_async(uv_async_t* a) {
     auto* self = static_cast<loop_state*>(a->data);
-    std::vector<std::pair<op*, bool>> ready;  // operation, its turn
-    {
-        std::lock_guard<std::mutex> g(self->mutex);
-        for (op* o : self->signalled) {
-            o->in_signalled = false;
-            ready.emplace_back(o, std::exchange(o->turn, false));
+    // Signals raised while handling these (a finished head makes the next
+    // one the head) are handled in this same pass: the new head makes its
+    // first attempt, and opens its descriptor, before the lock is released.
+    for (std::vector<std::pair<op*, bool>> ready;;) {  // operation, its turn
+        ready.clear();
+        {
+            std::lock_guard<std::mutex> g(self->mutex);
+            for (op* o : self->signalled) {
+                o->in_signalled = false;
+                ready.emplace_back(o, std::exchange(o->turn, false));
+            }
+            self->signalled.clear();
+            self->dispatching = !ready.empty();
+            self->dispatcher = std::this_thread::get_id();
         }
-        self->signalled.clear();
-    }
-    for (auto [o, turn] : ready) {
-        if (o->finished) continue;  // cancel_all() or a callback ended it meanwhile
-        if (o->ctl->cancel_requested.load()) {
-            o->finish(std::make_error_code(std::errc::operation_canceled), {});
-        } else if (turn) {
-            uv_timer_stop(&o->timer);
-            o->head = true;
-            o->step(false);
+        if (ready.empty()) return;
+        for (auto [o, turn] : ready) {
+            if (o->finished) continue;  // cancel_all() or a callback ended it meanwhile
+            if (o->ctl->cancel_requested.load()) {
+                o->finish(std::make_error_code(std::errc::operation_canceled), {});
+            } else if (turn) {
+                uv_timer_stop(&o->timer);
+                o->head = true;
+                o->step(false);
+            }
         }
     }
 }

@@ -9,9 +9,12 @@
 //
 // A release by a holder in this process (lock_file::close) wakes the head at
 // once. Other processes are not starved: once local holders have handed the
-// lock to one another for longer than `fair_share` in a row, the next local
-// release does not wake the head directly, and the head races the other
-// processes' waiters on equal terms (everyone woken by the same close event).
+// lock to one another for their share of time in a row, the next local
+// release does not wake the head, and the head holds off its attempts for a
+// grace, in which other processes' waiters (woken by the holder's close
+// event) can take the lock. The share adapts: it doubles (up to
+// max_fair_share) while nobody else takes the lock in a grace, and drops back
+// to min_fair_share when another process does.
 //
 // Drivers (the sync lock(), the Asio and libuv adapters) derive their waiting
 // operation from queue_waiter. The queue is process-wide and thread-safe:
@@ -53,6 +56,9 @@ public:
     /// becomes the head through wake(), so a driver may cache the answer
     /// until its next wake.
     bool is_head() const noexcept;
+    /// How long the head must still hold off its attempts (zero: attempt).
+    /// Drivers check it before each attempt of a head.
+    std::chrono::steady_clock::duration hold_off() const noexcept;
 
     /// Drivers set it while the head watches for release events: only then
     /// may the queue leave a local release to the close event (see above).
@@ -69,8 +75,11 @@ private:
 };
 
 /// How long holders in one process may hand a lock to one another directly
-/// before a release is left to the close event that all waiters see.
-inline constexpr std::chrono::microseconds fair_share{1000};
+/// before a release is left to other processes (it adapts between these),
+/// and how long the local head then holds off.
+inline constexpr std::chrono::microseconds min_fair_share{1000};
+inline constexpr std::chrono::microseconds max_fair_share{64000};
+inline constexpr std::chrono::microseconds yield_grace{500};
 
 /// Tells the local queue of `path` that a holder in this process released
 /// the lock: wakes its head (lock_file::close calls it after releasing).
