@@ -1,6 +1,7 @@
 #include <filelock/detail/local_queue.hpp>
 
 #include <algorithm>
+#include <pthread.h>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -98,9 +99,32 @@ std::mutex path_queue::mutex;
 std::unordered_map<std::string, std::unique_ptr<path_queue>> path_queue::queues;
 std::atomic<std::size_t> path_queue::waiters{0};
 
+namespace {
+
+// fork(): the child starts with no queue. Its copies of the parent's waiters
+// (whose threads and loops it does not have) belong to an older generation,
+// and leave without touching the new registry. The mutex is held across the
+// fork, so that the child never inherits it locked by another thread.
+unsigned queues_generation = 0;
+const bool atfork_registered = [] {
+    ::pthread_atfork([] { path_queue::mutex.lock(); }, [] { path_queue::mutex.unlock(); },
+                     [] {
+                         ++queues_generation;
+                         for (auto& q : path_queue::queues) (void)q.second.release();  // leaked
+                         path_queue::queues.clear();
+                         path_queue::waiters.store(0);
+                         path_queue::mutex.unlock();
+                     });
+    return true;
+}();
+
+}  // namespace
+
 bool queue_waiter::join(const std::filesystem::path& path) {
     std::string key = path_queue::key_of(path);
     std::lock_guard<std::mutex> g(path_queue::mutex);
+    (void)atfork_registered;
+    generation_ = queues_generation;
     auto& q = path_queue::queues[key];
     if (!q) {
         q = std::make_unique<path_queue>();
@@ -113,13 +137,18 @@ bool queue_waiter::join(const std::filesystem::path& path) {
 void queue_waiter::leave() noexcept {
     if (!queue_) return;
     std::lock_guard<std::mutex> g(path_queue::mutex);
+    if (generation_ != queues_generation) {  // a forked child's copy
+        queue_ = nullptr;
+        prev_ = next_ = nullptr;
+        return;
+    }
     path_queue* q = queue_;
     if (q->unlink(*this)) path_queue::queues.erase(path_queue::queues.find(q->key));
 }
 
 std::chrono::steady_clock::duration queue_waiter::hold_off() const noexcept {
     std::lock_guard<std::mutex> g(path_queue::mutex);
-    if (!queue_ || queue_->head != this) return {};
+    if (!queue_ || generation_ != queues_generation || queue_->head != this) return {};
     const auto now = std::chrono::steady_clock::now();
     return queue_->hold_until > now ? queue_->hold_until - now
                                     : std::chrono::steady_clock::duration::zero();
@@ -127,7 +156,7 @@ std::chrono::steady_clock::duration queue_waiter::hold_off() const noexcept {
 
 bool queue_waiter::is_head() const noexcept {
     std::lock_guard<std::mutex> g(path_queue::mutex);
-    return queue_ && queue_->head == this;
+    return queue_ && generation_ == queues_generation && queue_->head == this;
 }
 
 void local_release(const std::filesystem::path& path) noexcept {

@@ -119,6 +119,29 @@ TEST_CASE("local queue: waiters line up in arrival order; a head that leaves wak
     CHECK(fdetail::local_waiters() == before);
 }
 
+TEST_CASE("local queue: a forked child starts with no queue and leaves the parent's alone") {
+    fake_waiter a, b;
+    a.join("q/fork.lock");
+    b.join("q/fork.lock");
+    child c([](int ready) {
+        // The copies of the parent's waiters are not ours: nothing queued.
+        bool ok = fdetail::local_waiters() == 0;
+        fake_waiter mine;
+        ok = ok && mine.join("q/fork.lock");  // the head of a new queue
+        fdetail::local_release("q/fork.lock");
+        ok = ok && mine.wakes == 1;
+        (void)!::write(ready, ok ? "y" : "n", 1);
+        return ok ? 0 : 1;
+    });
+    CHECK(c.ready());
+    c.release();
+    CHECK(c.wait() == 0);
+    CHECK(fdetail::local_waiters() >= 2);
+    CHECK(a.is_head());
+    a.leave();
+    CHECK(b.wakes == 1);
+}
+
 TEST_CASE("local queue: another path is another queue") {
     fake_waiter a, b;
     CHECK(a.join("q/x.lock"));

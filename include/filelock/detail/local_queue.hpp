@@ -70,6 +70,7 @@ protected:
 private:
     friend struct path_queue;
     path_queue* queue_ = nullptr;
+    unsigned generation_ = 0;  // of the process's queues when it joined
     queue_waiter* prev_ = nullptr;
     queue_waiter* next_ = nullptr;
 };
