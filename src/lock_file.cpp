@@ -453,8 +453,7 @@ public:
         }
         if (efd.fd < 0) return nullptr;  // no queue: attempt on our own
         static thread_local std::optional<thread_place> place;
-        place.emplace(efd.fd);
-        place->consume();  // a wake left over from an earlier wait
+        place.emplace(efd.fd);  // a wake left over from an earlier wait costs one look
         return &*place;
     }
 
@@ -482,12 +481,17 @@ lock_file lock_impl(const std::filesystem::path& path, std::chrono::nanoseconds 
                     const lock_options& options, std::error_code& ec, bool throwing) {
     auto acq = detail::make_acquisition(path, timeout, options);
     acq.start(detail::clock::now());
+    // Timed exclusive attempts queue once there is contention, or at once
+    // when this process already has waiters.
+    const bool may_queue = acq.target().queues() && !acq.single_attempt();
     thread_place* place = nullptr;
     bool head = true;
-    if (acq.target().queues() && !acq.single_attempt() && (place = thread_place::make()))
-        head = place->join(path);
+    const auto enqueue = [&] {
+        if ((place = thread_place::make())) head = place->join(path);
+    };
+    if (may_queue && detail::local_waiters() > 0) enqueue();
     struct leave_queue {
-        thread_place* p;
+        thread_place*& p;
         ~leave_queue() {
             if (p) p->leave();  // on every way out: the next waiter's turn
         }
@@ -530,6 +534,13 @@ lock_file lock_impl(const std::filesystem::path& path, std::chrono::nanoseconds 
         const auto next = acq.resume(now, woken, wd >= 0);
         woken = false;
         if (next.is_done()) return done(next.ec);
+        if (may_queue && !place) {
+            enqueue();
+            if (!head) {
+                acq.target().drop_file();  // the head's descriptor is the only one
+                continue;
+            }
+        }
         if (!watches && acq.target().wake_on_release()) {
             static thread_local thread_watches per_thread;
             watches = &per_thread;

@@ -228,12 +228,11 @@ public:
                 // again), so every kind of cancellation is supported.
                 self.reset_cancellation_state(asio::enable_total_cancellation());
                 acq_->start(clock::now());
-                if (acq_->target().queues() && !acq_->single_attempt()) {
-                    // Timed exclusive attempts line up in the path's local
-                    // queue, in the order of the initiations.
-                    make_wake();
-                    if (!wake_->join(acq_->target().path())) return wait_turn(self, true);
-                }
+                // Timed exclusive attempts queue once there is contention,
+                // or at once (in the order of the initiations) when this
+                // process already has waiters.
+                may_queue_ = acq_->target().queues() && !acq_->single_attempt();
+                if (may_queue_ && local_waiters() > 0 && !enqueue()) return wait_turn(self, true);
                 attempt(self, true, false);
                 return;
             case state::waiting: {
@@ -266,6 +265,12 @@ private:
     template <class Self>
     static bool cancelled(Self& self) {
         return self.get_cancellation_state().cancelled() != asio::cancellation_type::none;
+    }
+
+    // Joins the path's local queue; returns whether this is its head.
+    bool enqueue() {
+        make_wake();
+        return wake_->join(acq_->target().path());
     }
 
     void make_wake() {
@@ -328,6 +333,12 @@ private:
         }
         const next_action next = acq_->resume(now, woken, wd_ >= 0);
         if (!next.is_done()) {
+            if (may_queue_ && (!wake_ || !wake_->joined()) && !enqueue()) {
+                // Contention, behind other waiters of this process: the
+                // head's descriptor is the only one.
+                acq_->target().drop_file();
+                return wait_turn(self, inline_call);
+            }
             state_ = state::waiting;
             watch_release();
             arm(self, now + next.delay);
@@ -369,6 +380,7 @@ private:
     std::shared_ptr<release_wake> wake_;
     release_service* service_ = nullptr;
     int wd_ = -1;
+    bool may_queue_ = false;
     lock_file lock_;
     std::error_code result_;
     state state_ = state::starting;

@@ -85,6 +85,7 @@ struct op final : filelock::detail::queue_waiter {
     loop_state* ls = nullptr;
     uv_timer_t timer{};
     bool finished = false;
+    bool may_queue = false;                  // a timed exclusive attempt
     bool queued = false;                     // in the path's local queue
     bool head = false;                       // its head: may attempt
     int wd = -1;                             // watch descriptor while registered for release events
@@ -106,14 +107,9 @@ struct op final : filelock::detail::queue_waiter {
         if (ctl->cancel_requested.load())
             return finish(std::make_error_code(std::errc::operation_canceled), {});
         const auto now = filelock::detail::clock::now();
+        if (may_queue && !queued && filelock::detail::local_waiters() > 0) enqueue();
         if (queued && !head) head = is_head();
-        if (queued && !head) {
-            // Not our turn: only the deadline (or the queue) ends the wait.
-            if (acq->expired(now)) return finish(errc::timeout, {});
-            if (acq->deadline() != filelock::detail::clock::time_point::max())
-                start_timer(acq->deadline() - now);
-            return;
-        }
+        if (queued && !head) return wait_turn(now);
         if (queued) {
             // The queue yields this turn to other processes for a moment.
             if (const auto d = hold_off(); d > d.zero())
@@ -121,8 +117,30 @@ struct op final : filelock::detail::queue_waiter {
         }
         const auto next = acq->resume(now, woken, wd >= 0);
         if (next.is_done()) return finish(next.ec, next.ec ? lock_file() : acq->target().take());
+        if (may_queue && !queued) {
+            // Contention: from now on, wait in the queue.
+            enqueue();
+            if (!head) {
+                acq->target().drop_file();  // the head's descriptor is the only one
+                return wait_turn(now);
+            }
+        }
         watch_release();
         start_timer(next.delay);
+    }
+
+    // Timed exclusive attempts queue once there is contention, or at once
+    // when this process already has waiters.
+    void enqueue() {
+        queued = true;
+        head = join(acq->target().path());
+    }
+
+    // Not our turn: only the deadline (or the queue) ends the wait.
+    void wait_turn(filelock::detail::clock::time_point now) {
+        if (acq->expired(now)) return finish(errc::timeout, {});
+        if (acq->deadline() != filelock::detail::clock::time_point::max())
+            start_timer(acq->deadline() - now);
     }
 
     void start_timer(filelock::detail::clock::duration delay) {
@@ -313,13 +331,11 @@ request start(uv_loop_t* loop, const std::filesystem::path& path, std::chrono::n
     o->ls = ls;
     o->timer.data = o.get();
     uv_timer_init(loop, &o->timer);
-    // Timed exclusive attempts line up in the path's local queue, in the
-    // order of these calls; the timeout counts from now.
+    // The timeout counts from now. While this process has waiters, timed
+    // exclusive attempts line up behind them in the order of these calls.
     o->acq->start(filelock::detail::clock::now());
-    if (o->acq->target().queues() && !o->acq->single_attempt()) {
-        o->queued = true;
-        o->head = o->join(o->acq->target().path());
-    }
+    o->may_queue = o->acq->target().queues() && !o->acq->single_attempt();
+    if (o->may_queue && filelock::detail::local_waiters() > 0) o->enqueue();
     // The first step runs on the next loop iteration: the callback is never
     // invoked from inside this call, and a cancel() made right after it
     // returns is seen before any attempt.
