@@ -15,8 +15,10 @@
 // steady_timer with the options' backoff (capped exponential, jittered), and
 // makes a last attempt at the deadline. On Linux it also wakes when the holder
 // closes the lock file (inotify, read through a stream_descriptor; one instance
-// per execution context while operations wait); a release wakes the context's
-// longest-waiting operation.
+// per execution context while operations wait). Operations of one process for
+// one lock file queue (lock_options::queue_local_waiters): only the head
+// attempts, the others wait for their turn in the order of their initiations,
+// and a release by a holder in this process hands the lock to the head at once.
 
 // Asio 1.22 enables co_await support for clang only with libc++'s
 // <experimental/coroutine>; clang 14 with libstdc++'s <coroutine> works too.

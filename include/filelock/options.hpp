@@ -84,14 +84,14 @@ struct lock_options {
     /// closing, NFS, other systems). Off: the backoff alone.
     bool wake_on_release = true;
 
-    /// Timed and async acquisitions of an exclusive lock line up per path in
-    /// this process: only the longest-waiting one makes attempts (holding
-    /// the one descriptor and release watch of all of them), the others
-    /// wait their turn in arrival order, and a release by a holder in this
-    /// process wakes the next at once. Other processes still get their
-    /// turns (see the README, "Local waiters"). Off: each waiter attempts on
-    /// its own, with its own descriptor. Shared locks and single attempts
-    /// (timeout 0) never queue.
+    /// Timed and async acquisitions of an exclusive lock that meet
+    /// contention line up per path in this process: only the longest-waiting
+    /// one makes attempts (holding the one descriptor and release watch of
+    /// all of them), the others wait for their turn in arrival order, and a
+    /// release by a holder in this process wakes the next at once. Other
+    /// processes still get their turns (see the README, "Local waiters").
+    /// Off: each waiter attempts on its own, with its own descriptor. Shared
+    /// locks and single attempts (timeout 0) never queue.
     bool queue_local_waiters = true;
 
     backoff_policy backoff{};

@@ -15,7 +15,10 @@
 // with the options' backoff (millisecond resolution), and makes a last attempt
 // at the deadline. On Linux it also wakes when the holder closes the lock file
 // (inotify, polled with uv_poll_t; one instance per loop while the loop has
-// operations); a release wakes the loop's longest-waiting operation.
+// operations). Operations of one process for one lock file queue
+// (lock_options::queue_local_waiters): only the head attempts, the others wait
+// for their turn in the order of the async_lock calls, and a release by a
+// holder in this process hands the lock to the head at once.
 //
 // Outcomes: the lock (empty error code); errc::timeout when the deadline
 // passed (== std::errc::timed_out); std::errc::operation_canceled after a
