@@ -120,18 +120,23 @@ const bool atfork_registered = [] {
 
 }  // namespace
 
-bool queue_waiter::join(const std::filesystem::path& path) {
-    std::string key = path_queue::key_of(path);
-    std::lock_guard<std::mutex> g(path_queue::mutex);
-    (void)atfork_registered;
-    generation_ = queues_generation;
-    auto& q = path_queue::queues[key];
-    if (!q) {
-        q = std::make_unique<path_queue>();
-        q->key = std::move(key);
+bool queue_waiter::join(const std::filesystem::path& path) noexcept {
+    try {
+        std::string key = path_queue::key_of(path);
+        std::lock_guard<std::mutex> g(path_queue::mutex);
+        (void)atfork_registered;
+        auto it = path_queue::queues.find(key);
+        if (it == path_queue::queues.end()) {
+            auto q = std::make_unique<path_queue>();
+            q->key = key;
+            it = path_queue::queues.emplace(std::move(key), std::move(q)).first;
+        }
+        generation_ = queues_generation;
+        it->second->push(*this);
+        return it->second->head == this;
+    } catch (...) {
+        return true;  // out of memory: not queued, the waiter attempts on its own
     }
-    q->push(*this);
-    return q->head == this;
 }
 
 void queue_waiter::leave() noexcept {

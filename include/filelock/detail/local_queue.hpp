@@ -46,8 +46,9 @@ public:
 
     /// Joins the tail of the queue of `path` (the same file spelled the same
     /// way, after lexical normalisation). Returns whether it is the head.
-    /// Call once; leave() before joining again.
-    bool join(const std::filesystem::path& path);
+    /// Call once; leave() before joining again. Out of memory, it stays out
+    /// of the queue and returns true: the waiter then attempts on its own.
+    bool join(const std::filesystem::path& path) noexcept;
     /// Leaves the queue (idempotent). A head that leaves wakes the next
     /// waiter, which becomes the head.
     void leave() noexcept;
