@@ -47,9 +47,6 @@ public:
     /// any. Its waiters should attempt now.
     std::vector<event> drain();
 
-    /// Watches currently held (for tests and benchmarks).
-    std::size_t watches() const noexcept { return refs_.size(); }
-
 private:
     int fd_ = -1;
     std::unordered_map<int, int> refs_;  // watch descriptor -> references
