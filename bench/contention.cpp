@@ -13,6 +13,8 @@
 #include <filelock/asio.hpp>
 #include <filelock/uv.hpp>
 
+#include "../tests/proc_fds.hpp"
+
 #include <asio/io_context.hpp>
 #include <asio/steady_timer.hpp>
 
@@ -20,7 +22,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -38,33 +39,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-int fds_on(const fs::path& p) {
-    std::error_code ec;
-    const fs::path target = fs::canonical(p, ec);
-    int n = 0;
-    for (const auto& e : fs::directory_iterator("/proc/self/fd", ec))
-        n += fs::read_symlink(e.path(), ec) == target;
-    return n;
-}
-
-// Watches of the process's inotify instances (the Asio service reads a dup()
-// of its instance: count each instance once).
-int inotify_watches() {
-    int n = 0;
-    std::vector<std::string> seen;
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator("/proc/self/fd", ec)) {
-        if (fs::read_symlink(e.path(), ec).string() != "anon_inode:inotify") continue;
-        std::ifstream in("/proc/self/fdinfo/" + e.path().filename().string());
-        std::string line, watches;
-        while (std::getline(in, line))
-            if (line.rfind("inotify wd:", 0) == 0) watches += line + "\n";
-        if (std::find(seen.begin(), seen.end(), watches) != seen.end()) continue;
-        seen.push_back(watches);
-        n += static_cast<int>(std::count(watches.begin(), watches.end(), '\n'));
-    }
-    return n;
-}
+using test::fds_on;
+using test::inotify_watches;
 
 long rss_kib() {
     std::ifstream in("/proc/self/statm");

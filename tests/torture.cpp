@@ -26,6 +26,8 @@
 #include <filelock/lock_file.hpp>
 #include <filelock/uv.hpp>
 
+#include "proc_fds.hpp"
+
 #include <asio/bind_cancellation_slot.hpp>
 #include <asio/cancellation_signal.hpp>
 #include <asio/co_spawn.hpp>
@@ -41,7 +43,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <dirent.h>
 #include <fcntl.h>
 #include <filesystem>
 #include <map>
@@ -64,15 +65,6 @@ using namespace std::chrono_literals;
 using clk = std::chrono::steady_clock;
 
 namespace {
-
-int fd_count() {
-    int n = 0;
-    if (DIR* d = ::opendir("/proc/self/fd")) {
-        while (dirent* e = ::readdir(d)) n += e->d_name[0] != '.';
-        ::closedir(d);
-    }
-    return n - 1;
-}
 
 // ---------------------------------------------------------------------------
 // The critical section, shared by the C++ workers and `torture --cs`.
@@ -329,14 +321,14 @@ int worker_main(const std::string& kind, const fs::path& dir, unsigned seed, boo
         uv_run(&l, UV_RUN_DEFAULT);
         uv_loop_close(&l);
     }
-    const int baseline = fd_count();
+    const int baseline = test::open_fd_count();
     if (kind == "sync")
         sync_worker(f, t, seed, replacing);
     else if (kind == "asio")
         asio_worker(f, t, seed, replacing);
     else if (kind == "uv")
         uv_worker(f, t, seed, replacing);
-    const int fds = fd_count();
+    const int fds = test::open_fd_count();
     std::printf("stat acquired=%ld timeouts=%ld cancels=%ld errors=%ld fd_leak=%d\n",
                 t.acquired.load(), t.timeouts.load(), t.cancels.load(), t.errors.load(),
                 fds - baseline);

@@ -1,0 +1,64 @@
+#pragma once
+
+// What this process has open, read from /proc: for the tests, the torture
+// and the benchmarks (no Catch2 here, so that stand-alone programs can use
+// it).
+
+#include <dirent.h>
+#include <filesystem>
+#include <fstream>
+#include <linux/kcmp.h>
+#include <string>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <vector>
+
+namespace test {
+
+namespace fs = std::filesystem;
+
+inline int open_fd_count() {
+    int n = 0;
+    if (DIR* d = ::opendir("/proc/self/fd")) {
+        while (dirent* e = ::readdir(d))
+            if (e->d_name[0] != '.') ++n;
+        ::closedir(d);
+        --n;  // the directory stream's own descriptor
+    }
+    return n;
+}
+
+/// Descriptors of this process open on the file `p` names.
+inline int fds_on(const fs::path& p) {
+    std::error_code ec;
+    const fs::path target = fs::canonical(p, ec);
+    if (ec) return 0;
+    int n = 0;
+    for (const auto& e : fs::directory_iterator("/proc/self/fd", ec))
+        n += fs::read_symlink(e.path(), ec) == target;
+    return n;
+}
+
+/// inotify watches held by this process, over all its instances (a
+/// descriptor dup()ed from another counts once).
+inline int inotify_watches() {
+    int n = 0;
+    std::error_code ec;
+    std::vector<int> seen;
+    for (const auto& e : fs::directory_iterator("/proc/self/fd", ec)) {
+        if (fs::read_symlink(e.path(), ec).string() != "anon_inode:inotify") continue;
+        const int fd = std::stoi(e.path().filename().string());
+        const pid_t self = ::getpid();
+        bool dup = false;
+        for (int other : seen)
+            dup = dup || ::syscall(SYS_kcmp, self, self, KCMP_FILE, fd, other) == 0;
+        seen.push_back(fd);
+        if (dup) continue;
+        std::ifstream in("/proc/self/fdinfo/" + e.path().filename().string());
+        std::string line;
+        while (std::getline(in, line)) n += line.rfind("inotify wd:", 0) == 0;
+    }
+    return n;
+}
+
+}  // namespace test
