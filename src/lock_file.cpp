@@ -483,7 +483,7 @@ lock_file lock_impl(const std::filesystem::path& path, std::chrono::nanoseconds 
     acq.start(detail::clock::now());
     // Timed exclusive attempts queue once there is contention, or at once
     // when this process already has waiters.
-    const bool may_queue = acq.target().queues() && !acq.single_attempt();
+    const bool may_queue = detail::may_queue(acq);
     thread_place* place = nullptr;
     bool head = true;
     const auto enqueue = [&] {

@@ -233,7 +233,7 @@ public:
                 // Timed exclusive attempts queue once there is contention,
                 // or at once (in the order of the initiations) when this
                 // process already has waiters.
-                may_queue_ = acq_->target().queues() && !acq_->single_attempt();
+                may_queue_ = detail::may_queue(*acq_);
                 if (may_queue_ && local_waiters() > 0 && !enqueue()) return wait_turn(self, true);
                 attempt(self, true, false);
                 return;

@@ -334,7 +334,7 @@ request start(uv_loop_t* loop, const std::filesystem::path& path, std::chrono::n
     // The timeout counts from now. While this process has waiters, timed
     // exclusive attempts line up behind them in the order of these calls.
     o->acq->start(filelock::detail::clock::now());
-    o->may_queue = o->acq->target().queues() && !o->acq->single_attempt();
+    o->may_queue = filelock::detail::may_queue(*o->acq);
     if (o->may_queue && filelock::detail::local_waiters() > 0) o->enqueue();
     // The first step runs on the next loop iteration: the callback is never
     // invoked from inside this call, and a cancel() made right after it

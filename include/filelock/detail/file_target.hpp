@@ -80,6 +80,12 @@ using acquisition = engine<file_target>;
 /// A seed that differs between processes, threads and calls.
 FILELOCK_API std::uint64_t random_seed() noexcept;
 
+/// Whether an acquisition may join its path's local queue: a timed attempt
+/// (not a single one) whose options ask for queueing (exclusive locks only).
+inline bool may_queue(const acquisition& a) noexcept {
+    return a.target().queues() && !a.single_attempt();
+}
+
 inline acquisition make_acquisition(const std::filesystem::path& path, clock::duration timeout,
                                     const lock_options& options) {
     return acquisition(file_target(path, options), timeout, options.backoff, random_seed());
