@@ -17,6 +17,12 @@ public:
             case errc::not_a_regular_file: return "the lock file is not a regular file";
             case errc::symlink_not_followed:
                 return "the lock file is a symbolic link (lock_options::follow_symlinks is off)";
+            case errc::pseudo_file:
+                return "the lock file is on a pseudo filesystem (proc, sysfs, ...); nothing was "
+                       "written";
+            case errc::foreign_content:
+                return "the lock file holds data that is not a lock holder's line; nothing was "
+                       "written (lock_options::foreign_content)";
         }
         return "unknown filelock error";
     }

@@ -159,6 +159,12 @@ std::chrono::steady_clock::duration queue_waiter::hold_off() const noexcept {
                                     : std::chrono::steady_clock::duration::zero();
 }
 
+bool queue_waiter::joined() const noexcept {
+    // queues_generation changes only in a forked child, before any of its
+    // threads run: no lock needed.
+    return queue_ != nullptr && generation_ == queues_generation;
+}
+
 bool queue_waiter::is_head() const noexcept {
     std::lock_guard<std::mutex> g(path_queue::mutex);
     return queue_ && generation_ == queues_generation && queue_->head == this;

@@ -12,6 +12,8 @@
 #include <new>
 #include <sys/eventfd.h>
 #include <sys/file.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
 #include <optional>
 #include <poll.h>
 #include <thread>
@@ -65,9 +67,27 @@ std::string read_holder_fd(int fd) noexcept {
 }
 
 std::error_code append_hostname(std::string& out) {
+    // HOST_NAME_MAX bytes and the terminator: a name of the full legal length
+    // fits (gethostname fails with ENAMETOOLONG when the buffer is smaller).
     char host[HOST_NAME_MAX + 1] = {};
-    if (::gethostname(host, sizeof host - 1) != 0) return sys_error(errno);
-    out += host;
+    if (sys().gethostname(host, sizeof host) != 0) return sys_error(errno);
+    out.append(host, ::strnlen(host, sizeof host));
+    return {};
+}
+
+bool same_fork_stamp(unsigned generation, unsigned forks) noexcept {
+    return fork_stamp{generation, forks}.is_private();
+}
+
+// Whether the file behind `fd` (of device `dev`) is on a pseudo filesystem.
+// Block-device filesystems (a non-zero major) never are: only the others pay
+// for the fstatfs.
+std::error_code check_pseudo(int fd, dev_t dev, bool& pseudo) noexcept {
+    pseudo = false;
+    if (major(dev) != 0) return {};
+    struct ::statfs fs {};
+    if (retry_eintr([&] { return sys().fstatfs(fd, &fs); }) != 0) return sys_error(errno);
+    pseudo = is_pseudo_filesystem(static_cast<long>(fs.f_type));
     return {};
 }
 
@@ -111,6 +131,48 @@ std::error_code expand_content(std::string_view tmpl, std::string& out) {
     return {};
 }
 
+bool is_holder_line(std::string_view bytes) noexcept {
+    if (bytes.empty()) return true;
+    if (bytes.size() > max_holder_bytes) return false;
+    if (bytes.back() == '\n') bytes.remove_suffix(1);
+    if (bytes.empty()) return true;  // a lone newline
+    if (bytes.front() != ' ') return false;
+    for (const char ch : bytes) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (c < 0x20 || c == 0x7f) return false;  // newlines, NUL, other control bytes
+    }
+    return true;
+}
+
+bool is_pseudo_filesystem(long magic) noexcept {
+    // <linux/magic.h>; spelled out so that the list does not depend on the
+    // kernel headers' age.
+    switch (static_cast<unsigned long>(magic) & 0xffffffffUL) {
+        case 0x9fa0UL:      // proc
+        case 0x62656572UL:  // sysfs
+        case 0x27e0ebUL:    // cgroup
+        case 0x63677270UL:  // cgroup2
+        case 0x64626720UL:  // debugfs
+        case 0x74726163UL:  // tracefs
+        case 0x73636673UL:  // securityfs
+        case 0x62656570UL:  // configfs
+        case 0xcafe4a11UL:  // bpf
+        case 0x6165676cUL:  // pstore
+        case 0xde5e81e4UL:  // efivarfs
+        case 0xf97cff8cUL:  // selinuxfs
+        case 0x43415d53UL:  // smackfs
+        case 0x42494e4dUL:  // binfmt_misc
+        case 0x65735543UL:  // fusectl
+        case 0x6e736673UL:  // nsfs
+        case 0x19800202UL:  // mqueue
+        case 0x1cd1UL:      // devpts
+        case 0x67596969UL:  // rpc_pipefs
+        case 0x57ac6e9dUL:  // stack_end (never a file, listed for completeness)
+            return true;
+        default: return false;
+    }
+}
+
 std::string holder_from_bytes(std::string_view bytes) {
     bytes = bytes.substr(0, max_holder_bytes);
     const auto space = [](char c) {
@@ -140,7 +202,8 @@ file_target::file_target(std::filesystem::path path, const lock_options& options
       remove_(options.remove_on_release && options.mode == lock_mode::exclusive),
       wake_(options.wake_on_release),
       queue_(options.queue_local_waiters && options.mode == lock_mode::exclusive),
-      file_mode_(options.file_mode) {
+      keep_foreign_(options.on_foreign_content == foreign_content::lock_without_content),
+      file_mode_(options.file_mode & 0777) {
     nofollow_ = writes_ && !options.follow_symlinks;
     // Writing needs a writable descriptor, and so does an exclusive OFD lock
     // (F_WRLCK); everything else locks through a read-only one, which also
@@ -165,9 +228,12 @@ file_target::file_target(file_target&& other) noexcept
       remove_(other.remove_),
       wake_(other.wake_),
       queue_(other.queue_),
+      keep_foreign_(other.keep_foreign_),
       file_mode_(other.file_mode_),
       dev_(other.dev_),
-      ino_(other.ino_) {}
+      ino_(other.ino_),
+      fd_generation_(other.fd_generation_),
+      fd_forks_(other.fd_forks_) {}
 
 file_target::~file_target() {
     if (won_)
@@ -187,9 +253,18 @@ void file_target::close_fd() noexcept {
 }
 
 void file_target::unlock_and_close() noexcept {
-    if (fd_ >= 0) release_fd(fd_, ofd_);
+    // A descriptor shared through fork() is only closed: an unlock would
+    // release the lock for the other process too.
+    if (fd_ >= 0 && same_fork_stamp(fd_generation_, fd_forks_))
+        release_fd(fd_, ofd_);
+    else
+        close_fd();
     fd_ = -1;
     won_ = false;
+}
+
+bool file_target::won_inherited() const noexcept {
+    return won_ && fork_stamp{fd_generation_, fd_forks_}.inherited();
 }
 
 std::error_code file_target::open_file() noexcept {
@@ -197,6 +272,11 @@ std::error_code file_target::open_file() noexcept {
     const int flags = (read_only_ ? O_RDONLY : O_RDWR) | O_CREAT | O_CLOEXEC | O_NOCTTY |
                       O_NONBLOCK | (nofollow_ ? O_NOFOLLOW : 0);
     const char* p = path_.c_str();
+    // Stamped before the open: a fork that may have copied the descriptor
+    // always shows.
+    const fork_stamp stamp = fork_stamp::now();
+    fd_generation_ = stamp.generation;
+    fd_forks_ = stamp.forks;
     fd_ = retry_eintr([&] { return sys().open(p, flags, file_mode_); });
     if (fd_ >= 0) return {};
     const int err = errno;
@@ -227,6 +307,12 @@ std::error_code file_target::lock_nb() noexcept {
 
 std::error_code file_target::try_acquire() noexcept {
     if (init_error_) return init_error_;
+    // Attempts are made only on a descriptor opened since the last fork():
+    // one shared with a parent or child would share a won lock with it.
+    if (fd_ >= 0 && !same_fork_stamp(fd_generation_, fd_forks_)) {
+        close_fd();  // never unlocked: the other process's lock, if any
+        won_ = false;
+    }
     if (won_) return {};
     failed_call_ = nullptr;
     for (int round = 0; round < max_identity_rounds; ++round) {
@@ -253,6 +339,19 @@ std::error_code file_target::try_acquire() noexcept {
             return S_ISDIR(held.st_mode) ? sys_error(EISDIR)
                                          : make_error_code(errc::not_a_regular_file);
         }
+        if (!content_.empty()) {
+            // Writing to /proc/sys/... changes kernel settings: never.
+            bool pseudo = false;
+            if (auto ec = check_pseudo(fd_, held.st_dev, pseudo)) {
+                unlock_and_close();
+                failed_call_ = "fstatfs";
+                return ec;
+            }
+            if (pseudo) {
+                unlock_and_close();
+                return errc::pseudo_file;
+            }
+        }
         // The lock counts only if the path still names the locked file.
         struct ::stat named {};
         const int rc = (nofollow_ ? sys().lstat : sys().stat)(path_.c_str(), &named);
@@ -268,7 +367,42 @@ std::error_code file_target::try_acquire() noexcept {
         }
         dev_ = held.st_dev;
         ino_ = held.st_ino;
-        if (!content_.empty()) {
+        bool write = !content_.empty();
+        if (write && held.st_size > 0) {
+            // Only a lock holder's line is overwritten, never a script or data.
+            bool holder_line = held.st_size <= static_cast<off_t>(max_holder_bytes);
+            if (holder_line) {
+                // One byte more than a holder line may have: a file that grew
+                // since the fstat is seen as what it is now.
+                char buf[max_holder_bytes + 1];
+                const ssize_t n = retry_eintr([&] { return sys().pread(fd_, buf, sizeof buf, 0); });
+                if (n < 0) {
+                    const int err = errno;
+                    unlock_and_close();
+                    return fail(err, "pread");
+                }
+                holder_line = is_holder_line(std::string_view(buf, static_cast<std::size_t>(n)));
+            }
+            if (!holder_line) {
+                if (!keep_foreign_) {
+                    unlock_and_close();
+                    return errc::foreign_content;
+                }
+                write = false;
+            }
+        }
+        if (write) {
+            // Truncate first (only what is left over: the fstat gave the
+            // size), then write: whichever call fails, the file still holds
+            // one line that is a prefix of a holder's, never foreign bytes.
+            if (held.st_size > static_cast<off_t>(content_.size()) &&
+                retry_eintr([&] {
+                    return sys().ftruncate(fd_, static_cast<off_t>(content_.size()));
+                }) != 0) {
+                const int err = errno;
+                unlock_and_close();
+                return fail(err, "ftruncate");
+            }
             std::size_t done = 0;
             while (done < content_.size()) {
                 const ssize_t n = retry_eintr([&] {
@@ -281,15 +415,6 @@ std::error_code file_target::try_acquire() noexcept {
                     return fail(err, "pwrite");
                 }
                 done += static_cast<std::size_t>(n);
-            }
-            // The fstat above gave the size: truncate only what is left over.
-            if (held.st_size > static_cast<off_t>(content_.size()) &&
-                retry_eintr([&] {
-                    return sys().ftruncate(fd_, static_cast<off_t>(content_.size()));
-                }) != 0) {
-                const int err = errno;
-                unlock_and_close();
-                return fail(err, "ftruncate");
             }
         }
         return {};
@@ -304,7 +429,8 @@ lock_file file_target::take() noexcept {
     h.fd = std::exchange(fd_, -1);
     h.ofd = ofd_;
     h.remove = remove_;
-    h.generation = fork_generation();
+    h.generation = fd_generation_;
+    h.forks = fd_forks_;
     h.dev = dev_;
     h.ino = ino_;
     // The target is spent once its lock is taken: its path moves along.
@@ -345,10 +471,14 @@ lock_file::~lock_file() { close(); }
 void lock_file::close() noexcept {
     if (h_.fd < 0) return;
     const int fd = std::exchange(h_.fd, -1);
-    // In a forked child the descriptor shares the parent's open file
-    // description: unlocking it would release the parent's lock.
-    if (h_.generation != detail::fork_generation()) {
+    // After a fork() the parent and the child share the descriptor's open
+    // file description, and with it the lock: an unlock in either would
+    // release it for both. Such a lock is released by closing only, so it
+    // stays held until every copy is closed (as flock(1)'s is), and the
+    // file is not removed from under the other holder.
+    if (!detail::same_fork_stamp(h_.generation, h_.forks)) {
         detail::sys().close(fd);
+        if (!detail::fork_stamp{h_.generation, h_.forks}.inherited()) detail::local_release(path_);
         return;
     }
     if (h_.remove) {

@@ -24,12 +24,16 @@ int sys_inotify_init1(int) { return errno = ENOSYS, -1; }
 int sys_inotify_add_watch(int, const char*, uint32_t) { return errno = ENOSYS, -1; }
 #endif
 
+int sys_gethostname(char* name, size_t len) { return ::gethostname(name, len); }
+int sys_fstatfs(int fd, struct ::statfs* st) { return ::fstatfs(fd, st); }
+
 constexpr sys_table libc_table{
     .open = sys_open,
     .close = ::close,
     .flock = ::flock,
     .fcntl_lock = sys_fcntl_lock,
     .fstat = ::fstat,
+    .fstatfs = sys_fstatfs,
     .stat = ::stat,
     .lstat = ::lstat,
     .pwrite = ::pwrite,
@@ -38,12 +42,16 @@ constexpr sys_table libc_table{
     .unlink = ::unlink,
     .inotify_init1 = sys_inotify_init1,
     .inotify_add_watch = sys_inotify_add_watch,
+    .gethostname = sys_gethostname,
 };
 
 sys_table table = libc_table;
 
 std::atomic<pid_t> cached_pid{0};
 std::atomic<unsigned> generation{0};
+std::atomic<unsigned> forks_made{0};
+
+void on_fork_parent() noexcept { forks_made.fetch_add(1, std::memory_order_relaxed); }
 
 void on_fork_child() noexcept {
     cached_pid.store(::getpid(), std::memory_order_relaxed);
@@ -53,7 +61,7 @@ void on_fork_child() noexcept {
 // Registered once when the library is loaded.
 const int atfork_registered = [] {
     cached_pid.store(::getpid(), std::memory_order_relaxed);
-    return ::pthread_atfork(nullptr, nullptr, on_fork_child);
+    return ::pthread_atfork(nullptr, on_fork_parent, on_fork_child);
 }();
 
 }  // namespace
@@ -74,5 +82,16 @@ unsigned fork_generation() noexcept {
     (void)atfork_registered;
     return generation.load(std::memory_order_relaxed);
 }
+
+fork_stamp fork_stamp::now() noexcept {
+    return {fork_generation(), forks_made.load(std::memory_order_relaxed)};
+}
+
+bool fork_stamp::is_private() const noexcept {
+    const fork_stamp n = now();
+    return generation == n.generation && forks == n.forks;
+}
+
+bool fork_stamp::inherited() const noexcept { return generation != fork_generation(); }
 
 }  // namespace filelock::detail

@@ -8,6 +8,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <cstdint>
 #include <sys/types.h>
 
@@ -19,6 +20,7 @@ struct sys_table {
     int (*flock)(int fd, int op);
     int (*fcntl_lock)(int fd, int cmd, struct ::flock* lk);
     int (*fstat)(int fd, struct ::stat* st);
+    int (*fstatfs)(int fd, struct ::statfs* st);
     int (*stat)(const char* path, struct ::stat* st);
     int (*lstat)(const char* path, struct ::stat* st);
     ssize_t (*pwrite)(int fd, const void* buf, size_t n, off_t off);
@@ -27,6 +29,7 @@ struct sys_table {
     int (*unlink)(const char* path);
     int (*inotify_init1)(int flags);
     int (*inotify_add_watch)(int fd, const char* path, uint32_t mask);
+    int (*gethostname)(char* name, size_t len);
 };
 
 /// The table in use. Tests replace entries and restore them.
@@ -39,5 +42,21 @@ FILELOCK_API pid_t current_pid() noexcept;
 /// Increments in every forked child: a lock taken under another generation
 /// belongs to the parent.
 FILELOCK_API unsigned fork_generation() noexcept;
+
+/// Where a descriptor stands with respect to fork(): taken when it is opened
+/// (before the open call), compared later. A descriptor is *private* while
+/// this process has not forked since (a child shares its open file
+/// description, and with it the lock) and is not itself a forked child's
+/// copy.
+struct fork_stamp {
+    unsigned generation = 0;  // fork_generation() at open
+    unsigned forks = 0;       // forks made by this process at open
+
+    FILELOCK_API static fork_stamp now() noexcept;
+    /// This process's copy, and no child has one.
+    FILELOCK_API bool is_private() const noexcept;
+    /// A forked child's copy of its parent's descriptor.
+    FILELOCK_API bool inherited() const noexcept;
+};
 
 }  // namespace filelock::detail

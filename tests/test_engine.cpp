@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <deque>
+#include <limits>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -248,4 +249,63 @@ TEST_CASE("engine: while release events are watched, the fallback waits are stre
     }
     CHECK(a == std::vector<sclock::duration>{10ms, 20ms, 40ms, 80ms, 100ms, 100ms});
     CHECK(b == std::vector<sclock::duration>{40ms, 80ms, 160ms, 320ms, 400ms, 400ms});
+}
+
+TEST_CASE("engine: NaN and infinite backoff fields are replaced, never converted") {
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    const double inf = std::numeric_limits<double>::infinity();
+    for (const double m : {nan, inf, -inf}) {
+        CAPTURE(m);
+        filelock::backoff_policy p;
+        p.initial = 1ms;
+        p.cap = 100ms;
+        p.jitter = 0;
+        p.multiplier = m;
+        backoff b(p, 1);
+        CHECK(b.next() == 1ms);
+        // NaN falls back to 2, +inf is clamped to 1000 (the cap at once),
+        // -inf to 1 (no growth): never a collapse to nanoseconds.
+        const auto second = b.next();
+        CHECK(second == (m != m ? 2ms : m > 0 ? 100ms : 1ms));
+    }
+    for (const double j : {nan, inf, -inf}) {
+        CAPTURE(j);
+        filelock::backoff_policy p;
+        p.initial = 8ms;
+        p.cap = 8ms;
+        p.jitter = j;
+        backoff b(p, 7);
+        sclock::duration longest{};
+        for (int i = 0; i < 200; ++i) {
+            const auto w = b.next();
+            CHECK(w >= 1ns);
+            CHECK(w <= 8ms);
+            longest = std::max(longest, w);
+        }
+        CHECK(longest >= 4ms);  // not collapsed to nanoseconds
+    }
+}
+
+TEST_CASE("engine: huge or negative backoff durations are clamped to [1 ns, 1 h]") {
+    filelock::backoff_policy p;
+    p.initial = std::chrono::nanoseconds::max();
+    p.cap = std::chrono::nanoseconds::max();
+    p.multiplier = 1000;
+    p.jitter = 0;
+    backoff b(p, 3);
+    for (int i = 0; i < 5; ++i) CHECK(b.next() == backoff::max_wait);
+    p.initial = -5s;
+    p.cap = -1s;
+    backoff small(p, 3);
+    CHECK(small.next() == 1ns);
+    // And through the engine: a wait_forever acquisition with such a policy
+    // asks for a wait that a driver can add to the clock without overflow.
+    fixture f;
+    f.policy.initial = std::chrono::nanoseconds::max();
+    f.policy.cap = std::chrono::nanoseconds::max();
+    auto e = f.make(filelock::wait_forever);
+    const auto a = e.resume(f.now);
+    REQUIRE(!a.is_done());
+    CHECK(a.delay <= backoff::max_wait);
+    CHECK(a.delay > 0ns);
 }

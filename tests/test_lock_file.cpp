@@ -11,6 +11,7 @@
 #include <climits>
 #include <functional>
 #include <map>
+#include <sched.h>
 #include <sys/stat.h>
 #include <thread>
 
@@ -23,6 +24,9 @@ using filelock::simple_lock_file;
 namespace {
 
 std::string pid_content() { return " " + std::to_string(::getpid()) + "\n"; }
+
+// An earlier holder's line of `n` bytes (longer than ours: ftruncate runs).
+std::string leftover_line(std::size_t n) { return " " + std::string(n - 2, '9') + "\n"; }
 
 std::string hostname() {
     char h[HOST_NAME_MAX + 1] = {};
@@ -445,9 +449,14 @@ TEST_CASE("lock_file: never writes through a symlink at the last component by de
     CHECK(!fs::exists(s / "created-through-link"));
     // simple locks write nothing, so they may follow
     CHECK(simple_lock_file(link).is_locked());
-    // and an explicit opt-in follows
+    // an explicit opt-in follows, and still never overwrites what is not a
+    // lock holder's line
     lock_options follow;
     follow.follow_symlinks = true;
+    filelock::try_lock(link, follow, ec);
+    CHECK(ec == errc::foreign_content);
+    CHECK(read_file(victim) == "precious\n");
+    write_file(victim, "");
     {
         lock_file f(link, follow);
         CHECK(read_file(victim) == pid_content());
@@ -459,7 +468,7 @@ TEST_CASE("lock_file: EINTR is retried on every call that may return it") {
     const auto p = s / "a.lock";
     for (const char* call : {"open", "flock", "pwrite", "ftruncate"}) {
         CAPTURE(call);
-        write_file(p, std::string(100, 'x'));  // so that ftruncate runs
+        write_file(p, leftover_line(100));  // so that ftruncate runs
         injecting_seam inj(call, EINTR, 3);
         lock_file l(p);
         CHECK(l.is_locked());
@@ -483,7 +492,7 @@ TEST_CASE("lock_file: a failing call is reported with its errno and leaks nothin
     };
     for (const auto& r : rows) {
         CAPTURE(r.call, r.err);
-        write_file(p, std::string(100, 'x'));
+        write_file(p, leftover_line(100));
         const int fds = open_fd_count();
         {
             injecting_seam inj(r.call, r.err);
@@ -532,7 +541,7 @@ TEST_CASE("lock_file: ftruncate is skipped when the file is no longer than the c
     { lock_file l(p); }  // new file
     { lock_file l(p); }  // same length
     CHECK(truncates == 0);
-    write_file(p, std::string(64, 'x'));
+    write_file(p, leftover_line(64));
     { lock_file l(p); }
     CHECK(truncates == 1);
     CHECK(read_file(p) == pid_content());
@@ -542,7 +551,7 @@ TEST_CASE(
     "lock_file: a lock won on a file that was replaced meanwhile is retried on the new file") {
     scratch s;
     const auto p = s / "a.lock";
-    write_file(p, "old");
+    write_file(p, " old\n");
     seam sm;
     static fs::path target;
     static int replaced;
@@ -551,7 +560,7 @@ TEST_CASE(
     // Between open and flock, another tool replaces the file.
     sm.table().flock = [](int fd, int op) {
         if ((op & LOCK_UN) == 0 && replaced++ == 0) {
-            write_file(target.string() + ".new", "new");
+            write_file(target.string() + ".new", " new\n");
             fs::rename(target.string() + ".new", target);
         }
         return filelock::detail::default_sys().flock(fd, op);
@@ -907,4 +916,197 @@ TEST_CASE("lock_file: a failing close is not retried and leaves nothing held") {
         CHECK(lock_is_free(p));
         CHECK(open_fd_count() == fds);
     }
+}
+
+// ---------------------------------------------------------------------------
+// Never destroy what is not a lock file.
+
+namespace {
+
+// Runs `body` in a forked child inside private UTS and mount-less namespaces
+// (root only). Returns the child's exit code, or -1 when namespaces cannot be
+// made here (then the caller reports the test as not run).
+template <class F>
+int in_private_uts(F body) {
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        if (::unshare(CLONE_NEWUTS) != 0) ::_exit(200);
+        ::_exit(body());
+    }
+    int st = 0;
+    while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    const int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return code == 200 ? -1 : code;
+}
+
+std::string current_hostname() {
+    char h[HOST_NAME_MAX + 1] = {};
+    ::gethostname(h, sizeof h);
+    return std::string(h, ::strnlen(h, sizeof h));
+}
+
+}  // namespace
+
+TEST_CASE("lock_file: content is never written to a file on a pseudo filesystem") {
+    CHECK(filelock::detail::is_pseudo_filesystem(0x9fa0));       // proc
+    CHECK(filelock::detail::is_pseudo_filesystem(0x62656572));   // sysfs
+    CHECK(filelock::detail::is_pseudo_filesystem(0x63677270));   // cgroup2
+    CHECK(!filelock::detail::is_pseudo_filesystem(0xef53));      // ext4
+    CHECK(!filelock::detail::is_pseudo_filesystem(0x01021994));  // tmpfs
+    // /proc/self/comm is writable by its process: a write renames the thread.
+    const fs::path comm = "/proc/self/comm";
+    const std::string before = read_file(comm);
+    std::error_code ec;
+    auto l = filelock::try_lock(comm, ec);
+    CHECK(ec == errc::pseudo_file);
+    CHECK(!l.is_locked());
+    CHECK(read_file(comm) == before);
+    try {
+        lock_file thrown(comm);
+        FAIL("no error");
+    } catch (const fs::filesystem_error& e) {
+        CHECK(e.code() == errc::pseudo_file);
+        CHECK(e.path1() == comm);
+    }
+    auto timed = filelock::lock(comm, 5s, {}, ec);
+    CHECK(ec == errc::pseudo_file);  // at once, never retried
+    // A lock that writes nothing may use such a file.
+    CHECK(simple_lock_file(comm).is_locked());
+    CHECK(read_file(comm) == before);
+}
+
+TEST_CASE("lock_file: a /proc/sys setting is never changed (private UTS namespace, as root)") {
+    const int code = in_private_uts([] {
+        if (::sethostname("filelock-uts", 12) != 0) return 10;
+        std::error_code ec;
+        auto l = filelock::try_lock("/proc/sys/kernel/hostname", ec);
+        if (ec != errc::pseudo_file || l.is_locked()) return 11;
+        lock_options o;
+        o.on_foreign_content = filelock::foreign_content::lock_without_content;
+        l = filelock::try_lock("/proc/sys/kernel/hostname", o, ec);
+        if (ec != errc::pseudo_file) return 12;
+        return current_hostname() == "filelock-uts" ? 0 : 13;
+    });
+    if (code < 0) {
+        WARN("NOT RUN: needs CAP_SYS_ADMIN for a private UTS namespace");
+        return;
+    }
+    CHECK(code == 0);
+}
+
+TEST_CASE("lock_file: {hostname} takes a name of the full legal length (64)") {
+    const std::string name64(HOST_NAME_MAX, 'h');
+    REQUIRE(name64.size() == 64);
+    {
+        // Through the seam: gethostname as glibc's, which needs room for the
+        // terminator.
+        seam sm;
+        sm.table().gethostname = [](char* out, size_t len) {
+            const std::string n(HOST_NAME_MAX, 'h');
+            if (len < n.size() + 1) return errno = ENAMETOOLONG, -1;
+            std::memcpy(out, n.c_str(), n.size() + 1);
+            return 0;
+        };
+        std::string out;
+        CHECK(!filelock::detail::expand_content("{pid}@{hostname}", out));
+        CHECK(out == " " + std::to_string(::getpid()) + "@" + name64 + "\n");
+    }
+    // For real, in a private UTS namespace.
+    const int code = in_private_uts([&] {
+        if (::sethostname(name64.c_str(), name64.size()) != 0) return 10;
+        scratch s;
+        lock_options o;
+        o.content_template = "{hostname}";
+        std::error_code ec;
+        auto l = filelock::try_lock(s / "a.lock", o, ec);
+        if (ec) return 11;
+        return read_file(s / "a.lock") == " " + name64 + "\n" ? 0 : 12;
+    });
+    if (code < 0) {
+        WARN("NOT RUN: needs CAP_SYS_ADMIN for a private UTS namespace");
+        return;
+    }
+    CHECK(code == 0);
+}
+
+TEST_CASE("lock_file: only a lock holder's line counts as lock content") {
+    using filelock::detail::is_holder_line;
+    for (const char* ok : {"", "\n", " 1234\n", " 1234", " 1234@host\n", " ", " a b c\n"})
+        CHECK(is_holder_line(ok));
+    for (const std::string& bad :
+         {std::string("1234\n"), std::string("#!/bin/sh\necho hi\n"), std::string(" 1\n 2\n"),
+          std::string(" 1\n\n"), std::string(" a\0b", 4), std::string(" \r\n"),
+          std::string(" \x1b[31m\n"), std::string(" a\tb\n"), " " + std::string(1100, 'x') + "\n"})
+        CHECK(!is_holder_line(bad));
+    CHECK(is_holder_line(" " + std::string(1022, 'x') + "\n"));
+}
+
+TEST_CASE("lock_file: a file holding foreign content is never overwritten") {
+    scratch s;
+    const auto p = s / "data";
+    const std::vector<std::string> foreign = {
+        "#!/bin/sh\n[ \"${FLOCKER}\" != \"$0\" ] && exec env FLOCKER=\"$0\" flock -en \"$0\" "
+        "\"$0\" "
+        "\"$@\"\necho work\n",
+        "1234\n",  // a pid file of another program
+        std::string("\x7f"
+                    "ELF\x02\x01\x01\0\0\0",
+                    10),
+        " 12\n 34\n",
+        "counter=41\n",
+        std::string(1 << 20, 'd'),
+    };
+    for (const auto& content : foreign) {
+        CAPTURE(content.substr(0, 20));
+        write_file(p, content);
+        const int fds = open_fd_count();
+        std::error_code ec;
+        auto l = filelock::try_lock(p, ec);
+        CHECK(ec == errc::foreign_content);
+        CHECK(!l.is_locked());
+        CHECK(lock_is_free(p));
+        CHECK(open_fd_count() == fds);
+        CHECK_THROWS_AS(lock_file(p), fs::filesystem_error);
+        l = filelock::lock(p, 10s, {}, ec);
+        CHECK(ec == errc::foreign_content);  // at once: never retried until the timeout
+        CHECK(read_file(p) == content);
+        // Asked to, the lock is held without writing (flock(1)'s behaviour).
+        lock_options keep;
+        keep.on_foreign_content = filelock::foreign_content::lock_without_content;
+        {
+            lock_file held(p, keep);
+            CHECK(held.is_locked());
+            CHECK(!lock_is_free(p));
+        }
+        CHECK(read_file(p) == content);
+        // Locks that write nothing never looked.
+        CHECK(simple_lock_file(p).is_locked());
+        CHECK(read_file(p) == content);
+    }
+}
+
+TEST_CASE("lock_file: a lock holder's line, or an empty file, is overwritten as before") {
+    scratch s;
+    const auto p = s / "a.lock";
+    for (const std::string& earlier : {std::string(), std::string("\n"), std::string(" 99\n"),
+                                       std::string(" 1"), std::string(" 123456789@some-host\n")}) {
+        CAPTURE(earlier);
+        write_file(p, earlier);
+        { lock_file l(p); }
+        CHECK(read_file(p) == pid_content());
+    }
+}
+
+TEST_CASE("lock_file: file_mode keeps the permission bits only") {
+    scratch s;
+    lock_options o;
+    o.file_mode = 07777;
+    const auto old = ::umask(0);
+    { lock_file l(s / "a.lock", o); }
+    ::umask(old);
+    struct ::stat st {};
+    REQUIRE(::stat((s / "a.lock").c_str(), &st) == 0);
+    CHECK((st.st_mode & 07777) == 0777);
 }

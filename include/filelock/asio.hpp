@@ -110,6 +110,7 @@ public:
     int watch(const std::filesystem::path& path, const std::shared_ptr<release_wake>& w) {
         std::lock_guard<std::mutex> g(mutex_);
         if (shut_down_) return -1;
+        forget_parent();
         if (!watcher_) watcher_.emplace();
         if (!watcher_->valid()) {
             watcher_.reset();
@@ -132,9 +133,21 @@ public:
         return wd;
     }
 
+    /// Operations that may wait for a wake (their turn, a release) register
+    /// here, so that a fork can wake them in the child.
+    void track(const std::shared_ptr<release_wake>& w) {
+        std::lock_guard<std::mutex> g(mutex_);
+        tracked_.emplace(w.get(), w);
+    }
+    void untrack(const release_wake* w) {
+        std::lock_guard<std::mutex> g(mutex_);
+        tracked_.erase(w);
+    }
+
     /// Drops `w`'s watch (if `wd` >= 0); closes the instance if nobody waits.
     void unwatch(int wd, const release_wake* w) {
         std::lock_guard<std::mutex> g(mutex_);
+        forget_parent();
         auto [b, e] = waiting_.equal_range(wd);
         for (auto it = b; it != e; ++it)
             if (it->second.lock().get() == w || it->second.expired()) {
@@ -159,6 +172,44 @@ private:
         close();
     }
 
+    // fork(): the child shares the inotify instance (and its events) with the
+    // parent. It gets one of its own: the operations that were watching
+    // watch anew (and, waking, attempt on descriptors of their own). The
+    // instance is dropped at the child's next use rather than here, once the
+    // reactor has its own epoll set again (an earlier deregistration would
+    // act on the set it shares with the parent).
+    void notify_fork(asio::execution_context::fork_event event) override {
+        if (event == asio::execution_context::fork_prepare) {
+            mutex_.lock();  // never inherited locked by another thread
+            return;
+        }
+        mutex_.unlock();
+        if (event != asio::execution_context::fork_child) return;
+        std::vector<std::shared_ptr<release_wake>> woken;
+        {
+            std::lock_guard<std::mutex> g(mutex_);
+            forked_ = true;
+            waiting_.clear();
+            // Every waiting operation looks again: a watcher watches anew, a
+            // queued one finds its (parent's) queue gone and joins the child's.
+            for (auto& [ptr, weak] : tracked_)
+                if (auto w = weak.lock()) {
+                    std::lock_guard<std::mutex> wg(w->mutex);
+                    w->rewatch = true;
+                    woken.push_back(std::move(w));
+                }
+        }
+        for (auto& w : woken) w->end_wait(&release_wake::turn);
+    }
+
+    // With the mutex held: after a fork, drops the parent's instance.
+    void forget_parent() {
+        if (!forked_) return;
+        forked_ = false;
+        reading_ = false;
+        close();
+    }
+
     void close() {
         stream_.reset();
         watcher_.reset();
@@ -170,6 +221,10 @@ private:
             std::lock_guard<std::mutex> g(mutex_);
             reading_ = false;
             if (shut_down_) return;
+            if (forked_) {  // the parent's events: not ours to read
+                forget_parent();
+                return;
+            }
             if (!ec && watcher_) {
                 for (const auto& ev : watcher_->drain()) {
                     auto [b, e] = waiting_.equal_range(ev.wd);
@@ -210,9 +265,11 @@ private:
     std::optional<release_watcher> watcher_;
     std::optional<asio::posix::stream_descriptor> stream_;
     std::unordered_multimap<int, std::weak_ptr<release_wake>> waiting_;
+    std::unordered_map<const release_wake*, std::weak_ptr<release_wake>> tracked_;
     std::uint64_t arrivals_ = 0;
     bool reading_ = false;
     bool shut_down_ = false;
+    bool forked_ = false;  // a fork_child notification not yet acted on
 };
 
 template <class Executor>
@@ -256,7 +313,11 @@ public:
                 attempt(self, false, woken);
                 return;
             }
-            case state::delivering: return finish(self, result_);
+            case state::delivering:
+                // Won before a fork(), delivered in the child: that lock is
+                // the parent's. Attempt again, on a descriptor of our own.
+                if (!result_ && acq_->target().won_inherited()) return attempt(self, false, false);
+                return finish(self, result_);
         }
     }
 
@@ -279,6 +340,14 @@ private:
         if (wake_) return;
         wake_ = std::make_shared<release_wake>();
         wake_->executor = timer_->get_executor();
+        service().track(wake_);
+    }
+
+    release_service& service() {
+        if (!service_)
+            service_ = &asio::use_service<release_service>(
+                asio::query(timer_->get_executor(), asio::execution::context));
+        return *service_;
     }
 
     // Registers for release events (once per watch: the service drops it
@@ -286,10 +355,7 @@ private:
     void watch_release() {
         if (wd_ >= 0 || !acq_->target().wake_on_release()) return;
         make_wake();
-        if (!service_)
-            service_ = &asio::use_service<release_service>(
-                asio::query(timer_->get_executor(), asio::execution::context));
-        wd_ = service_->watch(acq_->target().path(), wake_);
+        wd_ = service().watch(acq_->target().path(), wake_);
         wake_->watching.store(wd_ >= 0);
     }
 
@@ -347,7 +413,6 @@ private:
             return;
         }
         result_ = next.ec;
-        if (!result_) lock_ = acq_->target().take();
         if (!inline_call) return finish(self, result_);
         // Never complete from inside the initiating function.
         state_ = state::delivering;
@@ -359,8 +424,8 @@ private:
         // A cancellation that arrived after the lock was won but before the
         // handler ran: release it, so no lock is left held by nobody.
         if (!ec && cancelled(self)) ec = asio::error::operation_aborted;
-        lock_file lock = ec ? lock_file() : std::move(lock_);
-        lock_.close();
+        // Not taken: released with the acquisition below.
+        lock_file lock = ec ? lock_file() : acq_->target().take();
         auto wake = std::move(wake_);
         if (wake) {
             wake->leave();  // the next local waiter attempts now
@@ -374,7 +439,10 @@ private:
         self.complete(ec, std::move(lock));
         // Watch clean-up after the handler: it is not on the way from the
         // release to the new holder. (Only locals: `this` may be gone.)
-        if (service) service->unwatch(wd, wake.get());
+        if (service) {
+            service->untrack(wake.get());
+            service->unwatch(wd, wake.get());
+        }
     }
 
     std::unique_ptr<timer_type> timer_;
@@ -383,7 +451,6 @@ private:
     release_service* service_ = nullptr;
     int wd_ = -1;
     bool may_queue_ = false;
-    lock_file lock_;
     std::error_code result_;
     state state_ = state::starting;
 };

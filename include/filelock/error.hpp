@@ -42,6 +42,16 @@ enum class errc {
     /// The last component of the path is a symbolic link and the options do
     /// not allow following it (see `lock_options::follow_symlinks`).
     symlink_not_followed,
+    /// The lock file is on a pseudo filesystem (proc, sysfs, cgroup, debugfs,
+    /// tracefs, securityfs, configfs, ...), where writing a file changes
+    /// kernel state: a lock that writes content refuses it. Nothing was
+    /// written. Locks that write nothing may use such files.
+    pseudo_file,
+    /// The lock file holds something other than a lock holder's line (a
+    /// script, a data file, ...): a lock that writes content refuses to
+    /// overwrite it (see `lock_options::foreign_content`). Nothing was
+    /// written.
+    foreign_content,
 };
 
 FILELOCK_API const std::error_category& filelock_category() noexcept;

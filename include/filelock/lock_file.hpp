@@ -78,8 +78,10 @@ private:
     struct held {
         int fd = -1;
         bool ofd = false;
-        bool remove = false;      // unlink the path on release
-        unsigned generation = 0;  // fork generation of the process that took the lock
+        bool remove = false;  // unlink the path on release
+        // fork bookkeeping of the descriptor (src/sys.hpp, fork_stamp)
+        unsigned generation = 0;
+        unsigned forks = 0;
         unsigned long long dev = 0, ino = 0;
     };
     lock_file(const held& h, std::filesystem::path path) noexcept;

@@ -24,11 +24,29 @@ enum class lock_backend {
     ofd,
 };
 
+/// What a lock that writes content does when the lock file already holds
+/// something other than a lock holder's line. A lock holder's line is what
+/// zc.lockfile and filelock write: at most 1 KiB, one line that starts with
+/// a space, no control characters but a final newline (an empty file
+/// qualifies too). Anything else (a script, a data file, a pid file written
+/// by another program) is never overwritten.
+enum class foreign_content {
+    /// The attempt fails with errc::foreign_content; nothing is written and
+    /// nothing stays held. The default.
+    fail,
+    /// The lock is held without writing anything, as flock(1) does.
+    lock_without_content,
+};
+
 /// How a timed acquisition spaces its attempts: capped exponential backoff
 /// with jitter. The n-th wait is drawn from
 /// `[d * (1 - jitter), d]` with `d = min(cap, initial * multiplier^n)`;
 /// `jitter == 1` is "full jitter". Waits never pass the deadline, and one last
 /// attempt is made at the deadline.
+///
+/// Out-of-range fields are clamped, never trusted: `initial` to
+/// [1 ns, 1 h], `cap` to [initial, 1 h], `multiplier` to [1, 1000] (NaN: 2),
+/// `jitter` to [0, 1] (NaN: 1).
 struct backoff_policy {
     std::chrono::nanoseconds initial = std::chrono::milliseconds(1);
     double multiplier = 2.0;
@@ -55,11 +73,20 @@ struct lock_options {
 
     /// false: write nothing, as `simple_lock_file` does. A simple lock also
     /// works on a file the caller may only read. Shared locks never write
-    /// (another shared holder's content would be overwritten).
+    /// (another shared holder's content would be overwritten). Content is
+    /// never written to a file on a pseudo filesystem (errc::pseudo_file)
+    /// nor over foreign content (see on_foreign_content).
     bool write_content = true;
 
+    /// What a writing lock does with a lock file that holds something other
+    /// than a lock holder's line (see foreign_content): by default it fails
+    /// and leaves the file alone.
+    foreign_content on_foreign_content = foreign_content::fail;
+
     /// Permission bits of a lock file created by the attempt; the process
-    /// umask applies (so the default gives `0666 & ~umask`).
+    /// umask applies (so the default gives `0666 & ~umask`). Only the
+    /// permission bits (0777) are used: never set-user-ID, set-group-ID or
+    /// sticky.
     mode_t file_mode = 0666;
 
     /// By default, content is never written through a symbolic link at the

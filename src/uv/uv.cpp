@@ -3,9 +3,12 @@
 #include <filelock/detail/release_watcher.hpp>
 #include <filelock/uv.hpp>
 
+#include "../sys.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <mutex>
+#include <pthread.h>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -32,6 +35,19 @@ std::mutex registry_mutex;
 std::unordered_map<uv_loop_t*, loop_state*> loops;  // loops with pending operations
 std::atomic<std::uint64_t> next_arrival{0};
 
+void after_fork_in_child() noexcept;
+
+// The registry's mutex is held across fork(), so that a child never inherits
+// it locked by another thread.
+const bool atfork_registered = [] {
+    ::pthread_atfork([] { registry_mutex.lock(); }, [] { registry_mutex.unlock(); },
+                     [] {
+                         registry_mutex.unlock();
+                         after_fork_in_child();
+                     });
+    return true;
+}();
+
 }  // namespace
 
 // A loop's shared handles, alive while the loop has pending operations (so
@@ -41,15 +57,24 @@ std::atomic<std::uint64_t> next_arrival{0};
 //    operation (libuv scans every async handle of a loop on each wake-up);
 //  - one inotify instance, polled with uv_poll_t (uv_fs_event does not report
 //    close events), created at the first wait.
+struct watch_poll {
+    uv_poll_t handle{};
+    filelock::detail::release_watcher watcher;
+    loop_state* ls = nullptr;
+};
+
 struct loop_state {
     explicit loop_state(uv_loop_t* l) : loop(l) {}
 
     uv_loop_t* loop;
     uv_async_t async{};
-    uv_poll_t poll{};
+    watch_poll* poll = nullptr;  // while polling
+    bool watch_failed = false;   // no inotify here: the backoff alone
     int open_handles = 0;
     bool closing = false;
     std::unordered_set<op*> ops;  // pending (loop thread only)
+    std::thread::id thread;       // the loop's thread (where async_lock is called)
+    unsigned generation = filelock::detail::fork_generation();
 
     std::mutex mutex;  // guards what follows and the operations' signal flags
     std::vector<op*> signalled;
@@ -58,20 +83,26 @@ struct loop_state {
     bool dispatching = false;
     std::thread::id dispatcher;
 
-    std::optional<filelock::detail::release_watcher> watcher;
-    bool polling = false;
     std::unordered_multimap<int, op*> waiting;  // watch descriptor -> operations
 
     static loop_state* of(uv_loop_t* loop);
     void signal(op* o, bool turn) noexcept;
     void forget_signal(op* o) noexcept;
     filelock::detail::release_watcher* release_watcher();
+    bool check_fork() noexcept;
+    void close_poll() noexcept;
     void close_if_idle() noexcept;
 
     static void on_async(uv_async_t* a);
     static void on_poll(uv_poll_t* p, int status, int);
     static void on_close(uv_handle_t* h) {
         auto* self = static_cast<loop_state*>(h->data);
+        if (--self->open_handles == 0) delete self;
+    }
+    static void on_poll_close(uv_handle_t* h) {
+        auto* wp = static_cast<watch_poll*>(h->data);
+        loop_state* self = wp->ls;
+        delete wp;  // closes this process's copy of the instance
         if (--self->open_handles == 0) delete self;
     }
 };
@@ -104,6 +135,10 @@ struct op final : filelock::detail::queue_waiter {
 
     void step(bool woken) {
         using namespace std::chrono_literals;
+        ls->check_fork();
+        // A forked child's copy of a queued operation: the parent's queue is
+        // gone, it joins the child's.
+        if (queued && !joined()) queued = head = false;
         if (ctl->cancel_requested.load())
             return finish(std::make_error_code(std::errc::operation_canceled), {});
         const auto now = filelock::detail::clock::now();
@@ -170,7 +205,7 @@ struct op final : filelock::detail::queue_waiter {
                 ls->waiting.erase(it);
                 break;
             }
-        ls->watcher->remove(wd);
+        if (ls->poll) ls->poll->watcher.remove(wd);
         wd = -1;
         watching.store(false);
     }
@@ -264,24 +299,53 @@ void loop_state::on_async(uv_async_t* a) {
 }
 
 filelock::detail::release_watcher* loop_state::release_watcher() {
-    if (!watcher) {
-        watcher.emplace();
-        if (watcher->valid() && uv_poll_init(loop, &poll, watcher->native_handle()) == 0) {
-            poll.data = this;
-            ++open_handles;
-            polling = true;
-            uv_poll_start(&poll, UV_READABLE, on_poll);
+    if (!poll && !watch_failed) {
+        auto wp = std::make_unique<watch_poll>();
+        wp->ls = this;
+        wp->handle.data = wp.get();
+        if (!wp->watcher.valid() ||
+            uv_poll_init(loop, &wp->handle, wp->watcher.native_handle()) != 0) {
+            watch_failed = true;
+            return nullptr;
         }
+        ++open_handles;
+        poll = wp.release();  // freed in on_poll_close
+        uv_poll_start(&poll->handle, UV_READABLE, on_poll);
     }
-    return polling ? &*watcher : nullptr;
+    return poll ? &poll->watcher : nullptr;
+}
+
+void loop_state::close_poll() noexcept {
+    if (!poll) return;
+    uv_close(reinterpret_cast<uv_handle_t*>(&poll->handle), on_poll_close);
+    poll = nullptr;
+}
+
+// fork(): a child shares its parent's inotify instance (and its events). On
+// the child's first step it closes its copy (uv_loop_fork gave the loop an
+// epoll set of its own, so this touches nothing of the parent's) and its
+// operations watch anew on an instance of its own. Their descriptors, shared
+// with the parent, are replaced at their next attempt (file_target).
+bool loop_state::check_fork() noexcept {
+    const unsigned now = filelock::detail::fork_generation();
+    if (generation == now) return false;
+    generation = now;
+    for (auto& [wd, o] : waiting) {
+        o->wd = -1;
+        o->watching.store(false);
+    }
+    waiting.clear();
+    close_poll();
+    watch_failed = false;
+    return true;
 }
 
 void loop_state::on_poll(uv_poll_t* p, int status, int) {
-    auto* self = static_cast<loop_state*>(p->data);
-    if (status < 0) return;
+    auto* self = static_cast<watch_poll*>(p->data)->ls;
+    if (status < 0 || self->check_fork()) return;
     std::vector<op*> woken;
     std::vector<op*> moved;
-    for (const auto& ev : self->watcher->drain()) {
+    for (const auto& ev : self->poll->watcher.drain()) {
         auto [b, e] = self->waiting.equal_range(ev.wd);
         op* first = nullptr;
         for (auto it = b; it != e; ++it) {
@@ -310,6 +374,25 @@ void loop_state::on_poll(uv_poll_t* p, int status, int) {
         }
 }
 
+namespace {
+
+// In a forked child, the operations of the loops run by the forking thread
+// (the child's only thread) step again on their next loop iteration: a
+// waiter whose turn would have come from the parent's queue joins the
+// child's instead of waiting for a turn that never comes. Loops of other
+// threads are left alone: the child has no thread to run them.
+void after_fork_in_child() noexcept {
+    (void)atfork_registered;
+    const auto me = std::this_thread::get_id();
+    for (auto& [loop, ls] : loops) {
+        if (ls->thread != me) continue;
+        for (op* o : ls->ops)
+            if (!o->finished) uv_timer_start(&o->timer, op::on_timer, 0, 0);
+    }
+}
+
+}  // namespace
+
 void loop_state::close_if_idle() noexcept {
     if (!ops.empty() || closing) return;
     closing = true;
@@ -317,7 +400,7 @@ void loop_state::close_if_idle() noexcept {
         std::lock_guard<std::mutex> g(registry_mutex);
         if (auto it = loops.find(loop); it != loops.end() && it->second == this) loops.erase(it);
     }
-    if (polling) uv_close(reinterpret_cast<uv_handle_t*>(&poll), on_close);
+    close_poll();
     uv_close(reinterpret_cast<uv_handle_t*>(&async), on_close);
 }
 
@@ -328,6 +411,7 @@ request start(uv_loop_t* loop, const std::filesystem::path& path, std::chrono::n
     auto o = std::make_unique<detail::op>(
         filelock::detail::make_acquisition(path, timeout, options), std::move(callback));
     detail::loop_state* ls = detail::loop_state::of(loop);
+    ls->thread = std::this_thread::get_id();
     o->ls = ls;
     o->timer.data = o.get();
     uv_timer_init(loop, &o->timer);

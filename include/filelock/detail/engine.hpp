@@ -49,13 +49,25 @@ struct next_action {
 /// seeded per acquisition so contenders do not move in lock-step).
 class backoff {
 public:
+    /// The longest wait a policy may ask for.
+    static constexpr clock::duration max_wait = std::chrono::hours(1);
+
     backoff(const backoff_policy& p, std::uint64_t seed) noexcept
-        : policy_(p), state_(seed ? seed : 0x9e3779b97f4a7c15ull) {
-        policy_.initial = std::max(policy_.initial, clock::duration(1));
-        policy_.cap = std::max(policy_.cap, policy_.initial);
-        policy_.multiplier = std::max(policy_.multiplier, 1.0);
-        policy_.jitter = std::clamp(policy_.jitter, 0.0, 1.0);
+        : policy_(sanitized(p)), state_(seed ? seed : 0x9e3779b97f4a7c15ull) {
         ceiling_ = policy_.initial;
+    }
+
+    /// The policy with every field clamped to its documented range (NaN
+    /// included), so that no conversion below can overflow.
+    static backoff_policy sanitized(backoff_policy p) noexcept {
+        const auto clamp_wait = [](clock::duration lo, std::chrono::nanoseconds d) {
+            return std::clamp(std::chrono::duration_cast<clock::duration>(d), lo, max_wait);
+        };
+        p.initial = clamp_wait(clock::duration(1), p.initial);
+        p.cap = clamp_wait(p.initial, p.cap);
+        p.multiplier = p.multiplier != p.multiplier ? 2.0 : std::clamp(p.multiplier, 1.0, 1000.0);
+        p.jitter = p.jitter != p.jitter ? 1.0 : std::clamp(p.jitter, 0.0, 1.0);
+        return p;
     }
 
     /// The next wait, in `[ceiling * (1 - jitter), ceiling]`; the ceiling then

@@ -36,6 +36,12 @@ public:
         if (!won_) close_fd();
     }
 
+    /// Whether the lock was won on a descriptor this process inherited from
+    /// its parent through fork() (the parent's lock, not ours): the next
+    /// try_acquire() closes it, without unlocking, and attempts on a
+    /// descriptor of its own.
+    bool won_inherited() const noexcept;
+
     /// The lock won by the last successful try_acquire(). The target is spent
     /// afterwards (its path moves into the lock_file).
     lock_file take() noexcept;
@@ -71,8 +77,11 @@ private:
     bool remove_ = false;
     bool wake_ = true;
     bool queue_ = true;
+    bool keep_foreign_ = false;  // foreign content: lock without writing
     mode_t file_mode_ = 0666;
     unsigned long long dev_ = 0, ino_ = 0;  // of the file won
+    // fork bookkeeping of fd_ (see fork_stamp in src/sys.hpp)
+    unsigned fd_generation_ = 0, fd_forks_ = 0;
 };
 
 using acquisition = engine<file_target>;
@@ -96,5 +105,14 @@ FILELOCK_API std::error_code expand_content(std::string_view tmpl, std::string& 
 
 /// Strips what a holder wrote down to its content ("1234" from " 1234\n").
 FILELOCK_API std::string holder_from_bytes(std::string_view bytes);
+
+/// Whether `bytes` is what a lock holder writes (see foreign_content): empty,
+/// or at most 1 KiB of one line that starts with a space, with no control
+/// character but one final newline.
+FILELOCK_API bool is_holder_line(std::string_view bytes) noexcept;
+
+/// Whether the filesystem type `magic` (statfs f_type) is a pseudo
+/// filesystem whose files must never be written as lock files.
+FILELOCK_API bool is_pseudo_filesystem(long magic) noexcept;
 
 }  // namespace filelock::detail

@@ -52,7 +52,9 @@ public:
     /// Leaves the queue (idempotent). A head that leaves wakes the next
     /// waiter, which becomes the head.
     void leave() noexcept;
-    bool joined() const noexcept { return queue_ != nullptr; }
+    /// Whether it is in a queue of this process (a forked child's copy of
+    /// its parent's waiter is not: its queues are gone, it joins anew).
+    bool joined() const noexcept;
     /// Whether this waiter is its queue's head (may attempt). A waiter only
     /// becomes the head through wake(), so a driver may cache the answer
     /// until its next wake.

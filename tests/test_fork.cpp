@@ -1,0 +1,230 @@
+// fork(): a child never shares a won lock or a pending attempt with its
+// parent, and closing in one process never unlocks the other's lock.
+
+#include <filelock/asio.hpp>
+#include <filelock/lock_file.hpp>
+#include <filelock/uv.hpp>
+
+#include "support.hpp"
+
+#include <asio/io_context.hpp>
+
+using namespace test;
+using filelock::errc;
+using filelock::lock_file;
+using filelock::lock_options;
+
+namespace {
+
+// What one process's acquisition came to (its exit code in a child).
+enum outcome : int { won_alone = 0, timed_out = 1, overlapped = 2, failed = 3, no_outcome = 4 };
+
+// The critical section of a process that won: a marker that a second holder
+// at the same time would find.
+outcome hold_alone(const fs::path& marker) {
+    const int fd = ::open(marker.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd < 0) return errno == EEXIST ? overlapped : failed;
+    ::close(fd);
+    ::usleep(300000);
+    ::unlink(marker.c_str());
+    return won_alone;
+}
+
+outcome settle(std::error_code ec, lock_file& l, const fs::path& marker) {
+    if (ec == errc::timeout) return timed_out;
+    if (ec) return failed;
+    const outcome o = hold_alone(marker);
+    l.close();
+    return o;
+}
+
+int exit_code(pid_t pid) {
+    int st = 0;
+    while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+lock_options with_queue(bool queue) {
+    lock_options o;
+    o.queue_local_waiters = queue;
+    return o;
+}
+
+}  // namespace
+
+TEST_CASE("fork: a libuv async_lock waiting across fork() never gives both processes the lock") {
+    for (const bool queue : {true, false}) {
+        CAPTURE(queue);
+        scratch s;
+        const auto p = s / "a.lock";
+        const auto marker = s / "inside";
+        auto holder = hold_in_child(p);
+        REQUIRE(holder.ready());
+
+        uv_loop_t loop;
+        REQUIRE(uv_loop_init(&loop) == 0);
+        outcome mine = no_outcome;
+        filelock::uv::async_lock(
+            &loop, p, 3s, with_queue(queue),
+            [&](std::error_code ec, lock_file l) { mine = settle(ec, l, marker); });
+        uv_run(&loop, UV_RUN_NOWAIT);  // the first attempt meets the holder: waiting
+        REQUIRE(mine == no_outcome);
+
+        const pid_t pid = ::fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) {
+            uv_loop_fork(&loop);
+            uv_run(&loop, UV_RUN_DEFAULT);
+            const bool closed = uv_loop_close(&loop) == 0;
+            ::_exit(closed ? mine : failed);
+        }
+        holder.release();  // the lock is free from now on
+        uv_run(&loop, UV_RUN_DEFAULT);
+        CHECK(uv_loop_close(&loop) == 0);
+        CHECK(mine == won_alone);
+        CHECK(exit_code(pid) == won_alone);  // not overlapped, not timed out on a free lock
+        CHECK(lock_is_free(p));
+    }
+}
+
+TEST_CASE("fork: an Asio async_lock waiting across fork() never gives both processes the lock") {
+    for (const bool queue : {true, false}) {
+        CAPTURE(queue);
+        scratch s;
+        const auto p = s / "a.lock";
+        const auto marker = s / "inside";
+        auto holder = hold_in_child(p);
+        REQUIRE(holder.ready());
+
+        asio::io_context io;
+        outcome mine = no_outcome;
+        filelock::async_lock(io, p, 3s, with_queue(queue), [&](std::error_code ec, lock_file l) {
+            mine = settle(ec, l, marker);
+        });
+        io.poll();  // the first attempt met the holder: waiting
+        REQUIRE(mine == no_outcome);
+
+        io.notify_fork(asio::execution_context::fork_prepare);
+        const pid_t pid = ::fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) {
+            io.notify_fork(asio::execution_context::fork_child);
+            io.run();
+            ::_exit(mine);
+        }
+        io.notify_fork(asio::execution_context::fork_parent);
+        holder.release();
+        io.run();
+        CHECK(mine == won_alone);
+        CHECK(exit_code(pid) == won_alone);
+        CHECK(lock_is_free(p));
+    }
+}
+
+TEST_CASE("fork: an Asio lock won before fork() but delivered in the child is not the child's") {
+    // The window between a win and its handler: the lock won is the parent's,
+    // so the child attempts again on a descriptor of its own and, while the
+    // parent holds, does not get it.
+    scratch s;
+    const auto p = s / "a.lock";
+    asio::io_context io;
+    outcome mine = no_outcome;
+    lock_file kept;
+    filelock::async_lock(io, p, 0s, [&](std::error_code ec, lock_file l) {
+        mine = ec ? (ec == errc::timeout ? timed_out : failed) : won_alone;
+        kept = std::move(l);
+    });
+    // Won inside the initiation; the handler is posted, not run yet.
+    int held_pipe[2];
+    REQUIRE(::pipe(held_pipe) == 0);
+    io.notify_fork(asio::execution_context::fork_prepare);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        io.notify_fork(asio::execution_context::fork_child);
+        char c;
+        (void)!::read(held_pipe[0], &c, 1);  // the parent has its lock delivered
+        io.run();
+        ::_exit(mine);
+    }
+    io.notify_fork(asio::execution_context::fork_parent);
+    io.run();
+    REQUIRE(mine == won_alone);
+    REQUIRE(kept.is_locked());
+    (void)!::write(held_pipe[1], "h", 1);
+    CHECK(exit_code(pid) == timed_out);  // the parent holds: never the child's too
+    ::close(held_pipe[0]);
+    ::close(held_pipe[1]);
+    kept.close();
+    CHECK(lock_is_free(p));
+}
+
+TEST_CASE("fork: the parent closing first leaves the lock held by the working child") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_file held(p);
+    child worker([&](int ready) {
+        (void)!::write(ready, "r", 1);  // "working", with the inherited lock
+        return 0;
+    });
+    REQUIRE(worker.ready());
+    held.close();  // the daemon pattern: the parent returns
+    CHECK(!lock_is_free(p));
+    std::error_code ec;
+    filelock::try_lock(p, ec);  // a second instance
+    CHECK(ec == errc::locked);
+    worker.release();
+    CHECK(worker.wait() == 0);
+    CHECK(lock_is_free(p));  // the last copy is gone
+}
+
+TEST_CASE(
+    "fork: the child closing first leaves the parent's lock held; the parent's close frees it") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_file held(p);
+    child worker([&](int ready) {
+        held.close();
+        (void)!::write(ready, "r", 1);
+        return 0;
+    });
+    REQUIRE(worker.ready());
+    CHECK(!lock_is_free(p));
+    held.close();
+    CHECK(lock_is_free(p));  // while the child still runs: it closed its copy
+    worker.release();
+    CHECK(worker.wait() == 0);
+}
+
+TEST_CASE("fork: remove_on_release never removes a lock file that a child still holds") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_options o;
+    o.remove_on_release = true;
+    lock_file held(p, o);
+    child worker([&](int ready) {
+        (void)!::write(ready, "r", 1);
+        return 0;
+    });
+    REQUIRE(worker.ready());
+    held.close();
+    CHECK(fs::exists(p));  // a new file at the path would be a second lock
+    CHECK(!lock_is_free(p));
+    worker.release();
+    CHECK(worker.wait() == 0);
+}
+
+TEST_CASE("fork: a lock taken after fork() is released by close as before") {
+    scratch s;
+    const auto p = s / "a.lock";
+    child bystander([&](int ready) {
+        (void)!::write(ready, "r", 1);
+        return 0;
+    });
+    REQUIRE(bystander.ready());
+    lock_file held(p);  // opened after the fork: the child has no copy
+    held.close();
+    CHECK(lock_is_free(p));
+    bystander.release();
+}
