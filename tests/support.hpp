@@ -196,6 +196,7 @@ public:
         if (in_ >= 0) ::close(in_);
         in_ = -1;
     }
+    pid_t pid() const noexcept { return pid_; }
     int wait() {
         if (pid_ <= 0) return status_;
         int st = 0;

@@ -1,11 +1,36 @@
-// filelock-run, the flock(1)-style command-line tool.
+// filelock-run, the flock(1)-compatible command-line tool.
 
 #include <filelock/lock_file.hpp>
+#include <filelock/version.hpp>
 
 #include "support.hpp"
 
+#include <poll.h>
+#include <thread>
+
 using namespace test;
 using filelock::lock_file;
+
+namespace {
+
+// Polls until the lock on `p` is free, for at most `limit`.
+bool becomes_free(const fs::path& p, std::chrono::milliseconds limit = 5000ms) {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < end) {
+        if (lock_is_free(p)) return true;
+        std::this_thread::sleep_for(5ms);
+    }
+    return lock_is_free(p);
+}
+
+// A shell line for `sh -c`, quoting `s` for the shell.
+std::string sh_quote(const std::string& s) {
+    std::string out = "'";
+    for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return out + "'";
+}
+
+}  // namespace
 
 TEST_CASE("filelock-run: runs the command under the lock and exits with its status") {
     scratch s;
@@ -21,14 +46,123 @@ TEST_CASE("filelock-run: runs the command under the lock and exits with its stat
     CHECK(fs::exists(p));
 }
 
-TEST_CASE("filelock-run: the command does not inherit the lock descriptor") {
+TEST_CASE("filelock-run: the command inherits the lock's descriptor; -o closes it first") {
     scratch s;
     const auto p = s / "a.lock";
-    // The command execs a process that outlives it only if it held the
-    // descriptor; instead check /proc for a descriptor on the lock file.
-    const std::string script =
+    const std::string has_fd =
         "for f in /proc/$$/fd/*; do [ \"$(readlink \"$f\")\" = \"$0\" ] && exit 5; done; exit 0";
-    CHECK(run({filelock_run_path(), p.string(), "sh", "-c", script, p.string()}) == 0);
+    CHECK(run({filelock_run_path(), p.string(), "sh", "-c", has_fd, p.string()}) == 5);
+    CHECK(run({filelock_run_path(), "-o", p.string(), "sh", "-c", has_fd, p.string()}) == 0);
+    CHECK(run({filelock_run_path(), "--close", p.string(), "sh", "-c", has_fd, p.string()}) == 0);
+}
+
+TEST_CASE("filelock-run: SIGKILLed while the command runs, the command keeps the lock") {
+    scratch s;
+    const auto p = s / "a.lock";
+    // The command says it runs, then waits for its stdin to close.
+    program wrapper({filelock_run_path(), p.string(), "sh", "-c", "echo up; read x; exit 0"});
+    REQUIRE(wrapper.read_line() == "up");
+    REQUIRE(!lock_is_free(p));
+    ::kill(wrapper.pid(), SIGKILL);
+    CHECK(wrapper.wait() == 128 + SIGKILL);
+    // The wrapper is gone; the command still runs and must still hold.
+    std::this_thread::sleep_for(50ms);
+    CHECK(!lock_is_free(p));
+    std::error_code ec;
+    filelock::try_lock(p, ec);
+    CHECK(ec == filelock::errc::locked);  // the next cron run does not start
+    wrapper.close_stdin();                // the command ends
+    CHECK(becomes_free(p));
+}
+
+TEST_CASE("filelock-run: with -o a killed wrapper releases at once (the command holds nothing)") {
+    scratch s;
+    const auto p = s / "a.lock";
+    program wrapper({filelock_run_path(), "-o", p.string(), "sh", "-c", "echo up; read x"});
+    REQUIRE(wrapper.read_line() == "up");
+    REQUIRE(!lock_is_free(p));
+    ::kill(wrapper.pid(), SIGKILL);
+    wrapper.wait();
+    CHECK(becomes_free(p, 2000ms));
+    wrapper.close_stdin();
+}
+
+TEST_CASE(
+    "filelock-run: SIGTERM, SIGHUP and SIGINT sent to it reach the command, which keeps "
+    "the lock while it cleans up") {
+    scratch s;
+    const auto p = s / "a.lock";
+    for (const int sig : {SIGTERM, SIGHUP, SIGINT}) {
+        CAPTURE(sig);
+        const std::string script =
+            "trap 'echo cleaning; read x; exit 3' TERM HUP INT; echo up; "
+            "while :; do sleep 0.02; done";
+        program wrapper({filelock_run_path(), p.string(), "sh", "-c", script});
+        REQUIRE(wrapper.read_line() == "up");
+        ::kill(wrapper.pid(), sig);
+        CHECK(wrapper.read_line() == "cleaning");  // forwarded
+        CHECK(!lock_is_free(p));                   // still held during the clean-up
+        wrapper.close_stdin();
+        CHECK(wrapper.wait() == 3);  // the command's status
+        CHECK(lock_is_free(p));
+    }
+}
+
+TEST_CASE("filelock-run: a signal while waiting for the lock ends the wait; nothing runs") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_file held(p);
+    program wrapper({filelock_run_path(), p.string(), "sh", "-c", "echo ran"});
+    std::this_thread::sleep_for(100ms);
+    ::kill(wrapper.pid(), SIGTERM);
+    CHECK(wrapper.wait() == 128 + SIGTERM);
+    CHECK(wrapper.read_line().empty());
+}
+
+TEST_CASE("filelock-run: flock(1)'s self-locking script idiom leaves the script intact") {
+    scratch s;
+    const auto script = s / "job.sh";
+    const std::string text =
+        "#!/bin/sh\n"
+        "[ \"${FLOCKER}\" != \"$0\" ] && exec env FLOCKER=\"$0\" " +
+        sh_quote(filelock_run_path()) +
+        " -en \"$0\" \"$0\" \"$@\" || :\n"
+        "flock -n \"$0\" true && exit 9\n"  // we hold it
+        "echo ran\n";
+    write_file(script, text);
+    fs::permissions(script, fs::perms::owner_all);
+    program first({script.string()});
+    CHECK(first.read_line() == "ran");
+    CHECK(first.wait() == 0);
+    CHECK(read_file(script) == text);
+    // A second instance while one runs: -n fails, the script still intact.
+    lock_file held(script, [] {
+        filelock::lock_options o;
+        o.write_content = false;
+        return o;
+    }());
+    CHECK(run({script.string()}) == 1);
+    CHECK(read_file(script) == text);
+}
+
+TEST_CASE("filelock-run: data files, pid files and /proc files are locked without writing") {
+    scratch s;
+    for (const std::string& content : {std::string("1234\n"), std::string("a,b\n1,2\n")}) {
+        const auto p = s / "data";
+        write_file(p, content);
+        CHECK(run({filelock_run_path(), p.string(), "sh", "-c",
+                   "flock -n \"$0\" true && exit 3; exit 0", p.string()}) == 0);
+        CHECK(read_file(p) == content);
+    }
+    const std::string comm = read_file("/proc/self/comm");
+    CHECK(run({filelock_run_path(), "/proc/self/comm", "true"}) == 0);
+    CHECK(read_file("/proc/self/comm") == comm);
+    // A symbolic link is followed to lock, never to write.
+    const auto victim = s / "bashrc";
+    write_file(victim, "");
+    fs::create_symlink(victim, s / "link.lock");
+    CHECK(run({filelock_run_path(), (s / "link.lock").string(), "true"}) == 0);
+    CHECK(read_file(victim).empty());
 }
 
 TEST_CASE("filelock-run: -n on a held lock exits 1 (or -E) and names the holder") {
@@ -40,8 +174,12 @@ TEST_CASE("filelock-run: -n on a held lock exits 1 (or -E) and names the holder"
     CHECK(err.find(p.string()) != std::string::npos);
     CHECK(err.find(std::to_string(::getpid())) != std::string::npos);
     CHECK(run({filelock_run_path(), "-n", "-E", "42", p.string(), "true"}) == 42);
+    CHECK(run({filelock_run_path(), "-nE42", p.string(), "true"}) == 42);
+    CHECK(run({filelock_run_path(), "--conflict-exit-code=43", "-n", p.string(), "true"}) == 43);
     CHECK(run({filelock_run_path(), "-w", "0.05", p.string(), "true"}, &err) == 1);
     CHECK(err.find("timed out") != std::string::npos);
+    CHECK(run({filelock_run_path(), "--verbose", "-w0.05", p.string(), "true"}, &err) == 1);
+    CHECK(err.find("timeout while waiting to get lock") != std::string::npos);
 }
 
 TEST_CASE("filelock-run: waits for a release by default") {
@@ -65,9 +203,9 @@ TEST_CASE("filelock-run: --content, --simple and -s") {
     const auto tool = filelock_run_path();
     CHECK(run({tool, "--content", "{pid}@{hostname}", p.string(), "sh", "-c",
                "grep -q '^ [0-9]*@' \"$0\"", p.string()}) == 0);
-    write_file(p, "untouched");
+    write_file(p, " untouched\n");
     CHECK(run({tool, "--simple", p.string(), "true"}) == 0);
-    CHECK(read_file(p) == "untouched");
+    CHECK(read_file(p) == " untouched\n");
     lock_file shared_holder(p, [] {
         filelock::lock_options o;
         o.mode = filelock::lock_mode::shared;
@@ -75,27 +213,128 @@ TEST_CASE("filelock-run: --content, --simple and -s") {
     }());
     CHECK(run({tool, "-n", "-s", p.string(), "true"}) == 0);
     CHECK(run({tool, "-n", p.string(), "true"}) == 1);
+    CHECK(run({tool, "-n", "-s", "-x", p.string(), "true"}) == 1);  // the last one counts
 }
 
-TEST_CASE("filelock-run: usage errors exit 64, system errors 71 naming the path") {
+TEST_CASE("filelock-run: -c, -F, the descriptor form, -u and directories") {
+    scratch s;
+    const auto p = s / "a.lock";
+    const auto tool = filelock_run_path();
+    CHECK(run({tool, p.string(), "-c", "exit 5"}) == 5);
+    CHECK(run({tool, p.string(), "--command", "test -n \"$0\""}) == 0);
+    // -F: the command is this process and holds the lock itself.
+    CHECK(run({tool, "-F", p.string(), "sh", "-c", "flock -n \"$0\" true && exit 3; exit 0",
+               p.string()}) == 0);
+    // ( filelock-run -n 9 || exit 1; ... ) 9>FILE
+    const auto fd_form = [&](const std::string& body) {
+        return run(
+            {"sh", "-c", "( " + sh_quote(tool) + " " + body + " ) 9>" + sh_quote(p.string())});
+    };
+    CHECK(fd_form("-n 9 || exit 1; flock -n " + sh_quote(p.string()) + " true && exit 3; exit 0") ==
+          0);
+    CHECK(fd_form("9 && " + sh_quote(tool) + " -u 9 && flock -n " + sh_quote(p.string()) +
+                  " true") == 0);
+    {
+        lock_file held(p);
+        CHECK(fd_form("-n 9 || exit 4") == 4);
+        CHECK(fd_form("-w 0.05 -E 7 9") == 7);
+    }
+    // A directory is locked read-only, as flock(1) does.
+    CHECK(run({tool, s.dir.string(), "sh", "-c", "flock -n \"$0\" true && exit 3; exit 0",
+               s.dir.string()}) == 0);
+    CHECK(run({tool, "-V"}) == 0);
+    std::string out;
+    program version({tool, "--version"});
+    CHECK(version.read_line() == std::string("filelock-run (filelock) ") + FILELOCK_VERSION_STRING);
+}
+
+TEST_CASE("filelock-run: usage errors exit 64, open errors 66, unrunnable commands 69") {
     scratch s;
     const auto tool = filelock_run_path();
     std::string err;
     CHECK(run({tool}) == 64);
-    CHECK(run({tool, (s / "a.lock").string()}) == 64);
+    CHECK(run({tool, (s / "a.lock").string()}) == 64);  // neither a command nor a descriptor
     CHECK(run({tool, "-w", "soon", (s / "a.lock").string(), "true"}) == 64);
     CHECK(run({tool, "-w", "-1", (s / "a.lock").string(), "true"}) == 64);
-    CHECK(run({tool, "-w", "1", "-n", (s / "a.lock").string(), "true"}) == 64);
     CHECK(run({tool, "-E", "300", (s / "a.lock").string(), "true"}) == 64);
     CHECK(run({tool, "--bogus", (s / "a.lock").string(), "true"}) == 64);
+    CHECK(run({tool, "-o", "-F", (s / "a.lock").string(), "true"}) == 64);
+    CHECK(run({tool, (s / "a.lock").string(), "-c", "true", "extra"}) == 64);
     CHECK(run({tool, "--content", "{nope}", (s / "a.lock").string(), "true"}) == 64);
     CHECK(run({tool, "--content", "x", "--simple", (s / "a.lock").string(), "true"}) == 64);
     CHECK(!fs::exists(s / "a.lock"));
     const auto missing = s / "no" / "such" / "dir.lock";
-    CHECK(run({tool, missing.string(), "true"}, &err) == 71);
+    CHECK(run({tool, missing.string(), "true"}, &err) == 66);
     CHECK(err.find(missing.string()) != std::string::npos);
     CHECK(err.find("No such file or directory") != std::string::npos);
-    CHECK(run({tool, s.dir.string(), "true"}, &err) == 71);
-    CHECK(run({tool, (s / "a.lock").string(), "/no/such/command"}) == 127);
+    CHECK(run({tool, (s / "a.lock").string(), "/no/such/command"}, &err) == 69);
+    CHECK(err.find("/no/such/command") != std::string::npos);
+    CHECK(run({tool, "9"}) == 65);  // not open
+    CHECK(run({tool, "abc"}) == 64);
     CHECK(run({tool, "--help"}) == 0);
+}
+
+TEST_CASE("filelock-run: exit statuses match util-linux flock(1) side by side") {
+    scratch s;
+    const auto p = (s / "a.lock").string();
+    const auto tool = filelock_run_path();
+    struct row {
+        std::vector<std::string> args;
+        bool contended;  // run while another process holds the lock
+    };
+    const std::vector<row> rows = {
+        {{}, false},
+        {{p}, false},
+        {{"-w", "soon", p, "true"}, false},
+        {{"-E", "300", p, "true"}, false},
+        {{"--bogus", p, "true"}, false},
+        {{"-o", "-F", p, "true"}, false},
+        {{p, "-c", "true", "extra"}, false},
+        {{"abc"}, false},
+        {{(s / "no" / "dir.lock").string(), "true"}, false},
+        {{p, "/no/such/command"}, false},
+        {{p, "true"}, false},
+        {{p, "sh", "-c", "exit 7"}, false},
+        {{p, "sh", "-c", "kill -TERM $$"}, false},
+        {{p, "-c", "exit 5"}, false},
+        {{p, "--command", "exit 6"}, false},
+        {{"-n", "-w", "1", p, "true"}, false},
+        {{"-w10", p, "true"}, false},
+        {{"-nw", "1", p, "true"}, false},
+        {{"--timeout=1", p, "true"}, false},
+        {{"--conflict-exit-code=9", p, "true"}, false},
+        {{"-x", "-s", p, "true"}, false},
+        {{"-e", p, "true"}, false},
+        {{"-F", p, "true"}, false},
+        {{"-o", p, "true"}, false},
+        {{"--verbose", p, "true"}, false},
+        {{"9"}, false},
+        {{"-u", "9"}, false},
+        {{s.dir.string(), "true"}, false},
+        {{"-n", p, "true"}, true},
+        {{"-n", "-E", "9", p, "true"}, true},
+        {{"-w", "0.1", p, "true"}, true},
+        {{"-w", "0.1", "-E", "0", p, "true"}, true},
+        {{"-s", "-n", p, "true"}, true},
+    };
+    for (const auto& r : rows) {
+        std::string line;
+        for (const auto& a : r.args) line += a + " ";
+        CAPTURE(line);
+        std::unique_ptr<child> holder;
+        if (r.contended) {
+            holder = std::make_unique<child>([&](int ready) {
+                const int fd = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+                ::flock(fd, LOCK_EX);
+                (void)!::write(ready, "r", 1);
+                await_release();
+                return 0;
+            });
+            REQUIRE(holder->ready());
+        }
+        std::vector<std::string> ours{tool}, theirs{"flock"};
+        ours.insert(ours.end(), r.args.begin(), r.args.end());
+        theirs.insert(theirs.end(), r.args.begin(), r.args.end());
+        CHECK(run(ours) == run(theirs));
+    }
 }

@@ -1,51 +1,85 @@
-// filelock-run: run a command while holding a lock file, flock(1)-style.
+// filelock-run: run a command while holding a lock file; a drop-in for
+// util-linux flock(1) with additions (content, the holder in messages).
 //
-//   filelock-run [-w SECONDS | -n] [-s] [-E CODE] [--content TEMPLATE | --simple]
-//                LOCKFILE COMMAND [ARGS...]
+//   filelock-run [options] LOCKFILE|DIRECTORY COMMAND [ARGS...]
+//   filelock-run [options] LOCKFILE|DIRECTORY -c COMMAND-STRING
+//   filelock-run [options] FD
 //
-// Exit status: COMMAND's (128 + N if killed by signal N); 1 (or -E CODE) when
-// the lock is held elsewhere or the wait timed out; 64 on a usage error; 71 on
-// a system error; 126/127 when COMMAND cannot be run.
+// The lock's lifetime, as flock(1)'s: COMMAND inherits the locked descriptor
+// and keeps the lock until it (and everything it spawned with the
+// descriptor) exits, even if filelock-run itself is killed; -o closes it
+// before COMMAND runs. While COMMAND runs, signals sent to filelock-run with
+// kill(2) (TERM, INT, HUP, QUIT, USR1, USR2) are forwarded to COMMAND and
+// filelock-run goes on waiting for it; those a terminal sends reach COMMAND
+// through the process group and are not sent twice. The man page
+// (doc/filelock-run.1) has the details and the exit statuses.
 
+#include <filelock/detail/engine.hpp>
+#include <filelock/detail/file_target.hpp>
 #include <filelock/lock_file.hpp>
+#include <filelock/version.hpp>
 
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
+#include <getopt.h>
 #include <string>
 #include <string_view>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <thread>
 #include <unistd.h>
+#include <vector>
 
 namespace {
 
-constexpr int exit_usage = 64;
-constexpr int exit_oserr = 71;
+// sysexits.h values, as flock(1) uses them.
+constexpr int ex_usage = 64;
+constexpr int ex_dataerr = 65;
+constexpr int ex_noinput = 66;
+constexpr int ex_unavailable = 69;
+constexpr int ex_oserr = 71;
+constexpr int ex_cantcreat = 73;
 
 const char usage_text[] =
-    "usage: filelock-run [-w SECONDS | -n] [-s] [-E CODE] [--content TEMPLATE | --simple]\n"
-    "                    LOCKFILE COMMAND [ARGS...]\n"
+    "Usage:\n"
+    " filelock-run [options] <file>|<directory> <command> [<argument>...]\n"
+    " filelock-run [options] <file>|<directory> -c <command>\n"
+    " filelock-run [options] <file descriptor number>\n"
     "\n"
-    "Runs COMMAND while holding an exclusive lock on LOCKFILE (created if missing,\n"
-    "never removed). The lock is not inherited by COMMAND.\n"
+    "Runs a command while holding a lock on a file (created if missing, never\n"
+    "removed). A drop-in for flock(1); see filelock-run(1).\n"
     "\n"
-    "  -w, --wait SECONDS   give up after SECONDS (fractions allowed); default: wait forever\n"
-    "  -n, --nonblock       one attempt only (same as -w 0)\n"
-    "  -s, --shared         take a shared lock (writes nothing)\n"
-    "  -E, --conflict-exit-code CODE\n"
-    "                       exit status when the lock is held elsewhere (default 1)\n"
-    "      --content TEMPLATE\n"
-    "                       content written as \" TEMPLATE\\n\"; fields {pid}, {hostname}\n"
-    "                       (default \"{pid}\")\n"
-    "      --simple         write nothing (zc.lockfile's SimpleLockFile)\n"
-    "  -h, --help           show this help\n";
+    "Options:\n"
+    " -s, --shared             get a shared lock (writes nothing)\n"
+    " -x, -e, --exclusive      get an exclusive lock (default)\n"
+    " -u, --unlock             remove a lock (file descriptor form)\n"
+    " -n, --nb, --nonblock     fail rather than wait\n"
+    " -w, --wait, --timeout <secs>\n"
+    "                          wait at most <secs> (fractions allowed)\n"
+    " -E, --conflict-exit-code <number>\n"
+    "                          exit status after conflict or timeout (default 1)\n"
+    " -o, --close              close the lock's descriptor before running the command\n"
+    "                          (the lock is then held by filelock-run alone)\n"
+    " -c, --command <command>  run a single command string through the shell\n"
+    " -F, --no-fork            execute the command without forking\n"
+    "     --content <template> write \" <template>\\n\" to the lock file once held;\n"
+    "                          fields {pid}, {hostname} (default \"{pid}\")\n"
+    "     --simple             write nothing to the lock file\n"
+    "     --verbose            report how long taking the lock took, on stderr\n"
+    " -h, --help               display this help\n"
+    " -V, --version            display version\n";
 
 [[noreturn]] void usage_error(const std::string& msg) {
-    std::fprintf(stderr, "filelock-run: %s\n%s", msg.c_str(), usage_text);
-    std::exit(exit_usage);
+    std::fprintf(stderr, "filelock-run: %s\nTry 'filelock-run --help' for more information.\n",
+                 msg.c_str());
+    std::exit(ex_usage);
 }
 
 // The holder's content, printable whatever bytes it has.
@@ -62,36 +96,145 @@ bool parse_seconds(const char* text, double& seconds) {
     return errno == 0 && end != text && *end == '\0' && std::isfinite(seconds) && seconds >= 0;
 }
 
-bool parse_code(const char* text, int& code) {
+bool parse_int(const char* text, long lo, long hi, int& out) {
     char* end = nullptr;
     errno = 0;
     const long v = std::strtol(text, &end, 10);
-    if (errno != 0 || end == text || *end != '\0' || v < 0 || v > 255) return false;
-    code = static_cast<int>(v);
+    if (errno != 0 || end == text || *end != '\0' || v < lo || v > hi) return false;
+    out = static_cast<int>(v);
     return true;
 }
 
-int run(char** argv) {
+// The signals forwarded to COMMAND while it runs (and SIGCHLD, which ends the
+// wait): blocked in filelock-run, received with sigwaitinfo.
+sigset_t run_signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCHLD})
+        sigaddset(&set, sig);
+    return set;
+}
+
+// Waits for `child`, forwarding the signals sent to us; returns its status
+// the way flock(1) does.
+int wait_forwarding(pid_t child, const sigset_t& set) {
+    for (;;) {
+        int status = 0;
+        const pid_t r = ::waitpid(child, &status, WNOHANG);
+        if (r == child) {
+            if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+            return WEXITSTATUS(status);
+        }
+        if (r < 0 && errno != EINTR) {
+            std::fprintf(stderr, "filelock-run: waitpid: %s\n", std::strerror(errno));
+            return ex_oserr;
+        }
+        siginfo_t info{};
+        if (::sigwaitinfo(&set, &info) < 0) continue;  // EINTR: look again
+        if (info.si_signo == SIGCHLD) continue;
+        // Sent by a process (kill(1), a supervisor): COMMAND gets it too.
+        // Sent by the kernel (a terminal's ^C, ^\): COMMAND got it already.
+        if (info.si_code <= 0) ::kill(child, info.si_signo);
+    }
+}
+
+[[noreturn]] void exec_command(char** argv) {
+    ::execvp(argv[0], argv);
+    const int err = errno;
+    std::fprintf(stderr, "filelock-run: failed to execute %s: %s\n", argv[0], std::strerror(err));
+    ::_exit(err == ENOMEM ? ex_oserr : ex_unavailable);
+}
+
+// Runs COMMAND as flock(1) does; `fd` is the locked descriptor, handed to
+// COMMAND unless `close_fd`.
+int run(char** argv, int fd, bool close_fd, bool no_fork, bool verbose) {
+    if (verbose) std::fprintf(stderr, "filelock-run: executing %s\n", argv[0]);
+    if (no_fork) {
+        if (fd >= 0) ::fcntl(fd, F_SETFD, 0);  // the lock stays with the command
+        exec_command(argv);
+    }
+    const sigset_t set = run_signals();
+    sigset_t old;
+    ::sigprocmask(SIG_BLOCK, &set, &old);
     const pid_t child = ::fork();
     if (child < 0) {
-        std::fprintf(stderr, "filelock-run: fork: %s\n", std::strerror(errno));
-        return exit_oserr;
+        std::fprintf(stderr, "filelock-run: cannot fork: %s\n", std::strerror(errno));
+        return ex_oserr;
     }
     if (child == 0) {
-        ::execvp(argv[0], argv);
-        const int err = errno;
-        std::fprintf(stderr, "filelock-run: %s: %s\n", argv[0], std::strerror(err));
-        ::_exit(err == ENOENT ? 127 : 126);
+        ::sigprocmask(SIG_SETMASK, &old, nullptr);
+        // The descriptor is close-on-exec: clearing that hands the lock to
+        // COMMAND, which keeps it for as long as it lives.
+        if (fd >= 0 && !close_fd) ::fcntl(fd, F_SETFD, 0);
+        exec_command(argv);
     }
-    int status = 0;
-    while (::waitpid(child, &status, 0) < 0) {
-        if (errno != EINTR) {
-            std::fprintf(stderr, "filelock-run: waitpid: %s\n", std::strerror(errno));
-            return exit_oserr;
+    return wait_forwarding(child, set);
+}
+
+// The exit status for a lock file that could not be opened or locked, as
+// flock(1) reports it.
+int open_failure_status(std::error_code ec) {
+    if (ec.category() != std::system_category()) return ex_noinput;
+    switch (ec.value()) {
+        case ENOMEM:
+        case EMFILE:
+        case ENFILE:
+        case ENOLCK: return ex_oserr;
+        case EROFS:
+        case ENOSPC: return ex_cantcreat;
+        default: return ex_noinput;
+    }
+}
+
+// One lock on a descriptor we do not manage as a lock file (the FD form, a
+// directory): flock(2) attempts through the acquisition engine.
+struct fd_target {
+    int fd;
+    int op;
+    std::error_code try_acquire() noexcept {
+        while (::flock(fd, op | LOCK_NB) != 0) {
+            if (errno == EINTR) continue;
+            if (errno == EWOULDBLOCK) return filelock::errc::locked;
+            return {errno, std::system_category()};
         }
+        return {};
     }
-    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-    return WEXITSTATUS(status);
+};
+
+std::error_code lock_descriptor(int fd, int op, std::chrono::nanoseconds timeout) {
+    if (timeout == filelock::wait_forever) {  // woken by the kernel, as flock(1) is
+        while (::flock(fd, op) != 0)
+            if (errno != EINTR) return {errno, std::system_category()};
+        return {};
+    }
+    filelock::detail::engine<fd_target> acq(fd_target{fd, op}, timeout, filelock::backoff_policy{},
+                                            filelock::detail::random_seed());
+    for (;;) {
+        const auto next = acq.resume(filelock::detail::clock::now());
+        if (next.is_done()) return next.ec;
+        std::this_thread::sleep_for(next.delay);
+    }
+}
+
+// Whether LOCKFILE may get content: it does not exist yet, or it is a
+// non-executable regular file that is empty or holds a lock holder's line.
+// Anything else (a script, a program, a data file, a symbolic link, a pseudo
+// file) is locked read-only and never written, as flock(1) locks it: a
+// writable descriptor would even keep a script from being executed
+// (ETXTBSY), which flock(1)'s self-locking idiom does. The library checks
+// again under the lock.
+bool may_write(const char* path) {
+    struct ::stat st {};
+    if (::lstat(path, &st) != 0) return errno == ENOENT;
+    if (!S_ISREG(st.st_mode) || (st.st_mode & 0111) != 0) return false;
+    if (st.st_size == 0) return true;
+    const int fd = ::open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) return true;  // the lock attempt reports why
+    char buf[1025];
+    const ssize_t n = ::pread(fd, buf, sizeof buf, 0);
+    ::close(fd);
+    return n >= 0 &&
+           filelock::detail::is_holder_line(std::string_view(buf, static_cast<std::size_t>(n)));
 }
 
 }  // namespace
@@ -99,71 +242,174 @@ int run(char** argv) {
 int main(int argc, char** argv) {
     using namespace std::chrono;
     filelock::lock_options options;
+    // A drop-in for flock(1): a file it must not write (a script, a data
+    // file, a pseudo file) is locked without content, as flock(1) locks it.
+    options.on_foreign_content = filelock::foreign_content::lock_without_content;
     nanoseconds timeout = filelock::wait_forever;
     int conflict_code = 1;
-    bool have_wait = false, nonblock = false, have_content = false, simple = false;
+    bool nonblock = false, unlock = false, close_fd = false, no_fork = false, verbose = false;
+    bool have_content = false, simple = false;
 
-    int i = 1;
-    for (; i < argc; ++i) {
-        const std::string_view a = argv[i];
-        const auto value = [&](const char* name) -> const char* {
-            if (i + 1 >= argc) usage_error(std::string("option ") + name + " needs a value");
-            return argv[++i];
-        };
-        if (a == "--") {
-            ++i;
-            break;
-        } else if (a == "-h" || a == "--help") {
-            std::fputs(usage_text, stdout);
-            return 0;
-        } else if (a == "-w" || a == "--wait" || a == "--timeout") {
-            const char* v = value("-w");
-            double seconds = 0;
-            if (!parse_seconds(v, seconds))
-                usage_error(std::string("invalid number of seconds: '") + v + "'");
-            timeout = seconds >= 1e9 ? filelock::wait_forever
-                                     : duration_cast<nanoseconds>(duration<double>(seconds));
-            have_wait = true;
-        } else if (a == "-n" || a == "--nonblock" || a == "--nb") {
-            nonblock = true;
-        } else if (a == "-s" || a == "--shared") {
-            options.mode = filelock::lock_mode::shared;
-        } else if (a == "-E" || a == "--conflict-exit-code") {
-            const char* v = value("-E");
-            if (!parse_code(v, conflict_code))
-                usage_error(std::string("invalid exit code: '") + v + "' (0-255)");
-        } else if (a == "--content") {
-            options.content_template = value("--content");
-            have_content = true;
-        } else if (a == "--simple") {
-            simple = true;
-        } else if (a.size() > 1 && a[0] == '-') {
-            usage_error("unknown option '" + std::string(a) + "'");
-        } else {
-            break;
+    enum { opt_content = 256, opt_simple, opt_verbose };
+    static const option long_options[] = {
+        {"shared", no_argument, nullptr, 's'},
+        {"exclusive", no_argument, nullptr, 'x'},
+        {"unlock", no_argument, nullptr, 'u'},
+        {"nonblock", no_argument, nullptr, 'n'},
+        {"nb", no_argument, nullptr, 'n'},
+        {"timeout", required_argument, nullptr, 'w'},
+        {"wait", required_argument, nullptr, 'w'},
+        {"conflict-exit-code", required_argument, nullptr, 'E'},
+        {"close", no_argument, nullptr, 'o'},
+        {"no-fork", no_argument, nullptr, 'F'},
+        {"content", required_argument, nullptr, opt_content},
+        {"simple", no_argument, nullptr, opt_simple},
+        {"verbose", no_argument, nullptr, opt_verbose},
+        {"help", no_argument, nullptr, 'h'},
+        {"version", no_argument, nullptr, 'V'},
+        {nullptr, 0, nullptr, 0},
+    };
+    ::opterr = 0;  // our own messages
+    int c;
+    // '+': options end at the first operand (LOCKFILE), as in flock(1).
+    while ((c = ::getopt_long(argc, argv, "+sxeunw:E:oFhV", long_options, nullptr)) != -1) {
+        switch (c) {
+            case 's': options.mode = filelock::lock_mode::shared; break;
+            case 'x':
+            case 'e': options.mode = filelock::lock_mode::exclusive; break;
+            case 'u': unlock = true; break;
+            case 'n': nonblock = true; break;
+            case 'w': {
+                double seconds = 0;
+                if (!parse_seconds(::optarg, seconds))
+                    usage_error(std::string("invalid timeout value: '") + ::optarg + "'");
+                timeout = seconds >= 1e9 ? filelock::wait_forever
+                                         : duration_cast<nanoseconds>(duration<double>(seconds));
+                break;
+            }
+            case 'E':
+                if (!parse_int(::optarg, 0, 255, conflict_code))
+                    usage_error(std::string("invalid exit code: '") + ::optarg +
+                                "' (expected 0 to 255)");
+                break;
+            case 'o': close_fd = true; break;
+            case 'F': no_fork = true; break;
+            case opt_content:
+                options.content_template = ::optarg;
+                have_content = true;
+                break;
+            case opt_simple: simple = true; break;
+            case opt_verbose: verbose = true; break;
+            case 'h': std::fputs(usage_text, stdout); return 0;
+            case 'V':
+                std::printf("filelock-run (filelock) %s\n", FILELOCK_VERSION_STRING);
+                return 0;
+            case ':':
+                usage_error(std::string("option requires an argument: '") + argv[::optind - 1] +
+                            "'");
+            default:
+                if (::optopt && ::optopt < 256)
+                    usage_error(std::string("invalid option -- '") + static_cast<char>(::optopt) +
+                                "'");
+                usage_error(std::string("unrecognized option '") + argv[::optind - 1] + "'");
         }
     }
-    if (have_wait && nonblock) usage_error("-w and -n exclude each other");
+    if (close_fd && no_fork) usage_error("the --no-fork and --close options are incompatible");
     if (have_content && simple) usage_error("--content and --simple exclude each other");
-    if (argc - i < 2) usage_error("LOCKFILE and COMMAND are required");
-    if (nonblock) timeout = nanoseconds::zero();
+    if (::optind >= argc) usage_error("not enough arguments");
+    if (nonblock) timeout = nanoseconds::zero();  // -n wins over -w, as in flock(1)
     options.write_content = !simple;
-    const char* path = argv[i];
+    const char* target = argv[::optind];
+    const int shared_op = options.mode == filelock::lock_mode::shared ? LOCK_SH : LOCK_EX;
 
-    std::error_code ec;
-    filelock::lock_file held = filelock::lock(path, timeout, options, ec);
-    if (ec == filelock::errc::timeout) {
-        const std::string holder = printable(filelock::read_holder(path));
-        std::fprintf(stderr, "filelock-run: %s: %s%s%s\n", path,
+    // The command: the rest of the line, or -c STRING through the shell.
+    std::vector<char*> command;
+    const char* shell = std::getenv("SHELL");
+    char dash_c[] = "-c";
+    if (argc > ::optind + 1) {
+        const std::string_view next = argv[::optind + 1];
+        if (next == "-c" || next == "--command") {
+            if (argc != ::optind + 3)
+                usage_error(std::string(next) + " requires exactly one command argument");
+            command = {const_cast<char*>(shell && *shell ? shell : "/bin/sh"), dash_c,
+                       argv[::optind + 2]};
+        } else {
+            command.assign(argv + ::optind + 1, argv + argc);
+        }
+        command.push_back(nullptr);
+    }
+
+    const auto started = steady_clock::now();
+    const auto report_conflict = [&](const std::string& holder) {
+        if (verbose)
+            std::fprintf(stderr, "filelock-run: %s\n",
+                         nonblock ? "failed to get lock" : "timeout while waiting to get lock");
+        std::fprintf(stderr, "filelock-run: %s: %s%s%s\n", target,
                      nonblock ? "already locked" : "timed out waiting for the lock",
                      holder.empty() ? "" : "; held by ", holder.c_str());
         return conflict_code;
+    };
+    const auto report_took = [&] {
+        if (verbose)
+            std::fprintf(stderr, "filelock-run: getting lock took %.6f seconds\n",
+                         duration<double>(steady_clock::now() - started).count());
+    };
+
+    // The file descriptor form: `( filelock-run -n 9 || exit 1; ... ) 9>FILE`.
+    if (command.empty()) {
+        int fd = -1;
+        if (!parse_int(target, 0, 1 << 30, fd))
+            usage_error(std::string("bad file descriptor: '") + target + "'");
+        if (unlock) {
+            if (::flock(fd, LOCK_UN) != 0) {
+                std::fprintf(stderr, "filelock-run: %d: %s\n", fd, std::strerror(errno));
+                return ex_dataerr;
+            }
+            return 0;
+        }
+        const std::error_code ec = lock_descriptor(fd, shared_op, timeout);
+        if (ec == filelock::errc::timeout) return report_conflict({});
+        if (ec) {
+            std::fprintf(stderr, "filelock-run: %d: %s\n", fd, ec.message().c_str());
+            return ec == std::errc::no_lock_available ? ex_oserr : ex_dataerr;
+        }
+        report_took();
+        return 0;
     }
+
+    if (!may_write(target)) options.write_content = false;
+    std::error_code ec;
+    filelock::lock_file held = filelock::lock(target, timeout, options, ec);
+    if (ec == filelock::errc::symlink_not_followed || ec == filelock::errc::pseudo_file) {
+        // Content is never written through a symbolic link nor to a pseudo
+        // file; flock(1) would lock it, so lock it without content.
+        options.write_content = false;
+        held = filelock::lock(target, timeout, options, ec);
+    }
+    int dir_fd = -1;
+    if (ec == std::errc::is_a_directory) {
+        // flock(1) locks directories too (read-only, nothing written).
+        dir_fd = ::open(target, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOCTTY);
+        if (dir_fd < 0) {
+            ec = {errno, std::system_category()};
+        } else {
+            ec = lock_descriptor(dir_fd, shared_op, timeout);
+        }
+    }
+    if (ec == filelock::errc::timeout)
+        return report_conflict(dir_fd >= 0 ? std::string()
+                                           : printable(filelock::read_holder(target)));
     if (ec == filelock::errc::invalid_template)
         usage_error("invalid --content template '" + options.content_template + "'");
     if (ec) {
-        std::fprintf(stderr, "filelock-run: cannot lock %s: %s\n", path, ec.message().c_str());
-        return exit_oserr;
+        std::fprintf(stderr, "filelock-run: cannot open lock file %s: %s\n", target,
+                     ec.message().c_str());
+        return open_failure_status(ec);
     }
-    return run(argv + i + 1);
+    report_took();
+    const int status = run(command.data(), dir_fd >= 0 ? dir_fd : held.native_handle(), close_fd,
+                           no_fork, verbose);
+    // Released when this process exits; COMMAND's copy (unless -o) closes
+    // when it does. A lock copied by fork() is released by closing only.
+    return status;
 }
