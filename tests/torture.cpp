@@ -12,11 +12,16 @@
 //   torture [--seconds N]      (default 60, or $TORTURE_SECONDS; --long = 600)
 //   torture --negative-control (sync workers skip the lock: must report violations)
 //
-// Phase 1 (mixed, 60% of the time) runs every kind of worker, with kills,
-// cancellations and timeouts. Phase 2 (filelock only) adds replacing the lock
-// file and holders that remove it on release: zc.lockfile and flock(1) do not
-// check which file they locked, so in their presence a replaced lock file can
-// legitimately have two holders (see README); they sit phase 2 out.
+// Phase 1 (mixed, 50% of the time) runs every kind of worker, with kills,
+// cancellations and timeouts. Phase 2 (filelock only, 30%) adds replacing the
+// lock file and holders that remove it on release: zc.lockfile and flock(1)
+// do not check which file they locked, so in their presence a replaced lock
+// file can legitimately have two holders (see README); they sit phase 2 out.
+// Phase 3 (20%) weighs on fork() and filelock-run: "forker" workers fork
+// while an Asio or libuv acquisition waits (both processes go on with it)
+// and fork while holding (the parent closes first, the child works under
+// the inherited lock); "wrapper" workers run the critical section as
+// filelock-run's COMMAND and SIGKILL filelock-run while it runs.
 //
 // Exit status 0 only if there were no violations, the log holds every
 // acknowledged operation exactly once (plus at most one unacknowledged entry
@@ -45,6 +50,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <poll.h>
@@ -256,6 +262,155 @@ void asio_worker(const files& f, tally& t, unsigned seed, bool replacing) {
     other.join();
 }
 
+// fork() at the points that matter, one process at a time (a single thread:
+// fork is safe). Each child reports its own acknowledgements.
+void forker_worker(const files& f, tally& t, unsigned seed) {
+    std::mt19937 rng(seed);
+    long forks = 0;
+    const auto child_done = [&](pid_t pid) {
+        int st = 0;
+        while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+        }
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) t.error("forked child failed");
+    };
+    for (long i = 0; !fs::exists(f.stop); ++i) {
+        const auto token = [&] { return std::to_string(::getpid()) + ":k:" + std::to_string(i); };
+        const unsigned spin = static_cast<unsigned>(rng() % 2000);
+        switch (rng() % 3) {
+            case 0: {  // libuv: fork while the acquisition waits; both run it
+                uv_loop_t loop;
+                uv_loop_init(&loop);
+                filelock::uv::async_lock(
+                    &loop, f.lock, 500ms, [&](std::error_code ec, filelock::lock_file l) {
+                        t.settle(f, ec, std::make_error_code(std::errc::operation_canceled),
+                                 "uv (forked)", l, token(), spin);
+                    });
+                uv_run(&loop, UV_RUN_NOWAIT);
+                std::fflush(stdout);
+                const pid_t pid = ::fork();
+                ++forks;
+                if (pid == 0) {
+                    uv_loop_fork(&loop);
+                    uv_run(&loop, UV_RUN_DEFAULT);
+                    const bool closed = uv_loop_close(&loop) == 0;
+                    std::fflush(stdout);
+                    ::_exit(closed && t.errors == 0 ? 0 : 1);
+                }
+                uv_run(&loop, UV_RUN_DEFAULT);
+                if (uv_loop_close(&loop) != 0) t.error("uv_loop_close: handles left");
+                if (pid > 0) child_done(pid);
+                break;
+            }
+            case 1: {  // Asio, the same
+                asio::io_context io;
+                filelock::async_lock(
+                    io, f.lock, 500ms, [&](std::error_code ec, filelock::lock_file l) {
+                        t.settle(f, ec, std::make_error_code(std::errc::operation_canceled),
+                                 "asio (forked)", l, token(), spin);
+                    });
+                std::fflush(stdout);
+                io.notify_fork(asio::execution_context::fork_prepare);
+                const pid_t pid = ::fork();
+                ++forks;
+                if (pid == 0) {
+                    io.notify_fork(asio::execution_context::fork_child);
+                    io.run();
+                    std::fflush(stdout);
+                    ::_exit(t.errors == 0 ? 0 : 1);
+                }
+                io.notify_fork(asio::execution_context::fork_parent);
+                io.run();
+                if (pid > 0) child_done(pid);
+                break;
+            }
+            default: {  // the daemon pattern: take, fork, the parent returns at once
+                std::error_code ec;
+                filelock::lock_file l;
+                // On a thread of its own, as the sync workers do: lock()
+                // keeps per-thread waiting resources until the thread exits.
+                std::thread([&] { l = filelock::lock(f.lock, 200ms, {}, ec); }).join();
+                if (ec) {
+                    if (ec == filelock::errc::timeout)
+                        ++t.timeouts;
+                    else
+                        t.error("sync lock: " + ec.message());
+                    break;
+                }
+                std::fflush(stdout);
+                const pid_t pid = ::fork();
+                ++forks;
+                if (pid == 0) {
+                    // Works under the inherited lock while the parent has
+                    // closed its copy; exiting closes the last one.
+                    critical_section(f, token(), spin);
+                    t.ack(token());
+                    std::fflush(stdout);
+                    ::_exit(0);
+                }
+                ++t.acquired;
+                l.close();
+                if (pid > 0) child_done(pid);
+            }
+        }
+    }
+    std::printf("forks %ld\n", forks);
+}
+
+// The critical section as filelock-run's COMMAND; a third of the runs
+// SIGKILL filelock-run (not COMMAND) in the middle. COMMAND must keep the
+// lock until it is done.
+void wrapper_worker(const files& f, tally& t, unsigned seed, const std::string& self) {
+    std::mt19937 rng(seed);
+    const char* env = std::getenv("FILELOCK_RUN");
+    const std::string tool =
+        env ? env
+            : (fs::path(self).parent_path().parent_path() / "tools" / "filelock-run").string();
+    long kills = 0;
+    for (long i = 0; !fs::exists(f.stop); ++i) {
+        const std::string token = std::to_string(::getpid()) + ":w:" + std::to_string(i);
+        const std::string spin = std::to_string(5000 + rng() % 25000);
+        std::vector<std::string> argv = {
+            tool, "-w", "0.5", f.lock.string(), self, "--cs", f.dir.string(), token, spin};
+        std::vector<char*> args;
+        for (auto& a : argv) args.push_back(a.data());
+        args.push_back(nullptr);
+        pid_t pid = -1;
+        if (::posix_spawn(&pid, args[0], nullptr, nullptr, args.data(), environ) != 0) {
+            t.error("cannot spawn " + tool);
+            std::this_thread::sleep_for(10ms);
+            continue;
+        }
+        if (rng() % 2 == 0) {
+            // Once COMMAND is inside (its token in the marker), kill the
+            // wrapper: the lock must stay with COMMAND.
+            const auto give_up = clk::now() + 600ms;
+            while (clk::now() < give_up) {
+                std::ifstream in(f.marker);
+                std::string seen;
+                std::getline(in, seen);
+                if (seen == token) break;
+                std::this_thread::sleep_for(200us);
+            }
+            ::kill(pid, SIGKILL);
+        }
+        int st = 0;
+        while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+        }
+        if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) {
+            ++kills;  // COMMAND may still be in its critical section: unacknowledged
+        } else if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
+            ++t.acquired;
+            t.ack(token);
+        } else if (WIFEXITED(st) && WEXITSTATUS(st) == 1) {
+            ++t.timeouts;
+        } else {
+            t.error("filelock-run exited with " + std::to_string(st));
+        }
+    }
+    std::this_thread::sleep_for(100ms);  // orphaned commands finish
+    std::printf("wrapper_kills %ld\n", kills);
+}
+
 void uv_worker(const files& f, tally& t, unsigned seed, bool replacing) {
     uv_loop_t loop;
     uv_loop_init(&loop);
@@ -306,7 +461,8 @@ void uv_worker(const files& f, tally& t, unsigned seed, bool replacing) {
     if (uv_loop_close(&loop) != 0) t.error("uv_loop_close: handles left");
 }
 
-int worker_main(const std::string& kind, const fs::path& dir, unsigned seed, bool replacing) {
+int worker_main(const std::string& kind, const fs::path& dir, unsigned seed, bool replacing,
+                const std::string& self) {
     files f(dir);
     tally t;
     // Warm up what the libraries open once per process, then take the baseline.
@@ -328,6 +484,10 @@ int worker_main(const std::string& kind, const fs::path& dir, unsigned seed, boo
         asio_worker(f, t, seed, replacing);
     else if (kind == "uv")
         uv_worker(f, t, seed, replacing);
+    else if (kind == "forker")
+        forker_worker(f, t, seed);
+    else if (kind == "wrapper")
+        wrapper_worker(f, t, seed, self);
     const int fds = test::open_fd_count();
     std::printf("stat acquired=%ld timeouts=%ld cancels=%ld errors=%ld fd_leak=%d\n",
                 t.acquired.load(), t.timeouts.load(), t.cancels.load(), t.errors.load(),
@@ -395,7 +555,7 @@ struct worker {
 struct totals {
     std::set<std::string> acked;
     long kills = 0, replacements = 0, cancels = 0, timeouts = 0, errors = 0, fd_leaks = 0, hung = 0,
-         acquired = 0, stat_lines = 0;
+         acquired = 0, stat_lines = 0, forks = 0, wrapper_kills = 0;
 };
 
 pid_t spawn(const std::vector<std::string>& argv, int& out_fd) {
@@ -432,6 +592,12 @@ void consume(worker& w, totals& t) {
         w.buf.erase(0, pos + 1);
         if (line.rfind("ack ", 0) == 0) {
             t.acked.insert(line.substr(4));
+        } else if (line.rfind("forks ", 0) == 0) {
+            t.forks += std::atol(line.c_str() + 6);
+        } else if (line.rfind("wrapper_kills ", 0) == 0) {
+            const long n = std::atol(line.c_str() + 14);
+            t.wrapper_kills += n;
+            t.kills += n;  // each may leave one unacknowledged entry
         } else if (line.rfind("stat ", 0) == 0) {
             long a = 0, to = 0, c = 0, e = 0;
             int leak = 0;
@@ -545,12 +711,15 @@ int orchestrate(const std::string& self, double seconds) {
         workers.clear();
     };
 
-    std::vector<std::string> mixed = {"sync", "sync", "asio", "asio", "uv", "uv", "flock1"};
+    std::vector<std::string> mixed = {"sync", "sync",   "asio",   "asio",   "uv",
+                                      "uv",   "flock1", "forker", "wrapper"};
     if (have_python) mixed.insert(mixed.end(), {"zc", "zc"});
     const long kills_before = t.kills;
-    run_phase(mixed, seconds * 0.6, false);
+    run_phase(mixed, seconds * 0.5, false);
     const long phase1_kills = t.kills - kills_before;
-    run_phase({"sync", "sync", "asio", "asio", "uv", "uv"}, seconds * 0.4, true);
+    run_phase({"sync", "sync", "asio", "asio", "uv", "uv"}, seconds * 0.3, true);
+    run_phase({"forker", "forker", "forker", "wrapper", "wrapper", "sync", "asio", "uv"},
+              seconds * 0.2, false);
 
     // Check the log against the acknowledgements.
     std::map<std::string, int> logged;
@@ -581,17 +750,19 @@ int orchestrate(const std::string& self, double seconds) {
         if (vf) std::fclose(vf);
     }
     std::printf(
-        "torture summary (%.0f s, phase 1 mixed %s+zc.lockfile+flock(1), phase 2 with "
-        "replacements)\n"
+        "torture summary (%.0f s, phase 1 mixed %s+zc.lockfile+flock(1)+fork+filelock-run, "
+        "phase 2 with replacements, phase 3 fork and killed wrappers)\n"
+        "  forks: %ld  filelock-run SIGKILLed while COMMAND ran: %ld\n"
         "  operations acknowledged: %zu (log entries %zu; unacknowledged entries %ld, all from "
         "%ld killed processes at most)\n"
         "  kills: %ld (phase 1: %ld)  replacements: %ld  cancellations: %ld  timeouts/contention: "
         "%ld\n"
         "  violations: %ld  duplicate log entries: %ld  acknowledged but missing: %ld\n"
         "  worker errors: %ld  descriptor leaks: %ld  hung workers: %ld\n",
-        seconds, have_python ? "sync+asio+uv" : "sync+asio+uv (no python3-zc.lockfile!)",
-        t.acked.size(), logged.size(), unacked, t.kills, t.kills, phase1_kills, t.replacements,
-        t.cancels, t.timeouts, violations, duplicates, missing, t.errors, t.fd_leaks, t.hung);
+        seconds, have_python ? "sync+asio+uv" : "sync+asio+uv (no python3-zc.lockfile!)", t.forks,
+        t.wrapper_kills, t.acked.size(), logged.size(), unacked, t.kills, t.kills, phase1_kills,
+        t.replacements, t.cancels, t.timeouts, violations, duplicates, missing, t.errors,
+        t.fd_leaks, t.hung);
     std::error_code ec;
     fs::remove_all(f.dir, ec);
     const bool ok = violations == 0 && duplicates == 0 && missing == 0 && unacked <= t.kills &&
@@ -608,13 +779,14 @@ int main(int argc, char** argv) {
     const std::string self = fs::canonical("/proc/self/exe").string();
     if (argc >= 4 && std::string(argv[1]) == "--cs") {
         files f{fs::path(argv[2])};
-        return critical_section(f, argv[3], 100) ? 0 : 3;
+        const unsigned spin = argc >= 5 ? static_cast<unsigned>(std::atol(argv[4])) : 100;
+        return critical_section(f, argv[3], spin) ? 0 : 3;
     }
     if (argc >= 6 && std::string(argv[1]) == "--worker") {
         const std::string flags = argv[5];
         g_no_lock = flags.find('n') != std::string::npos;
         return worker_main(argv[2], argv[3], static_cast<unsigned>(std::stoul(argv[4])),
-                           flags.find('r') != std::string::npos);
+                           flags.find('r') != std::string::npos, self);
     }
     double seconds = 60;
     if (const char* s = std::getenv("TORTURE_SECONDS")) seconds = std::atof(s);
