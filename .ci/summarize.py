@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Sums Catch2's test-case counts over meson test logs (testlog.json files)
-and prints the closing line "N passed, N failed". A meson test that failed
-without a Catch2 summary (crash, timeout) counts as one failed test case."""
+and prints the closing line "N passed, N failed, N skipped". A meson test that
+failed without a Catch2 summary (crash, timeout) counts as one failed test
+case. A test case that could not run here (it prints "NOT RUN: <why>", e.g.
+one that needs root) counts as skipped, not passed."""
 import json
 import re
 import sys
 
-passed = failed = 0
+passed = failed = skipped = 0
 all_ok = re.compile(r"All tests passed \(\d+ assertions? in (\d+) test cases?\)")
 mixed = re.compile(r"test cases:\s+(\d+)\s+\|\s+(\d+) passed\s+\|\s+(\d+) failed")
 for path in sys.argv[1:]:
@@ -20,6 +22,11 @@ for path in sys.argv[1:]:
         t = json.loads(line)
         out = t.get("stdout", "")
         ok = t["result"] in ("OK", "EXPECTEDFAIL")  # a negative control that failed as it must
+        not_run = len(re.findall(r"^  NOT RUN: .*$", out, re.M))
+        for why in re.findall(r"^  NOT RUN: (.*)$", out, re.M):
+            print("not run (%s): %s" % (t["name"], why))
+        skipped += not_run
+        passed -= not_run
         m_ok = all_ok.findall(out)
         m_mixed = mixed.findall(out)
         if t["result"] == "OK" and m_ok:
@@ -33,5 +40,5 @@ for path in sys.argv[1:]:
         else:
             failed += 1
         print("%-10s %-40s %s" % (path.split("/")[0], t["name"], t["result"]))
-print("%d passed, %d failed" % (passed, failed))
+print("%d passed, %d failed, %d skipped" % (passed, failed, skipped))
 sys.exit(1 if failed else 0)
