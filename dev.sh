@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
 # Developer entry point (Debian 12, run as root or with sudo available):
 #   ./dev.sh demo    install what is missing, build, run the two-process demo
 #   ./dev.sh test    install what is missing, build, run the whole test suite
@@ -23,7 +24,8 @@ deps() {
 }
 
 build() {
-    [ -f "$BUILD/build.ninja" ] || meson setup "$BUILD" --buildtype=debugoptimized
+    # Warnings are errors in the project's own builds (not forced on users).
+    [ -f "$BUILD/build.ninja" ] || meson setup "$BUILD" --buildtype=debugoptimized --werror -Dbench=true
     ninja -C "$BUILD"
 }
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """Sums Catch2's test-case counts over meson test logs (testlog.json files)
 and prints the closing line "N passed, N failed, N skipped". A meson test that
 failed without a Catch2 summary (crash, timeout) counts as one failed test

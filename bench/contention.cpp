@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // In-process contention: N waiters on one event loop (libuv, then Asio) all
 // want one lock; each takes it once and releases it on the next loop
 // iteration. Prints the handoffs per second, the local handoff latency (from

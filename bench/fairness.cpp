@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // How local waiters and other processes share one lock: does a process with
 // many local waiters starve another process?
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Cross-process handoff latency and the cost of waiting.
 //
 // 1. Handoff: another process holds the lock for U(1,10) ms, takes t_rel and

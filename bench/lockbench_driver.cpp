@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // filelock as a lockbench peer (../shared/lockbench, see its README):
 // acquire = the timeout-bounded API of the sync facade (default), of the Asio
 // adapter (-DLOCKBENCH_ASIO) or of the libuv adapter (-DLOCKBENCH_UV), each

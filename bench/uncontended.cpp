@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Uncontended acquire+release cycle: the raw-syscall floor against
 // lock_file, simple_lock_file, the Asio and the libuv async_lock, measured
 // side by side (rounds interleaved) in one run. Prints medians and ratios.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Two processes contend for one lock file: the second times out while the
 // first holds it, then wins once it is released.
 //

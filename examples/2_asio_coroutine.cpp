@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // A server-ish program: each "job" takes the lock with a timeout inside an
 // asio::awaitable, so the event loop keeps serving while it waits.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The completion-token form with a plain callback.
 
 #include <filelock/asio.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Two ways to stop waiting: race the lock against a timer with
 // awaitable_operators, or emit a cancellation signal.
 

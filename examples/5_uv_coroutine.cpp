@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // libuv with C++20 coroutines: filelock::uv::task and co_await async_lock.
 
 #include <filelock/uv.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // libuv with callbacks; the second request is cancelled from a timer.
 
 #include <filelock/uv.hpp>

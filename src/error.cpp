@@ -1,6 +1,9 @@
+// SPDX-License-Identifier: MIT
 #include <filelock/error.hpp>
 
+#include <cerrno>
 #include <string>
+#include <string_view>
 
 namespace filelock {
 namespace {
@@ -41,12 +44,46 @@ public:
     }
 };
 
-std::string quoted(const std::filesystem::path& path) { return "'" + path.string() + "'"; }
+class conditions final : public std::error_category {
+public:
+    const char* name() const noexcept override { return "filelock.condition"; }
+
+    std::string message(int ev) const override {
+        switch (static_cast<condition>(ev)) {
+            case condition::cancelled: return "cancelled";
+        }
+        return "unknown filelock condition";
+    }
+
+    bool equivalent(const std::error_code& code, int cond) const noexcept override {
+        switch (static_cast<condition>(cond)) {
+            case condition::cancelled:
+                // Asio's own system category (named "asio.system") keeps
+                // ECANCELED to itself; every other source maps it.
+                return code == std::errc::operation_canceled ||
+                       (code.value() == ECANCELED &&
+                        std::string_view(code.category().name()) == "asio.system");
+        }
+        return false;
+    }
+};
+
+std::string quoted(const std::filesystem::path& path) {
+    std::string s = "'";
+    s += path.string();
+    s += '\'';
+    return s;
+}
 
 }  // namespace
 
 const std::error_category& filelock_category() noexcept {
     static const category instance;
+    return instance;
+}
+
+const std::error_category& condition_category() noexcept {
+    static const conditions instance;
     return instance;
 }
 
@@ -69,6 +106,8 @@ void throw_error(std::error_code ec, const std::filesystem::path& path, std::str
                  const char* call) {
     if (ec == errc::locked) throw lock_error(path, std::move(holder));
     if (ec == errc::timeout) throw timeout_error(path, std::move(holder));
+    if (ec == condition::cancelled)
+        throw std::system_error(ec, "filelock: cancelled waiting to lock " + quoted(path));
     throw std::filesystem::filesystem_error(
         std::string("filelock: cannot lock") + (call ? std::string(" (") + call + ")" : ""), path,
         ec);

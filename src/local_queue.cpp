@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include <filelock/detail/local_queue.hpp>
 
 #include <algorithm>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include <filelock/detail/file_target.hpp>
 #include <filelock/detail/local_queue.hpp>
 #include <filelock/detail/release_watcher.hpp>
@@ -209,7 +210,10 @@ file_target::file_target(std::filesystem::path path, const lock_options& options
     // (F_WRLCK); everything else locks through a read-only one, which also
     // works on a file the caller may only read.
     read_only_ = !writes_ && !(ofd_ && !shared_);
-    if (options.write_content) init_error_ = expand_content(options.content_template, content_);
+    if (options.write_content)
+        init_error_ = options.content_template.fits()
+                          ? expand_content(options.content_template.view(), content_)
+                          : make_error_code(errc::invalid_template);
     if (!writes_) content_.clear();
 }
 
@@ -500,8 +504,8 @@ simple_lock_file::simple_lock_file(const std::filesystem::path& path, lock_optio
           return options;
       }()) {}
 
-lock_file try_lock(const std::filesystem::path& path, const lock_options& options,
-                   std::error_code& ec) noexcept {
+lock_file detail::try_lock_once(const std::filesystem::path& path, const lock_options& options,
+                                std::error_code& ec) noexcept {
     try {
         detail::file_target target(path, options);
         ec = target.try_acquire();
@@ -510,10 +514,6 @@ lock_file try_lock(const std::filesystem::path& path, const lock_options& option
         ec = std::make_error_code(std::errc::not_enough_memory);
         return {};
     }
-}
-
-lock_file try_lock(const std::filesystem::path& path, std::error_code& ec) noexcept {
-    return try_lock(path, lock_options{}, ec);
 }
 
 namespace {
@@ -709,14 +709,14 @@ lock_file lock_impl(const std::filesystem::path& path, std::chrono::nanoseconds 
 
 }  // namespace
 
-lock_file lock(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
-               const lock_options& options) {
+lock_file detail::lock_timed(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
+                             const lock_options& options) {
     std::error_code ec;
     return lock_impl(path, timeout, options, ec, true);
 }
 
-lock_file lock(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
-               const lock_options& options, std::error_code& ec) noexcept {
+lock_file detail::lock_timed(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
+                             const lock_options& options, std::error_code& ec) noexcept {
     try {
         return lock_impl(path, timeout, options, ec, false);
     } catch (const std::bad_alloc&) {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include <filelock/detail/release_watcher.hpp>
 
 #include "sys.hpp"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The Asio adapter: completion tokens, cancellation, lifetimes, contention.
 
 #include <filelock/asio.hpp>
@@ -518,4 +519,66 @@ TEST_CASE("asio: callbacks on a multi-threaded io_context run on the handler's e
     t1.join();
     t2.join();
     CHECK(on_strand);
+}
+
+TEST_CASE(
+    "asio: cancellation matches condition::cancelled; the coroutine form throws "
+    "std::system_error, not a filesystem error") {
+    CHECK(std::error_code(asio::error::operation_aborted) == filelock::condition::cancelled);
+    CHECK(std::make_error_code(std::errc::operation_canceled) == filelock::condition::cancelled);
+    CHECK(std::error_code(asio::error::operation_aborted) != std::error_code(errc::timeout));
+    CHECK(std::error_code(errc::timeout) != filelock::condition::cancelled);
+    CHECK(std::make_error_code(std::errc::timed_out) != filelock::condition::cancelled);
+    CHECK(std::error_code(ECANCELED, std::generic_category()) == filelock::condition::cancelled);
+
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_file held(p);
+    asio::io_context io;
+    asio::cancellation_signal sig;
+    bool caught_system_error = false, caught_filesystem_error = false;
+    std::error_code code;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            try {
+                co_await filelock::async_lock(p, 5s);
+            } catch (const fs::filesystem_error&) {
+                caught_filesystem_error = true;
+            } catch (const std::system_error& e) {
+                caught_system_error = true;
+                code = e.code();
+            }
+        },
+        asio::bind_cancellation_slot(sig.slot(), asio::detached));
+    io.poll();
+    sig.emit(asio::cancellation_type::terminal);
+    io.run();
+    CHECK(caught_system_error);
+    CHECK(!caught_filesystem_error);
+    CHECK(code == asio::error::operation_aborted);
+    CHECK(code == filelock::condition::cancelled);
+}
+
+TEST_CASE(
+    "asio: designated-initializer options in co_await expressions (g++ 12 aggregate "
+    "temporaries)") {
+    scratch s;
+    const auto p = s / "a.lock";
+    asio::io_context io;
+    std::string content;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            {
+                auto l = co_await filelock::async_lock(p, 1s, {.content_template = "{pid};x"});
+                content = read_file(p);
+            }
+            auto shared =
+                co_await filelock::async_lock(p, 1s, {.mode = filelock::lock_mode::shared});
+            CHECK(shared.is_locked());
+        },
+        asio::detached);
+    io.run();
+    CHECK(content == " " + std::to_string(::getpid()) + ";x\n");
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The acquisition engine, driven by a fake clock and a scripted target.
 
 #include <filelock/detail/engine.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // fork(): a child never shares a won lock or a pending attempt with its
 // parent, and closing in one process never unlocks the other's lock.
 

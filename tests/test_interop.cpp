@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Interoperability, run for real: Python's zc.lockfile and flock(1) against
 // this library, and a counter incremented by all three.
 

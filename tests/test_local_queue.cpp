@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Local queues: waiters of one process for one lock file line up, only the
 // head attempts (one descriptor and one watch for all of them), they are
 // served in arrival order, and they still exclude each other and other

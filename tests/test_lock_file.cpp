@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The sync facade and the lock primitive, in one process (plus forked
 // children where a second process is the point).
 
@@ -1109,4 +1110,66 @@ TEST_CASE("lock_file: file_mode keeps the permission bits only") {
     struct ::stat st {};
     REQUIRE(::stat((s / "a.lock").c_str(), &st) == 0);
     CHECK((st.st_mode & 07777) == 0777);
+}
+
+// ---------------------------------------------------------------------------
+// The API as users write it.
+
+namespace adl_check {
+using namespace filelock;  // with <mutex> visible (support.hpp pulls it in through <thread>)
+
+// Unqualified calls whose arguments would bring std::lock / std::try_lock in
+// through argument-dependent lookup (std::filesystem::path, std::chrono,
+// std::error_code arguments).
+inline lock_file unqualified_lock(const std::filesystem::path& p, std::chrono::seconds t) {
+    return lock(p, t);
+}
+inline lock_file unqualified_try_lock(std::error_code& ec) { return try_lock("adl.lock", ec); }
+}  // namespace adl_check
+
+TEST_CASE("api: unqualified lock() and try_lock() under `using namespace filelock` are ours") {
+    static_assert(std::is_same_v<decltype(adl_check::unqualified_lock(fs::path(), 1s)), lock_file>);
+    scratch s;
+    const auto p = s / "a.lock";
+    auto l = adl_check::unqualified_lock(p, 1s);
+    CHECK(l.is_locked());
+    CHECK(read_file(p) == pid_content());
+}
+
+TEST_CASE("api: lock_options is an aggregate: designated initializers") {
+    static_assert(std::is_aggregate_v<lock_options>);
+    static_assert(std::is_trivially_destructible_v<lock_options>);
+    scratch s;
+    const auto p = s / "a.lock";
+    {
+        auto l = filelock::lock(p, 1s, {.mode = filelock::lock_mode::shared});
+        CHECK(l.is_locked());
+        CHECK(read_file(p).empty());  // shared locks write nothing
+    }
+    {
+        auto l = filelock::lock(p, 1s, {.content_template = "{pid}@{hostname}"});
+        CHECK(read_file(p) == " " + std::to_string(::getpid()) + "@" + hostname() + "\n");
+    }
+    const std::string built = std::string("{pid}") + "-built";
+    lock_options o{.content_template = built, .backoff = {.initial = 2ms}};
+    CHECK(o.content_template.view() == "{pid}-built");
+    CHECK(o.backoff.initial == 2ms);
+    CHECK(o.backoff.cap == 100ms);  // the other defaults stay
+}
+
+TEST_CASE("api: a content template longer than template_string::max_size is rejected") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_options o;
+    o.content_template = std::string(filelock::template_string::max_size + 1, 'x');
+    CHECK(!o.content_template.fits());
+    std::error_code ec;
+    filelock::try_lock(p, o, ec);
+    CHECK(ec == errc::invalid_template);
+    CHECK(!fs::exists(p));
+    o.content_template = std::string(filelock::template_string::max_size, 'x');
+    CHECK(o.content_template.fits());
+    auto l = filelock::try_lock(p, o, ec);
+    CHECK(!ec);
+    CHECK(read_file(p) == " " + std::string(filelock::template_string::max_size, 'x') + "\n");
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // filelock-run, the flock(1)-compatible command-line tool.
 
 #include <filelock/lock_file.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The libuv adapter: callbacks, the awaitable, cancellation (also from other
 // threads), and a loop that always closes cleanly afterwards.
 
@@ -438,4 +439,50 @@ TEST_CASE("uv: options reach the lock: shared, OFD, templates") {
     f.run();
     CHECK(!d.ec);
     CHECK(read_file(p) == " " + std::to_string(::getpid()) + ":{}\n");
+}
+
+TEST_CASE(
+    "uv: a stop request completes with a code that matches condition::cancelled; the "
+    "coroutine form throws std::system_error, not a filesystem error") {
+    uv_loop_fixture f;
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_file held(p);
+    std::stop_source stop;
+    bool caught_system_error = false, caught_filesystem_error = false;
+    std::error_code code;
+    auto body = [&]() -> fuv::task<> {
+        try {
+            co_await fuv::async_lock(f.loop, p, 5s, stop.get_token());
+        } catch (const fs::filesystem_error&) {
+            caught_filesystem_error = true;
+        } catch (const std::system_error& e) {
+            caught_system_error = true;
+            code = e.code();
+        }
+    };
+    auto t = body();
+    t.start();
+    uv_run(f.loop, UV_RUN_NOWAIT);
+    stop.request_stop();
+    f.run();
+    CHECK(caught_system_error);
+    CHECK(!caught_filesystem_error);
+    CHECK(code == std::errc::operation_canceled);
+    CHECK(code == filelock::condition::cancelled);
+}
+
+TEST_CASE("uv: designated-initializer options in co_await expressions") {
+    uv_loop_fixture f;
+    scratch s;
+    const auto p = s / "a.lock";
+    std::string content;
+    auto body = [&]() -> fuv::task<> {
+        auto l = co_await fuv::async_lock(f.loop, p, 1s, {.content_template = "{pid};uv"});
+        content = read_file(p);
+    };
+    auto t = body();
+    t.start();
+    f.run();
+    CHECK(content == " " + std::to_string(::getpid()) + ";uv\n");
 }

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Wake on release: behaviour, not timing. Waiters use a 20 s backoff with no
 // jitter, so within a test only a release event can end their wait early;
 // "acquired before the timer" is checked against half that (a margin of

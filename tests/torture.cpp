@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Torture test: many processes, each with threads and coroutines, take one
 // lock every way there is (sync lock_file / filelock::lock, the Asio adapter,
 // the libuv adapter, Python's zc.lockfile, flock(1)) while faults are

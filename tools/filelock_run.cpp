@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // filelock-run: run a command while holding a lock file; a drop-in for
 // util-linux flock(1) with additions (content, the holder in messages).
 //
@@ -249,6 +250,7 @@ int main(int argc, char** argv) {
     int conflict_code = 1;
     bool nonblock = false, unlock = false, close_fd = false, no_fork = false, verbose = false;
     bool have_content = false, simple = false;
+    std::string content_arg;
 
     enum { opt_content = 256, opt_simple, opt_verbose };
     static const option long_options[] = {
@@ -295,7 +297,8 @@ int main(int argc, char** argv) {
             case 'o': close_fd = true; break;
             case 'F': no_fork = true; break;
             case opt_content:
-                options.content_template = ::optarg;
+                content_arg = ::optarg;
+                options.content_template = content_arg;
                 have_content = true;
                 break;
             case opt_simple: simple = true; break;
@@ -400,7 +403,7 @@ int main(int argc, char** argv) {
         return report_conflict(dir_fd >= 0 ? std::string()
                                            : printable(filelock::read_holder(target)));
     if (ec == filelock::errc::invalid_template)
-        usage_error("invalid --content template '" + options.content_template + "'");
+        usage_error("invalid --content template '" + content_arg + "'");
     if (ec) {
         std::fprintf(stderr, "filelock-run: cannot open lock file %s: %s\n", target,
                      ec.message().c_str());

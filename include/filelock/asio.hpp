@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #pragma once
 
 // The Asio adapter (standalone Asio 1.22+): acquire a lock file from an event
@@ -22,7 +23,16 @@
 
 // Asio 1.22 enables co_await support for clang only with libc++'s
 // <experimental/coroutine>; clang 14 with libstdc++'s <coroutine> works too.
-#if defined(__clang__) && defined(__cpp_impl_coroutine) && !defined(ASIO_HAS_CO_AWAIT)
+// The filelock-asio pkg-config module, the filelock::asio CMake target and
+// the meson dependency define ASIO_HAS_CO_AWAIT=1; without them this header
+// defines it, which works unless Asio's coroutine headers came first.
+#if !defined(ASIO_HAS_CO_AWAIT) && defined(__cpp_impl_coroutine)
+#if defined(ASIO_AWAITABLE_HPP) || defined(ASIO_USE_AWAITABLE_HPP) || defined(ASIO_CO_SPAWN_HPP)
+#error \
+    "<filelock/asio.hpp>: Asio's coroutine headers were included without co_await support \
+(clang with libstdc++). Compile with -DASIO_HAS_CO_AWAIT=1 (the filelock-asio pkg-config \
+module and the filelock::asio CMake target do), or include <filelock/asio.hpp> first."
+#endif
 #define ASIO_HAS_CO_AWAIT 1
 #endif
 
@@ -523,9 +533,10 @@ auto async_lock(ExecutionContext& ctx, const std::filesystem::path& path,
 ///
 /// Runs on the coroutine's executor (`this_coro::executor`) and is cancelled
 /// through the coroutine's cancellation slot. Returns the held lock; throws
-/// timeout_error (a lock_error) when the deadline passed,
-/// std::filesystem::filesystem_error naming the path for any other error, with
-/// `code() == asio::error::operation_aborted` on cancellation.
+/// timeout_error (a lock_error) when the deadline passed, std::system_error
+/// with `code() == asio::error::operation_aborted` (which matches
+/// condition::cancelled) on cancellation, and
+/// std::filesystem::filesystem_error naming the path for any other error.
 inline asio::awaitable<lock_file> async_lock(std::filesystem::path path,
                                              std::chrono::nanoseconds timeout,
                                              lock_options options = {}) {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #pragma once
 
 // Errors of filelock.
@@ -15,8 +16,18 @@
 //  - `lock_error` on contention (what(): "Couldn't lock '<path>'", as
 //    zc.lockfile's LockError), with the path and the holder's content;
 //  - `timeout_error` (derived from lock_error) when a deadline passed;
+//  - `std::system_error` when an asynchronous acquisition was cancelled
+//    (its code matches `condition::cancelled`);
 //  - `std::filesystem::filesystem_error` for every other error, naming the
 //    path, the call that failed and the cause.
+//
+// Cancellation completes with each event loop's own code: Asio's
+// `asio::error::operation_aborted`, the libuv adapter's
+// `std::errc::operation_canceled`. They are not equal to each other (Asio's
+// category does not even map to std::errc), but both compare equal to
+// `filelock::condition::cancelled`:
+//
+//     if (ec == filelock::condition::cancelled) { ... }   // either loop
 
 #include <filelock/export.hpp>
 
@@ -54,10 +65,29 @@ enum class errc {
     foreign_content,
 };
 
+/// The category of `errc` codes, named "filelock". Its codes compare equal
+/// to the std::errc conditions documented with each value.
 FILELOCK_API const std::error_category& filelock_category() noexcept;
 
+/// Makes `errc` values usable as `std::error_code` (found by ADL).
 inline std::error_code make_error_code(errc e) noexcept {
     return {static_cast<int>(e), filelock_category()};
+}
+
+/// Conditions that group the codes several sources report for one outcome.
+enum class condition {
+    /// An asynchronous acquisition was cancelled: matches Asio's
+    /// `asio::error::operation_aborted` and `std::errc::operation_canceled`
+    /// (the libuv adapter's code) alike.
+    cancelled = 1,
+};
+
+/// The category of `condition` values, named "filelock.condition".
+FILELOCK_API const std::error_category& condition_category() noexcept;
+
+/// Makes `condition` values usable as `std::error_condition` (found by ADL).
+inline std::error_condition make_error_condition(condition c) noexcept {
+    return {static_cast<int>(c), condition_category()};
 }
 
 /// Contention: the lock is held by someone else.
@@ -99,3 +129,6 @@ namespace detail {
 
 template <>
 struct std::is_error_code_enum<filelock::errc> : std::true_type {};
+
+template <>
+struct std::is_error_condition_enum<filelock::condition> : std::true_type {};

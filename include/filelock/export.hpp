@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #pragma once
 
 // Symbols of the compiled libraries are hidden unless marked FILELOCK_API.

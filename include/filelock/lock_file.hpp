@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #pragma once
 
 // Inter-process locks held on lock files, with the semantics of Python's
@@ -100,24 +101,71 @@ public:
     explicit simple_lock_file(const std::filesystem::path& path, lock_options options = {});
 };
 
-/// One non-blocking attempt that never throws: on contention `ec` is
-/// `errc::locked`; on any other failure the system's error (or a
-/// filelock::errc). Returns a held lock on success, an empty one otherwise.
-FILELOCK_API lock_file try_lock(const std::filesystem::path& path, const lock_options& options,
-                                std::error_code& ec) noexcept;
-FILELOCK_API lock_file try_lock(const std::filesystem::path& path, std::error_code& ec) noexcept;
+namespace detail {
+FILELOCK_API lock_file try_lock_once(const std::filesystem::path& path, const lock_options& options,
+                                     std::error_code& ec) noexcept;
+FILELOCK_API lock_file lock_timed(const std::filesystem::path& path,
+                                  std::chrono::nanoseconds timeout, const lock_options& options);
+FILELOCK_API lock_file lock_timed(const std::filesystem::path& path,
+                                  std::chrono::nanoseconds timeout, const lock_options& options,
+                                  std::error_code& ec) noexcept;
 
-/// Timed acquisition: attempts until the lock is won or `timeout` passed,
-/// sleeping between attempts with the options' backoff (a last attempt is
-/// made at the deadline). `timeout <= 0` is exactly one attempt;
-/// `wait_forever` never gives up. An expired deadline, including the single
-/// attempt of `timeout == 0`, is `errc::timeout` (== std::errc::timed_out);
-/// the throwing form throws timeout_error (a lock_error). Other errors end
-/// the wait at once and are never retried.
-FILELOCK_API lock_file lock(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
-                            const lock_options& options = {});
-FILELOCK_API lock_file lock(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
-                            const lock_options& options, std::error_code& ec) noexcept;
+/// The type of filelock::try_lock.
+struct try_lock_fn {
+    /// One non-blocking attempt that never throws: on contention `ec` is
+    /// `errc::locked`; on any other failure the system's error (or a
+    /// filelock::errc). Returns a held lock on success, an empty one
+    /// otherwise.
+    lock_file operator()(const std::filesystem::path& path, const lock_options& options,
+                         std::error_code& ec) const noexcept {
+        return try_lock_once(path, options, ec);
+    }
+    /// As above with default options.
+    lock_file operator()(const std::filesystem::path& path, std::error_code& ec) const noexcept {
+        return try_lock_once(path, lock_options{}, ec);
+    }
+};
+
+/// The type of filelock::lock.
+struct lock_fn {
+    /// Timed acquisition: attempts until the lock is won or `timeout`
+    /// passed, sleeping between attempts with the options' backoff (a last
+    /// attempt is made at the deadline). `timeout <= 0` is exactly one
+    /// attempt; `wait_forever` never gives up. An expired deadline,
+    /// including the single attempt of `timeout == 0`, throws timeout_error
+    /// (a lock_error); other errors throw at once, never retried (see
+    /// error.hpp).
+    lock_file operator()(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
+                         const lock_options& options = {}) const {
+        return lock_timed(path, timeout, options);
+    }
+    /// As above, reporting through `ec`: `errc::timeout` (==
+    /// std::errc::timed_out) when the deadline passed, the error otherwise.
+    lock_file operator()(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
+                         const lock_options& options, std::error_code& ec) const noexcept {
+        return lock_timed(path, timeout, options, ec);
+    }
+};
+}  // namespace detail
+
+/// One non-blocking attempt that never throws (see detail::try_lock_fn):
+///
+///     std::error_code ec;
+///     auto lock = filelock::try_lock("app.lock", ec);   // ec == errc::locked on contention
+///
+/// A function object, not a function: with `using namespace filelock;` an
+/// unqualified `try_lock(path, ec)` never resolves to std::try_lock through
+/// argument-dependent lookup.
+inline constexpr detail::try_lock_fn try_lock{};
+
+/// Timed acquisition (see detail::lock_fn):
+///
+///     auto lock = filelock::lock("app.lock", 5s);            // throws timeout_error
+///     auto lock = filelock::lock("app.lock", 5s, {}, ec);    // never throws
+///
+/// A function object, not a function: an unqualified `lock(path, timeout)`
+/// never resolves to std::lock through argument-dependent lookup.
+inline constexpr detail::lock_fn lock{};
 
 /// The content of the lock file at `path` as a holder wrote it (surrounding
 /// whitespace stripped, at most 1 KiB read), or an empty string if it cannot

@@ -1,7 +1,10 @@
+// SPDX-License-Identifier: MIT
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <string>
+#include <string_view>
 #include <sys/types.h>
 
 namespace filelock {
@@ -54,13 +57,53 @@ struct backoff_policy {
     double jitter = 1.0;
 };
 
-struct lock_options {
-    // User-provided on purpose: g++ 12 destroys an aggregate temporary with
-    // default member initializers twice when it appears in a co_await
-    // expression (`co_await async_lock(path, 5s, {})`). Not an aggregate, no
-    // double free.
-    lock_options() noexcept {}
+/// A content template (lock_options::content_template): a string of at most
+/// `max_size` bytes held inline. Owning like std::string, but trivially
+/// destructible, so that lock_options is an aggregate (designated
+/// initializers work) that is safe in `co_await` expressions: g++ 12 destroys
+/// an aggregate temporary there twice, which only a trivial destructor
+/// survives. A longer string is kept as invalid and rejected as
+/// errc::invalid_template before any file is touched.
+class template_string {
+public:
+    /// The longest template kept (a holder's line is at most 1 KiB).
+    static constexpr std::size_t max_size = 255;
 
+    /// The empty template.
+    constexpr template_string() noexcept = default;
+    /// Copies `s` (a longer one than max_size is kept as invalid).
+    constexpr template_string(std::string_view s) noexcept { assign(s); }
+    /// Copies the NUL-terminated `s`.
+    constexpr template_string(const char* s) noexcept : template_string(std::string_view(s)) {}
+    /// Copies `s`.
+    template_string(const std::string& s) noexcept : template_string(std::string_view(s)) {}
+
+    /// The template (empty when it was too long).
+    constexpr std::string_view view() const noexcept { return {data_, size_}; }
+    constexpr operator std::string_view() const noexcept { return view(); }
+    /// Whether the string given fitted in max_size bytes.
+    constexpr bool fits() const noexcept { return !too_long_; }
+
+    friend constexpr bool operator==(const template_string& a, const template_string& b) noexcept {
+        return a.too_long_ == b.too_long_ && a.view() == b.view();
+    }
+
+private:
+    constexpr void assign(std::string_view s) noexcept {
+        too_long_ = s.size() > max_size;
+        size_ = too_long_ ? 0 : s.size();
+        for (std::size_t i = 0; i < size_; ++i) data_[i] = s[i];
+    }
+
+    char data_[max_size] = {};
+    std::size_t size_ = 0;
+    bool too_long_ = false;
+};
+
+/// How to lock: an aggregate, so designated initializers read well:
+///
+///     filelock::lock("app.lock", 5s, {.mode = filelock::lock_mode::shared});
+struct lock_options {
     lock_mode mode = lock_mode::exclusive;
     lock_backend backend = lock_backend::flock;
 
@@ -68,8 +111,9 @@ struct lock_options {
     /// "\n"` at offset 0, then the file is truncated after it (zc.lockfile's
     /// format). Fields: `{pid}`, `{hostname}`; `{{` and `}}` are literal
     /// braces. Anything else in braces is rejected (errc::invalid_template)
-    /// before the file is touched.
-    std::string content_template = "{pid}";
+    /// before the file is touched, and so is a template longer than
+    /// template_string::max_size.
+    template_string content_template = "{pid}";
 
     /// false: write nothing, as `simple_lock_file` does. A simple lock also
     /// works on a file the caller may only read. Shared locks never write

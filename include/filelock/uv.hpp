@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #pragma once
 
 // The libuv adapter (library and pkg-config module `filelock-uv`): acquire a
@@ -210,9 +211,10 @@ private:
 };
 
 /// Coroutine form: `co_await async_lock(loop, path, timeout[, options][, stop])`
-/// returns the held lock or throws (timeout_error on the deadline,
-/// std::filesystem::filesystem_error naming the path otherwise, with
-/// `code() == std::errc::operation_canceled` after a stop request).
+/// returns the held lock or throws: timeout_error on the deadline,
+/// std::system_error with `code() == std::errc::operation_canceled` (which
+/// matches condition::cancelled) after a stop request, and
+/// std::filesystem::filesystem_error naming the path otherwise.
 inline lock_awaitable async_lock(uv_loop_t* loop, std::filesystem::path path,
                                  std::chrono::nanoseconds timeout, lock_options options = {},
                                  std::stop_token stop = {}) {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include <filelock/detail/file_target.hpp>
 #include <filelock/detail/local_queue.hpp>
 #include <filelock/detail/release_watcher.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // libFuzzer target: reading a holder's content, from bytes and from a file.
 
 #include <filelock/detail/file_target.hpp>

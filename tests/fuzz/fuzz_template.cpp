@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // libFuzzer target: the content-template parser.
 
 #include <filelock/detail/file_target.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #pragma once
 
 // The acquisition engine: decides what to do next, never does I/O itself.

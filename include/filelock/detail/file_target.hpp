@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #pragma once
 
 // The lock primitive as an engine Target: one non-blocking attempt on a lock

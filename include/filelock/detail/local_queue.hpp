@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #pragma once
 
 // Local queues: one per lock path in a process. Waiters of one process for

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #pragma once
 
 // Release events: wakes waiters when a lock file's holder closes it, instead
