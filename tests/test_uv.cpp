@@ -486,3 +486,29 @@ TEST_CASE("uv: designated-initializer options in co_await expressions") {
     f.run();
     CHECK(content == " " + std::to_string(::getpid()) + ";uv\n");
 }
+
+TEST_CASE(
+    "uv: closing every handle with uv_walk at shutdown, then releasing a lock, never "
+    "aborts") {
+    scratch s;
+    const auto p = s / "a.lock";
+    child c([&](int) {
+        filelock::lock_file held(p);
+        uv_loop_t loop;
+        uv_loop_init(&loop);
+        fuv::async_lock(&loop, p, 5s, [](std::error_code, filelock::lock_file) {});
+        uv_run(&loop, UV_RUN_NOWAIT);  // waiting: the head of the local queue
+        uv_walk(
+            &loop,
+            [](uv_handle_t* h, void*) {
+                if (!uv_is_closing(h)) uv_close(h, nullptr);
+            },
+            nullptr);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        if (uv_loop_close(&loop) != 0) return 2;
+        held.close();  // wakes the local queue's head: its loop is gone
+        return 0;
+    });
+    c.release();
+    CHECK(c.wait() == 0);
+}

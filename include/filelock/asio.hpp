@@ -541,10 +541,10 @@ inline asio::awaitable<lock_file> async_lock(std::filesystem::path path,
                                              std::chrono::nanoseconds timeout,
                                              lock_options options = {}) {
     auto ex = co_await asio::this_coro::executor;
-    auto [ec, lock] = co_await async_lock(ex, path, timeout, options,
+    auto [ec, held] = co_await async_lock(ex, path, timeout, options,
                                           asio::experimental::as_tuple(asio::use_awaitable));
     if (ec) detail::throw_error(ec, path, ec == errc::timeout ? read_holder(path) : std::string());
-    co_return std::move(lock);
+    co_return std::move(held);
 }
 
 }  // namespace filelock

@@ -37,6 +37,7 @@
 
 namespace filelock {
 
+/// The outcomes that are filelock's own (category "filelock").
 enum class errc {
     /// Another holder has the lock (the single attempt of a constructor or
     /// `try_lock`). Compares equal to `std::errc::resource_unavailable_try_again`.
@@ -93,7 +94,9 @@ inline std::error_condition make_error_condition(condition c) noexcept {
 /// Contention: the lock is held by someone else.
 class FILELOCK_API lock_error : public std::system_error {
 public:
+    /// A lock_error with the code `ec` (errc::locked or errc::timeout).
     lock_error(std::error_code ec, std::filesystem::path path, std::string holder);
+    /// Contention (errc::locked) on `path`, held by `holder`.
     lock_error(std::filesystem::path path, std::string holder);
 
     /// The lock file's path as given.
@@ -115,6 +118,7 @@ private:
 /// A timed acquisition's deadline passed (`errc::timeout`).
 class FILELOCK_API timeout_error : public lock_error {
 public:
+    /// The deadline passed while `holder` held the lock on `path`.
     timeout_error(std::filesystem::path path, std::string holder);
 };
 
@@ -127,8 +131,10 @@ namespace detail {
 
 }  // namespace filelock
 
+/// @cond
 template <>
 struct std::is_error_code_enum<filelock::errc> : std::true_type {};
 
 template <>
 struct std::is_error_condition_enum<filelock::condition> : std::true_type {};
+/// @endcond

@@ -34,6 +34,9 @@
 #include <filesystem>
 #include <system_error>
 
+/// Inter-process locks on lock files: zc.lockfile's semantics as a
+/// synchronous API (lock_file, simple_lock_file, try_lock, lock), and
+/// `co_await` acquisition on Asio (async_lock) and libuv (filelock::uv).
 namespace filelock {
 
 namespace detail {
@@ -44,6 +47,7 @@ class file_target;
 /// Move-only; the destructor releases.
 class FILELOCK_API lock_file {
 public:
+    /// The kind of descriptor holding the lock (a POSIX file descriptor).
     using native_handle_type = int;
 
     /// Holds nothing.
@@ -57,7 +61,9 @@ public:
     /// (naming the path, the call and the cause) on any other failure.
     explicit lock_file(const std::filesystem::path& path, const lock_options& options = {});
 
+    /// Takes over `other`'s lock; `other` holds nothing afterwards.
     lock_file(lock_file&& other) noexcept;
+    /// Releases the lock held (if any), then takes over `other`'s.
     lock_file& operator=(lock_file&& other) noexcept;
     lock_file(const lock_file&) = delete;
     lock_file& operator=(const lock_file&) = delete;
@@ -71,7 +77,9 @@ public:
     const std::filesystem::path& path() const noexcept { return path_; }
     /// The descriptor holding the lock, or -1.
     native_handle_type native_handle() const noexcept { return h_.fd; }
+    /// Whether a lock is held (not closed, not moved from).
     bool is_locked() const noexcept { return h_.fd >= 0; }
+    /// is_locked().
     explicit operator bool() const noexcept { return is_locked(); }
 
 private:

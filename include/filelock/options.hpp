@@ -12,11 +12,13 @@ namespace filelock {
 /// A timeout that never expires: wait until the lock is won (or cancelled).
 inline constexpr std::chrono::nanoseconds wait_forever = std::chrono::nanoseconds::max();
 
+/// Which lock to take.
 enum class lock_mode {
     exclusive,  ///< one holder (LOCK_EX / F_WRLCK)
     shared,     ///< many shared holders, no exclusive one (LOCK_SH / F_RDLCK)
 };
 
+/// Which kernel lock to use.
 enum class lock_backend {
     /// flock(2). The default: it interoperates with zc.lockfile, py-filelock,
     /// portalocker and flock(1).
@@ -51,9 +53,14 @@ enum class foreign_content {
 /// [1 ns, 1 h], `cap` to [initial, 1 h], `multiplier` to [1, 1000] (NaN: 2),
 /// `jitter` to [0, 1] (NaN: 1).
 struct backoff_policy {
+    /// The first wait's ceiling.
     std::chrono::nanoseconds initial = std::chrono::milliseconds(1);
+    /// How much the ceiling grows after each wait.
     double multiplier = 2.0;
+    /// The largest ceiling.
     std::chrono::nanoseconds cap = std::chrono::milliseconds(100);
+    /// The share of the ceiling drawn at random (1: waits anywhere in
+    /// [0, ceiling]; 0: exactly the ceiling).
     double jitter = 1.0;
 };
 
@@ -80,10 +87,12 @@ public:
 
     /// The template (empty when it was too long).
     constexpr std::string_view view() const noexcept { return {data_, size_}; }
+    /// The template, as view() gives it.
     constexpr operator std::string_view() const noexcept { return view(); }
     /// Whether the string given fitted in max_size bytes.
     constexpr bool fits() const noexcept { return !too_long_; }
 
+    /// Same text (or both too long).
     friend constexpr bool operator==(const template_string& a, const template_string& b) noexcept {
         return a.too_long_ == b.too_long_ && a.view() == b.view();
     }
@@ -104,7 +113,9 @@ private:
 ///
 ///     filelock::lock("app.lock", 5s, {.mode = filelock::lock_mode::shared});
 struct lock_options {
+    /// Exclusive (the default) or shared.
     lock_mode mode = lock_mode::exclusive;
+    /// flock(2) (the default, which every flock user shares) or OFD locks.
     lock_backend backend = lock_backend::flock;
 
     /// What a `lock_file` writes once it holds the lock: `" " + expansion +
@@ -165,6 +176,7 @@ struct lock_options {
     /// locks and single attempts (timeout 0) never queue.
     bool queue_local_waiters = true;
 
+    /// How timed and async acquisitions space their attempts.
     backoff_policy backoff{};
 };
 

@@ -59,6 +59,7 @@
 #include <utility>
 #include <uv.h>
 
+/// The libuv adapter (library and pkg-config module `filelock-uv`).
 namespace filelock::uv {
 
 namespace detail {
@@ -82,8 +83,8 @@ private:
     };
     template <class F>
     struct model final : concept_t {
-        explicit model(F&& f) : f(std::move(f)) {}
-        explicit model(const F& f) : f(f) {}
+        explicit model(F&& fn) : f(std::move(fn)) {}
+        explicit model(const F& fn) : f(fn) {}
         void call(std::error_code ec, lock_file&& lock) override { f(ec, std::move(lock)); }
         F f;
     };
@@ -129,6 +130,7 @@ FILELOCK_API request start(uv_loop_t* loop, const std::filesystem::path& path,
 /// handles close.
 FILELOCK_API void cancel_all(uv_loop_t* loop) noexcept;
 
+/// Whether `F` can be called as a completion: `void(std::error_code, lock_file)`.
 template <class F>
 inline constexpr bool is_callback_v = std::is_invocable_v<F&, std::error_code, lock_file>;
 
@@ -141,6 +143,7 @@ request async_lock(uv_loop_t* loop, const std::filesystem::path& path,
     return start(loop, path, timeout, options, detail::completion(std::forward<F>(callback)));
 }
 
+/// Callback form with default options.
 template <class F, std::enable_if_t<is_callback_v<F>, int> = 0>
 request async_lock(uv_loop_t* loop, const std::filesystem::path& path,
                    std::chrono::nanoseconds timeout, F&& callback) {
@@ -154,6 +157,8 @@ request async_lock(uv_loop_t* loop, const std::filesystem::path& path,
 /// operation: no lock is left held.
 class lock_awaitable {
 public:
+    /// Made by async_lock(); `ec`, when not null, receives the outcome
+    /// instead of an exception.
     lock_awaitable(uv_loop_t* loop, std::filesystem::path path, std::chrono::nanoseconds timeout,
                    lock_options options, std::stop_token stop, std::error_code* ec) noexcept
         : loop_(loop),
@@ -167,8 +172,10 @@ public:
         if (req_.pending()) req_.abandon();
     }
 
+    /// Never ready: the operation starts when the coroutine suspends.
     bool await_ready() const noexcept { return false; }
 
+    /// Starts the operation; the coroutine resumes on the loop's thread.
     void await_suspend(std::coroutine_handle<> h) {
         waiter_ = h;
         req_ = start(loop_, path_, timeout_, options_, [this](std::error_code ec, lock_file lock) {
@@ -179,6 +186,7 @@ public:
         if (stop_.stop_possible()) stop_cb_.emplace(stop_, canceller{req_});
     }
 
+    /// The held lock, or the outcome thrown (or stored in `ec`).
     lock_file await_resume() {
         stop_cb_.reset();
         if (ec_out_) {
@@ -221,6 +229,7 @@ inline lock_awaitable async_lock(uv_loop_t* loop, std::filesystem::path path,
     return {loop, std::move(path), timeout, std::move(options), std::move(stop), nullptr};
 }
 
+/// Coroutine form with default options, cancelled by `stop`.
 inline lock_awaitable async_lock(uv_loop_t* loop, std::filesystem::path path,
                                  std::chrono::nanoseconds timeout, std::stop_token stop) {
     return {loop, std::move(path), timeout, lock_options{}, std::move(stop), nullptr};
@@ -290,9 +299,12 @@ struct task_promise<void> : task_promise_base<void> {
 template <class T>
 class [[nodiscard]] task {
 public:
+    /// The coroutine's promise (C++20's coroutine protocol).
     using promise_type = detail::task_promise<T>;
 
+    /// Takes over `other`'s coroutine.
     task(task&& other) noexcept : h_(std::exchange(other.h_, {})) {}
+    /// Destroys the coroutine held (if any), then takes over `other`'s.
     task& operator=(task&& other) noexcept {
         if (this != &other) {
             if (h_) h_.destroy();
@@ -307,10 +319,13 @@ public:
     /// Starts the task from non-coroutine code (it runs until its first
     /// suspension).
     void start() { h_.resume(); }
+    /// Whether the task ran to its end.
     bool done() const noexcept { return h_ && h_.done(); }
     /// The task's value, or its exception rethrown. Only once done().
     T result() { return h_.promise().take(); }
 
+    /// Awaits the task from another coroutine (it starts then; symmetric
+    /// transfer back when it ends).
     auto operator co_await() && noexcept {
         struct awaiter {
             std::coroutine_handle<promise_type> h;

@@ -251,6 +251,11 @@ loop_state* loop_state::of(uv_loop_t* loop) {
 void loop_state::signal(op* o, bool turn) noexcept {
     {
         std::lock_guard<std::mutex> g(mutex);
+        // The application closed our handles itself (uv_walk closing every
+        // handle at shutdown): its operations are abandoned, and a send on
+        // a closed handle would abort. Only the handle's own memory (ours)
+        // is read, not the loop's.
+        if (uv_is_closing(reinterpret_cast<const uv_handle_t*>(&async))) return;
         if (turn) o->turn = true;
         if (!o->in_signalled) {
             o->in_signalled = true;

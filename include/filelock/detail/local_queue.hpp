@@ -69,7 +69,9 @@ public:
     std::atomic<bool> watching{false};
 
 protected:
-    ~queue_waiter() { leave(); }
+    // Virtual: drivers are polymorphic (and users' -Wnon-virtual-dtor stays
+    // quiet); a waiter is never destroyed through this base, though.
+    virtual ~queue_waiter() { leave(); }
 
 private:
     friend struct path_queue;
