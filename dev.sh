@@ -7,7 +7,7 @@
 set -eu
 cd "$(dirname "$0")"
 
-PACKAGES="g++ meson ninja-build pkg-config libasio-dev libuv1-dev catch2 python3-zc.lockfile util-linux"
+PACKAGES="g++ meson ninja-build pkg-config libasio-dev libuv1-dev catch2 python3-zc.lockfile util-linux cmake doxygen"
 BUILD=${BUILD:-build}
 
 deps() {

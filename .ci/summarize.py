@@ -23,8 +23,8 @@ for path in sys.argv[1:]:
         t = json.loads(line)
         out = t.get("stdout", "")
         ok = t["result"] in ("OK", "EXPECTEDFAIL")  # a negative control that failed as it must
-        not_run = len(re.findall(r"^  NOT RUN: .*$", out, re.M))
-        for why in re.findall(r"^  NOT RUN: (.*)$", out, re.M):
+        not_run = len(re.findall(r"^\s*NOT RUN: .*$", out, re.M))
+        for why in re.findall(r"^\s*NOT RUN: (.*)$", out, re.M):
             print("not run (%s): %s" % (t["name"], why))
         skipped += not_run
         passed -= not_run

@@ -385,7 +385,11 @@ std::error_code file_target::try_acquire() noexcept {
                     unlock_and_close();
                     return fail(err, "pread");
                 }
-                holder_line = is_holder_line(std::string_view(buf, static_cast<std::size_t>(n)));
+                const std::string_view old(buf, static_cast<std::size_t>(n));
+                holder_line = is_holder_line(old);
+                // Our own line already (this process locked it last): no
+                // write needed, and the file's mtime stays.
+                if (old == content_) write = false;
             }
             if (!holder_line) {
                 if (!keep_foreign_) {

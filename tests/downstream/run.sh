@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# Downstream builds, one per way of consuming filelock, each against a fresh
+# install of this source tree:
+#   release      `meson setup --buildtype=release` builds (no forced -Werror), and
+#                with --werror too; `-Dtests=disabled` needs no Catch2
+#   install      libraries, headers, pkg-config modules, CMake package, man page,
+#                LICENSE; the installed filelock-run runs from a custom prefix
+#   pkg-config   g++ and clang++ with `pkg-config filelock filelock-asio filelock-uv`
+#   cmake        find_package(filelock 0.2 COMPONENTS asio uv), strict warnings
+#   clang-order  clang++ with Asio's headers first: works with the packages'
+#                flags; without them a clear #error says what to do
+#   subproject   a parent meson project (strict warnings, werror) that installs
+#                a program using filelock as a subproject; the installed program runs;
+#                and the same with filelock also installed system-wide
+# Usage: run.sh SOURCE_DIR. Prints "ok: ..." / "FAILED: ..." / "NOT RUN: ..."
+# per check and exits non-zero if one failed.
+set -uo pipefail
+src=$(cd "$1" && pwd)
+work=$(mktemp -d /tmp/filelock-downstream-XXXXXX)
+trap 'rm -rf "$work"' EXIT
+failed=0
+ok() { echo "ok: $*"; }
+bad() { echo "FAILED: $*"; failed=1; }
+check() { local what=$1; shift; if "$@" >"$work/log" 2>&1; then ok "$what"; else bad "$what"; tail -n 30 "$work/log"; fi; }
+
+prefix=$work/prefix
+check "release build, tests disabled, no -Werror" \
+    meson setup "$work/release" "$src" --buildtype=release -Dtests=disabled -Dexamples=false \
+        -Ddocs=disabled --prefix="$prefix"
+check "release build compiles" ninja -C "$work/release"
+check "release build compiles with --werror too" \
+    bash -c "meson configure '$work/release' -Dwerror=true && ninja -C '$work/release'"
+check "meson install" meson install -C "$work/release" --quiet
+libdir=$(meson introspect --buildoptions "$work/release" | /usr/bin/python3 -c \
+    'import json,sys; print(next(o["value"] for o in json.load(sys.stdin) if o["name"]=="libdir"))')
+for f in "$libdir/libfilelock.so.0.2" "$libdir/libfilelock-uv.so.0.2" \
+         "$libdir/pkgconfig/filelock.pc" "$libdir/pkgconfig/filelock-asio.pc" \
+         "$libdir/pkgconfig/filelock-uv.pc" "$libdir/cmake/filelock/filelockConfig.cmake" \
+         "$libdir/cmake/filelock/filelockConfigVersion.cmake" include/filelock/version.hpp \
+         include/filelock/asio.hpp include/filelock/uv.hpp share/man/man1/filelock-run.1 \
+         share/doc/filelock/LICENSE bin/filelock-run; do
+    [ -e "$prefix/$f" ] || [ -e "$f" ] && ok "installed $f" || bad "installed $f"
+done
+check "installed filelock-run runs from a custom prefix (rpath)" \
+    bash -c "env -u LD_LIBRARY_PATH '$prefix/bin/filelock-run' -V | grep -q 'filelock) 0.2'"
+check "installed filelock-run locks" \
+    "$prefix/bin/filelock-run" -n "$work/a.lock" true
+
+export PKG_CONFIG_PATH=$prefix/$libdir/pkgconfig
+for cxx in g++ clang++-14; do
+    if ! command -v $cxx >/dev/null; then echo "NOT RUN: pkg-config with $cxx (not installed)"; continue; fi
+    check "pkg-config consumer, $cxx (Asio included first, strict warnings)" bash -c "
+        $cxx -std=c++20 -Wall -Wextra -Werror -Wshadow -Wconversion -Wsign-conversion \
+            -Wold-style-cast -Wnon-virtual-dtor '$src/tests/downstream/consumer.cpp' \
+            \$(pkg-config --cflags --libs filelock filelock-asio filelock-uv) \
+            -Wl,-rpath,'$prefix/$libdir' -o '$work/pc-$cxx' && '$work/pc-$cxx' '$work/pc.lock'"
+done
+if command -v clang++-14 >/dev/null; then
+    # Without the packages' flags, clang with Asio first must stop with the
+    # message that says what to do.
+    if clang++-14 -std=c++20 -fsyntax-only -I"$prefix/include" \
+        "$src/tests/downstream/consumer.cpp" >"$work/log" 2>&1; then
+        bad "clang, Asio first, no flags: expected the #error"
+    elif grep -q "Compile with -DASIO_HAS_CO_AWAIT=1" "$work/log"; then
+        ok "clang, Asio first, no flags: a clear #error"
+    else
+        bad "clang, Asio first, no flags: unclear error"; tail -n 10 "$work/log"
+    fi
+fi
+
+if command -v cmake >/dev/null; then
+    for cxx in g++ clang++-14; do
+        check "CMake find_package consumer, $cxx" bash -c "
+            cmake -S '$src/tests/downstream/cmake-consumer' -B '$work/cmake-$cxx' \
+                -DCMAKE_CXX_COMPILER=$cxx -DCMAKE_PREFIX_PATH='$prefix' \
+                -DCMAKE_BUILD_RPATH='$prefix/$libdir' &&
+            cmake --build '$work/cmake-$cxx' &&
+            '$work/cmake-$cxx/consumer' '$work/cmake.lock'"
+    done
+    check "CMake refuses an incompatible version (0.3)" bash -c "
+        mkdir -p '$work/cmake-v' && printf '%s\n' 'cmake_minimum_required(VERSION 3.16)' \
+            'project(v CXX)' 'find_package(filelock 0.3 QUIET)' \
+            'if(filelock_FOUND)' '  message(FATAL_ERROR \"0.3 accepted\")' 'endif()' \
+            > '$work/cmake-v/CMakeLists.txt' &&
+        cmake -S '$work/cmake-v' -B '$work/cmake-v/b' -DCMAKE_PREFIX_PATH='$prefix'"
+else
+    echo "NOT RUN: CMake consumer (cmake not installed)"
+fi
+
+# Subproject: the parent installs a program; the libraries go with it.
+parent=$work/parent
+mkdir -p "$parent/subprojects"
+cp "$src/tests/downstream/meson-parent/meson.build" "$parent/"
+cp "$src/tests/downstream/consumer.cpp" "$work/"
+ln -s "$src" "$parent/subprojects/filelock"
+for mode in alone system-wide; do
+    pp=$work/parent-prefix-$mode
+    env=()
+    # With filelock also installed "system-wide" (found through pkg-config),
+    # the parent resolves every module the same way.
+    [ $mode = system-wide ] && env=(PKG_CONFIG_PATH="$PKG_CONFIG_PATH") || env=(PKG_CONFIG_PATH=)
+    check "meson subproject ($mode): configure, build, install" bash -c "
+        env ${env[*]} meson setup '$work/pb-$mode' '$parent' --prefix='$pp' \
+            -Dfilelock:tests=disabled -Dfilelock:docs=disabled -Dfilelock:examples=false &&
+        ninja -C '$work/pb-$mode' && meson install -C '$work/pb-$mode' --quiet"
+    # (system-wide: the libraries are the "system's", where its loader looks)
+    check "meson subproject ($mode): the installed program runs" \
+        env LD_LIBRARY_PATH="$([ $mode = system-wide ] && echo "$prefix/$libdir")" \
+        "$pp/bin/consumer" "$work/sub-$mode.lock"
+done
+rm -f "$parent/subprojects/filelock"
+
+[ $failed = 0 ] && echo "downstream: all checks passed" || echo "downstream: FAILED"
+exit $failed
