@@ -78,8 +78,12 @@ struct path_queue {
     // A holder of this process released: wake the head, unless local
     // holders have kept the lock among themselves for their share already.
     void released() noexcept {
-        if (!head) return;
-        const auto now = clock::now();
+        if (head) released_at(clock::now());
+    }
+
+    // (A separate function: g++ 12 at -Os reports a false "dangling pointer
+    // to 'now'" when the time is a local of released().)
+    void released_at(clock::time_point now) noexcept {
         if (!streak) {
             streak = true;
             streak_start = now;

@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: MIT
 # Downstream builds, one per way of consuming filelock, each against a fresh
 # install of this source tree:
-#   release      `meson setup --buildtype=release` builds (no forced -Werror), and
-#                with --werror too; `-Dtests=disabled` needs no Catch2
+#   buildtypes   `meson setup --buildtype=release` builds (no forced -Werror), and
+#                with --werror too, as do debug, minsize and plain;
+#                `-Dtests=disabled` needs no Catch2
 #   install      libraries, headers, pkg-config modules, CMake package, man page,
 #                LICENSE; the installed filelock-run runs from a custom prefix
 #   pkg-config   g++ and clang++ with `pkg-config filelock filelock-asio filelock-uv`
@@ -31,6 +32,13 @@ check "release build, tests disabled, no -Werror" \
 check "release build compiles" ninja -C "$work/release"
 check "release build compiles with --werror too" \
     bash -c "meson configure '$work/release' -Dwerror=true && ninja -C '$work/release'"
+# Every other buildtype builds warning-free too (the libraries and the tool).
+for bt in debug minsize plain; do
+    check "buildtype $bt builds with --werror" bash -c "
+        meson setup '$work/bt-$bt' '$src' --buildtype=$bt --werror -Dtests=disabled \
+            -Dexamples=false -Ddocs=disabled >/dev/null && ninja -C '$work/bt-$bt'"
+    rm -rf "$work/bt-$bt"
+done
 check "meson install" meson install -C "$work/release" --quiet
 libdir=$(meson introspect --buildoptions "$work/release" | /usr/bin/python3 -c \
     'import json,sys; print(next(o["value"] for o in json.load(sys.stdin) if o["name"]=="libdir"))')
