@@ -135,6 +135,9 @@ std::error_code expand_content(std::string_view tmpl, std::string& out) {
 bool is_holder_line(std::string_view bytes) noexcept {
     if (bytes.empty()) return true;
     if (bytes.size() > max_holder_bytes) return false;
+    // Zeros only: what a crash can leave of an unsynced holder's line on
+    // some filesystems. Nothing to keep.
+    if (bytes.find_first_not_of('\0') == std::string_view::npos) return true;
     if (bytes.back() == '\n') bytes.remove_suffix(1);
     if (bytes.empty()) return true;  // a lone newline
     if (bytes.front() != ' ') return false;

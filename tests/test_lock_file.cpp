@@ -1042,6 +1042,10 @@ TEST_CASE("lock_file: only a lock holder's line counts as lock content") {
           std::string(" \x1b[31m\n"), std::string(" a\tb\n"), " " + std::string(1100, 'x') + "\n"})
         CHECK(!is_holder_line(bad));
     CHECK(is_holder_line(" " + std::string(1022, 'x') + "\n"));
+    // What a crash can leave of a holder's line: zeros.
+    CHECK(is_holder_line(std::string(7, '\0')));
+    CHECK(!is_holder_line(std::string(2000, '\0')));
+    CHECK(!is_holder_line(std::string("\0\0x", 3)));
 }
 
 TEST_CASE("lock_file: a file holding foreign content is never overwritten") {

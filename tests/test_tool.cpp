@@ -109,6 +109,13 @@ TEST_CASE(
     }
 }
 
+TEST_CASE("filelock-run: started with SIGCHLD ignored, it still reports COMMAND's status") {
+    scratch s;
+    const auto p = s / "a.lock";
+    CHECK(run({"bash", "-c", "trap '' CHLD; exec \"$0\" \"$1\" sh -c 'exit 7'", filelock_run_path(),
+               p.string()}) == 7);
+}
+
 TEST_CASE("filelock-run: a signal while waiting for the lock ends the wait; nothing runs") {
     scratch s;
     const auto p = s / "a.lock";

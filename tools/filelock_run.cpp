@@ -154,6 +154,8 @@ int run(char** argv, int fd, bool close_fd, bool no_fork, bool verbose) {
         if (fd >= 0) ::fcntl(fd, F_SETFD, 0);  // the lock stays with the command
         exec_command(argv);
     }
+    // Inherited SIG_IGN for SIGCHLD would reap COMMAND behind our back.
+    ::signal(SIGCHLD, SIG_DFL);
     const sigset_t set = run_signals();
     sigset_t old;
     ::sigprocmask(SIG_BLOCK, &set, &old);

@@ -33,7 +33,8 @@ enum class lock_backend {
 /// something other than a lock holder's line. A lock holder's line is what
 /// zc.lockfile and filelock write: at most 1 KiB, one line that starts with
 /// a space, no control characters but a final newline (an empty file
-/// qualifies too). Anything else (a script, a data file, a pid file written
+/// qualifies too, and so do up to 1 KiB of zero bytes, what a crash can leave
+/// of such a line on some filesystems). Anything else (a script, a data file, a pid file written
 /// by another program) is never overwritten.
 enum class foreign_content {
     /// The attempt fails with errc::foreign_content; nothing is written and

@@ -108,8 +108,9 @@ FILELOCK_API std::error_code expand_content(std::string_view tmpl, std::string& 
 FILELOCK_API std::string holder_from_bytes(std::string_view bytes);
 
 /// Whether `bytes` is what a lock holder writes (see foreign_content): empty,
-/// or at most 1 KiB of one line that starts with a space, with no control
-/// character but one final newline.
+/// at most 1 KiB of one line that starts with a space, with no control
+/// character but one final newline, or at most 1 KiB of zero bytes (what a
+/// crash can leave of such a line).
 FILELOCK_API bool is_holder_line(std::string_view bytes) noexcept;
 
 /// Whether the filesystem type `magic` (statfs f_type) is a pseudo
