@@ -46,6 +46,16 @@ int exit_code(pid_t pid) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+// A lock file held by another process until `holder.release()`, and the
+// marker of the processes that will compete for it.
+struct held_elsewhere {
+    scratch dir;
+    fs::path path = dir / "a.lock";
+    fs::path marker = dir / "inside";
+    child holder = hold_in_child(path);
+    held_elsewhere() { REQUIRE(holder.ready()); }
+};
+
 lock_options with_queue(bool queue) {
     lock_options o;
     o.queue_local_waiters = queue;
@@ -57,11 +67,10 @@ lock_options with_queue(bool queue) {
 TEST_CASE("fork: a libuv async_lock waiting across fork() never gives both processes the lock") {
     for (const bool queue : {true, false}) {
         CAPTURE(queue);
-        scratch s;
-        const auto p = s / "a.lock";
-        const auto marker = s / "inside";
-        auto holder = hold_in_child(p);
-        REQUIRE(holder.ready());
+        held_elsewhere h;
+        const auto& p = h.path;
+        const auto& marker = h.marker;
+        auto& holder = h.holder;
 
         uv_loop_t loop;
         REQUIRE(uv_loop_init(&loop) == 0);
@@ -92,11 +101,10 @@ TEST_CASE("fork: a libuv async_lock waiting across fork() never gives both proce
 TEST_CASE("fork: an Asio async_lock waiting across fork() never gives both processes the lock") {
     for (const bool queue : {true, false}) {
         CAPTURE(queue);
-        scratch s;
-        const auto p = s / "a.lock";
-        const auto marker = s / "inside";
-        auto holder = hold_in_child(p);
-        REQUIRE(holder.ready());
+        held_elsewhere h;
+        const auto& p = h.path;
+        const auto& marker = h.marker;
+        auto& holder = h.holder;
 
         asio::io_context io;
         outcome mine = no_outcome;
