@@ -6,6 +6,7 @@
 
 #include "sys.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -375,6 +376,7 @@ std::error_code file_target::try_acquire() noexcept {
         dev_ = held.st_dev;
         ino_ = held.st_ino;
         bool write = !content_.empty();
+        off_t old_size = held.st_size;  // what the truncation must cut
         if (write && held.st_size > 0) {
             // Only a lock holder's line is overwritten, never a script or data.
             bool holder_line = held.st_size <= static_cast<off_t>(max_holder_bytes);
@@ -389,6 +391,7 @@ std::error_code file_target::try_acquire() noexcept {
                     return fail(err, "pread");
                 }
                 const std::string_view old(buf, static_cast<std::size_t>(n));
+                old_size = std::max(old_size, static_cast<off_t>(n));
                 holder_line = is_holder_line(old);
                 // Our own line already (this process locked it last): no
                 // write needed, and the file's mtime stays.
@@ -406,7 +409,7 @@ std::error_code file_target::try_acquire() noexcept {
             // Truncate first (only what is left over: the fstat gave the
             // size), then write: whichever call fails, the file still holds
             // one line that is a prefix of a holder's, never foreign bytes.
-            if (held.st_size > static_cast<off_t>(content_.size()) &&
+            if (old_size > static_cast<off_t>(content_.size()) &&
                 retry_eintr([&] {
                     return sys().ftruncate(fd_, static_cast<off_t>(content_.size()));
                 }) != 0) {
