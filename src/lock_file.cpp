@@ -50,11 +50,18 @@ int set_ofd_lock(int fd, short type) noexcept {
     return retry_eintr([&] { return sys().fcntl_lock(fd, F_OFD_SETLK, &lk); });
 }
 
-void release_fd(int fd, bool ofd) noexcept {
-    if (ofd)
-        set_ofd_lock(fd, F_UNLCK);
-    else
-        retry_eintr([&] { return sys().flock(fd, LOCK_UN); });
+// Releases a lock held on `fd`: unlock, then close. After a fork() the
+// parent and the child share the descriptor's open file description, and
+// with it the lock, so an unlock in either would release it for both: a
+// descriptor that is not private (see fork_stamp) is only closed, and the
+// lock stays held until every copy is closed (as flock(1)'s is).
+void release_fd(int fd, bool ofd, fork_stamp stamp) noexcept {
+    if (stamp.is_private()) {
+        if (ofd)
+            set_ofd_lock(fd, F_UNLCK);
+        else
+            retry_eintr([&] { return sys().flock(fd, LOCK_UN); });
+    }
     sys().close(fd);  // never retried: the descriptor is gone whatever it returns
 }
 
@@ -75,10 +82,6 @@ std::error_code append_hostname(std::string& out) {
     if (sys().gethostname(host, sizeof host) != 0) return sys_error(errno);
     out.append(host, ::strnlen(host, sizeof host));
     return {};
-}
-
-bool same_fork_stamp(unsigned generation, unsigned forks) noexcept {
-    return fork_stamp{generation, forks}.is_private();
 }
 
 // Whether the file behind `fd` (of device `dev`) is on a pseudo filesystem.
@@ -261,12 +264,7 @@ void file_target::close_fd() noexcept {
 }
 
 void file_target::unlock_and_close() noexcept {
-    // A descriptor shared through fork() is only closed: an unlock would
-    // release the lock for the other process too.
-    if (fd_ >= 0 && same_fork_stamp(fd_generation_, fd_forks_))
-        release_fd(fd_, ofd_);
-    else
-        close_fd();
+    if (fd_ >= 0) release_fd(fd_, ofd_, {fd_generation_, fd_forks_});
     fd_ = -1;
     won_ = false;
 }
@@ -317,7 +315,7 @@ std::error_code file_target::try_acquire() noexcept {
     if (init_error_) return init_error_;
     // Attempts are made only on a descriptor opened since the last fork():
     // one shared with a parent or child would share a won lock with it.
-    if (fd_ >= 0 && !same_fork_stamp(fd_generation_, fd_forks_)) {
+    if (fd_ >= 0 && !fork_stamp{fd_generation_, fd_forks_}.is_private()) {
         close_fd();  // never unlocked: the other process's lock, if any
         won_ = false;
     }
@@ -485,17 +483,10 @@ lock_file::~lock_file() { close(); }
 void lock_file::close() noexcept {
     if (h_.fd < 0) return;
     const int fd = std::exchange(h_.fd, -1);
-    // After a fork() the parent and the child share the descriptor's open
-    // file description, and with it the lock: an unlock in either would
-    // release it for both. Such a lock is released by closing only, so it
-    // stays held until every copy is closed (as flock(1)'s is), and the
-    // file is not removed from under the other holder.
-    if (!detail::same_fork_stamp(h_.generation, h_.forks)) {
-        detail::sys().close(fd);
-        if (!detail::fork_stamp{h_.generation, h_.forks}.inherited()) detail::local_release(path_);
-        return;
-    }
-    if (h_.remove) {
+    const detail::fork_stamp stamp{h_.generation, h_.forks};
+    // A lock another process may share after a fork() is only closed (see
+    // release_fd), and its file is not removed from under the other holder.
+    if (h_.remove && stamp.is_private()) {
         // Unlink while still holding, and only the file we hold: a waiter that
         // then wins this inode sees that the path no longer names it.
         struct ::stat named {};
@@ -504,8 +495,10 @@ void lock_file::close() noexcept {
             static_cast<unsigned long long>(named.st_ino) == h_.ino)
             detail::sys().unlink(path_.c_str());
     }
-    detail::release_fd(fd, h_.ofd);
-    detail::local_release(path_);  // the next waiter of this process, at once
+    detail::release_fd(fd, h_.ofd, stamp);
+    // The next waiter of this process, at once (a forked child's copy of its
+    // parent's lock has no waiters of ours to hand it to).
+    if (!stamp.inherited()) detail::local_release(path_);
 }
 
 simple_lock_file::simple_lock_file(const std::filesystem::path& path, lock_options options)
