@@ -5,8 +5,9 @@
 #include <pthread.h>
 #include <memory>
 #include <mutex>
-#include <string>
-#include <unordered_map>
+#include <cstdint>
+#include <map>
+#include <tuple>
 
 namespace filelock::detail {
 
@@ -15,7 +16,17 @@ constexpr std::chrono::microseconds yield_slack{2000};
 struct path_queue {
     using clock = std::chrono::steady_clock;
 
-    std::string key;
+    struct key_type {
+        lock_identity id;
+        const void* domain;
+        bool operator<(const key_type& o) const noexcept {
+            const auto d = reinterpret_cast<std::uintptr_t>(domain);
+            const auto od = reinterpret_cast<std::uintptr_t>(o.domain);
+            return std::tie(id.dev, id.ino, id.backend, d) <
+                   std::tie(o.id.dev, o.id.ino, o.id.backend, od);
+        }
+    };
+    key_type key;
     queue_waiter* head = nullptr;
     queue_waiter* tail = nullptr;
     // Local holders have been handing the lock on directly since
@@ -29,12 +40,10 @@ struct path_queue {
     clock::time_point yielded_at{}, hold_until{};
 
     static std::mutex mutex;
-    static std::unordered_map<std::string, std::unique_ptr<path_queue>> queues;
+    // Ordered by identity, then domain: a release wakes the heads of every
+    // domain's queue of one lock, a range.
+    static std::map<key_type, std::unique_ptr<path_queue>> queues;
     static std::atomic<std::size_t> waiters;
-
-    static std::string key_of(const std::filesystem::path& path) {
-        return path.lexically_normal().native();
-    }
 
     // With the mutex held.
     void push(queue_waiter& w) {
@@ -101,7 +110,7 @@ struct path_queue {
 };
 
 std::mutex path_queue::mutex;
-std::unordered_map<std::string, std::unique_ptr<path_queue>> path_queue::queues;
+std::map<path_queue::key_type, std::unique_ptr<path_queue>> path_queue::queues;
 std::atomic<std::size_t> path_queue::waiters{0};
 
 namespace {
@@ -125,16 +134,16 @@ const bool atfork_registered = [] {
 
 }  // namespace
 
-bool queue_waiter::join(const std::filesystem::path& path) noexcept {
+bool queue_waiter::join(const lock_identity& id, const void* domain) noexcept {
     try {
-        std::string key = path_queue::key_of(path);
+        const path_queue::key_type key{id, domain};
         std::lock_guard<std::mutex> g(path_queue::mutex);
         (void)atfork_registered;
         auto it = path_queue::queues.find(key);
         if (it == path_queue::queues.end()) {
             auto q = std::make_unique<path_queue>();
             q->key = key;
-            it = path_queue::queues.emplace(std::move(key), std::move(q)).first;
+            it = path_queue::queues.emplace(key, std::move(q)).first;
         }
         generation_ = queues_generation;
         it->second->push(*this);
@@ -156,10 +165,10 @@ void queue_waiter::leave() noexcept {
     if (q->unlink(*this)) path_queue::queues.erase(path_queue::queues.find(q->key));
 }
 
-std::chrono::steady_clock::duration queue_waiter::hold_off() const noexcept {
+std::chrono::steady_clock::duration queue_waiter::hold_off(
+    std::chrono::steady_clock::time_point now) const noexcept {
     std::lock_guard<std::mutex> g(path_queue::mutex);
     if (!queue_ || generation_ != queues_generation || queue_->head != this) return {};
-    const auto now = std::chrono::steady_clock::now();
     return queue_->hold_until > now ? queue_->hold_until - now
                                     : std::chrono::steady_clock::duration::zero();
 }
@@ -175,17 +184,13 @@ bool queue_waiter::is_head() const noexcept {
     return queue_ && generation_ == queues_generation && queue_->head == this;
 }
 
-void local_release(const std::filesystem::path& path) noexcept {
+void local_release(const lock_identity& id) noexcept {
     if (path_queue::waiters.load(std::memory_order_relaxed) == 0) return;
-    try {
-        const std::string key = path_queue::key_of(path);
-        std::lock_guard<std::mutex> g(path_queue::mutex);
-        auto it = path_queue::queues.find(key);
-        if (it != path_queue::queues.end()) it->second->released();
-    } catch (...) {
-        // Out of memory normalising the path: the head still wakes on the
-        // close event or its timer.
-    }
+    std::lock_guard<std::mutex> g(path_queue::mutex);
+    // Every domain's head: the kernel decides which of them wins.
+    for (auto it = path_queue::queues.lower_bound({id, nullptr});
+         it != path_queue::queues.end() && it->first.id == id; ++it)
+        it->second->released();
 }
 
 std::size_t local_waiters() noexcept { return path_queue::waiters.load(); }

@@ -5,6 +5,8 @@
 
 #include <cerrno>
 #include <climits>
+#include <mutex>
+#include <pthread.h>
 #include <unistd.h>
 
 #if defined(__linux__)
@@ -18,9 +20,27 @@ namespace filelock::detail {
 namespace {
 constexpr std::uint32_t watch_mask =
     IN_CLOSE_WRITE | IN_CLOSE_NOWRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ATTRIB;
-}
 
-release_watcher::release_watcher() noexcept : fd_(sys().inotify_init1(IN_NONBLOCK | IN_CLOEXEC)) {}
+// The idle instance. Reached only under its mutex, which is never held
+// across a call that could fork.
+struct idle_pool {
+    std::mutex mutex;
+    std::unique_ptr<release_watcher> kept;
+};
+idle_pool& pool() {
+    static auto* p = [] {
+        auto* made = new idle_pool;  // never destroyed: usable during exit
+        // Held across fork(): a child never inherits it locked.
+        ::pthread_atfork([] { pool().mutex.lock(); }, [] { pool().mutex.unlock(); },
+                         [] { pool().mutex.unlock(); });
+        return made;
+    }();
+    return *p;
+}
+}  // namespace
+
+release_watcher::release_watcher() noexcept
+    : fd_(sys().inotify_init1(IN_NONBLOCK | IN_CLOEXEC)), generation_(fork_generation()) {}
 
 release_watcher::~release_watcher() {
     if (fd_ >= 0) ::close(fd_);
@@ -42,7 +62,7 @@ void release_watcher::remove(int wd) noexcept {
     auto it = refs_.find(wd);
     if (it == refs_.end()) return;  // the kernel already dropped it (IN_IGNORED)
     if (--it->second == 0) {
-        ::inotify_rm_watch(fd_, wd);
+        sys().inotify_rm_watch(fd_, wd);
         refs_.erase(it);
     }
 }
@@ -51,16 +71,23 @@ std::vector<release_watcher::event> release_watcher::drain() {
     std::vector<event> woken;
     alignas(inotify_event) char buf[4096];
     for (;;) {
-        const ssize_t n = ::read(fd_, buf, sizeof buf);
+        const ssize_t n = sys().read(fd_, buf, sizeof buf);
         if (n <= 0) break;  // EAGAIN: drained
-        for (ssize_t off = 0; off < n;) {
+        for (ssize_t off = 0; off + static_cast<ssize_t>(sizeof(inotify_event)) <= n;) {
             const auto* ev = reinterpret_cast<const inotify_event*>(buf + off);
             off += static_cast<ssize_t>(sizeof(inotify_event) + ev->len);
+            if (ev->mask & IN_Q_OVERFLOW) {
+                // Events were lost: a watched file may have been replaced
+                // unseen. Every waiter looks again and watches anew.
+                woken.clear();
+                woken.push_back({all, true});
+                continue;
+            }
             if (ev->mask & IN_IGNORED) refs_.erase(ev->wd);  // the inode is gone
             const bool moved = ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_ATTRIB | IN_IGNORED);
             event* seen = nullptr;
             for (auto& w : woken)
-                if (w.wd == ev->wd) seen = &w;
+                if (w.wd == ev->wd || w.wd == all) seen = &w;
             if (seen)
                 seen->moved |= moved;
             else
@@ -72,6 +99,31 @@ std::vector<release_watcher::event> release_watcher::drain() {
     return woken;
 }
 
+std::unique_ptr<release_watcher> release_watcher::take() {
+    std::unique_ptr<release_watcher> w;
+    {
+        std::lock_guard<std::mutex> g(pool().mutex);
+        w = std::move(pool().kept);
+    }
+    // A forked child's copy of its parent's instance would read the parent's
+    // events: it makes its own.
+    if (w && w->generation_ == fork_generation()) return w;
+    return std::make_unique<release_watcher>();
+}
+
+void release_watcher::recycle(std::unique_ptr<release_watcher> w) noexcept {
+    if (!w || !w->valid()) return;
+    for (auto& [wd, refs] : w->refs_) sys().inotify_rm_watch(w->fd_, wd);
+    w->refs_.clear();
+    try {
+        (void)w->drain();  // what was queued concerns nobody now
+    } catch (...) {
+    }
+    std::lock_guard<std::mutex> g(pool().mutex);
+    if (!pool().kept) pool().kept = std::move(w);
+    // else: closed here, after its last waiter's completion
+}
+
 #else
 
 release_watcher::release_watcher() noexcept = default;
@@ -79,6 +131,10 @@ release_watcher::~release_watcher() = default;
 int release_watcher::add(const std::filesystem::path&) noexcept { return -1; }
 void release_watcher::remove(int) noexcept {}
 std::vector<release_watcher::event> release_watcher::drain() { return {}; }
+std::unique_ptr<release_watcher> release_watcher::take() {
+    return std::make_unique<release_watcher>();
+}
+void release_watcher::recycle(std::unique_ptr<release_watcher>) noexcept {}
 
 #endif
 

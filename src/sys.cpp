@@ -2,6 +2,7 @@
 #include "sys.hpp"
 
 #include <atomic>
+#include <poll.h>
 #include <pthread.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -20,7 +21,9 @@ int sys_inotify_init1(int flags) { return ::inotify_init1(flags); }
 int sys_inotify_add_watch(int fd, const char* path, uint32_t mask) {
     return ::inotify_add_watch(fd, path, mask);
 }
+int sys_inotify_rm_watch(int fd, int wd) { return ::inotify_rm_watch(fd, wd); }
 #else
+int sys_inotify_rm_watch(int, int) { return errno = ENOSYS, -1; }
 int sys_inotify_init1(int) { return errno = ENOSYS, -1; }
 int sys_inotify_add_watch(int, const char*, uint32_t) { return errno = ENOSYS, -1; }
 #endif
@@ -44,6 +47,10 @@ constexpr sys_table libc_table{
     .inotify_init1 = sys_inotify_init1,
     .inotify_add_watch = sys_inotify_add_watch,
     .gethostname = sys_gethostname,
+    .inotify_rm_watch = sys_inotify_rm_watch,
+    .read = ::read,
+    .poll = ::poll,
+    .dup = ::dup,
 };
 
 sys_table table = libc_table;

@@ -1,13 +1,17 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-// The one seam through which every system call of the lock primitive goes,
-// so tests can inject errno values (as fmt's posix-mock test does). The table
-// holds plain libc functions by default.
+// The one seam through which every system call of the lock primitive, the
+// release watchers and the sync driver goes, so tests can inject errno values
+// and events (as fmt's posix-mock test does). The table holds plain libc
+// functions by default. Not covered: what Asio's and libuv's reactors do
+// with the descriptors we hand them (epoll, their own reads of nothing of
+// ours), and the release of an inotify instance's descriptor (close).
 
 #include <filelock/export.hpp>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <cstdint>
@@ -31,6 +35,10 @@ struct sys_table {
     int (*inotify_init1)(int flags);
     int (*inotify_add_watch)(int fd, const char* path, uint32_t mask);
     int (*gethostname)(char* name, size_t len);
+    int (*inotify_rm_watch)(int fd, int wd);
+    ssize_t (*read)(int fd, void* buf, size_t n);  // inotify events
+    int (*poll)(struct ::pollfd* fds, nfds_t n, int timeout_ms);
+    int (*dup)(int fd);
 };
 
 /// The table in use. Tests replace entries and restore them.

@@ -40,6 +40,20 @@ inline int fds_on(const fs::path& p) {
     return n;
 }
 
+/// inotify instances (descriptors) open in this process.
+inline int inotify_instances() {
+    int n = 0;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc/self/fd", ec))
+        n += fs::read_symlink(e.path(), ec).string() == "anon_inode:inotify";
+    return n;
+}
+
+/// The most inotify instances the library keeps in a process with no waiter
+/// left (the documented process-wide caches: the sync waiters' instance and
+/// one idle instance for event loops; see release_watcher.hpp).
+constexpr int max_cached_inotify_instances = 2;
+
 /// inotify watches held by this process, over all its instances (a
 /// descriptor dup()ed from another counts once).
 inline int inotify_watches() {

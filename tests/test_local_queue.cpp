@@ -72,22 +72,29 @@ void asio_release_later(asio::io_context& io, lock_file l, exclusion* ex) {
     });
 }
 
-// Runs `loop` until `pred` holds (a bounded number of iterations: a hang
-// shows as a failed check, not a stuck test).
+// Runs `loop` until `pred` holds (for 20 s at most: a hang shows as a
+// failed check, not a stuck test).
 template <class Pred>
 bool uv_run_until(uv_loop_t* loop, Pred pred) {
-    for (int i = 0; i < 100000 && !pred(); ++i) uv_run(loop, UV_RUN_NOWAIT);
+    const auto end = std::chrono::steady_clock::now() + 20s;
+    while (!pred() && std::chrono::steady_clock::now() < end) uv_run(loop, UV_RUN_NOWAIT);
     return pred();
 }
 
 template <class Pred>
 bool asio_run_until(asio::io_context& io, Pred pred) {
-    for (int i = 0; i < 100000 && !pred(); ++i) {
+    const auto end = std::chrono::steady_clock::now() + 20s;
+    while (!pred() && std::chrono::steady_clock::now() < end) {
         io.poll();
         io.restart();
     }
     return pred();
 }
+
+// Locks as the queue knows them: device, inode, backend.
+const fdetail::lock_identity id_x{1, 10, 0}, id_y{1, 11, 0}, id_fork{1, 12, 0}, id_other{1, 13, 0},
+    id_fair{1, 14, 0};
+const char dom = 0;  // a driver domain
 
 std::vector<int> iota(int n, std::initializer_list<int> except = {}) {
     std::vector<int> v;
@@ -101,9 +108,9 @@ std::vector<int> iota(int n, std::initializer_list<int> except = {}) {
 TEST_CASE("local queue: waiters line up in arrival order; a head that leaves wakes the next only") {
     const auto before = fdetail::local_waiters();
     fake_waiter a, b, c;
-    CHECK(a.join("q/x.lock"));
-    CHECK_FALSE(b.join("q/x.lock"));
-    CHECK_FALSE(c.join("q/./x.lock"));  // the same path, spelled differently
+    CHECK(a.join(id_x, &dom));
+    CHECK_FALSE(b.join(id_x, &dom));
+    CHECK_FALSE(c.join(id_x, &dom));
     CHECK(fdetail::local_waiters() == before + 3);
     CHECK(a.is_head());
     CHECK_FALSE(b.is_head());
@@ -122,14 +129,14 @@ TEST_CASE("local queue: waiters line up in arrival order; a head that leaves wak
 
 TEST_CASE("local queue: a forked child starts with no queue and leaves the parent's alone") {
     fake_waiter a, b;
-    a.join("q/fork.lock");
-    b.join("q/fork.lock");
+    a.join(id_fork, &dom);
+    b.join(id_fork, &dom);
     child c([](int ready) {
         // The copies of the parent's waiters are not ours: nothing queued.
         bool ok = fdetail::local_waiters() == 0;
         fake_waiter mine;
-        ok = ok && mine.join("q/fork.lock");  // the head of a new queue
-        fdetail::local_release("q/fork.lock");
+        ok = ok && mine.join(id_fork, &dom);  // the head of a new queue
+        fdetail::local_release(id_fork);
         ok = ok && mine.wakes == 1;
         (void)!::write(ready, ok ? "y" : "n", 1);
         return ok ? 0 : 1;
@@ -143,20 +150,35 @@ TEST_CASE("local queue: a forked child starts with no queue and leaves the paren
     CHECK(b.wakes == 1);
 }
 
-TEST_CASE("local queue: another path is another queue") {
-    fake_waiter a, b;
-    CHECK(a.join("q/x.lock"));
-    CHECK(b.join("q/y.lock"));
+TEST_CASE("local queue: another lock, another backend or another domain is another queue") {
+    fake_waiter a, b, c, d;
+    CHECK(a.join(id_x, &dom));
+    CHECK(b.join(id_y, &dom));
+    CHECK(c.join({id_x.dev, id_x.ino, 1}, &dom));  // OFD locks do not conflict with flock's
+    const char other_domain = 0;
+    CHECK(d.join(id_x, &other_domain));
+}
+
+TEST_CASE("local queue: a local release wakes the head of every domain's queue of the lock") {
+    fake_waiter a, b, c;
+    const char other_domain = 0;
+    a.join(id_x, &dom);
+    b.join(id_x, &dom);
+    c.join(id_x, &other_domain);
+    fdetail::local_release(id_x);
+    CHECK(a.wakes == 1);
+    CHECK(b.wakes == 0);
+    CHECK(c.wakes == 1);
 }
 
 TEST_CASE("local queue: a release by a local holder wakes the head, and only the head") {
     fake_waiter a, b;
-    a.join("q/x.lock");
-    b.join("q/x.lock");
-    fdetail::local_release("q/x.lock");
+    a.join(id_x, &dom);
+    b.join(id_x, &dom);
+    fdetail::local_release(id_x);
     CHECK(a.wakes == 1);
     CHECK(b.wakes == 0);
-    fdetail::local_release("q/other.lock");  // no queue there: nothing happens
+    fdetail::local_release(id_other);  // no queue there: nothing happens
     CHECK(a.wakes == 1);
 }
 
@@ -164,38 +186,38 @@ TEST_CASE(
     "local queue: after a fair share of local handoffs, a release is left to the close "
     "event") {
     fake_waiter a;
-    a.join("q/fair.lock");
+    a.join(id_fair, &dom);
     a.watching = true;
-    fdetail::local_release("q/fair.lock");  // starts a streak
+    fdetail::local_release(id_fair);  // starts a streak
     CHECK(a.wakes == 1);
     std::this_thread::sleep_for(fdetail::min_fair_share * 2);
-    fdetail::local_release("q/fair.lock");  // over the share: yield to other processes
+    fdetail::local_release(id_fair);  // over the share: yield to other processes
     CHECK(a.wakes == 1);
-    CHECK(a.hold_off() <= fdetail::yield_grace);  // the head holds off, for the grace at most
+    CHECK(a.hold_off(std::chrono::steady_clock::now()) <= fdetail::yield_grace);  // the head holds off, for the grace at most
     std::this_thread::sleep_for(fdetail::yield_grace);
-    CHECK(a.hold_off() == std::chrono::steady_clock::duration::zero());
-    fdetail::local_release("q/fair.lock");  // a new streak
+    CHECK(a.hold_off(std::chrono::steady_clock::now()) == std::chrono::steady_clock::duration::zero());
+    fdetail::local_release(id_fair);  // a new streak
     CHECK(a.wakes == 2);
 
     SECTION("a head that does not watch for close events is always woken") {
         a.watching = false;
         std::this_thread::sleep_for(fdetail::min_fair_share * 2);
-        fdetail::local_release("q/fair.lock");
+        fdetail::local_release(id_fair);
         CHECK(a.wakes == 3);
     }
     SECTION("a lock taken other than from a local hand ends the streak") {
         fake_waiter b;
-        b.join("q/fair.lock");
+        b.join(id_fair, &dom);
         b.watching = true;
         a.leave();  // took it after the local release: the streak goes on
         CHECK(b.wakes == 1);
         fake_waiter c;
-        c.join("q/fair.lock");
+        c.join(id_fair, &dom);
         c.watching = true;
         b.leave();  // b was never handed the lock locally: the streak ends
         CHECK(c.wakes == 1);
         std::this_thread::sleep_for(fdetail::min_fair_share * 2);
-        fdetail::local_release("q/fair.lock");
+        fdetail::local_release(id_fair);
         CHECK(c.wakes == 2);
     }
 }
@@ -308,7 +330,7 @@ TEST_CASE("uv: a queued waiter times out at its deadline and the queue goes on")
     CHECK(uv_loop_close(&loop) == 0);
 }
 
-TEST_CASE("uv: waiters of two loops on two threads share one queue and exclude each other") {
+TEST_CASE("uv: waiters of two loops on two threads (a queue each) exclude each other") {
     scratch s;
     const auto p = s / "a.lock";
     exclusion ex;

@@ -2,7 +2,7 @@
 // The sync facade and the lock primitive, in one process (plus forked
 // children where a second process is the point).
 
-#include <filelock/detail/file_target.hpp>
+#include <filelock/detail/file_backend.hpp>
 #include <filelock/lock_file.hpp>
 
 #include "../src/sys.hpp"
@@ -601,7 +601,7 @@ TEST_CASE(
     scratch s;
     const auto p = s / "a.lock";
     auto holder = std::make_unique<lock_file>(p);
-    filelock::detail::file_target waiter(p, {});
+    filelock::detail::file_backend waiter(p, {});
     REQUIRE(waiter.try_acquire() == errc::locked);  // keeps its descriptor on the old inode
     fs::remove(p);
     holder.reset();         // the old inode is free now
@@ -609,7 +609,7 @@ TEST_CASE(
     CHECK(waiter.try_acquire() == errc::locked);
     newcomer.close();
     CHECK(!waiter.try_acquire());
-    lock_file won = waiter.take();
+    lock_file won = filelock::detail::adopt(waiter.take());
     struct ::stat held {
     }, named{};
     REQUIRE(::fstat(won.native_handle(), &held) == 0);
@@ -765,7 +765,7 @@ TEST_CASE("remove_on_release: a waiter holding the removed file retries on the n
     lock_options o;
     o.remove_on_release = true;
     auto holder = std::make_unique<lock_file>(p, o);
-    filelock::detail::file_target waiter(p, o);
+    filelock::detail::file_backend waiter(p, o);
     REQUIRE(waiter.try_acquire() == errc::locked);  // descriptor on the file about to go
     holder.reset();                                 // unlinks, then releases
     CHECK(!fs::exists(p));
@@ -773,7 +773,7 @@ TEST_CASE("remove_on_release: a waiter holding the removed file retries on the n
     CHECK(waiter.try_acquire() == errc::locked);  // the stale inode is not a win
     newcomer.close();
     REQUIRE(!waiter.try_acquire());
-    auto won = waiter.take();
+    auto won = filelock::detail::adopt(waiter.take());
     CHECK(fs::exists(p));
     CHECK(read_file(p) == pid_content());
 }

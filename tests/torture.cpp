@@ -479,6 +479,7 @@ int worker_main(const std::string& kind, const fs::path& dir, unsigned seed, boo
         uv_loop_close(&l);
     }
     const int baseline = test::open_fd_count();
+    const int inotify_baseline = test::inotify_instances();
     if (kind == "sync")
         sync_worker(f, t, seed, replacing);
     else if (kind == "asio")
@@ -489,7 +490,11 @@ int worker_main(const std::string& kind, const fs::path& dir, unsigned seed, boo
         forker_worker(f, t, seed);
     else if (kind == "wrapper")
         wrapper_worker(f, t, seed, self);
-    const int fds = test::open_fd_count();
+    // What the library keeps for the process's next waits (bounded) is not a
+    // leak; anything else is.
+    const int cached = test::inotify_instances() - inotify_baseline;
+    const int fds = test::open_fd_count() -
+                    (cached > 0 && cached <= test::max_cached_inotify_instances ? cached : 0);
     std::printf("stat acquired=%ld timeouts=%ld cancels=%ld errors=%ld fd_leak=%d\n",
                 t.acquired.load(), t.timeouts.load(), t.cancels.load(), t.errors.load(),
                 fds - baseline);
@@ -555,6 +560,7 @@ struct worker {
 
 struct totals {
     std::set<std::string> acked;
+    std::set<std::string> killed_pids;  // workers killed: their in-flight entries stay unacked
     long kills = 0, replacements = 0, cancels = 0, timeouts = 0, errors = 0, fd_leaks = 0, hung = 0,
          acquired = 0, stat_lines = 0, forks = 0, wrapper_kills = 0;
 };
@@ -659,6 +665,7 @@ int orchestrate(const std::string& self, double seconds) {
                 consume(w, t);
                 ::close(w.out);
                 ++t.kills;
+                t.killed_pids.insert(std::to_string(w.pid));
                 start_worker(w.kind, replacing);
             }
             if (replacing && clk::now() >= next_replace) {
@@ -734,10 +741,16 @@ int orchestrate(const std::string& self, double seconds) {
         }
         if (lf) std::fclose(lf);
     }
-    long duplicates = 0, missing = 0, unacked = 0;
+    // Unacknowledged entries: a killed worker may leave one per thread that
+    // was between its critical section and its acknowledgement (its threads
+    // hand the lock to one another directly); any other may only come from a
+    // killed filelock-run (one each).
+    long duplicates = 0, missing = 0, unacked = 0, unexplained = 0;
     for (auto& [token, n] : logged) {
         duplicates += n > 1;
-        unacked += !t.acked.count(token);
+        if (t.acked.count(token)) continue;
+        ++unacked;
+        unexplained += !t.killed_pids.count(token.substr(0, token.find(':')));
     }
     for (auto& token : t.acked) missing += !logged.count(token);
     long violations = 0;
@@ -755,18 +768,20 @@ int orchestrate(const std::string& self, double seconds) {
         "phase 2 with replacements, phase 3 fork and killed wrappers)\n"
         "  forks: %ld  filelock-run SIGKILLed while COMMAND ran: %ld\n"
         "  operations acknowledged: %zu (log entries %zu; unacknowledged entries %ld, all from "
-        "%ld killed processes at most)\n"
+        "%ld killed processes at most; %ld not from a killed worker, at most one per other kill "
+        "(filelock-run, fork children))\n"
         "  kills: %ld (phase 1: %ld)  replacements: %ld  cancellations: %ld  timeouts/contention: "
         "%ld\n"
         "  violations: %ld  duplicate log entries: %ld  acknowledged but missing: %ld\n"
         "  worker errors: %ld  descriptor leaks: %ld  hung workers: %ld\n",
         seconds, have_python ? "sync+asio+uv" : "sync+asio+uv (no python3-zc.lockfile!)", t.forks,
-        t.wrapper_kills, t.acked.size(), logged.size(), unacked, t.kills, t.kills, phase1_kills,
+        t.wrapper_kills, t.acked.size(), logged.size(), unacked, t.kills, unexplained, t.kills,
+        phase1_kills,
         t.replacements, t.cancels, t.timeouts, violations, duplicates, missing, t.errors,
         t.fd_leaks, t.hung);
     std::error_code ec;
     fs::remove_all(f.dir, ec);
-    const bool ok = violations == 0 && duplicates == 0 && missing == 0 && unacked <= t.kills &&
+    const bool ok = violations == 0 && duplicates == 0 && missing == 0 && unexplained <= t.kills &&
                     t.errors == 0 && t.fd_leaks == 0 && t.hung == 0 && !t.acked.empty() &&
                     have_python;
     std::printf("torture: %s\n", ok ? "PASS" : "FAIL");

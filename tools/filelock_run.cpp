@@ -15,8 +15,10 @@
 // through the process group and are not sent twice. The man page
 // (doc/filelock-run.1) has the details and the exit statuses.
 
-#include <filelock/detail/engine.hpp>
-#include <filelock/detail/file_target.hpp>
+#include <filelock/detail/acquire.hpp>
+#include <filelock/detail/file_backend.hpp>
+
+#include "../src/sync_driver.hpp"
 #include <filelock/lock_file.hpp>
 #include <filelock/version.hpp>
 
@@ -190,10 +192,14 @@ int open_failure_status(std::error_code ec) {
 }
 
 // One lock on a descriptor we do not manage as a lock file (the FD form, a
-// directory): flock(2) attempts through the acquisition engine.
-struct fd_target {
+// directory): flock(2) attempts, run by the acquire state machine with the
+// backoff alone (no release watch, no local queue: the descriptor is the
+// caller's).
+struct fd_backend {
     int fd;
     int op;
+    static constexpr filelock::detail::clock::duration quick_retries[] = {
+        filelock::detail::clock::duration::zero()};
     std::error_code try_acquire() noexcept {
         while (::flock(fd, op | LOCK_NB) != 0) {
             if (errno == EINTR) continue;
@@ -202,6 +208,13 @@ struct fd_target {
         }
         return {};
     }
+    std::error_code on_reply(std::error_code) noexcept { return filelock::errc::locked; }
+    void drop_file() noexcept {}
+    void release_won() noexcept { ::flock(fd, LOCK_UN); }
+    bool won_inherited() const noexcept { return false; }
+    bool identity(filelock::detail::lock_identity&) const noexcept { return false; }
+    bool wake_on_release() const noexcept { return false; }
+    bool queues() const noexcept { return false; }
 };
 
 std::error_code lock_descriptor(int fd, int op, std::chrono::nanoseconds timeout) {
@@ -210,13 +223,10 @@ std::error_code lock_descriptor(int fd, int op, std::chrono::nanoseconds timeout
             if (errno != EINTR) return {errno, std::system_category()};
         return {};
     }
-    filelock::detail::engine<fd_target> acq(fd_target{fd, op}, timeout, filelock::backoff_policy{},
-                                            filelock::detail::random_seed());
-    for (;;) {
-        const auto next = acq.resume(filelock::detail::clock::now());
-        if (next.is_done()) return next.ec;
-        std::this_thread::sleep_for(next.delay);
-    }
+    filelock::detail::acquire<fd_backend> acq(fd_backend{fd, op}, timeout,
+                                              filelock::backoff_policy{},
+                                              filelock::detail::random_seed());
+    return filelock::detail::run_sync(acq, {}, op == LOCK_SH);
 }
 
 // Whether LOCKFILE may get content: it does not exist yet, or it is a

@@ -36,7 +36,7 @@ module and the filelock::asio CMake target do), or include <filelock/asio.hpp> f
 #define ASIO_HAS_CO_AWAIT 1
 #endif
 
-#include <filelock/detail/file_target.hpp>
+#include <filelock/detail/file_backend.hpp>
 #include <filelock/detail/local_queue.hpp>
 #include <filelock/detail/release_watcher.hpp>
 #include <filelock/lock_file.hpp>
@@ -57,6 +57,7 @@ module and the filelock::asio CMake target do), or include <filelock/asio.hpp> f
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -73,16 +74,21 @@ module and the filelock::asio CMake target do), or include <filelock/asio.hpp> f
 namespace filelock {
 namespace detail {
 
-// What a waiting operation shares with those that may end its wait early:
-// the service reading release events, and the path's local queue.
+// An operation's place in its local queue and in the release service: what
+// may end its wait early. Signals set a flag and cancel the operation's timer
+// on its executor.
 struct release_wake final : queue_waiter, std::enable_shared_from_this<release_wake> {
+    release_wake(asio::any_io_executor ex, bool shared_mode, std::uint64_t order)
+        : executor(std::move(ex)), shared(shared_mode), arrival(order) {}
+
     std::mutex mutex;
-    std::function<void()> cancel_timer;  // empty once the operation stopped waiting
-    bool woken = false;                  // a release event
-    bool turn = false;                   // the local queue: this is the head now
-    bool rewatch = false;                // the service dropped the watch: the file moved
-    std::uint64_t arrival = 0;           // order of the operations' first waits (0: none yet)
+    std::function<void()> cancel_timer;  // set while the operation waits on its timer
+    bool released = false;               // a release event
+    bool turn = false;                   // the local queue woke it
+    bool moved = false;                  // its watch is gone: the file moved, or a fork
     asio::any_io_executor executor;      // where the operation's handlers run
+    const bool shared;                   // a shared-mode acquisition
+    const std::uint64_t arrival;         // the order of the operations' starts
 
     // Ends the operation's wait: on its executor, since timers are not
     // thread-safe. A flag set while the operation is not waiting on its
@@ -104,11 +110,27 @@ struct release_wake final : queue_waiter, std::enable_shared_from_this<release_w
             // deadline, or when its timer ends.
         }
     }
+
+    // Why the wait ended, taking the flag (none: its timer).
+    wake_reason take_reason() {
+        std::lock_guard<std::mutex> g(mutex);
+        cancel_timer = nullptr;
+        if (std::exchange(moved, false)) return released = false, wake_reason::moved;
+        if (std::exchange(turn, false)) return wake_reason::turn;
+        if (std::exchange(released, false)) return wake_reason::release;
+        return wake_reason::timer;
+    }
+
+    static std::uint64_t next_arrival() noexcept {
+        static std::atomic<std::uint64_t> n{0};
+        return n.fetch_add(1, std::memory_order_relaxed);
+    }
 };
 
-// One inotify instance per execution context, read through a
-// stream_descriptor while some operation waits for a release event; closed
-// again when none waits (an idle context holds no descriptor).
+// One inotify instance per execution context while operations wait on it,
+// read through a stream_descriptor. When none waits, the reactor lets go of
+// it and it goes back to the process's idle instance (release_watcher::take):
+// nothing is closed on the way from a release to the next holder.
 class release_service : public asio::execution_context::service {
 public:
     inline static asio::execution_context::id id;
@@ -121,19 +143,14 @@ public:
         std::lock_guard<std::mutex> g(mutex_);
         if (shut_down_) return -1;
         forget_parent();
-        if (!watcher_) watcher_.emplace();
+        if (!watcher_) watcher_ = release_watcher::take();
         if (!watcher_->valid()) {
             watcher_.reset();
             return -1;
         }
-        if (!stream_) {
-            const int fd = ::dup(watcher_->native_handle());
-            if (fd < 0) return -1;
-            stream_.emplace(w->executor, fd);
-        }
+        if (!stream_) stream_.emplace(w->executor, watcher_->native_handle());
         const int wd = watcher_->add(path);
         if (wd < 0) return -1;
-        if (w->arrival == 0) w->arrival = ++arrivals_;  // the first wait fixes its place
         waiting_.emplace(wd, w);
         if (!reading_) {
             reading_ = true;
@@ -143,8 +160,8 @@ public:
         return wd;
     }
 
-    /// Operations that may wait for a wake (their turn, a release) register
-    /// here, so that a fork can wake them in the child.
+    /// Operations that may wait for a wake register here, so that a fork
+    /// can wake them in the child.
     void track(const std::shared_ptr<release_wake>& w) {
         std::lock_guard<std::mutex> g(mutex_);
         tracked_.emplace(w.get(), w);
@@ -154,7 +171,8 @@ public:
         tracked_.erase(w);
     }
 
-    /// Drops `w`'s watch (if `wd` >= 0); closes the instance if nobody waits.
+    /// Drops `w`'s watch `wd` (if >= 0); lets go of the instance if nobody
+    /// waits.
     void unwatch(int wd, const release_wake* w) {
         std::lock_guard<std::mutex> g(mutex_);
         forget_parent();
@@ -162,16 +180,10 @@ public:
         for (auto it = b; it != e; ++it)
             if (it->second.lock().get() == w || it->second.expired()) {
                 waiting_.erase(it);
-                watcher_->remove(wd);
+                if (watcher_) watcher_->remove(wd);
                 break;
             }
-        // Nobody waits: stop reading (so that run() can return) and close.
-        if (waiting_.empty()) {
-            if (reading_)
-                stream_->cancel();  // on_readable closes
-            else
-                close();
-        }
+        if (waiting_.empty()) idle();
     }
 
 private:
@@ -179,15 +191,14 @@ private:
         std::lock_guard<std::mutex> g(mutex_);
         shut_down_ = true;
         waiting_.clear();
-        close();
+        idle();
     }
 
     // fork(): the child shares the inotify instance (and its events) with the
     // parent. It gets one of its own: the operations that were watching
     // watch anew (and, waking, attempt on descriptors of their own). The
     // instance is dropped at the child's next use rather than here, once the
-    // reactor has its own epoll set again (an earlier deregistration would
-    // act on the set it shares with the parent).
+    // reactor has its own epoll set again.
     void notify_fork(asio::execution_context::fork_event event) override {
         if (event == asio::execution_context::fork_prepare) {
             mutex_.lock();  // never inherited locked by another thread
@@ -200,16 +211,12 @@ private:
             std::lock_guard<std::mutex> g(mutex_);
             forked_ = true;
             waiting_.clear();
-            // Every waiting operation looks again: a watcher watches anew, a
-            // queued one finds its (parent's) queue gone and joins the child's.
             for (auto& [ptr, weak] : tracked_)
-                if (auto w = weak.lock()) {
-                    std::lock_guard<std::mutex> wg(w->mutex);
-                    w->rewatch = true;
-                    woken.push_back(std::move(w));
-                }
+                if (auto w = weak.lock()) woken.push_back(std::move(w));
         }
-        for (auto& w : woken) w->end_wait(&release_wake::turn);
+        // Every waiting operation looks again: a watcher watches anew, a
+        // queued one finds its (parent's) queue gone and joins the child's.
+        for (auto& w : woken) w->end_wait(&release_wake::moved);
     }
 
     // With the mutex held: after a fork, drops the parent's instance.
@@ -217,77 +224,106 @@ private:
         if (!forked_) return;
         forked_ = false;
         reading_ = false;
-        close();
+        if (stream_) (void)stream_->release();
+        stream_.reset();
+        watcher_.reset();  // the child's copy
     }
 
-    void close() {
+    // With the mutex held: nobody waits. The reactor lets go of the
+    // descriptor (cancelling the read, so that run() can return) and the
+    // instance goes back to the process's idle one, unclosed.
+    void idle() {
+        if (stream_) (void)stream_->release();
         stream_.reset();
-        watcher_.reset();
+        reading_ = false;
+        release_watcher::recycle(std::move(watcher_));
     }
 
     void on_readable(std::error_code ec) {
-        std::vector<std::shared_ptr<release_wake>> woken;
+        std::vector<std::pair<std::shared_ptr<release_wake>, bool>> woken;  // moved?
         {
             std::lock_guard<std::mutex> g(mutex_);
+            if (ec == asio::error::operation_aborted || shut_down_) return;
             reading_ = false;
-            if (shut_down_) return;
             if (forked_) {  // the parent's events: not ours to read
                 forget_parent();
                 return;
             }
-            if (!ec && watcher_) {
-                for (const auto& ev : watcher_->drain()) {
-                    auto [b, e] = waiting_.equal_range(ev.wd);
-                    std::shared_ptr<release_wake> first;
-                    for (auto it = b; it != e; ++it)
-                        if (auto w = it->second.lock()) {
-                            if (ev.moved) {
-                                std::lock_guard<std::mutex> wg(w->mutex);
-                                w->rewatch = true;
-                                woken.push_back(std::move(w));
-                            } else if (!first || w->arrival < first->arrival) {
-                                first = std::move(w);
-                            }
+            if (!watcher_ || !stream_) return;
+            for (const auto& ev : watcher_->drain()) {
+                std::vector<std::shared_ptr<release_wake>> on;
+                for (auto it = waiting_.begin(); it != waiting_.end();)
+                    if (ev.wd != release_watcher::all && it->first != ev.wd) {
+                        ++it;
+                    } else {
+                        if (auto w = it->second.lock()) on.push_back(std::move(w));
+                        if (!ev.moved) {
+                            ++it;
+                            continue;
                         }
-                    // A release lets one waiter in: wake the longest-waiting
-                    // one only; the others keep their fallback timers.
-                    if (first) woken.push_back(std::move(first));
-                    if (ev.moved) {  // the path may name another file now
-                        for (auto it = b; it != e; ++it) watcher_->remove(ev.wd);
-                        waiting_.erase(ev.wd);
+                        // The path may name another file now: its waiters
+                        // watch anew.
+                        watcher_->remove(it->first);
+                        it = waiting_.erase(it);
                     }
-                }
+                wake_release_waiters(
+                    on, ev.moved, [](const auto& w) { return w->arrival; },
+                    [](const auto& w) { return w->shared; },
+                    [&](const auto& w) { woken.emplace_back(w, ev.moved); });
             }
             if (waiting_.empty()) {
-                // Idle. The woken usually watch again at once: keep the
-                // instance unless we were cancelled because nobody waits.
-                if (ec) close();
-            } else if (stream_) {
+                idle();
+            } else {
                 reading_ = true;
                 stream_->async_wait(asio::posix::descriptor_base::wait_read,
                                     [this](std::error_code e) { on_readable(e); });
             }
         }
-        for (auto& w : woken) w->end_wait(&release_wake::woken);
+        for (auto& [w, moved] : woken)
+            w->end_wait(moved ? &release_wake::moved : &release_wake::released);
     }
 
     std::mutex mutex_;
-    std::optional<release_watcher> watcher_;
+    std::unique_ptr<release_watcher> watcher_;
     std::optional<asio::posix::stream_descriptor> stream_;
     std::unordered_multimap<int, std::weak_ptr<release_wake>> waiting_;
     std::unordered_map<const release_wake*, std::weak_ptr<release_wake>> tracked_;
-    std::uint64_t arrivals_ = 0;
     bool reading_ = false;
     bool shut_down_ = false;
     bool forked_ = false;  // a fork_child notification not yet acted on
 };
 
+// The Asio driver: an executor of the acquire state machine. It arms the
+// timer and the release watch the machine asks for, maps Asio's cancellation
+// to a `cancel` input, and never completes from inside the initiation.
 template <class Executor>
 class async_lock_op {
 public:
-    async_lock_op(const Executor& ex, acquisition acq)
+    async_lock_op(const Executor& ex, const std::filesystem::path& path,
+                  std::chrono::nanoseconds timeout, const lock_options& options)
         : timer_(std::make_unique<timer_type>(ex)),
-          acq_(std::make_unique<acquisition>(std::move(acq))) {}
+          wake_(std::make_shared<release_wake>(asio::any_io_executor(ex),
+                                               options.mode == lock_mode::shared,
+                                               release_wake::next_arrival())),
+          acq_(std::make_unique<file_acquire>(file_backend(path, options), timeout,
+                                              options.backoff, random_seed())) {
+        acq_->use_queue(wake_.get(), &asio::query(ex, asio::execution::context));
+    }
+    async_lock_op(async_lock_op&&) = default;
+
+    // Destroyed without finishing (its execution context went away): no
+    // queue entry and no timer canceller outlive it.
+    ~async_lock_op() {
+        if (acq_) acq_->drop_queue();
+        if (wake_) {
+            std::lock_guard<std::mutex> g(wake_->mutex);
+            wake_->cancel_timer = nullptr;
+        }
+        if (service_ && wake_) {
+            service_->untrack(wake_.get());
+            service_->unwatch(wd_, wake_.get());
+        }
+    }
 
     template <class Self>
     void operator()(Self& self, std::error_code ec = {}) {
@@ -296,38 +332,18 @@ public:
                 // No side effect survives a cancellation (a won lock is released
                 // again), so every kind of cancellation is supported.
                 self.reset_cancellation_state(asio::enable_total_cancellation());
-                acq_->start(clock::now());
-                // Timed exclusive attempts queue once there is contention,
-                // or at once (in the order of the initiations) when this
-                // process already has waiters.
-                may_queue_ = detail::may_queue(*acq_);
-                if (may_queue_ && local_waiters() > 0 && !enqueue()) return wait_turn(self, true);
-                attempt(self, true, false);
-                return;
+                return run(self, acq_->resume({wake_reason::start, clock::now()}), true);
             case state::waiting: {
-                bool woken = false, turn = false;
-                if (wake_) {
-                    std::lock_guard<std::mutex> g(wake_->mutex);
-                    woken = std::exchange(wake_->woken, false);
-                    turn = std::exchange(wake_->turn, false);
-                    if (std::exchange(wake_->rewatch, false)) {  // the file moved
-                        wd_ = -1;
-                        wake_->watching.store(false);
-                        acq_->target().drop_file();
-                    }
-                }
-                if (cancelled(self) || (ec == asio::error::operation_aborted && !woken && !turn))
-                    return finish(self, asio::error::operation_aborted);
-                if (wake_ && wake_->joined() && !turn && !wake_->is_head())
-                    return wait_turn(self, false);
-                attempt(self, false, woken);
-                return;
+                const wake_reason why = wake_->take_reason();
+                if (why == wake_reason::moved) drop_watch();
+                if (cancelled(self) ||
+                    (ec == asio::error::operation_aborted && why == wake_reason::timer))
+                    return run(self, cancel_input(), false);
+                return run(self, acq_->resume({why, clock::now()}), false);
             }
             case state::delivering:
-                // Won before a fork(), delivered in the child: that lock is
-                // the parent's. Attempt again, on a descriptor of our own.
-                if (!result_ && acq_->target().won_inherited()) return attempt(self, false, false);
-                return finish(self, result_);
+                if (cancelled(self)) return run(self, cancel_input(), false);
+                return run(self, acq_->resume({wake_reason::deliver, clock::now()}), false);
         }
     }
 
@@ -340,112 +356,70 @@ private:
         return self.get_cancellation_state().cancelled() != asio::cancellation_type::none;
     }
 
-    // Joins the path's local queue; returns whether this is its head.
-    bool enqueue() {
-        make_wake();
-        return wake_->join(acq_->target().path());
-    }
-
-    void make_wake() {
-        if (wake_) return;
-        wake_ = std::make_shared<release_wake>();
-        wake_->executor = timer_->get_executor();
-        service().track(wake_);
+    action cancel_input() {
+        return acq_->resume({wake_reason::cancel, clock::now(), asio::error::operation_aborted});
     }
 
     release_service& service() {
-        if (!service_)
+        if (!service_) {
             service_ = &asio::use_service<release_service>(
                 asio::query(timer_->get_executor(), asio::execution::context));
+            service_->track(wake_);
+        }
         return *service_;
     }
 
-    // Registers for release events (once per watch: the service drops it
-    // when it wakes us).
-    void watch_release() {
-        if (wd_ >= 0 || !acq_->target().wake_on_release()) return;
-        make_wake();
-        wd_ = service().watch(acq_->target().path(), wake_);
-        wake_->watching.store(wd_ >= 0);
-    }
-
-    // Behind another waiter of this process: only the deadline, or the
-    // queue making this the head, ends the wait.
-    template <class Self>
-    void wait_turn(Self& self, bool inline_call) {
-        if (acq_->expired(clock::now())) {
-            result_ = errc::timeout;
-            if (!inline_call) return finish(self, result_);
-            state_ = state::delivering;
-            return asio::post(std::move(self));
-        }
-        state_ = state::waiting;
-        arm(self, acq_->deadline());
+    void drop_watch() {
+        if (wd_ < 0) return;
+        service().unwatch(wd_, wake_.get());
+        wd_ = -1;
     }
 
     template <class Self>
-    void arm(Self& self, clock::time_point expiry) {
-        if (!wake_) {
-            timer_->expires_at(expiry);
-            timer_->async_wait(std::move(self));
-            return;
-        }
-        // The service and the queue may cancel the timer from other threads
-        // (through a post to our executor).
-        std::lock_guard<std::mutex> g(wake_->mutex);
-        wake_->cancel_timer = [t = timer_.get()] { t->cancel(); };
-        // A wake that came while we were attempting ends this wait at once.
-        timer_->expires_at(wake_->woken || wake_->turn ? clock::now() : expiry);
-        timer_->async_wait(std::move(self));
-    }
-
-    template <class Self>
-    void attempt(Self& self, bool inline_call, bool woken) {
-        const auto now = clock::now();
-        if (wake_ && wake_->joined()) {
-            // The queue yields this turn to other processes for a moment.
-            if (const auto d = wake_->hold_off(); d > d.zero()) {
-                state_ = state::waiting;
-                return arm(self, now + d);
+    void run(Self& self, action next, bool inline_call) {
+        for (;;) {
+            switch (next.what) {
+                case action::kind::watch:
+                    wd_ = service().watch(acq_->backend().path(), wake_);
+                    next = acq_->resume(
+                        {wd_ >= 0 ? wake_reason::watched : wake_reason::unwatched, clock::now()});
+                    continue;
+                case action::kind::wait: {
+                    if (!service_) service();  // a fork may have to wake it
+                    state_ = state::waiting;
+                    std::lock_guard<std::mutex> g(wake_->mutex);
+                    // The service and the queue cancel the timer through a post.
+                    wake_->cancel_timer = [t = timer_.get()] { t->cancel(); };
+                    if (!next.on_release) wake_->released = false;
+                    // A signal that came since the last wait ends this one at once.
+                    const bool signalled = wake_->turn || wake_->moved || wake_->released;
+                    timer_->expires_at(signalled ? clock::now() : next.until);
+                    timer_->async_wait(std::move(self));
+                    return;
+                }
+                case action::kind::send:  // the file backend never sends
+                    next = {action::kind::done,
+                            std::make_error_code(std::errc::function_not_supported)};
+                    continue;
+                case action::kind::done:
+                    if (inline_call) {
+                        // Never complete from inside the initiating function.
+                        state_ = state::delivering;
+                        return asio::post(std::move(self));
+                    }
+                    return finish(self, next.ec);
             }
         }
-        const next_action next = acq_->resume(now, woken, wd_ >= 0);
-        if (!next.is_done()) {
-            if (may_queue_ && (!wake_ || !wake_->joined()) && !enqueue()) {
-                // Contention, behind other waiters of this process: the
-                // head's descriptor is the only one.
-                acq_->target().drop_file();
-                return wait_turn(self, inline_call);
-            }
-            state_ = state::waiting;
-            watch_release();
-            arm(self, now + next.delay);
-            return;
-        }
-        result_ = next.ec;
-        if (!inline_call) return finish(self, result_);
-        // Never complete from inside the initiating function.
-        state_ = state::delivering;
-        asio::post(std::move(self));
     }
 
     template <class Self>
     void finish(Self& self, std::error_code ec) {
-        // A cancellation that arrived after the lock was won but before the
-        // handler ran: release it, so no lock is left held by nobody.
-        if (!ec && cancelled(self)) ec = asio::error::operation_aborted;
-        // Not taken: released with the acquisition below.
-        lock_file lock = ec ? lock_file() : acq_->target().take();
-        auto wake = std::move(wake_);
-        if (wake) {
-            wake->leave();  // the next local waiter attempts now
-            std::lock_guard<std::mutex> g(wake->mutex);
-            wake->cancel_timer = nullptr;
-        }
+        lock_file lock = ec ? lock_file() : adopt(acq_->backend().take());
         acq_.reset();
         timer_.reset();
-        release_service* service = service_;
-        const int wd = wd_;
+        auto wake = std::move(wake_);
+        release_service* service = std::exchange(service_, nullptr);
+        const int wd = std::exchange(wd_, -1);
         self.complete(ec, std::move(lock));
         // Watch clean-up after the handler: it is not on the way from the
         // release to the new holder. (Only locals: `this` may be gone.)
@@ -456,12 +430,10 @@ private:
     }
 
     std::unique_ptr<timer_type> timer_;
-    std::unique_ptr<acquisition> acq_;
     std::shared_ptr<release_wake> wake_;
+    std::unique_ptr<file_acquire> acq_;  // destroyed first: it leaves the queue
     release_service* service_ = nullptr;
     int wd_ = -1;
-    bool may_queue_ = false;
-    std::error_code result_;
     state state_ = state::starting;
 };
 
@@ -503,8 +475,7 @@ auto async_lock(const Executor& ex, const std::filesystem::path& path,
                 std::chrono::nanoseconds timeout, const lock_options& options,
                 CompletionToken&& token = asio::default_completion_token_t<Executor>()) {
     return asio::async_compose<CompletionToken, void(std::error_code, lock_file)>(
-        detail::async_lock_op<Executor>(ex, detail::make_acquisition(path, timeout, options)),
-        token, ex);
+        detail::async_lock_op<Executor>(ex, path, timeout, options), token, ex);
 }
 
 /// As above with default options.

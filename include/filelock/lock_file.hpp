@@ -26,6 +26,7 @@
 //    descriptor and leaves the parent's lock alone.
 //  - A process that dies releases its locks (the kernel does it).
 
+#include <filelock/detail/held_file.hpp>
 #include <filelock/error.hpp>
 #include <filelock/export.hpp>
 #include <filelock/options.hpp>
@@ -39,9 +40,11 @@
 /// `co_await` acquisition on Asio (async_lock) and libuv (filelock::uv).
 namespace filelock {
 
+class lock_file;
 namespace detail {
-class file_target;
-}
+/// A lock_file holding what the primitive won.
+FILELOCK_API lock_file adopt(held_file&& h) noexcept;
+}  // namespace detail
 
 /// A held lock (or, default-constructed / moved-from / closed, no lock).
 /// Move-only; the destructor releases.
@@ -74,7 +77,7 @@ public:
     void close() noexcept;
 
     /// The path the lock was taken on (empty when nothing was ever held).
-    const std::filesystem::path& path() const noexcept { return path_; }
+    const std::filesystem::path& path() const noexcept { return h_.path; }
     /// The descriptor holding the lock, or -1.
     native_handle_type native_handle() const noexcept { return h_.fd; }
     /// Whether a lock is held (not closed, not moved from).
@@ -83,20 +86,9 @@ public:
     explicit operator bool() const noexcept { return is_locked(); }
 
 private:
-    friend class detail::file_target;
-    struct held {
-        int fd = -1;
-        bool ofd = false;
-        bool remove = false;  // unlink the path on release
-        // fork bookkeeping of the descriptor (src/sys.hpp, fork_stamp)
-        unsigned generation = 0;
-        unsigned forks = 0;
-        unsigned long long dev = 0, ino = 0;
-    };
-    lock_file(const held& h, std::filesystem::path path) noexcept;
+    friend lock_file detail::adopt(detail::held_file&& h) noexcept;
 
-    held h_;
-    std::filesystem::path path_;
+    detail::held_file h_;
 };
 
 /// zc.lockfile's `SimpleLockFile`: the same lock, writing nothing. Works on a

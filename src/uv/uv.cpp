@@ -1,5 +1,9 @@
 // SPDX-License-Identifier: MIT
-#include <filelock/detail/file_target.hpp>
+// The libuv driver: an executor of the acquire state machine on a uv loop.
+// It arms the uv timer and the release watch the machine asks for, routes
+// cancellations and queue turns through one uv_async_t per loop, and delivers
+// the completion on the loop's thread.
+#include <filelock/detail/file_backend.hpp>
 #include <filelock/detail/local_queue.hpp>
 #include <filelock/detail/release_watcher.hpp>
 #include <filelock/uv.hpp>
@@ -8,6 +12,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
+#include <exception>
 #include <mutex>
 #include <pthread.h>
 #include <thread>
@@ -17,6 +23,10 @@
 
 namespace filelock::uv {
 namespace detail {
+
+using filelock::detail::action;
+using filelock::detail::clock;
+using filelock::detail::wake_reason;
 
 struct op;
 struct loop_state;
@@ -49,6 +59,16 @@ const bool atfork_registered = [] {
     return true;
 }();
 
+// libuv calls us from C frames, which an exception must never cross. Ours
+// (out of memory) end the operation with an error; one escaping the user's
+// callback ends the program, as a noexcept function would, saying why.
+[[noreturn]] void callback_threw() noexcept {
+    std::fputs("filelock::uv: an exception escaped a completion callback; it cannot cross "
+               "libuv's C frames\n",
+               stderr);
+    std::terminate();
+}
+
 }  // namespace
 
 // A loop's shared handles, alive while the loop has pending operations (so
@@ -57,10 +77,12 @@ const bool atfork_registered = [] {
 //    (your turn) signal operations: one handle for all, not one per
 //    operation (libuv scans every async handle of a loop on each wake-up);
 //  - one inotify instance, polled with uv_poll_t (uv_fs_event does not report
-//    close events), created at the first wait.
+//    close events), taken at the first wait and given back to the process's
+//    idle instance when the loop has no operation (never closed on the way
+//    from a release to the next holder).
 struct watch_poll {
     uv_poll_t handle{};
-    filelock::detail::release_watcher watcher;
+    std::unique_ptr<filelock::detail::release_watcher> watcher;
     loop_state* ls = nullptr;
 };
 
@@ -91,7 +113,7 @@ struct loop_state {
     void forget_signal(op* o) noexcept;
     filelock::detail::release_watcher* release_watcher();
     bool check_fork() noexcept;
-    void close_poll() noexcept;
+    void close_poll(bool recycle) noexcept;
     void close_if_idle() noexcept;
 
     static void on_async(uv_async_t* a);
@@ -103,26 +125,35 @@ struct loop_state {
     static void on_poll_close(uv_handle_t* h) {
         auto* wp = static_cast<watch_poll*>(h->data);
         loop_state* self = wp->ls;
-        delete wp;  // closes this process's copy of the instance
+        // Back to the process's idle instance, unless this is a forked
+        // child's copy of its parent's (then closed here).
+        filelock::detail::release_watcher::recycle(std::move(wp->watcher));
+        delete wp;
         if (--self->open_handles == 0) delete self;
     }
 };
 
 struct op final : filelock::detail::queue_waiter {
-    op(filelock::detail::acquisition a, completion cb)
-        : acq(std::in_place, std::move(a)),
+    op(uv_loop_t* loop, const std::filesystem::path& path, std::chrono::nanoseconds timeout,
+       const lock_options& options, completion cb)
+        : shared(options.mode == lock_mode::shared),
+          acq(std::in_place, filelock::detail::file_backend(path, options), timeout,
+              options.backoff, filelock::detail::random_seed()),
           callback(std::move(cb)),
-          ctl(std::make_shared<control>()) {}
+          ctl(std::make_shared<control>()) {
+        acq->use_queue(this, loop);
+    }
 
     loop_state* ls = nullptr;
     uv_timer_t timer{};
     bool finished = false;
-    bool may_queue = false;                  // a timed exclusive attempt
-    bool queued = false;                     // in the path's local queue
-    bool head = false;                       // its head: may attempt
-    int wd = -1;                             // watch descriptor while registered for release events
-    std::uint64_t arrival = next_arrival++;  // order of the operations' starts
-    std::optional<filelock::detail::acquisition> acq;
+    bool delivering = false;  // done inside async_lock(): delivered on the next iteration
+    bool on_release = false;  // the current wait ends on a release event
+    bool moved = false;       // its watch was dropped (a fork): resumed as `moved`
+    const bool shared;
+    int wd = -1;  // watch descriptor while registered for release events
+    std::uint64_t arrival = next_arrival++;
+    std::optional<filelock::detail::file_acquire> acq;
     completion callback;
     std::shared_ptr<control> ctl;
     // Under ls->mutex:
@@ -131,74 +162,69 @@ struct op final : filelock::detail::queue_waiter {
 
     void wake() noexcept override { ls->signal(this, true); }
 
-    static void on_timer(uv_timer_t* t) { static_cast<op*>(t->data)->step(false); }
+    static void on_timer(uv_timer_t* t) {
+        auto* o = static_cast<op*>(t->data);
+        if (o->ls->check_fork() && o->finished) return;
+        o->resume(std::exchange(o->moved, false) ? wake_reason::moved
+                  : o->delivering                ? wake_reason::deliver
+                                                 : wake_reason::timer);
+    }
     static void on_close(uv_handle_t* h) { delete static_cast<op*>(h->data); }
 
-    void step(bool woken) {
-        using namespace std::chrono_literals;
-        ls->check_fork();
-        // A forked child's copy of a queued operation: the parent's queue is
-        // gone, it joins the child's.
-        if (queued && !joined()) queued = head = false;
-        if (ctl->cancel_requested.load())
-            return finish(std::make_error_code(std::errc::operation_canceled), {});
-        const auto now = filelock::detail::clock::now();
-        if (may_queue && !queued && filelock::detail::local_waiters() > 0) enqueue();
-        if (queued && !head) head = is_head();
-        if (queued && !head) return wait_turn(now);
-        if (queued) {
-            // The queue yields this turn to other processes for a moment.
-            if (const auto d = hold_off(); d > d.zero())
-                return start_timer(std::max<filelock::detail::clock::duration>(d, 1ms));
+    // Feeds the machine what happened (a cancellation wins) and runs what
+    // it answers.
+    void resume(wake_reason why) noexcept {
+        delivering = false;
+        try {
+            const auto now = clock::now();
+            run(ctl->cancel_requested.load()
+                    ? acq->resume({wake_reason::cancel, now,
+                                   std::make_error_code(std::errc::operation_canceled)})
+                    : acq->resume({why, now}));
+        } catch (...) {  // out of memory in the machine or a watch
+            finish(std::make_error_code(std::errc::not_enough_memory));
         }
-        const auto next = acq->resume(now, woken, wd >= 0);
-        if (next.is_done()) return finish(next.ec, next.ec ? lock_file() : acq->target().take());
-        if (may_queue && !queued) {
-            // Contention: from now on, wait in the queue.
-            enqueue();
-            if (!head) {
-                acq->target().drop_file();  // the head's descriptor is the only one
-                return wait_turn(now);
+    }
+
+    void run(action next) {
+        for (;;) {
+            switch (next.what) {
+                case action::kind::watch:
+                    next = acq->resume(
+                        {watch_release() ? wake_reason::watched : wake_reason::unwatched,
+                         clock::now()});
+                    continue;
+                case action::kind::wait: on_release = next.on_release; return start_timer(next.until);
+                case action::kind::send:  // the file backend never sends
+                    return finish(std::make_error_code(std::errc::function_not_supported));
+                case action::kind::done: return finish(next.ec);
             }
         }
-        watch_release();
-        start_timer(next.delay);
     }
 
-    // Timed exclusive attempts queue once there is contention, or at once
-    // when this process already has waiters.
-    void enqueue() {
-        queued = true;
-        head = join(acq->target().path());
-    }
-
-    // Not our turn: only the deadline (or the queue) ends the wait.
-    void wait_turn(filelock::detail::clock::time_point now) {
-        if (acq->expired(now)) return finish(errc::timeout, {});
-        if (acq->deadline() != filelock::detail::clock::time_point::max())
-            start_timer(acq->deadline() - now);
-    }
-
-    void start_timer(filelock::detail::clock::duration delay) {
+    void start_timer(clock::time_point until) {
         // uv timers count whole milliseconds: a shorter wait (the quick
         // retries after a release event) becomes "next loop iteration".
         using namespace std::chrono;
+        if (until == clock::time_point::max()) return uv_timer_stop(&timer), void();
+        const auto delay = until - clock::now();
         const auto ms = delay < 1ms ? std::uint64_t{0}
                                     : static_cast<std::uint64_t>(ceil<milliseconds>(delay).count());
         uv_timer_start(&timer, on_timer, ms, 0);
     }
 
-    void watch_release() {
-        if (wd >= 0 || !acq->target().wake_on_release()) return;
+    bool watch_release() {
+        if (wd >= 0) return true;
         auto* w = ls->release_watcher();
-        if (!w) return;  // no events: the backoff alone
-        wd = w->add(acq->target().path());
-        if (wd < 0) return;
-        ls->waiting.emplace(wd, this);
-        watching.store(true);
+        if (!w) return false;  // no events: the backoff alone
+        const int d = w->add(acq->backend().path());
+        if (d < 0) return false;
+        ls->waiting.emplace(d, this);
+        wd = d;
+        return true;
     }
 
-    void unwatch() {
+    void unwatch() noexcept {
         if (wd < 0) return;
         auto [b, e] = ls->waiting.equal_range(wd);
         for (auto it = b; it != e; ++it)
@@ -206,29 +232,40 @@ struct op final : filelock::detail::queue_waiter {
                 ls->waiting.erase(it);
                 break;
             }
-        if (ls->poll) ls->poll->watcher.remove(wd);
+        if (ls->poll) ls->poll->watcher->remove(wd);
         wd = -1;
-        watching.store(false);
     }
 
-    void finish(std::error_code ec, lock_file lock) {
+    void finish(std::error_code ec) noexcept {
         finished = true;
         {
             std::lock_guard<std::mutex> g(ctl->mutex);
             ctl->target = nullptr;
         }
-        // Cancelled from another thread while the attempt was winning: release.
+        // Cancelled from another thread while the attempt was winning: the
+        // machine releases the won lock.
         if (!ec && ctl->cancel_requested.load()) {
-            lock.close();
-            ec = std::make_error_code(std::errc::operation_canceled);
+            try {
+                ec = acq->resume({wake_reason::cancel, clock::now(),
+                                  std::make_error_code(std::errc::operation_canceled)})
+                         .ec;
+            } catch (...) {
+                ec = std::make_error_code(std::errc::operation_canceled);
+            }
         }
-        leave();  // the next local waiter attempts now
+        lock_file lock = ec ? lock_file() : filelock::detail::adopt(acq->backend().take());
+        acq.reset();  // leaves the queue; closes the waiter's descriptor now
         ls->forget_signal(this);
         ls->ops.erase(this);
         completion cb = std::move(callback);
-        acq.reset();  // closes the waiter's descriptor now
         uv_close(reinterpret_cast<uv_handle_t*>(&timer), on_close);  // freed after this call
-        if (cb) cb(ec, std::move(lock));
+        if (cb) {
+            try {
+                cb(ec, std::move(lock));
+            } catch (...) {
+                callback_threw();
+            }
+        }
         // Watch clean-up after the callback: it is not on the way from the
         // release to the new holder.
         unwatch();
@@ -238,13 +275,19 @@ struct op final : filelock::detail::queue_waiter {
 
 loop_state* loop_state::of(uv_loop_t* loop) {
     std::lock_guard<std::mutex> g(registry_mutex);
+    (void)atfork_registered;
     if (auto it = loops.find(loop); it != loops.end()) return it->second;
+    // Every allocation before the handle joins the loop: nothing can throw
+    // after uv_async_init, which libuv cannot undo without a close.
     auto s = std::make_unique<loop_state>(loop);
-    if (int rc = uv_async_init(loop, &s->async, on_async); rc != 0)
+    auto slot = loops.emplace(loop, nullptr).first;
+    if (int rc = uv_async_init(loop, &s->async, on_async); rc != 0) {
+        loops.erase(slot);
         throw std::system_error(-rc, std::system_category(), "filelock::uv: uv_async_init");
+    }
     s->async.data = s.get();
     s->open_handles = 1;
-    loops.emplace(loop, s.get());
+    slot->second = s.get();
     return s.release();  // freed in on_close
 }
 
@@ -259,7 +302,13 @@ void loop_state::signal(op* o, bool turn) noexcept {
         if (turn) o->turn = true;
         if (!o->in_signalled) {
             o->in_signalled = true;
-            signalled.push_back(o);
+            try {
+                signalled.push_back(o);
+            } catch (...) {
+                // Out of memory: the operation goes on at its timer.
+                o->in_signalled = false;
+                return;
+            }
         }
         if (dispatching && dispatcher == std::this_thread::get_id()) return;
     }
@@ -278,10 +327,16 @@ void loop_state::on_async(uv_async_t* a) {
     // Signals raised while handling these (a finished head makes the next
     // one the head) are handled in this same pass: the new head makes its
     // first attempt, and opens its descriptor, before the lock is released.
-    for (std::vector<std::pair<op*, bool>> ready;;) {  // operation, its turn
-        ready.clear();
+    std::vector<std::pair<op*, bool>> ready;  // operation, its turn
+    for (;;) {
         {
             std::lock_guard<std::mutex> g(self->mutex);
+            try {
+                ready.clear();
+                ready.reserve(self->signalled.size());
+            } catch (...) {
+                return;  // out of memory: retried at the next signal
+            }
             for (op* o : self->signalled) {
                 o->in_signalled = false;
                 ready.emplace_back(o, std::exchange(o->turn, false));
@@ -293,13 +348,9 @@ void loop_state::on_async(uv_async_t* a) {
         if (ready.empty()) return;
         for (auto [o, turn] : ready) {
             if (o->finished) continue;  // cancel_all() or a callback ended it meanwhile
-            if (o->ctl->cancel_requested.load()) {
-                o->finish(std::make_error_code(std::errc::operation_canceled), {});
-            } else if (turn) {
-                uv_timer_stop(&o->timer);
-                o->head = true;
-                o->step(false);
-            }
+            if (!turn && !o->ctl->cancel_requested.load()) continue;
+            uv_timer_stop(&o->timer);
+            o->resume(wake_reason::turn);  // a cancellation is seen first
         }
     }
 }
@@ -309,8 +360,9 @@ filelock::detail::release_watcher* loop_state::release_watcher() {
         auto wp = std::make_unique<watch_poll>();
         wp->ls = this;
         wp->handle.data = wp.get();
-        if (!wp->watcher.valid() ||
-            uv_poll_init(loop, &wp->handle, wp->watcher.native_handle()) != 0) {
+        wp->watcher = filelock::detail::release_watcher::take();
+        if (!wp->watcher->valid() ||
+            uv_poll_init(loop, &wp->handle, wp->watcher->native_handle()) != 0) {
             watch_failed = true;
             return nullptr;
         }
@@ -318,11 +370,12 @@ filelock::detail::release_watcher* loop_state::release_watcher() {
         poll = wp.release();  // freed in on_poll_close
         uv_poll_start(&poll->handle, UV_READABLE, on_poll);
     }
-    return poll ? &poll->watcher : nullptr;
+    return poll ? poll->watcher.get() : nullptr;
 }
 
-void loop_state::close_poll() noexcept {
+void loop_state::close_poll(bool recycle) noexcept {
     if (!poll) return;
+    if (!recycle) poll->watcher.reset();  // a forked child's copy: closed, not kept
     uv_close(reinterpret_cast<uv_handle_t*>(&poll->handle), on_poll_close);
     poll = nullptr;
 }
@@ -331,17 +384,19 @@ void loop_state::close_poll() noexcept {
 // the child's first step it closes its copy (uv_loop_fork gave the loop an
 // epoll set of its own, so this touches nothing of the parent's) and its
 // operations watch anew on an instance of its own. Their descriptors, shared
-// with the parent, are replaced at their next attempt (file_target).
+// with the parent, are replaced at their next attempt (file_backend).
 bool loop_state::check_fork() noexcept {
     const unsigned now = filelock::detail::fork_generation();
     if (generation == now) return false;
     generation = now;
+    // Those that were watching watch anew, at their next step.
     for (auto& [wd, o] : waiting) {
         o->wd = -1;
-        o->watching.store(false);
+        o->moved = true;
+        uv_timer_start(&o->timer, op::on_timer, 0, 0);
     }
     waiting.clear();
-    close_poll();
+    close_poll(false);
     watch_failed = false;
     return true;
 }
@@ -349,35 +404,28 @@ bool loop_state::check_fork() noexcept {
 void loop_state::on_poll(uv_poll_t* p, int status, int) {
     auto* self = static_cast<watch_poll*>(p->data)->ls;
     if (status < 0 || self->check_fork()) return;
-    std::vector<op*> woken;
-    std::vector<op*> moved;
-    for (const auto& ev : self->poll->watcher.drain()) {
-        auto [b, e] = self->waiting.equal_range(ev.wd);
-        op* first = nullptr;
-        for (auto it = b; it != e; ++it) {
-            if (ev.moved) {
-                moved.push_back(it->second);
-                woken.push_back(it->second);
-            } else if (!first || it->second->arrival < first->arrival) {
-                first = it->second;
-            }
+    std::vector<std::pair<op*, bool>> woken;  // operation, moved
+    try {
+        for (const auto& ev : self->poll->watcher->drain()) {
+            std::vector<op*> on;
+            for (auto& [wd, o] : self->waiting)
+                if (ev.wd == filelock::detail::release_watcher::all || wd == ev.wd) on.push_back(o);
+            filelock::detail::wake_release_waiters(
+                on, ev.moved, [](op* o) { return o->arrival; }, [](op* o) { return o->shared; },
+                [&](op* o) { woken.emplace_back(o, ev.moved); });
         }
-        // A release lets one waiter in: wake the longest-waiting one only
-        // (waking all of them would make N waiters cost N attempts per
-        // release). The others keep their fallback timers.
-        if (first) woken.push_back(first);
+    } catch (...) {
+        return;  // out of memory: the operations go on at their timers
     }
-    // The path may name another file now: those watch anew on their next
-    // wait. A plain close event keeps the watch.
-    for (op* o : moved) {
-        o->unwatch();
-        o->acq->target().drop_file();  // wait on the file the path names now
+    // The path may name another file now: those watch anew. A plain close
+    // event keeps the watch.
+    for (auto [o, moved] : woken)
+        if (moved) o->unwatch();
+    for (auto [o, moved] : woken) {
+        if (o->finished || (!moved && !o->on_release)) continue;
+        uv_timer_stop(&o->timer);
+        o->resume(moved ? wake_reason::moved : wake_reason::release);
     }
-    for (op* o : woken)
-        if (!o->finished) {
-            uv_timer_stop(&o->timer);
-            o->step(true);
-        }
 }
 
 namespace {
@@ -388,7 +436,6 @@ namespace {
 // child's instead of waiting for a turn that never comes. Loops of other
 // threads are left alone: the child has no thread to run them.
 void after_fork_in_child() noexcept {
-    (void)atfork_registered;
     const auto me = std::this_thread::get_id();
     for (auto& [loop, ls] : loops) {
         if (ls->thread != me) continue;
@@ -406,7 +453,7 @@ void loop_state::close_if_idle() noexcept {
         std::lock_guard<std::mutex> g(registry_mutex);
         if (auto it = loops.find(loop); it != loops.end() && it->second == this) loops.erase(it);
     }
-    close_poll();
+    close_poll(true);
     uv_close(reinterpret_cast<uv_handle_t*>(&async), on_close);
 }
 
@@ -414,26 +461,39 @@ void loop_state::close_if_idle() noexcept {
 
 request start(uv_loop_t* loop, const std::filesystem::path& path, std::chrono::nanoseconds timeout,
               const lock_options& options, detail::completion callback) {
-    auto o = std::make_unique<detail::op>(
-        filelock::detail::make_acquisition(path, timeout, options), std::move(callback));
+    auto o = std::make_unique<detail::op>(loop, path, timeout, options, std::move(callback));
     detail::loop_state* ls = detail::loop_state::of(loop);
+    try {
+        ls->ops.insert(o.get());  // the last allocation
+    } catch (...) {
+        ls->close_if_idle();
+        throw;
+    }
+    // From here on nothing throws: the timer joins the loop, and the
+    // operation is owned by it (freed in on_close).
+    request req(o->ctl);
     ls->thread = std::this_thread::get_id();
     o->ls = ls;
     o->timer.data = o.get();
     uv_timer_init(loop, &o->timer);
-    // The timeout counts from now. While this process has waiters, timed
-    // exclusive attempts line up behind them in the order of these calls.
-    o->acq->start(filelock::detail::clock::now());
-    o->may_queue = filelock::detail::may_queue(*o->acq);
-    if (o->may_queue && filelock::detail::local_waiters() > 0) o->enqueue();
-    // The first step runs on the next loop iteration: the callback is never
-    // invoked from inside this call, and a cancel() made right after it
-    // returns is seen before any attempt.
-    uv_timer_start(&o->timer, detail::op::on_timer, 0, 0);
     o->ctl->target = o.get();
-    ls->ops.insert(o.get());
-    request req(o->ctl);
-    o.release();  // owned by its timer from now on: freed in on_close
+    detail::op* op = o.release();
+    // The timeout counts from now, and a waiter lines up behind this domain's
+    // waiters in the order of these calls: the machine starts here. A lock
+    // won at once is delivered on the next loop iteration (never from inside
+    // this call), and a cancel() made before then releases it again.
+    try {
+        const auto next = op->acq->resume({detail::wake_reason::start, detail::clock::now()});
+        if (next.is_done()) {
+            op->delivering = true;
+            uv_timer_start(&op->timer, detail::op::on_timer, 0, 0);
+        } else {
+            op->run(next);
+        }
+    } catch (...) {
+        op->delivering = true;  // delivers the machine's outcome on the next iteration
+        uv_timer_start(&op->timer, detail::op::on_timer, 0, 0);
+    }
     return req;
 }
 
@@ -467,11 +527,22 @@ void cancel_all(uv_loop_t* loop) noexcept {
         if (auto it = detail::loops.find(loop); it != detail::loops.end()) ls = it->second;
     }
     if (!ls) return;
-    std::vector<detail::op*> ops(ls->ops.begin(), ls->ops.end());
+    std::vector<detail::op*> ops;
+    try {
+        ops.assign(ls->ops.begin(), ls->ops.end());
+    } catch (...) {
+        // Out of memory: one at a time.
+        while (!ls->ops.empty()) {
+            detail::op* o = *ls->ops.begin();
+            o->ctl->cancel_requested.store(true);
+            o->finish(std::make_error_code(std::errc::operation_canceled));
+        }
+        return;
+    }
     for (auto* o : ops) {
         if (o->finished) continue;  // a callback of this loop already ended it
         o->ctl->cancel_requested.store(true);
-        o->finish(std::make_error_code(std::errc::operation_canceled), {});
+        o->finish(std::make_error_code(std::errc::operation_canceled));
     }
 }
 

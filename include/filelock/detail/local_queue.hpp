@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-// Local queues: one per lock path in a process. Waiters of one process for
-// one lock file line up in arrival order and only the head makes attempts,
+// Local queues: one per lock and per driver domain (the sync waiters of a
+// process, one Asio execution context, one libuv loop). Waiters of one domain
+// for one lock line up in arrival order and only the head makes attempts,
 // so N local waiters hold one descriptor and one release watch (the head's),
 // not N, and are served first come, first served. The kernel lock still does
 // the excluding: every head acquires through its own descriptor, so two
@@ -17,20 +18,34 @@
 // max_fair_share) while nobody else takes the lock in a grace, and drops back
 // to min_fair_share when another process does.
 //
-// Drivers (the sync lock(), the Asio and libuv adapters) derive their waiting
-// operation from queue_waiter. The queue is process-wide and thread-safe:
-// waiters of different threads and event loops share it.
+// A queue is keyed by the lock, not by its spelling: the file's identity
+// (device, inode) and the backend (flock and OFD locks do not conflict), so
+// "rel.lock" after a chdir() and an OFD waiter never line up behind waiters
+// of another lock. And by domain: a head whose event loop stops running
+// stalls only the waiters of that loop; across domains the kernel orders
+// the attempts (each domain's head attempts on its own descriptor).
+//
+// Drivers derive their waiting operation from queue_waiter; the acquire
+// state machine (acquire.hpp) decides when it joins and leaves. The
+// registry is process-wide and thread-safe.
 
 #include <filelock/export.hpp>
 
 #include <atomic>
 #include <chrono>
 #include <cstddef>
-#include <filesystem>
 
 namespace filelock::detail {
 
 struct path_queue;
+
+/// What makes two waiters compete for one kernel lock.
+struct lock_identity {
+    unsigned long long dev = 0, ino = 0;
+    int backend = 0;  // lock_backend, or another backend's tag
+
+    friend bool operator==(const lock_identity&, const lock_identity&) = default;
+};
 
 class FILELOCK_API queue_waiter {
 public:
@@ -45,11 +60,12 @@ public:
     /// back into the queue.
     virtual void wake() noexcept = 0;
 
-    /// Joins the tail of the queue of `path` (the same file spelled the same
-    /// way, after lexical normalisation). Returns whether it is the head.
-    /// Call once; leave() before joining again. Out of memory, it stays out
-    /// of the queue and returns true: the waiter then attempts on its own.
-    bool join(const std::filesystem::path& path) noexcept;
+    /// Joins the tail of the queue of the lock `id` in `domain` (any address
+    /// that stands for the driver instance: an execution context, a loop).
+    /// Returns whether it is the head. Call once; leave() before joining
+    /// again. Out of memory, it stays out of the queue and returns true: the
+    /// waiter then attempts on its own.
+    bool join(const lock_identity& id, const void* domain) noexcept;
     /// Leaves the queue (idempotent). A head that leaves wakes the next
     /// waiter, which becomes the head.
     void leave() noexcept;
@@ -60,9 +76,10 @@ public:
     /// becomes the head through wake(), so a driver may cache the answer
     /// until its next wake.
     bool is_head() const noexcept;
-    /// How long the head must still hold off its attempts (zero: attempt).
-    /// Drivers check it before each attempt of a head.
-    std::chrono::steady_clock::duration hold_off() const noexcept;
+    /// How long the head must still hold off its attempts at `now` (zero:
+    /// attempt). Checked before each attempt of a head.
+    std::chrono::steady_clock::duration hold_off(std::chrono::steady_clock::time_point now) const
+        noexcept;
 
     /// Drivers set it while the head watches for release events: only then
     /// may the queue leave a local release to the close event (see above).
@@ -88,10 +105,10 @@ inline constexpr std::chrono::microseconds min_fair_share{1000};
 inline constexpr std::chrono::microseconds max_fair_share{64000};
 inline constexpr std::chrono::microseconds yield_grace{500};
 
-/// Tells the local queue of `path` that a holder in this process released
-/// the lock: wakes its head (lock_file::close calls it after releasing).
-/// Costs one atomic load when no queue exists.
-FILELOCK_API void local_release(const std::filesystem::path& path) noexcept;
+/// Tells the local queues of the lock `id` (one per domain) that a holder in
+/// this process released it: wakes their heads (lock_file::close calls it
+/// after releasing). Costs one atomic load when no queue exists.
+FILELOCK_API void local_release(const lock_identity& id) noexcept;
 
 /// Waiters queued in this process, over all paths (tests and benchmarks).
 FILELOCK_API std::size_t local_waiters() noexcept;

@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-// The lock primitive as an engine Target: one non-blocking attempt on a lock
-// file. Public only because the header-only Asio adapter drives it; users
-// never name it.
+// The file backend of the acquire state machine: the lock primitive, one
+// non-blocking attempt on a lock file. Public only because the header-only
+// Asio adapter runs it; users never name it. It hands a won lock over as a
+// held_file value; it never builds the facade.
 
-#include <filelock/detail/engine.hpp>
+#include <filelock/detail/acquire.hpp>
+#include <filelock/detail/held_file.hpp>
+#include <filelock/detail/local_queue.hpp>
 #include <filelock/export.hpp>
-#include <filelock/lock_file.hpp>
 #include <filelock/options.hpp>
 
 #include <cstdint>
@@ -17,19 +19,32 @@
 
 namespace filelock::detail {
 
-class FILELOCK_API file_target {
+class FILELOCK_API file_backend {
 public:
     /// Validates and expands the content template; a bad one is reported by
     /// the first try_acquire(), before the file is touched.
-    file_target(std::filesystem::path path, const lock_options& options);
-    file_target(file_target&& other) noexcept;
-    file_target& operator=(file_target&&) = delete;
-    ~file_target();
+    file_backend(std::filesystem::path path, const lock_options& options);
+    file_backend(file_backend&& other) noexcept;
+    file_backend& operator=(file_backend&&) = delete;
+    ~file_backend();
+
+    /// Delays of the quick retries after a release event: inotify reports a
+    /// holder's close just before the kernel drops its lock.
+    static constexpr clock::duration quick_retries[] = {std::chrono::microseconds(20),
+                                                        std::chrono::microseconds(100),
+                                                        std::chrono::microseconds(500)};
 
     /// One attempt: {} = won (take() it), errc::locked = contention (the
     /// descriptor stays open for the next attempt), anything else = error
     /// (nothing held, nothing open).
     std::error_code try_acquire() noexcept;
+    /// Attempts never send requests.
+    std::error_code on_reply(std::error_code) noexcept { return errc::locked; }
+    /// Gives a won lock back (a cancellation came before it was handed over).
+    void release_won() noexcept { unlock_and_close(); }
+    /// The lock's identity: the open file's device and inode (or those of the
+    /// file the path names now, before the first open), and the backend.
+    bool identity(lock_identity& id) const noexcept;
 
     /// The file was unlinked or replaced while we waited on it: the next
     /// attempt opens the path anew instead of waiting on the old file.
@@ -43,9 +58,9 @@ public:
     /// descriptor of its own.
     bool won_inherited() const noexcept;
 
-    /// The lock won by the last successful try_acquire(). The target is spent
-    /// afterwards (its path moves into the lock_file).
-    lock_file take() noexcept;
+    /// The lock won by the last successful try_acquire(). The backend is spent
+    /// afterwards (its path moves into the value).
+    held_file take() noexcept;
 
     /// The system call that produced the last error, or nullptr.
     const char* failed_call() const noexcept { return failed_call_; }
@@ -85,21 +100,11 @@ private:
     unsigned fd_generation_ = 0, fd_forks_ = 0;
 };
 
-using acquisition = engine<file_target>;
+/// The acquisition of a lock file: the protocol over the file backend.
+using file_acquire = acquire<file_backend>;
 
 /// A seed that differs between processes, threads and calls.
 FILELOCK_API std::uint64_t random_seed() noexcept;
-
-/// Whether an acquisition may join its path's local queue: a timed attempt
-/// (not a single one) whose options ask for queueing (exclusive locks only).
-inline bool may_queue(const acquisition& a) noexcept {
-    return a.target().queues() && !a.single_attempt();
-}
-
-inline acquisition make_acquisition(const std::filesystem::path& path, clock::duration timeout,
-                                    const lock_options& options) {
-    return acquisition(file_target(path, options), timeout, options.backoff, random_seed());
-}
 
 /// Expands a content template into `out` (" " + expansion + "\n").
 FILELOCK_API std::error_code expand_content(std::string_view tmpl, std::string& out);

@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: MIT
+// What a lock file holds: the content template, a holder's line, the pseudo
+// filesystems never written, and reading a holder back.
+#include <filelock/detail/file_backend.hpp>
+#include <filelock/lock_file.hpp>
+
+#include "content.hpp"
+#include "sys.hpp"
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <limits.h>
+#include <string>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace filelock {
+namespace detail {
+namespace {
+
+std::error_code sys_error(int err) noexcept { return {err, std::system_category()}; }
+
+template <class F>
+auto retry_eintr(F f) noexcept {
+    decltype(f()) r;
+    do r = f();
+    while (r == -1 && errno == EINTR);
+    return r;
+}
+
+std::error_code append_hostname(std::string& out) {
+    // HOST_NAME_MAX bytes and the terminator: a name of the full legal length
+    // fits (gethostname fails with ENAMETOOLONG when the buffer is smaller).
+    char host[HOST_NAME_MAX + 1] = {};
+    if (sys().gethostname(host, sizeof host) != 0) return sys_error(errno);
+    out.append(host, ::strnlen(host, sizeof host));
+    return {};
+}
+
+}  // namespace
+
+std::string read_holder_fd(int fd) noexcept {
+    try {
+        char buf[max_holder_bytes];
+        const ssize_t n = retry_eintr([&] { return sys().pread(fd, buf, sizeof buf, 0); });
+        return n > 0 ? holder_from_bytes(std::string_view(buf, static_cast<std::size_t>(n))) : "";
+    } catch (...) {
+        return {};
+    }
+}
+
+std::error_code expand_content(std::string_view tmpl, std::string& out) {
+    std::string result = " ";
+    for (std::size_t i = 0; i < tmpl.size(); ++i) {
+        const char c = tmpl[i];
+        if (c == '}') {
+            if (i + 1 < tmpl.size() && tmpl[i + 1] == '}') {
+                result += '}';
+                ++i;
+                continue;
+            }
+            return errc::invalid_template;  // a lone '}'
+        }
+        if (c != '{') {
+            result += c;
+            continue;
+        }
+        if (i + 1 < tmpl.size() && tmpl[i + 1] == '{') {
+            result += '{';
+            ++i;
+            continue;
+        }
+        const auto close = tmpl.find('}', i + 1);
+        if (close == std::string_view::npos) return errc::invalid_template;
+        const auto field = tmpl.substr(i + 1, close - i - 1);
+        if (field == "pid") {
+            result += std::to_string(current_pid());
+        } else if (field == "hostname") {
+            if (auto ec = append_hostname(result)) return ec;
+        } else {
+            return errc::invalid_template;
+        }
+        i = close;
+    }
+    result += '\n';
+    out = std::move(result);
+    return {};
+}
+
+bool is_holder_line(std::string_view bytes) noexcept {
+    if (bytes.empty()) return true;
+    if (bytes.size() > max_holder_bytes) return false;
+    // Zeros only: what a crash can leave of an unsynced holder's line on
+    // some filesystems. Nothing to keep.
+    if (bytes.find_first_not_of('\0') == std::string_view::npos) return true;
+    if (bytes.back() == '\n') bytes.remove_suffix(1);
+    if (bytes.empty()) return true;  // a lone newline
+    if (bytes.front() != ' ') return false;
+    for (const char ch : bytes) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (c < 0x20 || c == 0x7f) return false;  // newlines, NUL, other control bytes
+    }
+    return true;
+}
+
+bool is_pseudo_filesystem(long magic) noexcept {
+    // <linux/magic.h>; spelled out so that the list does not depend on the
+    // kernel headers' age.
+    switch (static_cast<unsigned long>(magic) & 0xffffffffUL) {
+        case 0x9fa0UL:      // proc
+        case 0x62656572UL:  // sysfs
+        case 0x27e0ebUL:    // cgroup
+        case 0x63677270UL:  // cgroup2
+        case 0x64626720UL:  // debugfs
+        case 0x74726163UL:  // tracefs
+        case 0x73636673UL:  // securityfs
+        case 0x62656570UL:  // configfs
+        case 0xcafe4a11UL:  // bpf
+        case 0x6165676cUL:  // pstore
+        case 0xde5e81e4UL:  // efivarfs
+        case 0xf97cff8cUL:  // selinuxfs
+        case 0x43415d53UL:  // smackfs
+        case 0x42494e4dUL:  // binfmt_misc
+        case 0x65735543UL:  // fusectl
+        case 0x6e736673UL:  // nsfs
+        case 0x19800202UL:  // mqueue
+        case 0x1cd1UL:      // devpts
+        case 0x67596969UL:  // rpc_pipefs
+        case 0x57ac6e9dUL:  // stack_end (never a file, listed for completeness)
+            return true;
+        default: return false;
+    }
+}
+
+std::string holder_from_bytes(std::string_view bytes) {
+    bytes = bytes.substr(0, max_holder_bytes);
+    const auto space = [](char c) {
+        return c == ' ' || c == '\n' || c == '\t' || c == '\r' || c == '\0';
+    };
+    while (!bytes.empty() && space(bytes.front())) bytes.remove_prefix(1);
+    while (!bytes.empty() && space(bytes.back())) bytes.remove_suffix(1);
+    return std::string(bytes);
+}
+
+std::uint64_t random_seed() noexcept {
+    static std::atomic<std::uint64_t> counter{0};
+    const auto now = static_cast<std::uint64_t>(clock::now().time_since_epoch().count());
+    std::uint64_t x = now ^ (static_cast<std::uint64_t>(current_pid()) << 32) ^
+                      (counter.fetch_add(0x9e3779b97f4a7c15ull, std::memory_order_relaxed));
+    // splitmix64 finaliser
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+std::string read_holder_at(const std::filesystem::path& path) noexcept {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) return {};
+    struct ::stat st {};
+    std::string holder;
+    if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) holder = read_holder_fd(fd);
+    ::close(fd);
+    return holder;
+}
+
+}  // namespace detail
+
+std::string read_holder(const std::filesystem::path& path) noexcept {
+    return detail::read_holder_at(path);
+}
+
+}  // namespace filelock

@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// The sync driver: runs the acquire state machine on the calling thread (the
+// library's lock() and filelock-run). See sync_driver.cpp.
+
+#include <filelock/detail/acquire.hpp>
+#include <filelock/detail/local_queue.hpp>
+#include <filelock/export.hpp>
+
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <mutex>
+#include <system_error>
+#include <utility>
+
+namespace filelock::detail {
+
+class release_hub;
+
+/// A sync waiter: its place in local queues and its registration with the
+/// release hub. What wakes it sets a flag and notifies its condition.
+class FILELOCK_API sync_waiter final : public queue_waiter {
+public:
+    explicit sync_waiter(bool shared) noexcept : shared_(shared), arrival_(next_arrival()) {}
+    ~sync_waiter() override;
+
+    void wake() noexcept override { signal(&sync_waiter::turn_); }
+    void signal(bool sync_waiter::*flag) noexcept {
+        std::lock_guard<std::mutex> g(mutex_);
+        this->*flag = true;
+        cv_.notify_one();
+    }
+
+    /// Arms a release watch of `path` (or keeps the one armed): whether
+    /// release events will come.
+    bool arm(const std::filesystem::path& path);
+    /// Drops the watch (after the file moved; and on the way out).
+    void disarm() noexcept;
+
+    /// Sleeps until `until`, its turn, or (when `on_release`) a release
+    /// event; says why it woke.
+    wake_reason wait(clock::time_point until, bool on_release) {
+        std::unique_lock<std::mutex> lk(mutex_);
+        const auto ready = [&] { return turn_ || moved_ || (on_release && release_); };
+        if (until == clock::time_point::max())
+            cv_.wait(lk, ready);
+        else
+            cv_.wait_until(lk, until, ready);
+        if (std::exchange(moved_, false)) return release_ = false, wake_reason::moved;
+        if (std::exchange(turn_, false)) return wake_reason::turn;
+        // A release event not asked for (a hold-off) is stale at the attempt.
+        if (std::exchange(release_, false) && on_release) return wake_reason::release;
+        return wake_reason::timer;
+    }
+
+    bool shared() const noexcept { return shared_; }
+    std::uint64_t arrival() const noexcept { return arrival_; }
+
+private:
+    friend class release_hub;
+    static std::uint64_t next_arrival() noexcept;
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    bool turn_ = false, release_ = false, moved_ = false;
+    const bool shared_;
+    const std::uint64_t arrival_;
+    release_hub* hub_ = nullptr;
+    int wd_ = -1;
+};
+
+/// The domain of the sync waiters of this process (for local queues).
+FILELOCK_API const void* sync_domain() noexcept;
+
+/// Runs `acq` to its end on this thread; returns its outcome (the backend
+/// holds a won lock).
+template <class Backend>
+std::error_code run_sync(acquire<Backend>& acq, const std::filesystem::path& path, bool shared) {
+    sync_waiter waiter(shared);
+    acq.use_queue(&waiter, sync_domain());
+    struct leave_first {  // on every way out, the queue forgets the waiter first
+        acquire<Backend>& a;
+        ~leave_first() { a.drop_queue(); }
+    } guard{acq};
+    action next = acq.resume({wake_reason::start, clock::now()});
+    for (;;) {
+        switch (next.what) {
+            case action::kind::done: return next.ec;
+            case action::kind::watch:
+                next = acq.resume(
+                    {waiter.arm(path) ? wake_reason::watched : wake_reason::unwatched, clock::now()});
+                break;
+            case action::kind::wait: {
+                const wake_reason why = waiter.wait(next.until, next.on_release);
+                if (why == wake_reason::moved) waiter.disarm();
+                next = acq.resume({why, clock::now()});
+                break;
+            }
+            case action::kind::send:  // the file backend never sends
+                return std::make_error_code(std::errc::function_not_supported);
+        }
+    }
+}
+
+}  // namespace filelock::detail

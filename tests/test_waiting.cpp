@@ -1,0 +1,419 @@
+// SPDX-License-Identifier: MIT
+// Waiting, as every driver runs the one acquire protocol: a waiter never
+// waits on a free lock because another waiter of its process does not
+// progress, waits for the lock it names (not its spelling), is woken with
+// the other readers, never loses a release, and the process keeps a bounded
+// number of kernel objects for it. Behaviour, not timing: "acquired before
+// the timer" is checked with a margin of seconds, and a waiter that would
+// wrongly wait does so until a deadline of seconds.
+
+#include <filelock/asio.hpp>
+#include <filelock/detail/local_queue.hpp>
+#include <filelock/detail/release_watcher.hpp>
+#include <filelock/lock_file.hpp>
+#include <filelock/uv.hpp>
+
+#include "../src/sys.hpp"
+#include "proc_fds.hpp"
+#include "support.hpp"
+
+#include <asio/io_context.hpp>
+
+#include <atomic>
+#include <cstring>
+#include <sys/file.h>
+#include <sys/inotify.h>
+#include <thread>
+#include <unistd.h>
+
+using namespace test;
+using filelock::errc;
+using filelock::lock_file;
+namespace fdetail = filelock::detail;
+using sclock = std::chrono::steady_clock;
+
+namespace {
+
+// Waits that only a release event, a turn or the deadline can end early.
+constexpr auto slow_timer = 20s;
+constexpr auto before_timer = 10s;
+
+filelock::lock_options event_only() {
+    filelock::lock_options o;
+    o.backoff = {slow_timer, 1.0, slow_timer, 0.0};
+    return o;
+}
+
+// Replaces entries of the syscall table for one test.
+struct seam {
+    fdetail::sys_table saved = fdetail::sys();
+    ~seam() { fdetail::sys() = saved; }
+};
+
+// A uv loop whose operations are abandoned: cancelled and run down.
+void drain_loop(uv_loop_t* loop) {
+    filelock::uv::cancel_all(loop);
+    uv_run(loop, UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(loop) == 0);
+}
+
+}  // namespace
+
+// --- liveness: a stalled loop stalls only its own waiters -------------------
+
+TEST_CASE("waiting: an io_context waits on a free lock although another context's head stalls") {
+    scratch s;
+    const auto p = s / "a.lock";
+    auto holder = hold_in_child(p);
+    REQUIRE(holder.ready());
+    auto stalled = std::make_unique<asio::io_context>();
+    bool stalled_done = false;
+    filelock::async_lock(*stalled, p, 60s, [&](std::error_code, lock_file) { stalled_done = true; });
+    stalled->poll();  // its operation attempted, queued as the head; its context never runs again
+    asio::io_context io;
+    std::error_code ec = errc::timeout;
+    lock_file won;
+    const auto t0 = sclock::now();
+    filelock::async_lock(io, p, 15s, [&](std::error_code e, lock_file l) {
+        ec = e;
+        won = std::move(l);
+    });
+    holder.release();
+    io.run();
+    CHECK(!ec);
+    CHECK(won.is_locked());
+    CHECK(sclock::now() - t0 < before_timer);
+    won.close();
+    CHECK(!stalled_done);
+    stalled.reset();  // destroyed with its operation pending: its queue entry goes too
+    CHECK(fdetail::local_waiters() == 0);
+}
+
+TEST_CASE("waiting: a uv loop waits on a free lock although another loop's head stalls") {
+    scratch s;
+    const auto p = s / "a.lock";
+    auto holder = hold_in_child(p);
+    REQUIRE(holder.ready());
+    uv_loop_t stalled, loop;
+    uv_loop_init(&stalled);
+    uv_loop_init(&loop);
+    filelock::uv::async_lock(&stalled, p, 60s, [](std::error_code, lock_file) {});
+    uv_run(&stalled, UV_RUN_NOWAIT);  // the head of its queue; never run again until the end
+    std::error_code ec = errc::timeout;
+    const auto t0 = sclock::now();
+    filelock::uv::async_lock(&loop, p, 15s, [&](std::error_code e, lock_file) { ec = e; });
+    holder.release();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(!ec);
+    CHECK(sclock::now() - t0 < before_timer);
+    CHECK(uv_loop_close(&loop) == 0);
+    drain_loop(&stalled);
+    CHECK(fdetail::local_waiters() == 0);
+}
+
+TEST_CASE("waiting: a thread in lock() waits on a free lock although a loop's head stalls") {
+    scratch s;
+    const auto p = s / "a.lock";
+    auto holder = hold_in_child(p);
+    REQUIRE(holder.ready());
+    uv_loop_t stalled;
+    uv_loop_init(&stalled);
+    filelock::uv::async_lock(&stalled, p, 60s, [](std::error_code, lock_file) {});
+    uv_run(&stalled, UV_RUN_NOWAIT);
+    const auto t0 = sclock::now();
+    std::thread releaser([&] {
+        std::this_thread::sleep_for(250ms);
+        holder.release();
+    });
+    std::error_code ec;
+    auto l = filelock::lock(p, 15s, {}, ec);
+    releaser.join();
+    CHECK(!ec);
+    CHECK(l.is_locked());
+    CHECK(sclock::now() - t0 < before_timer);
+    l.close();
+    drain_loop(&stalled);
+}
+
+// --- the queue is the lock's, not the spelling's -------------------------------
+
+TEST_CASE("waiting: a relative path after chdir() never queues behind another file's waiters") {
+    scratch s;
+    fs::create_directories(s / "one");
+    fs::create_directories(s / "two");
+    auto holder = hold_in_child(s / "one" / "rel.lock");
+    REQUIRE(holder.ready());
+    const auto cwd = fs::current_path();
+    fs::current_path(s / "one");
+    std::error_code first_ec;
+    std::thread first([&] { (void)filelock::lock("rel.lock", 20s, {}, first_ec); });
+    while (fdetail::local_waiters() == 0) std::this_thread::sleep_for(1ms);
+    fs::current_path(s / "two");
+    std::error_code ec;
+    auto l = filelock::lock("rel.lock", 5s, {}, ec);  // another file, free
+    CHECK(!ec);
+    CHECK(l.is_locked());
+    l.close();
+    fs::current_path(s / "one");  // where the first waiter's path names its file
+    holder.release();
+    first.join();
+    fs::current_path(cwd);
+    CHECK(!first_ec);
+}
+
+TEST_CASE("waiting: an OFD waiter never queues behind a flock waiter of the same file") {
+    scratch s;
+    const auto p = s / "a.lock";
+    auto holder = hold_in_child(p);  // a flock lock: no conflict with an OFD lock
+    REQUIRE(holder.ready());
+    std::error_code first_ec;
+    std::thread first([&] { (void)filelock::lock(p, 20s, {}, first_ec); });
+    while (fdetail::local_waiters() == 0) std::this_thread::sleep_for(1ms);
+    filelock::lock_options ofd;
+    ofd.backend = filelock::lock_backend::ofd;
+    std::error_code ec;
+    auto l = filelock::lock(p, 5s, ofd, ec);
+    CHECK(!ec);
+    CHECK(l.is_locked());
+    l.close();
+    holder.release();
+    first.join();
+    CHECK(!first_ec);
+}
+
+// --- shared waiters are all let in by one release ----------------------------
+
+TEST_CASE("waiting: one release wakes every shared waiter of a loop, not one at a time") {
+    constexpr int n = 5;
+    filelock::lock_options shared = event_only();
+    shared.mode = filelock::lock_mode::shared;
+    SECTION("asio") {
+        scratch s;
+        const auto p = s / "a.lock";
+        auto held = std::make_unique<lock_file>(p);
+        asio::io_context io;
+        std::vector<lock_file> got;
+        for (int i = 0; i < n; ++i)
+            filelock::async_lock(io, p, 60s, shared, [&](std::error_code ec, lock_file l) {
+                if (!ec) got.push_back(std::move(l));
+            });
+        io.poll();
+        const auto t0 = sclock::now();
+        held.reset();
+        io.run();
+        CHECK(got.size() == n);
+        CHECK(sclock::now() - t0 < before_timer);
+    }
+    SECTION("libuv") {
+        scratch s;
+        const auto p = s / "a.lock";
+        auto held = std::make_unique<lock_file>(p);
+        uv_loop_t loop;
+        uv_loop_init(&loop);
+        std::vector<lock_file> got;
+        for (int i = 0; i < n; ++i)
+            filelock::uv::async_lock(&loop, p, 60s, shared, [&](std::error_code ec, lock_file l) {
+                if (!ec) got.push_back(std::move(l));
+            });
+        uv_run(&loop, UV_RUN_NOWAIT);
+        const auto t0 = sclock::now();
+        held.reset();
+        uv_run(&loop, UV_RUN_DEFAULT);
+        CHECK(got.size() == n);
+        CHECK(sclock::now() - t0 < before_timer);
+        CHECK(uv_loop_close(&loop) == 0);
+    }
+}
+
+// --- bounded kernel objects --------------------------------------------------
+
+TEST_CASE("waiting: 200 threads that waited in lock() leave at most the documented instances") {
+    // Counted while the threads still live: a thread that waited keeps
+    // nothing (757dff8 kept an inotify instance and an eventfd per thread).
+    scratch s;
+    const auto p = s / "a.lock";
+    const int fds0 = open_fd_count();
+    const int instances0 = inotify_instances();
+    constexpr int n = 200;
+    std::atomic<int> won{0}, waiting{0}, done{0};
+    std::atomic<bool> go_home{false};
+    std::vector<std::thread> threads;
+    {
+        auto holder = hold_in_child(p);
+        REQUIRE(holder.ready());
+        for (int i = 0; i < n; ++i)
+            threads.emplace_back([&] {
+                ++waiting;
+                std::error_code ec;
+                auto l = filelock::lock(p, 60s, {}, ec);
+                won += l.is_locked();
+                l.close();
+                ++done;
+                while (!go_home) std::this_thread::sleep_for(1ms);
+            });
+        while (waiting < n) std::this_thread::sleep_for(1ms);
+        std::this_thread::sleep_for(100ms);  // all of them attempted and wait
+        holder.release();
+        while (done < n) std::this_thread::sleep_for(1ms);
+    }
+    const int instances = inotify_instances() - instances0;
+    const int fds = open_fd_count() - fds0;
+    go_home = true;
+    for (auto& t : threads) t.join();
+    CHECK(won == n);
+    CHECK(instances <= max_cached_inotify_instances);
+    CHECK(fds == instances);  // nothing but the cache
+    // Another process of this user can still make one.
+    child other([](int ready) {
+        const int fd = ::inotify_init1(IN_CLOEXEC);
+        (void)!::write(ready, fd >= 0 ? "y" : "n", 1);
+        return fd >= 0 ? 0 : 1;
+    });
+    CHECK(other.ready());
+    other.release();
+    CHECK(other.wait() == 0);
+}
+
+// --- no release event is lost, and none is mistaken -------------------------
+
+TEST_CASE("waiting: a release between the failed attempt and the watch is not lost") {
+    // The holder lets go inside the waiter's first (failed) attempt, before
+    // any watch exists: the waiter must attempt again once it watches, not
+    // sleep its 20 s fallback.
+    scratch s;
+    const auto p = s / "a.lock";
+    auto holder = std::make_unique<lock_file>(p);
+    static lock_file* to_release;
+    static bool in_hook;
+    to_release = holder.get();
+    in_hook = false;
+    seam fake;
+    fdetail::sys().flock = [](int fd, int op) {
+        const int rc = fdetail::default_sys().flock(fd, op);
+        if (rc != 0 && (op & LOCK_NB) && !in_hook && to_release) {
+            in_hook = true;
+            const int err = errno;
+            to_release->close();  // a close event now, while nobody watches
+            to_release = nullptr;
+            errno = err;
+            in_hook = false;
+        }
+        return rc;
+    };
+    const auto t0 = sclock::now();
+    std::error_code ec;
+    auto l = filelock::lock(p, 60s, event_only(), ec);
+    CHECK(!ec);
+    CHECK(sclock::now() - t0 < before_timer);
+}
+
+TEST_CASE("waiting: close events on another watched file are not taken as a release") {
+    // A thread waited on `y` (its watch stays cached), then waits on `x`;
+    // meanwhile `y` is opened and closed 100 times. The waiter's attempts on
+    // `x` stay those of its own protocol (757dff8 attempted at each event).
+    scratch s;
+    const auto x = s / "x.lock", y = s / "y.lock";
+    auto hold_x = hold_in_child(x);
+    REQUIRE(hold_x.ready());
+    auto hold_y = std::make_unique<lock_file>(y);
+    static std::atomic<int> attempts_on_x;
+    static std::atomic<long> x_ino;
+    attempts_on_x = 0;
+    struct ::stat st {};
+    REQUIRE(::stat(x.c_str(), &st) == 0);
+    x_ino = static_cast<long>(st.st_ino);
+    seam fake;
+    fdetail::sys().flock = [](int fd, int op) {
+        struct ::stat fst {};
+        if ((op & LOCK_NB) && (op & LOCK_EX) && ::fstat(fd, &fst) == 0 &&
+            static_cast<long>(fst.st_ino) == x_ino)
+            ++attempts_on_x;
+        return fdetail::default_sys().flock(fd, op);
+    };
+    std::error_code y_ec, x_ec;
+    std::atomic<bool> had_y{false};
+    std::thread waiter([&] {
+        (void)filelock::lock(y, 30s, event_only(), y_ec);  // released below
+        had_y = true;
+        (void)filelock::lock(x, 30s, event_only(), x_ec);
+    });
+    while (fdetail::local_waiters() == 0) std::this_thread::sleep_for(1ms);
+    std::this_thread::sleep_for(50ms);
+    hold_y.reset();
+    while (!had_y || attempts_on_x == 0) std::this_thread::sleep_for(1ms);
+    std::this_thread::sleep_for(100ms);
+    const int before = attempts_on_x;
+    for (int i = 0; i < 100; ++i) {
+        const int fd = ::open(y.c_str(), O_RDONLY | O_CLOEXEC);
+        ::close(fd);  // a close event on y
+    }
+    std::this_thread::sleep_for(200ms);
+    CHECK(attempts_on_x - before == 0);
+    hold_x.release();
+    waiter.join();
+    CHECK(!y_ec);
+    CHECK(!x_ec);
+}
+
+TEST_CASE("waiting: an overflowed event queue counts as every watched file moved") {
+    fdetail::release_watcher w;
+    REQUIRE(w.valid());
+    seam fake;
+    static bool served;
+    served = false;
+    fdetail::sys().read = [](int, void* buf, size_t n) -> ssize_t {
+        if (served || n < sizeof(inotify_event)) return errno = EAGAIN, -1;
+        served = true;
+        inotify_event ev{};
+        ev.wd = -1;
+        ev.mask = IN_Q_OVERFLOW;
+        std::memcpy(buf, &ev, sizeof ev);
+        return sizeof ev;
+    };
+    const auto events = w.drain();
+    REQUIRE(events.size() == 1);
+    CHECK(events[0].wd == fdetail::release_watcher::all);
+    CHECK(events[0].moved);
+}
+
+TEST_CASE("waiting: after lost events, a waiter watches the file the path names now") {
+    // The overflow comes while a sync waiter waits on a file that is then
+    // replaced: it must watch the new file and be woken by its release.
+    scratch s;
+    const auto p = s / "a.lock";
+    auto holder = std::make_unique<lock_file>(p);
+    std::error_code ec;
+    lock_file got;
+    std::thread waiter([&] { got = filelock::lock(p, 60s, event_only(), ec); });
+    while (fdetail::local_waiters() == 0 && !got) std::this_thread::sleep_for(1ms);
+    std::this_thread::sleep_for(100ms);
+    // Replace the file (the old one stays held), then lose the events.
+    {
+        seam fake;
+        static std::atomic<bool> overflow;
+        overflow = true;
+        fdetail::sys().read = [](int fd, void* buf, size_t n) -> ssize_t {
+            if (overflow.exchange(false) && n >= sizeof(inotify_event)) {
+                while (fdetail::default_sys().read(fd, buf, n) > 0) {
+                }
+                inotify_event ev{};
+                ev.wd = -1;
+                ev.mask = IN_Q_OVERFLOW;
+                std::memcpy(buf, &ev, sizeof ev);
+                return sizeof ev;
+            }
+            return fdetail::default_sys().read(fd, buf, n);
+        };
+        write_file(s / "new.lock", "");
+        auto new_holder = lock_file(s / "new.lock");
+        fs::rename(s / "new.lock", p);
+        std::this_thread::sleep_for(200ms);  // the waiter looked again and watches the new file
+        const auto t0 = sclock::now();
+        new_holder.close();
+        holder.reset();
+        waiter.join();
+        CHECK(sclock::now() - t0 < before_timer);
+    }
+    CHECK(!ec);
+    CHECK(got.is_locked());
+}
