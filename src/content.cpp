@@ -22,14 +22,6 @@ namespace {
 
 std::error_code sys_error(int err) noexcept { return {err, std::system_category()}; }
 
-template <class F>
-auto retry_eintr(F f) noexcept {
-    decltype(f()) r;
-    do r = f();
-    while (r == -1 && errno == EINTR);
-    return r;
-}
-
 std::error_code append_hostname(std::string& out) {
     // HOST_NAME_MAX bytes and the terminator: a name of the full legal length
     // fits (gethostname fails with ENAMETOOLONG when the buffer is smaller).

@@ -57,8 +57,7 @@ void lock_file::close() noexcept {
     detail::release_fd(fd, h_.ofd, stamp);
     // The next waiter of this process, at once (a forked child's copy of its
     // parent's lock has no waiters of ours to hand it to).
-    if (!stamp.inherited())
-        detail::local_release({h_.dev, h_.ino, h_.ofd ? 1 : 0});
+    if (!stamp.inherited()) detail::local_release({h_.dev, h_.ino, h_.ofd ? 1 : 0});
 }
 
 simple_lock_file::simple_lock_file(const std::filesystem::path& path, lock_options options)

@@ -121,16 +121,17 @@ private:
         return wd;
     }
 
-    // With the mutex held: the watch is gone or names a dead file.
+    // With the mutex held: the watch is gone or names a dead file (`all`:
+    // events were lost, every watch may be stale).
     void forget(int wd) {
-        for (auto it = cache_.begin(); it != cache_.end(); ++it)
-            if (it->second == wd || wd == release_watcher::all) {
-                watcher_.remove(it->second);
-                it = cache_.erase(it);
-                if (wd != release_watcher::all) return;
-                if (it == cache_.end()) return;
-                --it;
+        for (auto it = cache_.begin(); it != cache_.end();) {
+            if (wd != release_watcher::all && it->second != wd) {
+                ++it;
+                continue;
             }
+            watcher_.remove(it->second);
+            it = cache_.erase(it);
+        }
     }
 
     void run() {
@@ -147,7 +148,8 @@ private:
                 std::vector<sync_waiter*> on;
                 for (auto it = ev.wd == release_watcher::all ? listeners_.begin()
                                                              : listeners_.lower_bound(ev.wd);
-                     it != listeners_.end() && (ev.wd == release_watcher::all || it->first == ev.wd);
+                     it != listeners_.end() &&
+                     (ev.wd == release_watcher::all || it->first == ev.wd);
                      ++it)
                     on.push_back(it->second);
                 if (ev.moved) forget(ev.wd);

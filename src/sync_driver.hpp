@@ -88,8 +88,8 @@ std::error_code run_sync(acquire<Backend>& acq, const std::filesystem::path& pat
         switch (next.what) {
             case action::kind::done: return next.ec;
             case action::kind::watch:
-                next = acq.resume(
-                    {waiter.arm(path) ? wake_reason::watched : wake_reason::unwatched, clock::now()});
+                next = acq.resume({waiter.arm(path) ? wake_reason::watched : wake_reason::unwatched,
+                                   clock::now()});
                 break;
             case action::kind::wait: {
                 const wake_reason why = waiter.wait(next.until, next.on_release);

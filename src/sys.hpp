@@ -10,6 +10,7 @@
 
 #include <filelock/export.hpp>
 
+#include <cerrno>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/stat.h>
@@ -18,6 +19,16 @@
 #include <sys/types.h>
 
 namespace filelock::detail {
+
+/// Calls `f` again while it fails with EINTR (never wrap close: the
+/// descriptor is gone whatever it returns).
+template <class F>
+auto retry_eintr(F f) noexcept {
+    decltype(f()) r;
+    do r = f();
+    while (r == -1 && errno == EINTR);
+    return r;
+}
 
 struct sys_table {
     int (*open)(const char* path, int flags, mode_t mode);

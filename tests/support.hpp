@@ -52,6 +52,17 @@ struct scratch {
     fs::path operator/(const std::string& name) const { return dir / name; }
 };
 
+/// Waits that only a release event, a turn or the deadline can end early:
+/// a 20 s backoff with no jitter. "Acquired before the timer" is checked
+/// against half of it (a margin of seconds, never microseconds).
+constexpr auto slow_timer = std::chrono::seconds(20);
+constexpr auto before_timer = std::chrono::seconds(10);
+inline filelock::lock_options event_only() {
+    filelock::lock_options o;
+    o.backoff = {slow_timer, 1.0, slow_timer, 0.0};
+    return o;
+}
+
 inline std::string read_file(const fs::path& p) {
     std::ifstream in(p, std::ios::binary);
     std::stringstream ss;

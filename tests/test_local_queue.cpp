@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
-// Local queues: waiters of one process for one lock file line up, only the
-// head attempts (one descriptor and one watch for all of them), they are
-// served in arrival order, and they still exclude each other and other
-// processes. Behaviour, not timing.
+// Local queues: waiters of one domain for one lock line up, only the head
+// attempts (one descriptor and one watch for all of them), they are served in
+// arrival order, and they still exclude each other and other processes.
+// Behaviour, not timing. The queue protocol itself (turns, deadlines while
+// queued, leaving) is tested once, in test_acquire.cpp; here each driver's
+// smoke tests and what is its own (cancellation, threads, descriptors).
 
 #include <filelock/asio.hpp>
 #include <filelock/detail/local_queue.hpp>
@@ -193,9 +195,11 @@ TEST_CASE(
     std::this_thread::sleep_for(fdetail::min_fair_share * 2);
     fdetail::local_release(id_fair);  // over the share: yield to other processes
     CHECK(a.wakes == 1);
-    CHECK(a.hold_off(std::chrono::steady_clock::now()) <= fdetail::yield_grace);  // the head holds off, for the grace at most
+    CHECK(a.hold_off(std::chrono::steady_clock::now()) <=
+          fdetail::yield_grace);  // the head holds off, for the grace at most
     std::this_thread::sleep_for(fdetail::yield_grace);
-    CHECK(a.hold_off(std::chrono::steady_clock::now()) == std::chrono::steady_clock::duration::zero());
+    CHECK(a.hold_off(std::chrono::steady_clock::now()) ==
+          std::chrono::steady_clock::duration::zero());
     fdetail::local_release(id_fair);  // a new streak
     CHECK(a.wakes == 2);
 
@@ -293,40 +297,6 @@ TEST_CASE("uv: cancelling queued waiters, the head among them, leaves the queue 
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK(cancelled == std::vector<int>{0, 4, 9});
     CHECK(order == iota(n, {0, 4, 9}));
-    CHECK(uv_loop_close(&loop) == 0);
-}
-
-TEST_CASE("uv: a queued waiter times out at its deadline and the queue goes on") {
-    scratch s;
-    const auto p = s / "a.lock";
-    auto holder = hold_in_child(p);
-    REQUIRE(holder.ready());
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    std::vector<int> order;
-    std::error_code short_ec;
-    bool short_done = false;
-    auto acquire = [&](int i, std::chrono::milliseconds timeout) {
-        filelock::uv::async_lock(&loop, p, timeout, [&, i](std::error_code ec, lock_file l) {
-            if (i == 2) {
-                short_ec = ec;
-                short_done = true;
-                return;
-            }
-            REQUIRE_FALSE(ec);
-            order.push_back(i);
-            uv_release_later(&loop, std::move(l), nullptr);
-        });
-    };
-    acquire(0, 60s);
-    acquire(1, 60s);
-    acquire(2, 50ms);  // behind two others: never the head before its deadline
-    acquire(3, 60s);
-    REQUIRE(uv_run_until(&loop, [&] { return short_done; }));
-    CHECK(short_ec == errc::timeout);
-    holder.release();
-    uv_run(&loop, UV_RUN_DEFAULT);
-    CHECK(order == std::vector<int>{0, 1, 3});
     CHECK(uv_loop_close(&loop) == 0);
 }
 
@@ -486,34 +456,6 @@ TEST_CASE("asio: cancelling queued waiters, the head among them, leaves the queu
     io.run();
     CHECK(cancelled == std::vector<int>{0, 4, 9});
     CHECK(order == iota(n, {0, 4, 9}));
-}
-
-TEST_CASE("asio: a queued waiter times out at its deadline and the queue goes on") {
-    scratch s;
-    const auto p = s / "a.lock";
-    auto holder = hold_in_child(p);
-    REQUIRE(holder.ready());
-    asio::io_context io;
-    std::vector<int> order;
-    std::error_code short_ec;
-    bool short_done = false;
-    for (int i = 0; i < 4; ++i)
-        filelock::async_lock(io, p, i == 2 ? std::chrono::nanoseconds(50ms) : 60s,
-                             [&, i](std::error_code ec, lock_file l) {
-                                 if (i == 2) {
-                                     short_ec = ec;
-                                     short_done = true;
-                                     return;
-                                 }
-                                 REQUIRE_FALSE(ec);
-                                 order.push_back(i);
-                                 asio_release_later(io, std::move(l), nullptr);
-                             });
-    REQUIRE(asio_run_until(io, [&] { return short_done; }));
-    CHECK(short_ec == errc::timeout);
-    holder.release();
-    io.run();
-    CHECK(order == std::vector<int>{0, 1, 3});
 }
 
 TEST_CASE("asio: waiters of a 4-thread context exclude each other and each acquire once") {

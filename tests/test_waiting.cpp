@@ -34,16 +34,6 @@ using sclock = std::chrono::steady_clock;
 
 namespace {
 
-// Waits that only a release event, a turn or the deadline can end early.
-constexpr auto slow_timer = 20s;
-constexpr auto before_timer = 10s;
-
-filelock::lock_options event_only() {
-    filelock::lock_options o;
-    o.backoff = {slow_timer, 1.0, slow_timer, 0.0};
-    return o;
-}
-
 // Replaces entries of the syscall table for one test.
 struct seam {
     fdetail::sys_table saved = fdetail::sys();
@@ -68,7 +58,8 @@ TEST_CASE("waiting: an io_context waits on a free lock although another context'
     REQUIRE(holder.ready());
     auto stalled = std::make_unique<asio::io_context>();
     bool stalled_done = false;
-    filelock::async_lock(*stalled, p, 60s, [&](std::error_code, lock_file) { stalled_done = true; });
+    filelock::async_lock(*stalled, p, 60s,
+                         [&](std::error_code, lock_file) { stalled_done = true; });
     stalled->poll();  // its operation attempted, queued as the head; its context never runs again
     asio::io_context io;
     std::error_code ec = errc::timeout;

@@ -20,15 +20,6 @@ using filelock::lock_file;
 
 namespace {
 
-constexpr auto slow_timer = 20s;
-constexpr auto before_timer = 10s;
-
-filelock::lock_options event_only() {
-    filelock::lock_options o;
-    o.backoff = {slow_timer, 1.0, slow_timer, 0.0};
-    return o;
-}
-
 // The three drivers, each acquiring `p` with `o` and a 60 s timeout.
 struct driver {
     const char* name;

@@ -776,9 +776,8 @@ int orchestrate(const std::string& self, double seconds) {
         "  worker errors: %ld  descriptor leaks: %ld  hung workers: %ld\n",
         seconds, have_python ? "sync+asio+uv" : "sync+asio+uv (no python3-zc.lockfile!)", t.forks,
         t.wrapper_kills, t.acked.size(), logged.size(), unacked, t.kills, unexplained, t.kills,
-        phase1_kills,
-        t.replacements, t.cancels, t.timeouts, violations, duplicates, missing, t.errors,
-        t.fd_leaks, t.hung);
+        phase1_kills, t.replacements, t.cancels, t.timeouts, violations, duplicates, missing,
+        t.errors, t.fd_leaks, t.hung);
     std::error_code ec;
     fs::remove_all(f.dir, ec);
     const bool ok = violations == 0 && duplicates == 0 && missing == 0 && unexplained <= t.kills &&

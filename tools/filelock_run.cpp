@@ -17,10 +17,10 @@
 
 #include <filelock/detail/acquire.hpp>
 #include <filelock/detail/file_backend.hpp>
-
-#include "../src/sync_driver.hpp"
 #include <filelock/lock_file.hpp>
 #include <filelock/version.hpp>
+
+#include "../src/sync_driver.hpp"
 
 #include <cerrno>
 #include <chrono>
@@ -223,9 +223,8 @@ std::error_code lock_descriptor(int fd, int op, std::chrono::nanoseconds timeout
             if (errno != EINTR) return {errno, std::system_category()};
         return {};
     }
-    filelock::detail::acquire<fd_backend> acq(fd_backend{fd, op}, timeout,
-                                              filelock::backoff_policy{},
-                                              filelock::detail::random_seed());
+    filelock::detail::acquire<fd_backend> acq(
+        fd_backend{fd, op}, timeout, filelock::backoff_policy{}, filelock::detail::random_seed());
     return filelock::detail::run_sync(acq, {}, op == LOCK_SH);
 }
 

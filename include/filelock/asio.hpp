@@ -16,10 +16,12 @@
 // steady_timer with the options' backoff (capped exponential, jittered), and
 // makes a last attempt at the deadline. On Linux it also wakes when the holder
 // closes the lock file (inotify, read through a stream_descriptor; one instance
-// per execution context while operations wait). Operations of one process for
-// one lock file queue (lock_options::queue_local_waiters): only the head
+// per execution context while operations wait). Operations of one execution
+// context for one lock queue (lock_options::queue_local_waiters): only the head
 // attempts, the others wait for their turn in the order of their initiations,
 // and a release by a holder in this process hands the lock to the head at once.
+// Each execution context has queues of its own: a context that stops running
+// never holds up the waiters of another context or thread.
 
 // Asio 1.22 enables co_await support for clang only with libc++'s
 // <experimental/coroutine>; clang 14 with libstdc++'s <coroutine> works too.
@@ -305,8 +307,8 @@ public:
           wake_(std::make_shared<release_wake>(asio::any_io_executor(ex),
                                                options.mode == lock_mode::shared,
                                                release_wake::next_arrival())),
-          acq_(std::make_unique<file_acquire>(file_backend(path, options), timeout,
-                                              options.backoff, random_seed())) {
+          acq_(std::make_unique<file_acquire>(file_backend(path, options), timeout, options.backoff,
+                                              random_seed())) {
         acq_->use_queue(wake_.get(), &asio::query(ex, asio::execution::context));
     }
     async_lock_op(async_lock_op&&) = default;

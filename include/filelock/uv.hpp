@@ -16,10 +16,12 @@
 // with the options' backoff (millisecond resolution), and makes a last attempt
 // at the deadline. On Linux it also wakes when the holder closes the lock file
 // (inotify, polled with uv_poll_t; one instance per loop while the loop has
-// operations). Operations of one process for one lock file queue
+// operations). Operations of one loop for one lock queue
 // (lock_options::queue_local_waiters): only the head attempts, the others wait
 // for their turn in the order of the async_lock calls, and a release by a
-// holder in this process hands the lock to the head at once.
+// holder in this process hands the lock to the head at once. Each loop has
+// queues of its own: a loop that stops running never holds up the waiters of
+// another loop or thread. The first attempt is made inside async_lock().
 //
 // Outcomes: the lock (empty error code); errc::timeout when the deadline
 // passed (== std::errc::timed_out); std::errc::operation_canceled after a

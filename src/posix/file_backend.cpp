@@ -24,14 +24,6 @@ constexpr int max_identity_rounds = 16;
 
 std::error_code sys_error(int err) noexcept { return {err, std::system_category()}; }
 
-template <class F>
-auto retry_eintr(F f) noexcept {
-    decltype(f()) r;
-    do r = f();
-    while (r == -1 && errno == EINTR);
-    return r;
-}
-
 int set_ofd_lock(int fd, short type) noexcept {
     struct ::flock lk {};
     lk.l_type = type;

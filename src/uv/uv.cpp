@@ -63,9 +63,10 @@ const bool atfork_registered = [] {
 // (out of memory) end the operation with an error; one escaping the user's
 // callback ends the program, as a noexcept function would, saying why.
 [[noreturn]] void callback_threw() noexcept {
-    std::fputs("filelock::uv: an exception escaped a completion callback; it cannot cross "
-               "libuv's C frames\n",
-               stderr);
+    std::fputs(
+        "filelock::uv: an exception escaped a completion callback; it cannot cross "
+        "libuv's C frames\n",
+        stderr);
     std::terminate();
 }
 
@@ -194,7 +195,9 @@ struct op final : filelock::detail::queue_waiter {
                         {watch_release() ? wake_reason::watched : wake_reason::unwatched,
                          clock::now()});
                     continue;
-                case action::kind::wait: on_release = next.on_release; return start_timer(next.until);
+                case action::kind::wait:
+                    on_release = next.on_release;
+                    return start_timer(next.until);
                 case action::kind::send:  // the file backend never sends
                     return finish(std::make_error_code(std::errc::function_not_supported));
                 case action::kind::done: return finish(next.ec);

@@ -140,12 +140,8 @@ public:
                 backend_.drop_file();
                 set_watch(watch_state::none);
                 break;
-            case wake_reason::watched:
-                set_watch(watch_state::armed);
-                return attempt(now);
-            case wake_reason::unwatched:
-                set_watch(watch_state::unavailable);
-                return attempt(now);
+            case wake_reason::watched: set_watch(watch_state::armed); return attempt(now);
+            case wake_reason::unwatched: set_watch(watch_state::unavailable); return attempt(now);
             case wake_reason::reply: return attempted(backend_.on_reply(in.ec), now);
             case wake_reason::timer:
             case wake_reason::turn:
@@ -244,8 +240,8 @@ private:
         if (want_watch_ && watch_ == watch_state::none) return {action::kind::watch, {}, {}, false};
         const bool watched = watch_ == watch_state::armed;
         auto delay = quick_ < std::size(Backend::quick_retries) ? Backend::quick_retries[quick_++]
-                     : watched ? backoff_.next() * watched_stretch
-                               : backoff_.next();
+                     : watched                                  ? backoff_.next() * watched_stretch
+                                                                : backoff_.next();
         if (!forever_ && delay > deadline_ - now) delay = deadline_ - now;  // last attempt there
         return wait(now + delay, watched);
     }

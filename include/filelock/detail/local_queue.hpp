@@ -78,8 +78,8 @@ public:
     bool is_head() const noexcept;
     /// How long the head must still hold off its attempts at `now` (zero:
     /// attempt). Checked before each attempt of a head.
-    std::chrono::steady_clock::duration hold_off(std::chrono::steady_clock::time_point now) const
-        noexcept;
+    std::chrono::steady_clock::duration hold_off(
+        std::chrono::steady_clock::time_point now) const noexcept;
 
     /// Drivers set it while the head watches for release events: only then
     /// may the queue leave a local release to the close event (see above).

@@ -67,7 +67,7 @@ public:
 
 private:
     int fd_ = -1;
-    unsigned generation_ = 0;  // fork generation it was created in
+    unsigned generation_ = 0;            // fork generation it was created in
     std::unordered_map<int, int> refs_;  // watch descriptor -> references
 };
 
