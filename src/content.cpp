@@ -148,12 +148,13 @@ std::uint64_t random_seed() noexcept {
 }
 
 std::string read_holder_at(const std::filesystem::path& path) noexcept {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    const int fd = retry_eintr(
+        [&] { return sys().open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0); });
     if (fd < 0) return {};
     struct ::stat st {};
     std::string holder;
-    if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) holder = read_holder_fd(fd);
-    ::close(fd);
+    if (sys().fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) holder = read_holder_fd(fd);
+    sys().close(fd);
     return holder;
 }
 

@@ -43,7 +43,7 @@ release_watcher::release_watcher() noexcept
     : fd_(sys().inotify_init1(IN_NONBLOCK | IN_CLOEXEC)), generation_(fork_generation()) {}
 
 release_watcher::~release_watcher() {
-    if (fd_ >= 0) ::close(fd_);
+    if (fd_ >= 0) sys().close(fd_);
 }
 
 int release_watcher::add(const std::filesystem::path& path) noexcept {

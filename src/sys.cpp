@@ -31,7 +31,8 @@ int sys_inotify_add_watch(int, const char*, uint32_t) { return errno = ENOSYS, -
 int sys_gethostname(char* name, size_t len) { return ::gethostname(name, len); }
 int sys_fstatfs(int fd, struct ::statfs* st) { return ::fstatfs(fd, st); }
 
-constexpr sys_table libc_table{
+constexpr sys_table libc() {
+    return {
     .open = sys_open,
     .close = ::close,
     .flock = ::flock,
@@ -50,10 +51,11 @@ constexpr sys_table libc_table{
     .inotify_rm_watch = sys_inotify_rm_watch,
     .read = ::read,
     .poll = ::poll,
-    .dup = ::dup,
-};
+    };
+}
 
-sys_table table = libc_table;
+constinit sys_table table = libc();
+const sys_table libc_table = libc();
 
 std::atomic<pid_t> cached_pid{0};
 std::atomic<unsigned> generation{0};

@@ -5,11 +5,12 @@
 // release watchers and the sync driver goes, so tests can inject errno values
 // and events (as fmt's posix-mock test does). The table holds plain libc
 // functions by default. Not covered: what Asio's and libuv's reactors do
-// with the descriptors we hand them (epoll, their own reads of nothing of
-// ours), and the release of an inotify instance's descriptor (close).
+// with the inotify descriptors we hand them (epoll registration), and
+// filelock-run's own calls (it is a program, tested from outside).
 
 #include <filelock/export.hpp>
 
+#include <atomic>
 #include <cerrno>
 #include <fcntl.h>
 #include <poll.h>
@@ -30,26 +31,50 @@ auto retry_eintr(F f) noexcept {
     return r;
 }
 
+/// One entry of the table: a function pointer read and replaced atomically
+/// (a background thread of the library may call through the table while a
+/// test replaces an entry).
+template <class F>
+class sys_entry;
+template <class R, class... A>
+class sys_entry<R(A...)> {
+public:
+    using function = R (*)(A...);
+    constexpr sys_entry(function f) noexcept : f_(f) {}
+    sys_entry(const sys_entry& o) noexcept : f_(o.f_.load(std::memory_order_relaxed)) {}
+    sys_entry& operator=(const sys_entry& o) noexcept {
+        f_.store(o.f_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+        return *this;
+    }
+    sys_entry& operator=(function f) noexcept {
+        f_.store(f, std::memory_order_relaxed);
+        return *this;
+    }
+    R operator()(A... a) const { return f_.load(std::memory_order_relaxed)(a...); }
+
+private:
+    std::atomic<function> f_;
+};
+
 struct sys_table {
-    int (*open)(const char* path, int flags, mode_t mode);
-    int (*close)(int fd);
-    int (*flock)(int fd, int op);
-    int (*fcntl_lock)(int fd, int cmd, struct ::flock* lk);
-    int (*fstat)(int fd, struct ::stat* st);
-    int (*fstatfs)(int fd, struct ::statfs* st);
-    int (*stat)(const char* path, struct ::stat* st);
-    int (*lstat)(const char* path, struct ::stat* st);
-    ssize_t (*pwrite)(int fd, const void* buf, size_t n, off_t off);
-    ssize_t (*pread)(int fd, void* buf, size_t n, off_t off);
-    int (*ftruncate)(int fd, off_t len);
-    int (*unlink)(const char* path);
-    int (*inotify_init1)(int flags);
-    int (*inotify_add_watch)(int fd, const char* path, uint32_t mask);
-    int (*gethostname)(char* name, size_t len);
-    int (*inotify_rm_watch)(int fd, int wd);
-    ssize_t (*read)(int fd, void* buf, size_t n);  // inotify events
-    int (*poll)(struct ::pollfd* fds, nfds_t n, int timeout_ms);
-    int (*dup)(int fd);
+    sys_entry<int(const char* path, int flags, mode_t mode)> open;
+    sys_entry<int(int fd)> close;
+    sys_entry<int(int fd, int op)> flock;
+    sys_entry<int(int fd, int cmd, struct ::flock* lk)> fcntl_lock;
+    sys_entry<int(int fd, struct ::stat* st)> fstat;
+    sys_entry<int(int fd, struct ::statfs* st)> fstatfs;
+    sys_entry<int(const char* path, struct ::stat* st)> stat;
+    sys_entry<int(const char* path, struct ::stat* st)> lstat;
+    sys_entry<ssize_t(int fd, const void* buf, size_t n, off_t off)> pwrite;
+    sys_entry<ssize_t(int fd, void* buf, size_t n, off_t off)> pread;
+    sys_entry<int(int fd, off_t len)> ftruncate;
+    sys_entry<int(const char* path)> unlink;
+    sys_entry<int(int flags)> inotify_init1;
+    sys_entry<int(int fd, const char* path, uint32_t mask)> inotify_add_watch;
+    sys_entry<int(char* name, size_t len)> gethostname;
+    sys_entry<int(int fd, int wd)> inotify_rm_watch;
+    sys_entry<ssize_t(int fd, void* buf, size_t n)> read;
+    sys_entry<int(struct ::pollfd* fds, nfds_t n, int timeout_ms)> poll;
 };
 
 /// The table in use. Tests replace entries and restore them.
