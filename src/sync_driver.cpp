@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: MIT
 // The sync driver: runs the acquire state machine on the calling thread.
-// Between attempts the thread sleeps on a condition variable until the
-// machine's deadline, a release event, or its turn in the local queue.
+// Between attempts the thread sleeps until the machine's deadline, a release
+// event, or its turn in the local queue.
 //
 // Release events for every sync waiter of the process come from one inotify
-// instance, read by one thread (the release hub), created at the first wait
-// that watches and kept for the process's life: a thread that waited keeps
-// no descriptor, and 200 waiting threads hold one instance, not 200.
+// instance (and one eventfd), created at the first wait that watches and
+// kept for the process's life: a thread that waited keeps no descriptor, and
+// 200 waiting threads hold one instance, not 200. No thread of ours reads
+// it: one waiting thread at a time (the leader) polls it and hands each
+// event to the waiters it concerns; the others sleep on condition variables
+// and one of them takes over when the leader stops waiting.
 #include "sync_driver.hpp"
 
 #include <filelock/detail/file_backend.hpp>
@@ -23,7 +26,9 @@
 #include <map>
 #include <mutex>
 #include <new>
+#include <poll.h>
 #include <pthread.h>
+#include <sys/eventfd.h>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -58,12 +63,11 @@ public:
         std::lock_guard<std::mutex> g(hub_create_mutex);
         h = current_hub.load(std::memory_order_relaxed);
         if (!h || h->generation_ != fork_generation()) {
-            // A forked child's copy of its parent's hub has no thread: left
-            // alone (its mutex may be locked forever), its descriptor closed.
-            if (h && h->watcher_.valid()) sys().close(h->watcher_.native_handle());
+            // A forked child's copy of its parent's hub: left alone (its
+            // mutex may be locked forever), its descriptors closed.
+            if (h) h->close_copies();
             h = new (std::nothrow) release_hub;
             if (!h) return nullptr;
-            h->start();
             current_hub.store(h, std::memory_order_release);
         }
         return h->valid_ ? h : nullptr;
@@ -75,6 +79,7 @@ public:
         const int wd = cached_watch(path);
         if (wd < 0) return false;
         listeners_.emplace(wd, &w);
+        std::lock_guard<std::mutex> wg(w.mutex_);
         w.wd_ = wd;
         w.hub_ = this;
         return true;
@@ -88,8 +93,71 @@ public:
                 listeners_.erase(it);
                 break;
             }
+        drop_follower(w);
+        std::lock_guard<std::mutex> wg(w.mutex_);
         w.wd_ = -1;
         w.hub_ = nullptr;
+    }
+
+    /// Makes `w` the reader of the events if nobody reads them; otherwise
+    /// it follows (sleeps on its condition until offered the role).
+    bool try_lead(sync_waiter& w) {
+        std::lock_guard<std::mutex> g(mutex_);
+        if (leader_ && leader_ != &w) {
+            if (std::find(followers_.begin(), followers_.end(), &w) == followers_.end())
+                followers_.push_back(&w);
+            return false;
+        }
+        leader_ = &w;
+        drop_follower(w);
+        return true;
+    }
+
+    /// Ends the leader's poll now.
+    void interrupt() noexcept {
+        const std::uint64_t one = 1;
+        (void)!sys().write(efd_, &one, sizeof one);
+    }
+
+    /// `w` stops waiting: no longer a follower.
+    void leave(sync_waiter& w) noexcept {
+        std::lock_guard<std::mutex> g(mutex_);
+        drop_follower(w);
+    }
+
+    /// The leader's wait: polls the instance (and the interrupt) until
+    /// `until`, dispatches what came to every listener, and hands the role
+    /// to a follower.
+    void lead(sync_waiter& w, clock::time_point until, bool on_release) {
+        std::uint64_t stale;
+        (void)!sys().read(efd_, &stale, sizeof stale);  // interrupts meant for earlier leaders
+        bool go = true;
+        {
+            std::lock_guard<std::mutex> wg(w.mutex_);
+            w.lead_ = false;
+            if (w.ready(on_release))
+                go = false;
+            else
+                w.leading_ = true;
+        }
+        if (go) {
+            ::pollfd pfds[2] = {{watcher_.native_handle(), POLLIN, 0}, {efd_, POLLIN, 0}};
+            ::timespec ts{};
+            const ::timespec* timeout = nullptr;
+            if (until != clock::time_point::max()) {
+                const auto left = std::max(until - clock::now(), clock::duration::zero());
+                const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+                ts = {static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+                timeout = &ts;
+            }
+            (void)sys().ppoll(pfds, 2, timeout, nullptr);
+            std::lock_guard<std::mutex> wg(w.mutex_);
+            w.leading_ = false;
+        }
+        std::lock_guard<std::mutex> g(mutex_);
+        dispatch();
+        leader_ = nullptr;
+        offer();
     }
 
 private:
@@ -97,14 +165,28 @@ private:
     // the way to each wait): at most this many, the oldest dropped first.
     static constexpr std::size_t max_cached = 8;
 
-    void start() {
-        valid_ = watcher_.valid();
-        if (!valid_) return;
-        try {
-            std::thread([this] { run(); }).detach();
-        } catch (...) {
-            valid_ = false;  // no thread: the backoff alone
+    release_hub() noexcept : efd_(sys().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+        valid_ = watcher_.valid() && efd_ >= 0;
+    }
+
+    void close_copies() noexcept {
+        if (watcher_.valid()) sys().close(watcher_.native_handle());
+        if (efd_ >= 0) sys().close(efd_);
+    }
+
+    // With the mutex held.
+    void drop_follower(sync_waiter& w) noexcept {
+        if (leader_ == &w) {
+            leader_ = nullptr;
+            offer();
         }
+        auto it = std::find(followers_.begin(), followers_.end(), &w);
+        if (it != followers_.end()) followers_.erase(it);
+    }
+
+    // With the mutex held: somebody must go on reading while followers wait.
+    void offer() noexcept {
+        if (!leader_ && !followers_.empty()) followers_.front()->signal(&sync_waiter::lead_);
     }
 
     // With the mutex held.
@@ -134,39 +216,36 @@ private:
         }
     }
 
-    void run() {
-        for (;;) {
-            ::pollfd p{watcher_.native_handle(), POLLIN, 0};
-            const int rc = sys().poll(&p, 1, -1);
-            if (generation_ != fork_generation()) return;  // never: a child has no copy of us
-            if (rc < 0 && errno != EINTR) {
-                std::this_thread::sleep_for(std::chrono::milliseconds(10));
-                continue;
-            }
-            std::lock_guard<std::mutex> g(mutex_);
+    // With the mutex held: the pending events, to their listeners.
+    void dispatch() {
+        try {
             for (const auto& ev : watcher_.drain()) {
                 std::vector<sync_waiter*> on;
                 for (auto it = ev.wd == release_watcher::all ? listeners_.begin()
                                                              : listeners_.lower_bound(ev.wd);
-                     it != listeners_.end() &&
-                     (ev.wd == release_watcher::all || it->first == ev.wd);
+                     it != listeners_.end() && (ev.wd == release_watcher::all || it->first == ev.wd);
                      ++it)
                     on.push_back(it->second);
                 if (ev.moved) forget(ev.wd);
                 wake_release_waiters(
-                    on, ev.moved, [](sync_waiter* w) { return w->arrival(); },
-                    [](sync_waiter* w) { return w->shared(); },
-                    [&](sync_waiter* w) {
-                        w->signal(ev.moved ? &sync_waiter::moved_ : &sync_waiter::release_);
+                    on, ev.moved, [](sync_waiter* x) { return x->arrival(); },
+                    [](sync_waiter* x) { return x->shared(); },
+                    [&](sync_waiter* x) {
+                        x->signal(ev.moved ? &sync_waiter::moved_ : &sync_waiter::release_);
                     });
             }
+        } catch (...) {
+            // Out of memory: the waiters go on at their timers.
         }
     }
 
     std::mutex mutex_;
     release_watcher watcher_;
+    int efd_;  // interrupts the leader's poll
     std::multimap<int, sync_waiter*> listeners_;
     std::list<std::pair<std::filesystem::path, int>> cache_;
+    sync_waiter* leader_ = nullptr;
+    std::vector<sync_waiter*> followers_;
     unsigned generation_ = fork_generation();
     bool valid_ = false;
 };
@@ -181,6 +260,41 @@ bool sync_waiter::arm(const std::filesystem::path& path) {
 
 void sync_waiter::disarm() noexcept {
     if (hub_) hub_->unlisten(*this);
+}
+
+void sync_waiter::signal(bool sync_waiter::*flag) noexcept {
+    std::lock_guard<std::mutex> g(mutex_);
+    this->*flag = true;
+    cv_.notify_one();
+    if (leading_) hub_->interrupt();
+}
+
+wake_reason sync_waiter::wait(clock::time_point until, bool on_release) {
+    // An armed waiter reads the process's release events itself when nobody
+    // else does (no thread in between: the event wakes the waiter); the
+    // others sleep on their condition until signalled, or offered the role.
+    for (;;) {
+        if (hub_ && hub_->try_lead(*this)) {
+            hub_->lead(*this, until, on_release);
+        } else {
+            std::unique_lock<std::mutex> lk(mutex_);
+            const auto woken = [&] { return ready(on_release) || lead_; };
+            if (until == clock::time_point::max())
+                cv_.wait(lk, woken);
+            else
+                cv_.wait_until(lk, until, woken);
+            lead_ = false;
+        }
+        std::unique_lock<std::mutex> lk(mutex_);
+        if (ready(on_release) || clock::now() >= until) break;
+    }
+    if (hub_) hub_->leave(*this);
+    std::lock_guard<std::mutex> lk(mutex_);
+    if (std::exchange(moved_, false)) return release_ = false, wake_reason::moved;
+    if (std::exchange(turn_, false)) return wake_reason::turn;
+    // A release event not asked for (a hold-off) is stale at the attempt.
+    if (std::exchange(release_, false) && on_release) return wake_reason::release;
+    return wake_reason::timer;
 }
 
 const void* sync_domain() noexcept { return &sync_domain_tag; }

@@ -20,18 +20,15 @@ namespace filelock::detail {
 class release_hub;
 
 /// A sync waiter: its place in local queues and its registration with the
-/// release hub. What wakes it sets a flag and notifies its condition.
+/// release hub. What wakes it sets a flag under its mutex and notifies its
+/// condition (or, while it reads the process's release events itself,
+/// interrupts its poll).
 class FILELOCK_API sync_waiter final : public queue_waiter {
 public:
     explicit sync_waiter(bool shared) noexcept : shared_(shared), arrival_(next_arrival()) {}
     ~sync_waiter() override;
 
     void wake() noexcept override { signal(&sync_waiter::turn_); }
-    void signal(bool sync_waiter::*flag) noexcept {
-        std::lock_guard<std::mutex> g(mutex_);
-        this->*flag = true;
-        cv_.notify_one();
-    }
 
     /// Arms a release watch of `path` (or keeps the one armed): whether
     /// release events will come.
@@ -41,19 +38,7 @@ public:
 
     /// Sleeps until `until`, its turn, or (when `on_release`) a release
     /// event; says why it woke.
-    wake_reason wait(clock::time_point until, bool on_release) {
-        std::unique_lock<std::mutex> lk(mutex_);
-        const auto ready = [&] { return turn_ || moved_ || (on_release && release_); };
-        if (until == clock::time_point::max())
-            cv_.wait(lk, ready);
-        else
-            cv_.wait_until(lk, until, ready);
-        if (std::exchange(moved_, false)) return release_ = false, wake_reason::moved;
-        if (std::exchange(turn_, false)) return wake_reason::turn;
-        // A release event not asked for (a hold-off) is stale at the attempt.
-        if (std::exchange(release_, false) && on_release) return wake_reason::release;
-        return wake_reason::timer;
-    }
+    wake_reason wait(clock::time_point until, bool on_release);
 
     bool shared() const noexcept { return shared_; }
     std::uint64_t arrival() const noexcept { return arrival_; }
@@ -61,12 +46,18 @@ public:
 private:
     friend class release_hub;
     static std::uint64_t next_arrival() noexcept;
+    void signal(bool sync_waiter::*flag) noexcept;
+    // With mutex_ held.
+    bool ready(bool on_release) const noexcept { return turn_ || moved_ || (on_release && release_); }
+
     std::mutex mutex_;
     std::condition_variable cv_;
     bool turn_ = false, release_ = false, moved_ = false;
+    bool lead_ = false;     // offered to read the release events
+    bool leading_ = false;  // reading them: a signal interrupts its poll
     const bool shared_;
     const std::uint64_t arrival_;
-    release_hub* hub_ = nullptr;
+    release_hub* hub_ = nullptr;  // while armed
     int wd_ = -1;
 };
 

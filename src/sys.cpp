@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <pthread.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -50,7 +51,9 @@ constexpr sys_table libc() {
         .gethostname = sys_gethostname,
         .inotify_rm_watch = sys_inotify_rm_watch,
         .read = ::read,
-        .poll = ::poll,
+        .ppoll = ::ppoll,
+        .write = ::write,
+        .eventfd = ::eventfd,
     };
 }
 

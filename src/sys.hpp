@@ -14,6 +14,8 @@
 #include <cerrno>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <cstdint>
@@ -74,7 +76,11 @@ struct sys_table {
     sys_entry<int(char* name, size_t len)> gethostname;
     sys_entry<int(int fd, int wd)> inotify_rm_watch;
     sys_entry<ssize_t(int fd, void* buf, size_t n)> read;
-    sys_entry<int(struct ::pollfd* fds, nfds_t n, int timeout_ms)> poll;
+    sys_entry<int(struct ::pollfd* fds, nfds_t n, const struct ::timespec* timeout,
+                  const ::sigset_t* mask)>
+        ppoll;
+    sys_entry<ssize_t(int fd, const void* buf, size_t n)> write;  // eventfd signals
+    sys_entry<int(unsigned initval, int flags)> eventfd;
 };
 
 /// The table in use. Tests replace entries and restore them.
