@@ -40,19 +40,26 @@ inline int fds_on(const fs::path& p) {
     return n;
 }
 
-/// inotify instances (descriptors) open in this process.
-inline int inotify_instances() {
+/// Descriptors of this process that link to `what` ("anon_inode:inotify").
+inline int anon_fds(const std::string& what) {
     int n = 0;
     std::error_code ec;
     for (const auto& e : fs::directory_iterator("/proc/self/fd", ec))
-        n += fs::read_symlink(e.path(), ec).string() == "anon_inode:inotify";
+        n += fs::read_symlink(e.path(), ec).string() == what;
     return n;
 }
 
+/// inotify instances (descriptors) open in this process.
+inline int inotify_instances() { return anon_fds("anon_inode:inotify"); }
+/// eventfds open in this process.
+inline int eventfds() { return anon_fds("anon_inode:[eventfd]"); }
+
 /// The most inotify instances the library keeps in a process with no waiter
 /// left (the documented process-wide caches: the sync waiters' instance and
-/// one idle instance for event loops; see release_watcher.hpp).
+/// one idle instance for event loops; see release_watcher.hpp), and the
+/// eventfd that comes with the sync waiters' instance.
 constexpr int max_cached_inotify_instances = 2;
+constexpr int max_cached_eventfds = 1;
 
 /// inotify watches held by this process, over all its instances (a
 /// descriptor dup()ed from another counts once).

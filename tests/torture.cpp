@@ -480,6 +480,7 @@ int worker_main(const std::string& kind, const fs::path& dir, unsigned seed, boo
     }
     const int baseline = test::open_fd_count();
     const int inotify_baseline = test::inotify_instances();
+    const int eventfd_baseline = test::eventfds();
     if (kind == "sync")
         sync_worker(f, t, seed, replacing);
     else if (kind == "asio")
@@ -493,8 +494,10 @@ int worker_main(const std::string& kind, const fs::path& dir, unsigned seed, boo
     // What the library keeps for the process's next waits (bounded) is not a
     // leak; anything else is.
     const int cached = test::inotify_instances() - inotify_baseline;
+    const int cached_efd = test::eventfds() - eventfd_baseline;
     const int fds = test::open_fd_count() -
-                    (cached > 0 && cached <= test::max_cached_inotify_instances ? cached : 0);
+                    (cached > 0 && cached <= test::max_cached_inotify_instances ? cached : 0) -
+                    (cached_efd > 0 && cached_efd <= test::max_cached_eventfds ? cached_efd : 0);
     std::printf("stat acquired=%ld timeouts=%ld cancels=%ld errors=%ld fd_leak=%d\n",
                 t.acquired.load(), t.timeouts.load(), t.cancels.load(), t.errors.load(),
                 fds - baseline);
@@ -616,6 +619,9 @@ void consume(worker& w, totals& t) {
             t.cancels += c;
             t.errors += e;
             t.fd_leaks += leak != 0;
+            if (leak != 0)
+                std::fprintf(stderr, "torture: a %s worker leaked %d descriptors\n",
+                             w.kind.c_str(), leak);
             ++t.stat_lines;
         }
     }
