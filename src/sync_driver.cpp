@@ -223,7 +223,8 @@ private:
                 std::vector<sync_waiter*> on;
                 for (auto it = ev.wd == release_watcher::all ? listeners_.begin()
                                                              : listeners_.lower_bound(ev.wd);
-                     it != listeners_.end() && (ev.wd == release_watcher::all || it->first == ev.wd);
+                     it != listeners_.end() &&
+                     (ev.wd == release_watcher::all || it->first == ev.wd);
                      ++it)
                     on.push_back(it->second);
                 if (ev.moved) forget(ev.wd);

@@ -48,7 +48,9 @@ private:
     static std::uint64_t next_arrival() noexcept;
     void signal(bool sync_waiter::*flag) noexcept;
     // With mutex_ held.
-    bool ready(bool on_release) const noexcept { return turn_ || moved_ || (on_release && release_); }
+    bool ready(bool on_release) const noexcept {
+        return turn_ || moved_ || (on_release && release_);
+    }
 
     std::mutex mutex_;
     std::condition_variable cv_;

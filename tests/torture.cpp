@@ -91,7 +91,18 @@ bool holder_alive(const std::string& token) {
     std::fclose(f);
     if (n < 8) return false;
     constexpr unsigned pf_exiting = 0x4;  // a killed holder on its way out
-    return state != 'Z' && state != 'X' && (flags & pf_exiting) == 0;
+    if (state == 'Z' || state == 'X' || (flags & pf_exiting) != 0) return false;
+    // A SIGKILL sent but not yet acted on: the process is as good as dead.
+    // (A wrapper's token names its worker, which a process-group kill may
+    // reach a moment after COMMAND, the real holder, is gone.)
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(status, line)) {
+        if (line.rfind("SigPnd:", 0) != 0 && line.rfind("ShdPnd:", 0) != 0) continue;
+        const unsigned long long pending = std::strtoull(line.c_str() + 7, nullptr, 16);
+        if (pending & (1ull << (SIGKILL - 1))) return false;
+    }
+    return true;
 }
 
 struct files {
@@ -620,8 +631,8 @@ void consume(worker& w, totals& t) {
             t.errors += e;
             t.fd_leaks += leak != 0;
             if (leak != 0)
-                std::fprintf(stderr, "torture: a %s worker leaked %d descriptors\n",
-                             w.kind.c_str(), leak);
+                std::fprintf(stderr, "torture: a %s worker leaked %d descriptors\n", w.kind.c_str(),
+                             leak);
             ++t.stat_lines;
         }
     }
