@@ -9,8 +9,8 @@
 // the watcher is not valid() and drivers fall back to the backoff alone.
 //
 // How many instances a process holds (bounded, whatever the number of
-// waiters): one for all sync waiters (kept for the process's life once a
-// sync waiter watched: a process-wide cache), one per Asio execution context
+// waiters): one for all sync waiters (with an eventfd; kept for the
+// process's life once a sync waiter watched: a process-wide cache), one per Asio execution context
 // or libuv loop while it has waiting operations, and at most one idle one
 // kept for the next loop that waits (so that no instance is closed on the
 // way from a release to the next holder: closing one costs ~0.1 ms). Watches
