@@ -38,7 +38,15 @@
 //     bool identity(lock_identity&);   // the queue key of its lock
 //     bool wake_on_release() const;    // whether release watches apply
 //     bool queues() const;             // whether it may join local queues
-//     static constexpr clock::duration quick_retries[];
+//     static constexpr clock::duration quick_retries[];  // (or a std::array)
+// and may have:
+//     static constexpr bool queue_first = true;  // join the local queue at
+//                                      // start, not at the first contention
+//                                      // (the etcd backend: waiters of one
+//                                      // session share one key)
+//     bool retarget_watch();           // the lock to watch changed (the etcd
+//                                      // backend: another predecessor key):
+//                                      // the driver arms a new watch
 //
 // Time comes in with the input: tests drive the machine with a fake clock
 // and a scripted backend (tests/test_acquire.cpp).
@@ -130,7 +138,7 @@ public:
                 start(now);
                 // While this domain already has waiters, a newcomer lines up
                 // at once instead of racing them (FIFO within a domain).
-                if (may_queue() && local_waiters() > 0) join_queue();
+                if (may_queue() && (queue_first() || local_waiters() > 0)) join_queue();
                 break;
             case wake_reason::cancel: return finish(in.ec);
             case wake_reason::release:
@@ -166,6 +174,20 @@ private:
 
     bool may_queue() const noexcept {
         return place_ && backend_.queues() && !single_attempt() && !queued_;
+    }
+
+    static constexpr bool queue_first() noexcept {
+        if constexpr (requires { Backend::queue_first; })
+            return Backend::queue_first;
+        else
+            return false;
+    }
+
+    bool retarget_watch() {
+        if constexpr (requires(Backend& b) { b.retarget_watch(); })
+            return backend_.retarget_watch();
+        else
+            return false;
     }
 
     void start(clock::time_point now) noexcept {
@@ -236,6 +258,10 @@ private:
             // the only one.
             backend_.drop_file();
             return wait_turn(now);
+        }
+        if (want_watch_ && retarget_watch()) {
+            set_watch(watch_state::none);
+            return {action::kind::watch, {}, {}, false};
         }
         if (want_watch_ && watch_ == watch_state::none) return {action::kind::watch, {}, {}, false};
         const bool watched = watch_ == watch_state::armed;

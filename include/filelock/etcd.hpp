@@ -1,0 +1,238 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// Locks across machines on etcd v3: the library filelock-etcd.
+//
+// The lock is etcd's own Mutex (the `concurrency` package of etcd's Go
+// client, and `etcdctl lock NAME`): a client session holds one lease, kept
+// alive on the event loop every TTL/3; locking NAME creates the key
+// `NAME/<lease id in lowercase hex>` under that lease, and the lock is held
+// while that key has the lowest create revision under `NAME/`. A filelock
+// process, `etcdctl lock NAME` and Go's `concurrency.NewMutex(session, NAME)`
+// exclude each other.
+//
+// The held lock (`etcd::lock`) has a fencing token: its key's create
+// revision, strictly increasing across successive holders of one name. Pass
+// it with every write to the protected resource; the resource remembers the
+// highest token it has seen and rejects a lower one. That is what makes a
+// holder that lost its lock without knowing (a paused process, a network
+// partition) harmless.
+//
+// The lost signal (`lock::on_lost`, and each adapter's async wait) fires when
+// ownership can no longer be guaranteed: the lease's keep-alives failed
+// until the client-side deadline (the send time of the last successful
+// keep-alive + TTL - `config::lost_margin`, reached before the server can
+// expire the lease and grant the lock to another), the lease was revoked or
+// expired, or the key was deleted by someone else.
+//
+// Transport: etcd's HTTP/JSON gateway through libcurl's multi interface,
+// driven by the event loop itself (no thread, no blocking call on the loop).
+// The adapters: <filelock/etcd_asio.hpp> (Asio, header-only; also the
+// synchronous client), <filelock/etcd_uv.hpp> (libuv).
+
+#include <filelock/error.hpp>
+#include <filelock/export.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <system_error>
+#include <vector>
+
+namespace filelock::etcd {
+
+/// Errors of the etcd backend (category "filelock.etcd"). Contention and
+/// deadlines are filelock's own `errc::locked` and `errc::timeout`.
+enum class errc {
+    /// The lock's ownership can no longer be guaranteed (lease expired,
+    /// revoked, keep-alives failed until the client-side deadline, or the
+    /// key was deleted by someone else).
+    lost = 1,
+    /// No endpoint answered (connection refused, unresolvable host, dial
+    /// timeout). Compares equal to `std::errc::host_unreachable`.
+    unreachable,
+    /// The request was sent but no answer came within the request timeout.
+    /// Compares equal to `std::errc::timed_out`.
+    request_timeout,
+    /// TLS failed (the server's certificate does not verify against the CA,
+    /// a bad client certificate or key).
+    tls,
+    /// etcd answered with an HTTP error status (4xx, 5xx).
+    http_status,
+    /// etcd answered with an error (its gRPC status and message).
+    server,
+    /// Authentication failed (bad user or password, or a token refused).
+    auth,
+    /// etcd's answer was not the JSON expected (malformed, truncated).
+    bad_reply,
+    /// The configuration or the name is invalid (no endpoint, an endpoint
+    /// that is not http:// or https://, an empty name, a TTL < 1 s).
+    /// Compares equal to `std::errc::invalid_argument`.
+    invalid_argument,
+};
+
+FILELOCK_API const std::error_category& etcd_category() noexcept;
+
+inline std::error_code make_error_code(errc e) noexcept {
+    return {static_cast<int>(e), etcd_category()};
+}
+
+/// How a client reaches etcd and what its session is.
+struct config {
+    /// `http://host:port` or `https://host:port`; requests go to the first
+    /// that answers, and fail over to the next.
+    std::vector<std::string> endpoints{"http://127.0.0.1:2379"};
+    /// TLS: the CA bundle that verifies the server, and the client's
+    /// certificate and key (PEM files). Empty: libcurl's defaults, no client
+    /// certificate.
+    std::string ca_file, cert_file, key_file;
+    /// etcd's user authentication (`/v3/auth/authenticate`); empty: none.
+    std::string user, password;
+    /// Connecting to one endpoint; answering one request.
+    std::chrono::milliseconds dial_timeout{2000}, request_timeout{5000};
+    /// The session's lease TTL (as `etcdctl lock --ttl`); at least 1 s.
+    std::chrono::seconds ttl{10};
+    /// How long before the server could expire the lease the holder is
+    /// told it lost the lock (clamped to TTL/2).
+    std::chrono::milliseconds lost_margin{1000};
+    /// The value written under the lock's key: the lock files' template
+    /// (`{pid}`, `{hostname}`), written as `" 1234@host\n"`, and named by
+    /// contenders' errors. Empty: an empty value, as `etcdctl lock` writes.
+    std::string content = "{pid}@{hostname}";
+};
+
+/// Checks a configuration (endpoints' schemes, TTL): what a client's
+/// constructor throws for.
+FILELOCK_API std::error_code validate(const config& cfg, std::string& why);
+
+namespace detail {
+
+/// What the etcd core needs of an event loop: timers, socket readiness and a
+/// thread-safe post. The adapters implement it on Asio and on libuv. Every
+/// callback runs on the loop's thread.
+class reactor {
+public:
+    using time_point = std::chrono::steady_clock::time_point;
+    class timer {
+    public:
+        virtual ~timer() = default;
+        /// Calls `f` once at `when`, unless cancelled or re-armed first.
+        virtual void arm(time_point when, std::function<void()> f) = 0;
+        /// After this, the callback armed last is never called.
+        virtual void cancel() = 0;
+    };
+    class socket {
+    public:
+        /// Stops watching; never closes the descriptor.
+        virtual ~socket() = default;
+        /// Watches for readability and/or writability (neither: stop);
+        /// `f(readable, writable)` on each readiness until changed.
+        virtual void want(bool read, bool write, std::function<void(bool, bool)> f) = 0;
+    };
+    virtual ~reactor() = default;
+    virtual std::unique_ptr<timer> make_timer() = 0;
+    virtual std::unique_ptr<socket> make_socket(int fd) = 0;
+    /// Runs `f` on the loop's thread soon, never inline; callable from any
+    /// thread.
+    virtual void post(std::function<void()> f) = 0;
+};
+
+class session;
+struct held_state;
+
+}  // namespace detail
+
+/// A held etcd lock. Move-only. Destroying it (or `release()`) deletes the
+/// key, best effort and never blocking: the request is sent on the client's
+/// loop. Use it on the client's loop thread.
+class FILELOCK_API lock {
+public:
+    lock() noexcept;
+    lock(lock&&) noexcept;
+    lock& operator=(lock&&) noexcept;
+    ~lock();
+
+    /// Whether this object holds a lock (it may have been lost since: see
+    /// `lost()`).
+    bool held() const noexcept;
+    explicit operator bool() const noexcept { return held(); }
+    /// The lock's name, and its key in etcd (`NAME/<lease hex>`).
+    const std::string& name() const noexcept;
+    const std::string& key() const noexcept;
+    /// The key's create revision: strictly increasing across successive
+    /// holders of one name (see the header comment).
+    std::int64_t fencing_token() const noexcept;
+    /// The session's lease ID.
+    std::int64_t lease() const noexcept;
+    /// The endpoint that granted it.
+    const std::string& endpoint() const noexcept;
+    /// Whether the lost signal fired (the code: `lost_reason()`).
+    bool lost() const noexcept;
+    std::error_code lost_reason() const noexcept;
+
+    /// Calls `f(reason)` once, on the loop, when the lock is lost (at once,
+    /// through a post, if it already is); not called after release. A later
+    /// call replaces the earlier callback.
+    void on_lost(std::function<void(std::error_code)> f);
+    /// Deletes the key (guarded by its create revision) and calls
+    /// `f(ec)` on the loop when etcd answered (or the request failed). The
+    /// lock is released locally at once: another waiter of this process may
+    /// take it. Empty `f`: best effort.
+    void release(std::function<void(std::error_code)> f = {});
+
+    /// The internal state (adapters).
+    explicit lock(std::shared_ptr<detail::held_state> s) noexcept;
+
+private:
+    std::shared_ptr<detail::held_state> s_;
+};
+
+/// An acquisition's outcome: the lock, or the error with a message that
+/// names the endpoint and the cause, or on contention the holder (the value
+/// under its key, trimmed).
+struct lock_result {
+    std::error_code ec;
+    etcd::lock held;
+    std::string message;
+    std::string name, holder;
+};
+
+namespace detail {
+
+/// A session: the lease and the HTTP transport of one client, on one loop.
+/// Reference-counted: held locks and pending operations keep it alive.
+class FILELOCK_API session_handle {
+public:
+    /// Throws std::system_error (errc::invalid_argument) on a bad config.
+    session_handle(std::unique_ptr<reactor> r, const config& cfg);
+    session_handle(const session_handle&) = delete;
+    session_handle& operator=(const session_handle&) = delete;
+    /// Revokes the lease (best effort, on the loop) once its locks are gone.
+    ~session_handle();
+
+    /// Starts acquiring `name` (call on the loop's thread): `done` runs once,
+    /// on the loop, never inline. Returns an operation id for `cancel`.
+    std::uint64_t lock(std::string name, std::chrono::nanoseconds timeout,
+                       std::function<void(etcd::lock_result)> done);
+    /// Cancels the operation (any thread): it completes with `code`
+    /// (nothing held, its key deleted first). No-op once completed.
+    void cancel(std::uint64_t op, std::error_code code);
+
+    /// Counters (benchmarks, tests): HTTP requests sent, watch streams
+    /// opened.
+    std::uint64_t requests() const noexcept;
+    std::uint64_t watches() const noexcept;
+    /// The session's lease (0 before the first lock).
+    std::int64_t lease() const noexcept;
+
+private:
+    std::shared_ptr<session> s_;
+};
+
+}  // namespace detail
+}  // namespace filelock::etcd
+
+template <>
+struct std::is_error_code_enum<filelock::etcd::errc> : std::true_type {};

@@ -1,0 +1,310 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// etcd locks on Asio (header-only over the library filelock-etcd):
+//
+//     filelock::etcd::config cfg;
+//     cfg.endpoints = {"http://10.0.0.1:2379", "http://10.0.0.2:2379"};
+//     filelock::etcd::client etcd(io.get_executor(), cfg);
+//     auto lock = co_await etcd.async_lock("jobs/nightly", 5s);
+//     write_with(lock.fencing_token());
+//
+// The client's HTTP requests (libcurl's multi interface) and its lease's
+// keep-alives run on the client's executor: its io_context must run while
+// locks are held. A strand (or a single-threaded io_context) must serialise
+// them. `sync_client` runs its own io_context on an internal thread.
+
+#include <filelock/etcd.hpp>
+
+#include <asio.hpp>
+#include <asio/experimental/as_tuple.hpp>
+
+#include <future>
+#include <memory>
+#include <optional>
+#include <thread>
+
+namespace filelock::etcd {
+namespace detail {
+
+/// The reactor of the etcd core on an Asio executor.
+class asio_reactor final : public reactor {
+public:
+    explicit asio_reactor(asio::any_io_executor ex) : ex_(std::move(ex)) {}
+
+    std::unique_ptr<timer> make_timer() override { return std::make_unique<timer_impl>(ex_); }
+    std::unique_ptr<socket> make_socket(int fd) override {
+        return std::make_unique<socket_impl>(ex_, fd);
+    }
+    void post(std::function<void()> f) override { asio::post(ex_, std::move(f)); }
+
+private:
+    class timer_impl final : public timer {
+    public:
+        explicit timer_impl(const asio::any_io_executor& ex) : st_(std::make_shared<state>(ex)) {}
+        ~timer_impl() override { cancel(); }
+        void arm(time_point when, std::function<void()> f) override {
+            const auto gen = ++st_->gen;
+            st_->f = std::move(f);
+            st_->t.expires_at(when);
+            st_->t.async_wait([st = st_, gen](std::error_code) {
+                if (st->gen != gen) return;  // cancelled or re-armed since
+                auto f = std::move(st->f);
+                st->f = nullptr;
+                ++st->gen;
+                f();  // may destroy the timer: `st` keeps the state
+            });
+        }
+        void cancel() override {
+            ++st_->gen;
+            st_->f = nullptr;
+            st_->t.cancel();
+        }
+
+    private:
+        struct state {
+            explicit state(const asio::any_io_executor& ex) : t(ex) {}
+            asio::steady_timer t;
+            std::function<void()> f;
+            unsigned gen = 0;
+        };
+        std::shared_ptr<state> st_;
+    };
+
+    class socket_impl final : public socket {
+    public:
+        socket_impl(const asio::any_io_executor& ex, int fd)
+            : st_(std::make_shared<state>(ex, fd)) {}
+        ~socket_impl() override {
+            st_->alive = false;
+            st_->f = nullptr;
+            std::error_code ec;
+            st_->sd.cancel(ec);
+            st_->sd.release();  // the descriptor is libcurl's: never closed here
+        }
+        void want(bool read, bool write, std::function<void(bool, bool)> f) override {
+            st_->f = std::move(f);
+            st_->read = read;
+            st_->write = write;
+            arm(st_, asio::posix::stream_descriptor::wait_read);
+            arm(st_, asio::posix::stream_descriptor::wait_write);
+        }
+
+    private:
+        struct state {
+            state(const asio::any_io_executor& ex, int fd) : sd(ex, fd) {}
+            asio::posix::stream_descriptor sd;
+            std::function<void(bool, bool)> f;
+            bool read = false, write = false;
+            bool reading = false, writing = false;  // a wait is pending
+            bool alive = true;
+        };
+        static void arm(const std::shared_ptr<state>& st,
+                        asio::posix::stream_descriptor::wait_type type) {
+            const bool rd = type == asio::posix::stream_descriptor::wait_read;
+            bool& pending = rd ? st->reading : st->writing;
+            if (pending || !(rd ? st->read : st->write)) return;
+            pending = true;
+            st->sd.async_wait(type, [st, type, rd](std::error_code ec) {
+                (rd ? st->reading : st->writing) = false;
+                if (!st->alive || ec == asio::error::operation_aborted) return;
+                if (!(rd ? st->read : st->write)) return;
+                auto f = st->f;  // the call may change or drop the watch
+                f(rd, !rd);
+                if (st->alive) arm(st, type);
+            });
+        }
+        std::shared_ptr<state> st_;
+    };
+
+    asio::any_io_executor ex_;
+};
+
+}  // namespace detail
+
+/// Waits until `held` is lost (see <filelock/etcd.hpp>).
+///
+/// Completion signature: `void(std::error_code reason)`: etcd::errc::lost
+/// when ownership can no longer be guaranteed; `asio::error::operation_aborted`
+/// when the lock is released first or the wait is cancelled (both match
+/// filelock::condition::cancelled). Per-operation cancellation: terminal.
+/// The handler runs on its associated executor, never inline.
+template <class CompletionToken>
+auto async_wait_lost(lock& held, CompletionToken&& token) {
+    return asio::async_initiate<CompletionToken, void(std::error_code)>(
+        [&held](auto handler) {
+            using handler_t = std::decay_t<decltype(handler)>;
+            auto ex = asio::prefer(asio::get_associated_executor(handler, asio::system_executor()),
+                                   asio::execution::outstanding_work.tracked);
+            auto slot = asio::get_associated_cancellation_slot(handler);
+            auto h = std::make_shared<std::optional<handler_t>>(std::move(handler));
+            auto fire = [h, ex](std::error_code ec) {
+                if (!h->has_value()) return;
+                if (ec == std::errc::operation_canceled) ec = asio::error::operation_aborted;
+                auto call = [h, ec]() mutable {
+                    if (!h->has_value()) return;
+                    auto handler = std::move(**h);
+                    h->reset();
+                    asio::get_associated_cancellation_slot(handler).clear();
+                    std::move(handler)(ec);
+                };
+                asio::post(ex, std::move(call));
+            };
+            if (!held.held()) return fire(asio::error::operation_aborted);
+            if (slot.is_connected())
+                slot.assign([fire](asio::cancellation_type t) {
+                    if (t != asio::cancellation_type::none) fire(asio::error::operation_aborted);
+                });
+            held.on_lost(fire);
+        },
+        token);
+}
+
+/// A client of etcd on an Asio executor: one session (one lease, kept alive
+/// every TTL/3) shared by all its locks. Destroying it cancels its pending
+/// acquisitions; its lease is revoked once the locks it granted are
+/// released. Destroy it, and its locks, before the execution context.
+class client {
+public:
+    using executor_type = asio::any_io_executor;
+
+    /// Throws std::system_error (etcd::errc::invalid_argument) on a bad
+    /// configuration, with the cause.
+    client(executor_type ex, const config& cfg)
+        : ex_(ex),
+          s_(std::make_shared<detail::session_handle>(std::make_unique<detail::asio_reactor>(ex),
+                                                      cfg)) {}
+
+    executor_type get_executor() const noexcept { return ex_; }
+
+    /// Acquires the lock `name` within `timeout` (<= 0: one attempt).
+    ///
+    /// Completion signature: `void(std::error_code ec, etcd::lock lock)`;
+    /// contention at the deadline is filelock::errc::timeout, cancellation
+    /// `asio::error::operation_aborted`, other failures the etcd::errc or
+    /// system error at once. Per-operation cancellation: terminal, partial
+    /// and total (nothing is left in etcd: a key created is deleted before
+    /// the name is free for this client again). The handler runs on its
+    /// associated executor, never inline. Call on the client's executor.
+    template <class CompletionToken>
+    auto async_lock(std::string name, std::chrono::nanoseconds timeout, CompletionToken&& token) {
+        return asio::async_initiate<CompletionToken, void(std::error_code, lock)>(
+            initiate{s_}, token, std::move(name), timeout, false);
+    }
+
+    /// As async_lock, with the completion signature `void(lock_result)`: the
+    /// outcome with its message (the endpoint and the cause, or the holder).
+    template <class CompletionToken>
+    auto async_lock_result(std::string name, std::chrono::nanoseconds timeout,
+                           CompletionToken&& token) {
+        return asio::async_initiate<CompletionToken, void(lock_result)>(
+            initiate{s_}, token, std::move(name), timeout, true);
+    }
+
+    /// The coroutine form: returns the held lock; throws lock_error (a
+    /// timeout_error at the deadline) naming the holder, std::system_error
+    /// with the endpoint and the cause otherwise.
+    asio::awaitable<lock> async_lock(std::string name, std::chrono::nanoseconds timeout) {
+        auto r = co_await async_lock_result(std::move(name), timeout, asio::use_awaitable);
+        throw_if(r);
+        co_return std::move(r.held);
+    }
+
+    /// Throws what the coroutine form throws for `r` (nothing on success).
+    static void throw_if(const lock_result& r) {
+        if (r.ec == filelock::errc::timeout) throw timeout_error(r.name, r.holder);
+        if (r.ec == filelock::errc::locked) throw lock_error(r.name, r.holder);
+        if (r.ec) throw std::system_error(r.ec, r.message);
+    }
+
+    /// Requests sent and watch streams opened so far (benchmarks).
+    std::uint64_t requests() const noexcept { return s_->requests(); }
+    std::uint64_t watches() const noexcept { return s_->watches(); }
+    std::int64_t lease() const noexcept { return s_->lease(); }
+
+private:
+    struct initiate {
+        std::shared_ptr<detail::session_handle> s;
+        template <class Handler>
+        void operator()(Handler handler, std::string name, std::chrono::nanoseconds timeout,
+                        bool /*whole result: the signature says*/) const {
+            auto ex = asio::prefer(asio::get_associated_executor(handler, asio::system_executor()),
+                                   asio::execution::outstanding_work.tracked);
+            auto slot = asio::get_associated_cancellation_slot(handler);
+            auto h = std::make_shared<Handler>(std::move(handler));
+            const auto id = s->lock(std::move(name), timeout, [h, ex](lock_result r) {
+                asio::get_associated_cancellation_slot(*h).clear();
+                asio::dispatch(ex, [h, r = std::move(r)]() mutable {
+                    if (r.ec == std::errc::operation_canceled)
+                        r.ec = asio::error::operation_aborted;
+                    if constexpr (std::is_invocable_v<Handler, lock_result>) {
+                        std::move (*h)(std::move(r));
+                    } else {
+                        std::move (*h)(r.ec, std::move(r.held));
+                    }
+                });
+            });
+            if (slot.is_connected()) {
+                std::weak_ptr<detail::session_handle> w = s;
+                slot.assign([w, id](asio::cancellation_type t) {
+                    if (t == asio::cancellation_type::none) return;
+                    if (auto s = w.lock()) s->cancel(id, asio::error::operation_aborted);
+                });
+            }
+        }
+    };
+
+    executor_type ex_;
+    std::shared_ptr<detail::session_handle> s_;
+};
+
+/// The synchronous client: an io_context on an internal thread runs the
+/// session (its requests and keep-alives); `lock()` blocks the calling
+/// thread until the lock is won, the deadline passes or an error occurs.
+/// Thread-safe. Locks it returns may be released from any thread.
+class sync_client {
+public:
+    explicit sync_client(const config& cfg)
+        : work_(io_.get_executor()), c_(std::make_unique<client>(io_.get_executor(), cfg)) {
+        thread_ = std::thread([this] { io_.run(); });
+    }
+    ~sync_client() {
+        asio::post(io_, [this] { c_.reset(); });
+        work_.reset();
+        thread_.join();
+    }
+    sync_client(const sync_client&) = delete;
+    sync_client& operator=(const sync_client&) = delete;
+
+    /// Throws lock_error (timeout_error at the deadline) naming the holder,
+    /// std::system_error naming the endpoint and the cause otherwise.
+    etcd::lock lock(const std::string& name, std::chrono::nanoseconds timeout) {
+        auto r = run(name, timeout);
+        client::throw_if(r);
+        return std::move(r.held);
+    }
+    etcd::lock lock(const std::string& name, std::chrono::nanoseconds timeout,
+                    std::error_code& ec) {
+        auto r = run(name, timeout);
+        ec = r.ec;
+        return std::move(r.held);
+    }
+
+private:
+    lock_result run(const std::string& name, std::chrono::nanoseconds timeout) {
+        std::promise<lock_result> p;
+        auto f = p.get_future();
+        asio::post(io_, [&] {
+            c_->async_lock_result(name, timeout,
+                                  [&p](lock_result r) { p.set_value(std::move(r)); });
+        });
+        return f.get();
+    }
+
+    asio::io_context io_{1};
+    asio::executor_work_guard<asio::io_context::executor_type> work_;
+    std::unique_ptr<client> c_;
+    std::thread thread_;
+};
+
+}  // namespace filelock::etcd

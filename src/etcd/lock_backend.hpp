@@ -1,0 +1,228 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// The etcd backend of the acquire state machine (sans-I/O): an attempt is a
+// chain of requests that the driver sends; their answers come back through
+// on_reply. etcd's Mutex protocol:
+//   1. txn: create NAME/<lease hex> under the lease if it does not exist;
+//      read the first key of the prefix by create revision. Ours: won.
+//   2. txn: while our key exists with our revision, read the last key created
+//      before ours. None: won. Otherwise that predecessor is what to watch
+//      (from the answer's revision + 1, so no deletion in between is
+//      missed); its deletion is a release event, and step 2 runs again.
+//      Our key gone (our lease expired while waiting, etcd issue #9921):
+//      errc::lost, never a win.
+// Waiters of one session for one name queue locally first (one key per
+// lease is all etcd's protocol allows), and a name held or being acquired by
+// the session is local contention: no request is sent for it.
+
+#include <filelock/detail/acquire.hpp>
+#include <filelock/etcd.hpp>
+
+#include "proto.hpp"
+
+#include <array>
+#include <functional>
+#include <set>
+#include <string>
+
+namespace filelock::etcd::detail {
+
+using filelock::detail::clock;
+using filelock::detail::lock_identity;
+
+/// The names a session holds or is acquiring: one key per lease and name.
+class claims {
+public:
+    bool claim(const std::string& name) { return names_.insert(name).second; }
+    void unclaim(const std::string& name) { names_.erase(name); }
+    std::size_t size() const noexcept { return names_.size(); }
+
+private:
+    std::set<std::string> names_;
+};
+
+/// Transient failures: another member may answer soon (a leader election, a
+/// member down). A waiter that has already talked to etcd retries them.
+inline bool transient(std::error_code ec) {
+    return ec == errc::unreachable || ec == errc::request_timeout || ec == errc::bad_reply ||
+           ec == errc::server || ec == errc::http_status;
+}
+
+class lock_backend {
+public:
+    static constexpr bool queue_first = true;
+    static constexpr std::array<clock::duration, 0> quick_retries{};
+
+    lock_backend(claims& c, const void* session, std::string name, std::string value,
+                 std::int64_t lease)
+        : claims_(&c),
+          session_(session),
+          name_(std::move(name)),
+          prefix_(name_ + "/"),
+          key_(prefix_ + hex(lease)),
+          value_(std::move(value)),
+          lease_(lease) {}
+    lock_backend(lock_backend&& o) noexcept = default;
+    ~lock_backend() { unclaim(); }
+
+    std::error_code try_acquire() {
+        if (!claimed_) {
+            if (!claims_->claim(name_)) {
+                holder_ = "this process";
+                return filelock::errc::locked;  // held or being acquired here
+            }
+            claimed_ = true;
+        }
+        if (my_rev_ == 0) {
+            step_ = step::create;
+            path_ = "/v3/kv/txn";
+            body_ = request::acquire(key_, value_, lease_, prefix_);
+        } else {
+            step_ = step::predecessor;
+            path_ = "/v3/kv/txn";
+            body_ = request::predecessor(key_, my_rev_, prefix_);
+        }
+        return std::make_error_code(std::errc::operation_in_progress);
+    }
+
+    std::error_code on_reply(std::error_code transport) {
+        if (transport) return failed(transport, reply_.detail);
+        json j;
+        std::string why;
+        if (auto ec = parse(reply_, j, why)) {
+            // The session's lease is gone (revoked, expired): the driver
+            // starts again on a new one.
+            if (ec == errc::server && why.find("lease not found") != std::string::npos) {
+                why_ = why;
+                return errc::lost;
+            }
+            return failed(ec, why);
+        }
+        try {
+            return step_ == step::create ? created(j) : predecessor(j);
+        } catch (const std::exception& e) {
+            return failed(errc::bad_reply, std::string("unexpected answer: ") + e.what());
+        }
+    }
+
+    void drop_file() noexcept { watched_key_.clear(); }
+    void release_won() noexcept {}  // the driver deletes the key of every failure
+    bool won_inherited() const noexcept { return false; }
+    bool wake_on_release() const noexcept { return true; }
+    bool queues() const noexcept { return true; }
+    bool identity(lock_identity& id) const noexcept {
+        id.dev = std::hash<std::string>{}(name_);
+        id.ino = reinterpret_cast<std::uintptr_t>(session_);
+        id.backend = 2;  // etcd
+        return true;
+    }
+    bool retarget_watch() const noexcept {
+        return !watch_key_.empty() && watch_key_ != watched_key_;
+    }
+
+    // The driver's side.
+    const std::string& path() const noexcept { return path_; }
+    const std::string& body() const noexcept { return body_; }
+    void set_reply(http_reply r) { reply_ = std::move(r); }
+    const std::string& watch_key() const noexcept { return watch_key_; }
+    std::int64_t watch_revision() const noexcept { return watch_rev_; }
+    void watch_armed() { watched_key_ = watch_key_; }
+    /// Whether etcd has a key of ours to delete (after a failure).
+    bool has_key() const noexcept { return my_rev_ != 0; }
+    bool claimed() const noexcept { return claimed_; }
+    /// Gives the claim to the held lock (it unclaims on release).
+    void hand_over_claim() noexcept { claimed_ = false; }
+    void unclaim() noexcept {
+        if (claimed_) claims_->unclaim(name_);
+        claimed_ = false;
+    }
+
+    const std::string& name() const noexcept { return name_; }
+    const std::string& key() const noexcept { return key_; }
+    std::int64_t revision() const noexcept { return my_rev_; }
+    /// The store's revision when the lock was won: the held lock watches its
+    /// key from the next one.
+    std::int64_t won_at() const noexcept { return won_at_; }
+    std::int64_t lease() const noexcept { return lease_; }
+    const std::string& holder() const noexcept { return holder_; }
+    const std::string& endpoint() const noexcept { return reply_.endpoint; }
+    /// What the last failure was (for messages).
+    const std::string& why() const noexcept { return why_; }
+
+private:
+    enum class step { create, predecessor };
+
+    std::error_code failed(std::error_code ec, std::string why) {
+        why_ = std::move(why);
+        // A waiter that already talked to etcd rides out a member's failure
+        // (the transport fails over); one that never did reports it at once.
+        if (talked_ && transient(ec)) return filelock::errc::locked;
+        return ec;
+    }
+
+    std::error_code created(const json& j) {
+        const auto& rs = j.at("responses");
+        const bool ok = j.value("succeeded", false);
+        const std::int64_t header_rev = int64_of(j.at("header"), "revision");
+        std::vector<kv> mine, owner;
+        if (ok) {
+            my_rev_ = header_rev;
+        } else {
+            if (!kvs_of(rs.at(0).at("response_range"), mine) || mine.empty())
+                return failed(errc::bad_reply, "the lock's key vanished inside a transaction");
+            my_rev_ = mine[0].create_revision;
+        }
+        talked_ = true;
+        if (!kvs_of(rs.at(1).at("response_range"), owner))
+            return failed(errc::bad_reply, "malformed key");
+        if (owner.empty() || owner[0].create_revision == my_rev_) return won(header_rev);
+        holder_ = owner[0].value.empty() ? owner[0].key : owner[0].value;
+        // Contended: find the predecessor at once.
+        step_ = step::predecessor;
+        body_ = request::predecessor(key_, my_rev_, prefix_);
+        return std::make_error_code(std::errc::operation_in_progress);
+    }
+
+    std::error_code predecessor(const json& j) {
+        talked_ = true;
+        const std::int64_t header_rev = int64_of(j.at("header"), "revision");
+        if (!j.value("succeeded", false)) {
+            // Our key is gone: the lease expired (or it was deleted) while we
+            // waited. Never a win (etcd issue #9921).
+            my_rev_ = 0;
+            why_ = "the lock's key " + key_ + " was deleted while waiting (lease expired?)";
+            return errc::lost;
+        }
+        std::vector<kv> pred;
+        if (!kvs_of(j.at("responses").at(0).at("response_range"), pred))
+            return failed(errc::bad_reply, "malformed key");
+        if (pred.empty()) return won(header_rev);
+        watch_key_ = pred[0].key;
+        watch_rev_ = header_rev + 1;
+        return filelock::errc::locked;
+    }
+
+    std::error_code won(std::int64_t header_rev) {
+        won_at_ = header_rev;
+        return {};
+    }
+
+    claims* claims_;
+    const void* session_;
+    std::string name_, prefix_, key_, value_;
+    std::int64_t lease_;
+    std::int64_t my_rev_ = 0, won_at_ = 0;
+    step step_ = step::create;
+    std::string path_, body_;
+    http_reply reply_;
+    std::string watch_key_, watched_key_;
+    std::int64_t watch_rev_ = 0;
+    std::string holder_, why_;
+    bool claimed_ = false;
+    bool talked_ = false;
+};
+
+using etcd_acquire = filelock::detail::acquire<lock_backend>;
+
+}  // namespace filelock::etcd::detail

@@ -1,0 +1,214 @@
+// SPDX-License-Identifier: MIT
+#include "proto.hpp"
+
+#include <cstdio>
+
+namespace filelock::etcd::detail {
+
+namespace {
+constexpr char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+json put_op(const std::string& key, const std::string& value, std::int64_t lease) {
+    json p = {{"key", base64(key)}, {"value", base64(value)}};
+    if (lease) p["lease"] = std::to_string(lease);
+    return {{"request_put", p}};
+}
+
+json create_is(const std::string& key, std::int64_t rev) {
+    return {{"target", "CREATE"},
+            {"key", base64(key)},
+            {"result", "EQUAL"},
+            {"create_revision", std::to_string(rev)}};
+}
+
+json range_op(const std::string& key) { return {{"request_range", {{"key", base64(key)}}}}; }
+
+json first_of(const std::string& prefix) {
+    return {{"request_range",
+             {{"key", base64(prefix)},
+              {"range_end", base64(prefix_end(prefix))},
+              {"sort_order", "ASCEND"},
+              {"sort_target", "CREATE"},
+              {"limit", "1"}}}};
+}
+}  // namespace
+
+std::string base64(std::string_view in) {
+    std::string out;
+    out.reserve((in.size() + 2) / 3 * 4);
+    std::size_t i = 0;
+    for (; i + 2 < in.size(); i += 3) {
+        const unsigned v = static_cast<unsigned char>(in[i]) << 16 |
+                           static_cast<unsigned char>(in[i + 1]) << 8 |
+                           static_cast<unsigned char>(in[i + 2]);
+        out += b64chars[v >> 18];
+        out += b64chars[(v >> 12) & 63];
+        out += b64chars[(v >> 6) & 63];
+        out += b64chars[v & 63];
+    }
+    if (i < in.size()) {
+        unsigned v = static_cast<unsigned char>(in[i]) << 16;
+        if (i + 1 < in.size()) v |= static_cast<unsigned char>(in[i + 1]) << 8;
+        out += b64chars[v >> 18];
+        out += b64chars[(v >> 12) & 63];
+        out += i + 1 < in.size() ? b64chars[(v >> 6) & 63] : '=';
+        out += '=';
+    }
+    return out;
+}
+
+bool unbase64(std::string_view in, std::string& out) {
+    out.clear();
+    unsigned acc = 0;
+    int bits = 0;
+    for (const char c : in) {
+        int v;
+        if (c >= 'A' && c <= 'Z')
+            v = c - 'A';
+        else if (c >= 'a' && c <= 'z')
+            v = c - 'a' + 26;
+        else if (c >= '0' && c <= '9')
+            v = c - '0' + 52;
+        else if (c == '+' || c == '-')
+            v = 62;
+        else if (c == '/' || c == '_')
+            v = 63;
+        else if (c == '=')
+            break;
+        else
+            return false;
+        acc = (acc << 6) | static_cast<unsigned>(v);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out += static_cast<char>((acc >> bits) & 0xff);
+        }
+    }
+    return true;
+}
+
+std::string prefix_end(std::string prefix) {
+    while (!prefix.empty()) {
+        auto& c = prefix.back();
+        if (static_cast<unsigned char>(c) < 0xff) {
+            ++c;
+            return prefix;
+        }
+        prefix.pop_back();
+    }
+    return std::string(1, '\0');  // every key
+}
+
+std::string hex(std::int64_t v) {
+    char buf[24];
+    std::snprintf(buf, sizeof buf, "%llx", static_cast<unsigned long long>(v));
+    return buf;
+}
+
+std::int64_t int64_of(const json& j, const char* field) {
+    const auto it = j.find(field);
+    if (it == j.end()) return 0;
+    if (it->is_number_integer()) return it->get<std::int64_t>();
+    if (!it->is_string()) throw std::invalid_argument(field);
+    const auto& s = it->get_ref<const std::string&>();
+    std::size_t used = 0;
+    const long long v = std::stoll(s, &used);
+    if (used != s.size()) throw std::invalid_argument(field);
+    return v;
+}
+
+std::error_code parse(const http_reply& r, json& out, std::string& why) {
+    if (r.ec) {
+        why = r.detail.empty() ? r.ec.message() : r.detail;
+        return r.ec;
+    }
+    out = json::parse(r.body, nullptr, false);
+    const bool object = !out.is_discarded() && out.is_object();
+    if (object && out.contains("error")) {
+        // grpc-gateway's error body: {"error": msg, "code": grpc code, ...}
+        const auto& e = out["error"];
+        why = e.is_string() ? e.get<std::string>() : e.dump();
+        const int code = out.value("code", 0);
+        if (code == 16 || why.find("authentication failed") != std::string::npos ||
+            why.find("invalid auth token") != std::string::npos ||
+            why.find("user name is empty") != std::string::npos ||
+            why.find("permission denied") != std::string::npos)
+            return errc::auth;
+        return errc::server;
+    }
+    if (r.status < 200 || r.status >= 300) {
+        why = "HTTP status " + std::to_string(r.status);
+        return errc::http_status;
+    }
+    if (!object) {
+        why = "malformed JSON in the answer";
+        return errc::bad_reply;
+    }
+    return {};
+}
+
+bool kvs_of(const json& range, std::vector<kv>& out) {
+    out.clear();
+    const auto it = range.find("kvs");
+    if (it == range.end()) return true;
+    if (!it->is_array()) return false;
+    for (const auto& k : *it) {
+        kv x;
+        if (!unbase64(k.value("key", ""), x.key) || !unbase64(k.value("value", ""), x.value))
+            return false;
+        x.create_revision = int64_of(k, "create_revision");
+        x.mod_revision = int64_of(k, "mod_revision");
+        x.lease = int64_of(k, "lease");
+        out.push_back(std::move(x));
+    }
+    return true;
+}
+
+namespace request {
+
+std::string grant(std::chrono::seconds ttl) {
+    return json{{"TTL", std::to_string(ttl.count())}}.dump();
+}
+std::string keepalive(std::int64_t lease) { return json{{"ID", std::to_string(lease)}}.dump(); }
+std::string revoke(std::int64_t lease) { return json{{"ID", std::to_string(lease)}}.dump(); }
+std::string authenticate(const std::string& user, const std::string& password) {
+    return json{{"name", user}, {"password", password}}.dump();
+}
+
+std::string acquire(const std::string& key, const std::string& value, std::int64_t lease,
+                    const std::string& prefix) {
+    return json{{"compare", json::array({create_is(key, 0)})},
+                {"success", json::array({put_op(key, value, lease), first_of(prefix)})},
+                {"failure", json::array({range_op(key), first_of(prefix)})}}
+        .dump();
+}
+
+std::string predecessor(const std::string& key, std::int64_t rev, const std::string& prefix) {
+    json last = {{"request_range",
+                  {{"key", base64(prefix)},
+                   {"range_end", base64(prefix_end(prefix))},
+                   {"sort_order", "DESCEND"},
+                   {"sort_target", "CREATE"},
+                   {"max_create_revision", std::to_string(rev - 1)},
+                   {"limit", "1"}}}};
+    return json{{"compare", json::array({create_is(key, rev)})},
+                {"success", json::array({last})},
+                {"failure", json::array()}}
+        .dump();
+}
+
+std::string release(const std::string& key, std::int64_t rev) {
+    return json{{"compare", json::array({create_is(key, rev)})},
+                {"success", json::array({{{"request_delete_range", {{"key", base64(key)}}}}})},
+                {"failure", json::array()}}
+        .dump();
+}
+
+std::string watch(const std::string& key, std::int64_t start_revision) {
+    return json{{"create_request",
+                 {{"key", base64(key)}, {"start_revision", std::to_string(start_revision)}}}}
+        .dump();
+}
+
+}  // namespace request
+}  // namespace filelock::etcd::detail

@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// etcd v3's JSON gateway: the requests the lock needs and the parsing of
+// their answers. Keys and values are base64; int64 values are JSON strings.
+
+#include "transport.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace filelock::etcd::detail {
+
+using json = nlohmann::json;
+
+std::string base64(std::string_view in);
+bool unbase64(std::string_view in, std::string& out);
+/// The end of the range of keys that start with `prefix`.
+std::string prefix_end(std::string prefix);
+/// Lowercase hex, as etcd's Mutex names its keys (`%x`).
+std::string hex(std::int64_t v);
+
+struct kv {
+    std::string key, value;
+    std::int64_t create_revision = 0, mod_revision = 0, lease = 0;
+};
+
+/// Reads an int64 that the gateway sends as a string (or a number); absent: 0.
+std::int64_t int64_of(const json& j, const char* field);
+/// The answer's JSON, or the error it stands for: the HTTP status, an etcd
+/// error (`{"error": ..., "code": ...}`) or malformed JSON. `why` names the
+/// cause.
+std::error_code parse(const http_reply& r, json& out, std::string& why);
+/// The kvs of a range response (`response_range`), decoded.
+bool kvs_of(const json& range, std::vector<kv>& out);
+
+namespace request {
+std::string grant(std::chrono::seconds ttl);
+std::string keepalive(std::int64_t lease);
+std::string revoke(std::int64_t lease);
+std::string authenticate(const std::string& user, const std::string& password);
+/// etcd's Mutex: If(create_revision(key) == 0) Then(put(key, value, lease),
+/// range(first of prefix by create revision)) Else(range(key), range(first
+/// of prefix)).
+std::string acquire(const std::string& key, const std::string& value, std::int64_t lease,
+                    const std::string& prefix);
+/// If(create_revision(key) == rev) Then(range(last of prefix created before
+/// rev)): the predecessor to wait for, while the key still exists.
+std::string predecessor(const std::string& key, std::int64_t rev, const std::string& prefix);
+/// If(create_revision(key) == rev) Then(delete(key)).
+std::string release(const std::string& key, std::int64_t rev);
+std::string watch(const std::string& key, std::int64_t start_revision);
+}  // namespace request
+
+/// Splits a watch stream into its JSON objects (one per message).
+class stream_splitter {
+public:
+    /// Appends bytes; calls `f(object_text)` for every complete object.
+    template <class F>
+    bool feed(std::string_view bytes, F&& f) {
+        buf_.append(bytes);
+        std::size_t start = 0;
+        for (std::size_t i = scan_; i < buf_.size(); ++i) {
+            const char c = buf_[i];
+            if (in_string_) {
+                if (escape_)
+                    escape_ = false;
+                else if (c == '\\')
+                    escape_ = true;
+                else if (c == '"')
+                    in_string_ = false;
+                continue;
+            }
+            if (c == '"') {
+                in_string_ = true;
+            } else if (c == '{') {
+                if (depth_++ == 0) start = i;
+            } else if (c == '}') {
+                if (depth_ == 0) return false;
+                if (--depth_ == 0) {
+                    f(std::string_view(buf_).substr(start, i + 1 - start));
+                    buf_.erase(0, i + 1);
+                    i = static_cast<std::size_t>(-1);
+                    start = 0;
+                }
+            }
+        }
+        scan_ = buf_.size();
+        return buf_.size() < (16u << 20);
+    }
+
+private:
+    std::string buf_;
+    std::size_t scan_ = 0;
+    int depth_ = 0;
+    bool in_string_ = false, escape_ = false;
+};
+
+}  // namespace filelock::etcd::detail

@@ -1,0 +1,510 @@
+// SPDX-License-Identifier: MIT
+// The etcd backend against a real etcd member (tests/etcd_member.hpp): the
+// Asio client, the synchronous client, interoperation with etcdctl, the lost
+// signal, cancellation without leftovers, and bad input.
+#include <filelock/etcd_asio.hpp>
+
+#include <catch2/catch.hpp>
+
+#include "etcd_member.hpp"
+
+#include <atomic>
+#include <fstream>
+#include <optional>
+#include <set>
+
+using namespace std::chrono_literals;
+namespace etcd = filelock::etcd;
+
+namespace {
+
+test::etcd_cluster& member() {
+    static test::etcd_cluster c(1);
+    return c;
+}
+
+std::string unique_name(const char* what) {
+    static int n = 0;
+    return std::string("test/") + what + "/" + std::to_string(::getpid()) + "-" +
+           std::to_string(++n);
+}
+
+etcd::config cfg(std::chrono::seconds ttl = 10s) {
+    etcd::config c;
+    c.endpoints = {member().endpoint()};
+    c.ttl = ttl;
+    return c;
+}
+
+// Runs the io_context until `done` or a generous bound (a hang fails).
+template <class Pred>
+bool run_until(asio::io_context& io, Pred done, std::chrono::seconds bound = 30s) {
+    const auto until = std::chrono::steady_clock::now() + bound;
+    while (!done()) {
+        if (std::chrono::steady_clock::now() > until) return false;
+        io.restart();
+        io.run_for(10ms);
+    }
+    return true;
+}
+
+struct outcome {
+    bool done = false;
+    std::error_code ec;
+    etcd::lock held;
+};
+
+void start_lock(etcd::client& c, const std::string& name, std::chrono::nanoseconds timeout,
+                outcome& o) {
+    c.async_lock(name, timeout, [&o](std::error_code ec, etcd::lock l) {
+        o.done = true;
+        o.ec = ec;
+        o.held = std::move(l);
+    });
+}
+
+void release_and_wait(asio::io_context& io, etcd::lock& l) {
+    bool released = false;
+    l.release([&](std::error_code) { released = true; });
+    REQUIRE(run_until(io, [&] { return released; }));
+}
+
+// Runs the loop until the keys under `prefix` are `n` (a cleanup request
+// may still be in flight when the operation completed).
+bool keys_become(asio::io_context& io, const std::string& prefix, std::size_t n) {
+    return run_until(
+        io, [&] { return member().keys(prefix).size() == n; }, 10s);
+}
+
+}  // namespace
+
+TEST_CASE("etcd: an uncontended lock is etcd's Mutex key, with a fencing token", "[etcd]") {
+    asio::io_context io;
+    etcd::client c(io.get_executor(), cfg());
+    const auto name = unique_name("plain");
+    outcome o;
+    start_lock(c, name, 5s, o);
+    REQUIRE(run_until(io, [&] { return o.done; }));
+    REQUIRE_FALSE(o.ec);
+    REQUIRE(o.held.held());
+    CHECK(o.held.name() == name);
+    char hex[32];
+    std::snprintf(hex, sizeof hex, "%llx", static_cast<unsigned long long>(o.held.lease()));
+    CHECK(o.held.key() == name + "/" + hex);
+    CHECK(o.held.fencing_token() > 0);
+    CHECK(member().keys(name + "/") == std::vector<std::string>{o.held.key()});
+    // The value is the content template, as in lock files.
+    const auto value = member().ctl("get --print-value-only '" + o.held.key() + "'");
+    CHECK(value.find(" " + std::to_string(::getpid()) + "@") == 0);
+    release_and_wait(io, o.held);
+    CHECK(member().keys(name + "/").empty());
+}
+
+TEST_CASE("etcd: the uncontended acquire and release cost two requests", "[etcd]") {
+    asio::io_context io;
+    etcd::client c(io.get_executor(), cfg());
+    {  // the session (lease) first
+        outcome o;
+        start_lock(c, unique_name("warm"), 5s, o);
+        REQUIRE(run_until(io, [&] { return o.done; }));
+        release_and_wait(io, o.held);
+    }
+    const auto before = c.requests();
+    outcome o;
+    start_lock(c, unique_name("two"), 5s, o);
+    REQUIRE(run_until(io, [&] { return o.done; }));
+    REQUIRE_FALSE(o.ec);
+    release_and_wait(io, o.held);
+    // One txn, one delete (the held lock's watch of its key is a stream).
+    CHECK(c.requests() - before == 2);
+}
+
+TEST_CASE("etcd: successive holders get strictly increasing fencing tokens, in FIFO order",
+          "[etcd]") {
+    asio::io_context io;
+    etcd::client a(io.get_executor(), cfg()), b(io.get_executor(), cfg()),
+        d(io.get_executor(), cfg());
+    const auto name = unique_name("fifo");
+    outcome oa, ob, od;
+    start_lock(a, name, 5s, oa);
+    REQUIRE(run_until(io, [&] { return oa.done; }));
+    REQUIRE_FALSE(oa.ec);
+    start_lock(b, name, 10s, ob);
+    REQUIRE(run_until(io, [&] { return member().keys(name + "/").size() == 2; }));
+    start_lock(d, name, 10s, od);
+    REQUIRE(run_until(io, [&] { return member().keys(name + "/").size() == 3; }));
+    CHECK_FALSE(ob.done);
+    CHECK_FALSE(od.done);
+    const auto t1 = oa.held.fencing_token();
+    oa.held.release();
+    REQUIRE(run_until(io, [&] { return ob.done; }));
+    REQUIRE_FALSE(ob.ec);
+    CHECK_FALSE(od.done);  // b was first in line
+    CHECK(ob.held.fencing_token() > t1);
+    const auto t2 = ob.held.fencing_token();
+    ob.held.release();
+    REQUIRE(run_until(io, [&] { return od.done; }));
+    REQUIRE_FALSE(od.ec);
+    CHECK(od.held.fencing_token() > t2);
+    release_and_wait(io, od.held);
+}
+
+TEST_CASE("etcd: timeout 0 and a timeout leave no key behind and name the holder", "[etcd]") {
+    asio::io_context io;
+    etcd::client a(io.get_executor(), cfg()), b(io.get_executor(), cfg());
+    const auto name = unique_name("timeout");
+    outcome oa;
+    start_lock(a, name, 5s, oa);
+    REQUIRE(run_until(io, [&] { return oa.done; }));
+    REQUIRE_FALSE(oa.ec);
+    for (auto t : {0ms, 300ms}) {
+        std::optional<etcd::lock_result> r;
+        b.async_lock_result(name, t, [&](etcd::lock_result x) { r = std::move(x); });
+        REQUIRE(run_until(io, [&] { return r.has_value(); }));
+        CHECK(r->ec == filelock::errc::timeout);
+        CHECK(r->holder.find(std::to_string(::getpid()) + "@") == 0);
+        CHECK(r->message.find(name) != std::string::npos);
+        CHECK(keys_become(io, name + "/", 1));
+    }
+    release_and_wait(io, oa.held);
+}
+
+TEST_CASE("etcd: every kind of cancellation ends the wait and leaves no key", "[etcd]") {
+    asio::io_context io;
+    etcd::client a(io.get_executor(), cfg()), b(io.get_executor(), cfg());
+    const auto name = unique_name("cancel");
+    outcome oa;
+    start_lock(a, name, 5s, oa);
+    REQUIRE(run_until(io, [&] { return oa.done; }));
+    for (auto type : {asio::cancellation_type::terminal, asio::cancellation_type::partial,
+                      asio::cancellation_type::total}) {
+        asio::cancellation_signal sig;
+        outcome ob;
+        b.async_lock(
+            name, 30s,
+            asio::bind_cancellation_slot(sig.slot(), [&](std::error_code ec, etcd::lock l) {
+                ob.done = true;
+                ob.ec = ec;
+                ob.held = std::move(l);
+            }));
+        REQUIRE(run_until(io, [&] { return member().keys(name + "/").size() == 2; }));
+        sig.emit(type);
+        REQUIRE(run_until(io, [&] { return ob.done; }));
+        CHECK(ob.ec == asio::error::operation_aborted);
+        CHECK(ob.ec == filelock::condition::cancelled);
+        CHECK_FALSE(ob.held.held());
+        CHECK(keys_become(io, name + "/", 1));
+    }
+    release_and_wait(io, oa.held);
+}
+
+TEST_CASE("etcd: waiters of one client queue locally: one key, one watch", "[etcd]") {
+    asio::io_context io;
+    etcd::client a(io.get_executor(), cfg()), b(io.get_executor(), cfg());
+    const auto name = unique_name("queue");
+    outcome oa;
+    start_lock(a, name, 5s, oa);
+    REQUIRE(run_until(io, [&] { return oa.done; }));
+    constexpr int n = 20;
+    std::vector<outcome> os(n);
+    const auto watches_before = b.watches();
+    for (auto& o : os) start_lock(b, name, 30s, o);
+    REQUIRE(run_until(io, [&] { return member().keys(name + "/").size() == 2; }));
+    io.restart();
+    io.run_for(200ms);
+    CHECK(member().keys(name + "/").size() == 2);  // a's and b's queue head's
+    CHECK(b.watches() - watches_before == 1);
+    oa.held.release();
+    // They hold in turn, one at a time, each with a higher token.
+    std::int64_t last = 0;
+    for (int i = 0; i < n; ++i) {
+        REQUIRE(run_until(io, [&] {
+            int held = 0;
+            for (auto& o : os) held += o.done && o.held.held();
+            return held == 1;
+        }));
+        int held = 0;
+        for (auto& o : os) {
+            if (!(o.done && o.held.held())) continue;
+            ++held;
+            REQUIRE_FALSE(o.ec);
+            CHECK(o.held.fencing_token() > last);
+            last = o.held.fencing_token();
+            o.held.release();
+        }
+        CHECK(held == 1);
+    }
+    CHECK(keys_become(io, name + "/", 0));
+}
+
+TEST_CASE("etcd: etcdctl lock and this library exclude each other both ways", "[etcd][interop]") {
+    const auto name = unique_name("interop");
+    const auto dir =
+        std::filesystem::temp_directory_path() / ("filelock-etcd-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    const auto marker = dir / "etcdctl-holds";
+    std::filesystem::remove(marker);
+    asio::io_context io;
+    etcd::client c(io.get_executor(), cfg());
+
+    SECTION("etcdctl holds, we wait") {
+        const std::string cmd = "ETCDCTL_API=3 etcdctl --endpoints=" + member().endpoint() +
+                                " lock '" + name + "' -- sh -c 'touch " + marker.string() +
+                                "; sleep 1; rm -f " + marker.string() + "' >/dev/null 2>&1 &";
+        REQUIRE(std::system(cmd.c_str()) == 0);
+        for (int i = 0; i < 500 && !std::filesystem::exists(marker); ++i)
+            std::this_thread::sleep_for(10ms);
+        REQUIRE(std::filesystem::exists(marker));
+        outcome o;
+        start_lock(c, name, 20s, o);
+        REQUIRE(run_until(io, [&] { return o.done; }));
+        REQUIRE_FALSE(o.ec);
+        CHECK_FALSE(std::filesystem::exists(marker));  // etcdctl's command had finished
+        release_and_wait(io, o.held);
+    }
+    SECTION("we hold, etcdctl waits") {
+        outcome o;
+        start_lock(c, name, 5s, o);
+        REQUIRE(run_until(io, [&] { return o.done; }));
+        REQUIRE_FALSE(o.ec);
+        const auto out = dir / "etcdctl-out";
+        const std::string cmd = "ETCDCTL_API=3 etcdctl --endpoints=" + member().endpoint() +
+                                " lock '" + name + "' -- sh -c 'echo got > " + out.string() +
+                                "' >/dev/null 2>&1 &";
+        std::filesystem::remove(out);
+        REQUIRE(std::system(cmd.c_str()) == 0);
+        REQUIRE(run_until(io, [&] { return member().keys(name + "/").size() == 2; }));
+        io.restart();
+        io.run_for(300ms);
+        CHECK_FALSE(std::filesystem::exists(out));  // still waiting
+        release_and_wait(io, o.held);
+        for (int i = 0; i < 500 && !std::filesystem::exists(out); ++i)
+            std::this_thread::sleep_for(10ms);
+        CHECK(std::filesystem::exists(out));
+    }
+    CHECK(keys_become(io, name + "/", 0));
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("etcd: a mixed counter of etcdctl lock and our clients comes out exact",
+          "[etcd][interop]") {
+    const auto name = unique_name("counter");
+    const auto dir = std::filesystem::temp_directory_path() /
+                     ("filelock-etcd-counter-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    const auto counter = dir / "n";
+    { std::ofstream(counter) << 0; }
+    constexpr int ctl_rounds = 5, our_rounds = 20;
+    const std::string incr =
+        "n=$(cat " + counter.string() + "); sleep 0.01; echo $((n+1)) > " + counter.string();
+    const std::string cmd = "for i in $(seq " + std::to_string(ctl_rounds) +
+                            "); do ETCDCTL_API=3 etcdctl --endpoints=" + member().endpoint() +
+                            " lock '" + name + "' -- sh -c '" + incr + "' >/dev/null; done &";
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    asio::io_context io;
+    etcd::client c(io.get_executor(), cfg());
+    for (int i = 0; i < our_rounds; ++i) {
+        outcome o;
+        start_lock(c, name, 30s, o);
+        REQUIRE(run_until(io, [&] { return o.done; }));
+        REQUIRE_FALSE(o.ec);
+        int n = 0;
+        { std::ifstream(counter) >> n; }
+        std::this_thread::sleep_for(5ms);
+        { std::ofstream(counter) << n + 1; }
+        release_and_wait(io, o.held);
+    }
+    // The etcdctl loop finishes.
+    for (int i = 0; i < 1000; ++i) {
+        int n = 0;
+        { std::ifstream(counter) >> n; }
+        if (n == ctl_rounds + our_rounds) break;
+        std::this_thread::sleep_for(20ms);
+    }
+    int n = 0;
+    { std::ifstream(counter) >> n; }
+    CHECK(n == ctl_rounds + our_rounds);
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("etcd: the lost signal fires when the lease is revoked or the key deleted", "[etcd]") {
+    asio::io_context io;
+    etcd::client c(io.get_executor(), cfg());
+    const auto name = unique_name("lost");
+    outcome o;
+    start_lock(c, name, 5s, o);
+    REQUIRE(run_until(io, [&] { return o.done; }));
+    REQUIRE_FALSE(o.ec);
+    std::optional<std::error_code> lost;
+    etcd::async_wait_lost(o.held, [&](std::error_code ec) { lost = ec; });
+    io.restart();
+    io.run_for(50ms);
+    CHECK_FALSE(lost);
+
+    SECTION("revoked") {
+        char hex[32];
+        std::snprintf(hex, sizeof hex, "%llx", static_cast<unsigned long long>(o.held.lease()));
+        member().ctl(std::string("lease revoke ") + hex);
+    }
+    SECTION("key deleted by someone else") { member().ctl("del '" + o.held.key() + "'"); }
+    REQUIRE(run_until(
+        io, [&] { return lost.has_value(); }, 15s));
+    CHECK(*lost == etcd::errc::lost);
+    CHECK(o.held.lost());
+    // A new lock of this client works (a new lease when the old one is gone).
+    outcome again;
+    start_lock(c, name, 10s, again);
+    REQUIRE(run_until(io, [&] { return again.done; }));
+    CHECK_FALSE(again.ec);
+    release_and_wait(io, again.held);
+    release_and_wait(io, o.held);
+}
+
+TEST_CASE("etcd: a released lock's lost wait completes with operation_aborted", "[etcd]") {
+    asio::io_context io;
+    etcd::client c(io.get_executor(), cfg());
+    outcome o;
+    start_lock(c, unique_name("lost-release"), 5s, o);
+    REQUIRE(run_until(io, [&] { return o.done; }));
+    std::optional<std::error_code> lost;
+    etcd::async_wait_lost(o.held, [&](std::error_code ec) { lost = ec; });
+    o.held.release();
+    REQUIRE(run_until(io, [&] { return lost.has_value(); }));
+    CHECK(*lost == asio::error::operation_aborted);
+}
+
+TEST_CASE("etcd: bad input is a clear error naming the endpoint and the cause", "[etcd]") {
+    asio::io_context io;
+    SECTION("unreachable endpoint, within the dial timeout") {
+        auto c = cfg();
+        c.endpoints = {"http://127.0.0.1:" + std::to_string(test::free_port())};
+        c.dial_timeout = 500ms;
+        etcd::client cl(io.get_executor(), c);
+        std::optional<etcd::lock_result> r;
+        cl.async_lock_result("x", 5s, [&](etcd::lock_result x) { r = std::move(x); });
+        REQUIRE(run_until(io, [&] { return r.has_value(); }));
+        CHECK(r->ec == etcd::errc::unreachable);
+        CHECK(r->ec == std::errc::host_unreachable);
+        CHECK(r->message.find(c.endpoints[0]) != std::string::npos);
+    }
+    SECTION("an HTTP error status") {
+        auto c = cfg();
+        c.endpoints = {member().endpoint() + "/not-the-gateway"};
+        etcd::client cl(io.get_executor(), c);
+        std::optional<etcd::lock_result> r;
+        cl.async_lock_result("x", 5s, [&](etcd::lock_result x) { r = std::move(x); });
+        REQUIRE(run_until(io, [&] { return r.has_value(); }));
+        CHECK(r->ec == etcd::errc::http_status);
+        CHECK(r->message.find("404") != std::string::npos);
+    }
+    SECTION("an empty name") {
+        etcd::client cl(io.get_executor(), cfg());
+        outcome o;
+        start_lock(cl, "", 5s, o);
+        REQUIRE(run_until(io, [&] { return o.done; }));
+        CHECK(o.ec == etcd::errc::invalid_argument);
+    }
+    SECTION("a bad configuration throws with the cause") {
+        auto c = cfg();
+        c.endpoints = {"ftp://127.0.0.1:1"};
+        CHECK_THROWS_WITH(etcd::client(io.get_executor(), c), Catch::Contains("ftp://"));
+        c = cfg();
+        c.endpoints.clear();
+        CHECK_THROWS_AS(etcd::client(io.get_executor(), c), std::system_error);
+        c = cfg();
+        c.ttl = 0s;
+        CHECK_THROWS_AS(etcd::client(io.get_executor(), c), std::system_error);
+    }
+    SECTION("bad credentials") {
+        auto c = cfg();
+        c.user = "nobody";
+        c.password = "wrong";
+        etcd::client cl(io.get_executor(), c);
+        std::optional<etcd::lock_result> r;
+        cl.async_lock_result("x", 5s, [&](etcd::lock_result x) { r = std::move(x); });
+        REQUIRE(run_until(io, [&] { return r.has_value(); }));
+        // Auth is not enabled on the member: etcd refuses the request.
+        CHECK(r->ec);
+        CHECK(r->message.find(member().endpoint()) != std::string::npos);
+    }
+}
+
+TEST_CASE("etcd: the coroutine form throws timeout_error naming the holder", "[etcd]") {
+    asio::io_context io;
+    etcd::client a(io.get_executor(), cfg()), b(io.get_executor(), cfg());
+    const auto name = unique_name("coro");
+    std::optional<etcd::lock> held;
+    std::string what, holder;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            held = co_await a.async_lock(name, 5s);
+            try {
+                co_await b.async_lock(name, 200ms);
+            } catch (const filelock::timeout_error& e) {
+                what = e.what();
+                holder = e.holder();
+            }
+            held->release();
+        },
+        asio::detached);
+    REQUIRE(run_until(io, [&] { return !what.empty(); }));
+    CHECK(what.find(name) != std::string::npos);
+    CHECK(holder.find(std::to_string(::getpid()) + "@") == 0);
+}
+
+TEST_CASE("etcd: the synchronous client locks, times out and releases from any thread", "[etcd]") {
+    const auto name = unique_name("sync");
+    etcd::sync_client a(cfg()), b(cfg());
+    auto held = a.lock(name, 5s);
+    CHECK(held.held());
+    CHECK_THROWS_AS(b.lock(name, 100ms), filelock::timeout_error);
+    std::error_code ec;
+    auto none = b.lock(name, 0ms, ec);
+    CHECK(ec == filelock::errc::timeout);
+    CHECK_FALSE(none.held());
+    std::thread t([&] { held.release(); });
+    auto next = b.lock(name, 5s);
+    t.join();
+    CHECK(next.held());
+}
+
+TEST_CASE("etcd: a SIGKILLed holder's lock is granted within TTL + 1 s", "[etcd]") {
+    const auto name = unique_name("killed");
+    int pipefd[2];
+    REQUIRE(::pipe(pipefd) == 0);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        ::close(pipefd[0]);
+        try {
+            asio::io_context io;
+            etcd::client c(io.get_executor(), cfg(2s));
+            c.async_lock(name, 5s, [&](std::error_code ec, etcd::lock l) {
+                if (ec) ::_exit(3);
+                static etcd::lock keep;
+                keep = std::move(l);
+                (void)!::write(pipefd[1], "x", 1);
+            });
+            io.run();
+        } catch (...) {
+        }
+        ::_exit(4);
+    }
+    ::close(pipefd[1]);
+    char x;
+    REQUIRE(::read(pipefd[0], &x, 1) == 1);
+    ::close(pipefd[0]);
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    const auto killed = std::chrono::steady_clock::now();
+    asio::io_context io;
+    etcd::client c(io.get_executor(), cfg());
+    outcome o;
+    start_lock(c, name, 10s, o);
+    REQUIRE(run_until(io, [&] { return o.done; }));
+    REQUIRE_FALSE(o.ec);
+    const auto waited = std::chrono::steady_clock::now() - killed;
+    CHECK(waited < 3s);  // TTL 2 s + 1 s
+    release_and_wait(io, o.held);
+}
