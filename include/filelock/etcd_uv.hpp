@@ -1,0 +1,125 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// etcd locks on libuv (the library filelock-etcd-uv):
+//
+//     filelock::etcd::uv_client etcd(loop, cfg);
+//     etcd.async_lock("jobs/nightly", 5s, [](filelock::etcd::lock_result r) { ... });
+//     // or, in a coroutine:
+//     filelock::etcd::lock l = co_await etcd.lock("jobs/nightly", 5s, stop_token);
+//
+// The client's HTTP requests (libcurl's multi interface on uv_poll_t and
+// uv_timer_t handles) and its lease's keep-alives run on the loop: it must
+// run while locks are held. Use the client and its locks on the loop's
+// thread; `request::cancel` and a stop_token may come from any thread.
+// Handles are freed in their close callbacks: once the client and its locks
+// are gone and the loop ran dry, `uv_loop_close()` returns 0.
+
+#include <filelock/etcd.hpp>
+
+#include <coroutine>
+#include <memory>
+#include <optional>
+#include <stop_token>
+
+#include <uv.h>
+
+namespace filelock::etcd {
+
+namespace detail {
+/// The reactor of the etcd core on a uv loop.
+FILELOCK_API std::unique_ptr<reactor> make_uv_reactor(uv_loop_t* loop);
+}  // namespace detail
+
+class FILELOCK_API uv_client {
+public:
+    /// Throws std::system_error (etcd::errc::invalid_argument) on a bad
+    /// configuration, with the cause.
+    uv_client(uv_loop_t* loop, const config& cfg);
+    /// Cancels the pending acquisitions; the lease is revoked once the locks
+    /// it granted are released.
+    ~uv_client();
+    uv_client(const uv_client&) = delete;
+    uv_client& operator=(const uv_client&) = delete;
+
+    /// A pending acquisition.
+    class request {
+    public:
+        request() = default;
+        /// It completes with std::errc::operation_canceled (which matches
+        /// filelock::condition::cancelled), its key deleted; from any thread;
+        /// no-op once completed.
+        void cancel() const;
+
+    private:
+        friend class uv_client;
+        request(std::weak_ptr<detail::session_handle> s, std::uint64_t id) : s_(s), id_(id) {}
+        std::weak_ptr<detail::session_handle> s_;
+        std::uint64_t id_ = 0;
+    };
+
+    /// Acquires `name` within `timeout` (<= 0: one attempt). `callback` runs
+    /// once on the loop, never inline, with the lock or the error and its
+    /// message (contention at the deadline: filelock::errc::timeout).
+    request async_lock(std::string name, std::chrono::nanoseconds timeout,
+                       std::function<void(lock_result)> callback);
+
+    /// The awaitable form for any C++20 coroutine: returns the lock; throws
+    /// timeout_error naming the holder, or std::system_error (the endpoint
+    /// and the cause; a stop request: std::errc::operation_canceled).
+    class awaitable {
+    public:
+        awaitable(uv_client& c, std::string name, std::chrono::nanoseconds timeout,
+                  std::stop_token stop)
+            : c_(c), name_(std::move(name)), timeout_(timeout), stop_(std::move(stop)) {}
+        awaitable(awaitable&&) = delete;
+        bool await_ready() const noexcept { return false; }
+        void await_suspend(std::coroutine_handle<> h) {
+            h_ = h;
+            req_ = c_.async_lock(name_, timeout_, [this](lock_result r) {
+                r_ = std::move(r);
+                h_.resume();
+            });
+            if (stop_.stop_possible()) stop_cb_.emplace(stop_, canceller{req_});
+        }
+        etcd::lock await_resume() {
+            stop_cb_.reset();
+            if (r_.ec == filelock::errc::timeout) throw timeout_error(r_.name, r_.holder);
+            if (r_.ec == filelock::errc::locked) throw lock_error(r_.name, r_.holder);
+            if (r_.ec) throw std::system_error(r_.ec, r_.message);
+            return std::move(r_.held);
+        }
+
+    private:
+        struct canceller {
+            request req;
+            void operator()() const noexcept {
+                try {
+                    req.cancel();
+                } catch (...) {
+                }
+            }
+        };
+        uv_client& c_;
+        std::string name_;
+        std::chrono::nanoseconds timeout_;
+        std::stop_token stop_;
+        std::coroutine_handle<> h_;
+        request req_;
+        std::optional<std::stop_callback<canceller>> stop_cb_;
+        lock_result r_;
+    };
+
+    awaitable lock(std::string name, std::chrono::nanoseconds timeout, std::stop_token stop = {}) {
+        return {*this, std::move(name), timeout, std::move(stop)};
+    }
+
+    /// Requests sent and watch streams opened so far (benchmarks).
+    std::uint64_t requests() const noexcept { return s_->requests(); }
+    std::uint64_t watches() const noexcept { return s_->watches(); }
+
+private:
+    std::shared_ptr<detail::session_handle> s_;
+};
+
+}  // namespace filelock::etcd
