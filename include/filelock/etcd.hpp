@@ -137,6 +137,10 @@ public:
     /// Runs `f` on the loop's thread soon, never inline; callable from any
     /// thread.
     virtual void post(std::function<void()> f) = 0;
+    /// Calls `f` if the loop itself goes away first (Asio: the execution
+    /// context's shutdown): the session then drops its pending requests,
+    /// whose callbacks may keep it alive.
+    virtual void on_shutdown(std::function<void()> f) { (void)f; }
 };
 
 class session;

@@ -20,6 +20,8 @@
 #include <asio/experimental/as_tuple.hpp>
 
 #include <future>
+#include <map>
+#include <mutex>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -27,10 +29,48 @@
 namespace filelock::etcd {
 namespace detail {
 
+/// Tells the etcd sessions of an execution context that it shuts down.
+class shutdown_registry final : public asio::execution_context::service {
+public:
+    using key_type = shutdown_registry;
+    static inline asio::execution_context::id id;
+    explicit shutdown_registry(asio::execution_context& ctx)
+        : asio::execution_context::service(ctx) {}
+    std::uint64_t add(std::function<void()> f) {
+        std::lock_guard<std::mutex> g(m_);
+        fs_.emplace(++next_, std::move(f));
+        return next_;
+    }
+    void remove(std::uint64_t k) {
+        std::lock_guard<std::mutex> g(m_);
+        fs_.erase(k);
+    }
+
+private:
+    void shutdown() override {
+        std::map<std::uint64_t, std::function<void()>> fs;
+        {
+            std::lock_guard<std::mutex> g(m_);
+            fs.swap(fs_);
+        }
+        for (auto& [k, f] : fs) f();
+    }
+    std::mutex m_;
+    std::map<std::uint64_t, std::function<void()>> fs_;
+    std::uint64_t next_ = 0;
+};
+
 /// The reactor of the etcd core on an Asio executor.
 class asio_reactor final : public reactor {
 public:
-    explicit asio_reactor(asio::any_io_executor ex) : ex_(std::move(ex)) {}
+    explicit asio_reactor(asio::any_io_executor ex)
+        : ex_(std::move(ex)),
+          registry_(
+              &asio::use_service<shutdown_registry>(asio::query(ex_, asio::execution::context))) {}
+    ~asio_reactor() override {
+        if (key_) registry_->remove(key_);
+    }
+    void on_shutdown(std::function<void()> f) override { key_ = registry_->add(std::move(f)); }
 
     std::unique_ptr<timer> make_timer() override { return std::make_unique<timer_impl>(ex_); }
     std::unique_ptr<socket> make_socket(int fd) override {
@@ -118,6 +158,8 @@ private:
     };
 
     asio::any_io_executor ex_;
+    shutdown_registry* registry_;
+    std::uint64_t key_ = 0;
 };
 
 }  // namespace detail

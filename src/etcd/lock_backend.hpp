@@ -95,6 +95,7 @@ public:
             // starts again on a new one.
             if (ec == errc::server && why.find("lease not found") != std::string::npos) {
                 why_ = why;
+                lease_gone_ = true;
                 return errc::lost;
             }
             return failed(ec, why);
@@ -131,6 +132,8 @@ public:
     /// Whether etcd has a key of ours to delete (after a failure).
     bool has_key() const noexcept { return my_rev_ != 0; }
     bool claimed() const noexcept { return claimed_; }
+    /// etcd does not know the lease this attempt used.
+    bool lease_gone() const noexcept { return lease_gone_; }
     /// Gives the claim to the held lock (it unclaims on release).
     void hand_over_claim() noexcept { claimed_ = false; }
     void unclaim() noexcept {
@@ -221,6 +224,7 @@ private:
     std::string holder_, why_;
     bool claimed_ = false;
     bool talked_ = false;
+    bool lease_gone_ = false;
 };
 
 using etcd_acquire = filelock::detail::acquire<lock_backend>;

@@ -142,6 +142,18 @@ public:
     /// lease is revoked once its held locks are released.
     void close();
 
+    /// The loop goes away: drop every pending request and operation (their
+    /// callbacks may be what keeps this session alive).
+    void abandon() {
+        auto self = shared_from_this();
+        keepalive_timer_->cancel();
+        lost_timer_->cancel();
+        auto ops = std::move(ops_);
+        ops_.clear();
+        ops.clear();
+        http_.drop_all();
+    }
+
     void add_held(const std::shared_ptr<held_state>& h) { held_.push_back(h); }
     void held_done(held_state* h) {
         held_.remove_if([h](const std::weak_ptr<held_state>& w) {
@@ -402,11 +414,11 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
         drop_watch();
         if (timer) timer->cancel();
         auto& b = acq->backend();
-        if (ec == errc::lost && !restarted && !b.has_key() && b.lease() == s.lease()) {
+        if (ec == errc::lost && b.lease_gone() && !restarted) {
             // The session's lease died under us: once, on a new lease (the
             // deadline still counts from the call).
             restarted = true;
-            s.lose_session("the lease is gone");
+            if (b.lease() == s.lease()) s.lose_session("the lease is gone");
             acq.reset();
             st = state::lease;
             return start();
@@ -803,6 +815,9 @@ session_handle::session_handle(std::unique_ptr<reactor> r, const config& cfg) {
     std::string why;
     if (auto ec = validate(cfg, why)) throw std::system_error(ec, "filelock: etcd: " + why);
     s_ = std::make_shared<session>(std::move(r), cfg);
+    s_->loop().on_shutdown([w = std::weak_ptr<session>(s_)] {
+        if (auto s = w.lock()) s->abandon();
+    });
 }
 
 session_handle::~session_handle() {

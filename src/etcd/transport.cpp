@@ -170,6 +170,15 @@ void transport::cancel(std::uint64_t id) noexcept {
     requests_.erase(it);
 }
 
+void transport::drop_all() noexcept {
+    auto requests = std::move(requests_);
+    requests_.clear();
+    for (auto& [id, r] : requests)
+        if (r->easy) curl_multi_remove_handle(multi_, r->easy);
+    // `requests` goes last: its callbacks' captures may hold this transport's
+    // owner, and nothing of `this` is touched after.
+}
+
 std::size_t transport::on_write(char* p, std::size_t, std::size_t n, void* rp) {
     auto& r = *static_cast<request*>(rp);
     r.got_bytes = true;
@@ -240,6 +249,10 @@ void transport::deliver_chunks() {
 }
 
 void transport::finished() {
+    // Gather first, call back after: a callback may destroy this transport
+    // (it may hold the session's last reference), so nothing of `this` is
+    // touched once callbacks begin.
+    std::vector<std::unique_ptr<request>> done;
     int left = 0;
     while (CURLMsg* m = curl_multi_info_read(multi_, &left)) {
         if (m->msg != CURLMSG_DONE) continue;
@@ -261,11 +274,14 @@ void transport::finished() {
         if (code != CURLE_OK) r.reply.detail = r.error[0] ? r.error : curl_easy_strerror(code);
         curl_easy_getinfo(r.easy, CURLINFO_RESPONSE_CODE, &r.reply.status);
         curl_multi_remove_handle(multi_, r.easy);
-        auto owned = std::move(it->second);
+        done.push_back(std::move(it->second));
         requests_.erase(it);
-        auto alive = alive_token();
-        owned->done(owned->reply);
-        if (alive.expired()) return;  // the callback destroyed the transport
+    }
+    auto alive = alive_token();
+    for (auto& r : done) {
+        if (alive.expired()) break;  // the rest are dropped with the transport
+        r->done(r->reply);
+        r.reset();  // its callback's captures go now, while `alive` is checked next
     }
 }
 

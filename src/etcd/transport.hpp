@@ -44,6 +44,8 @@ public:
     std::uint64_t post(std::string path, std::string body, done_fn done, chunk_fn chunk = {});
     /// Drops the request: `done` is never called.
     void cancel(std::uint64_t id) noexcept;
+    /// Drops every request.
+    void drop_all() noexcept;
     /// Sent with every request from now on (etcd's auth token).
     void set_token(std::string token) { token_ = std::move(token); }
     const std::string& endpoint() const noexcept { return cfg_.endpoints[current_]; }
