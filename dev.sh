@@ -7,7 +7,8 @@
 set -eu
 cd "$(dirname "$0")"
 
-PACKAGES="g++ meson ninja-build pkg-config libasio-dev libuv1-dev catch2 python3-zc.lockfile util-linux cmake doxygen"
+PACKAGES="g++ meson ninja-build pkg-config libasio-dev libuv1-dev catch2 python3-zc.lockfile util-linux cmake doxygen
+    libcurl4-openssl-dev nlohmann-json3-dev etcd-server etcd-client"
 BUILD=${BUILD:-build}
 
 deps() {

@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -157,6 +158,8 @@ private:
         if (pid < 0) throw std::runtime_error("fork");
         if (pid == 0) {
             ::setpgid(0, 0);
+            // A test that dies (an abort, a sanitizer) takes its members along.
+            ::prctl(PR_SET_PDEATHSIG, SIGKILL);
             std::freopen(log.c_str(), "w", stdout);
             std::freopen(log.c_str(), "a", stderr);
             std::vector<char*> argv;

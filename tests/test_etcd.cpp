@@ -508,3 +508,124 @@ TEST_CASE("etcd: a SIGKILLed holder's lock is granted within TTL + 1 s", "[etcd]
     CHECK(waited < 3s);  // TTL 2 s + 1 s
     release_and_wait(io, o.held);
 }
+
+TEST_CASE(
+    "etcd: a holder cut off from etcd is told it lost the lock before another is granted "
+    "it",
+    "[etcd]") {
+    // Its own member: it is stopped for longer than the TTL.
+    test::etcd_cluster m(1);
+    auto c = cfg(2s);
+    c.endpoints = {m.endpoint()};
+    c.request_timeout = 1000ms;
+    asio::io_context io;
+    etcd::client holder(io.get_executor(), c), waiter(io.get_executor(), c);
+    const auto name = unique_name("cutoff");
+    outcome oh, ow;
+    start_lock(holder, name, 5s, oh);
+    REQUIRE(run_until(io, [&] { return oh.done; }));
+    REQUIRE_FALSE(oh.ec);
+    start_lock(waiter, name, 60s, ow);
+    REQUIRE(run_until(io, [&] { return m.keys(name + "/").size() == 2; }));
+    std::optional<std::chrono::steady_clock::time_point> lost_at;
+    std::error_code lost_ec;
+    etcd::async_wait_lost(oh.held, [&](std::error_code ec) {
+        lost_at = std::chrono::steady_clock::now();
+        lost_ec = ec;
+    });
+    m.signal(0, SIGSTOP);
+    const auto stopped = std::chrono::steady_clock::now();
+    // The holder's keep-alives get no answer: it learns of the loss on its
+    // own deadline (last keep-alive sent + TTL - margin), with etcd stopped.
+    REQUIRE(run_until(
+        io, [&] { return lost_at.has_value(); }, 10s));
+    CHECK(lost_ec == etcd::errc::lost);
+    CHECK(*lost_at - stopped < 2s);
+    CHECK_FALSE(ow.done);
+    std::this_thread::sleep_for(1s);  // etcd stays stopped past the TTL
+    m.signal(0, SIGCONT);
+    REQUIRE(run_until(
+        io, [&] { return ow.done; }, 40s));
+    const auto granted = std::chrono::steady_clock::now();
+    REQUIRE_FALSE(ow.ec);
+    CHECK(*lost_at < granted);
+    CHECK(ow.held.fencing_token() > oh.held.fencing_token());
+    release_and_wait(io, ow.held);
+}
+
+namespace {
+// The member that is the cluster's leader (etcdctl endpoint status).
+int leader_of(const test::etcd_cluster& c, int members) {
+    for (int i = 0; i < members; ++i) {
+        const auto out = test::sh("ETCDCTL_API=3 etcdctl --endpoints=" + c.endpoint(i) +
+                                  " endpoint status -w table 2>/dev/null");
+        for (std::size_t pos = 0; (pos = out.find(c.endpoint(i), pos)) != std::string::npos;
+             ++pos) {
+            const auto eol = out.find('\n', pos);
+            if (out.substr(pos, eol - pos).find("true") != std::string::npos) return i;
+        }
+    }
+    return -1;
+}
+}  // namespace
+
+TEST_CASE("etcd: on a 3-member cluster, killing the leader never gives two holders", "[etcd]") {
+    test::etcd_cluster cl(3);
+    etcd::config c;
+    c.endpoints = cl.endpoints();
+    c.request_timeout = 2000ms;
+    asio::io_context io;
+    constexpr int clients = 3;
+    std::vector<std::unique_ptr<etcd::client>> cs;
+    for (int i = 0; i < clients; ++i)
+        cs.push_back(std::make_unique<etcd::client>(io.get_executor(), c));
+    const auto name = unique_name("cluster");
+    std::vector<std::int64_t> tokens;
+    int inside = 0, overlaps = 0, rounds = 0, errors = 0;
+    bool killed = false;
+    std::vector<std::function<void()>> loops(clients);
+    for (int i = 0; i < clients; ++i) {
+        loops[i] = [&, i] {
+            cs[i]->async_lock(name, 30s, [&, i](std::error_code ec, etcd::lock l) {
+                if (ec) {
+                    ++errors;
+                    UNSCOPED_INFO("client " << i << ": " << ec.message());
+                    if (rounds < 60) loops[i]();
+                    return;
+                }
+                if (++inside > 1) ++overlaps;
+                tokens.push_back(l.fencing_token());
+                auto t = std::make_shared<asio::steady_timer>(io, 10ms);
+                auto held = std::make_shared<etcd::lock>(std::move(l));
+                t->async_wait([&, i, t, held](std::error_code) {
+                    --inside;
+                    ++rounds;
+                    held->release();
+                    if (rounds < 60) loops[i]();
+                });
+            });
+        };
+        loops[i]();
+    }
+    const bool finished = run_until(
+        io,
+        [&] {
+            if (!killed && rounds >= 15) {
+                const int leader = leader_of(cl, 3);
+                REQUIRE(leader >= 0);
+                cl.kill_member(leader);
+                killed = true;
+            }
+            return rounds >= 60 && inside == 0;
+        },
+        120s);
+    CHECK(finished);
+    CHECK(killed);
+    CHECK(overlaps == 0);
+    CHECK(errors == 0);
+    CHECK(rounds >= 60);
+    for (std::size_t i = 1; i < tokens.size(); ++i) CHECK(tokens[i] > tokens[i - 1]);
+    cs.clear();
+    io.restart();
+    io.run_for(500ms);
+}

@@ -220,7 +220,8 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
     std::uint64_t request = 0, watch = 0;
     stream_splitter split;
     enum class state { lease, sending, watching, waiting, finished } st = state::lease;
-    bool on_release = false, released = false, turn = false, restarted = false;
+    bool on_release = false, released = false, turn = false;
+    int restarts = 0;
 
     void wake() noexcept override {
         try {
@@ -414,11 +415,13 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
         drop_watch();
         if (timer) timer->cancel();
         auto& b = acq->backend();
-        if (ec == errc::lost && b.lease_gone() && !restarted) {
-            // The session's lease died under us: once, on a new lease (the
-            // deadline still counts from the call).
-            restarted = true;
-            if (b.lease() == s.lease()) s.lose_session("the lease is gone");
+        if (ec == errc::lost && restarts < 3) {
+            // A waiter's key or lease died under it (its keep-alives failed,
+            // the lease was revoked, the key deleted): nothing was granted, so
+            // it lines up again, on a new lease if need be (the deadline
+            // still counts from the call).
+            ++restarts;
+            if (b.lease_gone() && b.lease() == s.lease()) s.lose_session("the lease is gone");
             acq.reset();
             st = state::lease;
             return start();
