@@ -78,6 +78,7 @@ public:
             step_ = step::create;
             path_ = "/v3/kv/txn";
             body_ = request::acquire(key_, value_, lease_, prefix_);
+            ++creates_;
         } else {
             step_ = step::predecessor;
             path_ = "/v3/kv/txn";
@@ -101,7 +102,17 @@ public:
             return failed(ec, why);
         }
         try {
-            return step_ == step::create ? created(j) : predecessor(j);
+            switch (step_) {
+                case step::create: return created(j);
+                case step::clear_stale:
+                    // The stale key is gone (or was already): create ours.
+                    step_ = step::create;
+                    body_ = request::acquire(key_, value_, lease_, prefix_);
+                    ++creates_;
+                    return std::make_error_code(std::errc::operation_in_progress);
+                case step::predecessor: return predecessor(j);
+            }
+            return errc::bad_reply;
         } catch (const std::exception& e) {
             return failed(errc::bad_reply, std::string("unexpected answer: ") + e.what());
         }
@@ -154,13 +165,15 @@ public:
     const std::string& why() const noexcept { return why_; }
 
 private:
-    enum class step { create, predecessor };
+    enum class step { create, clear_stale, predecessor };
 
     std::error_code failed(std::error_code ec, std::string why) {
         why_ = std::move(why);
-        // A waiter that already talked to etcd rides out a member's failure
-        // (the transport fails over); one that never did reports it at once.
-        if (talked_ && transient(ec)) return filelock::errc::locked;
+        // The session reached etcd (it has a lease): an acquisition rides out
+        // a member's failure until its deadline (the transport fails over to
+        // the next endpoint); a configuration that never reached etcd fails
+        // at the lease grant, at once.
+        if (transient(ec)) return filelock::errc::locked;
         return ec;
     }
 
@@ -174,9 +187,17 @@ private:
         } else {
             if (!kvs_of(rs.at(0).at("response_range"), mine) || mine.empty())
                 return failed(errc::bad_reply, "the lock's key vanished inside a transaction");
-            my_rev_ = mine[0].create_revision;
+            if (creates_ == 1) {
+                // Our key exists before we created it: left by an earlier
+                // holder of this session whose delete did not get through.
+                // Adopting it would hand out its fencing token again: delete
+                // it (guarded by its revision), then create ours.
+                step_ = step::clear_stale;
+                body_ = request::release(key_, mine[0].create_revision);
+                return std::make_error_code(std::errc::operation_in_progress);
+            }
+            my_rev_ = mine[0].create_revision;  // our create's answer was lost
         }
-        talked_ = true;
         if (!kvs_of(rs.at(1).at("response_range"), owner))
             return failed(errc::bad_reply, "malformed key");
         if (owner.empty() || owner[0].create_revision == my_rev_) return won(header_rev);
@@ -188,7 +209,6 @@ private:
     }
 
     std::error_code predecessor(const json& j) {
-        talked_ = true;
         const std::int64_t header_rev = int64_of(j.at("header"), "revision");
         if (!j.value("succeeded", false)) {
             // Our key is gone: the lease expired (or it was deleted) while we
@@ -223,8 +243,8 @@ private:
     std::int64_t watch_rev_ = 0;
     std::string holder_, why_;
     bool claimed_ = false;
-    bool talked_ = false;
     bool lease_gone_ = false;
+    int creates_ = 0;  // acquire transactions sent
 };
 
 using etcd_acquire = filelock::detail::acquire<lock_backend>;

@@ -709,6 +709,9 @@ void session::maybe_revoke() {
 namespace detail {
 namespace {
 
+void send_release(const std::shared_ptr<held_state>& h, std::function<void(std::error_code)> f,
+                  int tries);
+
 void release_held(const std::shared_ptr<held_state>& h, std::function<void(std::error_code)> f) {
     auto& s = *h->s;
     auto pending = std::move(h->on_lost);
@@ -724,11 +727,29 @@ void release_held(const std::shared_ptr<held_state>& h, std::function<void(std::
     if (pending) pending(std::make_error_code(std::errc::operation_canceled));
     if (h->watch_id) s.http().cancel(std::exchange(h->watch_id, 0));
     h->rewatch.reset();
+    send_release(h, std::move(f), 0);
+}
+
+// Deletes the held key, guarded by its revision; transient failures (a
+// leader election, a member down) are retried for a while, so that the key
+// does not outlive its release. The name is free for this session once etcd
+// answered.
+void send_release(const std::shared_ptr<held_state>& h, std::function<void(std::error_code)> f,
+                  int tries) {
+    auto& s = *h->s;
     s.http().post("/v3/kv/txn", request::release(h->key, h->rev),
-                  [h, f = std::move(f)](http_reply& r) {
+                  [h, f = std::move(f), tries](http_reply& r) mutable {
                       json j;
                       std::string why;
                       const auto ec = parse(r, j, why);
+                      if (ec && transient(ec) && tries < 50 && h->s->lease() == h->lease) {
+                          auto t = std::shared_ptr<reactor::timer>(h->s->loop().make_timer());
+                          t->arm(steady::now() + std::chrono::milliseconds(100),
+                                 [h, f = std::move(f), tries, t]() mutable {
+                                     send_release(h, std::move(f), tries + 1);
+                                 });
+                          return;
+                      }
                       if (h->claimed) {
                           // Only now: a local successor reuses this key.
                           h->claimed = false;

@@ -268,8 +268,9 @@ void transport::finished() {
             start(r);
             continue;
         }
-        if (code == CURLE_OPERATION_TIMEDOUT && !r.got_bytes)
-            current_ = (current_ + 1) % cfg_.endpoints.size();
+        // A member that failed without answering (gone mid-request, timed
+        // out): the next request tries the next endpoint.
+        if (code != CURLE_OK && !r.got_bytes) current_ = (current_ + 1) % cfg_.endpoints.size();
         r.reply.ec = map_curl(code, r.got_bytes);
         if (code != CURLE_OK) r.reply.detail = r.error[0] ? r.error : curl_easy_strerror(code);
         curl_easy_getinfo(r.easy, CURLINFO_RESPONSE_CODE, &r.reply.status);
