@@ -629,3 +629,92 @@ TEST_CASE("etcd: on a 3-member cluster, killing the leader never gives two holde
     io.restart();
     io.run_for(500ms);
 }
+
+namespace {
+std::string run_tool() {
+    const char* p = std::getenv("FILELOCK_RUN");
+    return p && *p ? p : "filelock-run";
+}
+std::string etcd_target(const std::string& name) {
+    return "etcd://" + member().endpoint().substr(7) + "/" + name;
+}
+}  // namespace
+
+TEST_CASE("etcd: filelock-run runs COMMAND under an etcd lock and passes its status", "[etcd]") {
+    const auto name = unique_name("tool");
+    int st = -1;
+    const auto out =
+        test::sh(run_tool() + " " + etcd_target(name) +
+                     " sh -c 'echo token=$FILELOCK_FENCING_TOKEN; "
+                     "ETCDCTL_API=3 etcdctl --endpoints=" +
+                     member().endpoint() + " get --prefix --keys-only " + name + "/; exit 7' 2>&1",
+                 &st);
+    CHECK(st == 7);
+    CHECK(out.find("token=") != std::string::npos);
+    CHECK(out.find(name + "/") != std::string::npos);  // held while COMMAND ran
+    CHECK(member().keys(name + "/").empty());          // and released after
+}
+
+TEST_CASE("etcd: filelock-run -n and -w report the holder with the conflict status", "[etcd]") {
+    asio::io_context io;
+    etcd::client c(io.get_executor(), cfg());
+    const auto name = unique_name("tool-conflict");
+    outcome o;
+    start_lock(c, name, 5s, o);
+    REQUIRE(run_until(io, [&] { return o.done; }));
+    int st = -1;
+    auto out = test::sh(run_tool() + " -n " + etcd_target(name) + " true 2>&1", &st);
+    CHECK(st == 1);
+    CHECK(out.find("already locked; held by " + std::to_string(::getpid()) + "@") !=
+          std::string::npos);
+    out = test::sh(run_tool() + " -E 9 -w 0.2 " + etcd_target(name) + " true 2>&1", &st);
+    CHECK(st == 9);
+    CHECK(out.find("timed out") != std::string::npos);
+    CHECK(keys_become(io, name + "/", 1));
+    release_and_wait(io, o.held);
+}
+
+TEST_CASE("etcd: filelock-run sends the lost signal to COMMAND and exits 75", "[etcd]") {
+    const auto name = unique_name("tool-lost");
+    const auto dir = std::filesystem::temp_directory_path() /
+                     ("filelock-etcd-tool-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    const auto got = dir / "got";
+    const std::string cmd = "(" + run_tool() + " --lost-signal USR1 " + etcd_target(name) +
+                            " sh -c 'trap \"echo usr1 > " + got.string() +
+                            "; exit 3\" USR1; sleep 20 & wait' >/dev/null 2>&1; echo $? > " +
+                            (dir / "status").string() + ") &";
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    std::vector<std::string> keys;
+    for (int i = 0; i < 500 && keys.empty(); ++i) {
+        keys = member().keys(name + "/");
+        std::this_thread::sleep_for(10ms);
+    }
+    REQUIRE(keys.size() == 1);
+    member().ctl("lease revoke " + keys[0].substr(keys[0].rfind('/') + 1));
+    for (int i = 0; i < 1000 && !std::filesystem::exists(dir / "status"); ++i)
+        std::this_thread::sleep_for(10ms);
+    std::this_thread::sleep_for(50ms);
+    int status = -1;
+    std::ifstream(dir / "status") >> status;
+    CHECK(status == 75);
+    CHECK(std::filesystem::exists(got));
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("etcd: filelock-run refuses bad etcd targets and options", "[etcd]") {
+    int st = -1;
+    test::sh(run_tool() + " etcd://127.0.0.1:2379/ true 2>&1", &st);
+    CHECK(st == 64);
+    test::sh(run_tool() + " -s " + etcd_target("x") + " true 2>&1", &st);
+    CHECK(st == 64);
+    test::sh(run_tool() + " " + etcd_target("x") + " 2>&1", &st);
+    CHECK(st == 64);
+    test::sh(run_tool() + " --ttl 5 /tmp/x.lock true 2>&1", &st);
+    CHECK(st == 64);
+    const auto out = test::sh(
+        run_tool() + " etcd://127.0.0.1:" + std::to_string(test::free_port()) + "/x true 2>&1",
+        &st);
+    CHECK(st == 69);
+    CHECK(out.find("127.0.0.1") != std::string::npos);
+}

@@ -21,6 +21,9 @@
 #include <filelock/version.hpp>
 
 #include "../src/sync_driver.hpp"
+#if FILELOCK_RUN_ETCD
+#include "etcd_mode.hpp"
+#endif
 
 #include <cerrno>
 #include <chrono>
@@ -76,6 +79,17 @@ const char usage_text[] =
     "                          fields {pid}, {hostname} (default \"{pid}\")\n"
     "     --simple             write nothing to the lock file\n"
     "     --verbose            report how long taking the lock took, on stderr\n"
+    "\n"
+    "etcd (TARGET etcd://host:port[,host:port]/NAME: etcd's lock, as etcdctl lock):\n"
+    "     --ttl <secs>         the session's lease TTL (default 10)\n"
+    "     --cacert <file>      verify the server with this CA bundle (https)\n"
+    "     --cert <file>, --key <file>\n"
+    "                          the client's TLS certificate and key\n"
+    "     --user <name[:password]>\n"
+    "                          etcd user (also ETCDCTL_USER, ETCDCTL_PASSWORD)\n"
+    "     --lost-signal <sig>  sent to COMMAND if the lock is lost (default TERM);\n"
+    "                          filelock-run then exits with status 75\n"
+    "\n"
     " -h, --help               display this help\n"
     " -V, --version            display version\n";
 
@@ -263,7 +277,20 @@ int main(int argc, char** argv) {
     bool have_content = false, simple = false;
     std::string content_arg;
 
-    enum { opt_content = 256, opt_simple, opt_verbose };
+    enum {
+        opt_content = 256,
+        opt_simple,
+        opt_verbose,
+        opt_ttl,
+        opt_cacert,
+        opt_cert,
+        opt_key,
+        opt_user,
+        opt_lost_signal
+    };
+    std::string etcd_cacert, etcd_cert, etcd_key, etcd_user;
+    int etcd_ttl = 0, lost_signal = SIGTERM;
+    bool etcd_option = false;
     static const option long_options[] = {
         {"shared", no_argument, nullptr, 's'},
         {"exclusive", no_argument, nullptr, 'x'},
@@ -278,6 +305,12 @@ int main(int argc, char** argv) {
         {"content", required_argument, nullptr, opt_content},
         {"simple", no_argument, nullptr, opt_simple},
         {"verbose", no_argument, nullptr, opt_verbose},
+        {"ttl", required_argument, nullptr, opt_ttl},
+        {"cacert", required_argument, nullptr, opt_cacert},
+        {"cert", required_argument, nullptr, opt_cert},
+        {"key", required_argument, nullptr, opt_key},
+        {"user", required_argument, nullptr, opt_user},
+        {"lost-signal", required_argument, nullptr, opt_lost_signal},
         {"help", no_argument, nullptr, 'h'},
         {"version", no_argument, nullptr, 'V'},
         {nullptr, 0, nullptr, 0},
@@ -314,6 +347,31 @@ int main(int argc, char** argv) {
                 break;
             case opt_simple: simple = true; break;
             case opt_verbose: verbose = true; break;
+            case opt_ttl:
+                if (!parse_int(::optarg, 1, 1 << 30, etcd_ttl))
+                    usage_error(std::string("invalid --ttl: '") + ::optarg + "'");
+                etcd_option = true;
+                break;
+            case opt_cacert: etcd_cacert = ::optarg, etcd_option = true; break;
+            case opt_cert: etcd_cert = ::optarg, etcd_option = true; break;
+            case opt_key: etcd_key = ::optarg, etcd_option = true; break;
+            case opt_user: etcd_user = ::optarg, etcd_option = true; break;
+            case opt_lost_signal: {
+                const std::string v = ::optarg;
+                lost_signal = 0;
+                for (auto [n, sig] : {std::pair{"TERM", SIGTERM},
+                                      {"INT", SIGINT},
+                                      {"HUP", SIGHUP},
+                                      {"KILL", SIGKILL},
+                                      {"QUIT", SIGQUIT},
+                                      {"USR1", SIGUSR1},
+                                      {"USR2", SIGUSR2}})
+                    if (v == n || v == std::string("SIG") + n) lost_signal = sig;
+                if (!lost_signal && !parse_int(::optarg, 1, 64, lost_signal))
+                    usage_error("invalid --lost-signal: '" + v + "'");
+                etcd_option = true;
+                break;
+            }
             case 'h': std::fputs(usage_text, stdout); return 0;
             case 'V':
                 std::printf("filelock-run (filelock) %s\n", FILELOCK_VERSION_STRING);
@@ -352,6 +410,33 @@ int main(int argc, char** argv) {
         }
         command.push_back(nullptr);
     }
+
+    if (std::string_view(target).rfind("etcd://", 0) == 0) {
+#if FILELOCK_RUN_ETCD
+        if (command.empty()) usage_error("an etcd lock needs a command to run");
+        if (options.mode == filelock::lock_mode::shared)
+            usage_error("etcd locks are exclusive (no --shared)");
+        if (unlock) usage_error("--unlock applies to a file descriptor");
+        if (no_fork) usage_error("--no-fork cannot keep an etcd lease alive");
+        etcd_mode::options eo;
+        eo.timeout = timeout;
+        eo.nonblock = nonblock;
+        eo.verbose = verbose;
+        eo.simple = simple;
+        eo.conflict_code = conflict_code;
+        eo.lost_signal = lost_signal;
+        eo.ttl = seconds(etcd_ttl);
+        eo.content = have_content ? content_arg : std::string();
+        eo.cacert = etcd_cacert;
+        eo.cert = etcd_cert;
+        eo.key = etcd_key;
+        eo.user = etcd_user;
+        return etcd_mode::run(eo, target, command.data());
+#else
+        usage_error("this filelock-run was built without etcd support");
+#endif
+    }
+    if (etcd_option) usage_error("etcd options apply to an etcd:// target");
 
     const auto started = steady_clock::now();
     const auto report_conflict = [&](const std::string& holder) {
