@@ -87,11 +87,19 @@ struct config {
     /// TLS: the CA bundle that verifies the server, and the client's
     /// certificate and key (PEM files). Empty: libcurl's defaults, no client
     /// certificate.
-    std::string ca_file, cert_file, key_file;
+    std::string ca_file;
+    /// The client's certificate (PEM).
+    std::string cert_file;
+    /// The client's private key (PEM).
+    std::string key_file;
     /// etcd's user authentication (`/v3/auth/authenticate`); empty: none.
-    std::string user, password;
-    /// Connecting to one endpoint; answering one request.
-    std::chrono::milliseconds dial_timeout{2000}, request_timeout{5000};
+    std::string user;
+    /// The user's password.
+    std::string password;
+    /// Connecting to one endpoint.
+    std::chrono::milliseconds dial_timeout{2000};
+    /// Answering one request, once connected.
+    std::chrono::milliseconds request_timeout{5000};
     /// The session's lease TTL (as `etcdctl lock --ttl`); at least 1 s.
     std::chrono::seconds ttl{10};
     /// How long before the server could expire the lease the holder is
@@ -153,17 +161,22 @@ struct held_state;
 /// loop. Use it on the client's loop thread.
 class FILELOCK_API lock {
 public:
+    /// Holds nothing.
     lock() noexcept;
-    lock(lock&&) noexcept;
-    lock& operator=(lock&&) noexcept;
+    /// Takes over `o`'s lock; `o` holds nothing.
+    lock(lock&& o) noexcept;
+    /// Releases this lock (best effort), then takes over `o`'s.
+    lock& operator=(lock&& o) noexcept;
     ~lock();
 
     /// Whether this object holds a lock (it may have been lost since: see
     /// `lost()`).
     bool held() const noexcept;
+    /// held().
     explicit operator bool() const noexcept { return held(); }
-    /// The lock's name, and its key in etcd (`NAME/<lease hex>`).
+    /// The lock's name.
     const std::string& name() const noexcept;
+    /// Its key in etcd (`NAME/<lease hex>`).
     const std::string& key() const noexcept;
     /// The key's create revision: strictly increasing across successive
     /// holders of one name (see the header comment).
@@ -172,8 +185,9 @@ public:
     std::int64_t lease() const noexcept;
     /// The endpoint that granted it.
     const std::string& endpoint() const noexcept;
-    /// Whether the lost signal fired (the code: `lost_reason()`).
+    /// Whether the lost signal fired.
     bool lost() const noexcept;
+    /// Why (etcd::errc::lost), or empty while not lost.
     std::error_code lost_reason() const noexcept;
 
     /// Calls `f(reason)` once, on the loop, when the lock is lost (at once,
@@ -197,10 +211,17 @@ private:
 /// names the endpoint and the cause, or on contention the holder (the value
 /// under its key, trimmed).
 struct lock_result {
+    /// Empty when won; filelock::errc::timeout at the deadline; otherwise
+    /// the failure.
     std::error_code ec;
+    /// The lock, when won.
     etcd::lock held;
+    /// The failure, naming the endpoint (or the lock and its holder).
     std::string message;
-    std::string name, holder;
+    /// The lock's name.
+    std::string name;
+    /// On contention: the holder's value, trimmed (e.g. "1234@host").
+    std::string holder;
 };
 
 namespace detail {
@@ -238,5 +259,7 @@ private:
 }  // namespace detail
 }  // namespace filelock::etcd
 
+/// @cond
 template <>
 struct std::is_error_code_enum<filelock::etcd::errc> : std::true_type {};
+/// @endcond

@@ -208,6 +208,7 @@ auto async_wait_lost(lock& held, CompletionToken&& token) {
 /// released. Destroy it, and its locks, before the execution context.
 class client {
 public:
+    /// The executor its requests and timers run on.
     using executor_type = asio::any_io_executor;
 
     /// Throws std::system_error (etcd::errc::invalid_argument) on a bad
@@ -217,6 +218,7 @@ public:
           s_(std::make_shared<detail::session_handle>(std::make_unique<detail::asio_reactor>(ex),
                                                       cfg)) {}
 
+    /// The client's executor.
     executor_type get_executor() const noexcept { return ex_; }
 
     /// Acquires the lock `name` within `timeout` (<= 0: one attempt).
@@ -259,9 +261,11 @@ public:
         if (r.ec) throw std::system_error(r.ec, r.message);
     }
 
-    /// Requests sent and watch streams opened so far (benchmarks).
+    /// Requests sent so far (benchmarks; watch streams not counted).
     std::uint64_t requests() const noexcept { return s_->requests(); }
+    /// Watch streams opened so far (benchmarks).
     std::uint64_t watches() const noexcept { return s_->watches(); }
+    /// The session's lease (0 before the first lock).
     std::int64_t lease() const noexcept { return s_->lease(); }
 
 private:
@@ -306,6 +310,8 @@ private:
 /// Thread-safe. Locks it returns may be released from any thread.
 class sync_client {
 public:
+    /// Starts the internal thread; throws std::system_error on a bad
+    /// configuration.
     explicit sync_client(const config& cfg)
         : work_(io_.get_executor()), c_(std::make_unique<client>(io_.get_executor(), cfg)) {
         thread_ = std::thread([this] { io_.run(); });
@@ -325,6 +331,7 @@ public:
         client::throw_if(r);
         return std::move(r.held);
     }
+    /// As above; reports the failure through `ec` instead.
     etcd::lock lock(const std::string& name, std::chrono::nanoseconds timeout,
                     std::error_code& ec) {
         auto r = run(name, timeout);

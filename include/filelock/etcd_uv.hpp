@@ -31,6 +31,8 @@ namespace detail {
 FILELOCK_API std::unique_ptr<reactor> make_uv_reactor(uv_loop_t* loop);
 }  // namespace detail
 
+/// A client of etcd on a uv loop: one session (one lease, kept alive every
+/// TTL/3 on the loop) shared by all its locks.
 class FILELOCK_API uv_client {
 public:
     /// Throws std::system_error (etcd::errc::invalid_argument) on a bad
@@ -69,11 +71,14 @@ public:
     /// and the cause; a stop request: std::errc::operation_canceled).
     class awaitable {
     public:
+        /// What uv_client::lock returns.
         awaitable(uv_client& c, std::string name, std::chrono::nanoseconds timeout,
                   std::stop_token stop)
             : c_(c), name_(std::move(name)), timeout_(timeout), stop_(std::move(stop)) {}
         awaitable(awaitable&&) = delete;
+        /// Never ready: the acquisition starts on suspension.
         bool await_ready() const noexcept { return false; }
+        /// Starts the acquisition; resumes `h` on the loop.
         void await_suspend(std::coroutine_handle<> h) {
             h_ = h;
             req_ = c_.async_lock(name_, timeout_, [this](lock_result r) {
@@ -82,6 +87,7 @@ public:
             });
             if (stop_.stop_possible()) stop_cb_.emplace(stop_, canceller{req_});
         }
+        /// The lock, or the exception (see uv_client::lock).
         etcd::lock await_resume() {
             stop_cb_.reset();
             if (r_.ec == filelock::errc::timeout) throw timeout_error(r_.name, r_.holder);
@@ -110,12 +116,14 @@ public:
         lock_result r_;
     };
 
+    /// `co_await client.lock(name, timeout, stop)` (see awaitable).
     awaitable lock(std::string name, std::chrono::nanoseconds timeout, std::stop_token stop = {}) {
         return {*this, std::move(name), timeout, std::move(stop)};
     }
 
-    /// Requests sent and watch streams opened so far (benchmarks).
+    /// Requests sent so far (benchmarks; watch streams not counted).
     std::uint64_t requests() const noexcept { return s_->requests(); }
+    /// Watch streams opened so far (benchmarks).
     std::uint64_t watches() const noexcept { return s_->watches(); }
 
 private:
