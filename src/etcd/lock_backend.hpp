@@ -7,11 +7,15 @@
 //   1. txn: create NAME/<lease hex> under the lease if it does not exist;
 //      read the first key of the prefix by create revision. Ours: won.
 //   2. txn: while our key exists with our revision, read the last key created
-//      before ours. None: won. Otherwise that predecessor is what to watch
-//      (from the answer's revision + 1, so no deletion in between is
-//      missed); its deletion is a release event, and step 2 runs again.
-//      Our key gone (our lease expired while waiting, etcd issue #9921):
-//      errc::lost, never a win.
+//      before ours (the predecessor) and the first (the holder). None before
+//      ours: won. Otherwise the waiter watches the prefix from the answer's
+//      revision + 1 (so no deletion in between is missed): the
+//      predecessor's deletion is a release event. When the predecessor was
+//      the holder, and the stream showed no deletion of our key before it,
+//      the lock is ours at that revision (no key created later can come
+//      before ours): won without another request. Otherwise step 2 runs
+//      again. Our key gone (our lease expired while waiting, etcd issue
+//      #9921): errc::lost, never a win.
 // Waiters of one session for one name queue locally first (one key per
 // lease is all etcd's protocol allows), and a name held or being acquired by
 // the session is local contention: no request is sent for it.
@@ -74,6 +78,11 @@ public:
             }
             claimed_ = true;
         }
+        if (pred_deleted_ && pred_was_owner_ && !own_deleted_ && my_rev_ != 0) {
+            // The holder's deletion came through the watch, ours did not.
+            won_at_ = pred_deleted_at_;
+            return {};
+        }
         if (my_rev_ == 0) {
             step_ = step::create;
             path_ = "/v3/kv/txn";
@@ -132,12 +141,28 @@ public:
     bool retarget_watch() const noexcept {
         return !watch_key_.empty() && watch_key_ != watched_key_;
     }
+    /// A deletion seen by the watch of the prefix, at `revision`: whether it
+    /// is a release event for this waiter (its predecessor's, or its own key's,
+    /// which the next attempt reports).
+    bool on_delete(const std::string& key, std::int64_t revision) {
+        if (key == key_ && my_rev_ != 0) {
+            own_deleted_ = true;
+            return true;
+        }
+        if (key == pred_key_ && !pred_deleted_ && revision > pred_rev_) {
+            pred_deleted_ = true;
+            pred_deleted_at_ = revision;
+            return true;
+        }
+        return false;
+    }
 
     // The driver's side.
     const std::string& path() const noexcept { return path_; }
     const std::string& body() const noexcept { return body_; }
     void set_reply(http_reply r) { reply_ = std::move(r); }
     const std::string& watch_key() const noexcept { return watch_key_; }
+    const std::string& watch_range_end() const noexcept { return watch_end_; }
     std::int64_t watch_revision() const noexcept { return watch_rev_; }
     void watch_armed() { watched_key_ = watch_key_; }
     /// Whether etcd has a key of ours to delete (after a failure).
@@ -217,12 +242,28 @@ private:
             why_ = "the lock's key " + key_ + " was deleted while waiting (lease expired?)";
             return errc::lost;
         }
-        std::vector<kv> pred;
-        if (!kvs_of(j.at("responses").at(0).at("response_range"), pred))
+        std::vector<kv> pred, owner;
+        const auto& rs = j.at("responses");
+        if (!kvs_of(rs.at(0).at("response_range"), pred) ||
+            (rs.size() > 1 && !kvs_of(rs.at(1).at("response_range"), owner)))
             return failed(errc::bad_reply, "malformed key");
         if (pred.empty()) return won(header_rev);
-        watch_key_ = pred[0].key;
-        watch_rev_ = header_rev + 1;
+        if (!owner.empty()) holder_ = owner[0].value.empty() ? owner[0].key : owner[0].value;
+        // A deletion the watch already reported (after this answer's
+        // revision) stands; otherwise this is the predecessor to wait for.
+        if (!(pred_deleted_ && pred[0].key == pred_key_ && pred_deleted_at_ > header_rev)) {
+            pred_key_ = pred[0].key;
+            pred_rev_ = header_rev;
+            pred_deleted_ = false;
+        }
+        pred_was_owner_ = !owner.empty() && owner[0].create_revision == pred[0].create_revision;
+        if (watch_key_.empty()) {
+            // The whole prefix, from the first contended answer on: one stream
+            // sees every predecessor's deletion, and our own key's.
+            watch_key_ = prefix_;
+            watch_end_ = prefix_end(prefix_);
+            watch_rev_ = header_rev + 1;
+        }
         return filelock::errc::locked;
     }
 
@@ -239,7 +280,10 @@ private:
     step step_ = step::create;
     std::string path_, body_;
     http_reply reply_;
-    std::string watch_key_, watched_key_;
+    std::string watch_key_, watch_end_, watched_key_;
+    std::string pred_key_;
+    std::int64_t pred_rev_ = 0, pred_deleted_at_ = 0;
+    bool pred_deleted_ = false, pred_was_owner_ = false, own_deleted_ = false;
     std::int64_t watch_rev_ = 0;
     std::string holder_, why_;
     bool claimed_ = false;

@@ -192,7 +192,7 @@ std::string predecessor(const std::string& key, std::int64_t rev, const std::str
                    {"max_create_revision", std::to_string(rev - 1)},
                    {"limit", "1"}}}};
     return json{{"compare", json::array({create_is(key, rev)})},
-                {"success", json::array({last})},
+                {"success", json::array({last, first_of(prefix)})},
                 {"failure", json::array()}}
         .dump();
 }
@@ -204,10 +204,11 @@ std::string release(const std::string& key, std::int64_t rev) {
         .dump();
 }
 
-std::string watch(const std::string& key, std::int64_t start_revision) {
-    return json{{"create_request",
-                 {{"key", base64(key)}, {"start_revision", std::to_string(start_revision)}}}}
-        .dump();
+std::string watch(const std::string& key, std::int64_t start_revision,
+                  const std::string& range_end) {
+    json c = {{"key", base64(key)}, {"start_revision", std::to_string(start_revision)}};
+    if (!range_end.empty()) c["range_end"] = base64(range_end);
+    return json{{"create_request", c}}.dump();
 }
 
 }  // namespace request

@@ -49,11 +49,15 @@ std::string authenticate(const std::string& user, const std::string& password);
 std::string acquire(const std::string& key, const std::string& value, std::int64_t lease,
                     const std::string& prefix);
 /// If(create_revision(key) == rev) Then(range(last of prefix created before
-/// rev)): the predecessor to wait for, while the key still exists.
+/// rev), range(first of prefix)): the predecessor to wait for, and the
+/// holder, while the key still exists.
 std::string predecessor(const std::string& key, std::int64_t rev, const std::string& prefix);
 /// If(create_revision(key) == rev) Then(delete(key)).
 std::string release(const std::string& key, std::int64_t rev);
-std::string watch(const std::string& key, std::int64_t start_revision);
+/// Watches `key` (with `range_end`: the keys in [key, range_end)) from
+/// `start_revision`.
+std::string watch(const std::string& key, std::int64_t start_revision,
+                  const std::string& range_end = {});
 }  // namespace request
 
 /// Splits a watch stream into its JSON objects (one per message).

@@ -297,7 +297,7 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
                 drop_watch();
                 if (b.watch_key().empty()) return resume(wake_reason::unwatched);
                 st = state::watching;
-                open_watch(b.watch_key(), b.watch_revision());
+                open_watch(b.watch_key(), b.watch_range_end(), b.watch_revision());
                 return;
             }
             case action::kind::wait: {
@@ -323,11 +323,11 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
         }
     }
 
-    void open_watch(const std::string& key, std::int64_t from) {
+    void open_watch(const std::string& key, const std::string& end, std::int64_t from) {
         ++s.watches;
         split = {};
         watch = s.http().post(
-            "/v3/watch", request::watch(key, from),
+            "/v3/watch", request::watch(key, from, end),
             [w = weak_from_this()](http_reply&) {
                 // The stream ended: the watch is gone; look again.
                 auto self = w.lock();
@@ -336,11 +336,11 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
                 if (self->st == state::watching) return self->resume(wake_reason::unwatched);
                 self->moved();
             },
-            [w = weak_from_this(), key](std::string_view bytes) {
+            [w = weak_from_this()](std::string_view bytes) {
                 auto self = w.lock();
                 if (!self || self->st == state::finished) return;
                 const bool ok = self->split.feed(
-                    bytes, [&](std::string_view obj) { self->on_watch_message(obj, key); });
+                    bytes, [&](std::string_view obj) { self->on_watch_message(obj); });
                 if (!ok && self->watch) {
                     self->s.http().cancel(std::exchange(self->watch, 0));
                     self->moved();
@@ -348,7 +348,7 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
             });
     }
 
-    void on_watch_message(std::string_view text, const std::string& key) {
+    void on_watch_message(std::string_view text) {
         if (st == state::finished) return;
         const json j = json::parse(text, nullptr, false);
         const json* r = j.is_object() && j.contains("result") ? &j["result"] : nullptr;
@@ -359,12 +359,21 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
             return resume(wake_reason::watched);
         }
         if (const auto ev = r->find("events"); ev != r->end() && ev->is_array()) {
+            bool release = false;
             for (const auto& e : *ev) {
                 std::string k;
-                if (e.value("type", "") == "DELETE" && e.contains("kv") &&
-                    unbase64(e["kv"].value("key", ""), k) && k == key)
-                    return on_released();
+                if (e.value("type", "") != "DELETE" || !e.contains("kv") ||
+                    !unbase64(e["kv"].value("key", ""), k))
+                    continue;
+                std::int64_t rev = 0;
+                try {
+                    rev = int64_of(e["kv"], "mod_revision");
+                } catch (const std::exception&) {
+                    return moved_soon();
+                }
+                if (acq->backend().on_delete(k, rev)) release = true;
             }
+            if (release) on_released();
         }
     }
 
