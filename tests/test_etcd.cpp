@@ -336,7 +336,7 @@ TEST_CASE("etcd: the lost signal fires when the lease is revoked or the key dele
     REQUIRE(run_until(io, [&] { return o.done; }));
     REQUIRE_FALSE(o.ec);
     std::optional<std::error_code> lost;
-    etcd::async_wait_lost(o.held, [&](std::error_code ec) { lost = ec; });
+    c.async_wait_lost(o.held, [&](std::error_code ec) { lost = ec; });
     io.restart();
     io.run_for(50ms);
     CHECK_FALSE(lost);
@@ -367,7 +367,7 @@ TEST_CASE("etcd: a released lock's lost wait completes with operation_aborted", 
     start_lock(c, unique_name("lost-release"), 5s, o);
     REQUIRE(run_until(io, [&] { return o.done; }));
     std::optional<std::error_code> lost;
-    etcd::async_wait_lost(o.held, [&](std::error_code ec) { lost = ec; });
+    c.async_wait_lost(o.held, [&](std::error_code ec) { lost = ec; });
     o.held.release();
     REQUIRE(run_until(io, [&] { return lost.has_value(); }));
     CHECK(*lost == asio::error::operation_aborted);
@@ -529,7 +529,7 @@ TEST_CASE(
     REQUIRE(run_until(io, [&] { return m.keys(name + "/").size() == 2; }));
     std::optional<std::chrono::steady_clock::time_point> lost_at;
     std::error_code lost_ec;
-    etcd::async_wait_lost(oh.held, [&](std::error_code ec) {
+    holder.async_wait_lost(oh.held, [&](std::error_code ec) {
         lost_at = std::chrono::steady_clock::now();
         lost_ec = ec;
     });

@@ -170,13 +170,14 @@ private:
 /// when ownership can no longer be guaranteed; `asio::error::operation_aborted`
 /// when the lock is released first or the wait is cancelled (both match
 /// filelock::condition::cancelled). Per-operation cancellation: terminal.
-/// The handler runs on its associated executor, never inline.
-template <class CompletionToken>
-auto async_wait_lost(lock& held, CompletionToken&& token) {
+/// The handler runs on its associated executor (default: `ex`, normally the
+/// client's), never inline.
+template <class Executor, class CompletionToken>
+auto async_wait_lost(const Executor& ex, lock& held, CompletionToken&& token) {
     return asio::async_initiate<CompletionToken, void(std::error_code)>(
-        [&held](auto handler) {
+        [&held, ex0 = ex](auto handler) {
             using handler_t = std::decay_t<decltype(handler)>;
-            auto ex = asio::prefer(asio::get_associated_executor(handler, asio::system_executor()),
+            auto ex = asio::prefer(asio::get_associated_executor(handler, ex0),
                                    asio::execution::outstanding_work.tracked);
             auto slot = asio::get_associated_cancellation_slot(handler);
             auto h = std::make_shared<std::optional<handler_t>>(std::move(handler));
@@ -233,7 +234,7 @@ public:
     template <class CompletionToken>
     auto async_lock(std::string name, std::chrono::nanoseconds timeout, CompletionToken&& token) {
         return asio::async_initiate<CompletionToken, void(std::error_code, lock)>(
-            initiate{s_}, token, std::move(name), timeout, false);
+            initiate{s_, ex_}, token, std::move(name), timeout, false);
     }
 
     /// As async_lock, with the completion signature `void(lock_result)`: the
@@ -242,7 +243,7 @@ public:
     auto async_lock_result(std::string name, std::chrono::nanoseconds timeout,
                            CompletionToken&& token) {
         return asio::async_initiate<CompletionToken, void(lock_result)>(
-            initiate{s_}, token, std::move(name), timeout, true);
+            initiate{s_, ex_}, token, std::move(name), timeout, true);
     }
 
     /// The coroutine form: returns the held lock; throws lock_error (a
@@ -261,6 +262,13 @@ public:
         if (r.ec) throw std::system_error(r.ec, r.message);
     }
 
+    /// Waits until `held` (a lock of this client) is lost: async_wait_lost
+    /// on the client's executor.
+    template <class CompletionToken>
+    auto async_wait_lost(lock& held, CompletionToken&& token) {
+        return etcd::async_wait_lost(ex_, held, std::forward<CompletionToken>(token));
+    }
+
     /// Requests sent so far (benchmarks; watch streams not counted).
     std::uint64_t requests() const noexcept { return s_->requests(); }
     /// Watch streams opened so far (benchmarks).
@@ -271,10 +279,11 @@ public:
 private:
     struct initiate {
         std::shared_ptr<detail::session_handle> s;
+        executor_type ex;  // the default for handlers without one
         template <class Handler>
         void operator()(Handler handler, std::string name, std::chrono::nanoseconds timeout,
                         bool /*whole result: the signature says*/) const {
-            auto ex = asio::prefer(asio::get_associated_executor(handler, asio::system_executor()),
+            auto ex = asio::prefer(asio::get_associated_executor(handler, this->ex),
                                    asio::execution::outstanding_work.tracked);
             auto slot = asio::get_associated_cancellation_slot(handler);
             auto h = std::make_shared<Handler>(std::move(handler));

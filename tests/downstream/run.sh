@@ -47,7 +47,10 @@ for f in "$libdir/libfilelock.so.0.2" "$libdir/libfilelock-uv.so.0.2" \
          "$libdir/pkgconfig/filelock-uv.pc" "$libdir/cmake/filelock/filelockConfig.cmake" \
          "$libdir/cmake/filelock/filelockConfigVersion.cmake" include/filelock/version.hpp \
          include/filelock/asio.hpp include/filelock/uv.hpp share/man/man1/filelock-run.1 \
-         share/doc/filelock/LICENSE bin/filelock-run; do
+         share/doc/filelock/LICENSE bin/filelock-run "$libdir/libfilelock-etcd.so.0.2" \
+         "$libdir/libfilelock-etcd-uv.so.0.2" "$libdir/pkgconfig/filelock-etcd.pc" \
+         "$libdir/pkgconfig/filelock-etcd-uv.pc" include/filelock/etcd.hpp \
+         include/filelock/etcd_asio.hpp include/filelock/etcd_uv.hpp; do
     [ -e "$prefix/$f" ] || [ -e "$f" ] && ok "installed $f" || bad "installed $f"
 done
 check "installed filelock-run runs from a custom prefix (rpath)" \
@@ -63,6 +66,11 @@ for cxx in g++ clang++-14; do
             -Wold-style-cast -Wnon-virtual-dtor '$src/tests/downstream/consumer.cpp' \
             \$(pkg-config --cflags --libs filelock filelock-asio filelock-uv) \
             -Wl,-rpath,'$prefix/$libdir' -o '$work/pc-$cxx' && '$work/pc-$cxx' '$work/pc.lock'"
+    check "pkg-config etcd consumer, $cxx (strict warnings)" bash -c "
+        $cxx -std=c++20 -Wall -Wextra -Werror -Wshadow -Wconversion -Wsign-conversion \
+            -Wold-style-cast -Wnon-virtual-dtor '$src/tests/downstream/etcd_consumer.cpp' \
+            \$(pkg-config --cflags --libs filelock-etcd filelock-etcd-uv filelock-asio) \
+            -Wl,-rpath,'$prefix/$libdir' -o '$work/pce-$cxx' && '$work/pce-$cxx'"
 done
 if command -v clang++-14 >/dev/null; then
     # Without the packages' flags, clang with Asio first must stop with the
@@ -86,6 +94,10 @@ if command -v cmake >/dev/null; then
             cmake --build '$work/cmake-$cxx' &&
             '$work/cmake-$cxx/consumer' '$work/cmake.lock'"
     done
+    check "CMake find_package etcd consumer (components etcd, etcd_uv)" bash -c "
+        cmake -S '$src/tests/downstream/cmake-etcd' -B '$work/cmake-etcd' \
+            -DCMAKE_PREFIX_PATH='$prefix' -DCMAKE_BUILD_RPATH='$prefix/$libdir' &&
+        cmake --build '$work/cmake-etcd' && '$work/cmake-etcd/etcd_consumer'"
     check "CMake refuses an incompatible version (0.3)" bash -c "
         mkdir -p '$work/cmake-v' && printf '%s\n' 'cmake_minimum_required(VERSION 3.16)' \
             'project(v CXX)' 'find_package(filelock 0.3 QUIET)' \
