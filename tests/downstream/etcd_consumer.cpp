@@ -22,9 +22,7 @@ int main() {
     }
     uv_loop_t loop;
     uv_loop_init(&loop);
-    {
-        filelock::etcd::uv_client c(&loop, cfg);
-    }
+    { filelock::etcd::uv_client c(&loop, cfg); }
     uv_run(&loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&loop) != 0) return 5;
     std::puts("etcd consumer ok");
