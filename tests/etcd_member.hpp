@@ -66,8 +66,11 @@ inline std::string sh(const std::string& cmd, int* status = nullptr) {
 
 class etcd_cluster {
 public:
-    /// `n` members on loopback, named m0..m{n-1}.
-    explicit etcd_cluster(int n = 1) {
+    /// `n` members on loopback, named m0..m{n-1}; with a certificate and
+    /// key, clients speak https (etcdctl verifies against `ca`).
+    explicit etcd_cluster(int n = 1, std::string cert = {}, std::string key = {},
+                          std::string ca = {})
+        : cert_(std::move(cert)), key_(std::move(key)), ca_(std::move(ca)) {
         const char* bin = std::getenv("FILELOCK_ETCD");
         bin_ = bin && *bin ? bin : "/usr/bin/etcd";
         char tmpl[] = "/tmp/filelock-etcd-XXXXXX";
@@ -94,7 +97,7 @@ public:
     etcd_cluster& operator=(const etcd_cluster&) = delete;
 
     std::string endpoint(int i = 0) const {
-        return "http://127.0.0.1:" + std::to_string(members_.at(i).client);
+        return scheme() + "://127.0.0.1:" + std::to_string(members_.at(i).client);
     }
     std::vector<std::string> endpoints() const {
         std::vector<std::string> v;
@@ -113,8 +116,9 @@ public:
 
     /// etcdctl against this cluster.
     std::string ctl(const std::string& args, int* status = nullptr) const {
-        return sh("ETCDCTL_API=3 etcdctl --endpoints=" + endpoint_list() + " --dial-timeout=2s " +
-                      args + " 2>&1",
+        return sh("ETCDCTL_API=3 etcdctl --endpoints=" + endpoint_list() +
+                      (ca_.empty() ? "" : " --cacert=" + ca_) + " --dial-timeout=2s " + args +
+                      " 2>&1",
                   status);
     }
     /// The keys under `prefix` (etcdctl get --prefix --keys-only).
@@ -139,7 +143,7 @@ private:
     };
 
     void start(member& m, const std::string& initial) {
-        const std::string client = "http://127.0.0.1:" + std::to_string(m.client);
+        const std::string client = scheme() + "://127.0.0.1:" + std::to_string(m.client);
         const std::string peer = "http://127.0.0.1:" + std::to_string(m.peer);
         const std::string data = dir_ + "/" + m.name;
         const std::string log = dir_ + "/" + m.name + ".log";
@@ -154,6 +158,7 @@ private:
                                          "new",   "--heartbeat-interval",
                                          "10",    "--election-timeout",
                                          "100"};
+        if (!cert_.empty()) args.insert(args.end(), {"--cert-file", cert_, "--key-file", key_});
         const pid_t pid = ::fork();
         if (pid < 0) throw std::runtime_error("fork");
         if (pid == 0) {
@@ -196,6 +201,9 @@ private:
         }
     }
 
+    std::string scheme() const { return cert_.empty() ? "http" : "https"; }
+
+    std::string cert_, key_, ca_;
     std::string bin_, dir_;
     std::vector<member> members_;
 };

@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 
 #include "etcd_member.hpp"
+#include "tcp_proxy.hpp"
 
 #include <atomic>
 #include <fstream>
@@ -717,4 +718,132 @@ TEST_CASE("etcd: filelock-run refuses bad etcd targets and options", "[etcd]") {
         &st);
     CHECK(st == 69);
     CHECK(out.find("127.0.0.1") != std::string::npos);
+}
+
+TEST_CASE("etcd: a watch whose connection drops resumes and misses no deletion", "[etcd]") {
+    test::tcp_proxy proxy(
+        std::stoi(member().endpoint().substr(member().endpoint().rfind(':') + 1)));
+    asio::io_context io;
+    etcd::client holder(io.get_executor(), cfg());
+    auto wcfg = cfg();
+    wcfg.endpoints = {proxy.endpoint()};
+    etcd::client waiter(io.get_executor(), wcfg);
+    const auto name = unique_name("dropped");
+    outcome oh, ow;
+    start_lock(holder, name, 5s, oh);
+    REQUIRE(run_until(io, [&] { return oh.done; }));
+    start_lock(waiter, name, 60s, ow);
+    REQUIRE(run_until(io, [&] { return member().keys(name + "/").size() == 2; }));
+    io.restart();
+    io.run_for(200ms);  // the waiter's watch is up
+    const auto watches = waiter.watches();
+    const auto accepted = proxy.accepted();
+    // Every connection of the waiter goes; the holder releases meanwhile.
+    proxy.drop_all();
+    release_and_wait(io, oh.held);
+    REQUIRE(run_until(
+        io, [&] { return ow.done; }, 20s));
+    REQUIRE_FALSE(ow.ec);
+    CHECK(proxy.accepted() > accepted);  // it came back through new connections
+    CHECK(waiter.watches() >= watches);
+    CHECK(ow.held.fencing_token() > oh.held.fencing_token());
+    release_and_wait(io, ow.held);
+    CHECK(keys_become(io, name + "/", 0));
+}
+
+TEST_CASE("etcd: malformed, truncated and error answers are clear errors naming the endpoint",
+          "[etcd]") {
+    struct canned {
+        const char* what;
+        std::string response;
+        std::error_code expected;
+    };
+    const canned cases[] = {
+        {"malformed JSON",
+         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n{\"ID\": "
+         "[}",
+         etcd::errc::bad_reply},
+        {"a truncated body",
+         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+         "200\r\n\r\n{\"ID\":\"1",
+         etcd::errc::bad_reply},
+        {"HTTP 500", "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\n\r\noops!",
+         etcd::errc::http_status},
+        {"HTTP 503 with etcd's error body",
+         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+         "Content-Length: 57\r\n\r\n{\"error\":\"etcdserver: no "
+         "leader\",\"message\":\"x\",\"code\":14}",
+         etcd::errc::server},
+        {"JSON without the fields",
+         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+         etcd::errc::bad_reply},
+    };
+    for (const auto& k : cases) {
+        INFO(k.what);
+        test::tcp_proxy fake(0, k.response);
+        asio::io_context io;
+        auto c = cfg();
+        c.endpoints = {fake.endpoint()};
+        c.request_timeout = 2000ms;
+        std::optional<etcd::lock_result> r;
+        {
+            etcd::client cl(io.get_executor(), c);
+            cl.async_lock_result("x", 5s, [&](etcd::lock_result x) { r = std::move(x); });
+            REQUIRE(run_until(
+                io, [&] { return r.has_value(); }, 20s));
+        }
+        CHECK(r->ec == k.expected);
+        CHECK(r->message.find(fake.endpoint()) != std::string::npos);
+        io.restart();
+        io.run_for(100ms);
+    }
+}
+
+TEST_CASE("etcd: TLS verifies the server against the CA given; a wrong CA is a clear error",
+          "[etcd]") {
+    const auto dir = std::filesystem::temp_directory_path() /
+                     ("filelock-etcd-tls-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    const std::string d = dir.string();
+    int st = -1;
+    test::sh("(cd " + d +
+                 " && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 "
+                 "-subj /CN=filelock-test-ca"
+                 " && openssl req -x509 -newkey rsa:2048 -nodes -keyout other.key -out other.pem "
+                 "-days 1 -subj /CN=another-ca"
+                 " && openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr "
+                 "-subj /CN=127.0.0.1"
+                 " && printf 'subjectAltName=IP:127.0.0.1' > ext"
+                 " && openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+                 "-out srv.pem -days 1 -extfile ext) >/dev/null 2>&1",
+             &st);
+    REQUIRE(st == 0);
+    {
+        test::etcd_cluster m(1, d + "/srv.pem", d + "/srv.key", d + "/ca.pem");
+        REQUIRE(m.endpoint().rfind("https://", 0) == 0);
+        asio::io_context io;
+        etcd::config c;
+        c.endpoints = {m.endpoint()};
+        c.ca_file = d + "/ca.pem";
+        {
+            etcd::client cl(io.get_executor(), c);
+            outcome o;
+            start_lock(cl, unique_name("tls"), 5s, o);
+            REQUIRE(run_until(io, [&] { return o.done; }));
+            CHECK_FALSE(o.ec);
+            if (o.held) release_and_wait(io, o.held);
+        }
+        c.ca_file = d + "/other.pem";
+        {
+            etcd::client cl(io.get_executor(), c);
+            std::optional<etcd::lock_result> r;
+            cl.async_lock_result("tls-wrong", 5s, [&](etcd::lock_result x) { r = std::move(x); });
+            REQUIRE(run_until(io, [&] { return r.has_value(); }));
+            CHECK(r->ec == etcd::errc::tls);
+            CHECK(r->message.find(m.endpoint()) != std::string::npos);
+        }
+        io.restart();
+        io.run_for(100ms);
+    }
+    std::filesystem::remove_all(dir);
 }

@@ -89,10 +89,10 @@ private:
             st_->t.expires_at(when);
             st_->t.async_wait([st = st_, gen](std::error_code) {
                 if (st->gen != gen) return;  // cancelled or re-armed since
-                auto f = std::move(st->f);
+                auto call = std::move(st->f);
                 st->f = nullptr;
                 ++st->gen;
-                f();  // may destroy the timer: `st` keeps the state
+                call();  // may destroy the timer: `st` keeps the state
             });
         }
         void cancel() override {
@@ -149,8 +149,8 @@ private:
                 (rd ? st->reading : st->writing) = false;
                 if (!st->alive || ec == asio::error::operation_aborted) return;
                 if (!(rd ? st->read : st->write)) return;
-                auto f = st->f;  // the call may change or drop the watch
-                f(rd, !rd);
+                auto call = st->f;  // the call may change or drop the watch
+                call(rd, !rd);
                 if (st->alive) arm(st, type);
             });
         }
@@ -175,23 +175,23 @@ private:
 template <class Executor, class CompletionToken>
 auto async_wait_lost(const Executor& ex, lock& held, CompletionToken&& token) {
     return asio::async_initiate<CompletionToken, void(std::error_code)>(
-        [&held, ex0 = ex](auto handler) {
+        [&held, fallback = ex](auto handler) {
             using handler_t = std::decay_t<decltype(handler)>;
-            auto ex = asio::prefer(asio::get_associated_executor(handler, ex0),
-                                   asio::execution::outstanding_work.tracked);
+            auto work = asio::prefer(asio::get_associated_executor(handler, fallback),
+                                     asio::execution::outstanding_work.tracked);
             auto slot = asio::get_associated_cancellation_slot(handler);
             auto h = std::make_shared<std::optional<handler_t>>(std::move(handler));
-            auto fire = [h, ex](std::error_code ec) {
+            auto fire = [h, work](std::error_code ec) {
                 if (!h->has_value()) return;
                 if (ec == std::errc::operation_canceled) ec = asio::error::operation_aborted;
                 auto call = [h, ec]() mutable {
                     if (!h->has_value()) return;
-                    auto handler = std::move(**h);
+                    auto done = std::move(**h);
                     h->reset();
-                    asio::get_associated_cancellation_slot(handler).clear();
-                    std::move(handler)(ec);
+                    asio::get_associated_cancellation_slot(done).clear();
+                    std::move(done)(ec);
                 };
-                asio::post(ex, std::move(call));
+                asio::post(work, std::move(call));
             };
             if (!held.held()) return fire(asio::error::operation_aborted);
             if (slot.is_connected())
@@ -283,13 +283,13 @@ private:
         template <class Handler>
         void operator()(Handler handler, std::string name, std::chrono::nanoseconds timeout,
                         bool /*whole result: the signature says*/) const {
-            auto ex = asio::prefer(asio::get_associated_executor(handler, this->ex),
-                                   asio::execution::outstanding_work.tracked);
+            auto work = asio::prefer(asio::get_associated_executor(handler, ex),
+                                     asio::execution::outstanding_work.tracked);
             auto slot = asio::get_associated_cancellation_slot(handler);
             auto h = std::make_shared<Handler>(std::move(handler));
-            const auto id = s->lock(std::move(name), timeout, [h, ex](lock_result r) {
+            const auto id = s->lock(std::move(name), timeout, [h, work](lock_result r) {
                 asio::get_associated_cancellation_slot(*h).clear();
-                asio::dispatch(ex, [h, r = std::move(r)]() mutable {
+                asio::dispatch(work, [h, r = std::move(r)]() mutable {
                     if (r.ec == std::errc::operation_canceled)
                         r.ec = asio::error::operation_aborted;
                     if constexpr (std::is_invocable_v<Handler, lock_result>) {
@@ -303,7 +303,8 @@ private:
                 std::weak_ptr<detail::session_handle> w = s;
                 slot.assign([w, id](asio::cancellation_type t) {
                     if (t == asio::cancellation_type::none) return;
-                    if (auto s = w.lock()) s->cancel(id, asio::error::operation_aborted);
+                    if (auto session = w.lock())
+                        session->cancel(id, asio::error::operation_aborted);
                 });
             }
         }
