@@ -47,10 +47,16 @@ private:
 };
 
 /// Transient failures: another member may answer soon (a leader election, a
-/// member down). A waiter that has already talked to etcd retries them.
-inline bool transient(std::error_code ec) {
-    return ec == errc::unreachable || ec == errc::request_timeout || ec == errc::bad_reply ||
-           ec == errc::server || ec == errc::http_status;
+/// member down, a connection cut mid-answer). A waiter retries them; a
+/// complete but malformed answer, a refusal or a client error is reported.
+inline bool transient(const http_reply& r, std::error_code ec, const std::string& why) {
+    if (r.ec) return true;  // the transport: no (complete) answer came
+    if (ec == errc::http_status) return r.status >= 500;
+    if (ec == errc::server)
+        return why.find("leader") != std::string::npos ||
+               why.find("timed out") != std::string::npos ||
+               why.find("unavailable") != std::string::npos || r.status == 503;
+    return false;
 }
 
 class lock_backend {
@@ -97,7 +103,7 @@ public:
     }
 
     std::error_code on_reply(std::error_code transport) {
-        if (transport) return failed(transport, reply_.detail);
+        if (transport) return failed(transport, reply_.detail, true);
         json j;
         std::string why;
         if (auto ec = parse(reply_, j, why)) {
@@ -108,7 +114,7 @@ public:
                 lease_gone_ = true;
                 return errc::lost;
             }
-            return failed(ec, why);
+            return failed(ec, why, transient(reply_, ec, why));
         }
         try {
             switch (step_) {
@@ -192,13 +198,13 @@ public:
 private:
     enum class step { create, clear_stale, predecessor };
 
-    std::error_code failed(std::error_code ec, std::string why) {
+    std::error_code failed(std::error_code ec, std::string why, bool retry = false) {
         why_ = std::move(why);
         // The session reached etcd (it has a lease): an acquisition rides out
         // a member's failure until its deadline (the transport fails over to
         // the next endpoint); a configuration that never reached etcd fails
         // at the lease grant, at once.
-        if (transient(ec)) return filelock::errc::locked;
+        if (retry) return filelock::errc::locked;
         return ec;
     }
 

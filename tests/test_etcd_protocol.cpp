@@ -1,0 +1,278 @@
+// SPDX-License-Identifier: MIT
+// etcd's Mutex protocol as a backend of the acquire state machine, without
+// I/O: scripted answers in, the requests and decisions out (a fake clock).
+#include "../src/etcd/lock_backend.hpp"
+
+#include <catch2/catch.hpp>
+
+using namespace std::chrono_literals;
+using namespace filelock::etcd::detail;
+using filelock::detail::action;
+using filelock::detail::wake_reason;
+
+namespace {
+
+constexpr std::int64_t lease = 0x2040a238;
+
+struct fixture {
+    claims names;
+    int session_tag = 0;
+    filelock::detail::clock::time_point now{};
+    std::unique_ptr<etcd_acquire> m;
+
+    explicit fixture(std::chrono::nanoseconds timeout = 10s) {
+        m = std::make_unique<etcd_acquire>(
+            lock_backend(names, &session_tag, "job", " 1@h\n", lease), timeout,
+            filelock::backoff_policy{}, 7);
+    }
+    lock_backend& b() { return m->backend(); }
+    action resume(wake_reason why, std::error_code ec = {}) {
+        auto a = m->resume({why, now, ec});
+        // Contention with nothing to watch yet (a retried failure): the
+        // driver reports that no watch was armed.
+        if (a.what == action::kind::watch && b().watch_key().empty())
+            a = m->resume({wake_reason::unwatched, now});
+        return a;
+    }
+    action reply(const json& j, long status = 200) {
+        http_reply r;
+        r.status = status;
+        r.body = j.dump();
+        r.endpoint = "http://etcd:2379";
+        b().set_reply(std::move(r));
+        return resume(wake_reason::reply);
+    }
+};
+
+json kv_json(const std::string& key, std::int64_t create_rev, const std::string& value = "") {
+    return {{"key", base64(key)},
+            {"create_revision", std::to_string(create_rev)},
+            {"value", base64(value)}};
+}
+json range(std::vector<json> kvs) {
+    json r = {{"response_range", json::object()}};
+    if (!kvs.empty()) r["response_range"]["kvs"] = kvs;
+    return r;
+}
+json header(std::int64_t rev) { return {{"revision", std::to_string(rev)}}; }
+const std::string mine = "job/" + hex(lease);
+
+}  // namespace
+
+TEST_CASE("etcd protocol: an uncontended lock is one transaction, won at its revision") {
+    fixture f;
+    auto a = f.resume(wake_reason::start);
+    REQUIRE(a.what == action::kind::send);
+    CHECK(f.b().path() == "/v3/kv/txn");
+    const json body = json::parse(f.b().body());
+    CHECK(body["compare"][0]["target"] == "CREATE");
+    CHECK(body["success"][0]["request_put"]["lease"] == std::to_string(lease));
+    a = f.reply({{"header", header(10)},
+                 {"succeeded", true},
+                 {"responses", {{{"response_put", json::object()}}, range({kv_json(mine, 10)})}}});
+    REQUIRE(a.is_done());
+    CHECK_FALSE(a.ec);
+    CHECK(f.b().revision() == 10);
+    CHECK(f.b().won_at() == 10);
+}
+
+TEST_CASE(
+    "etcd protocol: a waiter reads its predecessor, watches the prefix, and wins on the "
+    "holder's deletion without another request") {
+    fixture f;
+    f.resume(wake_reason::start);
+    auto a =
+        f.reply({{"header", header(12)},
+                 {"succeeded", true},
+                 {"responses",
+                  {{{"response_put", json::object()}}, range({kv_json("job/1", 5, " 9@x\n")})}}});
+    REQUIRE(a.what == action::kind::send);  // the predecessor, at once
+    CHECK(json::parse(f.b().body())["success"][0]["request_range"]["max_create_revision"] == "11");
+    a = f.reply(
+        {{"header", header(12)},
+         {"succeeded", true},
+         {"responses", {range({kv_json("job/1", 5)}), range({kv_json("job/1", 5, " 9@x\n")})}}});
+    REQUIRE(a.what == action::kind::watch);
+    CHECK(f.b().watch_key() == "job/");
+    CHECK(f.b().watch_revision() == 13);  // no deletion after the answer is missed
+    CHECK(f.b().holder() == " 9@x\n");
+    f.b().watch_armed();
+    a = f.resume(wake_reason::watched);
+    REQUIRE(a.what == action::kind::send);
+    a = f.reply({{"header", header(12)},
+                 {"succeeded", true},
+                 {"responses", {range({kv_json("job/1", 5)}), range({kv_json("job/1", 5)})}}});
+    REQUIRE(a.what == action::kind::wait);
+    CHECK(a.on_release);
+    // Another waiter's key is not a release; the holder's deletion is.
+    CHECK_FALSE(f.b().on_delete("job/other", 14));
+    CHECK(f.b().on_delete("job/1", 15));
+    a = f.resume(wake_reason::release);
+    REQUIRE(a.is_done());
+    CHECK_FALSE(a.ec);
+    CHECK(f.b().won_at() == 15);
+}
+
+TEST_CASE("etcd protocol: a predecessor that was not the holder means another look") {
+    fixture f;
+    f.resume(wake_reason::start);
+    f.reply({{"header", header(12)},
+             {"succeeded", true},
+             {"responses", {{{"response_put", json::object()}}, range({kv_json("job/1", 5)})}}});
+    auto a = f.reply({{"header", header(12)},
+                      {"succeeded", true},
+                      {"responses", {range({kv_json("job/2", 8)}), range({kv_json("job/1", 5)})}}});
+    REQUIRE(a.what == action::kind::watch);
+    f.b().watch_armed();
+    f.resume(wake_reason::watched);
+    a = f.reply({{"header", header(12)},
+                 {"succeeded", true},
+                 {"responses", {range({kv_json("job/2", 8)}), range({kv_json("job/1", 5)})}}});
+    REQUIRE(a.what == action::kind::wait);
+    CHECK(f.b().on_delete("job/2", 14));
+    a = f.resume(wake_reason::release);
+    CHECK(a.what == action::kind::send);  // job/1 may still hold it
+}
+
+TEST_CASE("etcd protocol: a waiter whose key vanished never wins (etcd issue #9921)") {
+    fixture f;
+    f.resume(wake_reason::start);
+    f.reply({{"header", header(12)},
+             {"succeeded", true},
+             {"responses", {{{"response_put", json::object()}}, range({kv_json("job/1", 5)})}}});
+    // Our key is gone: the guarded transaction fails.
+    auto a = f.reply({{"header", header(20)}, {"responses", json::array()}});
+    REQUIRE(a.is_done());
+    CHECK(a.ec == filelock::etcd::errc::lost);
+}
+
+TEST_CASE("etcd protocol: the holder's deletion after our own key's is not a win") {
+    fixture f;
+    f.resume(wake_reason::start);
+    f.reply({{"header", header(12)},
+             {"succeeded", true},
+             {"responses", {{{"response_put", json::object()}}, range({kv_json("job/1", 5)})}}});
+    f.reply({{"header", header(12)},
+             {"succeeded", true},
+             {"responses", {range({kv_json("job/1", 5)}), range({kv_json("job/1", 5)})}}});
+    f.b().watch_armed();
+    f.resume(wake_reason::watched);
+    f.reply({{"header", header(12)},
+             {"succeeded", true},
+             {"responses", {range({kv_json("job/1", 5)}), range({kv_json("job/1", 5)})}}});
+    CHECK(f.b().on_delete(mine, 13));  // our lease expired first
+    CHECK(f.b().on_delete("job/1", 14));
+    auto a = f.resume(wake_reason::release);
+    REQUIRE(a.what == action::kind::send);  // a look, not a win
+    a = f.reply({{"header", header(14)}, {"responses", json::array()}});
+    CHECK(a.ec == filelock::etcd::errc::lost);
+}
+
+TEST_CASE("etcd protocol: a key left by an earlier holder is deleted, never adopted") {
+    fixture f;
+    f.resume(wake_reason::start);
+    auto a = f.reply({{"header", header(30)},
+                      {"responses", {range({kv_json(mine, 9)}), range({kv_json(mine, 9)})}}});
+    REQUIRE(a.what == action::kind::send);
+    const json del = json::parse(f.b().body());
+    CHECK(del["compare"][0]["create_revision"] == "9");
+    CHECK(del["success"][0].contains("request_delete_range"));
+    a = f.reply({{"header", header(31)}, {"succeeded", true}, {"responses", json::array()}});
+    REQUIRE(a.what == action::kind::send);  // create ours anew
+    a = f.reply({{"header", header(32)},
+                 {"succeeded", true},
+                 {"responses", {{{"response_put", json::object()}}, range({kv_json(mine, 32)})}}});
+    REQUIRE(a.is_done());
+    CHECK(f.b().revision() == 32);  // a new fencing token, not 9 again
+}
+
+TEST_CASE("etcd protocol: a lost answer to our create is adopted on the next attempt") {
+    fixture f;
+    f.resume(wake_reason::start);
+    auto a = f.resume(wake_reason::reply, filelock::etcd::errc::request_timeout);
+    if (a.what == action::kind::wait) {  // transient: retried
+        f.now = a.until;
+        a = f.resume(wake_reason::timer);
+    }
+    REQUIRE(a.what == action::kind::send);
+    a = f.reply({{"header", header(40)},
+                 {"responses", {range({kv_json(mine, 33)}), range({kv_json(mine, 33)})}}});
+    REQUIRE(a.is_done());
+    CHECK_FALSE(a.ec);
+    CHECK(f.b().revision() == 33);
+}
+
+TEST_CASE("etcd protocol: errors are themselves, transient ones ride to the deadline") {
+    SECTION("a missing lease") {
+        fixture f;
+        f.resume(wake_reason::start);
+        auto a = f.reply({{"error", "etcdserver: requested lease not found"}, {"code", 5}}, 400);
+        REQUIRE(a.is_done());
+        CHECK(a.ec == filelock::etcd::errc::lost);
+        CHECK(f.b().lease_gone());
+    }
+    SECTION("refused credentials") {
+        fixture f;
+        f.resume(wake_reason::start);
+        auto a = f.reply({{"error", "etcdserver: permission denied"}, {"code", 7}}, 403);
+        REQUIRE(a.is_done());
+        CHECK(a.ec == filelock::etcd::errc::auth);
+    }
+    SECTION("a leader election until the deadline") {
+        fixture f(1s);
+        f.resume(wake_reason::start);
+        action a;
+        int sends = 0, waits = 0;
+        for (int i = 0; i < 10000; ++i) {
+            a = f.reply({{"error", "etcdserver: no leader"}, {"code", 14}}, 503);
+            ++sends;
+            while (a.what == action::kind::wait) {
+                ++waits;
+                f.now = a.until;
+                a = f.resume(wake_reason::timer);
+            }
+            if (a.is_done()) break;
+            REQUIRE(a.what == action::kind::send);
+        }
+        REQUIRE(a.is_done());
+        CHECK(a.ec == filelock::errc::timeout);
+        CHECK(sends > 2);
+        CHECK(waits > 1);  // backed off, not spinning
+        CHECK(f.b().why() == "etcdserver: no leader");
+    }
+    SECTION("malformed JSON") {
+        fixture f;
+        f.resume(wake_reason::start);
+        f.b().set_reply({{}, 200, "{\"header\": ", "http://etcd:2379", {}});
+        auto a = f.resume(wake_reason::reply);
+        // A complete answer that is not etcd's: reported, not retried.
+        REQUIRE(a.is_done());
+        CHECK(a.ec == filelock::etcd::errc::bad_reply);
+        CHECK(f.b().why().find("JSON") != std::string::npos);
+    }
+}
+
+TEST_CASE("etcd protocol: a cut connection and a 5xx are retried, a 4xx is not") {
+    fixture f;
+    f.resume(wake_reason::start);
+    auto a = f.resume(wake_reason::reply, filelock::etcd::errc::bad_reply);  // cut mid-answer
+    CHECK_FALSE(a.is_done());
+    fixture g;
+    g.resume(wake_reason::start);
+    a = g.reply({{"x", 1}}, 502);
+    CHECK_FALSE(a.is_done());
+    fixture h;
+    h.resume(wake_reason::start);
+    a = h.reply({{"x", 1}}, 404);
+    REQUIRE(a.is_done());
+    CHECK(a.ec == filelock::etcd::errc::http_status);
+}
+
+TEST_CASE("etcd protocol: a name held by the session is local contention, no request") {
+    fixture f;
+    REQUIRE(f.names.claim("job"));
+    auto a = f.resume(wake_reason::start);
+    REQUIRE(a.what != action::kind::send);
+    CHECK_FALSE(f.b().claimed());
+    f.names.unclaim("job");
+}
