@@ -59,6 +59,16 @@ inline bool transient(const http_reply& r, std::error_code ec, const std::string
     return false;
 }
 
+/// The local queues' key of an etcd lock: its name in one session (one key
+/// per lease and name), tagged apart from lock files.
+inline lock_identity identity_of(const std::string& name, const void* session) noexcept {
+    lock_identity id;
+    id.dev = std::hash<std::string>{}(name);
+    id.ino = reinterpret_cast<std::uintptr_t>(session);
+    id.backend = 2;  // etcd
+    return id;
+}
+
 class lock_backend {
 public:
     static constexpr bool queue_first = true;
@@ -139,9 +149,7 @@ public:
     bool wake_on_release() const noexcept { return true; }
     bool queues() const noexcept { return true; }
     bool identity(lock_identity& id) const noexcept {
-        id.dev = std::hash<std::string>{}(name_);
-        id.ino = reinterpret_cast<std::uintptr_t>(session_);
-        id.backend = 2;  // etcd
+        id = identity_of(name_, session_);
         return true;
     }
     bool retarget_watch() const noexcept {

@@ -763,11 +763,7 @@ void send_release(const std::shared_ptr<held_state>& h, std::function<void(std::
                           // Only now: a local successor reuses this key.
                           h->claimed = false;
                           h->s->names().unclaim(h->name);
-                          filelock::detail::lock_identity id;
-                          id.dev = std::hash<std::string>{}(h->name);
-                          id.ino = reinterpret_cast<std::uintptr_t>(h->s.get());
-                          id.backend = 2;
-                          filelock::detail::local_release(id);
+                          filelock::detail::local_release(identity_of(h->name, h->s.get()));
                       }
                       auto sp = h->s;
                       sp->held_done(h.get());
