@@ -847,3 +847,39 @@ TEST_CASE("etcd: TLS verifies the server against the CA given; a wrong CA is a c
     }
     std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("etcd: user authentication: the right password locks, a wrong one is errc::auth",
+          "[etcd]") {
+    test::etcd_cluster m(1);
+    int st = -1;
+    m.ctl("user add root:rootpw", &st);
+    REQUIRE(st == 0);
+    m.ctl("auth enable", &st);
+    REQUIRE(st == 0);
+    asio::io_context io;
+    etcd::config c;
+    c.endpoints = {m.endpoint()};
+    c.user = "root";
+    c.password = "rootpw";
+    {
+        etcd::client cl(io.get_executor(), c);
+        outcome o;
+        start_lock(cl, unique_name("auth"), 5s, o);
+        REQUIRE(run_until(io, [&] { return o.done; }));
+        CHECK_FALSE(o.ec);
+        CHECK(o.held.fencing_token() > 0);
+        if (o.held) release_and_wait(io, o.held);
+    }
+    c.password = "wrong";
+    {
+        etcd::client cl(io.get_executor(), c);
+        std::optional<etcd::lock_result> r;
+        cl.async_lock_result("auth-wrong", 5s, [&](etcd::lock_result x) { r = std::move(x); });
+        REQUIRE(run_until(io, [&] { return r.has_value(); }));
+        CHECK(r->ec == etcd::errc::auth);
+        CHECK(r->message.find(m.endpoint()) != std::string::npos);
+        CHECK(r->message.find("authentication failed") != std::string::npos);
+    }
+    io.restart();
+    io.run_for(100ms);
+}
