@@ -184,7 +184,7 @@ private:
     }
 
     bool retarget_watch() {
-        if constexpr (requires(Backend& b) { b.retarget_watch(); })
+        if constexpr (requires(Backend & b) { b.retarget_watch(); })
             return backend_.retarget_watch();
         else
             return false;
