@@ -5,43 +5,13 @@
 #include <filelock/lock_file.hpp>
 
 #include "content.hpp"
-#include "sys.hpp"
+#include "platform.hpp"
 
 #include <atomic>
-#include <cerrno>
-#include <cstring>
-#include <limits.h>
 #include <string>
-#include <sys/stat.h>
-#include <fcntl.h>
-#include <unistd.h>
 
 namespace filelock {
 namespace detail {
-namespace {
-
-std::error_code sys_error(int err) noexcept { return {err, std::system_category()}; }
-
-std::error_code append_hostname(std::string& out) {
-    // HOST_NAME_MAX bytes and the terminator: a name of the full legal length
-    // fits (gethostname fails with ENAMETOOLONG when the buffer is smaller).
-    char host[HOST_NAME_MAX + 1] = {};
-    if (sys().gethostname(host, sizeof host) != 0) return sys_error(errno);
-    out.append(host, ::strnlen(host, sizeof host));
-    return {};
-}
-
-}  // namespace
-
-std::string read_holder_fd(int fd) noexcept {
-    try {
-        char buf[max_holder_bytes];
-        const ssize_t n = retry_eintr([&] { return sys().pread(fd, buf, sizeof buf, 0); });
-        return n > 0 ? holder_from_bytes(std::string_view(buf, static_cast<std::size_t>(n))) : "";
-    } catch (...) {
-        return {};
-    }
-}
 
 std::error_code expand_content(std::string_view tmpl, std::string& out) {
     std::string result = " ";
@@ -145,17 +115,6 @@ std::uint64_t random_seed() noexcept {
     x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
     x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
     return x ^ (x >> 31);
-}
-
-std::string read_holder_at(const std::filesystem::path& path) noexcept {
-    const int fd = retry_eintr(
-        [&] { return sys().open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0); });
-    if (fd < 0) return {};
-    struct ::stat st {};
-    std::string holder;
-    if (sys().fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) holder = read_holder_fd(fd);
-    sys().close(fd);
-    return holder;
 }
 
 }  // namespace detail

@@ -26,6 +26,8 @@ public:
             case errc::foreign_content:
                 return "the lock file holds data that is not a lock holder's line; nothing was "
                        "written (lock_options::foreign_content)";
+            case errc::unsupported:
+                return "not supported on this platform (lock_backend::ofd is Linux's)";
         }
         return "unknown filelock error";
     }
@@ -39,6 +41,7 @@ public:
             case errc::invalid_template: return cond == std::errc::invalid_argument;
             case errc::symlink_not_followed:
                 return cond == std::errc::too_many_symbolic_link_levels;
+            case errc::unsupported: return cond == std::errc::operation_not_supported;
             default: return default_error_condition(ev) == cond;
         }
     }

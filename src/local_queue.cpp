@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 #include <filelock/detail/local_queue.hpp>
 
+#include "platform.hpp"
+
 #include <algorithm>
-#include <pthread.h>
 #include <memory>
 #include <mutex>
 #include <cstdint>
@@ -121,14 +122,14 @@ namespace {
 // fork, so that the child never inherits it locked by another thread.
 unsigned queues_generation = 0;
 const bool atfork_registered = [] {
-    ::pthread_atfork([] { path_queue::mutex.lock(); }, [] { path_queue::mutex.unlock(); },
-                     [] {
-                         ++queues_generation;
-                         for (auto& q : path_queue::queues) (void)q.second.release();  // leaked
-                         path_queue::queues.clear();
-                         path_queue::waiters.store(0);
-                         path_queue::mutex.unlock();
-                     });
+    at_fork([] { path_queue::mutex.lock(); }, [] { path_queue::mutex.unlock(); },
+            [] {
+                ++queues_generation;
+                for (auto& q : path_queue::queues) (void)q.second.release();  // leaked
+                path_queue::queues.clear();
+                path_queue::waiters.store(0);
+                path_queue::mutex.unlock();
+            });
     return true;
 }();
 

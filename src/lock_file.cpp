@@ -4,8 +4,7 @@
 #include <filelock/detail/local_queue.hpp>
 #include <filelock/lock_file.hpp>
 
-#include "posix/release.hpp"
-#include "sys.hpp"
+#include "platform.hpp"
 
 #include <new>
 #include <utility>
@@ -40,24 +39,13 @@ lock_file& lock_file::operator=(lock_file&& other) noexcept {
 lock_file::~lock_file() { close(); }
 
 void lock_file::close() noexcept {
-    if (h_.fd < 0) return;
-    const int fd = std::exchange(h_.fd, -1);
-    const detail::fork_stamp stamp{h_.generation, h_.forks};
-    // A lock another process may share after a fork() is only closed (see
-    // release_fd), and its file is not removed from under the other holder.
-    if (h_.remove && stamp.is_private()) {
-        // Unlink while still holding, and only the file we hold: a waiter that
-        // then wins this inode sees that the path no longer names it.
-        struct ::stat named {};
-        if (detail::sys().lstat(h_.path.c_str(), &named) == 0 &&
-            static_cast<unsigned long long>(named.st_dev) == h_.dev &&
-            static_cast<unsigned long long>(named.st_ino) == h_.ino)
-            detail::sys().unlink(h_.path.c_str());
-    }
-    detail::release_fd(fd, h_.ofd, stamp);
+    if (h_.fd == detail::no_handle) return;
+    const detail::lock_identity id{h_.dev, h_.ino, h_.ofd ? 1 : 0};
+    const bool inherited = detail::fork_stamp{h_.generation, h_.forks}.inherited();
+    detail::release_held(h_);
     // The next waiter of this process, at once (a forked child's copy of its
     // parent's lock has no waiters of ours to hand it to).
-    if (!stamp.inherited()) detail::local_release({h_.dev, h_.ino, h_.ofd ? 1 : 0});
+    if (!inherited) detail::local_release(id);
 }
 
 simple_lock_file::simple_lock_file(const std::filesystem::path& path, lock_options options)

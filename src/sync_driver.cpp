@@ -3,32 +3,27 @@
 // Between attempts the thread sleeps until the machine's deadline, a release
 // event, or its turn in the local queue.
 //
-// Release events for every sync waiter of the process come from one inotify
-// instance (and one eventfd), created at the first wait that watches and
-// kept for the process's life: a thread that waited keeps no descriptor, and
-// 200 waiting threads hold one instance, not 200. No thread of ours reads
-// it: one waiting thread at a time (the leader) polls it and hands each
-// event to the waiters it concerns; the others sleep on condition variables
-// and one of them takes over when the leader stops waiting.
+// Release events for every sync waiter of the process come from one
+// release_watcher (on Linux an inotify instance and an eventfd), created at the first wait that
+// watches and kept for the process's life: a thread that waited keeps no descriptor, and 200
+// waiting threads hold one instance, not 200. No thread of ours reads it: one waiting thread at a
+// time (the leader) polls it and hands each event to the waiters it concerns; the others sleep on
+// condition variables and one of them takes over when the leader stops waiting.
 #include "sync_driver.hpp"
 
 #include <filelock/detail/file_backend.hpp>
 #include <filelock/detail/release_watcher.hpp>
 #include <filelock/lock_file.hpp>
 
-#include "sys.hpp"
+#include "platform.hpp"
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <condition_variable>
 #include <list>
 #include <map>
 #include <mutex>
 #include <new>
-#include <poll.h>
-#include <pthread.h>
-#include <sys/eventfd.h>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -43,8 +38,8 @@ namespace {
 std::mutex hub_create_mutex;
 std::atomic<release_hub*> current_hub{nullptr};
 const bool hub_atfork = [] {
-    ::pthread_atfork([] { hub_create_mutex.lock(); }, [] { hub_create_mutex.unlock(); },
-                     [] { hub_create_mutex.unlock(); });
+    at_fork([] { hub_create_mutex.lock(); }, [] { hub_create_mutex.unlock(); },
+            [] { hub_create_mutex.unlock(); });
     return true;
 }();
 
@@ -114,10 +109,7 @@ public:
     }
 
     /// Ends the leader's poll now.
-    void interrupt() noexcept {
-        const std::uint64_t one = 1;
-        (void)!sys().write(efd_, &one, sizeof one);
-    }
+    void interrupt() noexcept { watcher_.interrupt(); }
 
     /// `w` stops waiting: no longer a follower.
     void leave(sync_waiter& w) noexcept {
@@ -129,8 +121,7 @@ public:
     /// `until`, dispatches what came to every listener, and hands the role
     /// to a follower.
     void lead(sync_waiter& w, clock::time_point until, bool on_release) {
-        std::uint64_t stale;
-        (void)!sys().read(efd_, &stale, sizeof stale);  // interrupts meant for earlier leaders
+        watcher_.clear_interrupts();  // interrupts meant for earlier leaders
         bool go = true;
         {
             std::lock_guard<std::mutex> wg(w.mutex_);
@@ -141,16 +132,7 @@ public:
                 w.leading_ = true;
         }
         if (go) {
-            ::pollfd pfds[2] = {{watcher_.native_handle(), POLLIN, 0}, {efd_, POLLIN, 0}};
-            ::timespec ts{};
-            const ::timespec* timeout = nullptr;
-            if (until != clock::time_point::max()) {
-                const auto left = std::max(until - clock::now(), clock::duration::zero());
-                const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
-                ts = {static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
-                timeout = &ts;
-            }
-            (void)sys().ppoll(pfds, 2, timeout, nullptr);
+            watcher_.wait(until);
             std::lock_guard<std::mutex> wg(w.mutex_);
             w.leading_ = false;
         }
@@ -165,14 +147,9 @@ private:
     // the way to each wait): at most this many, the oldest dropped first.
     static constexpr std::size_t max_cached = 8;
 
-    release_hub() noexcept : efd_(sys().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
-        valid_ = watcher_.valid() && efd_ >= 0;
-    }
+    release_hub() noexcept { valid_ = watcher_.valid() && watcher_.enable_interrupts(); }
 
-    void close_copies() noexcept {
-        if (watcher_.valid()) sys().close(watcher_.native_handle());
-        if (efd_ >= 0) sys().close(efd_);
-    }
+    void close_copies() noexcept { watcher_.abandon(); }
 
     // With the mutex held.
     void drop_follower(sync_waiter& w) noexcept {
@@ -241,8 +218,7 @@ private:
     }
 
     std::mutex mutex_;
-    release_watcher watcher_;
-    int efd_;  // interrupts the leader's poll
+    release_watcher watcher_;  // with interrupts of the leader's wait
     std::multimap<int, sync_waiter*> listeners_;
     std::list<std::pair<std::filesystem::path, int>> cache_;
     sync_waiter* leader_ = nullptr;

@@ -13,7 +13,7 @@
 #include <filelock/lock_file.hpp>
 #include <filelock/uv.hpp>
 
-#include "../src/sys.hpp"
+#include "../src/posix/sys.hpp"
 #include "proc_fds.hpp"
 #include "support.hpp"
 

@@ -64,6 +64,10 @@ enum class errc {
     /// overwrite it (see `lock_options::foreign_content`). Nothing was
     /// written.
     foreign_content,
+    /// The option asked for has no meaning on this platform
+    /// (`lock_backend::ofd` on Windows). Compares equal to
+    /// `std::errc::operation_not_supported`.
+    unsupported,
 };
 
 /// The category of `errc` codes, named "filelock". Its codes compare equal

@@ -50,8 +50,9 @@ FILELOCK_API lock_file adopt(held_file&& h) noexcept;
 /// Move-only; the destructor releases.
 class FILELOCK_API lock_file {
 public:
-    /// The kind of descriptor holding the lock (a POSIX file descriptor).
-    using native_handle_type = int;
+    /// The kind of descriptor holding the lock: a POSIX file descriptor, or
+    /// a HANDLE on Windows.
+    using native_handle_type = detail::native_handle_type;
 
     /// Holds nothing.
     lock_file() noexcept = default;
@@ -78,10 +79,10 @@ public:
 
     /// The path the lock was taken on (empty when nothing was ever held).
     const std::filesystem::path& path() const noexcept { return h_.path; }
-    /// The descriptor holding the lock, or -1.
+    /// The descriptor holding the lock, or -1 (nullptr on Windows).
     native_handle_type native_handle() const noexcept { return h_.fd; }
     /// Whether a lock is held (not closed, not moved from).
-    bool is_locked() const noexcept { return h_.fd >= 0; }
+    bool is_locked() const noexcept { return h_.fd != detail::no_handle; }
     /// is_locked().
     explicit operator bool() const noexcept { return is_locked(); }
 

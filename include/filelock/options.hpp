@@ -5,7 +5,6 @@
 #include <cstddef>
 #include <string>
 #include <string_view>
-#include <sys/types.h>
 
 namespace filelock {
 
@@ -142,8 +141,8 @@ struct lock_options {
     /// Permission bits of a lock file created by the attempt; the process
     /// umask applies (so the default gives `0666 & ~umask`). Only the
     /// permission bits (0777) are used: never set-user-ID, set-group-ID or
-    /// sticky.
-    mode_t file_mode = 0666;
+    /// sticky. Not used on Windows (the file gets its directory's ACL).
+    unsigned file_mode = 0666;
 
     /// By default, content is never written through a symbolic link at the
     /// last path component (a planted `/tmp/app.lock -> ~/.bashrc` must not be

@@ -4,16 +4,21 @@
 #include <filelock/detail/file_backend.hpp>
 
 #include "../content.hpp"
-#include "../sys.hpp"
-#include "release.hpp"
+#include "sys.hpp"
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
+#include <cstring>
 #include <sys/file.h>
-#include <sys/statfs.h>
-#include <sys/sysmacros.h>
 #include <unistd.h>
 #include <utility>
+#if __has_include(<sys/sysmacros.h>)
+#include <sys/sysmacros.h>  // major() on glibc
+#endif
+#ifndef HOST_NAME_MAX
+#define HOST_NAME_MAX 255  // the BSDs and macOS: _POSIX_HOST_NAME_MAX and sysconf
+#endif
 
 namespace filelock::detail {
 namespace {
@@ -25,10 +30,15 @@ constexpr int max_identity_rounds = 16;
 std::error_code sys_error(int err) noexcept { return {err, std::system_category()}; }
 
 int set_ofd_lock(int fd, short type) noexcept {
+#if defined(F_OFD_SETLK)
     struct ::flock lk {};
     lk.l_type = type;
     lk.l_whence = SEEK_SET;
     return retry_eintr([&] { return sys().fcntl_lock(fd, F_OFD_SETLK, &lk); });
+#else  // open file description locks are Linux's (and recent FreeBSD's)
+    (void)fd, (void)type;
+    return errno = EOPNOTSUPP, -1;
+#endif
 }
 
 // Whether the file behind `fd` (of device `dev`) is on a pseudo filesystem.
@@ -43,8 +53,11 @@ std::error_code check_pseudo(int fd, dev_t dev, bool& pseudo) noexcept {
     return {};
 }
 
-}  // namespace
-
+// Releases a lock held on `fd`: unlock, then close. After a fork() the
+// parent and the child share the descriptor's open file description, and
+// with it the lock, so an unlock in either would release it for both: a
+// descriptor that is not private (see fork_stamp) is only closed, and the
+// lock stays held until every copy is closed (as flock(1)'s is).
 void release_fd(int fd, bool ofd, fork_stamp stamp) noexcept {
     if (stamp.is_private()) {
         if (ofd)
@@ -55,55 +68,54 @@ void release_fd(int fd, bool ofd, fork_stamp stamp) noexcept {
     sys().close(fd);  // never retried: the descriptor is gone whatever it returns
 }
 
-file_backend::file_backend(std::filesystem::path path, const lock_options& options)
-    : path_(std::move(path)),
-      shared_(options.mode == lock_mode::shared),
-      ofd_(options.backend == lock_backend::ofd),
-      writes_(options.write_content && options.mode == lock_mode::exclusive),
-      remove_(options.remove_on_release && options.mode == lock_mode::exclusive),
-      wake_(options.wake_on_release),
-      queue_(options.queue_local_waiters && options.mode == lock_mode::exclusive),
-      keep_foreign_(options.on_foreign_content == foreign_content::lock_without_content),
-      file_mode_(options.file_mode & 0777) {
-    nofollow_ = writes_ && !options.follow_symlinks;
-    // Writing needs a writable descriptor, and so does an exclusive OFD lock
-    // (F_WRLCK); everything else locks through a read-only one, which also
-    // works on a file the caller may only read.
-    read_only_ = !writes_ && !(ofd_ && !shared_);
-    if (options.write_content)
-        init_error_ = options.content_template.fits()
-                          ? expand_content(options.content_template.view(), content_)
-                          : make_error_code(errc::invalid_template);
-    if (!writes_) content_.clear();
+}  // namespace
+
+void release_held(held_file& h) noexcept {
+    if (h.fd < 0) return;
+    const int fd = std::exchange(h.fd, -1);
+    const fork_stamp stamp{h.generation, h.forks};
+    // A lock another process may share after a fork() is only closed (see
+    // release_fd), and its file is not removed from under the other holder.
+    if (h.remove && stamp.is_private()) {
+        // Unlink while still holding, and only the file we hold: a waiter that
+        // then wins this inode sees that the path no longer names it.
+        struct ::stat named {};
+        if (sys().lstat(h.path.c_str(), &named) == 0 &&
+            static_cast<unsigned long long>(named.st_dev) == h.dev &&
+            static_cast<unsigned long long>(named.st_ino) == h.ino)
+            sys().unlink(h.path.c_str());
+    }
+    release_fd(fd, h.ofd, stamp);
 }
 
-file_backend::file_backend(file_backend&& other) noexcept
-    : path_(std::move(other.path_)),
-      content_(std::move(other.content_)),
-      init_error_(other.init_error_),
-      failed_call_(other.failed_call_),
-      fd_(std::exchange(other.fd_, -1)),
-      won_(std::exchange(other.won_, false)),
-      shared_(other.shared_),
-      ofd_(other.ofd_),
-      writes_(other.writes_),
-      nofollow_(other.nofollow_),
-      read_only_(other.read_only_),
-      remove_(other.remove_),
-      wake_(other.wake_),
-      queue_(other.queue_),
-      keep_foreign_(other.keep_foreign_),
-      file_mode_(other.file_mode_),
-      dev_(other.dev_),
-      ino_(other.ino_),
-      fd_generation_(other.fd_generation_),
-      fd_forks_(other.fd_forks_) {}
+std::error_code append_hostname(std::string& out) {
+    // HOST_NAME_MAX bytes and the terminator: a name of the full legal length
+    // fits (gethostname fails with ENAMETOOLONG when the buffer is smaller).
+    char host[HOST_NAME_MAX + 1] = {};
+    if (sys().gethostname(host, sizeof host) != 0) return sys_error(errno);
+    out.append(host, ::strnlen(host, sizeof host));
+    return {};
+}
 
-file_backend::~file_backend() {
-    if (won_)
-        unlock_and_close();
-    else
-        close_fd();
+std::string read_holder_handle(int fd) noexcept {
+    try {
+        char buf[max_holder_bytes];
+        const ssize_t n = retry_eintr([&] { return sys().pread(fd, buf, sizeof buf, 0); });
+        return n > 0 ? holder_from_bytes(std::string_view(buf, static_cast<std::size_t>(n))) : "";
+    } catch (...) {
+        return {};
+    }
+}
+
+std::string read_holder_at(const std::filesystem::path& path) noexcept {
+    const int fd = retry_eintr(
+        [&] { return sys().open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0); });
+    if (fd < 0) return {};
+    struct ::stat st {};
+    std::string holder;
+    if (sys().fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) holder = read_holder_handle(fd);
+    sys().close(fd);
+    return holder;
 }
 
 std::error_code file_backend::fail(int err, const char* call) noexcept {
@@ -136,7 +148,7 @@ std::error_code file_backend::open_file() noexcept {
     const fork_stamp stamp = fork_stamp::now();
     fd_generation_ = stamp.generation;
     fd_forks_ = stamp.forks;
-    fd_ = retry_eintr([&] { return sys().open(p, flags, file_mode_); });
+    fd_ = retry_eintr([&] { return sys().open(p, flags, static_cast<mode_t>(file_mode_)); });
     if (fd_ >= 0) return {};
     const int err = errno;
     if (err == ELOOP && nofollow_) {
@@ -287,21 +299,6 @@ std::error_code file_backend::try_acquire() noexcept {
     return errc::locked;  // the path keeps changing under us
 }
 
-held_file file_backend::take() noexcept {
-    if (!won_) return {};
-    won_ = false;
-    held_file h;
-    h.fd = std::exchange(fd_, -1);
-    h.ofd = ofd_;
-    h.remove = remove_;
-    h.generation = fd_generation_;
-    h.forks = fd_forks_;
-    h.dev = dev_;
-    h.ino = ino_;
-    h.path = std::move(path_);  // the backend is spent once its lock is taken
-    return h;
-}
-
 bool file_backend::identity(lock_identity& id) const noexcept {
     struct ::stat st {};
     const int rc = fd_ >= 0    ? sys().fstat(fd_, &st)
@@ -315,7 +312,7 @@ bool file_backend::identity(lock_identity& id) const noexcept {
 }
 
 std::string file_backend::holder() const noexcept {
-    return fd_ >= 0 ? read_holder_fd(fd_) : read_holder_at(path_);
+    return fd_ >= 0 ? read_holder_handle(fd_) : read_holder_at(path_);
 }
 
 }  // namespace filelock::detail

@@ -8,7 +8,7 @@
 #include <filelock/detail/release_watcher.hpp>
 #include <filelock/uv.hpp>
 
-#include "../sys.hpp"
+#include "../platform.hpp"
 
 #include <algorithm>
 #include <atomic>

@@ -83,7 +83,7 @@ private:
     std::string content_;  // what to write after winning ("" = nothing)
     std::error_code init_error_;
     const char* failed_call_ = nullptr;
-    int fd_ = -1;
+    native_handle_type fd_ = no_handle;
     bool won_ = false;
     bool shared_ = false;
     bool ofd_ = false;
@@ -93,10 +93,10 @@ private:
     bool remove_ = false;
     bool wake_ = true;
     bool queue_ = true;
-    bool keep_foreign_ = false;  // foreign content: lock without writing
-    mode_t file_mode_ = 0666;
+    bool keep_foreign_ = false;             // foreign content: lock without writing
+    unsigned file_mode_ = 0666;             // POSIX permission bits of a created file
     unsigned long long dev_ = 0, ino_ = 0;  // of the file won
-    // fork bookkeeping of fd_ (see fork_stamp in src/sys.hpp)
+    // fork bookkeeping of fd_ (see fork_stamp in src/platform.hpp)
     unsigned fd_generation_ = 0, fd_forks_ = 0;
 };
 

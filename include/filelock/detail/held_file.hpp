@@ -9,11 +9,23 @@
 
 namespace filelock::detail {
 
+#if defined(_WIN32)
+/// A Windows HANDLE.
+using native_handle_type = void*;
+/// No handle (INVALID_HANDLE_VALUE is never kept).
+inline constexpr native_handle_type no_handle = nullptr;
+#else
+/// A POSIX file descriptor.
+using native_handle_type = int;
+/// No descriptor.
+inline constexpr native_handle_type no_handle = -1;
+#endif
+
 struct held_file {
-    int fd = -1;
+    native_handle_type fd = no_handle;
     bool ofd = false;
     bool remove = false;  // unlink the path on release (if it still names this file)
-    // fork bookkeeping of the descriptor (src/sys.hpp, fork_stamp)
+    // fork bookkeeping of the descriptor (src/platform.hpp, fork_stamp)
     unsigned generation = 0;
     unsigned forks = 0;
     unsigned long long dev = 0, ino = 0;

@@ -6,7 +6,8 @@
 // watches the lock files (IN_CLOSE_WRITE / IN_CLOSE_NOWRITE: a holder closed
 // its descriptor; IN_DELETE_SELF / IN_MOVE_SELF / IN_ATTRIB: the file was
 // unlinked, renamed or replaced, so the path must be watched anew). Elsewhere
-// the watcher is not valid() and drivers fall back to the backoff alone.
+// (Windows, the BSDs, macOS) the watcher is not valid() and drivers fall back
+// to the backoff alone.
 //
 // How many instances a process holds (bounded, whatever the number of
 // waiters): one for all sync waiters (with an eventfd; kept for the
@@ -20,6 +21,7 @@
 
 #include <filelock/export.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <iterator>
@@ -59,6 +61,19 @@ public:
     /// any. Its waiters should attempt now.
     std::vector<event> drain();
 
+    /// Makes interrupt() possible (an eventfd); false if it cannot.
+    bool enable_interrupts() noexcept;
+    /// Sleeps until events are pending, interrupt() is called, or `until`
+    /// passes (the sync driver's waiting thread that reads the events).
+    void wait(std::chrono::steady_clock::time_point until) noexcept;
+    /// Ends a wait() now, or the next one to start.
+    void interrupt() noexcept;
+    /// Forgets interrupts meant for earlier waits.
+    void clear_interrupts() noexcept;
+    /// A forked child's copy of its parent's instance: closes its
+    /// descriptors, leaving the watches (the parent's) alone.
+    void abandon() noexcept;
+
     /// An instance from the process's idle one, or a new one.
     static std::unique_ptr<release_watcher> take();
     /// Keeps `w` (its watches removed, its events dropped) as the process's
@@ -67,6 +82,7 @@ public:
 
 private:
     int fd_ = -1;
+    int efd_ = -1;                       // interrupts a wait()
     unsigned generation_ = 0;            // fork generation it was created in
     std::unordered_map<int, int> refs_;  // watch descriptor -> references
 };

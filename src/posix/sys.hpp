@@ -1,14 +1,18 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-// The one seam through which every system call of the lock primitive, the
-// release watchers and the sync driver goes, so tests can inject errno values
+// The POSIX side of the platform seam (src/platform.hpp): the one table
+// through which every system call of the lock primitive, the release
+// watchers and the sync driver goes, so tests can inject errno values
 // and events (as fmt's posix-mock test does). The table holds plain libc
 // functions by default. Not covered: what Asio's and libuv's reactors do
 // with the inotify descriptors we hand them (epoll registration), and
 // filelock-run's own calls (it is a program, tested from outside).
 
 #include <filelock/export.hpp>
+
+#include "../platform.hpp"
+#include "../sys_entry.hpp"
 
 #include <atomic>
 #include <cerrno>
@@ -17,7 +21,11 @@
 #include <signal.h>
 #include <time.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
+#if __has_include(<sys/statfs.h>)
+#include <sys/statfs.h>  // Linux
+#else
+#include <sys/mount.h>  // the BSDs and macOS: statfs
+#endif
 #include <cstdint>
 #include <sys/types.h>
 
@@ -32,31 +40,6 @@ auto retry_eintr(F f) noexcept {
     while (r == -1 && errno == EINTR);
     return r;
 }
-
-/// One entry of the table: a function pointer read and replaced atomically
-/// (a background thread of the library may call through the table while a
-/// test replaces an entry).
-template <class F>
-class sys_entry;
-template <class R, class... A>
-class sys_entry<R(A...)> {
-public:
-    using function = R (*)(A...);
-    constexpr sys_entry(function f) noexcept : f_(f) {}
-    sys_entry(const sys_entry& o) noexcept : f_(o.f_.load(std::memory_order_relaxed)) {}
-    sys_entry& operator=(const sys_entry& o) noexcept {
-        f_.store(o.f_.load(std::memory_order_relaxed), std::memory_order_relaxed);
-        return *this;
-    }
-    sys_entry& operator=(function f) noexcept {
-        f_.store(f, std::memory_order_relaxed);
-        return *this;
-    }
-    R operator()(A... a) const { return f_.load(std::memory_order_relaxed)(a...); }
-
-private:
-    std::atomic<function> f_;
-};
 
 struct sys_table {
     sys_entry<int(const char* path, int flags, mode_t mode)> open;
@@ -87,27 +70,5 @@ struct sys_table {
 FILELOCK_API sys_table& sys() noexcept;
 /// The libc functions.
 FILELOCK_API const sys_table& default_sys() noexcept;
-
-/// The process's pid, cached; refreshed in a forked child.
-FILELOCK_API pid_t current_pid() noexcept;
-/// Increments in every forked child: a lock taken under another generation
-/// belongs to the parent.
-FILELOCK_API unsigned fork_generation() noexcept;
-
-/// Where a descriptor stands with respect to fork(): taken when it is opened
-/// (before the open call), compared later. A descriptor is *private* while
-/// this process has not forked since (a child shares its open file
-/// description, and with it the lock) and is not itself a forked child's
-/// copy.
-struct fork_stamp {
-    unsigned generation = 0;  // fork_generation() at open
-    unsigned forks = 0;       // forks made by this process at open
-
-    FILELOCK_API static fork_stamp now() noexcept;
-    /// This process's copy, and no child has one.
-    FILELOCK_API bool is_private() const noexcept;
-    /// A forked child's copy of its parent's descriptor.
-    FILELOCK_API bool inherited() const noexcept;
-};
 
 }  // namespace filelock::detail

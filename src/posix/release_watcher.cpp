@@ -1,21 +1,19 @@
 // SPDX-License-Identifier: MIT
 #include <filelock/detail/release_watcher.hpp>
 
+// Linux's release events (inotify); meson builds src/no_release_watcher.cpp
+// instead where there is no inotify.
 #include "sys.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <mutex>
-#include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <unistd.h>
 
-#if defined(__linux__)
-#include <sys/inotify.h>
-#endif
-
 namespace filelock::detail {
-
-#if defined(__linux__)
 
 namespace {
 constexpr std::uint32_t watch_mask =
@@ -31,8 +29,8 @@ idle_pool& pool() {
     static auto* p = [] {
         auto* made = new idle_pool;  // never destroyed: usable during exit
         // Held across fork(): a child never inherits it locked.
-        ::pthread_atfork([] { pool().mutex.lock(); }, [] { pool().mutex.unlock(); },
-                         [] { pool().mutex.unlock(); });
+        at_fork([] { pool().mutex.lock(); }, [] { pool().mutex.unlock(); },
+                [] { pool().mutex.unlock(); });
         return made;
     }();
     return *p;
@@ -44,6 +42,42 @@ release_watcher::release_watcher() noexcept
 
 release_watcher::~release_watcher() {
     if (fd_ >= 0) sys().close(fd_);
+    if (efd_ >= 0) sys().close(efd_);
+}
+
+bool release_watcher::enable_interrupts() noexcept {
+    if (efd_ < 0) efd_ = sys().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return efd_ >= 0;
+}
+
+void release_watcher::wait(std::chrono::steady_clock::time_point until) noexcept {
+    ::pollfd pfds[2] = {{fd_, POLLIN, 0}, {efd_, POLLIN, 0}};
+    ::timespec ts{};
+    const ::timespec* timeout = nullptr;
+    if (until != std::chrono::steady_clock::time_point::max()) {
+        const auto left = std::max(until - std::chrono::steady_clock::now(),
+                                   std::chrono::steady_clock::duration::zero());
+        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+        ts = {static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+        timeout = &ts;
+    }
+    (void)sys().ppoll(pfds, efd_ >= 0 ? 2 : 1, timeout, nullptr);
+}
+
+void release_watcher::interrupt() noexcept {
+    const std::uint64_t one = 1;
+    if (efd_ >= 0) (void)!sys().write(efd_, &one, sizeof one);
+}
+
+void release_watcher::clear_interrupts() noexcept {
+    std::uint64_t stale;
+    if (efd_ >= 0) (void)!sys().read(efd_, &stale, sizeof stale);
+}
+
+void release_watcher::abandon() noexcept {
+    if (fd_ >= 0) sys().close(fd_);
+    if (efd_ >= 0) sys().close(efd_);
+    fd_ = efd_ = -1;
 }
 
 int release_watcher::add(const std::filesystem::path& path) noexcept {
@@ -123,19 +157,5 @@ void release_watcher::recycle(std::unique_ptr<release_watcher> w) noexcept {
     if (!pool().kept) pool().kept = std::move(w);
     // else: closed here, after its last waiter's completion
 }
-
-#else
-
-release_watcher::release_watcher() noexcept = default;
-release_watcher::~release_watcher() = default;
-int release_watcher::add(const std::filesystem::path&) noexcept { return -1; }
-void release_watcher::remove(int) noexcept {}
-std::vector<release_watcher::event> release_watcher::drain() { return {}; }
-std::unique_ptr<release_watcher> release_watcher::take() {
-    return std::make_unique<release_watcher>();
-}
-void release_watcher::recycle(std::unique_ptr<release_watcher>) noexcept {}
-
-#endif
 
 }  // namespace filelock::detail
