@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// filelock-run's command line, read the same way on every platform: the
+// options of flock(1) and ours, the exit statuses, the messages. What runs
+// the command is the platform's (filelock_run.cpp, win32/run.cpp).
+
+#include <filelock/lock_file.hpp>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace cli {
+
+// sysexits.h values, as flock(1) uses them.
+constexpr int ex_usage = 64;
+constexpr int ex_dataerr = 65;
+constexpr int ex_noinput = 66;
+constexpr int ex_unavailable = 69;
+constexpr int ex_oserr = 71;
+constexpr int ex_cantcreat = 73;
+constexpr int ex_tempfail = 75;
+
+struct command_line {
+    filelock::lock_options options;
+    std::chrono::nanoseconds timeout = filelock::wait_forever;
+    int conflict_code = 1;
+    bool nonblock = false, unlock = false, close_fd = false, no_fork = false, verbose = false;
+    bool have_content = false, simple = false;
+    std::string content_arg;
+    // etcd:// targets
+    std::string etcd_cacert, etcd_cert, etcd_key, etcd_user, lost_signal;
+    int etcd_ttl = 0;
+    bool etcd_option = false;
+    /// LOCKFILE, DIRECTORY, FD or etcd://...
+    const char* target = nullptr;
+    /// COMMAND [ARGS...] (empty: the descriptor form).
+    std::vector<char*> command;
+    /// -c STRING: run through the shell (command is empty then).
+    const char* shell_command = nullptr;
+
+    bool has_command() const noexcept { return !command.empty() || shell_command; }
+};
+
+/// Reads argv into `out`; a usage error exits with ex_usage. Returns an exit
+/// status when the line was --help or --version (already answered).
+std::optional<int> parse(int argc, char** argv, command_line& out);
+
+/// Prints "filelock-run: MSG" and the hint to stderr; exits with ex_usage.
+[[noreturn]] void usage_error(const std::string& msg);
+
+/// The holder's content, printable whatever bytes it has.
+std::string printable(std::string_view s);
+
+bool parse_int(const char* text, long lo, long hi, int& out);
+
+/// Reports a conflict (nonblocking, or timed out) as flock(1) does, naming
+/// the holder; returns the conflict exit status.
+int report_conflict(const command_line& cl, const std::string& holder);
+/// With --verbose: how long taking the lock took.
+void report_took(const command_line& cl, std::chrono::steady_clock::time_point started);
+
+}  // namespace cli
