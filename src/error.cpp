@@ -62,9 +62,10 @@ public:
         switch (static_cast<condition>(cond)) {
             case condition::cancelled:
                 // Asio's own system category (named "asio.system") keeps
-                // ECANCELED to itself; every other source maps it.
+                // ECANCELED (ERROR_OPERATION_ABORTED, 995, on Windows) to
+                // itself; every other source maps it.
                 return code == std::errc::operation_canceled ||
-                       (code.value() == ECANCELED &&
+                       ((code.value() == ECANCELED || code.value() == 995) &&
                         std::string_view(code.category().name()) == "asio.system");
         }
         return false;

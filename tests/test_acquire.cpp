@@ -140,7 +140,7 @@ TEST_CASE("acquire: a negative timeout is one attempt too") {
 
 TEST_CASE("acquire: a real error ends the acquisition at once, without retries") {
     fixture f;
-    f.script = {std::error_code(EACCES, std::system_category())};
+    f.script = {std::make_error_code(std::errc::permission_denied)};
     auto m = f.make(10s);
     const auto a = f.start(m);
     CHECK(a.is_done());
@@ -150,7 +150,7 @@ TEST_CASE("acquire: a real error ends the acquisition at once, without retries")
 
 TEST_CASE("acquire: an error after some contention is reported as that error") {
     fixture f;
-    f.script = {errc::locked, errc::locked, std::error_code(ENOLCK, std::system_category())};
+    f.script = {errc::locked, errc::locked, std::make_error_code(std::errc::no_lock_available)};
     auto m = f.make(10s);
     action a;
     run_out(f, m, a);

@@ -129,6 +129,23 @@ struct release_wake final : queue_waiter, std::enable_shared_from_this<release_w
     }
 };
 
+// The release watcher's descriptor, read through the reactor. Where the
+// platform has no release events (Windows: release_watcher is never valid())
+// the stream is never made.
+#if defined(ASIO_HAS_POSIX_STREAM_DESCRIPTOR)
+using watch_stream = asio::posix::stream_descriptor;
+inline constexpr auto watch_readable = asio::posix::descriptor_base::wait_read;
+#else
+struct watch_stream {
+    template <class Executor>
+    watch_stream(const Executor&, int) {}
+    int release() { return -1; }
+    template <class Handler>
+    void async_wait(int, Handler&&) {}
+};
+inline constexpr int watch_readable = 0;
+#endif
+
 // One inotify instance per execution context while operations wait on it,
 // read through a stream_descriptor. When none waits, the reactor lets go of
 // it and it goes back to the process's idle instance (release_watcher::take):
@@ -156,8 +173,7 @@ public:
         waiting_.emplace(wd, w);
         if (!reading_) {
             reading_ = true;
-            stream_->async_wait(asio::posix::descriptor_base::wait_read,
-                                [this](std::error_code ec) { on_readable(ec); });
+            stream_->async_wait(watch_readable, [this](std::error_code ec) { on_readable(ec); });
         }
         return wd;
     }
@@ -277,8 +293,7 @@ private:
                 idle();
             } else {
                 reading_ = true;
-                stream_->async_wait(asio::posix::descriptor_base::wait_read,
-                                    [this](std::error_code e) { on_readable(e); });
+                stream_->async_wait(watch_readable, [this](std::error_code e) { on_readable(e); });
             }
         }
         for (auto& [w, moved] : woken)
@@ -287,7 +302,7 @@ private:
 
     std::mutex mutex_;
     std::unique_ptr<release_watcher> watcher_;
-    std::optional<asio::posix::stream_descriptor> stream_;
+    std::optional<watch_stream> stream_;
     std::unordered_multimap<int, std::weak_ptr<release_wake>> waiting_;
     std::unordered_map<const release_wake*, std::weak_ptr<release_wake>> tracked_;
     bool reading_ = false;
