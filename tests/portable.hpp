@@ -105,6 +105,31 @@ inline bool nothing_open_on(const fs::path& p) {
 #endif
 }
 
+/// Makes `link` a symbolic link to the file `target`; false (with the
+/// reason) where links cannot be made: Windows without the privilege or
+/// developer mode, and wine, whose CreateSymbolicLinkW makes nothing.
+inline bool make_symlink(const fs::path& target, const fs::path& link, std::string& why) {
+#if defined(_WIN32)
+    // libstdc++'s create_symlink is not implemented on mingw-w64.
+    if (!::CreateSymbolicLinkW(link.c_str(), target.c_str(),
+                               SYMBOLIC_LINK_FLAG_ALLOW_UNPRIVILEGED_CREATE)) {
+        why = "CreateSymbolicLinkW failed with error " + std::to_string(::GetLastError());
+        return false;
+    }
+    const DWORD attrs = ::GetFileAttributesW(link.c_str());
+    if (attrs == INVALID_FILE_ATTRIBUTES || !(attrs & FILE_ATTRIBUTE_REPARSE_POINT)) {
+        why = "CreateSymbolicLinkW succeeded but made no link (wine)";
+        return false;
+    }
+    return true;
+#else
+    std::error_code ec;
+    fs::create_symlink(target, link, ec);
+    why = ec.message();
+    return !ec;
+#endif
+}
+
 /// This test program's own path (set by main).
 inline fs::path& self() {
     static fs::path p;

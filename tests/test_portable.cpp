@@ -214,16 +214,39 @@ TEST_CASE("portable: a waiter whose file is replaced meanwhile ends up holding t
     CHECK(ec == errc::locked);  // the path's file is held by the waiter
 }
 
+TEST_CASE(
+    "portable: remove_on_release: the holder removes its file; a waiter moves to the new one") {
+    scratch s;
+    const auto p = s / "a.lock";
+    filelock::lock_options rm;
+    rm.remove_on_release = true;
+    { lock_file l(p, rm); }
+    CHECK(!fs::exists(p));
+    auto held = std::make_unique<lock_file>(p, rm);
+    lock_file won;
+    std::thread waiter([&] { won = filelock::lock(p, 30s, rm); });
+    std::this_thread::sleep_for(100ms);  // the waiter has the file open
+    held.reset();                        // removed while the waiter holds it open
+    waiter.join();
+    REQUIRE(won.is_locked());
+    CHECK(fs::exists(p));
+    std::error_code ec;
+    auto other = filelock::try_lock(p, ec);
+    CHECK(ec == errc::locked);  // the file the path names is the waiter's
+    won.close();
+    CHECK(!fs::exists(p));
+}
+
 TEST_CASE("portable: never writes through a symbolic link at the last component") {
     scratch s;
     const auto target = s / "precious";
     write_file(target, "");
-    std::error_code ec;
-    fs::create_symlink(target, s / "link.lock", ec);
-    if (ec) {
-        cannot_run("symbolic links cannot be created here: " + ec.message());
+    std::string why;
+    if (!make_symlink(target, s / "link.lock", why)) {
+        cannot_run("symbolic links cannot be created here: " + why);
         return;
     }
+    std::error_code ec;
     auto l = filelock::try_lock(s / "link.lock", ec);
     CHECK(ec == errc::symlink_not_followed);
     CHECK(read_file(target).empty());

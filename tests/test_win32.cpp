@@ -171,3 +171,38 @@ TEST_CASE("win32: every failing call is itself, with the path and the call, and 
         CHECK(ec == errc::locked);
     }
 }
+
+TEST_CASE("win32: a reparse point at the last component is refused for writing locks") {
+    // Wine cannot make symbolic links: the seam reports the attribute that
+    // a link opened with FILE_FLAG_OPEN_REPARSE_POINT has.
+    scratch s;
+    const auto p = s / "a.lock";
+    static std::atomic<bool> reparse_opened{false};
+    inject guard;
+    d::sys().create_file = [](const wchar_t* path, DWORD access, DWORD share, DWORD disposition,
+                              DWORD flags) {
+        if (flags & FILE_FLAG_OPEN_REPARSE_POINT) reparse_opened = true;
+        return d::default_sys().create_file(path, access, share, disposition, flags);
+    };
+    d::sys().get_file_information = [](HANDLE h, BY_HANDLE_FILE_INFORMATION* info) {
+        const BOOL ok = d::default_sys().get_file_information(h, info);
+        info->dwFileAttributes |= FILE_ATTRIBUTE_REPARSE_POINT;
+        return ok;
+    };
+    std::error_code ec;
+    auto l = filelock::try_lock(p, ec);
+    CHECK(ec == errc::symlink_not_followed);
+    CHECK(reparse_opened);
+    CHECK(read_file(p).empty());  // nothing written
+    CHECK(nothing_open_on(p));
+    filelock::lock_options follow;
+    follow.follow_symlinks = true;
+    reparse_opened = false;
+    l = filelock::try_lock(p, follow, ec);
+    CHECK(!ec);
+    CHECK(!reparse_opened);
+    CHECK(read_file(p) == " " + std::to_string(this_pid()) + "\n");
+    l.close();
+    filelock::simple_lock_file simple(p);  // writes nothing: follows links
+    CHECK(simple.is_locked());
+}
