@@ -22,7 +22,8 @@ int main(int argc, char** argv) {
         } else if (ec) {
             std::printf("cannot lock %s: %s\n", path, ec.message().c_str());
         } else {
-            std::printf("holding %s (fd %d)\n", lock.path().c_str(), lock.native_handle());
+            std::printf("holding %s (content \"%s\")\n", lock.path().string().c_str(),
+                        filelock::read_holder(path).c_str());
             status = 0;
         }  // `lock` is released here
     });

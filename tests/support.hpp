@@ -8,6 +8,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "portable.hpp"
 #include "proc_fds.hpp"
 
 #include <cerrno>
@@ -63,17 +64,8 @@ inline filelock::lock_options event_only() {
     return o;
 }
 
-inline std::string read_file(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-inline void write_file(const fs::path& p, const std::string& s) {
-    std::ofstream out(p, std::ios::binary | std::ios::trunc);
-    out << s;
-}
+using portable::read_file;
+using portable::write_file;
 
 /// Is the lock on `p` free right now (as seen by an independent flock)?
 inline bool lock_is_free(const fs::path& p) {

@@ -5,7 +5,6 @@
 // filelock-run's exit statuses. The same program is its own helper process
 // (--hold, --exit, --wait-go). Linux-only behaviour (fork, inotify, /proc,
 // OFD, libuv) is tested in the other test programs.
-#define CATCH_CONFIG_RUNNER
 #include <filelock/asio.hpp>
 #include <filelock/detail/local_queue.hpp>
 #include <filelock/lock_file.hpp>
@@ -418,6 +417,8 @@ TEST_CASE("portable: filelock-run holds while its command runs; the holder is fi
     CHECK(l.is_locked());
 }
 
+int run_catch(int argc, char** argv);  // catch_runner.cpp
+
 int main(int argc, char** argv) {
     self() = fs::absolute(argv[0]);
     const std::string mode = argc > 1 ? argv[1] : "";
@@ -431,7 +432,7 @@ int main(int argc, char** argv) {
         write_file(fs::path(argv[2]) / "ready", "");
         return wait_for_file(fs::path(argv[2]) / "go", 120000ms) ? 0 : 3;
     }
-    const int failed = Catch::Session().run(argc, argv);
+    const int failed = run_catch(argc, argv);
     std::fprintf(stderr, "portable tests: %d could not run here (see NOT RUN above)\n",
                  not_run().load());
     return failed;

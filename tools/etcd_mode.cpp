@@ -5,6 +5,8 @@
 // default) and filelock-run exits with status 75 (EX_TEMPFAIL) once it ended.
 #include "etcd_mode.hpp"
 
+#include "cli.hpp"
+
 #include <filelock/etcd_asio.hpp>
 
 #include <csignal>
@@ -20,7 +22,10 @@ namespace etcd_mode {
 
 namespace {
 
-constexpr int ex_usage = 64, ex_unavailable = 69, ex_oserr = 71, ex_tempfail = 75;
+using cli::ex_oserr;
+using cli::ex_tempfail;
+using cli::ex_unavailable;
+using cli::ex_usage;
 
 // The acquisition's outcome and the lost signal reach the main thread as
 // this real-time signal (it waits with sigwaitinfo).
