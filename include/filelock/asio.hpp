@@ -136,10 +136,15 @@ struct release_wake final : queue_waiter, std::enable_shared_from_this<release_w
 using watch_stream = asio::posix::stream_descriptor;
 inline constexpr auto watch_readable = asio::posix::descriptor_base::wait_read;
 #else
+/// Stands in for the descriptor's stream where there are no release events:
+/// never constructed (release_watcher is never valid()).
 struct watch_stream {
+    /// Nothing to wrap.
     template <class Executor>
     watch_stream(const Executor&, int) {}
+    /// No descriptor to give back.
     int release() { return -1; }
+    /// Never called.
     template <class Handler>
     void async_wait(int, Handler&&) {}
 };
