@@ -25,6 +25,7 @@
 #include <windows.h>
 #else
 #include <dirent.h>
+#include <csignal>
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -187,6 +188,15 @@ public:
 
     long long pid() const noexcept { return pid_; }
 
+    /// Kills it at once (TerminateProcess, SIGKILL).
+    void kill() {
+#if defined(_WIN32)
+        ::TerminateProcess(handle_, 137);
+#else
+        ::kill(static_cast<pid_t>(pid_), SIGKILL);
+#endif
+    }
+
     /// Its exit code (128 + signal on POSIX).
     int wait() {
         if (done_) return status_;
@@ -225,6 +235,19 @@ inline int run(const std::vector<std::string>& args, std::string* err = nullptr)
     }
     if (err) *err = read_file(s / "stderr");
     return status;
+}
+
+/// Whether the process `pid` still runs.
+inline bool alive(long long pid) {
+#if defined(_WIN32)
+    const HANDLE h = ::OpenProcess(SYNCHRONIZE, FALSE, static_cast<DWORD>(pid));
+    if (!h) return false;
+    const bool running = ::WaitForSingleObject(h, 0) == WAIT_TIMEOUT;
+    ::CloseHandle(h);
+    return running;
+#else
+    return ::kill(static_cast<pid_t>(pid), 0) == 0;
+#endif
 }
 
 /// filelock-run's path (FILELOCK_RUN).

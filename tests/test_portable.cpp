@@ -417,6 +417,49 @@ TEST_CASE("portable: filelock-run holds while its command runs; the holder is fi
     CHECK(l.is_locked());
 }
 
+TEST_CASE("portable: filelock-run killed while COMMAND runs never leaves it running unlocked") {
+    // POSIX (as flock(1)): COMMAND inherited the lock and keeps it.
+    // Windows: a lock ends with the process that took it, so COMMAND is
+    // killed with filelock-run (its job) and the lock is free.
+    scratch s;
+    const auto p = s / "a.lock";
+    process tool({filelock_run(), p.string(), self().string(), "--wait-go", s.dir.string()});
+    REQUIRE(wait_for_file(s / "ready"));
+    std::this_thread::sleep_for(50ms);  // the ready file's content is written
+    const long long command = std::stoll(read_file(s / "ready"));
+    tool.kill();
+    tool.wait();
+    const auto end = std::chrono::steady_clock::now() + 10s;
+    std::error_code ec;
+    for (;;) {
+        auto l = filelock::try_lock(p, ec);
+        const bool running = alive(command);
+        CHECK(!(running && !ec));  // never: COMMAND running while we hold the lock
+        if (!ec || std::chrono::steady_clock::now() > end) break;
+        if (running && ec == errc::locked) {
+#if defined(_WIN32)
+            std::this_thread::sleep_for(10ms);  // the job is being killed
+            continue;
+#else
+            break;  // COMMAND holds it, as flock(1)'s does
+#endif
+        }
+        break;
+    }
+#if defined(_WIN32)
+    CHECK(!ec);
+    CHECK(!alive(command));
+#else
+    CHECK(ec == errc::locked);
+    CHECK(alive(command));
+    write_file(s / "go", "");  // COMMAND ends, and with it the lock
+    CHECK(wait_for_file(s / "go"));
+    for (int i = 0; i < 1000 && filelock::try_lock(p, ec).is_locked() == false; ++i)
+        std::this_thread::sleep_for(10ms);
+    CHECK(!ec);
+#endif
+}
+
 int run_catch(int argc, char** argv);  // catch_runner.cpp
 
 int main(int argc, char** argv) {
@@ -429,7 +472,7 @@ int main(int argc, char** argv) {
         return wait_for_file(fs::path(argv[3]) / "go", 120000ms) ? 0 : 3;
     }
     if (mode == "--wait-go" && argc == 3) {  // DIR: a COMMAND under filelock-run
-        write_file(fs::path(argv[2]) / "ready", "");
+        write_file(fs::path(argv[2]) / "ready", std::to_string(this_pid()));
         return wait_for_file(fs::path(argv[2]) / "go", 120000ms) ? 0 : 3;
     }
     const int failed = run_catch(argc, argv);

@@ -3,11 +3,12 @@
 // through the library (LockFileEx on byte 0), COMMAND run with
 // CreateProcessW and waited for; its exit code is ours.
 //
-// What differs from the POSIX tool, because Windows has no fork() and no
-// descriptors to inherit: COMMAND does not inherit the lock's handle (the
-// lock is held by filelock-run until COMMAND exits, as with -o), so killing
-// filelock-run releases it; -F and the file descriptor form (and -u) are
-// usage errors; a directory cannot be locked.
+// What differs from the POSIX tool, because Windows has no fork() and ties
+// a lock to the process that took it: COMMAND does not inherit the lock's
+// handle (the lock is held by filelock-run until COMMAND exits, as with -o),
+// and COMMAND runs in a job killed with filelock-run, so that it never runs
+// unlocked; -F and the file descriptor form (and -u) are usage errors; a
+// directory cannot be locked.
 #include <filelock/lock_file.hpp>
 
 #include "../cli.hpp"
@@ -54,18 +55,39 @@ int run(const command_line& cl, const std::vector<std::string>& utf8_args) {
         for (const auto& a : utf8_args) append_argument(line, widen(a));
     }
     if (cl.verbose) std::fprintf(stderr, "filelock-run: executing %ls\n", line.c_str());
+    // Windows releases a lock when the process that took it ends, whatever
+    // handles others have: COMMAND must never outlive filelock-run, or it
+    // would run unlocked. It runs in a job that is killed when the job's
+    // last handle (ours, never inherited) closes, however we end.
+    const HANDLE job = ::CreateJobObjectW(nullptr, nullptr);
+    JOBOBJECT_EXTENDED_LIMIT_INFORMATION limits{};
+    limits.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
+    if (!job || !::SetInformationJobObject(job, JobObjectExtendedLimitInformation, &limits,
+                                           sizeof limits)) {
+        std::fprintf(stderr, "filelock-run: cannot create a job for COMMAND: %s\n",
+                     filelock::detail::win32_error(::GetLastError()).message().c_str());
+        return ex_oserr;
+    }
     STARTUPINFOW si{};
     si.cb = sizeof si;
     PROCESS_INFORMATION pi{};
-    // Nothing inherited: COMMAND never holds the lock's handle.
-    if (!::CreateProcessW(nullptr, line.data(), nullptr, nullptr, FALSE, 0, nullptr, nullptr, &si,
-                          &pi)) {
+    // Nothing inherited: COMMAND never holds the lock's handle. Suspended
+    // until it is in the job.
+    if (!::CreateProcessW(nullptr, line.data(), nullptr, nullptr, FALSE, CREATE_SUSPENDED, nullptr,
+                          nullptr, &si, &pi)) {
         const DWORD err = ::GetLastError();
         std::fprintf(stderr, "filelock-run: failed to execute %s: %s\n",
                      cl.shell_command ? "cmd.exe" : cl.command[0],
                      filelock::detail::win32_error(err).message().c_str());
         return err == ERROR_NOT_ENOUGH_MEMORY ? ex_oserr : ex_unavailable;
     }
+    if (!::AssignProcessToJobObject(job, pi.hProcess)) {
+        std::fprintf(stderr, "filelock-run: cannot put COMMAND in its job: %s\n",
+                     filelock::detail::win32_error(::GetLastError()).message().c_str());
+        ::TerminateProcess(pi.hProcess, ex_oserr);
+        return ex_oserr;
+    }
+    ::ResumeThread(pi.hThread);
     ::CloseHandle(pi.hThread);
     // Ctrl+C reaches COMMAND through the console; we wait for its outcome.
     ::SetConsoleCtrlHandler(nullptr, TRUE);
