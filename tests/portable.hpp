@@ -38,6 +38,28 @@ namespace portable {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
+#if !defined(_WIN32)
+/// Spawn attributes that give the child default signal dispositions and an
+/// empty signal mask. Ignored signals are inherited across exec: a suite
+/// started by `nohup` or a script's `cmd &` (SIGHUP, SIGINT, SIGQUIT
+/// ignored) would otherwise give its helpers signals they cannot catch.
+struct default_signals {
+    posix_spawnattr_t attr;
+    default_signals() {
+        posix_spawnattr_init(&attr);
+        sigset_t all, none;
+        sigfillset(&all);
+        sigemptyset(&none);
+        posix_spawnattr_setsigdefault(&attr, &all);
+        posix_spawnattr_setsigmask(&attr, &none);
+        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+    }
+    ~default_signals() { posix_spawnattr_destroy(&attr); }
+    default_signals(const default_signals&) = delete;
+    default_signals& operator=(const default_signals&) = delete;
+};
+#endif
+
 inline long long this_pid() {
 #if defined(_WIN32)
     return static_cast<long long>(::GetCurrentProcessId());
@@ -176,7 +198,8 @@ public:
         for (auto& a : copy) argv.push_back(a.data());
         argv.push_back(nullptr);
         pid_t pid = 0;
-        const int rc = ::posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+        default_signals sig;
+        const int rc = ::posix_spawnp(&pid, argv[0], &fa, &sig.attr, argv.data(), environ);
         posix_spawn_file_actions_destroy(&fa);
         REQUIRE(rc == 0);
         pid_ = pid;

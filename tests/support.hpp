@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <filesystem>
 #include <fstream>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sstream>
@@ -177,7 +178,8 @@ public:
         std::vector<char*> args;
         for (auto& a : argv) args.push_back(a.data());
         args.push_back(nullptr);
-        const int rc = ::posix_spawnp(&pid_, args[0], &fa, nullptr, args.data(), environ);
+        portable::default_signals sig;
+        const int rc = ::posix_spawnp(&pid_, args[0], &fa, &sig.attr, args.data(), environ);
         posix_spawn_file_actions_destroy(&fa);
         ::close(in[0]);
         ::close(out[1]);
@@ -190,10 +192,13 @@ public:
         wait();
         ::close(out_);
     }
+    /// A line of its stdout; what came before EOF, or before 20 s without
+    /// output (a test fails fast rather than waiting for meson's timeout).
     std::string read_line() {
         std::string line;
         char c;
-        while (::read(out_, &c, 1) == 1 && c != '\n') line += c;
+        pollfd pfd{out_, POLLIN, 0};
+        while (::poll(&pfd, 1, 20000) == 1 && ::read(out_, &c, 1) == 1 && c != '\n') line += c;
         return line;
     }
     void close_stdin() {
@@ -228,7 +233,8 @@ inline int run(std::vector<std::string> argv, std::string* err = nullptr) {
     for (auto& a : argv) args.push_back(a.data());
     args.push_back(nullptr);
     pid_t pid = 0;
-    const int rc = ::posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ);
+    portable::default_signals sig;
+    const int rc = ::posix_spawnp(&pid, args[0], &fa, &sig.attr, args.data(), environ);
     posix_spawn_file_actions_destroy(&fa);
     ::close(errp[1]);
     REQUIRE(rc == 0);
