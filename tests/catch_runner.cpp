@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// Catch2's implementation without its main(), for test programs with their
-// own (test_portable.cpp, which is also its own helper process).
+// Catch's implementation without its main(), compiled once per build: for
+// test programs with their own main (test_portable.cpp, which is also its
+// own helper process) and, with catch_main.cpp, for all the others.
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
