@@ -24,6 +24,9 @@ int main(int argc, char** argv) {
         std::fflush(stdout);  // or the child would print it again
         const pid_t child = ::fork();
         if (child == 0) {
+            // The child inherited the parent's lock: a copy made by fork() is
+            // released by closing it (the parent still holds the lock).
+            held.close();
             try {
                 filelock::lock(path, 300ms);
             } catch (const filelock::timeout_error& e) {

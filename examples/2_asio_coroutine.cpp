@@ -13,7 +13,7 @@
 
 using namespace std::chrono_literals;
 
-asio::awaitable<void> job(int id, const char* path) {
+asio::awaitable<void> job(int id, const char* path, int& running) {
     try {
         auto lock = co_await filelock::async_lock(path, 2s);
         std::printf("job %d: holds %s, working\n", id, path);
@@ -25,21 +25,26 @@ asio::awaitable<void> job(int id, const char* path) {
     } catch (const std::exception& e) {
         std::printf("job %d: error: %s\n", id, e.what());
     }
+    --running;
 }
 
-asio::awaitable<void> heartbeat() {
+// Ticks every 10 ms while the jobs wait for the lock and work.
+asio::awaitable<void> heartbeat(const int& running) {
     asio::steady_timer t(co_await asio::this_coro::executor);
-    for (int i = 0; i < 5; ++i) {
-        t.expires_after(40ms);
+    int ticks = 0;
+    while (running > 0) {
+        t.expires_after(10ms);
         co_await t.async_wait(asio::use_awaitable);
-        std::printf("heartbeat %d: the loop is not blocked\n", i);
+        ++ticks;
     }
+    std::printf("heartbeat: %d ticks meanwhile, the loop was never blocked\n", ticks);
 }
 
 int main(int argc, char** argv) {
     const char* path = argc > 1 ? argv[1] : "/tmp/filelock-demo.lock";
     asio::io_context io;
-    for (int id = 1; id <= 3; ++id) asio::co_spawn(io, job(id, path), asio::detached);
-    asio::co_spawn(io, heartbeat(), asio::detached);
+    int running = 3;
+    for (int id = 1; id <= 3; ++id) asio::co_spawn(io, job(id, path, running), asio::detached);
+    asio::co_spawn(io, heartbeat(running), asio::detached);
     io.run();
 }

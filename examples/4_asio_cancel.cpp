@@ -18,7 +18,7 @@ using namespace asio::experimental::awaitable_operators;
 
 asio::awaitable<void> race(const char* path) {
     auto ex = co_await asio::this_coro::executor;
-    asio::steady_timer giveup(ex, 100ms);
+    asio::steady_timer giveup(ex, 200ms);
     auto winner =
         co_await (filelock::async_lock(ex, path, filelock::wait_forever, asio::use_awaitable) ||
                   giveup.async_wait(asio::use_awaitable));
