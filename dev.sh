@@ -2,7 +2,9 @@
 # SPDX-License-Identifier: MIT
 # Developer entry point (Debian 12, run as root or with sudo available):
 #   ./dev.sh demo    install what is missing, build, run the two-process demo
-#   ./dev.sh test    install what is missing, build, run the whole test suite
+#   ./dev.sh test [MESON TEST ARGS]
+#                    install what is missing, build, run the test suite
+#                    (`--setup full --suite long`: the long forms CI runs)
 #   ./dev.sh deps    only install the Debian packages
 set -eu
 cd "$(dirname "$0")"
@@ -33,6 +35,6 @@ build() {
 case "${1:-}" in
 deps) deps ;;
 demo) deps && build && "$BUILD/examples/1_sync" ;;
-test) deps && build && meson test -C "$BUILD" --print-errorlogs ;;
-*) echo "usage: $0 demo|test|deps" >&2; exit 64 ;;
+test) shift && deps && build && meson test -C "$BUILD" --print-errorlogs "$@" ;;
+*) echo "usage: $0 demo|test [MESON TEST ARGS]|deps" >&2; exit 64 ;;
 esac

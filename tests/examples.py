@@ -6,17 +6,19 @@ README shows for it.
 The README shows each example's output in a fenced block whose first line is
 the command, `$ build/examples/NAME [ARGS]`, and whose other lines are what it
 prints (stdout and stderr together). Pids, fencing tokens, lease ids and
-counts differ from run to run: a word of the README's sample that contains a
-digit stands for any word, the same sample word for the same word everywhere
-in the block, and two sample words for two different words. Everything else
-must match exactly. The lock file (/tmp/filelock-demo.lock in the README) is
+counts differ from run to run: a word of two or more characters with a digit
+in the README's sample stands for any word, the same sample word for the same
+word everywhere in the block, and two sample words for two different words.
+Everything else must match exactly (single digits, such as job numbers,
+included). The lock file (/tmp/filelock-demo.lock in the README) is
 one of a scratch directory, the host name (`myhost` in the README) this
 machine's, and the etcd examples run against a member of the test's own
 (http://127.0.0.1:2379 in the README).
 
-Usage: examples.py README EXAMPLES_DIR [ETCD]
+Usage: examples.py README ETCD EXAMPLE...   (the example programs built)
 Prints one line per example and closes with "test cases: N | N passed | N failed".
 """
+import ctypes
 import os
 import re
 import shutil
@@ -34,20 +36,22 @@ README_ETCD = "http://127.0.0.1:2379"
 
 
 def blocks(readme):
-    """(name, args, expected lines) of each `$ build/examples/NAME` block
-    (indented blocks too, as in a list)."""
+    """(name, args, expected lines) of each fenced block (indented ones too,
+    as in a list) whose first line is `$ build/examples/NAME [ARGS]`."""
     out, lines, i = [], open(readme, encoding="utf-8").read().splitlines(), 0
-    while i + 1 < len(lines):
+    while i < len(lines):
+        if not lines[i].lstrip().startswith("```"):
+            i += 1
+            continue
         indent = len(lines[i]) - len(lines[i].lstrip())
-        if lines[i].lstrip().startswith("```") and lines[i + 1][indent:].startswith(
-                "$ build/examples/"):
-            cmd = lines[i + 1][indent + 2:].split()
-            j = i + 2
-            while j < len(lines) and not lines[j].lstrip().startswith("```"):
-                j += 1
-            out.append((os.path.basename(cmd[0]), cmd[1:], [l[indent:] for l in lines[i + 2:j]]))
-            i = j
-        i += 1
+        j = i + 1
+        while j < len(lines) and not lines[j].lstrip().startswith("```"):
+            j += 1
+        body = [l[indent:] for l in lines[i + 1:j]]
+        if body and body[0].startswith("$ build/examples/"):
+            cmd = body[0][2:].split()
+            out.append((os.path.basename(cmd[0]), cmd[1:], body[1:]))
+        i = j + 1
     return out
 
 
@@ -65,7 +69,7 @@ def compare(expected, actual):
         if len(et) != len(at):
             return mismatch
         for k, (x, y) in enumerate(zip(et, at)):
-            if k % 2 == 1 and any(c.isdigit() for c in x):  # a sample value
+            if k % 2 == 1 and len(x) > 1 and any(c.isdigit() for c in x):  # a sample value
                 if forward.setdefault(x, y) != y or backward.setdefault(y, x) != x:
                     return mismatch + " (%r does not stand for one value)" % x
             elif x != y:
@@ -73,17 +77,29 @@ def compare(expected, actual):
     return None
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n):
+    """n distinct free loopback ports (all bound at once, then released)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def die_with_parent():
+    """In the child before exec: SIGKILL when the test process dies."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class Etcd:
     """A one-member etcd on loopback, stopped by pid."""
 
     def __init__(self, binary, workdir):
-        client, peer = free_port(), free_port()
+        client, peer = free_ports(2)
         self.endpoint = "http://127.0.0.1:%d" % client
         peer_url = "http://127.0.0.1:%d" % peer
         self.log = open(os.path.join(workdir, "etcd.log"), "w")
@@ -92,7 +108,7 @@ class Etcd:
              "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
              "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
              "--initial-cluster", "examples=" + peer_url],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -114,49 +130,59 @@ class Etcd:
 
 
 def main():
-    readme, exdir = sys.argv[1], sys.argv[2]
-    etcd_bin = sys.argv[3] if len(sys.argv) > 3 else "/usr/bin/etcd"
+    readme, etcd_bin, programs = sys.argv[1], sys.argv[2], sys.argv[3:]
+    # meson's timeout sends SIGTERM: clean up (the member, the scratch
+    # directory) on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("examples: terminated"))
+    sources = os.path.join(os.path.dirname(os.path.abspath(readme)), "examples")
     shown = blocks(readme)
-    built = sorted(f for f in os.listdir(exdir)
-                   if re.match(r"^\d+_\w+$", f) and os.access(os.path.join(exdir, f), os.X_OK))
+    built = {os.path.basename(p): p for p in programs}
     passed = failed = 0
     work = tempfile.mkdtemp(prefix="filelock-examples-")
-    etcd = None
+    etcd = etcd_error = None
     lock = os.path.join(work, "demo.lock")
+    host = socket.gethostname()
     try:
-        for name in built:
+        for name in sorted(built):
             if name not in [b[0] for b in shown]:
                 print("FAILED: %s: the README shows no output for it" % name)
                 failed += 1
         for name, args, expected in shown:
+            if not os.path.exists(os.path.join(sources, name + ".cpp")):
+                print("FAILED: %s: the README shows an example that does not exist" % name)
+                failed += 1
+                continue
             if name not in built:
                 print("NOT RUN: %s: not built here" % name)
                 passed += 1
                 continue
             uses_etcd = README_ETCD in args
+            if uses_etcd and etcd is None and etcd_error is None:
+                try:
+                    etcd = Etcd(etcd_bin, work)
+                except (OSError, RuntimeError) as e:
+                    etcd_error = str(e)
             if uses_etcd and etcd is None:
-                if not os.access(etcd_bin, os.X_OK):
-                    print("NOT RUN: %s: no etcd (%s)" % (name, etcd_bin))
-                    passed += 1
-                    continue
-                etcd = Etcd(etcd_bin, work)
-            argv = [os.path.join(exdir, name)] + [
+                print("FAILED: %s: no etcd member: %s" % (name, etcd_error))
+                failed += 1
+                continue
+            argv = [built[name]] + [
                 etcd.endpoint if a == README_ETCD else lock if a == README_LOCK else a
                 for a in args]
             if not uses_etcd and lock not in argv:
                 argv.append(lock)  # never the shared /tmp file
             try:
                 p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   timeout=60)
+                                   timeout=30)
                 status, text = p.returncode, p.stdout.decode(errors="replace")
             except subprocess.TimeoutExpired as e:
-                status, text = "timed out after 60 s", (e.stdout or b"").decode(errors="replace")
+                status, text = "timed out after 30 s", (e.stdout or b"").decode(errors="replace")
             text = text.replace(lock, README_LOCK)
             if etcd:
                 text = text.replace(etcd.endpoint, README_ETCD)
-            host = socket.gethostname()
-            text = re.sub(r"(?<![A-Za-z0-9.-])%s(?![A-Za-z0-9.-])" % re.escape(host),
-                          README_HOST, text)
+            if host:
+                text = re.sub(r"(?<![A-Za-z0-9.-])%s(?![A-Za-z0-9.-])" % re.escape(host),
+                              README_HOST, text)
             actual = text.splitlines()
             why = "exit status %s" % status if status != 0 else compare(expected, actual)
             if why:
