@@ -13,9 +13,11 @@ Everything else must match exactly (single digits, such as job numbers,
 included). The lock file (/tmp/filelock-demo.lock in the README) is
 one of a scratch directory, the host name (`myhost` in the README) this
 machine's, and the etcd examples run against a member of the test's own
-(http://127.0.0.1:2379 in the README).
+(http://127.0.0.1:2379 in the README), started as tests/etcd_member.hpp
+starts the C++ tests' (FILELOCK_ETCD names the binary, /usr/bin/etcd by
+default).
 
-Usage: examples.py README ETCD EXAMPLE...   (the example programs built)
+Usage: examples.py README EXAMPLE...   (the example programs built)
 Prints one line per example and closes with "test cases: N | N passed | N failed".
 """
 import ctypes
@@ -130,7 +132,8 @@ class Etcd:
 
 
 def main():
-    readme, etcd_bin, programs = sys.argv[1], sys.argv[2], sys.argv[3:]
+    readme, programs = sys.argv[1], sys.argv[2:]
+    etcd_bin = os.environ.get("FILELOCK_ETCD") or "/usr/bin/etcd"
     # meson's timeout sends SIGTERM: clean up (the member, the scratch
     # directory) on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("examples: terminated"))
