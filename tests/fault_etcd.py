@@ -1,0 +1,796 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""etcd cluster faults against filelock-run and etcdctl lock on one name.
+
+Starts a 3-member etcd cluster on free loopback ports (data under a scratch
+directory, members stopped by pid; they die with this process), then runs
+several `filelock-run --ttl T -w 30 etcd://A,B,C/NAME` workers and one
+`etcdctl lock --ttl T NAME` worker, each in a loop, each lock held for a
+short critical section. Meanwhile it SIGKILLs and restarts the leader,
+SIGSTOPs the leader for longer than the TTL, and SIGSTOPs a waiting
+filelock-run for longer than the TTL.
+
+Every critical section (tests' section.sh, written to the scratch directory)
+takes an occupancy marker with mkdir, logs its start and end times, its
+fencing token (FILELOCK_FENCING_TOKEN) or etcdctl's key and grant revision
+(ETCD_LOCK_KEY, ETCD_LOCK_REV), and ends at once on the lost signal.
+Three watchers, one per member, note when each revision was first seen (an
+upper bound on when it happened); at the end the name's whole history (every
+key's create and delete revision) is read back from etcd.
+
+Fails on:
+- two filelock-run sections overlapping;
+- a filelock-run section overlapping a live etcdctl section. etcdctl lock
+  can be granted with its key already deleted (etcd #9921: its key's delete
+  revision is at or below ETCD_LOCK_REV), and runs its command on after its
+  key is gone; those overlaps are counted apart, as etcdctl's, not
+  filelock's;
+- a filelock-run section that began after its own key had been deleted;
+- fencing tokens that do not rise from one filelock-run section to the next;
+- a worker still waiting long after the end (a waiter on a free lock);
+- anything left behind: keys under the name, processes, the scratch
+  directory.
+
+Usage: fault_etcd.py [--seconds N] [--ttl T] [--workers N]
+       fault_etcd.py --self-check   (the detector against known overlaps)
+Prints its figures (sections, faults injected, overlaps by kind) and
+"fault_etcd: PASS" or "fault_etcd: FAIL". Exit 77 (not run) without etcd.
+"""
+import base64
+import ctypes
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+NAME = "fault/lock"
+SECTION = r"""#!/bin/bash
+# SPDX-License-Identifier: MIT
+# One critical section: section.sh WHO DIR
+who=$1 d=$2 lost=0 busy=0
+trap 'lost=1' TERM
+t0=$EPOCHREALTIME
+mkdir "$d/marker" 2>/dev/null || busy=1
+sleep 0.05 & wait $!
+kill $! 2>/dev/null
+t1=$EPOCHREALTIME
+[ $busy = 0 ] && rmdir "$d/marker"
+echo "$who $t0 $t1 $busy $lost ${FILELOCK_FENCING_TOKEN:--} ${ETCD_LOCK_KEY:--} ${ETCD_LOCK_REV:--}" >>"$d/sections"
+"""
+
+
+def b64(s):
+    return base64.b64encode(s.encode()).decode()
+
+
+def unb64(s):
+    return base64.b64decode(s).decode(errors="replace")
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def die_with_parent():
+    """In the child before exec: SIGKILL when the thread that started it
+    dies (members are started by the main thread, workers by theirs)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def post(endpoint, path, body, timeout):
+    req = urllib.request.Request(endpoint + path, data=json.dumps(body).encode())
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+class Cluster:
+    """Three members on loopback: m0, m1, m2."""
+
+    def __init__(self, binary, work, n=3):
+        self.binary, self.work = binary, work
+        ports = free_ports(2 * n)
+        self.client = ports[0::2]
+        self.peer = ports[1::2]
+        self.initial = ",".join("m%d=http://127.0.0.1:%d" % (i, p) for i, p in enumerate(self.peer))
+        self.procs = [None] * n
+        self.ids = [None] * n
+        for i in range(n):
+            self.start(i)
+        deadline = time.monotonic() + 30
+        while None in self.ids or self.leader() is None:
+            for i in range(n):
+                st = self.status(i)
+                if st:
+                    self.ids[i] = st["header"]["member_id"]
+            if time.monotonic() > deadline:
+                raise RuntimeError("etcd cluster did not start (logs in %s)" % work)
+            time.sleep(0.1)
+
+    def endpoint(self, i):
+        return "http://127.0.0.1:%d" % self.client[i]
+
+    def hostport(self, i):
+        return "127.0.0.1:%d" % self.client[i]
+
+    def start(self, i):
+        log = open(os.path.join(self.work, "m%d.log" % i), "a")
+        url, peer = self.endpoint(i), "http://127.0.0.1:%d" % self.peer[i]
+        # Heartbeat and election as a loaded machine needs (etcd's defaults
+        # are 100 and 1000 ms): elections within a second, little CPU.
+        self.procs[i] = subprocess.Popen(
+            [self.binary, "--name", "m%d" % i, "--data-dir", os.path.join(self.work, "m%d" % i),
+             "--listen-client-urls", url, "--advertise-client-urls", url,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", self.initial, "--initial-cluster-state", "new",
+             "--heartbeat-interval", "50", "--election-timeout", "500"],
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        log.close()
+
+    def kill(self, i):
+        p = self.procs[i]
+        if p and p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.kill()
+        if p:
+            p.wait()
+        self.procs[i] = None
+
+    def signal(self, i, sig):
+        self.procs[i].send_signal(sig)
+
+    def status(self, i, timeout=0.5):
+        try:
+            return post(self.endpoint(i), "/v3/maintenance/status", {}, timeout)
+        except (OSError, ValueError):
+            return None
+
+    def leader(self):
+        """The index of the member the answering members agree leads, or None."""
+        votes = {}
+        for i in range(len(self.procs)):
+            st = self.status(i, 0.3)
+            if st and st.get("leader") and st["leader"] != "0":
+                votes[st["leader"]] = votes.get(st["leader"], 0) + 1
+        for lid, n in votes.items():
+            if n >= 2 and lid in self.ids:
+                return self.ids.index(lid)
+        return None
+
+    def wait_healthy(self, seconds):
+        """All members answering and a leader: True, or False after `seconds`."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if all(self.status(i, 0.3) for i in range(len(self.procs))) and self.leader() is not None:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def any_endpoint(self):
+        for i in range(len(self.procs)):
+            if self.status(i, 0.5):
+                return self.endpoint(i)
+        raise RuntimeError("no member answers")
+
+    def keys(self, prefix):
+        r = post(self.any_endpoint(), "/v3/kv/range",
+                 {"key": b64(prefix), "range_end": b64(prefix[:-1] + chr(ord(prefix[-1]) + 1))}, 3)
+        return [(unb64(kv["key"]), kv.get("lease", "0")) for kv in r.get("kvs", [])]
+
+    def stop(self):
+        for i in range(len(self.procs)):
+            self.kill(i)
+
+
+class Watcher(threading.Thread):
+    """Notes when each revision under the prefix was first seen on one member
+    (its own watch, resumed after a reconnect)."""
+
+    def __init__(self, endpoint, prefix, seen, lock, stop):
+        super().__init__(daemon=True)
+        self.endpoint, self.prefix, self.seen, self.lock, self.stop = endpoint, prefix, seen, lock, stop
+
+    def run(self):
+        next_rev = 1
+        while not self.stop.is_set():
+            try:
+                body = {"create_request": {"key": b64(self.prefix),
+                                           "range_end": b64(self.prefix[:-1] + "0"),
+                                           "start_revision": str(next_rev)}}
+                req = urllib.request.Request(self.endpoint + "/v3/watch",
+                                             data=json.dumps(body).encode())
+                with urllib.request.urlopen(req, timeout=0.5) as r:
+                    while not self.stop.is_set():
+                        line = r.readline()
+                        if not line:
+                            break
+                        now = time.time()
+                        for ev in json.loads(line).get("result", {}).get("events", []):
+                            rev = int(ev["kv"]["mod_revision"])
+                            with self.lock:
+                                if rev not in self.seen or now < self.seen[rev]:
+                                    self.seen[rev] = now
+                            next_rev = max(next_rev, rev + 1)
+            except (OSError, ValueError):
+                time.sleep(0.1)
+
+
+def history(endpoint, prefix, upto):
+    """{key: [create_rev, delete_rev or None]} of every key under `prefix`
+    up to revision `upto`, read back with a watch from revision 1."""
+    keys = {}
+    body = {"create_request": {"key": b64(prefix), "range_end": b64(prefix[:-1] + "0"),
+                               "start_revision": "1"}}
+    req = urllib.request.Request(endpoint + "/v3/watch", data=json.dumps(body).encode())
+    last = 0
+    with urllib.request.urlopen(req, timeout=5) as r:
+        while last < upto:
+            try:
+                line = r.readline()
+            except OSError:
+                break
+            if not line:
+                break
+            for ev in json.loads(line).get("result", {}).get("events", []):
+                kv = ev["kv"]
+                key, rev = unb64(kv["key"]), int(kv["mod_revision"])
+                last = max(last, rev)
+                if ev.get("type") == "DELETE":
+                    if key in keys and keys[key][1] is None:
+                        keys[key][1] = rev
+                elif key not in keys or keys[key][1] is not None:
+                    keys[key] = [int(kv["create_revision"]), None]
+    return keys, last
+
+
+class Worker(threading.Thread):
+    """Runs `argv_fn()` again and again until told to stop."""
+
+    def __init__(self, name, argv_fn, stop):
+        super().__init__(daemon=True)
+        self.name_, self.argv_fn, self.stop = name, argv_fn, stop
+        self.proc = None
+        self.mutex = threading.Lock()
+        self.exits = {}
+        self.notes = []  # stderr lines worth reporting
+        self.holding = []  # (key, token) from --verbose
+
+    def run(self):
+        rng = random.Random(self.name_)
+        while not self.stop.is_set():
+            with self.mutex:
+                if self.stop.is_set():
+                    break
+                self.proc = subprocess.Popen(self.argv_fn(), stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.PIPE, preexec_fn=die_with_parent)
+            lines = []
+            for raw in self.proc.stderr:  # as they come: a win's time
+                lines.append((time.time(), raw.decode(errors="replace").rstrip("\n")))
+            code = self.proc.wait()
+            self.proc.stderr.close()
+            with self.mutex:
+                self.proc = None
+            self.exits[code] = self.exits.get(code, 0) + 1
+            for t, line in lines:
+                if "holding" in line and "fencing token" in line:
+                    parts = line.split()
+                    self.holding.append({"who": self.name_, "t": t, "key": parts[2],
+                                         "token": int(parts[-1].rstrip(")")), "exit": code})
+                elif line.strip():
+                    self.notes.append("%.3f s %s (exit %s): %s" % (t - BASE[0], self.name_, code,
+                                                                  line))
+            time.sleep(rng.uniform(0, 0.03))
+
+    def pid(self):
+        with self.mutex:
+            return self.proc.pid if self.proc and self.proc.poll() is None else None
+
+
+def children(pid):
+    out = []
+    try:
+        for t in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/children" % (pid, t)) as f:
+                out += f.read().split()
+    except OSError:
+        pass
+    return out
+
+
+# ---- the detector -----------------------------------------------------------
+
+
+def parse_sections(path):
+    """Each logged section: dict(who, t0, t1, busy, lost, token, key, rev)."""
+    out = []
+    if not os.path.exists(path):
+        return out
+    for line in open(path):
+        f = line.split()
+        if len(f) != 8:
+            continue
+        out.append({"who": f[0], "t0": float(f[1]), "t1": float(f[2]), "busy": f[3] == "1",
+                    "lost": f[4] == "1", "token": None if f[5] == "-" else int(f[5]),
+                    "key": None if f[6] == "-" else f[6], "rev": None if f[7] == "-" else int(f[7])})
+    return out
+
+
+# How long after its key was seen deleted a win reported on filelock-run's
+# stderr may be read here without counting as a win on a dead lease: this
+# process reads the line late when the machine is loaded, and a live win is
+# at least the lost margin (1 s) before its lease can expire.
+WIN_SLACK = 0.25
+
+
+def analyze(sections, keys, seen, wins=()):
+    """Overlaps by kind and the other findings.
+
+    sections: parse_sections(); keys: history(); seen: {revision: the wall
+    time it was first seen}; wins: filelock-run's "holding KEY (fencing token
+    N)" lines, with the time they were read. A filelock-run section (who
+    starts with "fl") carries its token (its key's create revision); an
+    etcdctl section ("ctl") its key and the revision it was granted at."""
+    by_create = {c: k for k, (c, d) in keys.items()}
+    r = {"fl_fl": [], "fl_ctl_live": [], "fl_dead_ctl": [], "fl_ctl_9921": [], "fl_ctl_after_key": [],
+         "fl_dead_start": [], "ctl_dead_start": [], "tokens_out_of_order": [],
+         "marker": sum(1 for s in sections if s["busy"])}
+
+    def deleted(s):
+        """(delete revision, when it was first seen) of the section's key."""
+        key = s["key"] if s["key"] else by_create.get(s["token"])
+        if key is None or key not in keys or keys[key][1] is None:
+            return None, None
+        d = keys[key][1]
+        return d, seen.get(d)
+
+    for s in sections:
+        d, when = deleted(s)
+        s["deleted"], s["deleted_at"] = d, when
+        s["granted_dead"] = bool(s["who"].startswith("ctl") and d is not None and s["rev"] is not None
+                                 and d <= s["rev"])
+        if when is not None and when < s["t0"]:
+            (r["fl_dead_start"] if s["who"].startswith("fl") else r["ctl_dead_start"]).append(s)
+    order = sorted(sections, key=lambda s: s["t0"])
+    for i, a in enumerate(order):
+        for b in order[i + 1:]:
+            if b["t0"] >= a["t1"]:
+                break
+            fl = [s for s in (a, b) if s["who"].startswith("fl")]
+            if len(fl) == 2:
+                r["fl_fl"].append((a, b))
+            elif len(fl) == 1:
+                f = fl[0]
+                e = b if f is a else a
+                if f["deleted_at"] is not None and f["deleted_at"] < f["t0"]:
+                    r["fl_dead_ctl"].append((a, b))
+                elif e["granted_dead"] or (e["deleted_at"] is not None and e["deleted_at"] < e["t0"]):
+                    r["fl_ctl_9921"].append((a, b))
+                elif e["deleted_at"] is not None and e["deleted_at"] < f["t0"]:
+                    r["fl_ctl_after_key"].append((a, b))
+                else:
+                    r["fl_ctl_live"].append((a, b))
+    r["fl_dead_win"] = []
+    for w in wins:
+        d = keys.get(w["key"], [None, None])[1]
+        if d is not None and d in seen and seen[d] < w["t"] - WIN_SLACK:
+            r["fl_dead_win"].append(dict(w, deleted=d, deleted_at=seen[d]))
+    fl = [s for s in order if s["who"].startswith("fl")]
+    for a, b in zip(fl, fl[1:]):
+        if b["token"] is None or a["token"] is None or b["token"] <= a["token"]:
+            r["tokens_out_of_order"].append((a, b))
+    r["failures"] = (len(r["fl_fl"]) + len(r["fl_ctl_live"]) + len(r["fl_dead_ctl"]) + len(r["fl_dead_start"]) +
+                     len(r["fl_dead_win"]) + len(r["tokens_out_of_order"]))
+    return r
+
+
+BASE = [0.0]  # times are printed from the run's start
+
+
+def describe(s):
+    what = ("token %s" % s["token"]) if s["who"].startswith("fl") else (
+        "key %s granted at rev %s" % (s["key"], s["rev"]))
+    gone = "" if s.get("deleted") is None else ", its key deleted at rev %d%s" % (
+        s["deleted"], "" if s.get("deleted_at") is None else
+        " (seen at %.3f s)" % (s["deleted_at"] - BASE[0]))
+    return "%s [%.3f s, %.3f s] %s%s%s" % (s["who"], s["t0"] - BASE[0], s["t1"] - BASE[0], what, gone,
+                                       ", lost signal" if s["lost"] else "")
+
+
+def print_findings(r, limit=10):
+    for kind, title in (("fl_fl", "filelock-run overlaps filelock-run"),
+                        ("fl_ctl_live", "filelock-run overlaps a live etcdctl section"),
+                        ("fl_dead_ctl", "filelock-run on a deleted key overlaps etcdctl"),
+                        ("fl_ctl_9921", "overlap with etcdctl granted on a deleted key (etcd #9921)"),
+                        ("fl_ctl_after_key", "overlap with etcdctl running on after its key was deleted"),
+                        ("tokens_out_of_order", "fencing tokens not rising")):
+        for a, b in r[kind][:limit]:
+            print("  %s:\n    %s\n    %s" % (title, describe(a), describe(b)))
+    for kind, title in (("fl_dead_start", "filelock-run section begun after its key was deleted"),
+                        ("ctl_dead_start", "etcdctl section begun after its key was deleted")):
+        for s in r[kind][:limit]:
+            print("  %s: %s" % (title, describe(s)))
+    for w in r["fl_dead_win"][:limit]:
+        print("  filelock-run reported a win after its key was deleted: %s at %.3f s: %s "
+              "(token %d; deleted at rev %d, seen at %.3f s), exit %s"
+              % (w["who"], w["t"] - BASE[0], w["key"], w["token"], w["deleted"],
+                 w["deleted_at"] - BASE[0], w["exit"]))
+
+
+def self_check():
+    """The detector against sections whose verdicts are known, then the real
+    section script run by unlocked loops: both must be flagged."""
+    failed = 0
+
+    def sec(who, t0, t1, token=None, key=None, rev=None, busy=False):
+        return {"who": who, "t0": t0, "t1": t1, "busy": busy, "lost": False, "token": token,
+                "key": key, "rev": rev}
+
+    keys = {"n/a": [10, 12], "n/b": [11, 14], "n/c": [13, 16], "n/d": [15, 17]}
+    seen = {12: 1.05, 14: 2.05, 16: 3.05, 17: 4.05}
+    cases = [
+        ("clean handoffs", [sec("fl1", 1.0, 1.05, 10), sec("fl2", 1.06, 2.0, 11),
+                            sec("ctl", 2.1, 3.0, key="n/c", rev=14), sec("fl3", 3.1, 4.0, 15)],
+         {"failures": 0}),
+        ("two filelock-run sections at once", [sec("fl1", 1.0, 1.05, 10), sec("fl2", 1.04, 2.0, 11)],
+         {"fl_fl": 1, "failures": 1}),
+        ("filelock-run inside a live etcdctl section",
+         [sec("ctl", 2.1, 3.0, key="n/c", rev=14), sec("fl3", 2.9, 4.0, 15)],
+         {"fl_ctl_live": 1, "failures": 1}),
+        ("etcdctl granted with its key already deleted (#9921)",
+         [sec("fl1", 1.0, 1.05, 10), sec("ctl", 1.5, 2.0, key="n/b", rev=15),
+          sec("fl3", 1.9, 2.5, 13)],
+         {"fl_ctl_9921": 1, "fl_ctl_live": 0, "failures": 0}),
+        ("etcdctl running on after its key was deleted",
+         [sec("ctl", 2.0, 3.5, key="n/c", rev=14), sec("fl4", 3.2, 4.0, 15)],
+         {"fl_ctl_after_key": 1, "fl_ctl_live": 0, "failures": 0}),
+        ("filelock-run begun after its key was deleted (a win on a dead lease)",
+         [sec("fl2", 2.5, 2.6, 11)], {"fl_dead_start": 1, "failures": 1}),
+        ("filelock-run on a deleted key overlapping etcdctl on a deleted key: filelock-run's too",
+         [sec("fl2", 2.5, 2.6, 11), sec("ctl", 2.55, 2.7, key="n/c", rev=16)],
+         {"fl_dead_ctl": 1, "fl_ctl_9921": 0, "fl_dead_start": 1, "failures": 2}),
+        ("fencing tokens going down", [sec("fl2", 1.0, 1.05, 21), sec("fl1", 1.1, 1.2, 20)],
+         {"tokens_out_of_order": 1, "failures": 1}),
+        ("marker collisions counted", [sec("fl1", 1.0, 1.05, 10, busy=True)], {"marker": 1}),
+    ]
+    win = {"who": "fl2", "key": "n/b", "token": 11, "exit": 75}
+    cases += [
+        ("a win reported after its key was deleted (COMMAND killed before it logged)",
+         [], {"fl_dead_win": 1, "failures": 1}, [dict(win, t=2.5)]),
+        ("a win read within the slack of its key's deletion",
+         [], {"fl_dead_win": 0, "failures": 0}, [dict(win, t=2.1)]),
+    ]
+    for title, sections, want, *wins in cases:
+        r = analyze(sections, keys, seen, *wins)
+        got = {k: (v if isinstance(v, int) else len(v)) for k, v in r.items() if k in want}
+        if got != want:
+            failed += 1
+            print("FAILED: %s: %s, expected %s" % (title, got, want))
+        else:
+            print("ok: %s" % title)
+
+    # Negative control: the real section script, four loops, no lock.
+    work = tempfile.mkdtemp(prefix="filelock-fault-%d-" % os.getpid())
+    try:
+        script = os.path.join(work, "section.sh")
+        with open(script, "w") as f:
+            f.write(SECTION)
+        procs = [subprocess.Popen(["bash", "-c", 'for i in 1 2 3 4 5 6 7 8; do '
+                                   'FILELOCK_FENCING_TOKEN=$((i*10+%d)) bash %s fl%d %s; done'
+                                   % (n, script, n, work)]) for n in range(4)]
+        for p in procs:
+            p.wait()
+        r = analyze(parse_sections(os.path.join(work, "sections")), {}, {})
+        if len(r["fl_fl"]) == 0 or r["marker"] == 0:
+            failed += 1
+            print("FAILED: unlocked sections: %d overlaps, %d marker collisions (expected some)"
+                  % (len(r["fl_fl"]), r["marker"]))
+        else:
+            print("ok: unlocked sections flagged: %d overlaps, %d marker collisions"
+                  % (len(r["fl_fl"]), r["marker"]))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("fault_etcd self-check: %s" % ("FAIL" if failed else "PASS"))
+    return 1 if failed else 0
+
+
+# ---- the run ----------------------------------------------------------------
+
+
+def sweep_stale_dirs():
+    """Scratch directories of runs that were SIGKILLed (their pid is gone)."""
+    tmp = tempfile.gettempdir()
+    for d in os.listdir(tmp):
+        if d.startswith("filelock-fault-"):
+            try:
+                pid = int(d.split("-")[2])
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                shutil.rmtree(os.path.join(tmp, d), ignore_errors=True)
+            except (ValueError, IndexError, PermissionError):
+                pass
+
+
+def ours(work):
+    """Processes other than this one whose command line names the scratch
+    directory (members, workers, sections)."""
+    out = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % p, "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if work in cmd:
+            out.append("%s %s" % (p, cmd.strip()))
+    return out
+
+
+def run(seconds, ttl, nworkers):
+    etcd_bin = os.environ.get("FILELOCK_ETCD") or "/usr/bin/etcd"
+    etcdctl = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+    tool = os.environ.get("FILELOCK_RUN")
+    for what, path in (("etcd", etcd_bin), ("etcdctl", etcdctl), ("filelock-run", tool)):
+        if not path or not os.access(path, os.X_OK):
+            print("NOT RUN: no %s (%s)" % (what, path))
+            return 77
+    sweep_stale_dirs()
+    work = tempfile.mkdtemp(prefix="filelock-fault-%d-" % os.getpid())
+    script = os.path.join(work, "section.sh")
+    with open(script, "w") as f:
+        f.write(SECTION)
+    stop_workers, stop_watch = threading.Event(), threading.Event()
+    workers, cluster = [], None
+    faults = {"leader killed": 0, "leader paused": 0, "waiter paused": 0}
+    fault_log = []
+    hung = []
+    ok = True
+    try:
+        cluster = Cluster(etcd_bin, work)
+        n = len(cluster.procs)
+        seen, seen_lock = {}, threading.Lock()
+        watchers = [Watcher(cluster.endpoint(i), NAME + "/", seen, seen_lock, stop_watch)
+                    for i in range(n)]
+        for w in watchers:
+            w.start()
+        leader = [cluster.leader()]
+
+        def fl_argv(i):
+            # Even workers put the leader (as last seen) first: the member
+            # that carries all their requests is the one paused or killed.
+            first = leader[0] if i % 2 == 0 and leader[0] is not None else i % n
+            order = [(first + k) % n for k in range(n)]
+            return [tool, "--verbose", "--ttl", str(ttl), "-w", "30",
+                    "etcd://%s/%s" % (",".join(cluster.hostport(k) for k in order), NAME),
+                    "bash", script, "fl%d:m%d" % (i, first), work]
+
+        def ctl_argv():
+            return [etcdctl, "--endpoints=" + ",".join(cluster.hostport(k) for k in range(n)),
+                    "--dial-timeout=2s", "lock", "--ttl", str(ttl), NAME, "--",
+                    "bash", script, "ctl", work]
+
+        for i in range(nworkers):
+            workers.append(Worker("fl%d" % i, lambda i=i: fl_argv(i), stop_workers))
+        workers.append(Worker("ctl", ctl_argv, stop_workers))
+        BASE[0] = time.time()
+        end = time.monotonic() + seconds
+        for w in workers:
+            w.start()
+
+        def note(msg):
+            fault_log.append("%.3f s %s" % (time.time() - BASE[0], msg))
+
+        def pause_waiters():
+            rng = random.Random(7)
+            time.sleep(1.0)
+            while time.monotonic() + ttl + 1.5 < end:
+                fl = [w for w in workers if w.name_.startswith("fl")]
+                rng.shuffle(fl)
+                for w in fl:
+                    pid = w.pid()
+                    if pid is None:
+                        continue
+                    try:
+                        os.kill(pid, signal.SIGSTOP)
+                    except ProcessLookupError:
+                        continue
+                    if children(pid):  # holding: COMMAND runs; only waiters
+                        os.kill(pid, signal.SIGCONT)
+                        continue
+                    faults["waiter paused"] += 1
+                    note("SIGSTOP waiter %s (pid %d) for %.1f s" % (w.name_, pid, ttl + 1.5))
+                    time.sleep(ttl + 1.5)
+                    try:
+                        os.kill(pid, signal.SIGCONT)
+                    except ProcessLookupError:
+                        pass
+                    break
+                time.sleep(1.0)
+
+        pauser = threading.Thread(target=pause_waiters, daemon=True)
+        pauser.start()
+
+        kinds = ["kill", "pause"]
+        k = 0
+        time.sleep(1.0)
+        while True:
+            kind = kinds[k % len(kinds)]
+            need = 1.0 + 3 if kind == "kill" else ttl + 1.5
+            if time.monotonic() + need > end:
+                break
+            lead = cluster.leader()
+            if lead is None:
+                time.sleep(0.2)
+                continue
+            leader[0] = lead
+            if kind == "kill":
+                cluster.kill(lead)
+                faults["leader killed"] += 1
+                note("SIGKILL leader m%d" % lead)
+                time.sleep(1.0)
+                cluster.start(lead)
+                note("restarted m%d" % lead)
+            else:
+                cluster.signal(lead, signal.SIGSTOP)
+                faults["leader paused"] += 1
+                note("SIGSTOP leader m%d for %.1f s" % (lead, ttl + 1.5))
+                time.sleep(ttl + 1.5)
+                cluster.signal(lead, signal.SIGCONT)
+                note("SIGCONT m%d" % lead)
+            if not cluster.wait_healthy(10):
+                note("cluster not healthy 10 s after the fault")
+            leader[0] = cluster.leader()
+            k += 1
+            time.sleep(0.5)
+        while time.monotonic() < end:
+            time.sleep(0.1)
+        # The end: no new runs; what runs finishes (the lock goes round).
+        stop_workers.set()
+        pauser.join()
+        drain = time.monotonic() + 2 * ttl + 10
+        for w in workers:
+            w.join(max(0.0, drain - time.monotonic()))
+        for w in workers:
+            if w.is_alive():
+                pid = w.pid()
+                hung.append("%s (pid %s) still running %.0f s after the end" % (
+                    w.name_, pid, 2 * ttl + 10))
+                if pid:
+                    os.kill(pid, signal.SIGCONT)
+                    os.kill(pid, signal.SIGKILL)
+                w.join(5)
+        cluster.wait_healthy(10)
+        # Keys left: none, once every worker is gone (a run that could not
+        # reach etcd may leave one to its lease: give it the TTL).
+        left_now = cluster.keys(NAME)
+        left = left_now
+        if left:
+            time.sleep(ttl + 1)
+            left = cluster.keys(NAME)
+        held = {h["key"] for w in workers for h in w.holding}
+        released_left = [k for k, _ in left_now if k in held and all(
+            c in (0, 75) for w in workers for c in w.exits) and not hung]
+        upto = int(cluster.status(0, 2)["header"]["revision"]) if cluster.status(0, 2) else 0
+        keys, last = history(cluster.any_endpoint(), NAME + "/", upto)
+        stop_watch.set()
+        for w in watchers:
+            w.join(2)
+        with seen_lock:
+            seen_copy = dict(seen)
+        sections = parse_sections(os.path.join(work, "sections"))
+        wins = [h for w in workers for h in w.holding]
+        r = analyze(sections, keys, seen_copy, wins)
+    finally:
+        stop_workers.set()
+        stop_watch.set()
+        for w in workers:
+            pid = w.pid()
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if cluster:
+            cluster.stop()
+        time.sleep(0.2)  # a section's sleep, orphaned by its lost signal
+        procs_left = ours(work)
+        shutil.rmtree(work, ignore_errors=True)
+        dir_left = os.path.exists(work)
+
+    fl_secs = [s for s in sections if s["who"].startswith("fl")]
+    ctl_secs = [s for s in sections if s["who"] == "ctl"]
+    exits_fl, exits_ctl = {}, {}
+    for w in workers:
+        for c, m in w.exits.items():
+            d = exits_fl if w.name_.startswith("fl") else exits_ctl
+            d[c] = d.get(c, 0) + m
+    print("fault_etcd summary (%.0f s, 3 members, %d filelock-run workers and 1 etcdctl lock, "
+          "ttl %d s)" % (seconds, nworkers, ttl))
+    print("  sections: %d (filelock-run %d, etcdctl %d); lost signals %d; revisions %d, keys %d"
+          % (len(sections), len(fl_secs), len(ctl_secs), sum(1 for s in sections if s["lost"]),
+             last, len(keys)))
+    print("  filelock-run wins %d (%d with no section logged: COMMAND killed at its start)"
+          % (len(wins), len(wins) - len(fl_secs)))
+    print("  exit statuses: filelock-run %s, etcdctl %s" % (
+        dict(sorted(exits_fl.items())), dict(sorted(exits_ctl.items()))))
+    print("  faults: %s" % ", ".join("%s %d" % kv for kv in faults.items()))
+    print("  overlaps: filelock-run/filelock-run %d, filelock-run/live etcdctl %d, filelock-run on "
+          "a deleted key/etcdctl %d; etcdctl's own: granted on a deleted key (etcd #9921) %d, ran "
+          "on after its key was deleted %d"
+          % (len(r["fl_fl"]), len(r["fl_ctl_live"]), len(r["fl_dead_ctl"]), len(r["fl_ctl_9921"]),
+             len(r["fl_ctl_after_key"])))
+    print("  sections begun after their key was deleted: filelock-run %d, etcdctl %d; "
+          "filelock-run wins reported after it: %d"
+          % (len(r["fl_dead_start"]), len(r["ctl_dead_start"]), len(r["fl_dead_win"])))
+    print("  fencing tokens out of order: %d; occupancy marker found taken: %d"
+          % (len(r["tokens_out_of_order"]), r["marker"]))
+    print("  left behind: keys %d (%d at the end, before their leases could expire), processes %d, "
+          "scratch directory %s; hung workers %d"
+          % (len(left), len(left_now), len(procs_left), "yes" if dir_left else "no", len(hung)))
+    print_findings(r)
+    for k, lease in left_now:
+        print("  key left at the end: %s (lease %s)" % (k, lease))
+    for p in procs_left:
+        print("  process left: %s" % p)
+    for h in hung:
+        print("  hung: %s" % h)
+    # 0 ran, 1 timed out (-w), 75 lost while COMMAND ran, 69 etcd unavailable;
+    # anything else (a crash, a sanitizer's report) fails.
+    odd = {c: m for c, m in exits_fl.items() if c not in (0, 1, 69, 75)}
+    if odd:
+        print("  filelock-run exited with unexpected statuses: %s" % odd)
+    for k in released_left:
+        print("  a holder that exited left its key: %s" % k)
+    bad = (r["failures"] or left or released_left or procs_left or dir_left or hung or odd)
+    if bad or r["fl_ctl_9921"] or r["fl_ctl_after_key"] or r["ctl_dead_start"]:
+        print("  faults injected:")
+        for f in fault_log:
+            print("    " + f)
+        notes = sorted(n for w in workers for n in w.notes)
+        print("  workers' messages (%d):" % len(notes))
+        for n in notes[:40]:
+            print("    " + n)
+    if not fl_secs or not ctl_secs:
+        print("  too few sections to judge (filelock-run %d, etcdctl %d)" % (len(fl_secs),
+                                                                           len(ctl_secs)))
+        bad = True
+    ok = not bad
+    print("fault_etcd: %s" % ("PASS" if ok else "FAIL"))
+    return 0 if ok else 1
+
+
+def main():
+    # meson's timeout sends SIGTERM: clean up on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("fault_etcd: terminated"))
+    args = sys.argv[1:]
+    if "--self-check" in args:
+        return self_check()
+    seconds, ttl, nworkers = 12.0, 2, 4
+    for i, a in enumerate(args):
+        if a == "--seconds":
+            seconds = float(args[i + 1])
+        elif a == "--ttl":
+            ttl = int(args[i + 1])
+        elif a == "--workers":
+            nworkers = int(args[i + 1])
+    return run(seconds, ttl, nworkers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
