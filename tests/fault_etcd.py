@@ -330,10 +330,13 @@ def parse_sections(path):
 
 
 # How long after its key was seen deleted a win reported on filelock-run's
-# stderr may be read here without counting as a win on a dead lease: this
-# process reads the line late when the machine is loaded, and a live win is
-# at least the lost margin (1 s) before its lease can expire.
-WIN_SLACK = 0.25
+# stderr may be read here without counting as a win on a dead lease. The
+# line is read late when the machine is loaded, and a live win may release
+# (and delete its key) within milliseconds when COMMAND is short or killed
+# by the lost signal; a win on a lease that expired during a pause past the
+# TTL comes about a second or more after the deletion. Sections, which log
+# their own start, are judged without slack.
+WIN_SLACK = 1.0
 
 
 def analyze(sections, keys, seen, wins=()):
@@ -469,9 +472,9 @@ def self_check():
     win = {"who": "fl2", "key": "n/b", "token": 11, "exit": 75}
     cases += [
         ("a win reported after its key was deleted (COMMAND killed before it logged)",
-         [], {"fl_dead_win": 1, "failures": 1}, [dict(win, t=2.5)]),
+         [], {"fl_dead_win": 1, "failures": 1}, [dict(win, t=3.2)]),
         ("a win read within the slack of its key's deletion",
-         [], {"fl_dead_win": 0, "failures": 0}, [dict(win, t=2.1)]),
+         [], {"fl_dead_win": 0, "failures": 0}, [dict(win, t=2.9)]),
     ]
     for title, sections, want, *wins in cases:
         r = analyze(sections, keys, seen, *wins)
@@ -766,6 +769,9 @@ def run(seconds, ttl, nworkers):
         print("  workers' messages (%d):" % len(notes))
         for n in notes[:40]:
             print("    " + n)
+    if not all(faults.values()):
+        print("  a kind of fault was never injected: the run proves nothing about it")
+        bad = True
     if not fl_secs or not ctl_secs:
         print("  too few sections to judge (filelock-run %d, etcdctl %d)" % (len(fl_secs),
                                                                            len(ctl_secs)))
