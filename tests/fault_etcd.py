@@ -267,7 +267,8 @@ class Worker(threading.Thread):
         self.mutex = threading.Lock()
         self.exits = {}
         self.notes = []  # stderr lines worth reporting
-        self.holding = []  # (key, token) from --verbose
+        self.holding = []  # wins, from --verbose
+        self.won = False  # the current run reported its win
 
     def run(self):
         rng = random.Random(self.name_)
@@ -280,10 +281,13 @@ class Worker(threading.Thread):
             lines = []
             for raw in self.proc.stderr:  # as they come: a win's time
                 lines.append((time.time(), raw.decode(errors="replace").rstrip("\n")))
+                if b"fencing token" in raw:
+                    self.won = True
             code = self.proc.wait()
             self.proc.stderr.close()
             with self.mutex:
                 self.proc = None
+                self.won = False
             self.exits[code] = self.exits.get(code, 0) + 1
             for t, line in lines:
                 if "holding" in line and "fencing token" in line:
@@ -612,8 +616,15 @@ def run(seconds, ttl, nworkers):
                         os.kill(pid, signal.SIGSTOP)
                     except ProcessLookupError:
                         continue
-                    if children(pid):  # holding: COMMAND runs; only waiters
-                        os.kill(pid, signal.SIGCONT)
+                    # Only a waiter: not one that has won (a holder paused
+                    # before COMMAND starts is the documented case the
+                    # fencing token is for), whose line is read meanwhile.
+                    time.sleep(0.1)
+                    if children(pid) or w.won or w.pid() != pid:
+                        try:
+                            os.kill(pid, signal.SIGCONT)
+                        except ProcessLookupError:
+                            pass
                         continue
                     faults["waiter paused"] += 1
                     note("SIGSTOP waiter %s (pid %d) for %.1f s" % (w.name_, pid, ttl + 1.5))
