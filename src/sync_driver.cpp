@@ -4,11 +4,12 @@
 // event, or its turn in the local queue.
 //
 // Release events for every sync waiter of the process come from one
-// release_watcher (on Linux an inotify instance and an eventfd), created at the first wait that
-// watches and kept for the process's life: a thread that waited keeps no descriptor, and 200
-// waiting threads hold one instance, not 200. No thread of ours reads it: one waiting thread at a
-// time (the leader) polls it and hands each event to the waiters it concerns; the others sleep on
-// condition variables and one of them takes over when the leader stops waiting.
+// release_watcher (on Linux an inotify instance and an eventfd), taken at the first wait that
+// watches and closed a short linger after the last one: a thread that waited keeps no descriptor,
+// 200 waiting threads hold one instance, not 200, and a process that no longer waits holds none. No
+// thread of ours reads it: one waiting thread at a time (the leader) polls it and hands each event
+// to the waiters it concerns; the others sleep on condition variables and one of them takes over
+// when the leader stops waiting.
 #include "sync_driver.hpp"
 
 #include <filelock/detail/file_backend.hpp>
@@ -16,6 +17,7 @@
 #include <filelock/lock_file.hpp>
 
 #include "platform.hpp"
+#include "wait/linger.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -50,11 +52,11 @@ const char sync_domain_tag = 0;
 
 class release_hub {
 public:
-    /// The process's hub, or nullptr when release events are unavailable.
+    /// The process's hub, or nullptr when out of memory.
     static release_hub* get() {
         (void)hub_atfork;
         release_hub* h = current_hub.load(std::memory_order_acquire);
-        if (h && h->generation_ == fork_generation()) return h->valid_ ? h : nullptr;
+        if (h && h->generation_ == fork_generation()) return h;
         std::lock_guard<std::mutex> g(hub_create_mutex);
         h = current_hub.load(std::memory_order_relaxed);
         if (!h || h->generation_ != fork_generation()) {
@@ -65,12 +67,17 @@ public:
             if (!h) return nullptr;
             current_hub.store(h, std::memory_order_release);
         }
-        return h->valid_ ? h : nullptr;
+        return h;
     }
 
     /// Registers `w` for release events of the file `path` names now.
     bool listen(sync_waiter& w, const std::filesystem::path& path) {
         std::lock_guard<std::mutex> g(mutex_);
+        if (!watcher_) {
+            auto made = release_watcher::take();
+            if (!made->valid() || !made->enable_interrupts()) return false;
+            watcher_ = std::move(made);
+        }
         const int wd = cached_watch(path);
         if (wd < 0) return false;
         listeners_.emplace(wd, &w);
@@ -89,9 +96,17 @@ public:
                 break;
             }
         drop_follower(w);
-        std::lock_guard<std::mutex> wg(w.mutex_);
-        w.wd_ = -1;
-        w.hub_ = nullptr;
+        {
+            std::lock_guard<std::mutex> wg(w.mutex_);
+            w.wd_ = -1;
+            w.hub_ = nullptr;
+        }
+        // The last waiter: the instance stays for back-to-back waits, and is
+        // closed after the linger (nobody polls it now: a leader listens).
+        if (listeners_.empty()) {
+            idle_until_ = clock::now() + idle_linger;
+            if (!reap_later(reap)) close_idle();
+        }
     }
 
     /// Makes `w` the reader of the events if nobody reads them; otherwise
@@ -109,7 +124,7 @@ public:
     }
 
     /// Ends the leader's poll now.
-    void interrupt() noexcept { watcher_.interrupt(); }
+    void interrupt() noexcept { watcher_->interrupt(); }
 
     /// `w` stops waiting: no longer a follower.
     void leave(sync_waiter& w) noexcept {
@@ -121,7 +136,7 @@ public:
     /// `until`, dispatches what came to every listener, and hands the role
     /// to a follower.
     void lead(sync_waiter& w, clock::time_point until, bool on_release) {
-        watcher_.clear_interrupts();  // interrupts meant for earlier leaders
+        watcher_->clear_interrupts();  // interrupts meant for earlier leaders
         bool go = true;
         {
             std::lock_guard<std::mutex> wg(w.mutex_);
@@ -132,7 +147,7 @@ public:
                 w.leading_ = true;
         }
         if (go) {
-            watcher_.wait(until);
+            watcher_->wait(until);
             std::lock_guard<std::mutex> wg(w.mutex_);
             w.leading_ = false;
         }
@@ -147,9 +162,30 @@ private:
     // the way to each wait): at most this many, the oldest dropped first.
     static constexpr std::size_t max_cached = 8;
 
-    release_hub() noexcept { valid_ = watcher_.valid() && watcher_.enable_interrupts(); }
+    release_hub() noexcept = default;
 
-    void close_copies() noexcept { watcher_.abandon(); }
+    void close_copies() noexcept {
+        if (watcher_) watcher_->abandon();
+    }
+
+    // The lingering thread: closes the instance if it stayed idle.
+    static void reap() {
+        release_hub* h = current_hub.load(std::memory_order_acquire);
+        if (!h || h->generation_ != fork_generation()) return;
+        std::unique_ptr<release_watcher> closing;  // closed after the mutex is released
+        std::lock_guard<std::mutex> g(h->mutex_);
+        if (h->watcher_ && h->listeners_.empty() && clock::now() >= h->idle_until_) {
+            h->cache_.clear();
+            closing = std::move(h->watcher_);
+        }
+    }
+
+    // With the mutex held, nobody listening: gives the instance back (its
+    // watches go with it).
+    void close_idle() noexcept {
+        cache_.clear();
+        watcher_.reset();
+    }
 
     // With the mutex held.
     void drop_follower(sync_waiter& w) noexcept {
@@ -170,10 +206,10 @@ private:
     int cached_watch(const std::filesystem::path& path) {
         for (auto it = cache_.begin(); it != cache_.end(); ++it)
             if (it->first == path) return it->second;
-        const int wd = watcher_.add(path);
+        const int wd = watcher_->add(path);
         if (wd < 0) return -1;
         if (cache_.size() == max_cached) {
-            watcher_.remove(cache_.back().second);
+            watcher_->remove(cache_.back().second);
             cache_.pop_back();
         }
         cache_.emplace_front(path, wd);
@@ -188,7 +224,7 @@ private:
                 ++it;
                 continue;
             }
-            watcher_.remove(it->second);
+            watcher_->remove(it->second);
             it = cache_.erase(it);
         }
     }
@@ -196,7 +232,7 @@ private:
     // With the mutex held: the pending events, to their listeners.
     void dispatch() {
         try {
-            for (const auto& ev : watcher_.drain()) {
+            for (const auto& ev : watcher_->drain()) {
                 std::vector<sync_waiter*> on;
                 for (auto it = ev.wd == release_watcher::all ? listeners_.begin()
                                                              : listeners_.lower_bound(ev.wd);
@@ -218,13 +254,13 @@ private:
     }
 
     std::mutex mutex_;
-    release_watcher watcher_;  // with interrupts of the leader's wait
+    std::unique_ptr<release_watcher> watcher_;  // while waited on, and for the linger
+    clock::time_point idle_until_;              // the linger's end
     std::multimap<int, sync_waiter*> listeners_;
     std::list<std::pair<std::filesystem::path, int>> cache_;
     sync_waiter* leader_ = nullptr;
     std::vector<sync_waiter*> followers_;
     unsigned generation_ = fork_generation();
-    bool valid_ = false;
 };
 
 sync_waiter::~sync_waiter() { disarm(); }

@@ -54,12 +54,24 @@ inline int inotify_instances() { return anon_fds("anon_inode:inotify"); }
 /// eventfds open in this process.
 inline int eventfds() { return anon_fds("anon_inode:[eventfd]"); }
 
-/// The most inotify instances the library keeps in a process with no waiter
-/// left (the documented process-wide caches: the sync waiters' instance and
-/// one idle instance for event loops; see release_watcher.hpp), and the
-/// eventfd that comes with the sync waiters' instance.
+/// The most inotify instances the library keeps in a process whose last
+/// waiter just left, for one linger (src/wait/linger.hpp): the sync waiters'
+/// instance and one idle instance for event loops, and the eventfd that comes
+/// with the sync waiters' instance. After the linger: none.
 constexpr int max_cached_inotify_instances = 2;
 constexpr int max_cached_eventfds = 1;
+
+/// Waits (polling, at most 10 s) until no inotify instance is open in this
+/// process: the library closes its idle ones one linger after their last
+/// waiter. For counts taken where nothing waits.
+inline void settle() {
+    for (int i = 0; i < 1000 && inotify_instances() > 0; ++i) ::usleep(10000);
+}
+/// The descriptors open once the library's idle instances are closed.
+inline int settled_fd_count() {
+    settle();
+    return open_fd_count();
+}
 
 /// inotify watches held by this process, over all its instances (a
 /// descriptor dup()ed from another counts once).

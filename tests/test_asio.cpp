@@ -219,7 +219,7 @@ TEST_CASE("asio: awaitable_operators: lock || timer") {
     const auto p = s / "a.lock";
     asio::io_context io;
     warm_up(io);
-    const int fds = open_fd_count();
+    const int fds = settled_fd_count();
 
     SECTION("the timer wins while the lock is held elsewhere; nothing leaks") {
         child holder = hold_in_child(p);
@@ -237,7 +237,7 @@ TEST_CASE("asio: awaitable_operators: lock || timer") {
             asio::detached);
         io.run();
         CHECK(timer_won);
-        CHECK(open_fd_count() == fds + 2);  // only the holder child's pipes
+        CHECK(settled_fd_count() == fds + 2);  // only the holder child's pipes
     }
     SECTION("the lock wins when it is free; the timer is cancelled") {
         std::optional<lock_file> got;
@@ -269,7 +269,7 @@ TEST_CASE("asio: per-operation cancellation, terminal/partial/total, at every st
             const auto p = s / "a.lock";
             asio::io_context io;
             warm_up(io);
-            const int fds = open_fd_count();
+            const int fds = settled_fd_count();
             std::optional<lock_file> held;
             const std::string st = stage;
             if (st != "after the lock was won, before the handler ran") held.emplace(p);
@@ -288,7 +288,7 @@ TEST_CASE("asio: per-operation cancellation, terminal/partial/total, at every st
             CHECK(out.called);
             CHECK(out.ec == asio::error::operation_aborted);
             CHECK(!out.lock.is_locked());
-            CHECK(open_fd_count() == fds + (held ? 1 : 0));
+            CHECK(settled_fd_count() == fds + (held ? 1 : 0));
             held.reset();
             CHECK(lock_is_free(p));  // the lock is either delivered or released
         }
@@ -427,7 +427,7 @@ TEST_CASE("asio: options: shared locks, OFD, content templates, simple") {
 TEST_CASE("asio: destroying the io_context with operations pending releases everything") {
     scratch s;
     const auto p = s / "a.lock";
-    const int fds = open_fd_count();
+    const int fds = settled_fd_count();
     {
         child holder = hold_in_child(p);
         REQUIRE(holder.ready());
@@ -440,7 +440,7 @@ TEST_CASE("asio: destroying the io_context with operations pending releases ever
         holder.release();
         holder.wait();
     }
-    CHECK(open_fd_count() == fds);
+    CHECK(settled_fd_count() == fds);
     // a won lock not yet delivered when the context stops and is destroyed
     {
         auto io = std::make_unique<asio::io_context>();
@@ -451,7 +451,7 @@ TEST_CASE("asio: destroying the io_context with operations pending releases ever
         io.reset();
         CHECK(!out.called);
     }
-    CHECK(open_fd_count() == fds);
+    CHECK(settled_fd_count() == fds);
     child other([&](int) {
         std::error_code ec;
         auto l = filelock::try_lock(p, ec);

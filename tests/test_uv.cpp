@@ -111,7 +111,7 @@ void after(uv_loop_t* loop, std::chrono::milliseconds d, F f) {
 TEST_CASE("uv: an uncontended lock is delivered on a later loop iteration, not inline") {
     scratch s;
     uv_loop_fixture::warm_up();
-    const int fds = open_fd_count();
+    const int fds = settled_fd_count();
     {
         uv_loop_fixture f;
         outcome out;
@@ -126,7 +126,7 @@ TEST_CASE("uv: an uncontended lock is delivered on a later loop iteration, not i
         req.cancel();  // after completion: nothing happens
         CHECK(out.lock.is_locked());
     }
-    CHECK(open_fd_count() == fds);
+    CHECK(settled_fd_count() == fds);
 }
 
 TEST_CASE("uv: a contended lock is won when another process releases it") {
@@ -168,7 +168,7 @@ TEST_CASE("uv: cancel right after the call, while waiting, and from another thre
     scratch s;
     const auto p = s / "a.lock";
     uv_loop_fixture::warm_up();
-    const int fds = open_fd_count();
+    const int fds = settled_fd_count();
     SECTION("right after the call (a lock won inside it is released again)") {
         uv_loop_fixture f;
         outcome out;
@@ -201,7 +201,7 @@ TEST_CASE("uv: cancel right after the call, while waiting, and from another thre
         t.join();
         CHECK(out.ec == std::errc::operation_canceled);
     }
-    CHECK(open_fd_count() == fds);
+    CHECK(settled_fd_count() == fds);
 }
 
 TEST_CASE("uv: a cancel racing with the win delivers the lock or releases it, never orphans it") {
@@ -403,7 +403,7 @@ TEST_CASE("uv: after uv_stop, cancel_all and one more run let the loop close") {
     scratch s;
     const auto p = s / "a.lock";
     uv_loop_fixture::warm_up();
-    const int fds = open_fd_count();
+    const int fds = settled_fd_count();
     {
         child holder = hold_in_child(p);
         REQUIRE(holder.ready());
@@ -417,7 +417,7 @@ TEST_CASE("uv: after uv_stop, cancel_all and one more run let the loop close") {
         for (auto& o : outs) CHECK(o.ec == std::errc::operation_canceled);
         // the fixture runs the loop and asserts uv_loop_close() == 0
     }
-    CHECK(open_fd_count() == fds);
+    CHECK(settled_fd_count() == fds);
 }
 
 TEST_CASE("uv: destroying a coroutine suspended on async_lock abandons the operation") {

@@ -276,6 +276,7 @@ TEST_CASE(
     const auto p = s / "a.lock";
     static std::atomic<int> inotify_closes;
     inotify_closes = 0;
+    settle();  // earlier tests' idle instances closed before the count
     seam fake;
     fdetail::sys().close = [](int fd) {
         std::error_code ec;
@@ -315,6 +316,102 @@ TEST_CASE(
     }
     CHECK(inotify_closes == 0);
     CHECK(inotify_instances() - before <= 1);  // the idle one, if none was kept before
+}
+
+// Idle waiting resources are given back (a process that waited once kept an
+// inotify instance and an eventfd for its life: 2 descriptors after lock(),
+// 1 after an Asio or libuv wait, with every io_context and loop gone). Each
+// driver waits once in a process of its own, started afresh (a forked one
+// would inherit this process's descriptors); after the linger nothing of
+// ours stays open. Polled, with a bound of seconds: no timing is asserted.
+namespace {
+
+struct fresh_process_counts {
+    int fds = open_fd_count();
+    ~fresh_process_counts() {
+        const auto bound = sclock::now() + 10s;
+        while ((inotify_instances() > 0 || eventfds() > 0 || open_fd_count() > fds) &&
+               sclock::now() < bound)
+            std::this_thread::sleep_for(10ms);
+        CHECK(inotify_instances() == 0);
+        CHECK(eventfds() == 0);
+        CHECK(open_fd_count() == fds);
+        std::fputs("idle-checked\n", stderr);
+    }
+};
+
+void check_in_fresh_process(const char* test_name) {
+    std::string err;
+    const int rc =
+        run({fs::read_symlink("/proc/self/exe").string(), test_name, "-o", "/dev/stderr"}, &err);
+    INFO(test_name << ":\n" << err);
+    CHECK(rc == 0);
+    CHECK(err.find("idle-checked") != std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("idle: lock() waited once", "[.idle]") {
+    scratch s;
+    const auto p = s / "a.lock";
+    fresh_process_counts counts;
+    auto held = std::make_unique<lock_file>(p);
+    std::error_code ec = errc::timeout;
+    std::thread waiter([&] { filelock::lock(p, 60s, event_only(), ec); });
+    // It watches: one instance (and its eventfd) while it waits.
+    const auto bound = sclock::now() + 10s;
+    while (inotify_instances() == 0 && sclock::now() < bound) std::this_thread::sleep_for(1ms);
+    CHECK(inotify_instances() == 1);
+    held.reset();
+    waiter.join();
+    CHECK(!ec);
+}
+
+TEST_CASE("idle: Asio waited once", "[.idle]") {
+    scratch s;
+    const auto p = s / "a.lock";
+    fresh_process_counts counts;
+    auto held = std::make_unique<lock_file>(p);
+    std::error_code ec = errc::timeout;
+    {
+        asio::io_context io;
+        filelock::async_lock(io, p, 60s, event_only(),
+                             [&](std::error_code e, lock_file) { ec = e; });
+        io.poll();
+        CHECK(inotify_instances() == 1);
+        held.reset();
+        io.run();
+    }
+    CHECK(!ec);
+}
+
+TEST_CASE("idle: libuv waited once", "[.idle]") {
+    scratch s;
+    const auto p = s / "a.lock";
+    {
+        uv_loop_t first;  // libuv's own process-wide descriptors (its signal lock) come now
+        uv_loop_init(&first);
+        uv_loop_close(&first);
+    }
+    fresh_process_counts counts;
+    auto held = std::make_unique<lock_file>(p);
+    std::error_code ec = errc::timeout;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    filelock::uv::async_lock(&loop, p, 60s, event_only(),
+                             [&](std::error_code e, lock_file) { ec = e; });
+    uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK(inotify_instances() == 1);
+    held.reset();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(&loop) == 0);
+    CHECK(!ec);
+}
+
+TEST_CASE("waiting: a process that waited once keeps no instance or eventfd or descriptor idle") {
+    check_in_fresh_process("idle: lock() waited once");
+    check_in_fresh_process("idle: Asio waited once");
+    check_in_fresh_process("idle: libuv waited once");
 }
 
 // --- no release event is lost, and none is mistaken -------------------------

@@ -3,6 +3,7 @@
 
 // Linux's release events (inotify); meson builds src/no_release_watcher.cpp
 // instead where there is no inotify.
+#include "../wait/linger.hpp"
 #include "sys.hpp"
 
 #include <algorithm>
@@ -19,21 +20,35 @@ namespace {
 constexpr std::uint32_t watch_mask =
     IN_CLOSE_WRITE | IN_CLOSE_NOWRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ATTRIB;
 
-// The idle instance. Reached only under its mutex, which is never held
-// across a call that could fork.
+// The idle instance, kept for one linger. Reached only under its mutex,
+// which is never held across a call that could fork.
 struct idle_pool {
     std::mutex mutex;
     std::unique_ptr<release_watcher> kept;
+    std::chrono::steady_clock::time_point until;  // closed then
 };
 idle_pool& pool() {
     static auto* p = [] {
         auto* made = new idle_pool;  // never destroyed: usable during exit
-        // Held across fork(): a child never inherits it locked.
+        // Held across fork(): a child never inherits it locked. A child's
+        // copy of the idle instance is closed at once (it would keep the
+        // parent's instance alive for the child's life).
         at_fork([] { pool().mutex.lock(); }, [] { pool().mutex.unlock(); },
-                [] { pool().mutex.unlock(); });
+                [] {
+                    if (pool().kept) pool().kept->abandon();
+                    pool().mutex.unlock();
+                });
         return made;
     }();
     return *p;
+}
+
+void reap_idle() {
+    std::unique_ptr<release_watcher> closing;
+    {
+        std::lock_guard<std::mutex> g(pool().mutex);
+        if (std::chrono::steady_clock::now() >= pool().until) closing = std::move(pool().kept);
+    }
 }
 }  // namespace
 
@@ -146,16 +161,24 @@ std::unique_ptr<release_watcher> release_watcher::take() {
 }
 
 void release_watcher::recycle(std::unique_ptr<release_watcher> w) noexcept {
-    if (!w || !w->valid()) return;
+    // A forked child's copy of its parent's instance is closed, not kept.
+    if (!w || !w->valid() || w->generation_ != fork_generation()) return;
     for (auto& [wd, refs] : w->refs_) sys().inotify_rm_watch(w->fd_, wd);
     w->refs_.clear();
     try {
         (void)w->drain();  // what was queued concerns nobody now
     } catch (...) {
     }
-    std::lock_guard<std::mutex> g(pool().mutex);
-    if (!pool().kept) pool().kept = std::move(w);
-    // else: closed here, after its last waiter's completion
+    {
+        std::lock_guard<std::mutex> g(pool().mutex);
+        if (pool().kept) return;  // closed here, after its last waiter's completion
+        pool().kept = std::move(w);
+        pool().until = std::chrono::steady_clock::now() + idle_linger;
+    }
+    if (!reap_later(reap_idle)) {
+        std::lock_guard<std::mutex> g(pool().mutex);
+        w = std::move(pool().kept);  // closed now
+    }
 }
 
 }  // namespace filelock::detail
