@@ -883,3 +883,80 @@ TEST_CASE("etcd: user authentication: the right password locks, a wrong one is e
     io.restart();
     io.run_for(100ms);
 }
+
+TEST_CASE("etcd: a short TTL's keep-alives come every TTL/3, not in a storm", "[etcd]") {
+    asio::io_context io;
+    etcd::client c(io.get_executor(), cfg(1s));
+    outcome o;
+    start_lock(c, unique_name("keepalive"), 5s, o);
+    REQUIRE(run_until(io, [&] { return o.done; }));
+    REQUIRE_FALSE(o.ec);
+    const auto before = c.requests();
+    const auto until = std::chrono::steady_clock::now() + 1500ms;
+    run_until(io, [&] { return std::chrono::steady_clock::now() >= until; });
+    const auto keepalives = c.requests() - before;
+    // 1 s / 3: about 4-5 in 1.5 s (whole seconds made it 0 s: thousands).
+    CHECK(keepalives >= 2);
+    CHECK(keepalives <= 8);
+    CHECK_FALSE(o.held.lost());
+    release_and_wait(io, o.held);
+}
+
+TEST_CASE("etcd: a waiter paused past its lease never wins while etcdctl lock holds (#19597)",
+          "[etcd][slow]") {
+    // The holder releases while the waiter is stopped; the waiter's lease
+    // expires, etcd deletes its key and grants the lock to `etcdctl lock`,
+    // queued behind it. Resumed, the waiter reads the holder's deletion from
+    // its watch: it must line up again, not run COMMAND inside etcdctl's.
+    asio::io_context io;
+    etcd::client c(io.get_executor(), cfg());
+    const auto name = unique_name("paused");
+    const auto dir = std::filesystem::temp_directory_path() /
+                     ("filelock-etcd-paused-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    const auto holds = (dir / "etcdctl-holds").string();
+    const auto result = (dir / "result").string();
+    outcome o;
+    start_lock(c, name, 5s, o);
+    REQUIRE(run_until(io, [&] { return o.done; }));
+    REQUIRE_FALSE(o.ec);
+
+    const std::string waiter = "exec " + run_tool() + " --ttl 2 -w 30 " + etcd_target(name) +
+                               " sh -c 'if [ -e " + holds + " ]; then echo overlap; else echo " +
+                               "clean; fi >> " + result + "' >/dev/null 2>" +
+                               (dir / "stderr").string();
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        ::execl("/bin/sh", "sh", "-c", waiter.c_str(), static_cast<char*>(nullptr));
+        ::_exit(127);
+    }
+    REQUIRE(keys_become(io, name + "/", 2));
+    ::kill(pid, SIGSTOP);
+    const std::string ctl = "ETCDCTL_API=3 etcdctl --endpoints=" + member().endpoint() +
+                            " lock --ttl 10 '" + name + "' -- sh -c 'touch " + holds +
+                            "; sleep 4; rm " + holds + "' >/dev/null 2>&1 &";
+    REQUIRE(std::system(ctl.c_str()) == 0);
+    REQUIRE(keys_become(io, name + "/", 3));
+    release_and_wait(io, o.held);
+    // The waiter's lease expires (TTL 2 s) and etcdctl gets the lock.
+    bool granted = false;
+    run_until(
+        io, [&] { return granted = std::filesystem::exists(holds); }, 15s);
+    CHECK(granted);
+    ::kill(pid, SIGCONT);
+    int st = 0;
+    for (int i = 0; i < 2000 && ::waitpid(pid, &st, WNOHANG) == 0; ++i)
+        std::this_thread::sleep_for(10ms);
+    std::string outcome_text;
+    std::ifstream(result) >> outcome_text;
+    std::string err;
+    std::getline(std::ifstream(dir / "stderr"), err, '\0');
+    INFO("filelock-run: status " << st << ", stderr: " << err);
+    CHECK(outcome_text == "clean");  // COMMAND ran after etcdctl's section, not inside it
+    CHECK(WIFEXITED(st));
+    CHECK(WEXITSTATUS(st) == 0);
+    CHECK(keys_become(io, name + "/", 0));
+    std::filesystem::remove_all(dir);
+}

@@ -17,13 +17,13 @@ constexpr std::int64_t lease = 0x2040a238;
 struct fixture {
     claims names;
     int session_tag = 0;
+    lease_state live{lease, filelock::detail::clock::time_point::max()};
     filelock::detail::clock::time_point now{};
     std::unique_ptr<etcd_acquire> m;
 
     explicit fixture(std::chrono::nanoseconds timeout = 10s) {
-        m = std::make_unique<etcd_acquire>(
-            lock_backend(names, &session_tag, "job", " 1@h\n", lease), timeout,
-            filelock::backoff_policy{}, 7);
+        m = std::make_unique<etcd_acquire>(lock_backend(names, &session_tag, "job", " 1@h\n", live),
+                                           timeout, filelock::backoff_policy{}, 7);
     }
     lock_backend& b() { return m->backend(); }
     action resume(wake_reason why, std::error_code ec = {}) {
@@ -166,6 +166,87 @@ TEST_CASE("etcd protocol: the holder's deletion after our own key's is not a win
     REQUIRE(a.what == action::kind::send);  // a look, not a win
     a = f.reply({{"header", header(14)}, {"responses", json::array()}});
     CHECK(a.ec == filelock::etcd::errc::lost);
+}
+
+namespace {
+// A waiter behind job/1 (the holder), with its watch armed, waiting.
+void line_up(fixture& f) {
+    f.resume(wake_reason::start);
+    f.reply({{"header", header(12)},
+             {"succeeded", true},
+             {"responses", {{{"response_put", json::object()}}, range({kv_json("job/1", 5)})}}});
+    f.reply({{"header", header(12)},
+             {"succeeded", true},
+             {"responses", {range({kv_json("job/1", 5)}), range({kv_json("job/1", 5)})}}});
+    f.b().watch_armed();
+    f.resume(wake_reason::watched);
+    const auto a =
+        f.reply({{"header", header(12)},
+                 {"succeeded", true},
+                 {"responses", {range({kv_json("job/1", 5)}), range({kv_json("job/1", 5)})}}});
+    REQUIRE(a.what == action::kind::wait);
+}
+}  // namespace
+
+TEST_CASE("etcd protocol: a deletion read after the lease deadline never wins (etcd #19597)") {
+    // A paused waiter (or one behind a stalled member) reads the holder's
+    // deletion after its own lease could have expired on the server.
+    fixture f;
+    line_up(f);
+    f.live.deadline = filelock::detail::clock::now() - 1ms;
+    CHECK(f.b().on_delete("job/1", 15));
+    const auto a = f.resume(wake_reason::release);
+    REQUIRE(a.is_done());
+    CHECK(a.ec == filelock::etcd::errc::lost);
+    CHECK(f.b().lease_gone());  // the driver lines up again on a new lease
+    CHECK(f.b().won_at() == 0);
+}
+
+TEST_CASE("etcd protocol: a session that gave its lease up wins nothing on it") {
+    fixture f;
+    line_up(f);
+    f.live.id = 0;  // lost (the lost timer fired, a keep-alive said TTL 0)
+    CHECK(f.b().on_delete("job/1", 15));
+    const auto a = f.resume(wake_reason::release);
+    REQUIRE(a.is_done());
+    CHECK(a.ec == filelock::etcd::errc::lost);
+}
+
+TEST_CASE("etcd protocol: a first-in-line answer read after the deadline is not a win") {
+    SECTION("the create's answer") {
+        fixture f;
+        f.resume(wake_reason::start);
+        f.live.deadline = filelock::detail::clock::now() - 1ms;
+        const auto a = f.reply(
+            {{"header", header(10)},
+             {"succeeded", true},
+             {"responses", {{{"response_put", json::object()}}, range({kv_json(mine, 10)})}}});
+        REQUIRE(a.is_done());
+        CHECK(a.ec == filelock::etcd::errc::lost);
+        CHECK(f.b().lease_gone());
+    }
+    SECTION("a retried look at the predecessor") {
+        fixture f;
+        line_up(f);
+        auto a = f.resume(wake_reason::timer);  // the fallback timer: another look
+        REQUIRE(a.what == action::kind::send);
+        f.live.deadline = filelock::detail::clock::now() - 1ms;
+        a = f.reply({{"header", header(16)},
+                     {"succeeded", true},
+                     {"responses", {range({}), range({kv_json(mine, 12)})}}});
+        REQUIRE(a.is_done());
+        CHECK(a.ec == filelock::etcd::errc::lost);
+    }
+    SECTION("the same answers before the deadline win") {
+        fixture f;
+        line_up(f);
+        f.live.deadline = filelock::detail::clock::now() + 1h;
+        CHECK(f.b().on_delete("job/1", 15));
+        const auto a = f.resume(wake_reason::release);
+        REQUIRE(a.is_done());
+        CHECK_FALSE(a.ec);
+        CHECK(f.b().won_at() == 15);
+    }
 }
 
 TEST_CASE("etcd protocol: a key left by an earlier holder is deleted, never adopted") {

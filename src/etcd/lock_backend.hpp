@@ -16,6 +16,11 @@
 //      before ours): won without another request. Otherwise step 2 runs
 //      again. Our key gone (our lease expired while waiting, etcd issue
 //      #9921): errc::lost, never a win.
+// A win is reported only on a live lease: the session's lease, before its
+// deadline (the send time of the last answered keep-alive + TTL - margin).
+// A deletion or an answer read after the deadline (a paused process, a
+// stalled member) is errc::lost with lease_gone(): the driver lines up again
+// on a new lease, as when our key vanished.
 // Waiters of one session for one name queue locally first (one key per
 // lease is all etcd's protocol allows), and a name held or being acquired by
 // the session is local contention: no request is sent for it.
@@ -46,6 +51,20 @@ private:
     std::set<std::string> names_;
 };
 
+/// What the protocol knows of the session's lease. The session updates it;
+/// the backend reads it when it is about to report a win.
+struct lease_state {
+    /// The session's lease; 0 while it has none (given up, lost).
+    std::int64_t id = 0;
+    /// Until when ownership under it is guaranteed: the send time of the last
+    /// answered keep-alive (or grant) + TTL - margin.
+    clock::time_point deadline = clock::time_point::min();
+
+    bool live(std::int64_t lease, clock::time_point now) const noexcept {
+        return lease != 0 && id == lease && now < deadline;
+    }
+};
+
 /// Transient failures: another member may answer soon (a leader election, a
 /// member down, a connection cut mid-answer). A waiter retries them; a
 /// complete but malformed answer, a refusal or a client error is reported.
@@ -74,15 +93,17 @@ public:
     static constexpr bool queue_first = true;
     static constexpr std::array<clock::duration, 0> quick_retries{};
 
+    /// `lease` (the session's) outlives the backend; its id is the lease used.
     lock_backend(claims& c, const void* session, std::string name, std::string value,
-                 std::int64_t lease)
+                 const lease_state& lease)
         : claims_(&c),
           session_(session),
+          lease_state_(&lease),
           name_(std::move(name)),
           prefix_(name_ + "/"),
-          key_(prefix_ + hex(lease)),
+          key_(prefix_ + hex(lease.id)),
           value_(std::move(value)),
-          lease_(lease) {}
+          lease_(lease.id) {}
     lock_backend(lock_backend&& o) noexcept = default;
     ~lock_backend() { unclaim(); }
 
@@ -96,8 +117,7 @@ public:
         }
         if (pred_deleted_ && pred_was_owner_ && !own_deleted_ && my_rev_ != 0) {
             // The holder's deletion came through the watch, ours did not.
-            won_at_ = pred_deleted_at_;
-            return {};
+            return won(pred_deleted_at_);
         }
         if (my_rev_ == 0) {
             step_ = step::create;
@@ -182,8 +202,14 @@ public:
     /// Whether etcd has a key of ours to delete (after a failure).
     bool has_key() const noexcept { return my_rev_ != 0; }
     bool claimed() const noexcept { return claimed_; }
-    /// etcd does not know the lease this attempt used.
+    /// etcd does not know the lease this attempt used (or may not: its
+    /// deadline passed).
     bool lease_gone() const noexcept { return lease_gone_; }
+    /// The session gave the lease up: the attempt is over (errc::lost).
+    void lease_lost(std::string why) {
+        lease_gone_ = true;
+        why_ = std::move(why);
+    }
     /// Gives the claim to the held lock (it unclaims on release).
     void hand_over_claim() noexcept { claimed_ = false; }
     void unclaim() noexcept {
@@ -282,12 +308,20 @@ private:
     }
 
     std::error_code won(std::int64_t header_rev) {
+        if (!lease_state_->live(lease_, clock::now())) {
+            // The lease may have expired on the server meanwhile, and our key
+            // with it: another may hold the lock now (etcd issue #19597).
+            lease_gone_ = true;
+            why_ = "the session's lease expired before the lock was won";
+            return errc::lost;
+        }
         won_at_ = header_rev;
         return {};
     }
 
     claims* claims_;
     const void* session_;
+    const lease_state* lease_state_;
     std::string name_, prefix_, key_, value_;
     std::int64_t lease_;
     std::int64_t my_rev_ = 0, won_at_ = 0;

@@ -121,6 +121,7 @@ public:
     claims& names() { return claims_; }
     const std::string& value() const { return value_; }
     std::int64_t lease() const { return lease_; }
+    const lease_state& lease_view() const { return lease_state_; }
     std::uint64_t watches = 0;
 
     std::uint64_t lock(std::string name, std::chrono::nanoseconds timeout,
@@ -169,8 +170,9 @@ public:
 private:
     void grant();
     void granted(std::error_code ec, const std::string& why);
-    void arm_lost(steady::time_point sent, std::chrono::seconds ttl);
+    void arm_lost(steady::time_point sent, std::chrono::milliseconds ttl);
     void maybe_revoke();
+    std::chrono::milliseconds keepalive_interval() const;
 
 public:
     void keepalive();
@@ -183,6 +185,7 @@ private:
     claims claims_;
     std::string value_;
     std::int64_t lease_ = 0;
+    lease_state lease_state_;  // what acquisitions check before a win
     std::chrono::seconds ttl_;
     std::unique_ptr<reactor::timer> keepalive_timer_, lost_timer_;
     std::vector<std::function<void(std::error_code, const std::string&)>> lease_waiters_;
@@ -239,7 +242,7 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
             if (ec) return self->complete(ec, describe(self->s.http().endpoint(), ec, why));
             self->acq = std::make_unique<etcd_acquire>(
                 lock_backend(self->s.names(), &self->s, self->name, self->s.value(),
-                             self->s.lease()),
+                             self->s.lease_view()),
                 self->timeout, filelock::backoff_policy{}, filelock::detail::random_seed());
             self->acq->use_queue(self.get(), &self->s);
             self->timer = self->s.loop().make_timer();
@@ -276,6 +279,17 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
         if (timer) timer->cancel();
         if (request) s.http().cancel(std::exchange(request, 0));
         run(acq->resume({wake_reason::cancel, steady::now(), code}));
+    }
+
+    /// The session gave up the lease `old`: an acquisition on it lines up
+    /// again on a new one (its key dies with the old lease).
+    void lease_lost(std::int64_t old) {
+        if (st == state::finished || st == state::lease || !acq || acq->backend().lease() != old)
+            return;
+        if (timer) timer->cancel();
+        if (request) s.http().cancel(std::exchange(request, 0));
+        acq->backend().lease_lost("the session's lease was lost while waiting");
+        failed(errc::lost);
     }
 
     void run(action a) {
@@ -349,7 +363,9 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
     }
 
     void on_watch_message(std::string_view text) {
-        if (st == state::finished) return;
+        // A message that followed one that ended this watch (a win, a lost
+        // lease) in the same bytes: not ours any more.
+        if (st == state::finished || !acq || !watch) return;
         const json j = json::parse(text, nullptr, false);
         const json* r = j.is_object() && j.contains("result") ? &j["result"] : nullptr;
         if (!r || !r->is_object()) return moved_soon();
@@ -424,15 +440,19 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
         drop_watch();
         if (timer) timer->cancel();
         auto& b = acq->backend();
-        if (ec == errc::lost && restarts < 3) {
+        const bool in_time = steady::now() - began < timeout;
+        // Lost while waiting, at the deadline: nothing was won in time.
+        if (ec == errc::lost && !in_time) ec = filelock::errc::timeout;
+        if (ec == errc::lost && restarts < 10 && in_time) {
             // A waiter's key or lease died under it (its keep-alives failed,
             // the lease was revoked, the key deleted): nothing was granted, so
             // it lines up again, on a new lease if need be (the deadline
             // still counts from the call).
             ++restarts;
-            if (b.lease_gone() && b.lease() == s.lease()) s.lose_session("the lease is gone");
+            const bool gone = b.lease_gone() && b.lease() == s.lease();
             acq.reset();
             st = state::lease;
+            if (gone) s.lose_session("the lease is gone");
             return start();
         }
         std::string msg;
@@ -530,9 +550,10 @@ void session::grant() {
                                    why = "the lease grant has no ID or TTL";
                                } else {
                                    self->ttl_ = std::chrono::seconds(ttl);
+                                   self->lease_state_.id = self->lease_;
                                    self->arm_lost(sent, self->ttl_);
                                    self->keepalive_timer_->arm(
-                                       steady::now() + self->ttl_ / 3,
+                                       steady::now() + self->keepalive_interval(),
                                        [s = self.get()] { s->keepalive(); });
                                }
                            } catch (const std::exception& e) {
@@ -589,34 +610,47 @@ void session::keepalive() {
                    }
                    if (!ec && ttl <= 0)
                        return self->lose_session("the lease expired or was revoked");
-                   auto next = self->ttl_ / 3;
-                   if (!ec) {
+                   auto next = self->keepalive_interval();
+                   if (!ec)
                        self->arm_lost(sent, std::chrono::seconds(ttl));
-                   } else {
-                       next = std::chrono::seconds(1) < next ? std::chrono::seconds(1) : next;
-                   }
+                   else
+                       next = std::min<std::chrono::milliseconds>(next, std::chrono::seconds(1));
                    self->keepalive_timer_->arm(steady::now() + next,
                                                [s = self.get()] { s->keepalive(); });
                });
 }
 
-void session::arm_lost(steady::time_point sent, std::chrono::seconds ttl) {
+std::chrono::milliseconds session::keepalive_interval() const {
+    // TTL/3, counted in milliseconds (a TTL of 1 or 2 s is not 0 s), and
+    // never below a floor: a keep-alive costs a request.
+    using std::chrono::milliseconds;
+    return std::max(std::chrono::duration_cast<milliseconds>(ttl_) / 3, milliseconds(200));
+}
+
+void session::arm_lost(steady::time_point sent, std::chrono::milliseconds ttl) {
     // Ownership is guaranteed until the server could expire the lease, less
     // the margin: counted from when the request that renewed it was sent.
     const auto margin = std::min<steady::duration>(cfg_.lost_margin, ttl / 2);
-    lost_timer_->arm(sent + ttl - margin,
+    lease_state_.deadline = sent + ttl - margin;
+    lost_timer_->arm(lease_state_.deadline,
                      [this] { lose_session("no keep-alive answered within the TTL"); });
 }
 
 void session::lose_session(const std::string& why) {
     (void)why;
     const auto old = lease_;
+    if (!old) return;
     lease_ = 0;
+    lease_state_.id = 0;
+    lease_state_.deadline = steady::time_point::min();
     keepalive_timer_->cancel();
     lost_timer_->cancel();
     auto held = held_;
     for (auto& w : held)
         if (auto h = w.lock(); h && h->lease == old) lose(*h, errc::lost);
+    // Pending acquisitions on the old lease line up again on a new one.
+    auto ops = ops_;
+    for (auto& [id, op] : ops) op->lease_lost(old);
     // The old lease may still be alive on the server (a partition): revoke it,
     // best effort.
     http_.post("/v3/lease/revoke", request::revoke(old), [](http_reply&) {});
@@ -704,6 +738,7 @@ void session::maybe_revoke() {
     for (auto& w : held_)
         if (auto h = w.lock(); h && !h->released) return;
     const auto old = std::exchange(lease_, 0);
+    lease_state_.id = 0;
     keepalive_timer_->cancel();
     lost_timer_->cancel();
     http_.post("/v3/lease/revoke", request::revoke(old),
