@@ -4,6 +4,8 @@
 // platform's (src/posix/file_backend.cpp, src/win32/file_backend.cpp).
 #include <filelock/detail/file_backend.hpp>
 
+#include <cstdint>
+#include <limits>
 #include <utility>
 
 namespace filelock::detail {
@@ -17,13 +19,29 @@ file_backend::file_backend(std::filesystem::path path, const lock_options& optio
       wake_(options.wake_on_release),
       queue_(options.queue_local_waiters && options.mode == lock_mode::exclusive),
       keep_foreign_(options.on_foreign_content == foreign_content::lock_without_content),
-      file_mode_(options.file_mode & 0777) {
+      file_mode_(options.file_mode & 0777),
+      range_(options.range) {
+    if (!range_.whole_file()) {
+        // A range holder does not own the file: it writes nothing and never
+        // removes the file other ranges' holders use.
+        writes_ = false;
+        remove_ = false;
+        constexpr std::uint64_t max_offset = std::numeric_limits<std::int64_t>::max();
+        if (!ofd_) {
+            failed_call_ = "lock_options::range needs lock_backend::ofd";
+            init_error_ = std::make_error_code(std::errc::invalid_argument);
+        } else if (range_.start > max_offset ||
+                   (range_.length != 0 && range_.length - 1 > max_offset - range_.start)) {
+            failed_call_ = "lock_options::range past the largest file offset";
+            init_error_ = std::make_error_code(std::errc::invalid_argument);
+        }
+    }
     nofollow_ = writes_ && !options.follow_symlinks;
     // Writing needs a writable descriptor, and so does an exclusive OFD lock
     // (F_WRLCK); everything else locks through a read-only one, which also
     // works on a file the caller may only read.
     read_only_ = !writes_ && !(ofd_ && !shared_);
-    if (options.write_content)
+    if (options.write_content && !init_error_)
         init_error_ = options.content_template.fits()
                           ? expand_content(options.content_template.view(), content_)
                           : make_error_code(errc::invalid_template);
@@ -47,6 +65,7 @@ file_backend::file_backend(file_backend&& other) noexcept
       queue_(other.queue_),
       keep_foreign_(other.keep_foreign_),
       file_mode_(other.file_mode_),
+      range_(other.range_),
       dev_(other.dev_),
       ino_(other.ino_),
       fd_generation_(other.fd_generation_),
@@ -65,6 +84,8 @@ held_file file_backend::take() noexcept {
     held_file h;
     h.fd = std::exchange(fd_, no_handle);
     h.ofd = ofd_;
+    h.start = range_.start;
+    h.length = range_.length;
     h.remove = remove_;
     h.generation = fd_generation_;
     h.forks = fd_forks_;

@@ -23,8 +23,8 @@ struct path_queue {
         bool operator<(const key_type& o) const noexcept {
             const auto d = reinterpret_cast<std::uintptr_t>(domain);
             const auto od = reinterpret_cast<std::uintptr_t>(o.domain);
-            return std::tie(id.dev, id.ino, id.backend, d) <
-                   std::tie(o.id.dev, o.id.ino, o.id.backend, od);
+            return std::tie(id.dev, id.ino, id.backend, id.start, id.length, d) <
+                   std::tie(o.id.dev, o.id.ino, o.id.backend, o.id.start, o.id.length, od);
         }
     };
     key_type key;

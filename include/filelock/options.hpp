@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -22,10 +23,28 @@ enum class lock_backend {
     /// flock(2). The default: it interoperates with zc.lockfile, py-filelock,
     /// portalocker and flock(1).
     flock,
-    /// Open file description locks (fcntl F_OFD_SETLK over the whole file).
-    /// Works over NFS, where flock may be emulated or local only. Does not
-    /// exclude flock(2) users.
+    /// Open file description locks (fcntl F_OFD_SETLK, over the whole file
+    /// or over lock_options::range). Works over NFS, where flock may be
+    /// emulated or local only. They conflict with classic POSIX fcntl locks
+    /// (glibc's lckpwdf(), `flock --fcntl`), but not with flock(2) locks on
+    /// Linux: an OFD lock and a flock(2) lock on the same file do not exclude
+    /// each other. Linux only (errc::unsupported elsewhere).
     ofd,
+};
+
+/// A range of bytes of the lock file (lock_options::range): `length` bytes
+/// from `start`; a length of 0 runs to the end of the file, however far it
+/// grows (as fcntl's l_len = 0). The default, {0, 0}, is the whole file.
+struct byte_range {
+    /// The first byte's offset.
+    std::uint64_t start = 0;
+    /// How many bytes; 0: to the end of the file.
+    std::uint64_t length = 0;
+
+    /// The whole file ({0, 0}).
+    constexpr bool whole_file() const noexcept { return start == 0 && length == 0; }
+    /// Same start and length.
+    friend constexpr bool operator==(const byte_range&, const byte_range&) noexcept = default;
 };
 
 /// What a lock that writes content does when the lock file already holds
@@ -117,6 +136,29 @@ struct lock_options {
     lock_mode mode = lock_mode::exclusive;
     /// flock(2) (the default, which every flock user shares) or OFD locks.
     lock_backend backend = lock_backend::flock;
+
+    /// The bytes to lock, with `backend = lock_backend::ofd`: an OFD lock
+    /// (F_OFD_SETLK; F_RDLCK when shared, F_WRLCK when exclusive) on
+    /// [start, start + length), as `flock --fcntl --start --length` takes
+    /// it. Holders of disjoint ranges of one file do not exclude each other.
+    /// The default is the whole file (today's lock). A range other than the
+    /// whole file:
+    /// - writes no content (a range holder does not own the file's content)
+    ///   and never removes the file (remove_on_release is ignored);
+    /// - with `lock_backend::flock` is rejected before the file is touched
+    ///   (`std::errc::invalid_argument`, the message naming the path), and
+    ///   so is one past the largest file offset (2^63 - 1);
+    /// - is not available on Windows, where `lock_backend::ofd` is
+    ///   errc::unsupported.
+    ///
+    /// How a waiter learns of a release: a holder that closes its descriptor
+    /// (or dies) sends a close event (wake_on_release); a holder that
+    /// unlocks without closing (fcntl F_UNLCK, as POSIX-lock users such as
+    /// lckpwdf() callers may) sends none, and the backoff's next attempt
+    /// finds the range free: keep `backoff.cap` as short as that delay may
+    /// be. Local waiters queue per file and range (disjoint or different
+    /// ranges of one file never wait behind each other).
+    byte_range range{};
 
     /// What a `lock_file` writes once it holds the lock: `" " + expansion +
     /// "\n"` at offset 0, then the file is truncated after it (zc.lockfile's

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <cstdint>
 #include <cstring>
 #include <sys/file.h>
 #include <unistd.h>
@@ -29,14 +30,18 @@ constexpr int max_identity_rounds = 16;
 
 std::error_code sys_error(int err) noexcept { return {err, std::system_category()}; }
 
-int set_ofd_lock(int fd, short type) noexcept {
+// `start` and `length` were checked to fit in off_t (file_backend's
+// constructor); {0, 0} is the whole file.
+int set_ofd_lock(int fd, short type, std::uint64_t start = 0, std::uint64_t length = 0) noexcept {
 #if defined(F_OFD_SETLK)
     struct ::flock lk {};
     lk.l_type = type;
     lk.l_whence = SEEK_SET;
+    lk.l_start = static_cast<off_t>(start);
+    lk.l_len = static_cast<off_t>(length);
     return retry_eintr([&] { return sys().fcntl_lock(fd, F_OFD_SETLK, &lk); });
 #else  // open file description locks are Linux's (and recent FreeBSD's)
-    (void)fd, (void)type;
+    (void)fd, (void)type, (void)start, (void)length;
     return errno = EOPNOTSUPP, -1;
 #endif
 }
@@ -164,7 +169,7 @@ std::error_code file_backend::open_file() noexcept {
 std::error_code file_backend::lock_nb() noexcept {
     int rc;
     if (ofd_) {
-        rc = set_ofd_lock(fd_, shared_ ? F_RDLCK : F_WRLCK);
+        rc = set_ofd_lock(fd_, shared_ ? F_RDLCK : F_WRLCK, range_.start, range_.length);
         // POSIX lets a conflicting fcntl lock fail with EACCES or EAGAIN.
         if (rc == -1 && (errno == EAGAIN || errno == EACCES)) return errc::locked;
         if (rc == -1) return fail(errno, "fcntl(F_OFD_SETLK)");
@@ -308,6 +313,8 @@ bool file_backend::identity(lock_identity& id) const noexcept {
     id.dev = st.st_dev;
     id.ino = st.st_ino;
     id.backend = ofd_ ? 1 : 0;
+    id.start = range_.start;
+    id.length = range_.length;
     return true;
 }
 

@@ -95,6 +95,7 @@ private:
     bool queue_ = true;
     bool keep_foreign_ = false;             // foreign content: lock without writing
     unsigned file_mode_ = 0666;             // POSIX permission bits of a created file
+    byte_range range_{};                    // of an OFD lock
     unsigned long long dev_ = 0, ino_ = 0;  // of the file won
     // fork bookkeeping of fd_ (see fork_stamp in src/platform.hpp)
     unsigned fd_generation_ = 0, fd_forks_ = 0;

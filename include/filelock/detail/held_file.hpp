@@ -5,6 +5,7 @@
 // lock and what releasing it needs. A lock_file is made from it; the
 // primitive itself knows nothing of the facade.
 
+#include <cstdint>
 #include <filesystem>
 
 namespace filelock::detail {
@@ -24,6 +25,7 @@ inline constexpr native_handle_type no_handle = -1;
 struct held_file {
     native_handle_type fd = no_handle;
     bool ofd = false;
+    std::uint64_t start = 0, length = 0;  // the OFD lock's byte range ({0, 0}: whole file)
     bool remove = false;  // unlink the path on release (if it still names this file)
     // fork bookkeeping of the descriptor (src/platform.hpp, fork_stamp)
     unsigned generation = 0;

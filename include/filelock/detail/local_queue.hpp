@@ -19,11 +19,11 @@
 // to min_fair_share when another process does.
 //
 // A queue is keyed by the lock, not by its spelling: the file's identity
-// (device, inode) and the backend (flock and OFD locks do not conflict), so
-// "rel.lock" after a chdir() and an OFD waiter never line up behind waiters
-// of another lock. And by domain: a head whose event loop stops running
-// stalls only the waiters of that loop; across domains the kernel orders
-// the attempts (each domain's head attempts on its own descriptor).
+// (device, inode), the backend (flock and OFD locks do not conflict) and the
+// byte range, so "rel.lock" after a chdir(), an OFD waiter and a waiter for
+// another range of the file never line up behind waiters of another lock. And by domain: a head
+// whose event loop stops running stalls only the waiters of that loop; across domains the kernel
+// orders the attempts (each domain's head attempts on its own descriptor).
 //
 // Drivers derive their waiting operation from queue_waiter; the acquire
 // state machine (acquire.hpp) decides when it joins and leaves. The
@@ -34,6 +34,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 
 namespace filelock::detail {
 
@@ -42,7 +43,8 @@ struct path_queue;
 /// What makes two waiters compete for one kernel lock.
 struct lock_identity {
     unsigned long long dev = 0, ino = 0;
-    int backend = 0;  // lock_backend, or another backend's tag
+    int backend = 0;                      // lock_backend, or another backend's tag
+    std::uint64_t start = 0, length = 0;  // the byte range ({0, 0}: the whole file)
 
     friend bool operator==(const lock_identity&, const lock_identity&) = default;
 };
