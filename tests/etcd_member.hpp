@@ -68,9 +68,13 @@ class etcd_cluster {
 public:
     /// `n` members on loopback, named m0..m{n-1}; with a certificate and
     /// key, clients speak https (etcdctl verifies against `ca`).
+    /// `extra`: more flags for every member (e.g. "--auth-token-ttl=1").
     explicit etcd_cluster(int n = 1, std::string cert = {}, std::string key = {},
-                          std::string ca = {})
-        : cert_(std::move(cert)), key_(std::move(key)), ca_(std::move(ca)) {
+                          std::string ca = {}, std::vector<std::string> extra = {})
+        : cert_(std::move(cert)),
+          key_(std::move(key)),
+          ca_(std::move(ca)),
+          extra_(std::move(extra)) {
         const char* bin = std::getenv("FILELOCK_ETCD");
         bin_ = bin && *bin ? bin : "/usr/bin/etcd";
         char tmpl[] = "/tmp/filelock-etcd-XXXXXX";
@@ -159,6 +163,7 @@ private:
                                          "10",    "--election-timeout",
                                          "100"};
         if (!cert_.empty()) args.insert(args.end(), {"--cert-file", cert_, "--key-file", key_});
+        args.insert(args.end(), extra_.begin(), extra_.end());
         const pid_t pid = ::fork();
         if (pid < 0) throw std::runtime_error("fork");
         if (pid == 0) {
@@ -204,6 +209,7 @@ private:
     std::string scheme() const { return cert_.empty() ? "http" : "https"; }
 
     std::string cert_, key_, ca_;
+    std::vector<std::string> extra_;
     std::string bin_, dir_;
     std::vector<member> members_;
 };

@@ -960,3 +960,65 @@ TEST_CASE("etcd: a waiter paused past its lease never wins while etcdctl lock ho
     CHECK(keys_become(io, name + "/", 0));
     std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("etcd: an expired auth token is renewed: the release and the revoke go through",
+          "[etcd]") {
+    // The server forgets a token after --auth-token-ttl; keep-alives go on
+    // without one, so a lock held longer than that is released with a
+    // refused token unless the client authenticates again.
+    test::etcd_cluster m(1, {}, {}, {}, {"--auth-token-ttl=1"});
+    int st = -1;
+    m.ctl("user add root:rootpw", &st);
+    REQUIRE(st == 0);
+    m.ctl("auth enable", &st);
+    REQUIRE(st == 0);
+    asio::io_context io;
+    etcd::config c;
+    c.endpoints = {m.endpoint()};
+    c.user = "root";
+    c.password = "rootpw";
+    c.ttl = 5s;
+    const auto name = unique_name("auth-ttl");
+    std::int64_t lease = 0;
+    {
+        etcd::client cl(io.get_executor(), c);
+        outcome o;
+        start_lock(cl, name, 5s, o);
+        REQUIRE(run_until(io, [&] { return o.done; }));
+        REQUIRE_FALSE(o.ec);
+        lease = o.held.lease();
+        const auto until = std::chrono::steady_clock::now() + 3s;
+        run_until(io, [&] { return std::chrono::steady_clock::now() >= until; });
+        CHECK_FALSE(o.held.lost());
+        bool released = false;
+        std::error_code rec = etcd::errc::bad_reply;
+        o.held.release([&](std::error_code ec) {
+            released = true;
+            rec = ec;
+        });
+        REQUIRE(run_until(io, [&] { return released; }));
+        CHECK_FALSE(rec);  // was errc::auth ("invalid auth token"), the key left behind
+        CHECK(m.ctl("--user root:rootpw get --prefix --keys-only '" + name + "/'").empty());
+        // A second lock after another second without requests: its txn too.
+        const auto later = std::chrono::steady_clock::now() + 1500ms;
+        run_until(io, [&] { return std::chrono::steady_clock::now() >= later; });
+        outcome o2;
+        start_lock(cl, name, 5s, o2);
+        REQUIRE(run_until(io, [&] { return o2.done; }));
+        CHECK_FALSE(o2.ec);
+        if (o2.held) release_and_wait(io, o2.held);
+        const auto more = std::chrono::steady_clock::now() + 1500ms;
+        run_until(io, [&] { return std::chrono::steady_clock::now() >= more; });
+    }
+    // The client is gone: its lease was revoked, with a renewed token.
+    char hex[32];
+    std::snprintf(hex, sizeof hex, "%llx", static_cast<unsigned long long>(lease));
+    bool revoked = false;
+    run_until(
+        io,
+        [&] {
+            return revoked = m.ctl("--user root:rootpw lease list").find(hex) == std::string::npos;
+        },
+        2s);  // not its TTL's expiry (5 s)
+    CHECK(revoked);
+}

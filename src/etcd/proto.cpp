@@ -147,6 +147,22 @@ std::error_code parse(const http_reply& r, json& out, std::string& why) {
     return {};
 }
 
+int grpc_code(const json& answer) noexcept {
+    if (!answer.is_object()) return 0;
+    const auto code_of = [](const json& o, const char* field) {
+        const auto it = o.find(field);
+        return it != o.end() && it->is_number_integer() ? it->get<int>() : 0;
+    };
+    if (const int c = code_of(answer, "code")) return c;
+    const auto e = answer.find("error");
+    return e != answer.end() && e->is_object() ? code_of(*e, "grpc_code") : 0;
+}
+
+bool token_refused(const http_reply& r) {
+    if (r.ec || r.body.empty()) return false;
+    return grpc_code(json::parse(r.body, nullptr, false)) == grpc::unauthenticated;
+}
+
 bool kvs_of(const json& range, std::vector<kv>& out) {
     out.clear();
     const auto it = range.find("kvs");

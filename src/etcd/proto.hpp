@@ -35,6 +35,18 @@ std::int64_t int64_of(const json& j, const char* field);
 /// error (`{"error": ..., "code": ...}`) or malformed JSON. `why` names the
 /// cause.
 std::error_code parse(const http_reply& r, json& out, std::string& why);
+/// The gRPC status code of an error answer of the gateway (`{"code": N}`,
+/// or a stream's `{"error": {"grpc_code": N}}`); 0 when it is none.
+int grpc_code(const json& answer) noexcept;
+/// gRPC status codes etcd uses for what another try may cure, and for a
+/// refused auth token.
+namespace grpc {
+constexpr int deadline_exceeded = 4, not_found = 5, permission_denied = 7, resource_exhausted = 8,
+              aborted = 10, unavailable = 14, unauthenticated = 16;
+}
+/// Whether `r` is etcd refusing the request's auth token (expired, or
+/// unknown to the member after a restart).
+bool token_refused(const http_reply& r);
 /// The kvs of a range response (`response_range`), decoded.
 bool kvs_of(const json& range, std::vector<kv>& out);
 

@@ -564,7 +564,8 @@ void session::grant() {
                        self->granted(ec, why);
                    });
     };
-    if (cfg_.user.empty()) return after_auth();
+    // With a token already, a refused one is renewed by the transport.
+    if (cfg_.user.empty() || http_.has_token()) return after_auth();
     http_.post("/v3/auth/authenticate", request::authenticate(cfg_.user, cfg_.password),
                [w = weak_from_this(), after_auth](http_reply& r) {
                    auto self = w.lock();

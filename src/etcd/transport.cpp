@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "transport.hpp"
 
+#include "proto.hpp"
+
 #include <mutex>
 #include <vector>
 
@@ -57,7 +59,9 @@ struct transport::request {
     http_reply reply;
     std::size_t tries = 0;
     bool got_bytes = false;
-    std::string pending;  // a stream's bytes, delivered after curl returns
+    bool reauthenticated = false;
+    bool anonymous = false;  // sent without the token (authentication itself)
+    std::string pending;     // a stream's bytes, delivered after curl returns
     char error[CURL_ERROR_SIZE] = {};
 
     ~request() {
@@ -136,7 +140,7 @@ void transport::start(request& r) {
     CURL* e = r.easy;
     const std::string url = endpoint() + r.path;
     r.headers = curl_slist_append(r.headers, "Content-Type: application/json");
-    if (!token_.empty())
+    if (!token_.empty() && !r.anonymous)
         r.headers = curl_slist_append(r.headers, ("Authorization: " + token_).c_str());
     curl_easy_setopt(e, CURLOPT_URL, url.c_str());
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, r.headers);
@@ -274,6 +278,7 @@ void transport::finished() {
         r.reply.ec = map_curl(code, r.got_bytes);
         if (code != CURLE_OK) r.reply.detail = r.error[0] ? r.error : curl_easy_strerror(code);
         curl_easy_getinfo(r.easy, CURLINFO_RESPONSE_CODE, &r.reply.status);
+        if (reauthenticate(r)) continue;
         curl_multi_remove_handle(multi_, r.easy);
         done.push_back(std::move(it->second));
         requests_.erase(it);
@@ -283,6 +288,49 @@ void transport::finished() {
         if (alive.expired()) break;  // the rest are dropped with the transport
         r->done(r->reply);
         r.reset();  // its callback's captures go now, while `alive` is checked next
+    }
+}
+
+bool transport::reauthenticate(request& r) {
+    if (token_.empty() || cfg_.user.empty() || r.reauthenticated || !token_refused(r.reply))
+        return false;
+    r.reauthenticated = true;
+    curl_multi_remove_handle(multi_, r.easy);
+    after_auth_.push_back(r.id);
+    if (authenticating_) return true;  // one authentication for all
+    authenticating_ = true;
+    const auto id =
+        post("/v3/auth/authenticate", detail::request::authenticate(cfg_.user, cfg_.password),
+             [this](http_reply& a) { authenticated(a); });
+    requests_[id]->anonymous = true;  // the refused token would refuse it too
+    return true;
+}
+
+void transport::authenticated(http_reply& a) {
+    authenticating_ = false;
+    const json j = a.ec ? json() : json::parse(a.body, nullptr, false);
+    const bool ok = a.status == 200 && j.is_object() && j.contains("token") &&
+                    j["token"].is_string() && !j["token"].get_ref<const std::string&>().empty();
+    if (ok) token_ = j["token"].get<std::string>();
+    auto ids = std::move(after_auth_);
+    after_auth_.clear();
+    std::vector<std::unique_ptr<request>> refused;
+    for (auto id : ids) {
+        auto it = requests_.find(id);
+        if (it == requests_.end()) continue;  // cancelled meanwhile
+        if (ok) {
+            start(*it->second);
+        } else {
+            refused.push_back(std::move(it->second));
+            requests_.erase(it);
+        }
+    }
+    // Authentication failed: the requests end with the refusal they got.
+    auto alive = alive_token();
+    for (auto& r : refused) {
+        if (alive.expired()) break;
+        r->done(r->reply);
+        r.reset();
     }
 }
 

@@ -16,6 +16,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace filelock::etcd::detail {
 
@@ -46,8 +47,11 @@ public:
     void cancel(std::uint64_t id) noexcept;
     /// Drops every request.
     void drop_all() noexcept;
-    /// Sent with every request from now on (etcd's auth token).
+    /// Sent with every request from now on (etcd's auth token). A request
+    /// refused for its token (the server's --auth-token-ttl ran out) is sent
+    /// again, once, after authenticating anew with the config's user.
     void set_token(std::string token) { token_ = std::move(token); }
+    bool has_token() const noexcept { return !token_.empty(); }
     const std::string& endpoint() const noexcept { return cfg_.endpoints[current_]; }
     /// Requests sent (streams not counted), retries included.
     std::uint64_t sent() const noexcept { return sent_; }
@@ -62,6 +66,8 @@ private:
     void drive(curl_socket_t fd, int flags);
     void finished();
     void deliver_chunks();
+    bool reauthenticate(request& r);
+    void authenticated(http_reply& a);
     std::weak_ptr<void> alive_token() { return alive_; }
 
     reactor& reactor_;
@@ -74,6 +80,8 @@ private:
     std::uint64_t sent_ = 0;
     std::size_t current_ = 0;
     std::string token_;
+    bool authenticating_ = false;
+    std::vector<std::uint64_t> after_auth_;  // refused requests, sent again once authenticated
     std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // callbacks check it
 };
 
