@@ -699,7 +699,7 @@ def run(seconds, ttl, nworkers):
         held = {h["key"] for w in workers for h in w.holding}
         released_left = [k for k, _ in left_now if k in held and all(
             c in (0, 75) for w in workers for c in w.exits) and not hung]
-        upto = int(cluster.status(0, 2)["header"]["revision"]) if cluster.status(0, 2) else 0
+        upto = max(int(st["header"]["revision"]) for st in map(cluster.status, range(n)) if st)
         keys, last = history(cluster.any_endpoint(), NAME + "/", upto)
         stop_watch.set()
         for w in watchers:
