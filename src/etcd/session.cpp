@@ -240,6 +240,10 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
         s.with_lease([self = shared_from_this()](std::error_code ec, const std::string& why) {
             if (self->st == state::finished) return;
             if (ec) return self->complete(ec, describe(self->s.http().endpoint(), ec, why));
+            // A live lease's callback is posted: the session may have given
+            // that lease up meanwhile (its lost timer, after a pause). A key
+            // created on lease 0 would have no lease and never expire.
+            if (!self->s.lease()) return self->start();
             self->acq = std::make_unique<etcd_acquire>(
                 lock_backend(self->s.names(), &self->s, self->name, self->s.value(),
                              self->s.lease_view()),
