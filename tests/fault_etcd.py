@@ -557,6 +557,7 @@ def run(seconds, ttl, nworkers):
             print("NOT RUN: no %s (%s)" % (what, path))
             return 77
     sweep_stale_dirs()
+    began = time.monotonic()
     work = tempfile.mkdtemp(prefix="filelock-fault-%d-" % os.getpid())
     script = os.path.join(work, "section.sh")
     with open(script, "w") as f:
@@ -674,6 +675,7 @@ def run(seconds, ttl, nworkers):
         while time.monotonic() < end:
             time.sleep(0.1)
         # The end: no new runs; what runs finishes (the lock goes round).
+        phases = [("faults", time.monotonic())]
         stop_workers.set()
         pauser.join()
         drain = time.monotonic() + 2 * ttl + 10
@@ -688,7 +690,9 @@ def run(seconds, ttl, nworkers):
                     os.kill(pid, signal.SIGCONT)
                     os.kill(pid, signal.SIGKILL)
                 w.join(5)
+        phases.append(("drain", time.monotonic()))
         cluster.wait_healthy(10)
+        phases.append(("cluster healthy", time.monotonic()))
         # Keys left: none, once every worker is gone (a run that could not
         # reach etcd may leave one to its lease: give it the TTL).
         left_now = cluster.keys(NAME)
@@ -700,7 +704,9 @@ def run(seconds, ttl, nworkers):
         released_left = [k for k, _ in left_now if k in held and all(
             c in (0, 75) for w in workers for c in w.exits) and not hung]
         upto = max(int(st["header"]["revision"]) for st in map(cluster.status, range(n)) if st)
+        phases.append(("keys left", time.monotonic()))
         keys, last = history(cluster.any_endpoint(), NAME + "/", upto)
+        phases.append(("history", time.monotonic()))
         stop_watch.set()
         for w in watchers:
             w.join(2)
@@ -741,6 +747,8 @@ def run(seconds, ttl, nworkers):
              last, len(keys)))
     print("  filelock-run wins %d (%d with no section logged: COMMAND killed at its start)"
           % (len(wins), len(wins) - len(fl_secs)))
+    print("  seconds: start %.1f, " % (end - seconds - began) + ", ".join("%s %.1f" % (name, t - (phases[i - 1][1] if i else end - seconds))
+                                    for i, (name, t) in enumerate(phases)))
     print("  exit statuses: filelock-run %s, etcdctl %s" % (
         dict(sorted(exits_fl.items())), dict(sorted(exits_ctl.items()))))
     print("  faults: %s" % ", ".join("%s %d" % kv for kv in faults.items()))
