@@ -31,8 +31,10 @@ Fails on:
 - anything left behind: keys under the name, processes, the scratch
   directory.
 
-Usage: fault_etcd.py [--seconds N] [--ttl T] [--workers N]
+Usage: fault_etcd.py [--seconds N] [--ttl T] [--workers N] [--keep]
        fault_etcd.py --self-check   (the detector against known overlaps)
+--keep keeps the scratch directory (members' logs, the sections, workers'
+core dumps) for a post-mortem.
 Prints its figures (sections, faults injected, overlaps by kind) and
 "fault_etcd: PASS" or "fault_etcd: FAIL". Exit 77 (not run) without etcd.
 """
@@ -59,7 +61,8 @@ who=$1 d=$2 lost=0 busy=0
 trap 'lost=1' TERM
 t0=$EPOCHREALTIME
 mkdir "$d/marker" 2>/dev/null || busy=1
-sleep 0.05 & wait $!
+sleep 0.05 &
+[ $lost = 1 ] || wait $!  # the lost signal ends the wait at once
 kill $! 2>/dev/null
 t1=$EPOCHREALTIME
 [ $busy = 0 ] && rmdir "$d/marker"
@@ -264,6 +267,8 @@ class Worker(threading.Thread):
         super().__init__(daemon=True)
         self.name_, self.argv_fn, self.stop = name, argv_fn, stop
         self.proc = None
+        self.proc_pid = 0
+        self.preexec, self.cwd = die_with_parent, None
         self.mutex = threading.Lock()
         self.exits = {}
         self.notes = []  # stderr lines worth reporting
@@ -276,8 +281,11 @@ class Worker(threading.Thread):
             with self.mutex:
                 if self.stop.is_set():
                     break
+                began = time.time()
                 self.proc = subprocess.Popen(self.argv_fn(), stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.PIPE, preexec_fn=die_with_parent)
+                                             stderr=subprocess.PIPE, preexec_fn=self.preexec,
+                                             cwd=self.cwd)
+            self.proc_pid = self.proc.pid
             lines = []
             for raw in self.proc.stderr:  # as they come: a win's time
                 lines.append((time.time(), raw.decode(errors="replace").rstrip("\n")))
@@ -289,6 +297,10 @@ class Worker(threading.Thread):
                 self.proc = None
                 self.won = False
             self.exits[code] = self.exits.get(code, 0) + 1
+            if code < 0:
+                self.notes.append("%.3f s %s (pid %d, run from %.3f s) died of signal %d%s" % (
+                    time.time() - BASE[0], self.name_, self.proc_pid, began - BASE[0], -code,
+                    " after its win" if any("fencing token" in l for _, l in lines) else ""))
             for t, line in lines:
                 if "holding" in line and "fencing token" in line:
                     parts = line.split()
@@ -365,6 +377,8 @@ def analyze(sections, keys, seen, wins=()):
         return d, seen.get(d)
 
     for s in sections:
+        if s["key"] in keys:
+            s["created"] = keys[s["key"]][0]
         d, when = deleted(s)
         s["deleted"], s["deleted_at"] = d, when
         s["granted_dead"] = bool(s["who"].startswith("ctl") and d is not None and s["rev"] is not None
@@ -409,7 +423,8 @@ BASE = [0.0]  # times are printed from the run's start
 
 def describe(s):
     what = ("token %s" % s["token"]) if s["who"].startswith("fl") else (
-        "key %s granted at rev %s" % (s["key"], s["rev"]))
+        "key %s%s granted at rev %s" % (s["key"], " (created at rev %d)" % s["created"]
+                                        if s.get("created") else "", s["rev"]))
     gone = "" if s.get("deleted") is None else ", its key deleted at rev %d%s" % (
         s["deleted"], "" if s.get("deleted_at") is None else
         " (seen at %.3f s)" % (s["deleted_at"] - BASE[0]))
@@ -518,11 +533,14 @@ def self_check():
 
 
 def sweep_stale_dirs():
-    """Scratch directories of runs that were SIGKILLed (their pid is gone)."""
+    """Scratch directories of runs that were SIGKILLed (their pid is gone; not
+    those kept with --keep)."""
     tmp = tempfile.gettempdir()
     for d in os.listdir(tmp):
         if d.startswith("filelock-fault-"):
             try:
+                if os.path.exists(os.path.join(tmp, d, "KEPT")):
+                    continue
                 pid = int(d.split("-")[2])
                 os.kill(pid, 0)
             except ProcessLookupError:
@@ -548,7 +566,13 @@ def ours(work):
     return out
 
 
-def run(seconds, ttl, nworkers):
+def keep_cores():
+    import resource
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    die_with_parent()
+
+
+def run(seconds, ttl, nworkers, keep=False):
     etcd_bin = os.environ.get("FILELOCK_ETCD") or "/usr/bin/etcd"
     etcdctl = shutil.which("etcdctl") or "/usr/bin/etcdctl"
     tool = os.environ.get("FILELOCK_RUN")
@@ -595,6 +619,9 @@ def run(seconds, ttl, nworkers):
         for i in range(nworkers):
             workers.append(Worker("fl%d" % i, lambda i=i: fl_argv(i), stop_workers))
         workers.append(Worker("ctl", ctl_argv, stop_workers))
+        if keep:  # core dumps of the workers in the kept directory
+            for w in workers:
+                w.preexec, w.cwd = keep_cores, work
         BASE[0] = time.time()
         end = time.monotonic() + seconds
         for w in workers:
@@ -730,8 +757,12 @@ def run(seconds, ttl, nworkers):
             cluster.stop()
         time.sleep(0.2)  # a section's sleep, orphaned by its lost signal
         procs_left = ours(work)
-        shutil.rmtree(work, ignore_errors=True)
-        dir_left = os.path.exists(work)
+        if keep:
+            open(os.path.join(work, "KEPT"), "w").close()
+            print("fault_etcd: kept %s (members' logs, sections, core dumps)" % work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        dir_left = os.path.exists(work) and not keep
 
     fl_secs = [s for s in sections if s["who"].startswith("fl")]
     ctl_secs = [s for s in sections if s["who"] == "ctl"]
@@ -816,7 +847,7 @@ def main():
             ttl = int(args[i + 1])
         elif a == "--workers":
             nworkers = int(args[i + 1])
-    return run(seconds, ttl, nworkers)
+    return run(seconds, ttl, nworkers, "--keep" in args)
 
 
 if __name__ == "__main__":
