@@ -9,7 +9,7 @@
 
 #include <filelock/asio.hpp>
 #include <filelock/detail/local_queue.hpp>
-#include <filelock/detail/release_watcher.hpp>
+#include "../src/wait/release_watcher.hpp"
 #include <filelock/lock_file.hpp>
 #include <filelock/uv.hpp>
 

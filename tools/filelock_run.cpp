@@ -19,7 +19,7 @@
 #include <filelock/detail/file_backend.hpp>
 #include <filelock/lock_file.hpp>
 
-#include "../src/sync_driver.hpp"
+#include "../src/sync/driver.hpp"
 #if FILELOCK_RUN_ETCD
 #include "cli.hpp"
 #include "etcd_mode.hpp"

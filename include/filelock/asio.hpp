@@ -40,7 +40,7 @@ module and the filelock::asio CMake target do), or include <filelock/asio.hpp> f
 
 #include <filelock/detail/file_backend.hpp>
 #include <filelock/detail/local_queue.hpp>
-#include <filelock/detail/release_watcher.hpp>
+#include <filelock/detail/release_source.hpp>
 #include <filelock/lock_file.hpp>
 #include <filelock/options.hpp>
 
@@ -67,7 +67,6 @@ module and the filelock::asio CMake target do), or include <filelock/asio.hpp> f
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <unistd.h>
 #include <unordered_map>
 #include <vector>
 #include <system_error>
@@ -129,15 +128,15 @@ struct release_wake final : queue_waiter, std::enable_shared_from_this<release_w
     }
 };
 
-// The release watcher's descriptor, read through the reactor. Where the
-// platform has no release events (Windows: release_watcher is never valid())
-// the stream is never made.
+// The release source's descriptor, read through the reactor. Where the
+// platform has no release events (Windows: release_source::take() gives
+// nothing) the stream is never made.
 #if defined(ASIO_HAS_POSIX_STREAM_DESCRIPTOR)
 using watch_stream = asio::posix::stream_descriptor;
 inline constexpr auto watch_readable = asio::posix::descriptor_base::wait_read;
 #else
 /// Stands in for the descriptor's stream where there are no release events:
-/// never constructed (release_watcher is never valid()).
+/// never constructed.
 struct watch_stream {
     /// Nothing to wrap.
     template <class Executor>
@@ -151,9 +150,9 @@ struct watch_stream {
 inline constexpr int watch_readable = 0;
 #endif
 
-// One inotify instance per execution context while operations wait on it,
+// One release source per execution context while operations wait on it,
 // read through a stream_descriptor. When none waits, the reactor lets go of
-// it and it goes back to the process's idle instance (release_watcher::take):
+// it and it goes back to the process's idle one (closed a linger later):
 // nothing is closed on the way from a release to the next holder.
 class release_service : public asio::execution_context::service {
 public:
@@ -161,67 +160,55 @@ public:
 
     explicit release_service(asio::execution_context& ctx) : service(ctx) {}
 
-    /// Registers `w` for events on the file `path` names now; returns the
-    /// watch descriptor, or -1 (then the operation relies on its timer).
-    int watch(const std::filesystem::path& path, const std::shared_ptr<release_wake>& w) {
+    /// Registers `w` for events on the file `path` names now; false if it
+    /// cannot be watched (the operation relies on its timer).
+    bool watch(const std::filesystem::path& path, const std::shared_ptr<release_wake>& w) {
         std::lock_guard<std::mutex> g(mutex_);
-        if (shut_down_) return -1;
-        forget_parent();
-        if (!watcher_) watcher_ = release_watcher::take();
-        if (!watcher_->valid()) {
-            watcher_.reset();
-            return -1;
+        if (shut_down_) return false;
+        drop_inherited();
+        if (!source_ && !(source_ = release_source::take())) return false;
+        if (!stream_) stream_.emplace(w->executor, source_->native_handle());
+        if (!source_->watch(path, w.get(), w->arrival, w->shared)) {
+            if (source_->idle()) idle();
+            return false;
         }
-        if (!stream_) stream_.emplace(w->executor, watcher_->native_handle());
-        const int wd = watcher_->add(path);
-        if (wd < 0) return -1;
-        waiting_.emplace(wd, w);
         if (!reading_) {
             reading_ = true;
             stream_->async_wait(watch_readable, [this](std::error_code ec) { on_readable(ec); });
         }
-        return wd;
+        return true;
     }
 
-    /// Operations that may wait for a wake register here, so that a fork
-    /// can wake them in the child.
+    /// Operations that may wait for a wake register here: the events and a
+    /// fork wake them through it.
     void track(const std::shared_ptr<release_wake>& w) {
         std::lock_guard<std::mutex> g(mutex_);
         tracked_.emplace(w.get(), w);
     }
-    void untrack(const release_wake* w) {
-        std::lock_guard<std::mutex> g(mutex_);
-        tracked_.erase(w);
-    }
 
-    /// Drops `w`'s watch `wd` (if >= 0); lets go of the instance if nobody
-    /// waits.
-    void unwatch(int wd, const release_wake* w) {
+    /// `w` stops waiting for events (and, when `done`, for a fork); lets go
+    /// of the source if nobody waits.
+    void unwatch(const release_wake* w, bool done) {
         std::lock_guard<std::mutex> g(mutex_);
-        forget_parent();
-        auto [b, e] = waiting_.equal_range(wd);
-        for (auto it = b; it != e; ++it)
-            if (it->second.lock().get() == w || it->second.expired()) {
-                waiting_.erase(it);
-                if (watcher_) watcher_->remove(wd);
-                break;
-            }
-        if (waiting_.empty()) idle();
+        if (done) tracked_.erase(w);
+        drop_inherited();
+        if (!source_) return;
+        source_->unwatch(w);
+        if (source_->idle()) idle();
     }
 
 private:
     void shutdown() override {
         std::lock_guard<std::mutex> g(mutex_);
         shut_down_ = true;
-        waiting_.clear();
+        if (source_) (void)source_->forget_all();
         idle();
     }
 
-    // fork(): the child shares the inotify instance (and its events) with the
-    // parent. It gets one of its own: the operations that were watching
-    // watch anew (and, waking, attempt on descriptors of their own). The
-    // instance is dropped at the child's next use rather than here, once the
-    // reactor has its own epoll set again.
+    // fork(): every waiting operation looks again. A watcher watches anew
+    // on a source of the child's own (release_source::inherited(), dropped at
+    // the child's next use, once the reactor has its own epoll set again); a
+    // queued one finds its (parent's) queue gone and joins the child's.
     void notify_fork(asio::execution_context::fork_event event) override {
         if (event == asio::execution_context::fork_prepare) {
             mutex_.lock();  // never inherited locked by another thread
@@ -232,34 +219,30 @@ private:
         std::vector<std::shared_ptr<release_wake>> woken;
         {
             std::lock_guard<std::mutex> g(mutex_);
-            forked_ = true;
-            waiting_.clear();
             for (auto& [ptr, weak] : tracked_)
                 if (auto w = weak.lock()) woken.push_back(std::move(w));
         }
-        // Every waiting operation looks again: a watcher watches anew, a
-        // queued one finds its (parent's) queue gone and joins the child's.
         for (auto& w : woken) w->end_wait(&release_wake::moved);
     }
 
-    // With the mutex held: after a fork, drops the parent's instance.
-    void forget_parent() {
-        if (!forked_) return;
-        forked_ = false;
+    // With the mutex held: a source made before a fork is the parent's.
+    void drop_inherited() {
+        if (!source_ || !source_->inherited()) return;
+        (void)source_->forget_all();  // woken by notify_fork
         reading_ = false;
         if (stream_) (void)stream_->release();
         stream_.reset();
-        watcher_.reset();  // the child's copy
+        source_.reset();  // closes the child's copy only
     }
 
     // With the mutex held: nobody waits. The reactor lets go of the
     // descriptor (cancelling the read, so that run() can return) and the
-    // instance goes back to the process's idle one, unclosed.
+    // source goes back to the process's idle one, unclosed.
     void idle() {
         if (stream_) (void)stream_->release();
         stream_.reset();
         reading_ = false;
-        release_watcher::recycle(std::move(watcher_));
+        release_source::recycle(std::move(source_));
     }
 
     void on_readable(std::error_code ec) {
@@ -268,33 +251,13 @@ private:
             std::lock_guard<std::mutex> g(mutex_);
             if (ec == asio::error::operation_aborted || shut_down_) return;
             reading_ = false;
-            if (forked_) {  // the parent's events: not ours to read
-                forget_parent();
-                return;
-            }
-            if (!watcher_ || !stream_) return;
-            for (const auto& ev : watcher_->drain()) {
-                std::vector<std::shared_ptr<release_wake>> on;
-                for (auto it = waiting_.begin(); it != waiting_.end();)
-                    if (ev.wd != release_watcher::all && it->first != ev.wd) {
-                        ++it;
-                    } else {
-                        if (auto w = it->second.lock()) on.push_back(std::move(w));
-                        if (!ev.moved) {
-                            ++it;
-                            continue;
-                        }
-                        // The path may name another file now: its waiters
-                        // watch anew.
-                        watcher_->remove(it->first);
-                        it = waiting_.erase(it);
-                    }
-                wake_release_waiters(
-                    on, ev.moved, [](const auto& w) { return w->arrival; },
-                    [](const auto& w) { return w->shared; },
-                    [&](const auto& w) { woken.emplace_back(w, ev.moved); });
-            }
-            if (waiting_.empty()) {
+            drop_inherited();  // the parent's events are not ours to read
+            if (!source_ || !stream_) return;
+            for (const auto& [key, moved] : source_->read())
+                if (auto it = tracked_.find(static_cast<const release_wake*>(key));
+                    it != tracked_.end())
+                    if (auto w = it->second.lock()) woken.emplace_back(std::move(w), moved);
+            if (source_->idle()) {
                 idle();
             } else {
                 reading_ = true;
@@ -306,13 +269,11 @@ private:
     }
 
     std::mutex mutex_;
-    std::unique_ptr<release_watcher> watcher_;
+    std::unique_ptr<release_source> source_;
     std::optional<watch_stream> stream_;
-    std::unordered_multimap<int, std::weak_ptr<release_wake>> waiting_;
     std::unordered_map<const release_wake*, std::weak_ptr<release_wake>> tracked_;
     bool reading_ = false;
     bool shut_down_ = false;
-    bool forked_ = false;  // a fork_child notification not yet acted on
 };
 
 // The Asio driver: an executor of the acquire state machine. It arms the
@@ -341,10 +302,7 @@ public:
             std::lock_guard<std::mutex> g(wake_->mutex);
             wake_->cancel_timer = nullptr;
         }
-        if (service_ && wake_) {
-            service_->untrack(wake_.get());
-            service_->unwatch(wd_, wake_.get());
-        }
+        if (service_ && wake_) service_->unwatch(wake_.get(), true);
     }
 
     template <class Self>
@@ -392,9 +350,9 @@ private:
     }
 
     void drop_watch() {
-        if (wd_ < 0) return;
-        service().unwatch(wd_, wake_.get());
-        wd_ = -1;
+        if (!watching_) return;
+        service().unwatch(wake_.get(), false);
+        watching_ = false;
     }
 
     template <class Self>
@@ -402,9 +360,9 @@ private:
         for (;;) {
             switch (next.what) {
                 case action::kind::watch:
-                    wd_ = service().watch(acq_->backend().path(), wake_);
+                    watching_ = service().watch(acq_->backend().path(), wake_);
                     next = acq_->resume(
-                        {wd_ >= 0 ? wake_reason::watched : wake_reason::unwatched, clock::now()});
+                        {watching_ ? wake_reason::watched : wake_reason::unwatched, clock::now()});
                     continue;
                 case action::kind::wait: {
                     if (!service_) service();  // a fork may have to wake it
@@ -441,21 +399,17 @@ private:
         timer_.reset();
         auto wake = std::move(wake_);
         release_service* service = std::exchange(service_, nullptr);
-        const int wd = std::exchange(wd_, -1);
         self.complete(ec, std::move(lock));
         // Watch clean-up after the handler: it is not on the way from the
         // release to the new holder. (Only locals: `this` may be gone.)
-        if (service) {
-            service->untrack(wake.get());
-            service->unwatch(wd, wake.get());
-        }
+        if (service) service->unwatch(wake.get(), true);
     }
 
     std::unique_ptr<timer_type> timer_;
     std::shared_ptr<release_wake> wake_;
     std::unique_ptr<file_acquire> acq_;  // destroyed first: it leaves the queue
     release_service* service_ = nullptr;
-    int wd_ = -1;
+    bool watching_ = false;  // registered for release events
     state state_ = state::starting;
 };
 

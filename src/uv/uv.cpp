@@ -5,7 +5,7 @@
 // the completion on the loop's thread.
 #include <filelock/detail/file_backend.hpp>
 #include <filelock/detail/local_queue.hpp>
-#include <filelock/detail/release_watcher.hpp>
+#include <filelock/detail/release_source.hpp>
 #include <filelock/uv.hpp>
 
 #include "../platform.hpp"
@@ -77,13 +77,13 @@ const bool atfork_registered = [] {
 //  - one uv_async_t through which other threads (cancel) and the local queue
 //    (your turn) signal operations: one handle for all, not one per
 //    operation (libuv scans every async handle of a loop on each wake-up);
-//  - one inotify instance, polled with uv_poll_t (uv_fs_event does not report
+//  - one release source, polled with uv_poll_t (uv_fs_event does not report
 //    close events), taken at the first wait and given back to the process's
-//    idle instance when the loop has no operation (never closed on the way
-//    from a release to the next holder).
+//    idle one when the loop has no operation (never closed on the way from a
+//    release to the next holder).
 struct watch_poll {
     uv_poll_t handle{};
-    std::unique_ptr<filelock::detail::release_watcher> watcher;
+    std::unique_ptr<filelock::detail::release_source> source;
     loop_state* ls = nullptr;
 };
 
@@ -107,12 +107,10 @@ struct loop_state {
     bool dispatching = false;
     std::thread::id dispatcher;
 
-    std::unordered_multimap<int, op*> waiting;  // watch descriptor -> operations
-
     static loop_state* of(uv_loop_t* loop);
     void signal(op* o, bool turn) noexcept;
     void forget_signal(op* o) noexcept;
-    filelock::detail::release_watcher* release_watcher();
+    filelock::detail::release_source* source();
     bool check_fork() noexcept;
     void close_poll(bool recycle) noexcept;
     void close_if_idle() noexcept;
@@ -126,9 +124,9 @@ struct loop_state {
     static void on_poll_close(uv_handle_t* h) {
         auto* wp = static_cast<watch_poll*>(h->data);
         loop_state* self = wp->ls;
-        // Back to the process's idle instance, unless this is a forked
-        // child's copy of its parent's (then closed here).
-        filelock::detail::release_watcher::recycle(std::move(wp->watcher));
+        // Back to the process's idle one, unless this is a forked child's
+        // copy of its parent's (then closed here).
+        filelock::detail::release_source::recycle(std::move(wp->source));
         delete wp;
         if (--self->open_handles == 0) delete self;
     }
@@ -152,7 +150,7 @@ struct op final : filelock::detail::queue_waiter {
     bool on_release = false;  // the current wait ends on a release event
     bool moved = false;       // its watch was dropped (a fork): resumed as `moved`
     const bool shared;
-    int wd = -1;  // watch descriptor while registered for release events
+    bool watching = false;  // registered for release events
     std::uint64_t arrival = next_arrival++;
     std::optional<filelock::detail::file_acquire> acq;
     completion callback;
@@ -217,26 +215,17 @@ struct op final : filelock::detail::queue_waiter {
     }
 
     bool watch_release() {
-        if (wd >= 0) return true;
-        auto* w = ls->release_watcher();
-        if (!w) return false;  // no events: the backoff alone
-        const int d = w->add(acq->backend().path());
-        if (d < 0) return false;
-        ls->waiting.emplace(d, this);
-        wd = d;
-        return true;
+        if (watching) return true;
+        auto* src = ls->source();
+        // No events (or no watch of this file): the backoff alone.
+        watching = src && src->watch(acq->backend().path(), this, arrival, shared);
+        return watching;
     }
 
     void unwatch() noexcept {
-        if (wd < 0) return;
-        auto [b, e] = ls->waiting.equal_range(wd);
-        for (auto it = b; it != e; ++it)
-            if (it->second == this) {
-                ls->waiting.erase(it);
-                break;
-            }
-        if (ls->poll) ls->poll->watcher->remove(wd);
-        wd = -1;
+        if (!watching) return;
+        if (ls->poll) ls->poll->source->unwatch(this);
+        watching = false;
     }
 
     void finish(std::error_code ec) noexcept {
@@ -358,14 +347,13 @@ void loop_state::on_async(uv_async_t* a) {
     }
 }
 
-filelock::detail::release_watcher* loop_state::release_watcher() {
+filelock::detail::release_source* loop_state::source() {
     if (!poll && !watch_failed) {
         auto wp = std::make_unique<watch_poll>();
         wp->ls = this;
         wp->handle.data = wp.get();
-        wp->watcher = filelock::detail::release_watcher::take();
-        if (!wp->watcher->valid() ||
-            uv_poll_init(loop, &wp->handle, wp->watcher->native_handle()) != 0) {
+        wp->source = filelock::detail::release_source::take();
+        if (!wp->source || uv_poll_init(loop, &wp->handle, wp->source->native_handle()) != 0) {
             watch_failed = true;
             return nullptr;
         }
@@ -373,12 +361,12 @@ filelock::detail::release_watcher* loop_state::release_watcher() {
         poll = wp.release();  // freed in on_poll_close
         uv_poll_start(&poll->handle, UV_READABLE, on_poll);
     }
-    return poll ? poll->watcher.get() : nullptr;
+    return poll ? poll->source.get() : nullptr;
 }
 
 void loop_state::close_poll(bool recycle) noexcept {
     if (!poll) return;
-    if (!recycle) poll->watcher.reset();  // a forked child's copy: closed, not kept
+    if (!recycle) poll->source.reset();  // a forked child's copy: closed, not kept
     uv_close(reinterpret_cast<uv_handle_t*>(&poll->handle), on_poll_close);
     poll = nullptr;
 }
@@ -392,13 +380,15 @@ bool loop_state::check_fork() noexcept {
     const unsigned now = filelock::detail::fork_generation();
     if (generation == now) return false;
     generation = now;
-    // Those that were watching watch anew, at their next step.
-    for (auto& [wd, o] : waiting) {
-        o->wd = -1;
-        o->moved = true;
-        uv_timer_start(&o->timer, op::on_timer, 0, 0);
-    }
-    waiting.clear();
+    // Those that were watching watch anew (on a source of the child's own),
+    // at their next step.
+    if (poll)
+        for (auto* key : poll->source->forget_all()) {
+            auto* o = const_cast<op*>(static_cast<const op*>(key));
+            o->watching = false;
+            o->moved = true;
+            uv_timer_start(&o->timer, op::on_timer, 0, 0);
+        }
     close_poll(false);
     watch_failed = false;
     return true;
@@ -407,24 +397,17 @@ bool loop_state::check_fork() noexcept {
 void loop_state::on_poll(uv_poll_t* p, int status, int) {
     auto* self = static_cast<watch_poll*>(p->data)->ls;
     if (status < 0 || self->check_fork()) return;
-    std::vector<std::pair<op*, bool>> woken;  // operation, moved
+    std::vector<filelock::detail::release_source::wakeup> woken;
     try {
-        for (const auto& ev : self->poll->watcher->drain()) {
-            std::vector<op*> on;
-            for (auto& [wd, o] : self->waiting)
-                if (ev.wd == filelock::detail::release_watcher::all || wd == ev.wd) on.push_back(o);
-            filelock::detail::wake_release_waiters(
-                on, ev.moved, [](op* o) { return o->arrival; }, [](op* o) { return o->shared; },
-                [&](op* o) { woken.emplace_back(o, ev.moved); });
-        }
+        woken = self->poll->source->read();
     } catch (...) {
         return;  // out of memory: the operations go on at their timers
     }
-    // The path may name another file now: those watch anew. A plain close
-    // event keeps the watch.
-    for (auto [o, moved] : woken)
-        if (moved) o->unwatch();
-    for (auto [o, moved] : woken) {
+    // The path may name another file now: those watch anew (the source
+    // forgot them). A plain close event keeps the watch.
+    for (auto [key, moved] : woken) {
+        auto* o = const_cast<op*>(static_cast<const op*>(key));
+        if (moved) o->watching = false;
         if (o->finished || (!moved && !o->on_release)) continue;
         uv_timer_stop(&o->timer);
         o->resume(moved ? wake_reason::moved : wake_reason::release);

@@ -3,7 +3,7 @@
 // change notification reports a handle's close; the BSDs and macOS: no
 // inotify, untested): the watcher is never valid(), and every driver waits
 // on its backoff alone.
-#include <filelock/detail/release_watcher.hpp>
+#include "release_watcher.hpp"
 
 namespace filelock::detail {
 
@@ -11,15 +11,12 @@ release_watcher::release_watcher() noexcept = default;
 release_watcher::~release_watcher() = default;
 int release_watcher::add(const std::filesystem::path&) noexcept { return -1; }
 void release_watcher::remove(int) noexcept {}
-std::vector<release_watcher::event> release_watcher::drain() { return {}; }
+void release_watcher::moved(int) noexcept {}
+std::vector<release_event> release_watcher::drain() { return {}; }
 bool release_watcher::enable_interrupts() noexcept { return false; }
 void release_watcher::wait(std::chrono::steady_clock::time_point) noexcept {}
 void release_watcher::interrupt() noexcept {}
 void release_watcher::clear_interrupts() noexcept {}
 void release_watcher::abandon() noexcept {}
-std::unique_ptr<release_watcher> release_watcher::take() {
-    return std::make_unique<release_watcher>();
-}
-void release_watcher::recycle(std::unique_ptr<release_watcher>) noexcept {}
 
 }  // namespace filelock::detail

@@ -2,7 +2,7 @@
 #pragma once
 
 // The sync driver: runs the acquire state machine on the calling thread (the
-// library's lock() and filelock-run). See sync_driver.cpp.
+// library's lock() and filelock-run). See driver.cpp.
 
 #include <filelock/detail/acquire.hpp>
 #include <filelock/detail/local_queue.hpp>
@@ -60,7 +60,6 @@ private:
     const bool shared_;
     const std::uint64_t arrival_;
     release_hub* hub_ = nullptr;  // while armed
-    int wd_ = -1;
 };
 
 /// The domain of the sync waiters of this process (for local queues).

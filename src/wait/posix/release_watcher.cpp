@@ -1,15 +1,13 @@
 // SPDX-License-Identifier: MIT
-#include <filelock/detail/release_watcher.hpp>
+#include "../release_watcher.hpp"
 
-// Linux's release events (inotify); meson builds src/no_release_watcher.cpp
-// instead where there is no inotify.
-#include "../wait/linger.hpp"
-#include "sys.hpp"
+// Linux's release events (inotify); meson builds src/wait/none.cpp instead
+// where there is no inotify.
+#include "../../posix/sys.hpp"
 
 #include <algorithm>
 #include <cerrno>
 #include <climits>
-#include <mutex>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <unistd.h>
@@ -19,37 +17,6 @@ namespace filelock::detail {
 namespace {
 constexpr std::uint32_t watch_mask =
     IN_CLOSE_WRITE | IN_CLOSE_NOWRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ATTRIB;
-
-// The idle instance, kept for one linger. Reached only under its mutex,
-// which is never held across a call that could fork.
-struct idle_pool {
-    std::mutex mutex;
-    std::unique_ptr<release_watcher> kept;
-    std::chrono::steady_clock::time_point until;  // closed then
-};
-idle_pool& pool() {
-    static auto* p = [] {
-        auto* made = new idle_pool;  // never destroyed: usable during exit
-        // Held across fork(): a child never inherits it locked. A child's
-        // copy of the idle instance is closed at once (it would keep the
-        // parent's instance alive for the child's life).
-        at_fork([] { pool().mutex.lock(); }, [] { pool().mutex.unlock(); },
-                [] {
-                    if (pool().kept) pool().kept->abandon();
-                    pool().mutex.unlock();
-                });
-        return made;
-    }();
-    return *p;
-}
-
-void reap_idle() {
-    std::unique_ptr<release_watcher> closing;
-    {
-        std::lock_guard<std::mutex> g(pool().mutex);
-        if (std::chrono::steady_clock::now() >= pool().until) closing = std::move(pool().kept);
-    }
-}
 }  // namespace
 
 release_watcher::release_watcher() noexcept
@@ -100,7 +67,7 @@ int release_watcher::add(const std::filesystem::path& path) noexcept {
     const int wd = sys().inotify_add_watch(fd_, path.c_str(), watch_mask);
     if (wd < 0) return -1;
     try {
-        ++refs_[wd];
+        if (++refs_[wd] == 1) std::erase(unreferenced_, wd);
     } catch (...) {
         return -1;
     }
@@ -109,15 +76,38 @@ int release_watcher::add(const std::filesystem::path& path) noexcept {
 
 void release_watcher::remove(int wd) noexcept {
     auto it = refs_.find(wd);
-    if (it == refs_.end()) return;  // the kernel already dropped it (IN_IGNORED)
-    if (--it->second == 0) {
+    if (it == refs_.end() || --it->second > 0) return;  // or the kernel dropped it (IN_IGNORED)
+    // Kept for the next waits on the path, which find it without a new
+    // watch; the oldest goes first.
+    try {
+        unreferenced_.push_back(wd);
+    } catch (...) {
         sys().inotify_rm_watch(fd_, wd);
         refs_.erase(it);
+        return;
+    }
+    if (unreferenced_.size() > max_unreferenced) {
+        const int oldest = unreferenced_.front();
+        unreferenced_.pop_front();
+        sys().inotify_rm_watch(fd_, oldest);
+        refs_.erase(oldest);
     }
 }
 
-std::vector<release_watcher::event> release_watcher::drain() {
-    std::vector<event> woken;
+void release_watcher::moved(int wd) noexcept {
+    if (wd == all) {
+        while (!unreferenced_.empty()) moved(unreferenced_.front());
+        return;
+    }
+    auto it = refs_.find(wd);
+    if (it == refs_.end() || it->second > 0) return;
+    std::erase(unreferenced_, wd);
+    sys().inotify_rm_watch(fd_, wd);
+    refs_.erase(it);
+}
+
+std::vector<release_event> release_watcher::drain() {
+    std::vector<release_event> woken;
     alignas(inotify_event) char buf[4096];
     for (;;) {
         const ssize_t n = sys().read(fd_, buf, sizeof buf);
@@ -132,9 +122,12 @@ std::vector<release_watcher::event> release_watcher::drain() {
                 woken.push_back({all, true});
                 continue;
             }
-            if (ev->mask & IN_IGNORED) refs_.erase(ev->wd);  // the inode is gone
+            if (ev->mask & IN_IGNORED) {  // the inode is gone, and the watch with it
+                refs_.erase(ev->wd);
+                std::erase(unreferenced_, ev->wd);
+            }
             const bool moved = ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_ATTRIB | IN_IGNORED);
-            event* seen = nullptr;
+            release_event* seen = nullptr;
             for (auto& w : woken)
                 if (w.wd == ev->wd || w.wd == all) seen = &w;
             if (seen)
@@ -146,39 +139,6 @@ std::vector<release_watcher::event> release_watcher::drain() {
         if (static_cast<std::size_t>(n) + sizeof(inotify_event) + NAME_MAX + 1 <= sizeof buf) break;
     }
     return woken;
-}
-
-std::unique_ptr<release_watcher> release_watcher::take() {
-    std::unique_ptr<release_watcher> w;
-    {
-        std::lock_guard<std::mutex> g(pool().mutex);
-        w = std::move(pool().kept);
-    }
-    // A forked child's copy of its parent's instance would read the parent's
-    // events: it makes its own.
-    if (w && w->generation_ == fork_generation()) return w;
-    return std::make_unique<release_watcher>();
-}
-
-void release_watcher::recycle(std::unique_ptr<release_watcher> w) noexcept {
-    // A forked child's copy of its parent's instance is closed, not kept.
-    if (!w || !w->valid() || w->generation_ != fork_generation()) return;
-    for (auto& [wd, refs] : w->refs_) sys().inotify_rm_watch(w->fd_, wd);
-    w->refs_.clear();
-    try {
-        (void)w->drain();  // what was queued concerns nobody now
-    } catch (...) {
-    }
-    {
-        std::lock_guard<std::mutex> g(pool().mutex);
-        if (pool().kept) return;  // closed here, after its last waiter's completion
-        pool().kept = std::move(w);
-        pool().until = std::chrono::steady_clock::now() + idle_linger;
-    }
-    if (!reap_later(reap_idle)) {
-        std::lock_guard<std::mutex> g(pool().mutex);
-        w = std::move(pool().kept);  // closed now
-    }
 }
 
 }  // namespace filelock::detail

@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// Release events, as every driver uses them: wake a waiter when a lock
+// file's holder closes it, instead of when a backoff timer happens to fire.
+// Compiled in the library (src/wait/): the platform's watcher (an inotify
+// instance on Linux; nothing elsewhere, where drivers wait on their backoff
+// alone), the release registry (which waiter watches which file, and whom an
+// event wakes) and the process's idle instance. A driver reads
+// native_handle() its own way (a stream_descriptor, a uv_poll_t, a poll()
+// on the sync waiters' thread) and calls read() when it is readable.
+//
+// How many instances a process holds (bounded, whatever the number of
+// waiters): one for all sync waiters, one per Asio execution context or
+// libuv loop while it has waiting operations, and an idle one for a linger
+// (200 ms) after its last waiter, so that back-to-back waits close nothing
+// on the way from a release to the next holder; then nothing. Not
+// thread-safe: each driver serialises its use.
+
+#include <filelock/export.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <vector>
+
+namespace filelock::detail {
+
+class FILELOCK_API release_source {
+public:
+    /// A waiter, as its driver knows it.
+    using waiter = const void*;
+    struct wakeup {
+        waiter w;
+        bool moved;  // its file moved (or a fork): it watches anew; else it attempts now
+    };
+
+    /// The process's idle source, or a new one; nullptr where there are no
+    /// release events (or no instance can be made now).
+    static std::unique_ptr<release_source> take();
+    /// Gives `s` back (its last waiter left): kept a linger for the next
+    /// driver that waits, then closed. Costs no system call.
+    static void recycle(std::unique_ptr<release_source> s) noexcept;
+
+    release_source(const release_source&) = delete;
+    release_source& operator=(const release_source&) = delete;
+    ~release_source();
+
+    /// The descriptor to wait on for readability.
+    int native_handle() const noexcept;
+
+    /// `w` waits for releases of the file `path` names now; `arrival`
+    /// orders the waiters (earlier first), a `shared` one is a reader. False
+    /// if it cannot be watched (its timer then).
+    bool watch(const std::filesystem::path& path, waiter w, std::uint64_t arrival, bool shared);
+    /// `w` stops waiting (nothing if it was not watching).
+    void unwatch(waiter w) noexcept;
+    /// Reads the pending events: the waiters to wake. Every shared waiter of
+    /// a released file and its longest-waiting exclusive one; all of those of
+    /// a moved file (and all after lost events), forgotten.
+    std::vector<wakeup> read();
+    /// No waiter left.
+    bool idle() const noexcept;
+
+    /// Fork, one rule for every driver: a source made before a fork of which
+    /// this process is the child is the parent's instance (its events are
+    /// the parent's). The driver wakes the waiters forget_all() returns as
+    /// moved (they watch anew, on a source of this process's own) and
+    /// destroys it, which closes this process's copies only.
+    bool inherited() const noexcept;
+    std::vector<waiter> forget_all() noexcept;
+    /// Closes this process's copies of the descriptors now (for a copy that
+    /// cannot be destroyed yet).
+    void abandon() noexcept;
+
+    /// The sync driver's way of reading: an eventfd that ends a wait().
+    bool enable_interrupts() noexcept;
+    /// Sleeps until events are pending, interrupt() is called, or `until`.
+    void wait(std::chrono::steady_clock::time_point until) noexcept;
+    void interrupt() noexcept;
+    void clear_interrupts() noexcept;
+
+private:
+    struct impl;
+    explicit release_source(std::unique_ptr<impl> i) noexcept;
+    std::unique_ptr<impl> impl_;
+};
+
+}  // namespace filelock::detail

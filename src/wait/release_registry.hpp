@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// The release registry: which waiter watches which file, and which of them a
+// release event wakes. No descriptor inside: the drivers feed it the
+// watcher's events and wake what it answers, each in its own way (tested
+// with scripted events: tests/test_release_registry.cpp).
+
+#include <filelock/export.hpp>
+
+#include <cstdint>
+#include <vector>
+
+namespace filelock::detail {
+
+/// What the watcher saw on one watch since the last read.
+struct release_event {
+    /// The watch descriptor; `all` when the kernel's queue overflowed:
+    /// events were lost, every watch must be taken as moved.
+    int wd;
+    /// The file was unlinked, renamed or replaced (or the watch is gone):
+    /// its waiters drop this watch and watch the path anew.
+    bool moved;
+    static constexpr int all = -1;
+};
+
+class FILELOCK_API release_registry {
+public:
+    /// A waiter, as the driver knows it.
+    using key = const void*;
+    struct wakeup {
+        key waiter;
+        bool moved;  // woken to watch anew (else: to attempt)
+    };
+
+    /// `waiter` waits for releases of the file watched as `wd`. `arrival`
+    /// orders the waiters (earlier first); a `shared` one is a reader.
+    void add(int wd, key waiter, std::uint64_t arrival, bool shared);
+    /// Forgets `waiter`; returns its watch descriptor (-1: not registered),
+    /// whose reference the caller drops.
+    int remove(key waiter) noexcept;
+
+    /// The waiters `events` wake, by the wake rule: on a release, every
+    /// shared waiter (a release lets all readers in) and the longest-waiting
+    /// exclusive one (it lets one in: waking all would cost N attempts per
+    /// release; the others keep their fallback timers); on a moved file (or
+    /// lost events), all of them, forgotten (they watch anew), their watch
+    /// descriptors added to `moved` (one entry per waiter: the caller drops
+    /// a reference for each).
+    std::vector<wakeup> dispatch(const std::vector<release_event>& events, std::vector<int>& moved);
+
+    /// Forgets every waiter (after a fork: they all watch anew elsewhere).
+    std::vector<key> clear();
+    /// No waiter left: the driver may give its watcher back.
+    bool idle() const noexcept { return entries_.empty(); }
+
+private:
+    struct entry {
+        int wd;
+        key waiter;
+        std::uint64_t arrival;
+        bool shared;
+    };
+    std::vector<entry> entries_;
+};
+
+}  // namespace filelock::detail

@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: MIT
+#include <filelock/detail/release_source.hpp>
+
+#include "../platform.hpp"
+#include "linger.hpp"
+#include "release_registry.hpp"
+#include "release_watcher.hpp"
+
+#include <mutex>
+
+namespace filelock::detail {
+
+struct release_source::impl {
+    release_watcher watcher;
+    release_registry registry;
+};
+
+namespace {
+
+// The idle source, kept for one linger. Reached only under its mutex, which
+// is never held across a call that could fork.
+struct idle_pool {
+    std::mutex mutex;
+    std::unique_ptr<release_source> kept;
+    std::chrono::steady_clock::time_point until;  // closed then
+};
+idle_pool& pool() {
+    static auto* p = [] {
+        auto* made = new idle_pool;  // never destroyed: usable during exit
+        // Held across fork(): a child never inherits it locked. A child's
+        // copy of the idle instance is closed at once (it would keep the
+        // parent's instance alive for the child's life).
+        at_fork([] { pool().mutex.lock(); }, [] { pool().mutex.unlock(); },
+                [] {
+                    if (pool().kept) pool().kept->abandon();
+                    pool().mutex.unlock();
+                });
+        return made;
+    }();
+    return *p;
+}
+
+void reap_idle() {
+    std::unique_ptr<release_source> closing;  // closed after the mutex is released
+    std::lock_guard<std::mutex> g(pool().mutex);
+    if (std::chrono::steady_clock::now() >= pool().until) closing = std::move(pool().kept);
+}
+
+}  // namespace
+
+release_source::release_source(std::unique_ptr<impl> i) noexcept : impl_(std::move(i)) {}
+release_source::~release_source() = default;
+
+std::unique_ptr<release_source> release_source::take() {
+    std::unique_ptr<release_source> s;
+    {
+        std::lock_guard<std::mutex> g(pool().mutex);
+        s = std::move(pool().kept);
+    }
+    if (s && !s->inherited()) {
+        (void)s->impl_->watcher.drain();  // what was queued concerns nobody now
+        return s;
+    }
+    s.reset();
+    auto made = std::make_unique<impl>();
+    if (!made->watcher.valid()) return nullptr;
+    return std::unique_ptr<release_source>(new release_source(std::move(made)));
+}
+
+void release_source::recycle(std::unique_ptr<release_source> s) noexcept {
+    // A forked child's copy of its parent's instance is closed, not kept.
+    if (!s || s->inherited()) return;
+    {
+        std::lock_guard<std::mutex> g(pool().mutex);
+        if (pool().kept) return;  // closed here, after its last waiter's completion
+        pool().kept = std::move(s);
+        pool().until = std::chrono::steady_clock::now() + idle_linger;
+    }
+    if (!reap_later(reap_idle)) {
+        std::lock_guard<std::mutex> g(pool().mutex);
+        s = std::move(pool().kept);  // closed now
+    }
+}
+
+int release_source::native_handle() const noexcept { return impl_->watcher.native_handle(); }
+
+bool release_source::watch(const std::filesystem::path& path, waiter w, std::uint64_t arrival,
+                           bool shared) {
+    const int wd = impl_->watcher.add(path);
+    if (wd < 0) return false;
+    try {
+        impl_->registry.add(wd, w, arrival, shared);
+    } catch (...) {
+        impl_->watcher.remove(wd);
+        return false;
+    }
+    return true;
+}
+
+void release_source::unwatch(waiter w) noexcept {
+    const int wd = impl_->registry.remove(w);
+    if (wd >= 0) impl_->watcher.remove(wd);
+}
+
+std::vector<release_source::wakeup> release_source::read() {
+    const auto events = impl_->watcher.drain();
+    std::vector<int> moved;
+    auto woken = impl_->registry.dispatch(events, moved);
+    for (int wd : moved) impl_->watcher.remove(wd);
+    for (const auto& ev : events)
+        if (ev.moved) impl_->watcher.moved(ev.wd);
+    std::vector<wakeup> out;
+    out.reserve(woken.size());
+    for (const auto& w : woken) out.push_back({w.waiter, w.moved});
+    return out;
+}
+
+bool release_source::idle() const noexcept { return impl_->registry.idle(); }
+
+bool release_source::inherited() const noexcept {
+    return impl_->watcher.generation() != fork_generation();
+}
+
+std::vector<release_source::waiter> release_source::forget_all() noexcept {
+    try {
+        return impl_->registry.clear();
+    } catch (...) {
+        return {};
+    }
+}
+
+void release_source::abandon() noexcept { impl_->watcher.abandon(); }
+bool release_source::enable_interrupts() noexcept { return impl_->watcher.enable_interrupts(); }
+void release_source::wait(std::chrono::steady_clock::time_point until) noexcept {
+    impl_->watcher.wait(until);
+}
+void release_source::interrupt() noexcept { impl_->watcher.interrupt(); }
+void release_source::clear_interrupts() noexcept { impl_->watcher.clear_interrupts(); }
+
+}  // namespace filelock::detail

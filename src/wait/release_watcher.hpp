@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// The release watcher: the platform's source of release events, with no
+// decision in it. On Linux an inotify instance watches the lock files
+// (IN_CLOSE_WRITE / IN_CLOSE_NOWRITE: a holder closed its descriptor;
+// IN_DELETE_SELF / IN_MOVE_SELF / IN_ATTRIB: the file was unlinked, renamed
+// or replaced, so the path must be watched anew). Elsewhere (Windows, the
+// BSDs, macOS) it is not valid() and drivers fall back to the backoff alone.
+// Watches are refcounted per watch descriptor (the kernel gives one per
+// inode and instance); one with no reference left stays (the next waits on
+// the path find it) until it moves or the instance closes. Not thread-safe.
+
+#include "release_registry.hpp"
+
+#include <filelock/export.hpp>
+
+#include <chrono>
+#include <deque>
+#include <filesystem>
+#include <unordered_map>
+#include <vector>
+
+namespace filelock::detail {
+
+class FILELOCK_API release_watcher {
+public:
+    release_watcher() noexcept;
+    release_watcher(const release_watcher&) = delete;
+    release_watcher& operator=(const release_watcher&) = delete;
+    ~release_watcher();
+
+    bool valid() const noexcept { return fd_ >= 0; }
+    /// The descriptor to wait on for readability.
+    int native_handle() const noexcept { return fd_; }
+    /// The fork generation it was made in.
+    unsigned generation() const noexcept { return generation_; }
+
+    /// Watches the file `path` names now; returns its watch descriptor, or -1
+    /// if it cannot be watched (the caller then relies on its timer).
+    int add(const std::filesystem::path& path) noexcept;
+    /// Drops one reference taken by add().
+    void remove(int wd) noexcept;
+    /// The watch names a file that moved: dropped now if unreferenced.
+    void moved(int wd) noexcept;
+
+    static constexpr int all = release_event::all;
+    /// Reads the pending events, one entry per watch descriptor that saw
+    /// any (`all`, moved, when the kernel's queue overflowed).
+    std::vector<release_event> drain();
+
+    /// Makes interrupt() possible (an eventfd); false if it cannot.
+    bool enable_interrupts() noexcept;
+    /// Sleeps until events are pending, interrupt() is called, or `until`
+    /// passes (the sync driver's way of reading the events).
+    void wait(std::chrono::steady_clock::time_point until) noexcept;
+    /// Ends a wait() now, or the next one to start.
+    void interrupt() noexcept;
+    /// Forgets interrupts meant for earlier waits.
+    void clear_interrupts() noexcept;
+    /// A forked child's copy of its parent's instance: closes its
+    /// descriptors, leaving the watches (the parent's) alone.
+    void abandon() noexcept;
+
+private:
+    static constexpr std::size_t max_unreferenced = 8;
+
+    int fd_ = -1;
+    int efd_ = -1;                       // interrupts a wait()
+    unsigned generation_ = 0;            // fork generation it was created in
+    std::unordered_map<int, int> refs_;  // watch descriptor -> references
+    std::deque<int> unreferenced_;       // kept for the next waits, oldest first
+};
+
+}  // namespace filelock::detail
