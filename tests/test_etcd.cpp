@@ -763,10 +763,14 @@ TEST_CASE("etcd: malformed, truncated and error answers are clear errors naming 
          "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n{\"ID\": "
          "[}",
          etcd::errc::bad_reply},
-        {"a truncated body",
+        {"a truncated body (the connection closed mid-answer: nothing malformed came)",
          "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
          "200\r\n\r\n{\"ID\":\"1",
-         etcd::errc::bad_reply},
+         etcd::errc::connection_reset},
+        {"an HTTP server that is not etcd's gateway",
+         "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: 9\r\n\r\n"
+         "not here!",
+         etcd::errc::http_status},
         {"HTTP 500", "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\n\r\noops!",
          etcd::errc::http_status},
         {"HTTP 503 with etcd's error body",
@@ -788,12 +792,18 @@ TEST_CASE("etcd: malformed, truncated and error answers are clear errors naming 
         std::optional<etcd::lock_result> r;
         {
             etcd::client cl(io.get_executor(), c);
-            cl.async_lock_result("x", 5s, [&](etcd::lock_result x) { r = std::move(x); });
+            // Transient failures (5xx, a cut connection) are tried again
+            // until the deadline, then reported as themselves.
+            cl.async_lock_result("x", 1s, [&](etcd::lock_result x) { r = std::move(x); });
             REQUIRE(run_until(
                 io, [&] { return r.has_value(); }, 20s));
         }
         CHECK(r->ec == k.expected);
         CHECK(r->message.find(fake.endpoint()) != std::string::npos);
+        if (r->ec == etcd::errc::connection_reset)
+            CHECK(r->message.find("malformed") == std::string::npos);
+        if (r->ec == etcd::errc::http_status && r->message.find("404") != std::string::npos)
+            CHECK(r->message.find("not an etcd v3 gateway") != std::string::npos);
         io.restart();
         io.run_for(100ms);
     }
@@ -1021,4 +1031,65 @@ TEST_CASE("etcd: an expired auth token is renewed: the release and the revoke go
         },
         2s);  // not its TTL's expiry (5 s)
     CHECK(revoked);
+}
+
+namespace {
+// A member that accepts connections and never answers (a paused process):
+// the kernel completes the handshake from its backlog.
+struct stalled_endpoint {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int port = 0;
+    stalled_endpoint() {
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 64) != 0)
+            throw std::runtime_error("stalled endpoint: bind/listen");
+        socklen_t len = sizeof a;
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+        port = ntohs(a.sin_port);
+    }
+    ~stalled_endpoint() { ::close(fd); }
+    std::string endpoint() const { return "http://127.0.0.1:" + std::to_string(port); }
+};
+}  // namespace
+
+TEST_CASE("etcd: a request timed out or reset by one member is tried again on another", "[etcd]") {
+    stalled_endpoint stalled;
+    test::tcp_proxy cut(0,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                        "200\r\n\r\n{\"ID\":\"1");
+    for (const auto& first : {stalled.endpoint(), cut.endpoint()}) {
+        INFO("first endpoint: " << first);
+        asio::io_context io;
+        auto c = cfg();
+        c.endpoints = {first, member().endpoint()};
+        c.dial_timeout = 300ms;
+        c.request_timeout = 300ms;
+        etcd::client cl(io.get_executor(), c);
+        std::optional<etcd::lock_result> r;
+        cl.async_lock_result(unique_name("failover"), 10s,
+                             [&](etcd::lock_result x) { r = std::move(x); });
+        REQUIRE(run_until(io, [&] { return r.has_value(); }));
+        CHECK_FALSE(r->ec);
+        CHECK(r->message.empty());
+        CHECK(r->held.endpoint() == member().endpoint());
+        if (r->held) release_and_wait(io, r->held);
+    }
+    SECTION("no endpoint answers for the whole deadline: that is the error, named") {
+        asio::io_context io;
+        auto c = cfg();
+        c.endpoints = {stalled.endpoint()};
+        c.dial_timeout = 200ms;
+        c.request_timeout = 200ms;
+        etcd::client cl(io.get_executor(), c);
+        std::optional<etcd::lock_result> r;
+        cl.async_lock_result("x", 1s, [&](etcd::lock_result x) { r = std::move(x); });
+        REQUIRE(run_until(io, [&] { return r.has_value(); }));
+        CHECK(r->ec == etcd::errc::request_timeout);
+        CHECK(r->ec == std::errc::timed_out);
+        CHECK(r->message.find(stalled.endpoint()) != std::string::npos);
+        CHECK(r->message.find("timed out") != std::string::npos);
+        CHECK(r->message.find("could not be reached") == std::string::npos);
+    }
 }

@@ -59,7 +59,8 @@ enum class errc {
     /// TLS failed (the server's certificate does not verify against the CA,
     /// a bad client certificate or key).
     tls,
-    /// etcd answered with an HTTP error status (4xx, 5xx).
+    /// etcd answered with an HTTP error status (4xx, 5xx); without etcd's
+    /// error body, the message says the endpoint is not an etcd v3 gateway.
     http_status,
     /// etcd answered with an error (its gRPC status and message).
     server,
@@ -71,6 +72,10 @@ enum class errc {
     /// that is not http:// or https://, an empty name, a TTL < 1 s).
     /// Compares equal to `std::errc::invalid_argument`.
     invalid_argument,
+    /// The connection was reset or closed before the whole answer came (a
+    /// member killed mid-request). Compares equal to
+    /// `std::errc::connection_reset`.
+    connection_reset,
 };
 
 FILELOCK_API const std::error_category& etcd_category() noexcept;

@@ -66,15 +66,22 @@ struct lease_state {
 };
 
 /// Transient failures: another member may answer soon (a leader election, a
-/// member down, a connection cut mid-answer). A waiter retries them; a
-/// complete but malformed answer, a refusal or a client error is reported.
-inline bool transient(const http_reply& r, std::error_code ec, const std::string& why) {
-    if (r.ec) return true;  // the transport: no (complete) answer came
+/// member down or paused, a connection cut mid-answer). A waiter retries them
+/// while its deadline allows; a complete but malformed answer, a refusal or a
+/// client error is reported. etcd's errors are classed by their gRPC status
+/// code, not their message.
+inline bool transient(const http_reply& r, std::error_code ec) {
+    if (r.ec) return r.ec != errc::tls;  // the transport: no (complete) answer came
     if (ec == errc::http_status) return r.status >= 500;
-    if (ec == errc::server)
-        return why.find("leader") != std::string::npos ||
-               why.find("timed out") != std::string::npos ||
-               why.find("unavailable") != std::string::npos || r.status == 503;
+    if (ec == errc::server) {
+        switch (grpc_code(json::parse(r.body, nullptr, false))) {
+            case grpc::unavailable:
+            case grpc::deadline_exceeded:
+            case grpc::resource_exhausted:
+            case grpc::aborted: return true;
+            default: return r.status == 503;
+        }
+    }
     return false;
 }
 
@@ -139,13 +146,16 @@ public:
         if (auto ec = parse(reply_, j, why)) {
             // The session's lease is gone (revoked, expired): the driver
             // starts again on a new one.
-            if (ec == errc::server && why.find("lease not found") != std::string::npos) {
+            if (ec == errc::server &&
+                grpc_code(json::parse(reply_.body, nullptr, false)) == grpc::not_found) {
                 why_ = why;
                 lease_gone_ = true;
                 return errc::lost;
             }
-            return failed(ec, why, transient(reply_, ec, why));
+            return failed(ec, why, transient(reply_, ec));
         }
+        answered_ = true;
+        unanswered_ = {};
         try {
             switch (step_) {
                 case step::create: return created(j);
@@ -228,6 +238,10 @@ public:
     const std::string& endpoint() const noexcept { return reply_.endpoint; }
     /// What the last failure was (for messages).
     const std::string& why() const noexcept { return why_; }
+    /// The transient failure that every request of this attempt met (no
+    /// endpoint answered), or empty: at the deadline it is the outcome,
+    /// not contention.
+    std::error_code unanswered() const noexcept { return unanswered_; }
 
 private:
     enum class step { create, clear_stale, predecessor };
@@ -238,7 +252,10 @@ private:
         // a member's failure until its deadline (the transport fails over to
         // the next endpoint); a configuration that never reached etcd fails
         // at the lease grant, at once.
-        if (retry) return filelock::errc::locked;
+        if (retry) {
+            if (!answered_) unanswered_ = ec;
+            return filelock::errc::locked;
+        }
         return ec;
     }
 
@@ -336,6 +353,8 @@ private:
     std::string holder_, why_;
     bool claimed_ = false;
     bool lease_gone_ = false;
+    bool answered_ = false;
+    std::error_code unanswered_;
     int creates_ = 0;  // acquire transactions sent
 };
 

@@ -137,7 +137,8 @@ std::error_code parse(const http_reply& r, json& out, std::string& why) {
         return errc::server;
     }
     if (r.status < 200 || r.status >= 300) {
-        why = "HTTP status " + std::to_string(r.status);
+        // etcd's gateway answers its errors with the body above.
+        why = "not an etcd v3 gateway: HTTP status " + std::to_string(r.status);
         return errc::http_status;
     }
     if (!object) {

@@ -24,13 +24,14 @@ public:
         switch (static_cast<errc>(v)) {
             case errc::lost: return "the lock was lost";
             case errc::unreachable: return "no etcd endpoint could be reached";
-            case errc::request_timeout: return "etcd did not answer in time";
+            case errc::request_timeout: return "the request to etcd timed out";
             case errc::tls: return "TLS failed";
             case errc::http_status: return "etcd answered with an HTTP error";
             case errc::server: return "etcd reported an error";
             case errc::auth: return "etcd authentication failed";
             case errc::bad_reply: return "etcd's answer was malformed";
             case errc::invalid_argument: return "invalid argument";
+            case errc::connection_reset: return "the connection to etcd was reset";
         }
         return "unknown etcd error";
     }
@@ -39,6 +40,7 @@ public:
             case errc::unreachable: return std::errc::host_unreachable;
             case errc::request_timeout: return std::errc::timed_out;
             case errc::invalid_argument: return std::errc::invalid_argument;
+            case errc::connection_reset: return std::errc::connection_reset;
             default: return {v, *this};
         }
     }
@@ -109,11 +111,13 @@ public:
         ttl_ = cfg_.ttl;
         keepalive_timer_ = reactor_->make_timer();
         lost_timer_ = reactor_->make_timer();
+        grant_timer_ = reactor_->make_timer();
         if (!cfg_.content.empty()) filelock::detail::expand_content(cfg_.content, value_);
     }
     ~session() {
         keepalive_timer_.reset();
         lost_timer_.reset();
+        grant_timer_.reset();
     }
 
     reactor& loop() { return *reactor_; }
@@ -129,13 +133,16 @@ public:
     void cancel(std::uint64_t id, std::error_code code);
     void op_finished(std::uint64_t id) { ops_.erase(id); }
 
+    using lease_fn = std::function<void(std::error_code, const std::string&)>;
     /// Calls `f(ec, why)` once the session has a lease (granting one first).
-    void with_lease(std::function<void(std::error_code, const std::string&)> f) {
+    /// A grant that meets a transient failure is tried again until
+    /// `deadline`, unless `owner` is gone meanwhile.
+    void with_lease(steady::time_point deadline, std::weak_ptr<void> owner, lease_fn f) {
         if (lease_) {
             reactor_->post([f = std::move(f)] { f({}, {}); });
             return;
         }
-        lease_waiters_.push_back(std::move(f));
+        lease_waiters_.push_back({deadline, std::move(owner), std::move(f)});
         if (lease_waiters_.size() == 1) grant();
     }
 
@@ -149,6 +156,8 @@ public:
         auto self = shared_from_this();
         keepalive_timer_->cancel();
         lost_timer_->cancel();
+        grant_timer_->cancel();
+        lease_waiters_.clear();
         auto ops = std::move(ops_);
         ops_.clear();
         ops.clear();
@@ -169,7 +178,8 @@ public:
 
 private:
     void grant();
-    void granted(std::error_code ec, const std::string& why);
+    void granted(std::error_code ec, const std::string& why, bool retry = false);
+    bool retry_grant(const http_reply& r, std::error_code ec);
     void arm_lost(steady::time_point sent, std::chrono::milliseconds ttl);
     void maybe_revoke();
     std::chrono::milliseconds keepalive_interval() const;
@@ -188,7 +198,15 @@ private:
     lease_state lease_state_;  // what acquisitions check before a win
     std::chrono::seconds ttl_;
     std::unique_ptr<reactor::timer> keepalive_timer_, lost_timer_;
-    std::vector<std::function<void(std::error_code, const std::string&)>> lease_waiters_;
+    struct lease_waiter {
+        steady::time_point deadline;
+        std::weak_ptr<void> owner;
+        lease_fn f;
+    };
+    std::vector<lease_waiter> lease_waiters_;
+    std::unique_ptr<reactor::timer> grant_timer_;
+    int grant_tries_ = 0;
+    bool answered_ = false;  // an endpoint answered this session once
     std::list<std::weak_ptr<held_state>> held_;
     std::map<std::uint64_t, std::shared_ptr<lock_op>> ops_;
     std::uint64_t next_op_ = 1;
@@ -237,21 +255,27 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
     }
 
     void start() {
-        s.with_lease([self = shared_from_this()](std::error_code ec, const std::string& why) {
-            if (self->st == state::finished) return;
-            if (ec) return self->complete(ec, describe(self->s.http().endpoint(), ec, why));
-            // A live lease's callback is posted: the session may have given
-            // that lease up meanwhile (its lost timer, after a pause). A key
-            // created on lease 0 would have no lease and never expire.
-            if (!self->s.lease()) return self->start();
-            self->acq = std::make_unique<etcd_acquire>(
-                lock_backend(self->s.names(), &self->s, self->name, self->s.value(),
-                             self->s.lease_view()),
-                self->timeout, filelock::backoff_policy{}, filelock::detail::random_seed());
-            self->acq->use_queue(self.get(), &self->s);
-            self->timer = self->s.loop().make_timer();
-            self->run(self->acq->resume({wake_reason::start, self->began}));
-        });
+        const auto deadline = timeout >= steady::time_point::max() - began
+                                  ? steady::time_point::max()
+                                  : began + std::chrono::duration_cast<steady::duration>(timeout);
+        s.with_lease(
+            deadline, weak_from_this(),
+            [w = weak_from_this()](std::error_code ec, const std::string& why) {
+                auto self = w.lock();
+                if (!self || self->st == state::finished) return;
+                if (ec) return self->complete(ec, describe(self->s.http().endpoint(), ec, why));
+                // A live lease's callback is posted: the session may have given
+                // that lease up meanwhile (its lost timer, after a pause). A key
+                // created on lease 0 would have no lease and never expire.
+                if (!self->s.lease()) return self->start();
+                self->acq = std::make_unique<etcd_acquire>(
+                    lock_backend(self->s.names(), &self->s, self->name, self->s.value(),
+                                 self->s.lease_view()),
+                    self->timeout, filelock::backoff_policy{}, filelock::detail::random_seed());
+                self->acq->use_queue(self.get(), &self->s);
+                self->timer = self->s.loop().make_timer();
+                self->run(self->acq->resume({wake_reason::start, self->began}));
+            });
     }
 
     void resume(wake_reason why, std::error_code ec = {}) {
@@ -459,6 +483,8 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
             if (gone) s.lose_session("the lease is gone");
             return start();
         }
+        // No endpoint answered for the whole wait: that, not contention.
+        if (ec == filelock::errc::timeout && b.unanswered()) ec = b.unanswered();
         std::string msg;
         std::string holder = filelock::detail::holder_from_bytes(b.holder());
         if (ec == filelock::errc::timeout || ec == filelock::errc::locked)
@@ -545,6 +571,8 @@ void session::grant() {
                        json j;
                        std::string why;
                        auto ec = parse(r, j, why);
+                       const bool retry = ec && self->retry_grant(r, ec);
+                       if (r.status != 0) self->answered_ = true;
                        if (!ec) {
                            try {
                                self->lease_ = int64_of(j, "ID");
@@ -565,7 +593,7 @@ void session::grant() {
                                why = e.what();
                            }
                        }
-                       self->granted(ec, why);
+                       self->granted(ec, why, retry);
                    });
     };
     // With a token already, a refused one is renewed by the transport.
@@ -581,17 +609,41 @@ void session::grant() {
                        ec = errc::bad_reply;
                        why = "no token in the answer";
                    }
-                   if (ec) return self->granted(ec, why);
+                   if (ec) return self->granted(ec, why, self->retry_grant(r, ec));
                    self->http_.set_token(j["token"].get<std::string>());
                    after_auth();
                });
 }
 
-void session::granted(std::error_code ec, const std::string& why) {
+bool session::retry_grant(const http_reply& r, std::error_code ec) {
+    if (r.status != 0) answered_ = true;
+    // A configuration that never reached etcd (refused, unresolvable) fails
+    // at once; a member timed out, reset or electing is tried again.
+    return transient(r, ec) && (answered_ || r.ec != errc::unreachable);
+}
+
+void session::granted(std::error_code ec, const std::string& why, bool retry) {
     if (ec) lease_ = 0;
+    if (!ec) grant_tries_ = 0;
     auto waiters = std::move(lease_waiters_);
     lease_waiters_.clear();
-    for (auto& f : waiters) f(ec, why);
+    if (ec && retry) {
+        // Those whose deadline allows wait for another try, on the next
+        // endpoint (the transport moved on).
+        const auto now = steady::now();
+        std::vector<lease_waiter> done;
+        for (auto& w : waiters) {
+            if (w.owner.expired()) continue;
+            (now < w.deadline ? lease_waiters_ : done).push_back(std::move(w));
+        }
+        waiters = std::move(done);
+        if (!lease_waiters_.empty()) {
+            ++grant_tries_;
+            const auto delay = std::chrono::milliseconds(std::min(100 * grant_tries_, 1000));
+            grant_timer_->arm(now + delay, [this] { grant(); });
+        }
+    }
+    for (auto& w : waiters) w.f(ec, why);
 }
 
 void session::keepalive() {
@@ -791,7 +843,7 @@ void send_release(const std::shared_ptr<held_state>& h, std::function<void(std::
                       json j;
                       std::string why;
                       const auto ec = parse(r, j, why);
-                      if (ec && transient(r, ec, why) && tries < 50 && h->s->lease() == h->lease) {
+                      if (ec && transient(r, ec) && tries < 50 && h->s->lease() == h->lease) {
                           auto t = std::shared_ptr<reactor::timer>(h->s->loop().make_timer());
                           t->arm(steady::now() + std::chrono::milliseconds(100),
                                  [h, f = std::move(f), tries, t]() mutable {

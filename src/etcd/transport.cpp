@@ -26,10 +26,10 @@ bool connect_failure(CURLcode c) {
     }
 }
 
-std::error_code map_curl(CURLcode c, bool got_bytes) {
+std::error_code map_curl(CURLcode c, bool connected) {
     switch (c) {
         case CURLE_OK: return {};
-        case CURLE_OPERATION_TIMEDOUT: return got_bytes ? errc::request_timeout : errc::unreachable;
+        case CURLE_OPERATION_TIMEDOUT: return connected ? errc::request_timeout : errc::unreachable;
         case CURLE_SSL_CONNECT_ERROR:
         case CURLE_PEER_FAILED_VERIFICATION:
         case CURLE_SSL_CERTPROBLEM:
@@ -38,10 +38,12 @@ std::error_code map_curl(CURLcode c, bool got_bytes) {
         case CURLE_SSL_ISSUER_ERROR:
         case CURLE_SSL_CRL_BADFILE: return errc::tls;
         case CURLE_OUT_OF_MEMORY: return std::make_error_code(std::errc::not_enough_memory);
+        // The member was reached, and the connection ended before its whole
+        // answer: nothing malformed came.
         case CURLE_GOT_NOTHING:
         case CURLE_RECV_ERROR:
         case CURLE_SEND_ERROR:
-        case CURLE_PARTIAL_FILE: return errc::bad_reply;
+        case CURLE_PARTIAL_FILE: return errc::connection_reset;
         default: return errc::unreachable;
     }
 }
@@ -272,10 +274,12 @@ void transport::finished() {
             start(r);
             continue;
         }
-        // A member that failed without answering (gone mid-request, timed
-        // out): the next request tries the next endpoint.
-        if (code != CURLE_OK && !r.got_bytes) current_ = (current_ + 1) % cfg_.endpoints.size();
-        r.reply.ec = map_curl(code, r.got_bytes);
+        // A member that failed without a whole answer (gone mid-request,
+        // timed out, paused): the next request tries the next endpoint.
+        if (code != CURLE_OK) current_ = (current_ + 1) % cfg_.endpoints.size();
+        curl_off_t connected_us = 0;
+        curl_easy_getinfo(r.easy, CURLINFO_CONNECT_TIME_T, &connected_us);
+        r.reply.ec = map_curl(code, r.got_bytes || connected_us > 0);
         if (code != CURLE_OK) r.reply.detail = r.error[0] ? r.error : curl_easy_strerror(code);
         curl_easy_getinfo(r.easy, CURLINFO_RESPONSE_CODE, &r.reply.status);
         if (reauthenticate(r)) continue;
