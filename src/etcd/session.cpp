@@ -243,6 +243,7 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
     enum class state { lease, sending, watching, waiting, finished } st = state::lease;
     bool on_release = false, released = false, turn = false;
     int restarts = 0;
+    std::uint64_t sends = 0;  // which request a reply answers
 
     void wake() noexcept override {
         try {
@@ -325,14 +326,19 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
         switch (a.what) {
             case action::kind::send: {
                 st = state::sending;
-                request = s.http().post(b.path(), b.body(), [w = weak_from_this()](http_reply& r) {
-                    auto self = w.lock();
-                    if (!self || self->st == state::finished) return;
-                    self->request = 0;
-                    const auto ec = r.ec;
-                    self->acq->backend().set_reply(std::move(r));
-                    self->resume(wake_reason::reply, ec);
-                });
+                const auto n = ++sends;
+                request =
+                    s.http().post(b.path(), b.body(), [w = weak_from_this(), n](http_reply& r) {
+                        auto self = w.lock();
+                        // A reply the op no longer waits for: it lined up again
+                        // (its attempt is gone) or was cancelled after the
+                        // transport had collected this reply in the same batch.
+                        if (!self || self->st != state::sending || n != self->sends) return;
+                        self->request = 0;
+                        const auto ec = r.ec;
+                        self->acq->backend().set_reply(std::move(r));
+                        self->resume(wake_reason::reply, ec);
+                    });
                 return;
             }
             case action::kind::watch: {
@@ -429,7 +435,7 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
     }
 
     void moved() {
-        if (st == state::finished) return;
+        if (st == state::finished || !acq) return;  // lining up again: no watch
         drop_watch();
         if (st == state::watching) return resume(wake_reason::unwatched);
         if (st == state::waiting) {
