@@ -357,3 +357,87 @@ TEST_CASE("etcd protocol: a name held by the session is local contention, no req
     CHECK_FALSE(f.b().claimed());
     f.names.unclaim("job");
 }
+
+// The session's lease without I/O (src/etcd/lease.hpp).
+
+TEST_CASE("etcd session: ownership lasts from the renewing request's send + TTL - margin") {
+    using filelock::detail::clock;
+    const clock::time_point t0{};
+    lease_keeper k(10s, 1000ms);
+    CHECK(k.id() == 0);
+    CHECK_FALSE(k.state().live(lease, t0));
+    k.granted(lease, t0, 10s);
+    CHECK(k.id() == lease);
+    CHECK(k.deadline() == t0 + 9s);
+    CHECK(k.state().live(lease, t0 + 8999ms));
+    CHECK_FALSE(k.state().live(lease, t0 + 9s));
+    CHECK_FALSE(k.state().live(lease + 1, t0));
+    // An answered keep-alive moves the deadline from its send time, by the
+    // TTL the server reports.
+    CHECK(k.answered(t0 + 3s, false, 8) == lease_keeper::verdict::renewed);
+    CHECK(k.deadline() == t0 + 3s + 8s - 1s);
+    // A failure leaves it; the server saying the lease is gone ends it.
+    CHECK(k.answered(t0 + 6s, true, -1) == lease_keeper::verdict::failed);
+    CHECK(k.deadline() == t0 + 10s);
+    CHECK(k.answered(t0 + 7s, false, 0) == lease_keeper::verdict::gone);
+    CHECK(k.give_up() == lease);
+    CHECK(k.id() == 0);
+    CHECK_FALSE(k.state().live(lease, t0));
+}
+
+TEST_CASE("etcd session: keep-alives every TTL/3 in milliseconds, the margin at most TTL/2") {
+    using filelock::detail::clock;
+    const clock::time_point t0{};
+    lease_keeper k(1s, 1000ms);
+    k.granted(lease, t0, 1s);
+    CHECK(k.next_keepalive(t0, false) == t0 + 333ms);  // whole seconds made it 0 s
+    CHECK(k.deadline() == t0 + 500ms);                 // margin clamped to TTL/2
+    k.granted(lease, t0, 60s);
+    CHECK(k.next_keepalive(t0, false) == t0 + 20s);
+    CHECK(k.next_keepalive(t0, true) == t0 + 1s);  // sooner after a failure
+}
+
+TEST_CASE("etcd replies: grants, keep-alives and watch messages decoded") {
+    auto reply = [](const std::string& body, long status = 200) {
+        http_reply r;
+        r.status = status;
+        r.body = body;
+        return r;
+    };
+    grant_reply g;
+    std::string why;
+    CHECK_FALSE(decode_grant(reply(R"({"ID":"7","TTL":"10"})"), g, why));
+    CHECK(g.id == 7);
+    CHECK(g.ttl == 10);
+    CHECK(decode_grant(reply(R"({"ID":"7"})"), g, why) == filelock::etcd::errc::bad_reply);
+    CHECK(decode_grant(reply(R"({"error":"etcdserver: no leader","code":14})", 503), g, why) ==
+          filelock::etcd::errc::server);
+    CHECK(transient(reply(R"({"error":"etcdserver: no leader","code":14})", 503),
+                    filelock::etcd::errc::server));
+    CHECK_FALSE(transient(reply(R"({"error":"etcdserver: leader? no","code":3})", 400),
+                          filelock::etcd::errc::server));  // the code decides, not words
+    std::int64_t ttl = 0;
+    CHECK_FALSE(decode_keepalive(reply(R"({"result":{"ID":"7","TTL":"9"}})"), ttl, why));
+    CHECK(ttl == 9);
+    CHECK_FALSE(decode_keepalive(reply(R"({"result":{"ID":"7"}})"), ttl, why));
+    CHECK(ttl == 0);  // expired: no TTL field
+    CHECK(decode_keepalive(reply(R"({"nothing":1})"), ttl, why) == filelock::etcd::errc::bad_reply);
+
+    auto m = decode_watch(R"({"result":{"header":{"revision":"12"},"created":true}})");
+    CHECK(m.ok);
+    CHECK(m.created);
+    CHECK(m.revision == 12);
+    m = decode_watch(R"({"result":{"header":{"revision":"15"},"events":[)"
+                     R"({"kv":{"key":"am9iLzE=","mod_revision":"14"}},)"
+                     R"({"type":"DELETE","kv":{"key":"am9iLzE=","mod_revision":"15"}}]}})");
+    REQUIRE(m.deletions.size() == 1);  // the put is not a deletion
+    CHECK(m.deletions[0].key == "job/1");
+    CHECK(m.deletions[0].mod_revision == 15);
+    m = decode_watch(
+        R"({"result":{"events":[{"type":"DELETE","kv":{"key":"!!","mod_revision":"x"}}]}})");
+    REQUIRE(m.deletions.size() == 1);
+    CHECK_FALSE(m.deletions[0].key_ok);
+    CHECK_FALSE(m.deletions[0].revision_ok);
+    CHECK_FALSE(decode_watch("[1]").ok);
+    CHECK(decode_watch(R"({"result":{"canceled":true}})").canceled);
+}

@@ -28,6 +28,7 @@
 #include <filelock/detail/acquire.hpp>
 #include <filelock/etcd.hpp>
 
+#include "lease.hpp"
 #include "proto.hpp"
 
 #include <array>
@@ -49,20 +50,6 @@ public:
 
 private:
     std::set<std::string> names_;
-};
-
-/// What the protocol knows of the session's lease. The session updates it;
-/// the backend reads it when it is about to report a win.
-struct lease_state {
-    /// The session's lease; 0 while it has none (given up, lost).
-    std::int64_t id = 0;
-    /// Until when ownership under it is guaranteed: the send time of the last
-    /// answered keep-alive (or grant) + TTL - margin.
-    clock::time_point deadline = clock::time_point::min();
-
-    bool live(std::int64_t lease, clock::time_point now) const noexcept {
-        return lease != 0 && id == lease && now < deadline;
-    }
 };
 
 /// Transient failures: another member may answer soon (a leader election, a

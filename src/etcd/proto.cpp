@@ -181,6 +181,73 @@ bool kvs_of(const json& range, std::vector<kv>& out) {
     return true;
 }
 
+std::error_code decode_grant(const http_reply& r, grant_reply& out, std::string& why) {
+    json j;
+    if (auto ec = parse(r, j, why)) return ec;
+    try {
+        out.id = int64_of(j, "ID");
+        out.ttl = int64_of(j, "TTL");
+    } catch (const std::exception& e) {
+        why = e.what();
+        return errc::bad_reply;
+    }
+    if (!out.id || out.ttl <= 0) {
+        why = "the lease grant has no ID or TTL";
+        return errc::bad_reply;
+    }
+    return {};
+}
+
+std::error_code decode_keepalive(const http_reply& r, std::int64_t& ttl, std::string& why) {
+    json j;
+    if (auto ec = parse(r, j, why)) return ec;
+    try {
+        ttl = int64_of(j.at("result"), "TTL");
+    } catch (const std::exception& e) {
+        why = e.what();
+        return errc::bad_reply;
+    }
+    return {};
+}
+
+watch_message decode_watch(std::string_view text) {
+    watch_message m;
+    const json j = json::parse(text, nullptr, false);
+    const json* r = j.is_object() && j.contains("result") ? &j["result"] : nullptr;
+    if (!r || !r->is_object()) return m;
+    m.ok = true;
+    m.created = r->value("created", false);
+    m.canceled = r->value("canceled", false);
+    if (const auto h = r->find("header"); h != r->end() && h->is_object()) {
+        try {
+            m.revision = int64_of(*h, "revision");
+        } catch (const std::exception&) {
+            m.revision = 0;
+        }
+    }
+    if (const auto ev = r->find("events"); ev != r->end() && ev->is_array()) {
+        for (const auto& e : *ev) {
+            if (!e.is_object() || e.value("type", "") != "DELETE") continue;
+            watch_message::deletion d;
+            const auto kv = e.find("kv");
+            if (kv == e.end() || !kv->is_object()) {
+                d.key_ok = d.revision_ok = false;
+            } else {
+                const auto key = kv->find("key");
+                d.key_ok = key == kv->end() ||
+                           (key->is_string() && unbase64(key->get<std::string>(), d.key));
+                try {
+                    d.mod_revision = int64_of(*kv, "mod_revision");
+                } catch (const std::exception&) {
+                    d.revision_ok = false;
+                }
+            }
+            m.deletions.push_back(std::move(d));
+        }
+    }
+    return m;
+}
+
 namespace request {
 
 std::string grant(std::chrono::seconds ttl) {

@@ -50,6 +50,31 @@ bool token_refused(const http_reply& r);
 /// The kvs of a range response (`response_range`), decoded.
 bool kvs_of(const json& range, std::vector<kv>& out);
 
+/// A lease grant's answer: the lease and its TTL, or the error.
+struct grant_reply {
+    std::int64_t id = 0;
+    std::int64_t ttl = 0;
+};
+std::error_code decode_grant(const http_reply& r, grant_reply& out, std::string& why);
+/// A keep-alive's answer: the TTL left (<= 0: the lease is gone), or the
+/// error.
+std::error_code decode_keepalive(const http_reply& r, std::int64_t& ttl, std::string& why);
+
+/// One message of a watch stream.
+struct watch_message {
+    struct deletion {
+        std::string key;
+        bool key_ok = true;  // the key decoded (base64)
+        std::int64_t mod_revision = 0;
+        bool revision_ok = true;
+    };
+    bool ok = false;  // an object with a "result" object
+    bool created = false, canceled = false;
+    std::int64_t revision = 0;  // the header's; 0: none or unreadable
+    std::vector<deletion> deletions;
+};
+watch_message decode_watch(std::string_view text);
+
 namespace request {
 std::string grant(std::chrono::seconds ttl);
 std::string keepalive(std::int64_t lease);

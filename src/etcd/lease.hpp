@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// The session's lease without I/O (Go's concurrency.Session): which lease,
+// until when ownership under it is guaranteed, when the next keep-alive
+// goes, and what a keep-alive's answer means. Times come in as parameters:
+// tests drive it with a fake clock.
+//
+// Ownership is guaranteed until the server could expire the lease, less the
+// margin, counted from when the request that renewed it was *sent* (its
+// arrival, from which etcd counts, comes later). Before any win the
+// protocol checks `state()` (lock_backend.hpp); the session's lost timer
+// fires at `deadline()`.
+
+#include <filelock/detail/backoff.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+
+namespace filelock::etcd::detail {
+
+using filelock::detail::clock;
+
+/// What the protocol knows of the session's lease. The session updates it;
+/// the backend reads it when it is about to report a win.
+struct lease_state {
+    /// The session's lease; 0 while it has none (given up, lost).
+    std::int64_t id = 0;
+    /// Until when ownership under it is guaranteed: the send time of the last
+    /// answered keep-alive (or grant) + TTL - margin.
+    clock::time_point deadline = clock::time_point::min();
+
+    bool live(std::int64_t lease, clock::time_point now) const noexcept {
+        return lease != 0 && id == lease && now < deadline;
+    }
+};
+
+class lease_keeper {
+public:
+    using ms = std::chrono::milliseconds;
+    /// Keep-alives are never closer than this (a keep-alive costs a request).
+    static constexpr ms min_interval{200};
+    /// After a failed keep-alive, the next one within this.
+    static constexpr ms max_retry{1000};
+
+    lease_keeper(std::chrono::seconds ttl, ms lost_margin) : ttl_(ttl), margin_(lost_margin) {}
+
+    /// The TTL to ask for in a grant: the configured one, then the server's.
+    std::chrono::seconds ttl() const noexcept { return ttl_; }
+    std::int64_t id() const noexcept { return state_.id; }
+    const lease_state& state() const noexcept { return state_; }
+    clock::time_point deadline() const noexcept { return state_.deadline; }
+
+    /// A grant sent at `sent` was answered: lease `id` with `ttl`.
+    void granted(std::int64_t id, clock::time_point sent, std::chrono::seconds ttl) noexcept {
+        ttl_ = ttl;
+        state_.id = id;
+        renew(sent, ttl);
+    }
+
+    enum class verdict {
+        renewed,  // the deadline moved on
+        failed,   // no valid answer: try again soon, the deadline stands
+        gone,     // etcd says the lease is expired or revoked
+    };
+    /// The answer to a keep-alive sent at `sent`: `ttl` seconds left, or
+    /// `failed` when no valid answer came.
+    verdict answered(clock::time_point sent, bool failed, std::int64_t ttl) noexcept {
+        if (failed) return verdict::failed;
+        if (ttl <= 0) return verdict::gone;
+        renew(sent, std::chrono::seconds(ttl));
+        return verdict::renewed;
+    }
+
+    /// When the next keep-alive goes, from `now`: every TTL/3, counted in
+    /// milliseconds (a TTL of 1 or 2 s is not 0 s); sooner after a failure.
+    clock::time_point next_keepalive(clock::time_point now, bool after_failure) const noexcept {
+        auto next = std::max(std::chrono::duration_cast<ms>(ttl_) / 3, min_interval);
+        if (after_failure) next = std::min(next, max_retry);
+        return now + next;
+    }
+
+    /// The session gives the lease up (lost, revoked, closing): returns it.
+    std::int64_t give_up() noexcept {
+        const auto old = state_.id;
+        state_ = {};
+        return old;
+    }
+
+private:
+    void renew(clock::time_point sent, ms ttl) noexcept {
+        const auto margin = std::min<clock::duration>(margin_, ttl / 2);
+        state_.deadline = sent + ttl - margin;
+    }
+
+    std::chrono::seconds ttl_;
+    ms margin_;
+    lease_state state_;
+};
+
+}  // namespace filelock::etcd::detail
