@@ -59,6 +59,18 @@ SECTION = r"""#!/bin/bash
 # One critical section: section.sh WHO DIR
 who=$1 d=$2 lost=0 busy=0
 trap 'lost=1' TERM
+# filelock-run's: a lower bound of etcd's revision as the section begins
+# (the highest any member has applied; a stalled member does not answer).
+rev0=-
+if [ -n "$FILELOCK_FENCING_TOKEN" ] && [ -n "$FAULT_RANGE_URLS" ]; then
+    out=$(curl -s --no-progress-meter -m 0.1 -Z \
+        -d '{"key":"eA==","serializable":true,"count_only":true}' $FAULT_RANGE_URLS 2>/dev/null)
+    while [[ $out =~ \"revision\":\"([0-9]+)\" ]]; do
+        r=${BASH_REMATCH[1]}
+        [[ $rev0 = - || $r -gt $rev0 ]] && rev0=$r
+        out=${out#*\"revision\":\"$r\"}
+    done
+fi
 t0=$EPOCHREALTIME
 mkdir "$d/marker" 2>/dev/null || busy=1
 sleep 0.05 &
@@ -66,7 +78,7 @@ sleep 0.05 &
 kill $! 2>/dev/null
 t1=$EPOCHREALTIME
 [ $busy = 0 ] && rmdir "$d/marker"
-echo "$who $t0 $t1 $busy $lost ${FILELOCK_FENCING_TOKEN:--} ${ETCD_LOCK_KEY:--} ${ETCD_LOCK_REV:--}" >>"$d/sections"
+echo "$who $t0 $t1 $busy $lost ${FILELOCK_FENCING_TOKEN:--} ${ETCD_LOCK_KEY:--} ${ETCD_LOCK_REV:--} $rev0" >>"$d/sections"
 """
 
 
@@ -233,9 +245,10 @@ class Watcher(threading.Thread):
 
 
 def history(endpoint, prefix, upto):
-    """{key: [create_rev, delete_rev or None]} of every key under `prefix`
-    up to revision `upto`, read back with a watch from revision 1."""
-    keys = {}
+    """({create_rev: [key, delete_rev or None]} of every key under `prefix`
+    (a name comes back when a lease locks again), every event), up to
+    revision `upto`, read back with a watch from revision 1."""
+    incs, live, events = {}, {}, []
     body = {"create_request": {"key": b64(prefix), "range_end": b64(prefix[:-1] + "0"),
                                "start_revision": "1"}}
     req = urllib.request.Request(endpoint + "/v3/watch", data=json.dumps(body).encode())
@@ -252,12 +265,17 @@ def history(endpoint, prefix, upto):
                 kv = ev["kv"]
                 key, rev = unb64(kv["key"]), int(kv["mod_revision"])
                 last = max(last, rev)
-                if ev.get("type") == "DELETE":
-                    if key in keys and keys[key][1] is None:
-                        keys[key][1] = rev
-                elif key not in keys or keys[key][1] is not None:
-                    keys[key] = [int(kv["create_revision"]), None]
-    return keys, last
+                deleted = ev.get("type") == "DELETE"
+                events.append((rev, "DELETE" if deleted else "PUT", key,
+                               int(kv.get("create_revision", 0)), int(kv.get("lease", 0)),
+                               unb64(kv.get("value", "")).strip()))
+                if deleted:
+                    if key in live:
+                        incs[live.pop(key)][1] = rev
+                elif key not in live:
+                    live[key] = int(kv["create_revision"])
+                    incs[live[key]] = [key, None]
+    return incs, events, last
 
 
 class Worker(threading.Thread):
@@ -337,11 +355,12 @@ def parse_sections(path):
         return out
     for line in open(path):
         f = line.split()
-        if len(f) != 8:
+        if len(f) != 9:
             continue
         out.append({"who": f[0], "t0": float(f[1]), "t1": float(f[2]), "busy": f[3] == "1",
                     "lost": f[4] == "1", "token": None if f[5] == "-" else int(f[5]),
-                    "key": None if f[6] == "-" else f[6], "rev": None if f[7] == "-" else int(f[7])})
+                    "key": None if f[6] == "-" else f[6], "rev": None if f[7] == "-" else int(f[7]),
+                    "rev0": None if f[8] == "-" else int(f[8])})
     return out
 
 
@@ -355,30 +374,35 @@ def parse_sections(path):
 WIN_SLACK = 1.0
 
 
-def analyze(sections, keys, seen, wins=()):
+def analyze(sections, incs, seen, wins=()):
     """Overlaps by kind and the other findings.
 
-    sections: parse_sections(); keys: history(); seen: {revision: the wall
+    sections: parse_sections(); incs: history()[0]; seen: {revision: the wall
     time it was first seen}; wins: filelock-run's "holding KEY (fencing token
     N)" lines, with the time they were read. A filelock-run section (who
     starts with "fl") carries its token (its key's create revision); an
     etcdctl section ("ctl") its key and the revision it was granted at."""
-    by_create = {c: k for k, (c, d) in keys.items()}
     r = {"fl_fl": [], "fl_ctl_live": [], "fl_dead_ctl": [], "fl_ctl_9921": [], "fl_ctl_after_key": [],
          "fl_dead_start": [], "ctl_dead_start": [], "tokens_out_of_order": [],
          "marker": sum(1 for s in sections if s["busy"])}
 
+    def created(s):
+        """The create revision of the section's key: its token, or for
+        etcdctl the last key of that name created before its grant."""
+        if s["token"] is not None:
+            return s["token"]
+        c = [c for c, (k, _) in incs.items() if k == s["key"] and (s["rev"] is None or c <= s["rev"])]
+        return max(c) if c else None
+
     def deleted(s):
         """(delete revision, when it was first seen) of the section's key."""
-        key = s["key"] if s["key"] else by_create.get(s["token"])
-        if key is None or key not in keys or keys[key][1] is None:
+        if s.get("created") not in incs or incs[s["created"]][1] is None:
             return None, None
-        d = keys[key][1]
+        d = incs[s["created"]][1]
         return d, seen.get(d)
 
     for s in sections:
-        if s["key"] in keys:
-            s["created"] = keys[s["key"]][0]
+        s["created"] = created(s)
         d, when = deleted(s)
         s["deleted"], s["deleted_at"] = d, when
         s["granted_dead"] = bool(s["who"].startswith("ctl") and d is not None and s["rev"] is not None
@@ -400,13 +424,19 @@ def analyze(sections, keys, seen, wins=()):
                     r["fl_dead_ctl"].append((a, b))
                 elif e["granted_dead"] or (e["deleted_at"] is not None and e["deleted_at"] < e["t0"]):
                     r["fl_ctl_9921"].append((a, b))
-                elif e["deleted_at"] is not None and e["deleted_at"] < f["t0"]:
+                elif e["deleted"] is not None and (
+                        (e["deleted_at"] is not None and e["deleted_at"] < f["t0"]) or
+                        e["deleted"] < f["token"] or
+                        (f.get("rev0") is not None and e["deleted"] <= f["rev0"])):
+                    # etcdctl's key was gone before filelock-run's section
+                    # began: seen gone, or gone before filelock-run's key was
+                    # created, or at a revision a member had applied by then.
                     r["fl_ctl_after_key"].append((a, b))
                 else:
                     r["fl_ctl_live"].append((a, b))
     r["fl_dead_win"] = []
     for w in wins:
-        d = keys.get(w["key"], [None, None])[1]
+        d = incs.get(w["token"], [None, None])[1]
         if d is not None and d in seen and seen[d] < w["t"] - WIN_SLACK:
             r["fl_dead_win"].append(dict(w, deleted=d, deleted_at=seen[d]))
     fl = [s for s in order if s["who"].startswith("fl")]
@@ -422,7 +452,8 @@ BASE = [0.0]  # times are printed from the run's start
 
 
 def describe(s):
-    what = ("token %s" % s["token"]) if s["who"].startswith("fl") else (
+    what = ("token %s%s" % (s["token"], ", begun at rev >= %d" % s["rev0"] if s.get("rev0") else "")
+            ) if s["who"].startswith("fl") else (
         "key %s%s granted at rev %s" % (s["key"], " (created at rev %d)" % s["created"]
                                         if s.get("created") else "", s["rev"]))
     gone = "" if s.get("deleted") is None else ", its key deleted at rev %d%s" % (
@@ -432,7 +463,17 @@ def describe(s):
                                        ", lost signal" if s["lost"] else "")
 
 
-def print_findings(r, limit=10):
+def print_events(events, seen, lo, hi):
+    """etcd's events between revisions lo and hi, with when each was seen."""
+    for rev, kind, key, created, lease, value in events:
+        if lo <= rev <= hi:
+            print("      rev %d%s %s %s%s%s" % (
+                rev, " (seen at %.3f s)" % (seen[rev] - BASE[0]) if rev in seen else "", kind,
+                key, " created at rev %d, lease %x" % (created, lease) if kind == "PUT" else "",
+                ", value %r" % value if value else ""))
+
+
+def print_findings(r, limit=10, events=(), seen=None):
     for kind, title in (("fl_fl", "filelock-run overlaps filelock-run"),
                         ("fl_ctl_live", "filelock-run overlaps a live etcdctl section"),
                         ("fl_dead_ctl", "filelock-run on a deleted key overlaps etcdctl"),
@@ -441,6 +482,11 @@ def print_findings(r, limit=10):
                         ("tokens_out_of_order", "fencing tokens not rising")):
         for a, b in r[kind][:limit]:
             print("  %s:\n    %s\n    %s" % (title, describe(a), describe(b)))
+            if kind in ("fl_fl", "fl_ctl_live", "fl_dead_ctl") and events:
+                revs = [x for x in (a.get("created"), b.get("created"), a.get("deleted"),
+                                    b.get("deleted"), a.get("rev"), b.get("rev")) if x]
+                print("    etcd's events meanwhile:")
+                print_events(events, seen, min(revs) - 1, max(revs) + 1)
     for kind, title in (("fl_dead_start", "filelock-run section begun after its key was deleted"),
                         ("ctl_dead_start", "etcdctl section begun after its key was deleted")):
         for s in r[kind][:limit]:
@@ -457,11 +503,11 @@ def self_check():
     section script run by unlocked loops: both must be flagged."""
     failed = 0
 
-    def sec(who, t0, t1, token=None, key=None, rev=None, busy=False):
+    def sec(who, t0, t1, token=None, key=None, rev=None, busy=False, rev0=None):
         return {"who": who, "t0": t0, "t1": t1, "busy": busy, "lost": False, "token": token,
-                "key": key, "rev": rev}
+                "key": key, "rev": rev, "rev0": rev0}
 
-    keys = {"n/a": [10, 12], "n/b": [11, 14], "n/c": [13, 16], "n/d": [15, 17]}
+    keys = {10: ["n/a", 12], 11: ["n/b", 14], 13: ["n/c", 16], 15: ["n/d", 17]}
     seen = {12: 1.05, 14: 2.05, 16: 3.05, 17: 4.05}
     cases = [
         ("clean handoffs", [sec("fl1", 1.0, 1.05, 10), sec("fl2", 1.06, 2.0, 11),
@@ -478,6 +524,12 @@ def self_check():
          {"fl_ctl_9921": 1, "fl_ctl_live": 0, "failures": 0}),
         ("etcdctl running on after its key was deleted",
          [sec("ctl", 2.0, 3.5, key="n/c", rev=14), sec("fl4", 3.2, 4.0, 15)],
+         {"fl_ctl_after_key": 1, "fl_ctl_live": 0, "failures": 0}),
+        ("etcdctl running on after its key was deleted, seen late, before filelock-run's revision",
+         [sec("ctl", 2.1, 3.0, key="n/c", rev=14), sec("fl3", 2.9, 4.0, 15, rev0=16)],
+         {"fl_ctl_after_key": 1, "fl_ctl_live": 0, "failures": 0}),
+        ("etcdctl's key deleted, seen late, before filelock-run's key was created",
+         [sec("ctl", 2.1, 3.0, key="n/c", rev=14), sec("fl5", 2.9, 4.0, 17)],
          {"fl_ctl_after_key": 1, "fl_ctl_live": 0, "failures": 0}),
         ("filelock-run begun after its key was deleted (a win on a dead lease)",
          [sec("fl2", 2.5, 2.6, 11)], {"fl_dead_start": 1, "failures": 1}),
@@ -601,6 +653,9 @@ def run(seconds, ttl, nworkers, keep=False):
         for w in watchers:
             w.start()
         leader = [cluster.leader()]
+        # For the sections of filelock-run: where to read etcd's revision.
+        os.environ["FAULT_RANGE_URLS"] = " ".join(cluster.endpoint(i) + "/v3/kv/range"
+                                                  for i in range(n))
 
         def fl_argv(i):
             # Even workers put the leader (as last seen) first: the member
@@ -667,7 +722,7 @@ def run(seconds, ttl, nworkers, keep=False):
         pauser = threading.Thread(target=pause_waiters, daemon=True)
         pauser.start()
 
-        kinds = ["kill", "pause"]
+        kinds = ["pause", "kill"]  # the pause first: the short form gets both
         k = 0
         time.sleep(1.0)
         while True:
@@ -732,7 +787,7 @@ def run(seconds, ttl, nworkers, keep=False):
             c in (0, 75) for w in workers for c in w.exits) and not hung]
         upto = max(int(st["header"]["revision"]) for st in map(cluster.status, range(n)) if st)
         phases.append(("keys left", time.monotonic()))
-        keys, last = history(cluster.any_endpoint(), NAME + "/", upto)
+        keys, events, last = history(cluster.any_endpoint(), NAME + "/", upto)
         phases.append(("history", time.monotonic()))
         stop_watch.set()
         for w in watchers:
@@ -796,7 +851,7 @@ def run(seconds, ttl, nworkers, keep=False):
     print("  left behind: keys %d (%d at the end, before their leases could expire), processes %d, "
           "scratch directory %s; hung workers %d"
           % (len(left), len(left_now), len(procs_left), "yes" if dir_left else "no", len(hung)))
-    print_findings(r)
+    print_findings(r, events=events, seen=seen_copy)
     for k, lease in left_now:
         print("  key left at the end: %s (lease %s)" % (k, lease))
     for p in procs_left:
