@@ -146,6 +146,11 @@ struct lock_fn {
                          const lock_options& options, std::error_code& ec) const noexcept {
         return lock_timed(path, timeout, options, ec);
     }
+    /// As above with default options.
+    lock_file operator()(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
+                         std::error_code& ec) const noexcept {
+        return lock_timed(path, timeout, lock_options{}, ec);
+    }
 };
 }  // namespace detail
 
