@@ -1,46 +1,66 @@
 // SPDX-License-Identifier: MIT
 // filelock-run's command line (see cli.hpp).
+//
+// The options are read here rather than by getopt_long: flock(1)'s long
+// options resolve any prefix util-linux's flock(1) resolves, even where one
+// of our own options shares it (`--s` is --shared, never --simple), and our
+// own options match only when spelled out. getopt_long would resolve a
+// prefix against all of them at once.
 #include "cli.hpp"
 
 #include <filelock/version.hpp>
 
 #include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <getopt.h>
+#include <cstring>
 
 namespace cli {
 namespace {
 
+std::string name_storage = "filelock-run";
+
 const char usage_text[] =
     "Usage:\n"
-    " filelock-run [options] <file>|<directory> <command> [<argument>...]\n"
-    " filelock-run [options] <file>|<directory> -c <command>\n"
-    " filelock-run [options] <file descriptor number>\n"
+    " %1$s [options] <file>|<directory> <command> [<argument>...]\n"
+    " %1$s [options] <file>|<directory> -c <command>\n"
+    " %1$s [options] <file descriptor number>\n"
+    " %1$s [options] --fd <file descriptor number> -c <command>\n"
+    " %1$s [options] --fd <file descriptor number> <command> [<argument>...]\n"
+    " %1$s [options] etcd://<host>:<port>[,<host>:<port>...]/<name> <command> [<argument>...]\n"
     "\n"
     "Runs a command while holding a lock on a file (created if missing, never\n"
-    "removed). A drop-in for flock(1); see filelock-run(1).\n"
+    "removed). A drop-in for util-linux flock(1); see filelock-run(1).\n"
     "\n"
-    "Options:\n"
+    "Options (flock(1)'s):\n"
     " -s, --shared             get a shared lock (writes nothing)\n"
     " -x, -e, --exclusive      get an exclusive lock (default)\n"
-    " -u, --unlock             remove a lock (file descriptor form)\n"
-    " -n, --nb, --nonblock     fail rather than wait\n"
-    " -w, --wait, --timeout <secs>\n"
-    "                          wait at most <secs> (fractions allowed)\n"
+    " -u, --unlock             remove a lock (with a command: none is taken)\n"
+    " -n, --nb, --nonblocking  fail rather than wait\n"
+    " -w, --timeout, --wait <secs>\n"
+    "                          wait at most <secs> (fractions allowed; 0 is -n)\n"
     " -E, --conflict-exit-code <number>\n"
     "                          exit status after conflict or timeout (default 1)\n"
     " -o, --close              close the lock's descriptor before running the command\n"
-    "                          (the lock is then held by filelock-run alone)\n"
+    "                          (the lock is then held by %1$s alone)\n"
     " -c, --command <command>  run a single command string through the shell\n"
     " -F, --no-fork            execute the command without forking\n"
+    "     --fcntl              an open-file-description lock (fcntl F_OFD_SETLK)\n"
+    "                          rather than flock(2)\n"
+    "     --start <offset>     the range's first byte (implies --fcntl)\n"
+    "     --length <number>    the range's length, 0 to the end (implies --fcntl)\n"
+    "     --fd <number>        lock this open descriptor while the command runs\n"
+    "     --verbose            report the lock's wait and the command (stdout), a\n"
+    "                          conflict and the holder (stderr)\n"
+    "\n"
+    "Options (ours, spelled out in full):\n"
     "     --content <template> write \" <template>\\n\" to the lock file once held;\n"
     "                          fields {pid}, {hostname} (default \"{pid}\")\n"
     "     --simple             write nothing to the lock file\n"
-    "     --verbose            report how long taking the lock took, on stderr\n"
     "\n"
-    "etcd (TARGET etcd://host:port[,host:port]/NAME: etcd's lock, as etcdctl lock):\n"
+    "etcd (etcd's lock, as etcdctl lock; ours, spelled out in full):\n"
     "     --ttl <secs>         the session's lease TTL (default 10)\n"
     "     --cacert <file>      verify the server with this CA bundle (https)\n"
     "     --cert <file>, --key <file>\n"
@@ -48,10 +68,111 @@ const char usage_text[] =
     "     --user <name[:password]>\n"
     "                          etcd user (also ETCDCTL_USER, ETCDCTL_PASSWORD)\n"
     "     --lost-signal <sig>  sent to COMMAND if the lock is lost (default TERM);\n"
-    "                          filelock-run then exits with status 75\n"
+    "                          %1$s then exits with status 75\n"
     "\n"
     " -h, --help               display this help\n"
-    " -V, --version            display version\n";
+    " -V, --version            display version\n"
+    "\n"
+    "A long option of flock(1) may be abbreviated to any prefix util-linux's\n"
+    "flock(1) accepts (--nonb, --t 5, --co 3, --s), even where one of ours\n"
+    "shares it; ours are recognized only in full.\n";
+
+enum opt_id {
+    o_shared = 256,
+    o_exclusive,
+    o_unlock,
+    o_nonblock,
+    o_timeout,
+    o_conflict,
+    o_close,
+    o_no_fork,
+    o_verbose,
+    o_fcntl,
+    o_start,
+    o_length,
+    o_fd,
+    o_help,
+    o_version,
+    o_content,
+    o_simple,
+    o_ttl,
+    o_cacert,
+    o_cert,
+    o_key,
+    o_user,
+    o_lost_signal,
+};
+
+enum origin {
+    ours,         // matched only when spelled out
+    flock_now,    // util-linux's current flock(1)
+    flock_always  // also in util-linux 2.38's (Debian 12)
+};
+
+struct long_option {
+    const char* name;
+    bool has_arg;
+    opt_id id;
+    origin from;
+};
+
+// In util-linux's order: where a prefix is ambiguous among these, flock(1)
+// refuses it and so do we (after trying 2.38's shorter list, where fewer
+// names share a prefix: `--s` is --shared there, before --start existed).
+const long_option long_options[] = {
+    {"shared", false, o_shared, flock_always},
+    {"exclusive", false, o_exclusive, flock_always},
+    {"unlock", false, o_unlock, flock_always},
+    {"nonblocking", false, o_nonblock, flock_now},
+    {"nonblock", false, o_nonblock, flock_always},  // 2.38's name
+    {"nb", false, o_nonblock, flock_always},
+    {"timeout", true, o_timeout, flock_always},
+    {"wait", true, o_timeout, flock_always},
+    {"conflict-exit-code", true, o_conflict, flock_always},
+    {"close", false, o_close, flock_always},
+    {"no-fork", false, o_no_fork, flock_always},
+    {"verbose", false, o_verbose, flock_always},
+    {"fcntl", false, o_fcntl, flock_now},
+    {"start", true, o_start, flock_now},
+    {"length", true, o_length, flock_now},
+    {"fd", true, o_fd, flock_now},
+    {"help", false, o_help, flock_always},
+    {"version", false, o_version, flock_always},
+    {"content", true, o_content, ours},
+    {"simple", false, o_simple, ours},
+    {"ttl", true, o_ttl, ours},
+    {"cacert", true, o_cacert, ours},
+    {"cert", true, o_cert, ours},
+    {"key", true, o_key, ours},
+    {"user", true, o_user, ours},
+    {"lost-signal", true, o_lost_signal, ours},
+};
+
+// The option `name` (without "--" and "=value") stands for: an exact name,
+// else a prefix of flock(1)'s options that resolves to one of them (names
+// for the same option do not make it ambiguous, as in getopt_long). Null
+// when unknown; `ambiguous` lists the candidates when there are several.
+const long_option* resolve(std::string_view name, std::string& ambiguous) {
+    for (const auto& o : long_options)
+        if (name == o.name) return &o;
+    for (const origin level : {flock_now, flock_always}) {
+        const long_option* found = nullptr;
+        bool ambig = false;
+        std::string names;
+        for (const auto& o : long_options) {
+            if (o.from == ours || (level == flock_always && o.from != flock_always)) continue;
+            if (std::string_view(o.name).substr(0, name.size()) != name) continue;
+            names += std::string(" '--") + o.name + "'";
+            if (!found)
+                found = &o;
+            else if (found->id != o.id)
+                ambig = true;
+        }
+        if (found && !ambig) return found;
+        if (found && ambiguous.empty()) ambiguous = names;
+    }
+    return nullptr;
+}
 
 bool parse_seconds(const char* text, double& seconds) {
     char* end = nullptr;
@@ -60,11 +181,74 @@ bool parse_seconds(const char* text, double& seconds) {
     return errno == 0 && end != text && *end == '\0' && std::isfinite(seconds) && seconds >= 0;
 }
 
+// A size as util-linux's strtosize reads it: digits with an optional binary
+// suffix (K, M, G, T, KiB, ..., or KB, MB, ... for powers of 1000).
+bool parse_size(const char* text, std::uint64_t& out) {
+    if (!*text || *text == '-' || *text == '+') return false;
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long v = std::strtoull(text, &end, 10);
+    if (errno != 0 || end == text) return false;
+    const std::string_view suffix(end);
+    if (suffix.empty()) return out = v, true;
+    static const char units[] = "KMGTPE";
+    const char* u = std::strchr(units, suffix[0] & ~0x20);
+    if (!u || suffix[0] == '\0') return false;
+    const std::string_view rest = suffix.substr(1);
+    unsigned base = 1024;
+    if (rest == "B" || rest == "b")
+        base = 1000;
+    else if (!(rest.empty() || rest == "iB" || rest == "ib"))
+        return false;
+    unsigned long long mult = 1;
+    for (const char* p = units; p <= u; ++p) {
+        if (mult > ULLONG_MAX / base) return false;
+        mult *= base;
+    }
+    if (v > ULLONG_MAX / mult) return false;
+    out = v * mult;
+    return true;
+}
+
+void apply_timeout(command_line& out, const char* arg) {
+    using namespace std::chrono;
+    double seconds = 0;
+    if (!parse_seconds(arg, seconds))
+        usage_fail(std::string("invalid timeout value: '") + arg + "'");
+    if (seconds == 0) out.nonblock = true;  // -w 0 is -n, as in flock(1)
+    out.timeout = seconds >= 1e9 ? filelock::wait_forever
+                                 : duration_cast<nanoseconds>(duration<double>(seconds));
+}
+
 }  // namespace
 
+void set_program_name(const char* argv0) {
+    if (!argv0 || !*argv0) return;
+    const char* slash = std::strrchr(argv0, '/');
+#ifdef _WIN32
+    if (const char* back = std::strrchr(argv0, '\\'); back && (!slash || back > slash))
+        slash = back;
+#endif
+    std::string name = slash ? slash + 1 : argv0;
+#ifdef _WIN32
+    if (name.size() > 4 && (name.ends_with(".exe") || name.ends_with(".EXE")))
+        name.resize(name.size() - 4);
+#endif
+    if (!name.empty()) name_storage = name;
+}
+
+const char* program_name() noexcept { return name_storage.c_str(); }
+
+void warn(const std::string& msg) { std::fprintf(stderr, "%s: %s\n", program_name(), msg.c_str()); }
+
 [[noreturn]] void usage_error(const std::string& msg) {
-    std::fprintf(stderr, "filelock-run: %s\nTry 'filelock-run --help' for more information.\n",
+    std::fprintf(stderr, "%1$s: %2$s\nTry '%1$s --help' for more information.\n", program_name(),
                  msg.c_str());
+    std::exit(ex_usage);
+}
+
+[[noreturn]] void usage_fail(const std::string& msg) {
+    warn(msg);
     std::exit(ex_usage);
 }
 
@@ -84,141 +268,181 @@ bool parse_int(const char* text, long lo, long hi, int& out) {
 }
 
 std::optional<int> parse(int argc, char** argv, command_line& out) {
-    using namespace std::chrono;
     // A drop-in for flock(1): a file it must not write (a script, a data
     // file, a pseudo file) is locked without content, as flock(1) locks it.
     out.options.on_foreign_content = filelock::foreign_content::lock_without_content;
-    enum {
-        opt_content = 256,
-        opt_simple,
-        opt_verbose,
-        opt_ttl,
-        opt_cacert,
-        opt_cert,
-        opt_key,
-        opt_user,
-        opt_lost_signal
-    };
-    static const option long_options[] = {
-        {"shared", no_argument, nullptr, 's'},
-        {"exclusive", no_argument, nullptr, 'x'},
-        {"unlock", no_argument, nullptr, 'u'},
-        {"nonblock", no_argument, nullptr, 'n'},
-        {"nb", no_argument, nullptr, 'n'},
-        {"timeout", required_argument, nullptr, 'w'},
-        {"wait", required_argument, nullptr, 'w'},
-        {"conflict-exit-code", required_argument, nullptr, 'E'},
-        {"close", no_argument, nullptr, 'o'},
-        {"no-fork", no_argument, nullptr, 'F'},
-        {"content", required_argument, nullptr, opt_content},
-        {"simple", no_argument, nullptr, opt_simple},
-        {"verbose", no_argument, nullptr, opt_verbose},
-        {"ttl", required_argument, nullptr, opt_ttl},
-        {"cacert", required_argument, nullptr, opt_cacert},
-        {"cert", required_argument, nullptr, opt_cert},
-        {"key", required_argument, nullptr, opt_key},
-        {"user", required_argument, nullptr, opt_user},
-        {"lost-signal", required_argument, nullptr, opt_lost_signal},
-        {"help", no_argument, nullptr, 'h'},
-        {"version", no_argument, nullptr, 'V'},
-        {nullptr, 0, nullptr, 0},
-    };
-    ::opterr = 0;  // our own messages
-    int c;
-    // '+': options end at the first operand (LOCKFILE), as in flock(1).
-    while ((c = ::getopt_long(argc, argv, "+sxeunw:E:oFhV", long_options, nullptr)) != -1) {
-        switch (c) {
-            case 's': out.options.mode = filelock::lock_mode::shared; break;
-            case 'x':
-            case 'e': out.options.mode = filelock::lock_mode::exclusive; break;
-            case 'u': out.unlock = true; break;
-            case 'n': out.nonblock = true; break;
-            case 'w': {
-                double seconds = 0;
-                if (!parse_seconds(::optarg, seconds))
-                    usage_error(std::string("invalid timeout value: '") + ::optarg + "'");
-                out.timeout = seconds >= 1e9
-                                  ? filelock::wait_forever
-                                  : duration_cast<nanoseconds>(duration<double>(seconds));
+    if (argc < 2) usage_error("not enough arguments");
+    bool command_option = false;  // -c / --command among the options
+    int i = 1;
+    // One option; `arg` is its argument when it takes one.
+    const auto apply = [&](opt_id id, const char* arg) -> std::optional<int> {
+        switch (id) {
+            case o_shared: out.options.mode = filelock::lock_mode::shared; break;
+            case o_exclusive: out.options.mode = filelock::lock_mode::exclusive; break;
+            case o_unlock: out.unlock = true; break;
+            case o_nonblock: out.nonblock = true; break;
+            case o_timeout: apply_timeout(out, arg); break;
+            case o_conflict:
+                if (!parse_int(arg, 0, 255, out.conflict_code))
+                    usage_fail("exit code out of range (expected 0 to 255)");
                 break;
-            }
-            case 'E':
-                if (!parse_int(::optarg, 0, 255, out.conflict_code))
-                    usage_error(std::string("invalid exit code: '") + ::optarg +
-                                "' (expected 0 to 255)");
+            case o_close: out.close_fd = true; break;
+            case o_no_fork: out.no_fork = true; break;
+            case o_verbose: out.verbose = true; break;
+            case o_fcntl: out.fcntl = true; break;
+            case o_start:
+            case o_length:
+                if (!parse_size(arg, id == o_start ? out.start : out.length) ||
+                    (id == o_start ? out.start : out.length) > std::uint64_t(INT64_MAX))
+                    usage_error(std::string(id == o_start ? "invalid start offset: '"
+                                                          : "invalid range length: '") +
+                                arg + "'");
+                out.fcntl = out.range_given = true;
                 break;
-            case 'o': out.close_fd = true; break;
-            case 'F': out.no_fork = true; break;
-            case opt_content:
-                out.content_arg = ::optarg;
+            case o_fd:
+                if (!parse_int(arg, 0, INT_MAX, out.fd))
+                    usage_error(std::string("invalid file descriptor: '") + arg + "'");
+                break;
+            case o_help: std::printf(usage_text, program_name()); return 0;
+            case o_version:
+                std::printf("%s (filelock) %s\n", program_name(), FILELOCK_VERSION_STRING);
+                return 0;
+            case o_content:
+                out.content_arg = arg;
                 out.options.content_template = out.content_arg;
                 out.have_content = true;
                 break;
-            case opt_simple: out.simple = true; break;
-            case opt_verbose: out.verbose = true; break;
-            case opt_ttl:
-                if (!parse_int(::optarg, 1, 1 << 30, out.etcd_ttl))
-                    usage_error(std::string("invalid --ttl: '") + ::optarg + "'");
+            case o_simple: out.simple = true; break;
+            case o_ttl:
+                if (!parse_int(arg, 1, 1 << 30, out.etcd_ttl))
+                    usage_error(std::string("invalid --ttl: '") + arg + "'");
                 out.etcd_option = true;
                 break;
-            case opt_cacert: out.etcd_cacert = ::optarg, out.etcd_option = true; break;
-            case opt_cert: out.etcd_cert = ::optarg, out.etcd_option = true; break;
-            case opt_key: out.etcd_key = ::optarg, out.etcd_option = true; break;
-            case opt_user: out.etcd_user = ::optarg, out.etcd_option = true; break;
-            case opt_lost_signal:
-                out.lost_signal = ::optarg;
-                out.etcd_option = true;
-                break;
-            case 'h': std::fputs(usage_text, stdout); return 0;
-            case 'V':
-                std::printf("filelock-run (filelock) %s\n", FILELOCK_VERSION_STRING);
-                return 0;
-            case ':':
-                usage_error(std::string("option requires an argument: '") + argv[::optind - 1] +
-                            "'");
-            default:
-                if (::optopt && ::optopt < 256)
-                    usage_error(std::string("invalid option -- '") + static_cast<char>(::optopt) +
-                                "'");
-                usage_error(std::string("unrecognized option '") + argv[::optind - 1] + "'");
+            case o_cacert: out.etcd_cacert = arg, out.etcd_option = true; break;
+            case o_cert: out.etcd_cert = arg, out.etcd_option = true; break;
+            case o_key: out.etcd_key = arg, out.etcd_option = true; break;
+            case o_user: out.etcd_user = arg, out.etcd_option = true; break;
+            case o_lost_signal: out.lost_signal = arg, out.etcd_option = true; break;
+        }
+        return std::nullopt;
+    };
+    // Options end at the first operand (LOCKFILE), at "--", or at -c.
+    while (i < argc && !command_option) {
+        const char* a = argv[i];
+        if (a[0] != '-' || a[1] == '\0') break;
+        ++i;
+        if (std::strcmp(a, "--") == 0) break;
+        if (std::strcmp(a, "-c") == 0 || std::strcmp(a, "--command") == 0) {
+            command_option = true;  // with --fd: -c STRING
+            break;
+        }
+        if (a[1] == '-') {
+            const char* eq = std::strchr(a + 2, '=');
+            const std::string_view name(
+                a + 2, eq ? static_cast<std::size_t>(eq - a - 2) : std::strlen(a + 2));
+            std::string ambiguous;
+            const long_option* o = resolve(name, ambiguous);
+            if (!o && !ambiguous.empty())
+                usage_error(std::string("option '") + a +
+                            "' is ambiguous; possibilities:" + ambiguous);
+            if (!o) usage_error(std::string("unrecognized option '") + a + "'");
+            const char* arg = nullptr;
+            if (o->has_arg) {
+                if (eq)
+                    arg = eq + 1;
+                else if (i < argc)
+                    arg = argv[i++];
+                else
+                    usage_error(std::string("option '--") + o->name + "' requires an argument");
+            } else if (eq) {
+                usage_error(std::string("option '--") + o->name + "' doesn't allow an argument");
+            }
+            if (auto status = apply(o->id, arg)) return status;
+            continue;
+        }
+        // A cluster of short options: -nE42, -nw 1.
+        for (const char* p = a + 1; *p; ++p) {
+            opt_id id;
+            switch (*p) {
+                case 's': id = o_shared; break;
+                case 'x':
+                case 'e': id = o_exclusive; break;
+                case 'u': id = o_unlock; break;
+                case 'n': id = o_nonblock; break;
+                case 'o': id = o_close; break;
+                case 'F': id = o_no_fork; break;
+                case 'h': id = o_help; break;
+                case 'V': id = o_version; break;
+                case 'w': id = o_timeout; break;
+                case 'E': id = o_conflict; break;
+                default: usage_error(std::string("invalid option -- '") + *p + "'");
+            }
+            const char* arg = nullptr;
+            if (id == o_timeout || id == o_conflict) {
+                if (p[1])
+                    arg = p + 1;
+                else if (i < argc)
+                    arg = argv[i++];
+                else
+                    usage_error(std::string("option requires an argument -- '") + *p + "'");
+            }
+            if (auto status = apply(id, arg)) return status;
+            if (arg) break;
         }
     }
     if (out.close_fd && out.no_fork)
-        usage_error("the --no-fork and --close options are incompatible");
+        usage_fail("the --no-fork and --close options are incompatible");
     if (out.have_content && out.simple) usage_error("--content and --simple exclude each other");
-    if (::optind >= argc) usage_error("not enough arguments");
-    if (out.nonblock) out.timeout = nanoseconds::zero();  // -n wins over -w, as in flock(1)
+    if (out.nonblock) out.timeout = std::chrono::nanoseconds::zero();  // -n wins over -w
     out.options.write_content = !out.simple;
-    out.target = argv[::optind];
+    if (command_option) {
+        if (argc != i + 1)
+            usage_fail(std::string(argv[i - 1]) + " requires exactly one command argument");
+        if (out.fd < 0) usage_error("missing file descriptor, file or directory");
+        out.shell_command = argv[i];
+        return std::nullopt;
+    }
+    if (out.fd >= 0) {  // --fd N COMMAND [ARGS...]
+        if (i >= argc) usage_error("missing command");
+        out.command.assign(argv + i, argv + argc);
+        return std::nullopt;
+    }
+    if (i >= argc) usage_error("missing file descriptor, file or directory");
+    out.target = argv[i];
     // The command: the rest of the line, or -c STRING through the shell.
-    if (argc > ::optind + 1) {
-        const std::string_view next = argv[::optind + 1];
+    if (argc > i + 1) {
+        const std::string_view next = argv[i + 1];
         if (next == "-c" || next == "--command") {
-            if (argc != ::optind + 3)
-                usage_error(std::string(next) + " requires exactly one command argument");
-            out.shell_command = argv[::optind + 2];
+            if (argc != i + 3)
+                usage_fail(std::string(next) + " requires exactly one command argument");
+            out.shell_command = argv[i + 2];
         } else {
-            out.command.assign(argv + ::optind + 1, argv + argc);
+            out.command.assign(argv + i + 1, argv + argc);
         }
     }
     return std::nullopt;
 }
 
 int report_conflict(const command_line& cl, const std::string& holder) {
-    if (cl.verbose)
-        std::fprintf(stderr, "filelock-run: %s\n",
-                     cl.nonblock ? "failed to get lock" : "timeout while waiting to get lock");
-    std::fprintf(stderr, "filelock-run: %s: %s%s%s\n", cl.target,
-                 cl.nonblock ? "already locked" : "timed out waiting for the lock",
-                 holder.empty() ? "" : "; held by ", holder.c_str());
+    if (!cl.verbose) return cl.conflict_code;  // silent, as flock(1)
+    warn(cl.nonblock ? "failed to get lock" : "timeout while waiting to get lock");
+    if (!holder.empty()) warn(std::string(cl.target ? cl.target : "") + ": held by " + holder);
     return cl.conflict_code;
 }
 
 void report_took(const command_line& cl, std::chrono::steady_clock::time_point started) {
     using namespace std::chrono;
-    if (cl.verbose)
-        std::fprintf(stderr, "filelock-run: getting lock took %.6f seconds\n",
-                     duration<double>(steady_clock::now() - started).count());
+    if (!cl.verbose) return;
+    const auto us = duration_cast<microseconds>(steady_clock::now() - started).count();
+    std::printf("%s: getting lock took %lld.%06lld seconds\n", program_name(),
+                static_cast<long long>(us / 1000000), static_cast<long long>(us % 1000000));
+    std::fflush(stdout);
+}
+
+void report_executing(const command_line& cl, const char* command) {
+    if (!cl.verbose) return;
+    std::printf("%s: executing %s\n", program_name(), command);
+    std::fflush(stdout);
 }
 
 }  // namespace cli

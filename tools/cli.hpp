@@ -8,6 +8,7 @@
 #include <filelock/lock_file.hpp>
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -31,11 +32,17 @@ struct command_line {
     bool nonblock = false, unlock = false, close_fd = false, no_fork = false, verbose = false;
     bool have_content = false, simple = false;
     std::string content_arg;
+    /// --fcntl, --start, --length: an open-file-description lock on a range.
+    bool fcntl = false;
+    std::uint64_t start = 0, length = 0;
+    bool range_given = false;
+    /// --fd N: lock descriptor N and run COMMAND (-1: not given).
+    int fd = -1;
     // etcd:// targets
     std::string etcd_cacert, etcd_cert, etcd_key, etcd_user, lost_signal;
     int etcd_ttl = 0;
     bool etcd_option = false;
-    /// LOCKFILE, DIRECTORY, FD or etcd://...
+    /// LOCKFILE, DIRECTORY, FD or etcd://... (null with --fd).
     const char* target = nullptr;
     /// COMMAND [ARGS...] (empty: the descriptor form).
     std::vector<char*> command;
@@ -45,22 +52,35 @@ struct command_line {
     bool has_command() const noexcept { return !command.empty() || shell_command; }
 };
 
+/// The name filelock-run was invoked by (argv[0]'s last component, as
+/// util-linux's tools print it): set once from argv[0], used by every message.
+void set_program_name(const char* argv0);
+const char* program_name() noexcept;
+
 /// Reads argv into `out`; a usage error exits with ex_usage. Returns an exit
 /// status when the line was --help or --version (already answered).
 std::optional<int> parse(int argc, char** argv, command_line& out);
 
-/// Prints "filelock-run: MSG" and the hint to stderr; exits with ex_usage.
+/// Prints "NAME: MSG" and the hint to stderr; exits with ex_usage.
 [[noreturn]] void usage_error(const std::string& msg);
+/// Prints "NAME: MSG" (no hint) to stderr; exits with ex_usage.
+[[noreturn]] void usage_fail(const std::string& msg);
+/// Prints "NAME: MSG" to stderr.
+void warn(const std::string& msg);
 
 /// The holder's content, printable whatever bytes it has.
 std::string printable(std::string_view s);
 
 bool parse_int(const char* text, long lo, long hi, int& out);
 
-/// Reports a conflict (nonblocking, or timed out) as flock(1) does, naming
-/// the holder; returns the conflict exit status.
+/// A conflict (nonblocking, or timed out), as flock(1) reports it: nothing
+/// without --verbose; with it, flock(1)'s line and then what we know of the
+/// holder, on stderr. Returns the conflict exit status.
 int report_conflict(const command_line& cl, const std::string& holder);
-/// With --verbose: how long taking the lock took.
+/// With --verbose: how long taking the lock took (stdout, as flock(1)).
 void report_took(const command_line& cl, std::chrono::steady_clock::time_point started);
+/// With --verbose: "executing COMMAND" (stdout, as flock(1)), flushed
+/// before COMMAND starts.
+void report_executing(const command_line& cl, const char* command);
 
 }  // namespace cli

@@ -6,6 +6,7 @@
 #include "etcd_mode.hpp"
 
 #include "cli.hpp"
+#include "posix_run.hpp"
 
 #include <filelock/etcd_asio.hpp>
 
@@ -40,13 +41,9 @@ const char* env(const char* name) {
 
 bool is_target(const char* target) { return std::strncmp(target, "etcd://", 7) == 0; }
 
-int usage(const std::string& msg) {
-    std::fprintf(stderr, "filelock-run: %s\nTry 'filelock-run --help' for more information.\n",
-                 msg.c_str());
-    return ex_usage;
-}
+int usage(const std::string& msg) { cli::usage_error(msg); }
 
-int run(const options& o, const char* target, char** argv) {
+int run(const options& o, const cli::command_line& cl, const char* target, char** argv) {
     // etcd://host:port[,host:port]/NAME
     std::string rest = target + 7;
     const auto slash = rest.find('/');
@@ -122,6 +119,7 @@ int run(const options& o, const char* target, char** argv) {
         loop.join();
     };
 
+    const auto started = std::chrono::steady_clock::now();
     // Waiting: TERM, INT or HUP end the wait (nothing held, nothing runs).
     for (;;) {
         if (got_f.wait_for(std::chrono::seconds(0)) == std::future_status::ready) break;
@@ -130,25 +128,23 @@ int run(const options& o, const char* target, char** argv) {
         const int sig = info.si_signo;
         if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
             stop();
-            return 128 + sig;
+            return posix_run::die_of(sig);  // as flock(1) dies of it
         }
     }
     auto r = got_f.get();
     if (r.ec == filelock::errc::timeout) {
-        std::fprintf(stderr, "filelock-run: %s: %s%s%s\n", target,
-                     o.nonblock ? "already locked" : "timed out waiting for the lock",
-                     r.holder.empty() ? "" : "; held by ", r.holder.c_str());
         stop();
-        return o.conflict_code;
+        return cli::report_conflict(cl, r.holder);  // silent unless --verbose
     }
     if (r.ec) {
-        std::fprintf(stderr, "filelock-run: %s: %s\n", target, r.message.c_str());
+        cli::warn(std::string(target) + ": " + r.message);
         stop();
         return ex_unavailable;
     }
+    cli::report_took(cl, started);
     if (o.verbose)
-        std::fprintf(stderr, "filelock-run: holding %s (fencing token %lld)\n",
-                     r.held.key().c_str(), static_cast<long long>(r.held.fencing_token()));
+        cli::warn("holding " + r.held.key() + " (fencing token " +
+                  std::to_string(r.held.fencing_token()) + ")");
     std::atomic<bool> lost{false};
     filelock::etcd::lock held = std::move(r.held);
     asio::post(io, [&] {
@@ -163,46 +159,42 @@ int run(const options& o, const char* target, char** argv) {
     const std::string token = std::to_string(held.fencing_token());
     ::setenv("FILELOCK_FENCING_TOKEN", token.c_str(), 1);
     ::signal(SIGCHLD, SIG_DFL);
-    const pid_t child = ::fork();
-    if (child < 0) {
-        std::fprintf(stderr, "filelock-run: cannot fork: %s\n", std::strerror(errno));
-        held.release();
+    cli::report_executing(cl, argv[0]);
+    // COMMAND dies with filelock-run (PR_SET_PDEATHSIG, SIGKILL): killed,
+    // filelock-run stops renewing the lease, which etcd then ends after its
+    // TTL while COMMAND would run on unlocked. A lock file has no such gap
+    // (COMMAND inherits the lock); here only the keep-alive holds it.
+    posix_run::spawn_options so;
+    so.die_with_parent = true;
+    so.mask = &old;
+    posix_run::child c = posix_run::spawn(argv, so);
+    if (c.pid < 0) {
+        cli::warn(std::string("cannot fork: ") + std::strerror(errno));
+        asio::post(io, [&] { held.release(); });
         stop();
         return ex_oserr;
     }
-    if (child == 0) {
-        ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-        ::execvp(argv[0], argv);
-        const int err = errno;
-        std::fprintf(stderr, "filelock-run: failed to execute %s: %s\n", argv[0],
-                     std::strerror(err));
-        ::_exit(err == ENOMEM ? ex_oserr : ex_unavailable);
-    }
-    int status = 0;
+    int wait_status = 0;
     bool told = false;
     for (;;) {
-        int st = 0;
-        const pid_t w = ::waitpid(child, &st, WNOHANG);
-        if (w == child) {
-            status = WIFSIGNALED(st) ? 128 + WTERMSIG(st) : WEXITSTATUS(st);
-            break;
-        }
+        const pid_t w = ::waitpid(c.pid, &wait_status, WNOHANG);
+        if (w == c.pid) break;
         if (lost && !told) {
             told = true;
-            std::fprintf(stderr, "filelock-run: %s: the lock was lost; sending %s to %s\n", target,
-                         strsignal(o.lost_signal), argv[0]);
-            ::kill(child, o.lost_signal);
+            cli::warn(std::string(target) + ": the lock was lost; sending " +
+                      strsignal(o.lost_signal) + " to " + argv[0]);
+            ::kill(c.own_group ? -c.pid : c.pid, o.lost_signal);
         }
         siginfo_t info{};
         if (::sigwaitinfo(&set, &info) < 0) continue;
-        const int sig = info.si_signo;
-        if (sig == SIGCHLD || sig == notify_signal()) continue;
-        if (info.si_code <= 0) ::kill(child, sig);  // forwarded, as for lock files
+        if (info.si_signo == notify_signal()) continue;
+        posix_run::forward(c, info);
     }
     const bool was_lost = lost || held.lost();
     asio::post(io, [&] { held.release(); });
     stop();
-    return was_lost ? ex_tempfail : status;
+    if (was_lost) return ex_tempfail;
+    return posix_run::finish(c, wait_status);
 }
 
 }  // namespace etcd_mode

@@ -5,6 +5,10 @@
 #include <csignal>
 #include <string>
 
+namespace cli {
+struct command_line;
+}
+
 namespace etcd_mode {
 
 struct options {
@@ -21,7 +25,7 @@ struct options {
 /// Whether the lock target is etcd://...
 bool is_target(const char* target);
 /// Runs `argv` (COMMAND) while holding the etcd lock `target`; returns the
-/// exit status.
-int run(const options& o, const char* target, char** argv);
+/// exit status. `cl`: the command line, for the messages flock(1) prints.
+int run(const options& o, const cli::command_line& cl, const char* target, char** argv);
 
 }  // namespace etcd_mode

@@ -20,8 +20,9 @@
 #include <filelock/lock_file.hpp>
 
 #include "../src/sync/driver.hpp"
-#if FILELOCK_RUN_ETCD
 #include "cli.hpp"
+#include "posix_run.hpp"
+#if FILELOCK_RUN_ETCD
 #include "etcd_mode.hpp"
 #endif
 
@@ -37,7 +38,6 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -45,88 +45,41 @@ namespace {
 
 using namespace cli;
 
-// --lost-signal's name or number (default TERM).
-int signal_number(const std::string& v) {
-    if (v.empty()) return SIGTERM;
-    for (auto [n, sig] : {std::pair{"TERM", SIGTERM},
-                          {"INT", SIGINT},
-                          {"HUP", SIGHUP},
-                          {"KILL", SIGKILL},
-                          {"QUIT", SIGQUIT},
-                          {"USR1", SIGUSR1},
-                          {"USR2", SIGUSR2}})
-        if (v == n || v == std::string("SIG") + n) return sig;
-    int sig = 0;
-    if (!parse_int(v.c_str(), 1, 64, sig)) usage_error("invalid --lost-signal: '" + v + "'");
-    return sig;
-}
-
-// The signals forwarded to COMMAND while it runs (and SIGCHLD, which ends the
-// wait): blocked in filelock-run, received with sigwaitinfo.
-sigset_t run_signals() {
-    sigset_t set;
-    sigemptyset(&set);
-    for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCHLD})
-        sigaddset(&set, sig);
-    return set;
-}
-
-// Waits for `child`, forwarding the signals sent to us; returns its status
-// the way flock(1) does.
-int wait_forwarding(pid_t child, const sigset_t& set) {
+// Runs COMMAND as flock(1) does; `fd` is the locked descriptor, handed to
+// COMMAND unless `close_fd` (-1: none to hand). `user_fd`: --fd's
+// descriptor, which COMMAND inherits unless -o closes it.
+int run(const command_line& cl, char** argv, int fd, int user_fd = -1) {
+    report_executing(cl, argv[0]);
+    if (cl.no_fork) {
+        if (fd >= 0) ::fcntl(fd, F_SETFD, 0);  // the lock stays with the command
+        posix_run::exec_command(argv);
+    }
+    // Inherited SIG_IGN for SIGCHLD would reap COMMAND behind our back.
+    ::signal(SIGCHLD, SIG_DFL);
+    const sigset_t set = posix_run::forwarded_signals();
+    sigset_t old;
+    ::sigprocmask(SIG_BLOCK, &set, &old);
+    posix_run::spawn_options so;
+    so.keep_fd = cl.close_fd ? -1 : fd;
+    if (cl.close_fd) so.close_fd = fd >= 0 ? fd : user_fd;
+    so.mask = &old;
+    posix_run::child c = posix_run::spawn(argv, so);
+    if (c.pid < 0) {
+        warn(std::string("cannot fork: ") + std::strerror(errno));
+        return ex_oserr;
+    }
     for (;;) {
         int status = 0;
-        const pid_t r = ::waitpid(child, &status, WNOHANG);
-        if (r == child) {
-            if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-            return WEXITSTATUS(status);
-        }
+        const pid_t r = ::waitpid(c.pid, &status, WNOHANG);
+        if (r == c.pid) return posix_run::finish(c, status);
         if (r < 0 && errno != EINTR) {
-            std::fprintf(stderr, "filelock-run: waitpid: %s\n", std::strerror(errno));
+            warn(std::string("waitpid: ") + std::strerror(errno));
             return ex_oserr;
         }
         siginfo_t info{};
         if (::sigwaitinfo(&set, &info) < 0) continue;  // EINTR: look again
-        if (info.si_signo == SIGCHLD) continue;
-        // Sent by a process (kill(1), a supervisor): COMMAND gets it too.
-        // Sent by the kernel (a terminal's ^C, ^\): COMMAND got it already.
-        if (info.si_code <= 0) ::kill(child, info.si_signo);
+        posix_run::forward(c, info);
     }
-}
-
-[[noreturn]] void exec_command(char** argv) {
-    ::execvp(argv[0], argv);
-    const int err = errno;
-    std::fprintf(stderr, "filelock-run: failed to execute %s: %s\n", argv[0], std::strerror(err));
-    ::_exit(err == ENOMEM ? ex_oserr : ex_unavailable);
-}
-
-// Runs COMMAND as flock(1) does; `fd` is the locked descriptor, handed to
-// COMMAND unless `close_fd`.
-int run(char** argv, int fd, bool close_fd, bool no_fork, bool verbose) {
-    if (verbose) std::fprintf(stderr, "filelock-run: executing %s\n", argv[0]);
-    if (no_fork) {
-        if (fd >= 0) ::fcntl(fd, F_SETFD, 0);  // the lock stays with the command
-        exec_command(argv);
-    }
-    // Inherited SIG_IGN for SIGCHLD would reap COMMAND behind our back.
-    ::signal(SIGCHLD, SIG_DFL);
-    const sigset_t set = run_signals();
-    sigset_t old;
-    ::sigprocmask(SIG_BLOCK, &set, &old);
-    const pid_t child = ::fork();
-    if (child < 0) {
-        std::fprintf(stderr, "filelock-run: cannot fork: %s\n", std::strerror(errno));
-        return ex_oserr;
-    }
-    if (child == 0) {
-        ::sigprocmask(SIG_SETMASK, &old, nullptr);
-        // The descriptor is close-on-exec: clearing that hands the lock to
-        // COMMAND, which keeps it for as long as it lives.
-        if (fd >= 0 && !close_fd) ::fcntl(fd, F_SETFD, 0);
-        exec_command(argv);
-    }
-    return wait_forwarding(child, set);
 }
 
 // The exit status for a lock file that could not be opened or locked, as
@@ -144,41 +97,112 @@ int open_failure_status(std::error_code ec) {
     }
 }
 
-// One lock on a descriptor we do not manage as a lock file (the FD form, a
-// directory): flock(2) attempts, run by the acquire state machine with the
-// backoff alone (no release watch, no local queue: the descriptor is the
-// caller's).
-struct fd_backend {
+// --lost-signal's name or number (default TERM).
+int signal_number(const std::string& v) {
+    if (v.empty()) return SIGTERM;
+    for (auto [n, sig] : {std::pair{"TERM", SIGTERM},
+                          {"INT", SIGINT},
+                          {"HUP", SIGHUP},
+                          {"KILL", SIGKILL},
+                          {"QUIT", SIGQUIT},
+                          {"USR1", SIGUSR1},
+                          {"USR2", SIGUSR2}})
+        if (v == n || v == std::string("SIG") + n) return sig;
+    int sig = 0;
+    if (!parse_int(v.c_str(), 1, 64, sig)) usage_error("invalid --lost-signal: '" + v + "'");
+    return sig;
+}
+
+// How a descriptor we do not manage as a lock file (the FD forms, a
+// directory) is locked: flock(2), or with --fcntl an open-file-description
+// lock on a range (F_OFD_SETLK), as flock(1) takes them.
+struct fd_lock {
     int fd;
-    int op;
+    int op;  // LOCK_SH, LOCK_EX or LOCK_UN
+    bool ofd = false;
+    std::uint64_t start = 0, length = 0;
+
+    // One call; 0 or -1 with errno.
+    int call(bool wait) const noexcept {
+        if (!ofd) return ::flock(fd, op | (wait ? 0 : LOCK_NB));
+#ifdef F_OFD_SETLK
+        struct ::flock fl {};
+        fl.l_type = static_cast<short>(op == LOCK_SH ? F_RDLCK : op == LOCK_EX ? F_WRLCK : F_UNLCK);
+        fl.l_whence = SEEK_SET;
+        fl.l_start = static_cast<off_t>(start);
+        fl.l_len = static_cast<off_t>(length);
+        return ::fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl);
+#else
+        errno = ENOTSUP;
+        return -1;
+#endif
+    }
+};
+
+// The acquire state machine over an fd_lock, with the backoff alone (no
+// release watch, no local queue: the descriptor is the caller's).
+struct fd_backend {
+    fd_lock l;
     static constexpr filelock::detail::clock::duration quick_retries[] = {
         filelock::detail::clock::duration::zero()};
     std::error_code try_acquire() noexcept {
-        while (::flock(fd, op | LOCK_NB) != 0) {
+        while (l.call(false) != 0) {
             if (errno == EINTR) continue;
-            if (errno == EWOULDBLOCK) return filelock::errc::locked;
+            // fcntl locks may report a conflict as EACCES.
+            if (errno == EWOULDBLOCK || errno == EAGAIN || (l.ofd && errno == EACCES))
+                return filelock::errc::locked;
             return {errno, std::system_category()};
         }
         return {};
     }
     std::error_code on_reply(std::error_code) noexcept { return filelock::errc::locked; }
     void drop_file() noexcept {}
-    void release_won() noexcept { ::flock(fd, LOCK_UN); }
+    void release_won() noexcept {
+        fd_lock u = l;
+        u.op = LOCK_UN;
+        u.call(false);
+    }
     bool won_inherited() const noexcept { return false; }
     bool identity(filelock::detail::lock_identity&) const noexcept { return false; }
     bool wake_on_release() const noexcept { return false; }
     bool queues() const noexcept { return false; }
 };
 
-std::error_code lock_descriptor(int fd, int op, std::chrono::nanoseconds timeout) {
+std::error_code lock_descriptor(const fd_lock& l, std::chrono::nanoseconds timeout) {
+    if (l.op == LOCK_UN) {
+        if (l.call(false) != 0) return {errno, std::system_category()};
+        return {};
+    }
     if (timeout == filelock::wait_forever) {  // woken by the kernel, as flock(1) is
-        while (::flock(fd, op) != 0)
+        while (l.call(true) != 0)
             if (errno != EINTR) return {errno, std::system_category()};
         return {};
     }
-    filelock::detail::acquire<fd_backend> acq(
-        fd_backend{fd, op}, timeout, filelock::backoff_policy{}, filelock::detail::random_seed());
-    return filelock::detail::run_sync(acq, {}, op == LOCK_SH);
+    filelock::detail::acquire<fd_backend> acq(fd_backend{l}, timeout, filelock::backoff_policy{},
+                                              filelock::detail::random_seed());
+    return filelock::detail::run_sync(acq, {}, l.op == LOCK_SH);
+}
+
+// A descriptor form: lock (or unlock) `fd`, then run COMMAND if any; the
+// errors as flock(1) reports them ("N: Bad file descriptor", 65).
+int descriptor_form(const command_line& cl, int fd, char** command) {
+    const auto started = std::chrono::steady_clock::now();
+    fd_lock l{fd,
+              cl.unlock                                        ? LOCK_UN
+              : cl.options.mode == filelock::lock_mode::shared ? LOCK_SH
+                                                               : LOCK_EX,
+              cl.fcntl, cl.start, cl.length};
+    const std::error_code ec = lock_descriptor(l, cl.timeout);
+    if (ec == filelock::errc::timeout) return report_conflict(cl, {});
+    if (ec) {
+        warn(std::to_string(fd) + ": " + ec.message());
+        return ec == std::errc::no_lock_available || ec == std::errc::not_enough_memory
+                   ? ex_oserr
+                   : ex_dataerr;
+    }
+    if (!cl.unlock) report_took(cl, started);
+    if (!command) return 0;
+    return run(cl, command, -1, fd);
 }
 
 // Whether LOCKFILE may get content: it does not exist yet, or it is a
@@ -206,12 +230,12 @@ bool may_write(const char* path) {
 
 int main(int argc, char** argv) {
     using namespace std::chrono;
+    set_program_name(argv[0]);
     command_line cl;
     if (auto status = parse(argc, argv, cl)) return *status;
     filelock::lock_options& options = cl.options;
     const char* target = cl.target;
     const nanoseconds timeout = cl.timeout;
-    const int shared_op = options.mode == filelock::lock_mode::shared ? LOCK_SH : LOCK_EX;
     std::vector<char*> command = cl.command;
     const char* shell = std::getenv("SHELL");
     char dash_c[] = "-c";
@@ -220,13 +244,18 @@ int main(int argc, char** argv) {
                    const_cast<char*>(cl.shell_command)};
     if (!command.empty()) command.push_back(nullptr);
 
-    if (std::string_view(target).rfind("etcd://", 0) == 0) {
+    if (target && std::string_view(target).rfind("etcd://", 0) == 0) {
 #if FILELOCK_RUN_ETCD
         if (command.empty()) usage_error("an etcd lock needs a command to run");
         if (options.mode == filelock::lock_mode::shared)
             usage_error("etcd locks are exclusive (no --shared)");
-        if (cl.unlock) usage_error("--unlock applies to a file descriptor");
+        if (cl.unlock) usage_error("--unlock applies to a file or a file descriptor");
         if (cl.no_fork) usage_error("--no-fork cannot keep an etcd lease alive");
+        if (cl.close_fd)
+            usage_error(
+                "--close applies to a lock file (an etcd lock is no descriptor COMMAND "
+                "could inherit: filelock-run alone holds it)");
+        if (cl.fcntl) usage_error("--fcntl, --start and --length apply to a file");
         etcd_mode::options eo;
         eo.timeout = timeout;
         eo.nonblock = cl.nonblock;
@@ -240,37 +269,72 @@ int main(int argc, char** argv) {
         eo.cert = cl.etcd_cert;
         eo.key = cl.etcd_key;
         eo.user = cl.etcd_user;
-        return etcd_mode::run(eo, target, command.data());
+        return etcd_mode::run(eo, cl, target, command.data());
 #else
         usage_error("this filelock-run was built without etcd support");
 #endif
     }
     if (cl.etcd_option) usage_error("etcd options apply to an etcd:// target");
 
-    const auto started = steady_clock::now();
+    // --fd N COMMAND: the caller's descriptor, locked while COMMAND runs.
+    if (cl.fd >= 0) return descriptor_form(cl, cl.fd, command.data());
 
     // The file descriptor form: `( filelock-run -n 9 || exit 1; ... ) 9>FILE`.
     if (command.empty()) {
         int fd = -1;
         if (!parse_int(target, 0, 1 << 30, fd))
-            usage_error(std::string("bad file descriptor: '") + target + "'");
-        if (cl.unlock) {
-            if (::flock(fd, LOCK_UN) != 0) {
-                std::fprintf(stderr, "filelock-run: %d: %s\n", fd, std::strerror(errno));
-                return ex_dataerr;
-            }
-            return 0;
-        }
-        const std::error_code ec = lock_descriptor(fd, shared_op, timeout);
-        if (ec == filelock::errc::timeout) return report_conflict(cl, {});
-        if (ec) {
-            std::fprintf(stderr, "filelock-run: %d: %s\n", fd, ec.message().c_str());
-            return ec == std::errc::no_lock_available ? ex_oserr : ex_dataerr;
-        }
-        report_took(cl, started);
-        return 0;
+            usage_fail(std::string("bad file descriptor: '") + target + "'");
+        return descriptor_form(cl, fd, nullptr);
     }
 
+    const auto started = steady_clock::now();
+    if (cl.unlock) {
+        // flock(1)'s -u FILE COMMAND: opens (creating) FILE, removes a lock
+        // it cannot hold, and runs COMMAND at once.
+        const int fd = ::open(target, O_RDONLY | O_CREAT | O_CLOEXEC | O_NOCTTY, 0666);
+        const int dir_fd = fd < 0 && errno == EISDIR
+                               ? ::open(target, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOCTTY)
+                               : fd;
+        if (dir_fd < 0) {
+            const std::error_code ec(errno, std::system_category());
+            warn(std::string("cannot open lock file ") + target + ": " + ec.message());
+            return open_failure_status(ec);
+        }
+        const int status = run(cl, command.data(), -1);
+        ::close(dir_fd);
+        return status;
+    }
+
+    if (cl.range_given) {
+        // --start/--length: an open-file-description lock on a range of
+        // bytes, as flock(1) takes it; nothing is written (a range holder
+        // does not own the file's content). Exclusive needs a writable
+        // descriptor (F_WRLCK).
+        const bool excl = options.mode == filelock::lock_mode::exclusive;
+        int fd =
+            ::open(target, (excl ? O_WRONLY : O_RDONLY) | O_CREAT | O_CLOEXEC | O_NOCTTY, 0666);
+        if (fd < 0 && errno == EISDIR) fd = ::open(target, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0) {
+            const std::error_code oec(errno, std::system_category());
+            warn(std::string("cannot open lock file ") + target + ": " + oec.message());
+            return open_failure_status(oec);
+        }
+        const fd_lock l{fd, excl ? LOCK_EX : LOCK_SH, true, cl.start, cl.length};
+        const std::error_code lec = lock_descriptor(l, timeout);
+        if (lec == filelock::errc::timeout) return report_conflict(cl, {});
+        if (lec) {
+            warn(std::string(target) + ": " + lec.message());
+            return lec == std::errc::no_lock_available ? ex_oserr : ex_dataerr;
+        }
+        report_took(cl, started);
+        return run(cl, command.data(), fd);
+    }
+    if (cl.fcntl) {
+        // An open-file-description lock (F_OFD_SETLK) on the whole file, as
+        // flock(1) --fcntl takes it.
+        options.backend = filelock::lock_backend::ofd;
+    }
+    const bool verbose_note = cl.verbose;
     if (!may_write(target)) options.write_content = false;
     std::error_code ec;
     filelock::lock_file held = filelock::lock(target, timeout, options, ec);
@@ -280,6 +344,17 @@ int main(int argc, char** argv) {
         options.write_content = false;
         held = filelock::lock(target, timeout, options, ec);
     }
+    if (options.write_content &&
+        (ec == std::errc::permission_denied || ec == std::errc::read_only_file_system) &&
+        ::access(target, R_OK) == 0) {
+        // A file we may read but not write (root's 0644 lock file shared by
+        // users, a 0444 file, a read-only mount): flock(2) needs no write
+        // access, so lock it as flock(1) does, without content.
+        options.write_content = false;
+        held = filelock::lock(target, timeout, options, ec);
+        if (!ec && verbose_note)
+            warn(std::string(target) + ": not writable; locked without writing content");
+    }
     int dir_fd = -1;
     if (ec == std::errc::is_a_directory) {
         // flock(1) locks directories too (read-only, nothing written).
@@ -287,7 +362,13 @@ int main(int argc, char** argv) {
         if (dir_fd < 0) {
             ec = {errno, std::system_category()};
         } else {
-            ec = lock_descriptor(dir_fd, shared_op, timeout);
+            const fd_lock l{dir_fd, options.mode == filelock::lock_mode::shared ? LOCK_SH : LOCK_EX,
+                            cl.fcntl, cl.start, cl.length};
+            ec = lock_descriptor(l, timeout);
+            if (ec && ec != filelock::errc::timeout) {
+                warn(std::string(target) + ": " + ec.message());
+                return ec == std::errc::no_lock_available ? ex_oserr : ex_dataerr;
+            }
         }
     }
     if (ec == filelock::errc::timeout)
@@ -296,14 +377,11 @@ int main(int argc, char** argv) {
     if (ec == filelock::errc::invalid_template)
         usage_error("invalid --content template '" + cl.content_arg + "'");
     if (ec) {
-        std::fprintf(stderr, "filelock-run: cannot open lock file %s: %s\n", target,
-                     ec.message().c_str());
+        warn(std::string("cannot open lock file ") + target + ": " + ec.message());
         return open_failure_status(ec);
     }
     report_took(cl, started);
-    const int status = run(command.data(), dir_fd >= 0 ? dir_fd : held.native_handle(), cl.close_fd,
-                           cl.no_fork, cl.verbose);
     // Released when this process exits; COMMAND's copy (unless -o) closes
     // when it does. A lock copied by fork() is released by closing only.
-    return status;
+    return run(cl, command.data(), dir_fd >= 0 ? dir_fd : held.native_handle());
 }
