@@ -305,34 +305,13 @@ int main(int argc, char** argv) {
         return status;
     }
 
-    if (cl.range_given) {
-        // --start/--length: an open-file-description lock on a range of
-        // bytes, as flock(1) takes it; nothing is written (a range holder
-        // does not own the file's content). Exclusive needs a writable
-        // descriptor (F_WRLCK).
-        const bool excl = options.mode == filelock::lock_mode::exclusive;
-        int fd =
-            ::open(target, (excl ? O_WRONLY : O_RDONLY) | O_CREAT | O_CLOEXEC | O_NOCTTY, 0666);
-        if (fd < 0 && errno == EISDIR) fd = ::open(target, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        if (fd < 0) {
-            const std::error_code oec(errno, std::system_category());
-            warn(std::string("cannot open lock file ") + target + ": " + oec.message());
-            return open_failure_status(oec);
-        }
-        const fd_lock l{fd, excl ? LOCK_EX : LOCK_SH, true, cl.start, cl.length};
-        const std::error_code lec = lock_descriptor(l, timeout);
-        if (lec == filelock::errc::timeout) return report_conflict(cl, {});
-        if (lec) {
-            warn(std::string(target) + ": " + lec.message());
-            return lec == std::errc::no_lock_available ? ex_oserr : ex_dataerr;
-        }
-        report_took(cl, started);
-        return run(cl, command.data(), fd);
-    }
     if (cl.fcntl) {
-        // An open-file-description lock (F_OFD_SETLK) on the whole file, as
-        // flock(1) --fcntl takes it.
+        // An open-file-description lock (F_OFD_SETLK), as flock(1) --fcntl
+        // takes it: the whole file, or --start/--length's range, on which
+        // nothing is written (a range holder does not own the content).
         options.backend = filelock::lock_backend::ofd;
+        options.range = {cl.start, cl.length};
+        if (!options.range.whole_file()) options.write_content = false;
     }
     const bool verbose_note = cl.verbose;
     if (!may_write(target)) options.write_content = false;
