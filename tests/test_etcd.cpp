@@ -664,13 +664,12 @@ TEST_CASE("etcd: filelock-run -n and -w report the holder with the conflict stat
     start_lock(c, name, 5s, o);
     REQUIRE(run_until(io, [&] { return o.done; }));
     int st = -1;
-    auto out = test::sh(run_tool() + " -n " + etcd_target(name) + " true 2>&1", &st);
+    auto out = test::sh(run_tool() + " -n --verbose " + etcd_target(name) + " true 2>&1", &st);
     CHECK(st == 1);
-    CHECK(out.find("already locked; held by " + std::to_string(::getpid()) + "@") !=
-          std::string::npos);
-    out = test::sh(run_tool() + " -E 9 -w 0.2 " + etcd_target(name) + " true 2>&1", &st);
+    CHECK(out.find("held by " + std::to_string(::getpid()) + "@") != std::string::npos);
+    out = test::sh(run_tool() + " -E 9 -w 0.2 --verbose " + etcd_target(name) + " true 2>&1", &st);
     CHECK(st == 9);
-    CHECK(out.find("timed out") != std::string::npos);
+    CHECK(out.find("timeout while waiting to get lock") != std::string::npos);
     CHECK(keys_become(io, name + "/", 1));
     release_and_wait(io, o.held);
 }

@@ -389,6 +389,9 @@ TEST_CASE("portable: filelock-run: exit statuses, the holder named, usage errors
         REQUIRE(h.ready());
         std::string err;
         CHECK(portable::run({run, "-n", p.string(), self().string(), "--exit", "0"}, &err) == 1);
+        CHECK(err.empty());  // silent, as flock(1); --verbose names the holder
+        CHECK(portable::run({run, "-n", "--verbose", p.string(), self().string(), "--exit", "0"},
+                            &err) == 1);
         CHECK(err.find("held by " + std::to_string(h.pid())) != std::string::npos);
         CHECK(portable::run(
                   {run, "-w", "0.2", "-E", "9", p.string(), self().string(), "--exit", "0"}) == 9);

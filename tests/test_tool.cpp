@@ -349,3 +349,153 @@ TEST_CASE("filelock-run: exit statuses match util-linux flock(1) side by side") 
         CHECK(run(ours) == run(theirs));
     }
 }
+
+namespace {
+
+std::string signal_counter() {
+    const char* p = std::getenv("FILELOCK_SIGNAL_COUNTER");
+    REQUIRE(p);
+    return p;
+}
+
+// Runs argv in a new session (no terminal; a group it does not lead, as
+// under cron, a CI runner or timeout(1)): `sh` leads the group and runs
+// filelock-run. Returns sh's pid, which is the group's id.
+struct session {
+    pid_t sh = -1;
+    int out = -1;
+    explicit session(const std::string& line) {
+        int p[2];
+        REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+        sh = ::fork();
+        REQUIRE(sh >= 0);
+        if (sh == 0) {
+            ::setsid();
+            ::dup2(p[1], 1);
+            sigset_t none;
+            sigemptyset(&none);
+            ::sigprocmask(SIG_SETMASK, &none, nullptr);
+            // `; :` keeps sh from exec'ing filelock-run in its place.
+            ::execl("/bin/sh", "sh", "-c", (line + "; :").c_str(), static_cast<char*>(nullptr));
+            ::_exit(127);
+        }
+        ::close(p[1]);
+        out = p[0];
+    }
+    std::string read_line() const {
+        std::string line;
+        char c;
+        pollfd pfd{out, POLLIN, 0};
+        while (::poll(&pfd, 1, 20000) == 1 && ::read(out, &c, 1) == 1 && c != '\n') line += c;
+        return line;
+    }
+    ~session() {
+        ::kill(-sh, SIGKILL);
+        ::waitpid(sh, nullptr, 0);
+        ::close(out);
+    }
+};
+
+}  // namespace
+
+TEST_CASE("filelock-run: a signal sent to its process group reaches COMMAND once") {
+    scratch s;
+    const auto p = s / "a.lock";
+    // COMMAND counts SIGTERM deliveries for 1.5 s.
+    session job(sh_quote(filelock_run_path()) + " " + sh_quote(p.string()) + " " +
+                sh_quote(signal_counter()) + " 1500");
+    REQUIRE(job.read_line() == "up");
+    ::kill(-job.sh, SIGTERM);  // the group: sh, filelock-run (and COMMAND before the fix)
+    CHECK(job.read_line() == "1");
+}
+
+TEST_CASE("filelock-run: a signal sent to it alone still reaches COMMAND, once") {
+    scratch s;
+    const auto p = s / "a.lock";
+    for (const bool in_session : {false, true}) {
+        CAPTURE(in_session);
+        const std::string line = sh_quote(filelock_run_path()) + " " + sh_quote(p.string()) + " " +
+                                 sh_quote(signal_counter()) + " 1500";
+        if (in_session) {
+            // filelock-run's pid: sh's only child.
+            session job(line);
+            REQUIRE(job.read_line() == "up");
+            const std::string kids = read_file("/proc/" + std::to_string(job.sh) + "/task/" +
+                                               std::to_string(job.sh) + "/children");
+            REQUIRE(!kids.empty());
+            ::kill(std::stoi(kids), SIGTERM);
+            CHECK(job.read_line() == "1");
+        } else {
+            program wrapper({filelock_run_path(), p.string(), signal_counter(), "1500"});
+            REQUIRE(wrapper.read_line() == "up");
+            ::kill(wrapper.pid(), SIGTERM);
+            CHECK(wrapper.read_line() == "1");
+        }
+    }
+}
+
+TEST_CASE("filelock-run: killed with SIGTERM, it dies of SIGTERM when COMMAND does") {
+    scratch s;
+    const auto p = s / "a.lock";
+    program wrapper({filelock_run_path(), p.string(), "sh", "-c", "echo up; exec sleep 20"});
+    REQUIRE(wrapper.read_line() == "up");
+    ::kill(wrapper.pid(), SIGTERM);
+    int st = 0;
+    while (::waitpid(wrapper.pid(), &st, 0) < 0 && errno == EINTR) {
+    }
+    CHECK(WIFSIGNALED(st));  // as flock(1); it exited 143 before
+    CHECK((WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM));
+    // COMMAND that handles the signal and exits: its status, as before.
+    CHECK(run({filelock_run_path(), p.string(), "sh", "-c",
+               "trap 'exit 3' TERM; kill -TERM $$; exit 0"}) == 3);
+}
+
+TEST_CASE("filelock-run: a lock file it may read but not write is locked without content") {
+    scratch s;
+    const auto p = s / "shared.lock";
+    write_file(p, "");
+    fs::permissions(p, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+    fs::permissions(s.dir, fs::perms::owner_all | fs::perms::others_read | fs::perms::others_exec |
+                               fs::perms::group_read | fs::perms::group_exec);
+    // root may write anything: run it as nobody then.
+    std::vector<std::string> as_user;
+    if (::getuid() == 0) {
+        if (::access("/usr/bin/setpriv", X_OK) != 0)
+            FAIL("root without setpriv: cannot drop to a user");
+        as_user = {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"};
+    }
+    const auto cmd = [&](std::vector<std::string> args) {
+        std::vector<std::string> v = as_user;
+        v.push_back(filelock_run_path());
+        v.insert(v.end(), args.begin(), args.end());
+        return v;
+    };
+    std::string err;
+    CHECK(run(cmd({p.string(), "sh", "-c", "flock -n \"$0\" true && exit 3; exit 0", p.string()}),
+              &err) == 0);
+    CHECK(err.empty());
+    CHECK(run(cmd({"--verbose", p.string(), "true"}), &err) == 0);
+    CHECK(err.find("not writable; locked without writing content") != std::string::npos);
+    CHECK(read_file(p).empty());
+    {
+        lock_file held(p, [] {
+            filelock::lock_options o;
+            o.write_content = false;
+            return o;
+        }());
+        CHECK(run(cmd({"-n", p.string(), "true"})) == 1);  // still a lock
+    }
+    // Not even readable: the error, as flock(1).
+    fs::permissions(p, fs::perms::none);
+    if (!as_user.empty()) CHECK(run(cmd({p.string(), "true"}), &err) == 66);
+}
+
+TEST_CASE("filelock-run: -u FILE COMMAND runs COMMAND at once, as flock(1)") {
+    scratch s;
+    const auto p = s / "a.lock";
+    lock_file held(p);
+    std::string err;
+    // Before: an exclusive lock, waited for; -w bounds it here.
+    CHECK(run({filelock_run_path(), "-u", "-w", "2", p.string(), "sh", "-c", "exit 5"}, &err) == 5);
+    CHECK(!lock_is_free(p));  // the holder's lock untouched
+}

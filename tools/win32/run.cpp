@@ -54,7 +54,10 @@ int run(const command_line& cl, const std::vector<std::string>& utf8_args) {
     } else {
         for (const auto& a : utf8_args) append_argument(line, widen(a));
     }
-    if (cl.verbose) std::fprintf(stderr, "filelock-run: executing %ls\n", line.c_str());
+    if (cl.verbose) {
+        std::printf("%s: executing %ls\n", program_name(), line.c_str());
+        std::fflush(stdout);
+    }
     // Windows releases a lock when the process that took it ends, whatever
     // handles others have: COMMAND must never outlive filelock-run, or it
     // would run unlocked. It runs in a job that is killed when the job's
@@ -64,8 +67,8 @@ int run(const command_line& cl, const std::vector<std::string>& utf8_args) {
     limits.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
     if (!job || !::SetInformationJobObject(job, JobObjectExtendedLimitInformation, &limits,
                                            sizeof limits)) {
-        std::fprintf(stderr, "filelock-run: cannot create a job for COMMAND: %s\n",
-                     filelock::detail::win32_error(::GetLastError()).message().c_str());
+        warn("cannot create a job for COMMAND: " +
+             filelock::detail::win32_error(::GetLastError()).message());
         return ex_oserr;
     }
     STARTUPINFOW si{};
@@ -76,14 +79,13 @@ int run(const command_line& cl, const std::vector<std::string>& utf8_args) {
     if (!::CreateProcessW(nullptr, line.data(), nullptr, nullptr, FALSE, CREATE_SUSPENDED, nullptr,
                           nullptr, &si, &pi)) {
         const DWORD err = ::GetLastError();
-        std::fprintf(stderr, "filelock-run: failed to execute %s: %s\n",
-                     cl.shell_command ? "cmd.exe" : cl.command[0],
-                     filelock::detail::win32_error(err).message().c_str());
+        warn(std::string("failed to execute ") + (cl.shell_command ? "cmd.exe" : cl.command[0]) +
+             ": " + filelock::detail::win32_error(err).message());
         return err == ERROR_NOT_ENOUGH_MEMORY ? ex_oserr : ex_unavailable;
     }
     if (!::AssignProcessToJobObject(job, pi.hProcess)) {
-        std::fprintf(stderr, "filelock-run: cannot put COMMAND in its job: %s\n",
-                     filelock::detail::win32_error(::GetLastError()).message().c_str());
+        warn("cannot put COMMAND in its job: " +
+             filelock::detail::win32_error(::GetLastError()).message());
         ::TerminateProcess(pi.hProcess, ex_oserr);
         return ex_oserr;
     }
@@ -113,8 +115,11 @@ int main() {
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
 
+    if (!args.empty()) set_program_name(args[0].c_str());
     command_line cl;
     if (auto status = parse(static_cast<int>(args.size()), argv.data(), cl)) return *status;
+    if (cl.fd >= 0 || !cl.target)
+        usage_error("the file descriptor forms need POSIX descriptors (not on Windows)");
     const std::string target = cl.target;
     if (target.rfind("etcd://", 0) == 0)
         usage_error("this filelock-run was built without etcd support");
@@ -122,6 +127,7 @@ int main() {
     if (!cl.has_command())
         usage_error("the file descriptor form needs POSIX descriptors (not on Windows)");
     if (cl.unlock) usage_error("--unlock applies to a file descriptor");
+    if (cl.fcntl) usage_error("--fcntl, --start and --length need OFD locks (Linux)");
     if (cl.no_fork) usage_error("--no-fork needs exec() (not on Windows)");
 
     const std::filesystem::path path(std::u8string(target.begin(), target.end()));
@@ -139,8 +145,7 @@ int main() {
     if (ec == filelock::errc::invalid_template)
         usage_error("invalid --content template '" + cl.content_arg + "'");
     if (ec) {
-        std::fprintf(stderr, "filelock-run: cannot open lock file %s: %s\n", cl.target,
-                     ec.message().c_str());
+        warn(std::string("cannot open lock file ") + cl.target + ": " + ec.message());
         return open_failure_status(ec);
     }
     report_took(cl, started);

@@ -1,0 +1,29 @@
+// SPDX-License-Identifier: MIT
+// A COMMAND for filelock-run's signal tests: prints "up", then counts the
+// deliveries of SIGTERM for ARGV[1] milliseconds (each delivery runs the
+// handler once; two sends coalesce only while one is still pending) and
+// prints the count.
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+
+namespace {
+volatile std::sig_atomic_t deliveries = 0;
+void on_term(int) { deliveries = deliveries + 1; }
+}  // namespace
+
+int main(int argc, char** argv) {
+    struct sigaction sa {};
+    sa.sa_handler = on_term;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, nullptr);
+    std::printf("up\n");
+    std::fflush(stdout);
+    const long ms = argc > 1 ? std::atol(argv[1]) : 1000;
+    timespec left{ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&left, &left) != 0) {
+    }
+    std::printf("%d\n", static_cast<int>(deliveries));
+    return 0;
+}

@@ -1,0 +1,84 @@
+// SPDX-License-Identifier: MIT
+// filelock-run with an etcd:// target against a member of its own
+// (tests/etcd_member.hpp): COMMAND never outlives the wrapper that keeps
+// the lease alive, and the options that cannot apply are refused.
+
+#include "support.hpp"
+
+#include "etcd_member.hpp"
+
+using namespace test;
+
+namespace {
+
+test::etcd_cluster& member() {
+    static test::etcd_cluster c(1);
+    return c;
+}
+
+std::string target(const std::string& name) {
+    return "etcd://" + member().endpoint().substr(7) + "/" + name;
+}
+
+bool alive(pid_t pid) {
+    // A zombie is gone too (its parent died; init reaps it soon).
+    const std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+    if (stat.empty()) return false;
+    const auto close_paren = stat.rfind(')');
+    return close_paren != std::string::npos && stat.size() > close_paren + 2 &&
+           stat[close_paren + 2] != 'Z';
+}
+
+}  // namespace
+
+TEST_CASE("filelock-run etcd://: SIGKILLed while COMMAND runs, COMMAND ends with it") {
+    scratch s;
+    const auto pidfile = s / "pid";
+    const std::string name = "tool-kill/" + std::to_string(::getpid());
+    // The repro: --ttl 2, COMMAND `exec sleep 12`.
+    program wrapper({filelock_run_path(), "--ttl", "2", target(name), "sh", "-c",
+                     "echo $$ > " + pidfile.string() + "; echo up; exec sleep 12"});
+    REQUIRE(wrapper.read_line() == "up");
+    const pid_t command = std::stoi(read_file(pidfile));
+    REQUIRE(alive(command));
+    ::kill(wrapper.pid(), SIGKILL);
+    wrapper.wait();
+    // The lease ends about 2 s later; a second run that gets the lock must
+    // not find the first COMMAND still running.
+    const std::string check = "kill -0 " + std::to_string(command) +
+                              " 2>/dev/null && ! grep -q '^[^(]*([^)]*) Z' /proc/" +
+                              std::to_string(command) + "/stat && exit 3; exit 0";
+    std::string err;
+    CHECK(run({filelock_run_path(), "-w", "6", target(name), "sh", "-c", check}, &err) == 0);
+    INFO(err);
+    CHECK(!alive(command));
+}
+
+TEST_CASE("filelock-run etcd://: -o, -u, --fcntl and ranges are refused with a reason") {
+    std::string err;
+    for (const auto& opt :
+         std::vector<std::string>{"-o", "--close", "-u", "--fcntl", "--start=1", "--length=1"}) {
+        CAPTURE(opt);
+        CHECK(run({filelock_run_path(), opt, target("refused"), "true"}, &err) == 64);
+        CHECK(!err.empty());
+        CHECK(member().keys("refused/").empty());
+    }
+    CHECK(run({filelock_run_path(), "-o", target("refused"), "true"}, &err) == 64);
+    CHECK(err.find("--close") != std::string::npos);
+}
+
+TEST_CASE("filelock-run etcd://: silent on conflict unless --verbose") {
+    const std::string name = "tool-quiet/" + std::to_string(::getpid());
+    program holder({filelock_run_path(), target(name), "sh", "-c", "echo up; read x; exit 0"});
+    REQUIRE(holder.read_line() == "up");
+    std::string err;
+    CHECK(run({filelock_run_path(), "-n", target(name), "true"}, &err) == 1);
+    CHECK(err.empty());
+    CHECK(run({filelock_run_path(), "-w", "0.3", "-E", "7", target(name), "true"}, &err) == 7);
+    CHECK(err.empty());
+    CHECK(run({filelock_run_path(), "-n", "--verbose", target(name), "true"}, &err) == 1);
+    CHECK(err.find("failed to get lock\n") != std::string::npos);
+    CHECK(err.find("held by ") != std::string::npos);
+    holder.close_stdin();
+    CHECK(holder.wait() == 0);
+}
