@@ -1,19 +1,19 @@
 // SPDX-License-Identifier: MIT
 // filelock-run: run a command while holding a lock file; a drop-in for
-// util-linux flock(1) with additions (content, the holder in messages).
+// util-linux flock(1) with additions (content, the holder under --verbose).
 //
 //   filelock-run [options] LOCKFILE|DIRECTORY COMMAND [ARGS...]
 //   filelock-run [options] LOCKFILE|DIRECTORY -c COMMAND-STRING
 //   filelock-run [options] FD
+//   filelock-run [options] --fd FD COMMAND [ARGS...] | -c COMMAND-STRING
 //
 // The lock's lifetime, as flock(1)'s: COMMAND inherits the locked descriptor
 // and keeps the lock until it (and everything it spawned with the
 // descriptor) exits, even if filelock-run itself is killed; -o closes it
-// before COMMAND runs. While COMMAND runs, signals sent to filelock-run with
-// kill(2) (TERM, INT, HUP, QUIT, USR1, USR2) are forwarded to COMMAND and
-// filelock-run goes on waiting for it; those a terminal sends reach COMMAND
-// through the process group and are not sent twice. The man page
-// (doc/filelock-run.1) has the details and the exit statuses.
+// before COMMAND runs. While COMMAND runs, signals sent to filelock-run
+// (TERM, INT, HUP, QUIT, USR1, USR2) reach COMMAND once (posix_run.hpp);
+// filelock-run waits for it and dies of the signal COMMAND died of. The man
+// page (doc/filelock-run.1) has the details and the exit statuses.
 
 #include <filelock/detail/acquire.hpp>
 #include <filelock/detail/file_backend.hpp>
