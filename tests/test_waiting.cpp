@@ -414,6 +414,24 @@ TEST_CASE("waiting: a process that waited once keeps no instance or eventfd or d
     check_in_fresh_process("idle: libuv waited once");
 }
 
+TEST_CASE("waiting: lock(path, timeout, ec) waits with the default options") {
+    // The README's `filelock::lock(path, timeout[, options][, ec])`: the form
+    // without options did not compile.
+    scratch s;
+    const auto p = s / "a.lock";
+    std::error_code ec;
+    {
+        auto holder = hold_in_child(p);
+        REQUIRE(holder.ready());
+        auto none = filelock::lock(p, 50ms, ec);
+        CHECK(ec == errc::timeout);
+        CHECK(!none.is_locked());
+    }
+    auto got = filelock::lock(p, 5s, ec);
+    CHECK(!ec);
+    CHECK(got.is_locked());
+}
+
 // --- no release event is lost, and none is mistaken -------------------------
 
 TEST_CASE("waiting: a release between the failed attempt and the watch is not lost") {

@@ -64,6 +64,8 @@
 /// The libuv adapter (library and pkg-config module `filelock-uv`).
 namespace filelock::uv {
 
+class request;
+
 namespace detail {
 
 struct control;
@@ -93,6 +95,16 @@ private:
     std::unique_ptr<concept_t> impl_;
 };
 
+/// Starts an operation (what the async_lock overloads call). Throws
+/// std::system_error if libuv cannot create its handles.
+FILELOCK_API request start(uv_loop_t* loop, const std::filesystem::path& path,
+                           std::chrono::nanoseconds timeout, const lock_options& options,
+                           completion callback);
+
+/// Whether `F` can be called as a completion: `void(std::error_code, lock_file)`.
+template <class F>
+inline constexpr bool is_callback_v = std::is_invocable_v<F&, std::error_code, lock_file>;
+
 }  // namespace detail
 
 /// A handle on a pending operation. Copyable; outliving the operation is
@@ -114,43 +126,33 @@ public:
     bool pending() const noexcept;
 
 private:
-    friend FILELOCK_API request start(uv_loop_t*, const std::filesystem::path&,
-                                      std::chrono::nanoseconds, const lock_options&,
-                                      detail::completion);
+    friend request detail::start(uv_loop_t*, const std::filesystem::path&, std::chrono::nanoseconds,
+                                 const lock_options&, detail::completion);
     explicit request(std::shared_ptr<detail::control> c) noexcept : control_(std::move(c)) {}
     std::shared_ptr<detail::control> control_;
 };
-
-/// Starts an operation (what the async_lock overloads call). Throws
-/// std::system_error if libuv cannot create its handles.
-FILELOCK_API request start(uv_loop_t* loop, const std::filesystem::path& path,
-                           std::chrono::nanoseconds timeout, const lock_options& options,
-                           detail::completion callback);
 
 /// Cancels every pending operation of `loop` (loop thread only). Their
 /// callbacks run with operation_canceled; run the loop once more to let the
 /// handles close.
 FILELOCK_API void cancel_all(uv_loop_t* loop) noexcept;
 
-/// Whether `F` can be called as a completion: `void(std::error_code, lock_file)`.
-template <class F>
-inline constexpr bool is_callback_v = std::is_invocable_v<F&, std::error_code, lock_file>;
-
 /// Callback form: `callback(std::error_code, lock_file)` runs on the loop's
 /// thread when the lock is won, the timeout passed, the operation was
 /// cancelled, or an error occurred. See the lifetime rules above.
-template <class F, std::enable_if_t<is_callback_v<F>, int> = 0>
+template <class F, std::enable_if_t<detail::is_callback_v<F>, int> = 0>
 request async_lock(uv_loop_t* loop, const std::filesystem::path& path,
                    std::chrono::nanoseconds timeout, const lock_options& options, F&& callback) {
-    return start(loop, path, timeout, options, detail::completion(std::forward<F>(callback)));
+    return detail::start(loop, path, timeout, options,
+                         detail::completion(std::forward<F>(callback)));
 }
 
 /// Callback form with default options.
-template <class F, std::enable_if_t<is_callback_v<F>, int> = 0>
+template <class F, std::enable_if_t<detail::is_callback_v<F>, int> = 0>
 request async_lock(uv_loop_t* loop, const std::filesystem::path& path,
                    std::chrono::nanoseconds timeout, F&& callback) {
-    return start(loop, path, timeout, lock_options{},
-                 detail::completion(std::forward<F>(callback)));
+    return detail::start(loop, path, timeout, lock_options{},
+                         detail::completion(std::forward<F>(callback)));
 }
 
 /// The awaitable of the coroutine forms. It imposes nothing on the awaiting
@@ -180,11 +182,12 @@ public:
     /// Starts the operation; the coroutine resumes on the loop's thread.
     void await_suspend(std::coroutine_handle<> h) {
         waiter_ = h;
-        req_ = start(loop_, path_, timeout_, options_, [this](std::error_code ec, lock_file lock) {
-            ec_ = ec;
-            lock_ = std::move(lock);
-            waiter_.resume();
-        });
+        req_ = detail::start(loop_, path_, timeout_, options_,
+                             [this](std::error_code ec, lock_file lock) {
+                                 ec_ = ec;
+                                 lock_ = std::move(lock);
+                                 waiter_.resume();
+                             });
         if (stop_.stop_possible()) stop_cb_.emplace(stop_, canceller{req_});
     }
 

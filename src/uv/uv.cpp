@@ -443,10 +443,8 @@ void loop_state::close_if_idle() noexcept {
     uv_close(reinterpret_cast<uv_handle_t*>(&async), on_close);
 }
 
-}  // namespace detail
-
 request start(uv_loop_t* loop, const std::filesystem::path& path, std::chrono::nanoseconds timeout,
-              const lock_options& options, detail::completion callback) {
+              const lock_options& options, completion callback) {
     auto o = std::make_unique<detail::op>(loop, path, timeout, options, std::move(callback));
     detail::loop_state* ls = detail::loop_state::of(loop);
     try {
@@ -482,6 +480,8 @@ request start(uv_loop_t* loop, const std::filesystem::path& path, std::chrono::n
     }
     return req;
 }
+
+}  // namespace detail
 
 void request::cancel() const noexcept {
     if (!control_) return;
