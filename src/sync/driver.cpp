@@ -12,9 +12,7 @@
 // takes over when the leader stops waiting.
 #include "driver.hpp"
 
-#include <filelock/detail/file_backend.hpp>
 #include <filelock/detail/release_source.hpp>
-#include <filelock/lock_file.hpp>
 
 #include "../platform.hpp"
 
@@ -223,37 +221,3 @@ std::uint64_t sync_waiter::next_arrival() noexcept {
 }
 
 }  // namespace filelock::detail
-namespace filelock {
-namespace {
-
-lock_file lock_impl(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
-                    const lock_options& options, std::error_code& ec, bool throwing) {
-    detail::file_acquire acq(detail::file_backend(path, options), timeout, options.backoff,
-                             detail::random_seed());
-    ec = detail::run_sync(acq, path, options.mode == lock_mode::shared);
-    if (!ec) return detail::adopt(acq.backend().take());
-    if (throwing)
-        detail::throw_error(ec, path, ec == errc::timeout ? acq.backend().holder() : std::string(),
-                            acq.backend().failed_call());
-    return {};
-}
-
-}  // namespace
-
-lock_file detail::lock_timed(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
-                             const lock_options& options) {
-    std::error_code ec;
-    return lock_impl(path, timeout, options, ec, true);
-}
-
-lock_file detail::lock_timed(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
-                             const lock_options& options, std::error_code& ec) noexcept {
-    try {
-        return lock_impl(path, timeout, options, ec, false);
-    } catch (const std::bad_alloc&) {
-        ec = std::make_error_code(std::errc::not_enough_memory);
-        return {};
-    }
-}
-
-}  // namespace filelock
