@@ -97,6 +97,7 @@ int open_failure_status(std::error_code ec) {
     }
 }
 
+#if FILELOCK_RUN_ETCD
 // --lost-signal's name or number (default TERM).
 int signal_number(const std::string& v) {
     if (v.empty()) return SIGTERM;
@@ -112,6 +113,7 @@ int signal_number(const std::string& v) {
     if (!parse_int(v.c_str(), 1, 64, sig)) usage_error("invalid --lost-signal: '" + v + "'");
     return sig;
 }
+#endif
 
 // How a descriptor we do not manage as a lock file (the FD forms, a
 // directory) is locked: flock(2), or with --fcntl an open-file-description
