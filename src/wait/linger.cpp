@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <condition_variable>
 #include <mutex>
 #include <thread>
 #include <utility>
@@ -17,49 +18,68 @@ namespace filelock::detail {
 
 namespace {
 
-// At most one entry per caller (the sync waiters' hub, the idle pool): a
-// fixed table, nothing allocated on the way out of a wait.
+// At most one entry per caller: a fixed table, nothing allocated on the way
+// out of a wait.
 struct lingering {
     std::mutex mutex;
+    std::condition_variable cv;
     std::array<std::pair<void (*)(), std::chrono::steady_clock::time_point>, 4> due{};
-    bool running = false;  // the thread exists
+    std::thread thread;
+    bool running = false;  // the thread is in run()
+    bool stop = false;     // a fork is coming: the thread leaves run()
 };
+
+void run() noexcept;
+void start(lingering& s) noexcept;
 
 lingering& state() {
     static auto* s = [] {
         auto* made = new lingering;  // never destroyed: usable during exit
-        // A forked child has no lingering thread: the next reap_later()
-        // there starts one. (The mutex is held across fork(), so a child
-        // never inherits it locked.)
-        at_fork([] { state().mutex.lock(); }, [] { state().mutex.unlock(); },
-                [] {
-                    state().running = false;
-                    state().mutex.unlock();
-                });
+        // fork() happens with no thread of ours: the thread ends before it
+        // (a process that forks is then what it was before it waited; tools
+        // such as ThreadSanitizer refuse threads in a child forked from a
+        // multi-threaded parent) and starts again in the parent if something
+        // still lingers. The mutex is held across fork(), so a child never
+        // inherits it locked. This handler is registered after the idle
+        // pool's, so it runs before the pool's mutex is taken for the fork.
+        at_fork(
+            [] {
+                lingering& l = state();
+                std::unique_lock<std::mutex> g(l.mutex);
+                l.stop = true;
+                l.cv.notify_all();
+                g.unlock();
+                if (l.thread.joinable()) l.thread.join();
+                g.lock();
+                g.release();  // held across fork()
+            },
+            [] {
+                lingering& l = state();
+                l.stop = false;
+                if (std::any_of(l.due.begin(), l.due.end(), [](const auto& e) { return e.first; }))
+                    start(l);
+                l.mutex.unlock();
+            },
+            [] {
+                lingering& l = state();
+                l.stop = false;
+                l.mutex.unlock();
+            });
         return made;
     }();
     return *s;
 }
 
-// Sleeps rather than waiting on a condition: every entry is due one linger
-// after it was set, so a later one never needs an earlier wake-up (and a
-// forked child inherits no condition variable in use).
 void run() noexcept {
     lingering& s = state();
     std::unique_lock<std::mutex> g(s.mutex);
-    for (;;) {
+    while (!s.stop) {
         auto next = std::min_element(s.due.begin(), s.due.end(), [](const auto& a, const auto& b) {
             return b.first == nullptr || (a.first != nullptr && a.second < b.second);
         });
-        if (next->first == nullptr) {
-            s.running = false;
-            return;
-        }
-        const auto at = next->second;
-        if (std::chrono::steady_clock::now() < at) {
-            g.unlock();
-            std::this_thread::sleep_until(at);
-            g.lock();
+        if (next->first == nullptr) break;
+        if (std::chrono::steady_clock::now() < next->second) {
+            s.cv.wait_until(g, next->second);
             continue;
         }
         void (*reap)() = std::exchange(next->first, nullptr);
@@ -67,6 +87,30 @@ void run() noexcept {
         reap();
         g.lock();
     }
+    s.running = false;
+    // Done: nobody joins it (before a fork, the fork's handler does).
+    if (!s.stop) s.thread.detach();
+}
+
+// With the mutex held.
+void start(lingering& s) noexcept {
+    if (s.running || s.stop) return;           // (stopping: the fork's parent handler starts it)
+    if (s.thread.joinable()) s.thread.join();  // it has left run(): ends at once
+#ifndef _WIN32
+    // The thread takes no signal meant for the process (a program that
+    // waits for its signals with sigwait() keeps them).
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+#endif
+    try {
+        s.thread = std::thread(run);
+        s.running = true;
+    } catch (...) {
+    }
+#ifndef _WIN32
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+#endif
 }
 
 }  // namespace
@@ -82,24 +126,10 @@ bool reap_later(void (*reap)()) noexcept {
                             [](const auto& e) { return e.first == nullptr; });
     if (slot == s.due.end()) return false;
     *slot = {reap, at};
-    if (s.running) return true;
-#ifndef _WIN32
-    // The thread takes no signal meant for the process (a program that
-    // waits for its signals with sigwait() keeps them).
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-#endif
-    try {
-        std::thread(run).detach();
-        s.running = true;
-    } catch (...) {
-        slot->first = nullptr;
-    }
-#ifndef _WIN32
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
-#endif
-    return s.running;
+    start(s);
+    if (s.running || s.stop) return true;  // stopping: the fork's parent handler starts it
+    slot->first = nullptr;
+    return false;
 }
 
 }  // namespace filelock::detail
