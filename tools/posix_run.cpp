@@ -45,7 +45,10 @@ bool wants_own_group() {
 [[noreturn]] void exec_command(char** argv) {
     ::execvp(argv[0], argv);
     const int err = errno;
-    cli::warn(std::string("failed to execute ") + argv[0] + ": " + std::strerror(err));
+    // No allocation: the child of a threaded filelock-run (etcd mode) may
+    // not call malloc.
+    std::fprintf(stderr, "%s: failed to execute %s: %s\n", cli::program_name(), argv[0],
+                 std::strerror(err));
     ::_exit(err == ENOMEM ? cli::ex_oserr : cli::ex_unavailable);
 }
 
