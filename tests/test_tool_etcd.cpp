@@ -82,3 +82,22 @@ TEST_CASE("filelock-run etcd://: silent on conflict unless --verbose") {
     holder.close_stdin();
     CHECK(holder.wait() == 0);
 }
+
+TEST_CASE("filelock-run etcd://: a release etcd never confirms is reported, non-zero") {
+    // A member of this test's own, killed while COMMAND runs: the key's
+    // delete cannot be sent. Before, filelock-run exited 0 in silence.
+    test::etcd_cluster own(1);
+    const std::string t = "etcd://" + own.endpoint().substr(7) + "/tool-release";
+    program wrapper({"sh", "-c",
+                     "\"$0\" --ttl 3 \"$1\" sh -c 'echo up; read x; exit 0' 2>&1; echo status=$?",
+                     filelock_run_path(), t});
+    REQUIRE(wrapper.read_line() == "up");
+    own.kill_member(0);
+    wrapper.close_stdin();  // COMMAND ends at once, long before the TTL
+    std::string line, all;
+    while (!(line = wrapper.read_line()).empty()) all += line + "\n";
+    INFO(all);
+    CHECK(all.find("release failed") != std::string::npos);
+    CHECK(all.find("status=0") == std::string::npos);
+    CHECK(wrapper.wait() == 0);
+}

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <future>
+#include <memory>
 #include <pthread.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -191,9 +192,32 @@ int run(const options& o, const cli::command_line& cl, const char* target, char*
         posix_run::forward(c, info);
     }
     const bool was_lost = lost || held.lost();
-    asio::post(io, [&] { held.release(); });
+    // The release is awaited: one etcd refuses (or that never answers
+    // within the TTL, after which the lease would end anyway) leaves the
+    // key blocking the next waiter, and is reported.
+    auto released = std::make_shared<std::promise<std::error_code>>();
+    auto released_f = released->get_future();
+    asio::post(io, [&, released] {
+        held.release([released](std::error_code ec) { released->set_value(ec); });
+    });
+    bool answered = was_lost || released_f.wait_for(cfg.ttl) == std::future_status::ready;
+    std::error_code release_ec;
+    if (!was_lost && answered) {
+        try {
+            release_ec = released_f.get();
+        } catch (const std::future_error&) {  // the callback was dropped uncalled
+            answered = false;
+        }
+    }
     stop();
     if (was_lost) return ex_tempfail;
+    if (!answered || release_ec) {
+        cli::warn(std::string(target) + ": the lock's release failed (" +
+                  (answered ? release_ec.message() : std::string("no answer")) +
+                  "): the next holder may wait until the lease expires");
+        const int status = posix_run::status_of(wait_status);
+        return status == 0 ? ex_unavailable : posix_run::finish(c, wait_status);
+    }
     return posix_run::finish(c, wait_status);
 }
 
