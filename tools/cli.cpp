@@ -242,8 +242,9 @@ const char* program_name() noexcept { return name_storage.c_str(); }
 void warn(const std::string& msg) { std::fprintf(stderr, "%s: %s\n", program_name(), msg.c_str()); }
 
 [[noreturn]] void usage_error(const std::string& msg) {
-    std::fprintf(stderr, "%1$s: %2$s\nTry '%1$s --help' for more information.\n", program_name(),
-                 msg.c_str());
+    // No positional arguments (%1$s): Windows' printf lacks them.
+    std::fprintf(stderr, "%s: %s\nTry '%s --help' for more information.\n", program_name(),
+                 msg.c_str(), program_name());
     std::exit(ex_usage);
 }
 
@@ -303,7 +304,13 @@ std::optional<int> parse(int argc, char** argv, command_line& out) {
                 if (!parse_int(arg, 0, INT_MAX, out.fd))
                     usage_error(std::string("invalid file descriptor: '") + arg + "'");
                 break;
-            case o_help: std::printf(usage_text, program_name()); return 0;
+            case o_help: {
+                std::string text = usage_text;
+                for (std::size_t at; (at = text.find("%1$s")) != std::string::npos;)
+                    text.replace(at, 4, program_name());
+                std::fputs(text.c_str(), stdout);
+                return 0;
+            }
             case o_version:
                 std::printf("%s (filelock) %s\n", program_name(), FILELOCK_VERSION_STRING);
                 return 0;
