@@ -144,9 +144,17 @@ public:
         /// `f(readable, writable)` on each readiness until changed.
         virtual void want(bool read, bool write, std::function<void(bool, bool)> f) = 0;
     };
+    /// A socket as libcurl names it: a descriptor on POSIX, a `SOCKET` (a
+    /// pointer-sized unsigned integer, which an `int` would truncate) on
+    /// Windows.
+#ifdef _WIN32
+    using native_socket = std::uintptr_t;
+#else
+    using native_socket = int;
+#endif
     virtual ~reactor() = default;
     virtual std::unique_ptr<timer> make_timer() = 0;
-    virtual std::unique_ptr<socket> make_socket(int fd) = 0;
+    virtual std::unique_ptr<socket> make_socket(native_socket s) = 0;
     /// Runs `f` on the loop's thread soon, never inline; callable from any
     /// thread.
     virtual void post(std::function<void()> f) = 0;

@@ -73,7 +73,7 @@ public:
     void on_shutdown(std::function<void()> f) override { key_ = registry_->add(std::move(f)); }
 
     std::unique_ptr<timer> make_timer() override { return std::make_unique<timer_impl>(ex_); }
-    std::unique_ptr<socket> make_socket(int fd) override {
+    std::unique_ptr<socket> make_socket(native_socket fd) override {
         return std::make_unique<socket_impl>(ex_, fd);
     }
     void post(std::function<void()> f) override { asio::post(ex_, std::move(f)); }
@@ -113,7 +113,7 @@ private:
 
     class socket_impl final : public socket {
     public:
-        socket_impl(const asio::any_io_executor& ex, int fd)
+        socket_impl(const asio::any_io_executor& ex, native_socket fd)
             : st_(std::make_shared<state>(ex, fd)) {}
         ~socket_impl() override {
             st_->alive = false;
@@ -132,7 +132,7 @@ private:
 
     private:
         struct state {
-            state(const asio::any_io_executor& ex, int fd) : sd(ex, fd) {}
+            state(const asio::any_io_executor& ex, native_socket fd) : sd(ex, fd) {}
             asio::posix::stream_descriptor sd;
             std::function<void(bool, bool)> f;
             bool read = false, write = false;

@@ -210,7 +210,7 @@ int transport::on_socket(CURL*, curl_socket_t fd, int what, void* self, void*) {
         return 0;
     }
     auto& s = t.socks_[fd];
-    if (!s) s = t.reactor_.make_socket(fd);
+    if (!s) s = t.reactor_.make_socket(static_cast<reactor::native_socket>(fd));
     const bool rd = what == CURL_POLL_IN || what == CURL_POLL_INOUT;
     const bool wr = what == CURL_POLL_OUT || what == CURL_POLL_INOUT;
     s->want(rd, wr, [&t, fd](bool readable, bool writable) {

@@ -59,8 +59,8 @@ private:
 
 class uv_socket final : public reactor::socket {
 public:
-    uv_socket(uv_loop_t* loop, int fd) : h_(new uv_poll_t) {
-        uv_poll_init_socket(loop, h_, fd);
+    uv_socket(uv_loop_t* loop, reactor::native_socket fd) : h_(new uv_poll_t) {
+        uv_poll_init_socket(loop, h_, static_cast<uv_os_sock_t>(fd));
         h_->data = this;
     }
     ~uv_socket() override {
@@ -108,7 +108,7 @@ public:
     }
 
     std::unique_ptr<timer> make_timer() override { return std::make_unique<uv_timer>(loop_); }
-    std::unique_ptr<socket> make_socket(int fd) override {
+    std::unique_ptr<socket> make_socket(native_socket fd) override {
         return std::make_unique<uv_socket>(loop_, fd);
     }
     void post(std::function<void()> f) override {
