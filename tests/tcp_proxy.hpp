@@ -55,6 +55,12 @@ public:
         poke();
         while (drop_) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
+    /// Stops (or resumes) moving bytes and accepting, as a SIGSTOPped
+    /// member: connections stay open, the kernel still completes handshakes.
+    void pause(bool on) {
+        paused_ = on;
+        poke();
+    }
     /// Connections accepted so far.
     int accepted() const { return accepted_; }
 
@@ -78,6 +84,14 @@ private:
                 for (auto& p : pairs_) close_pair(p);
                 pairs_.clear();
                 drop_ = false;
+            }
+            if (paused_) {
+                pollfd w{wake_[0], POLLIN, 0};
+                if (::poll(&w, 1, 100) > 0) {
+                    char buf[64];
+                    (void)!::read(wake_[0], buf, sizeof buf);
+                }
+                continue;
             }
             std::vector<pollfd> fds{{listen_, POLLIN, 0}, {wake_[0], POLLIN, 0}};
             for (auto& p : pairs_) {
@@ -154,7 +168,7 @@ private:
     std::string canned_;
     int listen_ = -1, port_ = 0;
     int wake_[2] = {-1, -1};
-    std::atomic<bool> stop_{false}, drop_{false};
+    std::atomic<bool> stop_{false}, drop_{false}, paused_{false};
     std::atomic<int> accepted_{0};
     std::vector<pair> pairs_;
     std::thread thread_;

@@ -1092,3 +1092,34 @@ TEST_CASE("etcd: a request timed out or reset by one member is tried again on an
         CHECK(r->message.find("could not be reached") == std::string::npos);
     }
 }
+
+TEST_CASE("etcd: a holder whose member stalls keeps its lock: keep-alives go to another",
+          "[etcd]") {
+    // The first endpoint stops answering (a paused member) with the
+    // connections open: a keep-alive that waited for the whole request
+    // timeout (7 s) outlived the lease's deadline (TTL 3 s - 1 s).
+    test::tcp_proxy proxy(
+        std::stoi(member().endpoint().substr(member().endpoint().rfind(':') + 1)));
+    asio::io_context io;
+    auto c = cfg(3s);
+    c.endpoints = {proxy.endpoint(), member().endpoint()};
+    etcd::client cl(io.get_executor(), c);
+    outcome o;
+    start_lock(cl, unique_name("stalled-member"), 5s, o);
+    REQUIRE(run_until(io, [&] { return o.done; }));
+    REQUIRE_FALSE(o.ec);
+    CHECK(o.held.endpoint() == proxy.endpoint());
+    proxy.pause(true);
+    const auto until = std::chrono::steady_clock::now() + 4s;
+    run_until(io, [&] { return o.held.lost() || std::chrono::steady_clock::now() >= until; });
+    CHECK_FALSE(o.held.lost());
+    bool released = false;
+    std::error_code rec = etcd::errc::bad_reply;
+    o.held.release([&](std::error_code ec) {
+        released = true;
+        rec = ec;
+    });
+    REQUIRE(run_until(io, [&] { return released; }));
+    CHECK_FALSE(rec);
+    proxy.pause(false);
+}

@@ -395,6 +395,14 @@ TEST_CASE("etcd session: keep-alives every TTL/3 in milliseconds, the margin at 
     k.granted(lease, t0, 60s);
     CHECK(k.next_keepalive(t0, false) == t0 + 20s);
     CHECK(k.next_keepalive(t0, true) == t0 + 1s);  // sooner after a failure
+    CHECK(k.request_timeout() == 10s);
+    // TTL 3 s, the deadline 2 s after a keep-alive's send: one that stalls
+    // gives up at 0.5 s and the next goes 0.25 s later, to another member.
+    k.granted(lease, t0, 3s);
+    CHECK(k.request_timeout() == 500ms);
+    CHECK(k.next_keepalive(t0, true) == t0 + 250ms);
+    k.granted(lease, t0, 1s);
+    CHECK(k.next_keepalive(t0, true) == t0 + 100ms);
 }
 
 TEST_CASE("etcd replies: grants, keep-alives and watch messages decoded") {

@@ -74,12 +74,18 @@ public:
     }
 
     /// When the next keep-alive goes, from `now`: every TTL/3, counted in
-    /// milliseconds (a TTL of 1 or 2 s is not 0 s); sooner after a failure.
+    /// milliseconds (a TTL of 1 or 2 s is not 0 s). After a failure, a
+    /// quarter of that (at least 100 ms, at most 1 s): the transport moved to
+    /// the next endpoint, which should answer before the deadline.
     clock::time_point next_keepalive(clock::time_point now, bool after_failure) const noexcept {
-        auto next = std::max(std::chrono::duration_cast<ms>(ttl_) / 3, min_interval);
-        if (after_failure) next = std::min(next, max_retry);
-        return now + next;
+        const auto every = interval();
+        if (after_failure) return now + std::clamp(every / 4, ms(100), max_retry);
+        return now + every;
     }
+    /// How long one keep-alive may take: half the interval. A member that
+    /// stalls (paused, partitioned, forwarding to a dead leader) must not
+    /// hold the renewal past the deadline while another could answer.
+    ms request_timeout() const noexcept { return interval() / 2; }
 
     /// The session gives the lease up (lost, revoked, closing): returns it.
     std::int64_t give_up() noexcept {
@@ -89,6 +95,10 @@ public:
     }
 
 private:
+    ms interval() const noexcept {
+        return std::max(std::chrono::duration_cast<ms>(ttl_) / 3, min_interval);
+    }
+
     void renew(clock::time_point sent, ms ttl) noexcept {
         const auto margin = std::min<clock::duration>(margin_, ttl / 2);
         state_.deadline = sent + ttl - margin;

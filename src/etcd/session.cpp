@@ -86,22 +86,24 @@ void session::keepalive() {
     const auto lease = keeper_.id();
     if (!lease) return;
     const auto sent = steady::now();
-    http_.post("/v3/lease/keepalive", request::keepalive(lease),
-               [w = weak_from_this(), sent, lease](http_reply& r) {
-                   auto self = w.lock();
-                   if (!self || self->keeper_.id() != lease) return;
-                   std::int64_t ttl = -1;
-                   std::string why;
-                   const bool failed = static_cast<bool>(decode_keepalive(r, ttl, why));
-                   switch (self->keeper_.answered(sent, failed, ttl)) {
-                       case lease_keeper::verdict::gone:
-                           return self->lose_session("the lease expired or was revoked");
-                       case lease_keeper::verdict::renewed: self->arm_lost(); break;
-                       case lease_keeper::verdict::failed: break;
-                   }
-                   self->keepalive_timer_->arm(self->keeper_.next_keepalive(steady::now(), failed),
-                                               [s = self.get()] { s->keepalive(); });
-               });
+    http_.post(
+        "/v3/lease/keepalive", request::keepalive(lease),
+        [w = weak_from_this(), sent, lease](http_reply& r) {
+            auto self = w.lock();
+            if (!self || self->keeper_.id() != lease) return;
+            std::int64_t ttl = -1;
+            std::string why;
+            const bool failed = static_cast<bool>(decode_keepalive(r, ttl, why));
+            switch (self->keeper_.answered(sent, failed, ttl)) {
+                case lease_keeper::verdict::gone:
+                    return self->lose_session("the lease expired or was revoked");
+                case lease_keeper::verdict::renewed: self->arm_lost(); break;
+                case lease_keeper::verdict::failed: break;
+            }
+            self->keepalive_timer_->arm(self->keeper_.next_keepalive(steady::now(), failed),
+                                        [s = self.get()] { s->keepalive(); });
+        },
+        {}, keeper_.request_timeout());
 }
 
 void session::lose_session(const std::string& why) {

@@ -3,6 +3,7 @@
 
 #include "proto.hpp"
 
+#include <algorithm>
 #include <mutex>
 #include <vector>
 
@@ -62,8 +63,10 @@ struct transport::request {
     std::size_t tries = 0;
     bool got_bytes = false;
     bool reauthenticated = false;
-    bool anonymous = false;  // sent without the token (authentication itself)
-    std::string pending;     // a stream's bytes, delivered after curl returns
+    bool anonymous = false;
+    std::chrono::milliseconds
+        timeout{};  // 0: the configured ones  // sent without the token (authentication itself)
+    std::string pending;  // a stream's bytes, delivered after curl returns
     char error[CURL_ERROR_SIZE] = {};
 
     ~request() {
@@ -93,7 +96,8 @@ transport::~transport() {
     timer_.reset();
 }
 
-std::uint64_t transport::post(std::string path, std::string body, done_fn done, chunk_fn chunk) {
+std::uint64_t transport::post(std::string path, std::string body, done_fn done, chunk_fn chunk,
+                              std::chrono::milliseconds timeout) {
     auto r = std::make_unique<request>();
     r->owner = this;
     r->id = next_id_++;
@@ -101,6 +105,7 @@ std::uint64_t transport::post(std::string path, std::string body, done_fn done, 
     r->body = std::move(body);
     r->done = std::move(done);
     r->chunk = std::move(chunk);
+    r->timeout = timeout;
     auto& ref = *r;
     requests_.emplace(ref.id, std::move(r));
     // Never complete inline: the first step runs from the loop.
@@ -155,10 +160,14 @@ void transport::start(request& r) {
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r.error);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(cfg_.dial_timeout.count()));
+    auto dial = cfg_.dial_timeout, whole = cfg_.dial_timeout + cfg_.request_timeout;
+    if (r.timeout.count() > 0) {
+        dial = std::min(dial, r.timeout);
+        whole = std::min(whole, r.timeout);
+    }
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(dial.count()));
     if (!r.chunk)
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
-                         static_cast<long>((cfg_.dial_timeout + cfg_.request_timeout).count()));
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(whole.count()));
     else  // a stream: a dead peer shows as a connection without traffic
         curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     if (!cfg_.ca_file.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, cfg_.ca_file.c_str());

@@ -41,8 +41,10 @@ public:
     /// POSTs `body` to `path` (e.g. "/v3/kv/txn"). `done` runs once, from
     /// the loop, never inline. With `chunk`, the answer is a stream: its
     /// bytes go to `chunk` as they come, and there is no request timeout.
-    /// Returns an id for `cancel`.
-    std::uint64_t post(std::string path, std::string body, done_fn done, chunk_fn chunk = {});
+    /// Returns an id for `cancel`. `timeout` (not 0) bounds this request
+    /// below the configured dial + request timeouts.
+    std::uint64_t post(std::string path, std::string body, done_fn done, chunk_fn chunk = {},
+                       std::chrono::milliseconds timeout = {});
     /// Drops the request: `done` is never called.
     void cancel(std::uint64_t id) noexcept;
     /// Drops every request.
