@@ -5,9 +5,12 @@
 
 #include "../src/wait/release_registry.hpp"
 
+#include <filelock/detail/release_source.hpp>
+
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <filesystem>
 #include <vector>
 
 using filelock::detail::release_event;
@@ -137,4 +140,21 @@ TEST_CASE("release_registry: after a fork every waiter is forgotten and returned
     CHECK(all == expected);
     CHECK(r.idle());
     CHECK(woken_by(r, {{release_event::all, true}}).empty());
+}
+
+TEST_CASE("release_source: an instance that still has a waiter is never kept for the next driver") {
+    using filelock::detail::release_source;
+    release_source::take().reset();  // none kept
+    auto s = release_source::take();
+    if (!s) {
+        WARN("no release watcher on this platform: not run");
+        return;
+    }
+    const auto dir = std::filesystem::temp_directory_path();
+    REQUIRE(s->watch(dir, &a, 1, false));
+    release_source::recycle(std::move(s));  // a driver that lost track of `a`
+    auto next = release_source::take();
+    REQUIRE(next);
+    CHECK(next->idle());
+    CHECK(next->read().empty());
 }

@@ -2,6 +2,7 @@
 // The libuv adapter: callbacks, the awaitable, cancellation (also from other
 // threads), and a loop that always closes cleanly afterwards.
 
+#include <filelock/detail/release_source.hpp>
 #include <filelock/uv.hpp>
 
 #include "support.hpp"
@@ -145,6 +146,35 @@ TEST_CASE("uv: a contended lock is won when another process releases it") {
     f.run();
     CHECK(!out.ec);
     CHECK(out.lock.is_locked());
+}
+
+TEST_CASE("uv: a completion callback that calls cancel_all leaves no waiter in the idle source") {
+    using filelock::detail::release_source;
+    scratch s;
+    release_source::take().reset();  // the idle one closed: this loop's goes back there
+    lock_file ha(s / "a.lock"), hb(s / "b.lock");
+    int done = 0;
+    {
+        uv_loop_fixture f;
+        outcome b;
+        // The first one to finish cancels the other from its callback,
+        // before its own watch clean-up: the loop's last operation closes
+        // the loop's source under it.
+        fuv::async_lock(f.loop, s / "a.lock", 30s, [&](std::error_code, lock_file) {
+            fuv::cancel_all(f.loop);
+            ++done;
+        });
+        fuv::async_lock(f.loop, s / "b.lock", 30s, capture(b));
+        after(f.loop, 100ms, [&] { ha.close(); });
+        f.run();
+        CHECK(b.ec == std::errc::operation_canceled);
+    }
+    CHECK(done == 1);
+    // The next driver to take the idle source is never handed a waiter it
+    // did not register (the finished operation's memory is gone).
+    auto src = release_source::take();
+    REQUIRE(src);
+    CHECK(src->idle());
 }
 
 TEST_CASE("uv: the deadline gives errc::timeout; timeout 0 is one attempt") {

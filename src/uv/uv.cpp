@@ -112,7 +112,7 @@ struct loop_state {
     void forget_signal(op* o) noexcept;
     filelock::detail::release_source* source();
     bool check_fork() noexcept;
-    void close_poll(bool recycle) noexcept;
+    void close_poll() noexcept;
     void close_if_idle() noexcept;
 
     static void on_async(uv_async_t* a);
@@ -364,9 +364,17 @@ filelock::detail::release_source* loop_state::source() {
     return poll ? poll->source.get() : nullptr;
 }
 
-void loop_state::close_poll(bool recycle) noexcept {
+void loop_state::close_poll() noexcept {
     if (!poll) return;
-    if (!recycle) poll->source.reset();  // a forked child's copy: closed, not kept
+    // Operations still registered (finishing: a completion callback called
+    // cancel_all() before their own clean-up) are forgotten here, while the
+    // source is at hand: nothing of theirs goes back to the idle instance.
+    for (auto* key : poll->source->forget_all()) {
+        auto* o = const_cast<op*>(static_cast<const op*>(key));
+        o->watching = false;
+    }
+    // A forked child's copy is closed in on_poll_close (recycle() keeps no
+    // inherited instance), after uv_close took it out of the loop's epoll set.
     uv_close(reinterpret_cast<uv_handle_t*>(&poll->handle), on_poll_close);
     poll = nullptr;
 }
@@ -389,7 +397,7 @@ bool loop_state::check_fork() noexcept {
             o->moved = true;
             uv_timer_start(&o->timer, op::on_timer, 0, 0);
         }
-    close_poll(false);
+    close_poll();
     watch_failed = false;
     return true;
 }
@@ -439,7 +447,7 @@ void loop_state::close_if_idle() noexcept {
         std::lock_guard<std::mutex> g(registry_mutex);
         if (auto it = loops.find(loop); it != loops.end() && it->second == this) loops.erase(it);
     }
-    close_poll(true);
+    close_poll();
     uv_close(reinterpret_cast<uv_handle_t*>(&async), on_close);
 }
 

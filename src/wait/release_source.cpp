@@ -68,8 +68,10 @@ std::unique_ptr<release_source> release_source::take() {
 }
 
 void release_source::recycle(std::unique_ptr<release_source> s) noexcept {
-    // A forked child's copy of its parent's instance is closed, not kept.
-    if (!s || s->inherited()) return;
+    // A forked child's copy of its parent's instance is closed, not kept;
+    // so is one that still has waiters (a driver that lost track of one):
+    // the next driver to take it would be woken with a key it never gave.
+    if (!s || s->inherited() || !s->idle()) return;
     {
         std::lock_guard<std::mutex> g(pool().mutex);
         if (pool().kept) return;  // closed here, after its last waiter's completion
