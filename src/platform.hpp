@@ -44,8 +44,6 @@ struct fork_stamp {
 /// Appends the machine's name (the `{hostname}` field).
 std::error_code append_hostname(std::string& out);
 
-/// The holder's content read through `h` (bounded), or "".
-std::string read_holder_handle(native_handle_type h) noexcept;
 /// The holder's content of the file at `path`, or "" (filelock::read_holder).
 std::string read_holder_at(const std::filesystem::path& path) noexcept;
 

@@ -5,6 +5,7 @@
 #include <filelock/detail/file_backend.hpp>
 #include <filelock/lock_file.hpp>
 
+#include "../src/file/content.hpp"
 #include "../src/posix/sys.hpp"
 #include "support.hpp"
 

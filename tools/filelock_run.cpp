@@ -19,6 +19,7 @@
 #include <filelock/detail/file_backend.hpp>
 #include <filelock/lock_file.hpp>
 
+#include "../src/file/content.hpp"
 #include "../src/sync/driver.hpp"
 #include "cli.hpp"
 #include "posix_run.hpp"

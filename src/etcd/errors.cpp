@@ -3,6 +3,8 @@
 #include <filelock/detail/file_backend.hpp>
 #include <filelock/etcd.hpp>
 
+#include "../file/content.hpp"
+
 namespace filelock::etcd {
 
 namespace {

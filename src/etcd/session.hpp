@@ -10,6 +10,7 @@
 #include <filelock/detail/file_backend.hpp>
 #include <filelock/etcd.hpp>
 
+#include "../file/content.hpp"
 #include "lease.hpp"
 #include "lock_backend.hpp"
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // libFuzzer target: reading a holder's content, from bytes and from a file.
 
-#include <filelock/detail/file_backend.hpp>
+#include "../../src/file/content.hpp"
 #include <filelock/lock_file.hpp>
 
 #include <cstdint>

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // libFuzzer target: the content-template parser.
 
-#include <filelock/detail/file_backend.hpp>
+#include "../../src/file/content.hpp"
 
 #include <cstdint>
 #include <cstdlib>

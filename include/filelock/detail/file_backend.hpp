@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-// The file backend of the acquire state machine: the lock primitive, one
-// non-blocking attempt on a lock file. Public only because the header-only
-// Asio adapter runs it; users never name it. It hands a won lock over as a
-// held_file value; it never builds the facade.
+// The file backend of the acquire state machine: one non-blocking attempt on
+// a lock file. Here only because the header-only Asio adapter runs it (it
+// needs the type and its size); users never name it. The rules live in
+// src/file/ (the attempt over a platform seam, the content rules). It hands
+// a won lock over as a held_file value; it never builds the facade.
 
 #include <filelock/detail/acquire.hpp>
 #include <filelock/detail/held_file.hpp>
@@ -19,11 +20,31 @@
 
 namespace filelock::detail {
 
+namespace file {
+class ops;  // the platform seam (src/file/ops.hpp)
+}
+
+/// What an attempt does, computed once from lock_options.
+struct file_policy {
+    lock_mode mode = lock_mode::exclusive;
+    lock_backend backend = lock_backend::flock;
+    byte_range range{};
+    foreign_content on_foreign = foreign_content::fail;
+    bool writable = false;  // opened for writing (content, or an exclusive OFD lock)
+    bool nofollow = false;  // never through a symbolic link at the last component
+    bool remove = false;    // remove_on_release, for a lock that may
+    bool wake = true;       // wake_on_release
+    bool queue = true;      // joins the local queue
+    unsigned file_mode = 0666;
+};
+
 class FILELOCK_API file_backend {
 public:
     /// Validates and expands the content template; a bad one is reported by
     /// the first try_acquire(), before the file is touched.
     file_backend(std::filesystem::path path, const lock_options& options);
+    /// The same over another platform seam (tests).
+    file_backend(std::filesystem::path path, const lock_options& options, const file::ops& os);
     file_backend(file_backend&& other) noexcept;
     file_backend& operator=(file_backend&&) = delete;
     ~file_backend();
@@ -68,34 +89,23 @@ public:
     std::string holder() const noexcept;
     const std::filesystem::path& path() const noexcept { return path_; }
     /// Whether waits should also end on a release event.
-    bool wake_on_release() const noexcept { return wake_; }
+    bool wake_on_release() const noexcept { return policy_.wake; }
     /// Whether timed attempts join the path's local queue.
-    bool queues() const noexcept { return queue_; }
+    bool queues() const noexcept { return policy_.queue; }
 
 private:
-    std::error_code fail(int err, const char* call) noexcept;
-    std::error_code open_file() noexcept;
-    std::error_code lock_nb() noexcept;
+    std::error_code attempt() noexcept;
     void unlock_and_close() noexcept;
     void close_fd() noexcept;
 
+    const file::ops* ops_;
     std::filesystem::path path_;
+    file_policy policy_;
     std::string content_;  // what to write after winning ("" = nothing)
     std::error_code init_error_;
     const char* failed_call_ = nullptr;
     native_handle_type fd_ = no_handle;
     bool won_ = false;
-    bool shared_ = false;
-    bool ofd_ = false;
-    bool writes_ = false;
-    bool nofollow_ = false;
-    bool read_only_ = false;
-    bool remove_ = false;
-    bool wake_ = true;
-    bool queue_ = true;
-    bool keep_foreign_ = false;             // foreign content: lock without writing
-    unsigned file_mode_ = 0666;             // POSIX permission bits of a created file
-    byte_range range_{};                    // of an OFD lock
     unsigned long long dev_ = 0, ino_ = 0;  // of the file won
     // fork bookkeeping of fd_ (see fork_stamp in src/platform.hpp)
     unsigned fd_generation_ = 0, fd_forks_ = 0;
@@ -106,21 +116,5 @@ using file_acquire = acquire<file_backend>;
 
 /// A seed that differs between processes, threads and calls.
 FILELOCK_API std::uint64_t random_seed() noexcept;
-
-/// Expands a content template into `out` (" " + expansion + "\n").
-FILELOCK_API std::error_code expand_content(std::string_view tmpl, std::string& out);
-
-/// Strips what a holder wrote down to its content ("1234" from " 1234\n").
-FILELOCK_API std::string holder_from_bytes(std::string_view bytes);
-
-/// Whether `bytes` is what a lock holder writes (see foreign_content): empty,
-/// at most 1 KiB of one line that starts with a space, with no control
-/// character but one final newline, or at most 1 KiB of zero bytes (what a
-/// crash can leave of such a line).
-FILELOCK_API bool is_holder_line(std::string_view bytes) noexcept;
-
-/// Whether the filesystem type `magic` (statfs f_type) is a pseudo
-/// filesystem whose files must never be written as lock files.
-FILELOCK_API bool is_pseudo_filesystem(long magic) noexcept;
 
 }  // namespace filelock::detail

@@ -1,13 +1,12 @@
 // SPDX-License-Identifier: MIT
 // What a lock file holds: the content template, a holder's line, the pseudo
-// filesystems never written, and reading a holder back.
-#include <filelock/detail/file_backend.hpp>
-#include <filelock/lock_file.hpp>
-
+// filesystems never written.
 #include "content.hpp"
-#include "platform.hpp"
 
-#include <atomic>
+#include <filelock/error.hpp>
+
+#include "../platform.hpp"
+
 #include <string>
 
 namespace filelock {
@@ -106,21 +105,5 @@ std::string holder_from_bytes(std::string_view bytes) {
     return std::string(bytes);
 }
 
-std::uint64_t random_seed() noexcept {
-    static std::atomic<std::uint64_t> counter{0};
-    const auto now = static_cast<std::uint64_t>(clock::now().time_since_epoch().count());
-    std::uint64_t x = now ^ (static_cast<std::uint64_t>(current_pid()) << 32) ^
-                      (counter.fetch_add(0x9e3779b97f4a7c15ull, std::memory_order_relaxed));
-    // splitmix64 finaliser
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
 }  // namespace detail
-
-std::string read_holder(const std::filesystem::path& path) noexcept {
-    return detail::read_holder_at(path);
-}
-
 }  // namespace filelock

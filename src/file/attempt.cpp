@@ -1,0 +1,234 @@
+// SPDX-License-Identifier: MIT
+// One attempt on a lock file, written once over the platform seam
+// (ops.hpp): the lock, the identity check (the lock counts only if the path
+// still names the locked file), the content decision (only an empty file or
+// a holder's line is overwritten, never a pseudo file) and truncate-then-
+// write. Also the lock's identity, reading a holder back, and releasing.
+#include <filelock/detail/file_backend.hpp>
+#include <filelock/lock_file.hpp>
+
+#include "../platform.hpp"
+#include "content.hpp"
+#include "ops.hpp"
+
+#include <algorithm>
+#include <utility>
+
+namespace filelock::detail {
+namespace {
+
+// How often one attempt follows a path whose file is being unlinked or
+// replaced under it before it counts as contention.
+constexpr int max_identity_rounds = 16;
+
+file::lock_spec spec_of(const file_policy& p) noexcept {
+    return {p.backend == lock_backend::ofd, p.mode == lock_mode::shared, p.range};
+}
+
+file::lock_spec spec_of(const held_file& h) noexcept { return {h.ofd, false, {h.start, h.length}}; }
+
+}  // namespace
+
+void file_backend::close_fd() noexcept {
+    if (fd_ != no_handle) ops_->close(fd_);
+    fd_ = no_handle;
+}
+
+// After a fork() the parent and the child share the descriptor's open file
+// description, and with it the lock, so an unlock in either would release
+// it for both: a descriptor that is not private (see fork_stamp) is only
+// closed, and the lock stays held until every copy is closed (as
+// flock(1)'s is).
+void file_backend::unlock_and_close() noexcept {
+    if (fd_ != no_handle) {
+        if (fork_stamp{fd_generation_, fd_forks_}.is_private())
+            ops_->unlock_close(fd_, spec_of(policy_));
+        else
+            ops_->close(fd_);
+    }
+    fd_ = no_handle;
+    won_ = false;
+}
+
+bool file_backend::won_inherited() const noexcept {
+    return won_ && fork_stamp{fd_generation_, fd_forks_}.inherited();
+}
+
+std::error_code file_backend::try_acquire() noexcept {
+    if (init_error_) return init_error_;
+    if (auto f = ops_->supports(spec_of(policy_))) {
+        failed_call_ = f.call;
+        return f.ec;
+    }
+    // Attempts are made only on a descriptor opened since the last fork():
+    // one shared with a parent or child would share a won lock with it.
+    if (fd_ != no_handle && !fork_stamp{fd_generation_, fd_forks_}.is_private()) {
+        close_fd();  // never unlocked: the other process's lock, if any
+        won_ = false;
+    }
+    if (won_) return {};
+    failed_call_ = nullptr;
+    return attempt();
+}
+
+std::error_code file_backend::attempt() noexcept {
+    const file::ops& os = *ops_;
+    // Gives up what the round holds and reports `f`.
+    const auto fail = [this](const file::failure& f) {
+        unlock_and_close();
+        failed_call_ = f.call;
+        return f.ec;
+    };
+    for (int round = 0; round < max_identity_rounds; ++round) {
+        if (fd_ == no_handle) {
+            // Stamped before the open: a fork that may have copied the
+            // descriptor always shows.
+            const fork_stamp stamp = fork_stamp::now();
+            fd_generation_ = stamp.generation;
+            fd_forks_ = stamp.forks;
+            // Never truncated: a contender must not touch the holder's content.
+            if (auto f =
+                    os.open(path_, {policy_.writable, policy_.nofollow, policy_.file_mode}, fd_))
+                return fail(f);
+        }
+        if (auto f = os.try_lock(fd_, spec_of(policy_))) {
+            // Contention keeps the descriptor for the next attempt: reopening
+            // would generate close events that wake other waiters.
+            if (f.ec != errc::locked) {
+                close_fd();  // nothing to unlock
+                failed_call_ = f.call;
+            }
+            return f.ec;
+        }
+        won_ = true;
+
+        file::file_info held;
+        if (auto f = os.info(fd_, held)) return fail(f);
+        if (held.type != file::file_type::regular) return fail(os.not_regular(held.type));
+        if (!content_.empty()) {
+            // Writing to /proc/sys/... changes kernel settings: never.
+            long magic = 0;
+            if (auto f = os.fs_type(fd_, held, magic)) return fail(f);
+            if (is_pseudo_filesystem(magic)) return fail({errc::pseudo_file});
+        }
+        // The lock counts only if the path still names the locked file.
+        file::file_info named;
+        if (auto f = os.info_at(path_, policy_.nofollow, named)) {
+            if (!f.gone) return fail(f);
+            unlock_and_close();  // unlinked after we opened it: retry on a new file
+            continue;
+        }
+        if (named.dev != held.dev || named.ino != held.ino) {
+            unlock_and_close();  // replaced: retry on the file the path names now
+            continue;
+        }
+        dev_ = held.dev;
+        ino_ = held.ino;
+        bool write = !content_.empty();
+        std::uint64_t old_size = held.size;  // what the truncation must cut
+        if (write && held.size > 0) {
+            // Only a lock holder's line is overwritten, never a script or data.
+            bool holder_line = held.size <= max_holder_bytes;
+            if (holder_line) {
+                // One byte more than a holder line may have: a file that grew
+                // since the size was taken is seen as what it is now.
+                char buf[max_holder_bytes + 1];
+                std::size_t n = 0;
+                if (auto f = os.read_at(fd_, buf, sizeof buf, 0, n)) return fail(f);
+                const std::string_view old(buf, n);
+                old_size = std::max<std::uint64_t>(old_size, n);
+                holder_line = is_holder_line(old);
+                // Our own line already (this process locked it last): no
+                // write needed, and the file's mtime stays.
+                if (old == content_) write = false;
+            }
+            if (!holder_line) {
+                if (policy_.on_foreign == foreign_content::fail)
+                    return fail({errc::foreign_content});
+                write = false;
+            }
+        }
+        if (write) {
+            // Truncate first (only what is left over), then write: whichever
+            // call fails, the file still holds one line that is a prefix of a
+            // holder's, never foreign bytes.
+            if (old_size > content_.size()) {
+                if (auto f = os.truncate(fd_, content_.size())) return fail(f);
+            }
+            for (std::size_t done = 0, n = 0; done < content_.size(); done += n) {
+                if (auto f =
+                        os.write_at(fd_, content_.data() + done, content_.size() - done, done, n))
+                    return fail(f);
+            }
+        }
+        return {};
+    }
+    return errc::locked;  // the path keeps changing under us
+}
+
+bool file_backend::identity(lock_identity& id) const noexcept {
+    file::file_info st;
+    if (fd_ != no_handle ? ops_->info(fd_, st) : ops_->info_at(path_, policy_.nofollow, st))
+        return false;
+    id.dev = st.dev;
+    id.ino = st.ino;
+    id.backend = policy_.backend == lock_backend::ofd ? 1 : 0;
+    id.start = policy_.range.start;
+    id.length = policy_.range.length;
+    return true;
+}
+
+std::string file_backend::holder() const noexcept {
+    return fd_ != no_handle ? file::read_holder_handle(*ops_, fd_) : read_holder_at(path_);
+}
+
+namespace file {
+
+std::string read_holder_handle(const ops& os, native_handle_type h) noexcept {
+    try {
+        char buf[max_holder_bytes];
+        const std::uint64_t at = os.holder_offset();
+        std::size_t n = 0;
+        if (os.read_at(h, buf, sizeof buf - at, at, n) || n == 0) return {};
+        return holder_from_bytes(std::string_view(buf, n));
+    } catch (...) {
+        return {};
+    }
+}
+
+void release_held(const ops& os, held_file& h) noexcept {
+    if (h.fd == no_handle) return;
+    const native_handle_type fd = std::exchange(h.fd, no_handle);
+    const fork_stamp stamp{h.generation, h.forks};
+    // A lock another process may share after a fork() is only closed (see
+    // file_backend::unlock_and_close), and its file is not removed from
+    // under the other holder.
+    if (!stamp.is_private()) return os.close(fd);
+    if (h.remove) {
+        // Removed while still held, and only the file held: a waiter that
+        // then wins this file sees that the path no longer names it.
+        file_info named;
+        if (!os.info_at(h.path, true, named) && named.dev == h.dev && named.ino == h.ino)
+            os.remove(h.path);
+    }
+    os.unlock_close(fd, spec_of(h));
+}
+
+}  // namespace file
+
+void release_held(held_file& h) noexcept { file::release_held(file::platform_ops(), h); }
+
+std::string read_holder_at(const std::filesystem::path& path) noexcept {
+    const file::ops& os = file::platform_ops();
+    native_handle_type h = no_handle;
+    if (os.open_to_read(path, h)) return {};
+    std::string holder = file::read_holder_handle(os, h);
+    os.close(h);
+    return holder;
+}
+
+}  // namespace filelock::detail
+
+std::string filelock::read_holder(const std::filesystem::path& path) noexcept {
+    return detail::read_holder_at(path);
+}

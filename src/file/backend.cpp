@@ -1,0 +1,124 @@
+// SPDX-License-Identifier: MIT
+// The file backend's state: its policy (computed once from the options), its
+// moves, and handing a won lock over. The attempt is src/file/attempt.cpp.
+#include <filelock/detail/file_backend.hpp>
+
+#include "../platform.hpp"
+#include "content.hpp"
+#include "ops.hpp"
+
+#include <atomic>
+#include <cstdint>
+#include <limits>
+#include <utility>
+
+namespace filelock::detail {
+namespace {
+
+file_policy policy_of(const lock_options& o) noexcept {
+    file_policy p;
+    const bool exclusive = o.mode == lock_mode::exclusive;
+    p.mode = o.mode;
+    p.backend = o.backend;
+    p.range = o.range;
+    p.on_foreign = o.on_foreign_content;
+    // A range holder does not own the file: it writes nothing and never
+    // removes the file other ranges' holders use.
+    const bool owns_file = o.range.whole_file();
+    const bool writes = o.write_content && exclusive && owns_file;
+    p.nofollow = writes && !o.follow_symlinks;
+    // Writing needs a writable descriptor, and so does an exclusive OFD lock
+    // (F_WRLCK); everything else locks through a read-only one, which also
+    // works on a file the caller may only read.
+    p.writable = writes || (o.backend == lock_backend::ofd && exclusive);
+    p.remove = o.remove_on_release && exclusive && owns_file;
+    p.wake = o.wake_on_release;
+    p.queue = o.queue_local_waiters && exclusive;
+    p.file_mode = o.file_mode & 0777;
+    return p;
+}
+
+// What makes the options unusable, before the file is touched.
+std::error_code check_range(const lock_options& o, const char*& call) noexcept {
+    if (o.range.whole_file()) return {};
+    constexpr std::uint64_t max_offset = std::numeric_limits<std::int64_t>::max();
+    if (o.backend != lock_backend::ofd) {
+        call = "lock_options::range needs lock_backend::ofd";
+        return std::make_error_code(std::errc::invalid_argument);
+    }
+    if (o.range.start > max_offset ||
+        (o.range.length != 0 && o.range.length - 1 > max_offset - o.range.start)) {
+        call = "lock_options::range past the largest file offset";
+        return std::make_error_code(std::errc::invalid_argument);
+    }
+    return {};
+}
+
+}  // namespace
+
+file_backend::file_backend(std::filesystem::path path, const lock_options& options)
+    : file_backend(std::move(path), options, file::platform_ops()) {}
+
+file_backend::file_backend(std::filesystem::path path, const lock_options& options,
+                           const file::ops& os)
+    : ops_(&os), path_(std::move(path)), policy_(policy_of(options)) {
+    init_error_ = check_range(options, failed_call_);
+    if (options.write_content && !init_error_)
+        init_error_ = options.content_template.fits()
+                          ? expand_content(options.content_template.view(), content_)
+                          : make_error_code(errc::invalid_template);
+    if (!(options.write_content && options.mode == lock_mode::exclusive &&
+          options.range.whole_file()))
+        content_.clear();
+}
+
+file_backend::file_backend(file_backend&& other) noexcept
+    : ops_(other.ops_),
+      path_(std::move(other.path_)),
+      policy_(other.policy_),
+      content_(std::move(other.content_)),
+      init_error_(other.init_error_),
+      failed_call_(other.failed_call_),
+      fd_(std::exchange(other.fd_, no_handle)),
+      won_(std::exchange(other.won_, false)),
+      dev_(other.dev_),
+      ino_(other.ino_),
+      fd_generation_(other.fd_generation_),
+      fd_forks_(other.fd_forks_) {}
+
+file_backend::~file_backend() {
+    if (won_)
+        unlock_and_close();
+    else
+        close_fd();
+}
+
+held_file file_backend::take() noexcept {
+    if (!won_) return {};
+    won_ = false;
+    held_file h;
+    h.fd = std::exchange(fd_, no_handle);
+    h.ofd = policy_.backend == lock_backend::ofd;
+    h.start = policy_.range.start;
+    h.length = policy_.range.length;
+    h.remove = policy_.remove;
+    h.generation = fd_generation_;
+    h.forks = fd_forks_;
+    h.dev = dev_;
+    h.ino = ino_;
+    h.path = std::move(path_);  // the backend is spent once its lock is taken
+    return h;
+}
+
+std::uint64_t random_seed() noexcept {
+    static std::atomic<std::uint64_t> counter{0};
+    const auto now = static_cast<std::uint64_t>(clock::now().time_since_epoch().count());
+    std::uint64_t x = now ^ (static_cast<std::uint64_t>(current_pid()) << 32) ^
+                      (counter.fetch_add(0x9e3779b97f4a7c15ull, std::memory_order_relaxed));
+    // splitmix64 finaliser
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+}  // namespace filelock::detail
