@@ -9,7 +9,9 @@
 #                in g++ 12) with --werror; the README's build covers -O2.
 #                `-Dtests=disabled` needs no Catch2
 #   install      libraries, headers, pkg-config modules, CMake package, man page,
-#                LICENSE; the installed filelock-run runs from a custom prefix
+#                LICENSE; the installed filelock-run runs from a custom prefix;
+#                each installed header compiles alone, and detail/ holds only
+#                what public headers include (headers.sh)
 #   pkg-config   g++ and clang++ with `pkg-config filelock filelock-asio filelock-uv`
 #   cmake        find_package(filelock 0.2 COMPONENTS asio uv), strict warnings
 #   clang-order  clang++ with Asio's headers first: works with the packages'
@@ -59,6 +61,8 @@ for f in "$libdir/libfilelock.so.0.2" "$libdir/libfilelock-uv.so.0.2" \
     case $f in /*) p=$f ;; *) p=$prefix/$f ;; esac  # libdir may be absolute
     [ -e "$p" ] && ok "installed $f" || bad "installed $f"
 done
+check "installed headers: each compiles alone (strict warnings); detail/ only what public ones include" \
+    "$src/tests/downstream/headers.sh" "$prefix/include" -pthread -DASIO_HAS_CO_AWAIT=1
 check "installed filelock-run runs from a custom prefix (rpath)" \
     bash -c "env -u LD_LIBRARY_PATH '$prefix/bin/filelock-run' -V | grep -q 'filelock) 0.2'"
 check "installed filelock-run locks" \
