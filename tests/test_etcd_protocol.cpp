@@ -449,3 +449,50 @@ TEST_CASE("etcd replies: grants, keep-alives and watch messages decoded") {
     CHECK_FALSE(decode_watch("[1]").ok);
     CHECK(decode_watch(R"({"result":{"canceled":true}})").canceled);
 }
+
+TEST_CASE("etcd protocol: after a failure: line up again, time out, or report what happened") {
+    using filelock::etcd::errc;
+    fixture f;
+    line_up(f);
+    // A waiter's key or lease died under it: again while the deadline allows.
+    auto v = f.b().after_failure(errc::lost, true, 0);
+    CHECK(v.line_up_again);
+    v = f.b().after_failure(errc::lost, false, 0);
+    CHECK_FALSE(v.line_up_again);
+    CHECK(v.outcome == filelock::errc::timeout);
+    v = f.b().after_failure(errc::lost, true, lock_backend::max_restarts);
+    CHECK_FALSE(v.line_up_again);
+    CHECK(v.outcome == errc::lost);
+    // Contention at the deadline, after answers: a timeout.
+    CHECK(f.b().after_failure(filelock::errc::timeout, false, 0).outcome ==
+          filelock::errc::timeout);
+    // The key the waiter created is deleted, guarded by its revision.
+    std::string path, body;
+    REQUIRE(f.b().cleanup(path, body));
+    CHECK(path == "/v3/kv/txn");
+    CHECK(json::parse(body)["compare"][0]["create_revision"] == "12");
+
+    // No endpoint ever answered: that failure, not contention.
+    fixture g;
+    g.resume(wake_reason::start);
+    auto a = g.resume(wake_reason::reply, errc::request_timeout);
+    CHECK_FALSE(a.is_done());
+    CHECK(g.b().after_failure(filelock::errc::timeout, false, 0).outcome == errc::request_timeout);
+    // Its create may have been applied with the answer lost: the key goes,
+    // whatever its revision.
+    REQUIRE(g.b().cleanup(path, body));
+    CHECK(path == "/v3/kv/deleterange");
+    CHECK(json::parse(body)["key"] == base64(mine));
+}
+
+TEST_CASE("etcd protocol: a release is sent again on transient failures only, bounded") {
+    http_reply cut;
+    cut.ec = filelock::etcd::errc::connection_reset;
+    CHECK(retry_release(cut, cut.ec, 0, true));
+    CHECK_FALSE(retry_release(cut, cut.ec, 50, true));
+    CHECK_FALSE(retry_release(cut, cut.ec, 0, false));  // the lease is gone: the key with it
+    http_reply refused;
+    refused.status = 401;
+    refused.body = R"({"error":"etcdserver: permission denied","code":7})";
+    CHECK_FALSE(retry_release(refused, filelock::etcd::errc::auth, 0, true));
+}

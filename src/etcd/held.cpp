@@ -41,7 +41,7 @@ void send_release(const std::shared_ptr<held_state>& h, std::function<void(std::
                       json j;
                       std::string why;
                       const auto ec = parse(r, j, why);
-                      if (ec && transient(r, ec) && tries < 50 && h->s->lease() == h->lease) {
+                      if (retry_release(r, ec, tries, h->s->lease() == h->lease)) {
                           auto t = std::shared_ptr<reactor::timer>(h->s->loop().make_timer());
                           t->arm(steady::now() + std::chrono::milliseconds(100),
                                  [h, f = std::move(f), tries, t]() mutable {

@@ -72,6 +72,14 @@ inline bool transient(const http_reply& r, std::error_code ec) {
     return false;
 }
 
+/// Whether a release (the guarded delete of a held key) that failed with
+/// `ec` is sent again: transient failures, while the lease it was held on is
+/// the session's, a bounded number of times (so that the key does not
+/// outlive its release through a leader election).
+inline bool retry_release(const http_reply& r, std::error_code ec, int tries, bool same_lease) {
+    return ec && transient(r, ec) && tries < 50 && same_lease;
+}
+
 /// The local queues' key of an etcd lock: its name in one session (one key
 /// per lease and name), tagged apart from lock files.
 inline lock_identity identity_of(const std::string& name, const void* session) noexcept {
@@ -186,6 +194,32 @@ public:
             return true;
         }
         return false;
+    }
+
+    /// What a failed attempt (done with `ec`) leads to: lining up again
+    /// (the waiter's key or lease died under it while its deadline allows:
+    /// nothing was granted; on a new lease if `lease_gone()`), or reporting
+    /// the outcome: at the deadline, contention is errc::timeout, unless no
+    /// endpoint ever answered, which is then the failure itself.
+    struct verdict {
+        bool line_up_again = false;
+        std::error_code outcome;
+    };
+    static constexpr int max_restarts = 10;
+    verdict after_failure(std::error_code ec, bool in_time, int restarts) const noexcept {
+        if (ec == errc::lost && in_time && restarts < max_restarts) return {true, ec};
+        if (ec == errc::lost && !in_time) ec = filelock::errc::timeout;
+        if (ec == filelock::errc::timeout && unanswered_) ec = unanswered_;
+        return {false, ec};
+    }
+    /// The request that deletes what a failed attempt may have left: our
+    /// key, guarded by its revision, or (our create's answer lost) the key
+    /// whatever its revision. False: the attempt never claimed the name.
+    bool cleanup(std::string& path, std::string& body) const {
+        if (!claimed_) return false;
+        path = has_key() ? "/v3/kv/txn" : "/v3/kv/deleterange";
+        body = has_key() ? request::release(key_, my_rev_) : json{{"key", base64(key_)}}.dump();
+        return true;
     }
 
     // The driver's side.

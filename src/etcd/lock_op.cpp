@@ -260,23 +260,16 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
         drop_watch();
         if (timer) timer->cancel();
         auto& b = acq->backend();
-        const bool in_time = steady::now() - began < timeout;
-        // Lost while waiting, at the deadline: nothing was won in time.
-        if (ec == errc::lost && !in_time) ec = filelock::errc::timeout;
-        if (ec == errc::lost && restarts < 10 && in_time) {
-            // A waiter's key or lease died under it (its keep-alives failed,
-            // the lease was revoked, the key deleted): nothing was granted, so
-            // it lines up again, on a new lease if need be (the deadline
-            // still counts from the call).
+        const auto v = b.after_failure(ec, steady::now() - began < timeout, restarts);
+        if (v.line_up_again) {
             ++restarts;
             const bool gone = b.lease_gone() && b.lease() == s.lease();
             acq.reset();
             st = state::lease;
             if (gone) s.lose_session("the lease is gone");
-            return start();
+            return start();  // the deadline still counts from the call
         }
-        // No endpoint answered for the whole wait: that, not contention.
-        if (ec == filelock::errc::timeout && b.unanswered()) ec = b.unanswered();
+        ec = v.outcome;
         std::string msg;
         std::string holder = filelock::detail::holder_from_bytes(b.holder());
         if (ec == filelock::errc::timeout || ec == filelock::errc::locked)
@@ -284,19 +277,16 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
                   (holder.empty() ? std::string("another session") : holder);
         else
             msg = describe(b.endpoint().empty() ? s.http().endpoint() : b.endpoint(), ec, b.why());
-        if (b.claimed()) {
-            // Our key may exist (created, or the answer lost): delete it,
-            // then let the name go. The claim is held until etcd answered,
-            // so no other acquisition of this session reuses the key before.
+        if (std::string path, body; b.cleanup(path, body)) {
+            // Delete what the attempt may have left, then let the name go.
+            // The claim is held until etcd answered, so no other acquisition
+            // of this session reuses the key before.
             auto sp = s.shared_from_this();
             auto name_copy = b.name();
-            const auto body = b.has_key() ? request::release(b.key(), b.revision())
-                                          : json{{"key", base64(b.key())}}.dump();
-            const auto path = b.has_key() ? "/v3/kv/txn" : "/v3/kv/deleterange";
             lock_identity id;
             b.identity(id);
             b.hand_over_claim();
-            s.http().post(path, body, [sp, name_copy, id](http_reply&) {
+            s.http().post(std::move(path), std::move(body), [sp, name_copy, id](http_reply&) {
                 sp->names().unclaim(name_copy);
                 filelock::detail::local_release(id);
             });
