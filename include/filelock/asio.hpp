@@ -253,8 +253,8 @@ private:
             reading_ = false;
             drop_inherited();  // the parent's events are not ours to read
             if (!source_ || !stream_) return;
-            for (const auto& [key, moved] : source_->read())
-                if (auto it = tracked_.find(static_cast<const release_wake*>(key));
+            for (const auto& [waiter, moved] : source_->read())
+                if (auto it = tracked_.find(static_cast<const release_wake*>(waiter));
                     it != tracked_.end())
                     if (auto w = it->second.lock()) woken.emplace_back(std::move(w), moved);
             if (source_->idle()) {
