@@ -1093,6 +1093,48 @@ TEST_CASE("etcd: a request timed out or reset by one member is tried again on an
     }
 }
 
+TEST_CASE("etcd: a lost lock is not granted to another before its owner releases it",
+          "[etcd][slow]") {
+    // The holder's member stalls past the lease deadline: the lost signal
+    // fires (last keep-alive sent + TTL - margin). The margin is the owner's
+    // time to stop: the lease was revoked at once, so the next waiter was
+    // granted within milliseconds while the owner was still in its section.
+    test::tcp_proxy proxy(
+        std::stoi(member().endpoint().substr(member().endpoint().rfind(':') + 1)));
+    asio::io_context io;
+    auto hc = cfg(4s);
+    hc.endpoints = {proxy.endpoint()};
+    hc.lost_margin = 2000ms;
+    etcd::client holder(io.get_executor(), hc);
+    etcd::client other(io.get_executor(), cfg(10s));
+    const auto name = unique_name("lost-no-revoke");
+    outcome o, w;
+    start_lock(holder, name, 5s, o);
+    REQUIRE(run_until(io, [&] { return o.done; }));
+    REQUIRE_FALSE(o.ec);
+    start_lock(other, name, 30s, w);
+    std::optional<std::error_code> lost;
+    holder.async_wait_lost(o.held, [&](std::error_code ec) { lost = ec; });
+    io.restart();
+    io.run_for(200ms);
+    REQUIRE_FALSE(w.done);
+    proxy.pause(true);
+    REQUIRE(run_until(
+        io, [&] { return lost.has_value(); }, 10s));
+    CHECK(*lost == etcd::errc::lost);
+    proxy.pause(false);  // the member is reachable again: a revoke would go through
+    // The server keeps the lease at least the margin longer; its owner has
+    // not released it: nobody else is granted meanwhile.
+    const auto until = std::chrono::steady_clock::now() + 1s;
+    run_until(io, [&] { return w.done || std::chrono::steady_clock::now() >= until; });
+    CHECK_FALSE(w.done);
+    // Released by its owner: the waiter is granted.
+    release_and_wait(io, o.held);
+    REQUIRE(run_until(io, [&] { return w.done; }));
+    CHECK_FALSE(w.ec);
+    release_and_wait(io, w.held);
+}
+
 TEST_CASE("etcd: a holder whose member stalls keeps its lock: keep-alives go to another",
           "[etcd]") {
     // The first endpoint stops answering (a paused member) with the

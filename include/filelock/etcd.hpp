@@ -23,7 +23,13 @@
 // until the client-side deadline (the send time of the last successful
 // keep-alive + TTL - `config::lost_margin`, reached before the server can
 // expire the lease and grant the lock to another), the lease was revoked or
-// expired, or the key was deleted by someone else.
+// expired, or the key was deleted by someone else. The margin is the
+// owner's time to stop: when the client itself gives a lease up on a lost
+// signal, it does not revoke it while a lock held on it is not released
+// (`lock::release()` or its destructor). The keep-alives stop; the lease
+// expires by its TTL, or is revoked once every lock held on it is released,
+// whichever comes first. Release a lost lock as soon as its section has
+// stopped: that is what lets the next waiter in before the TTL.
 //
 // Transport: etcd's HTTP/JSON gateway through libcurl's multi interface,
 // driven by the event loop itself (no thread, no blocking call on the loop).

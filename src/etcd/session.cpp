@@ -117,9 +117,32 @@ void session::lose_session(const std::string& why) {
         if (auto h = w.lock(); h && h->lease == old) lose(*h, errc::lost);
     // Pending acquisitions on the old lease line up again on a new one.
     fail_over_ops(old);
-    // The old lease may still be alive on the server (a partition): revoke it,
-    // best effort.
-    http_.post("/v3/lease/revoke", request::revoke(old), [](http_reply&) {});
+    // The old lease may still be alive on the server (a partition). While a
+    // lock held on it is not released by its owner, the lease is left to
+    // expire by its TTL: the margin is the owner's time to stop before anyone
+    // else can be granted, and a revoke now would grant the next waiter at
+    // once. Once every such lock is released, it is revoked (best effort).
+    retired_.push_back(old);
+    revoke_retired();
+}
+
+void session::revoke_retired() {
+    for (auto it = retired_.begin(); it != retired_.end();) {
+        const auto lease = *it;
+        const bool in_use = std::any_of(held_.begin(), held_.end(), [lease](const auto& w) {
+            auto h = w.lock();
+            if (!h || h->lease != lease) return false;
+            std::lock_guard<std::mutex> g(h->m);
+            return !h->released;
+        });
+        if (in_use) {
+            ++it;
+            continue;
+        }
+        it = retired_.erase(it);
+        http_.post("/v3/lease/revoke", request::revoke(lease),
+                   [self = shared_from_this()](http_reply&) {});
+    }
 }
 
 void session::lose(held_state& h, std::error_code why) {

@@ -107,6 +107,7 @@ public:
             auto p = w.lock();
             return !p || p.get() == h;
         });
+        revoke_retired();
         maybe_revoke();
     }
     /// The held lock `h` is lost: tell its owner, once.
@@ -120,6 +121,8 @@ private:
     void arm_lost();
     bool retry_grant(const http_reply& r, std::error_code ec);
     void maybe_revoke();
+    /// Revokes the lost leases (`retired_`) whose held locks are all released.
+    void revoke_retired();
 
 public:
     void keepalive();
@@ -148,6 +151,9 @@ private:
     std::map<std::uint64_t, std::shared_ptr<lock_op>> ops_;
     std::uint64_t next_op_ = 1;
     bool closing_ = false;
+    /// Leases lost while a lock held on them was not yet released: revoked
+    /// once those are (or left to expire by their TTL).
+    std::vector<std::int64_t> retired_;
 };
 
 }  // namespace filelock::etcd::detail
