@@ -259,3 +259,50 @@ TEST_CASE(
         CHECK(order == fifo);
     }
 }
+
+TEST_CASE("wake: sync waiters of other files still get their release after one event wakes two") {
+    // X and Y: readers of two ranges of f (two local queues, one watch: one
+    // close wakes both); Z: a writer of g. X leads (reads the events), Y and
+    // Z follow in that order. f's release wakes X and Y at once: the role
+    // offered to Y, which leaves too, must reach Z, whose release comes later.
+    scratch s;
+    const auto f = s / "f.lock", g = s / "g.lock";
+    filelock::lock_options whole = event_only();
+    whole.backend = filelock::lock_backend::ofd;
+    auto hg = hold_in_child(g);  // first: f's holder exits first, with its copy of g's pipe
+    auto hf = hold_in_child(f, whole);
+    REQUIRE(hf.ready());
+    REQUIRE(hg.ready());
+    auto reader = [&](std::uint64_t start) {
+        filelock::lock_options o = event_only();
+        o.backend = filelock::lock_backend::ofd;
+        o.mode = filelock::lock_mode::shared;
+        o.range = {start, 1};
+        return std::thread([f, o] {
+            std::error_code ec;
+            auto l = filelock::lock(f, 60s, o, ec);
+            CHECK(!ec);
+        });
+    };
+    std::thread x = reader(0);
+    std::this_thread::sleep_for(200ms);  // (the order of arrival, not a timing claim)
+    std::thread y = reader(1);
+    std::this_thread::sleep_for(200ms);
+    std::error_code zec;
+    std::chrono::steady_clock::time_point zwon;
+    std::thread z([&] {
+        auto l = filelock::lock(g, 60s, event_only(), zec);
+        zwon = std::chrono::steady_clock::now();
+    });
+    std::this_thread::sleep_for(200ms);
+    hf.release();
+    hf.wait();
+    x.join();
+    y.join();
+    const auto released = std::chrono::steady_clock::now();
+    hg.release();
+    hg.wait();
+    z.join();
+    CHECK(!zec);
+    CHECK(zwon - released < before_timer);
+}

@@ -146,14 +146,14 @@ private:
         if (source_ && source_->idle() && !leader_) release_source::recycle(std::move(source_));
     }
 
-    // With the mutex held.
+    // With the mutex held. The role goes on to the next follower: also when
+    // `w` was the one offered it (woken by the same events as the leader,
+    // it leaves without reading).
     void drop_follower(sync_waiter& w) noexcept {
-        if (leader_ == &w) {
-            leader_ = nullptr;
-            offer();
-        }
+        if (leader_ == &w) leader_ = nullptr;
         auto it = std::find(followers_.begin(), followers_.end(), &w);
         if (it != followers_.end()) followers_.erase(it);
+        offer();
     }
 
     // With the mutex held: somebody must go on reading while followers wait.
