@@ -1032,6 +1032,47 @@ TEST_CASE("etcd: an expired auth token is renewed: the release and the revoke go
     CHECK(revoked);
 }
 
+TEST_CASE("etcd: a held watch made anew with an expired token still reports the key's deletion",
+          "[etcd][slow]") {
+    // The held key's watch stream ends (its member went away) and is made
+    // again after the token expired (--auth-token-ttl): etcd answers
+    // HTTP 200 with a cancelled watch ("invalid auth token"). That watch was
+    // taken as alive: a deletion of the key was never reported.
+    test::etcd_cluster m(1, {}, {}, {}, {"--auth-token-ttl=1"});
+    int st = -1;
+    m.ctl("user add root:rootpw", &st);
+    REQUIRE(st == 0);
+    m.ctl("auth enable", &st);
+    REQUIRE(st == 0);
+    test::tcp_proxy proxy(std::stoi(m.endpoint().substr(m.endpoint().rfind(':') + 1)));
+    asio::io_context io;
+    etcd::config c;
+    c.endpoints = {proxy.endpoint()};
+    c.user = "root";
+    c.password = "rootpw";
+    c.ttl = 10s;
+    etcd::client cl(io.get_executor(), c);
+    outcome o;
+    start_lock(cl, unique_name("auth-watch"), 5s, o);
+    REQUIRE(run_until(io, [&] { return o.done; }));
+    REQUIRE_FALSE(o.ec);
+    std::optional<std::error_code> lost;
+    cl.async_wait_lost(o.held, [&](std::error_code ec) { lost = ec; });
+    // The token expires (keep-alives do not renew it).
+    const auto until = std::chrono::steady_clock::now() + 2500ms;
+    run_until(io, [&] { return std::chrono::steady_clock::now() >= until; });
+    proxy.drop_all();  // the watch is made again, with the expired token
+    const auto later = std::chrono::steady_clock::now() + 1s;
+    run_until(io, [&] { return std::chrono::steady_clock::now() >= later; });
+    REQUIRE_FALSE(lost);
+    m.ctl("--user root:rootpw del '" + o.held.key() + "'", &st);
+    REQUIRE(st == 0);
+    REQUIRE(run_until(
+        io, [&] { return lost.has_value(); }, 5s));
+    CHECK(*lost == etcd::errc::lost);
+    release_and_wait(io, o.held);
+}
+
 namespace {
 // A member that accepts connections and never answers (a paused process):
 // the kernel completes the handshake from its backlog.

@@ -189,6 +189,14 @@ void session::watch_held(const std::shared_ptr<held_state>& h) {
                 const auto m = decode_watch(text);
                 if (!m.ok) return;
                 if (m.revision) h->watch_from = std::max(h->watch_from, m.revision + 1);
+                if (m.canceled) {
+                    // The server ended this watch (an expired auth token, a
+                    // compacted revision): the stream says nothing more.
+                    h->s->loop().post([w] {
+                        if (auto h = w.lock()) h->s->check_held(h);
+                    });
+                    return;
+                }
                 if (m.deletions.empty()) return;
                 h->s->loop().post([w] {
                     auto h = w.lock();
@@ -199,6 +207,47 @@ void session::watch_held(const std::shared_ptr<held_state>& h) {
                 });
             });
         });
+}
+
+void session::check_held(const std::shared_ptr<held_state>& h) {
+    if (h->released || h->lost) return;
+    if (h->watch_id) http_.cancel(std::exchange(h->watch_id, 0));
+    // A unary request: a refused token is renewed by the transport, and the
+    // key is checked while it is not watched.
+    std::weak_ptr<held_state> w = h;
+    http_.post("/v3/kv/range", json{{"key", base64(h->key)}}.dump(), [w](http_reply& r) {
+        auto h = w.lock();
+        if (!h || h->released || h->lost) return;
+        json j;
+        std::string why;
+        std::vector<kv> kvs;
+        bool read = false;
+        try {
+            read = !parse(r, j, why) && kvs_of(j, kvs);
+        } catch (const std::exception&) {
+            read = false;  // a malformed answer is no answer
+        }
+        if (read) {
+            if (kvs.empty() || kvs.front().create_revision != h->rev) {
+                h->s->lose(*h, errc::lost);
+                h->s->keepalive();  // revoked? the session is told
+                return;
+            }
+            // Still ours at the answer's revision: watch on from there.
+            try {
+                if (const auto hd = j.find("header"); hd != j.end() && hd->is_object())
+                    h->watch_from = std::max(h->watch_from, int64_of(*hd, "revision") + 1);
+            } catch (const std::exception&) {
+                // no usable revision: watch on from the last one seen
+            }
+            return h->s->watch_held(h);
+        }
+        // Not answered: watch again in a moment (the transport moved on).
+        if (!h->rewatch) h->rewatch = h->s->loop().make_timer();
+        h->rewatch->arm(steady::now() + std::chrono::milliseconds(100), [w] {
+            if (auto h = w.lock()) h->s->watch_held(h);
+        });
+    });
 }
 
 void session::maybe_revoke() {

@@ -113,6 +113,9 @@ public:
     /// The held lock `h` is lost: tell its owner, once.
     void lose(held_state& h, std::error_code why);
     void watch_held(const std::shared_ptr<held_state>& h);
+    /// The held watch was cancelled by the server: checks the key with a
+    /// unary range (renewing a refused token), then watches again.
+    void check_held(const std::shared_ptr<held_state>& h);
 
 private:
     void grant();
