@@ -4,6 +4,9 @@
 #include "../src/etcd/lock_backend.hpp"
 
 #include <catch2/catch.hpp>
+#if defined(__linux__)
+#include <time.h>
+#endif
 
 using namespace std::chrono_literals;
 using namespace filelock::etcd::detail;
@@ -17,7 +20,7 @@ constexpr std::int64_t lease = 0x2040a238;
 struct fixture {
     claims names;
     int session_tag = 0;
-    lease_state live{lease, filelock::detail::clock::time_point::max()};
+    lease_state live{lease, lease_clock::time_point::max()};
     filelock::detail::clock::time_point now{};
     std::unique_ptr<etcd_acquire> m;
 
@@ -193,7 +196,7 @@ TEST_CASE("etcd protocol: a deletion read after the lease deadline never wins (e
     // deletion after its own lease could have expired on the server.
     fixture f;
     line_up(f);
-    f.live.deadline = filelock::detail::clock::now() - 1ms;
+    f.live.deadline = lease_clock::now() - 1ms;
     CHECK(f.b().on_delete("job/1", 15));
     const auto a = f.resume(wake_reason::release);
     REQUIRE(a.is_done());
@@ -216,7 +219,7 @@ TEST_CASE("etcd protocol: a first-in-line answer read after the deadline is not 
     SECTION("the create's answer") {
         fixture f;
         f.resume(wake_reason::start);
-        f.live.deadline = filelock::detail::clock::now() - 1ms;
+        f.live.deadline = lease_clock::now() - 1ms;
         const auto a = f.reply(
             {{"header", header(10)},
              {"succeeded", true},
@@ -230,7 +233,7 @@ TEST_CASE("etcd protocol: a first-in-line answer read after the deadline is not 
         line_up(f);
         auto a = f.resume(wake_reason::timer);  // the fallback timer: another look
         REQUIRE(a.what == action::kind::send);
-        f.live.deadline = filelock::detail::clock::now() - 1ms;
+        f.live.deadline = lease_clock::now() - 1ms;
         a = f.reply({{"header", header(16)},
                      {"succeeded", true},
                      {"responses", {range({}), range({kv_json(mine, 12)})}}});
@@ -240,7 +243,7 @@ TEST_CASE("etcd protocol: a first-in-line answer read after the deadline is not 
     SECTION("the same answers before the deadline win") {
         fixture f;
         line_up(f);
-        f.live.deadline = filelock::detail::clock::now() + 1h;
+        f.live.deadline = lease_clock::now() + 1h;
         CHECK(f.b().on_delete("job/1", 15));
         const auto a = f.resume(wake_reason::release);
         REQUIRE(a.is_done());
@@ -361,7 +364,7 @@ TEST_CASE("etcd protocol: a name held by the session is local contention, no req
 // The session's lease without I/O (src/etcd/lease.hpp).
 
 TEST_CASE("etcd session: ownership lasts from the renewing request's send + TTL - margin") {
-    using filelock::detail::clock;
+    using clock = lease_clock;
     const clock::time_point t0{};
     lease_keeper k(10s, 1000ms);
     CHECK(k.id() == 0);
@@ -385,8 +388,33 @@ TEST_CASE("etcd session: ownership lasts from the renewing request's send + TTL 
     CHECK_FALSE(k.state().live(lease, t0));
 }
 
+#if defined(__linux__)
+TEST_CASE("etcd session: the lease's time counts a suspend (CLOCK_BOOTTIME, not monotonic)") {
+    // etcd expires the lease while this machine is suspended; steady_clock
+    // (CLOCK_MONOTONIC) does not count the suspend, so a deadline on it
+    // still looked live after one longer than the TTL.
+    const auto boot = [] {
+        timespec ts{};
+        ::clock_gettime(CLOCK_BOOTTIME, &ts);
+        return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+    };
+    const auto b0 = boot();
+    const auto t = lease_clock::now().time_since_epoch();
+    const auto b1 = boot();
+    CHECK(b0 <= t);
+    CHECK(t <= b1);
+    // A deadline set before a suspend longer than the TTL: the boot time
+    // after it is past the deadline, whatever monotonic time says.
+    lease_keeper k(10s, 1000ms);
+    const lease_clock::time_point sent{b0};
+    k.granted(lease, sent, 10s);
+    CHECK(k.state().live(lease, lease_clock::time_point{b1}));
+    CHECK_FALSE(k.state().live(lease, lease_clock::time_point{b1 + 30s}));
+}
+#endif
+
 TEST_CASE("etcd session: keep-alives every TTL/3 in milliseconds, the margin at most TTL/2") {
-    using filelock::detail::clock;
+    using clock = lease_clock;
     const clock::time_point t0{};
     lease_keeper k(1s, 1000ms);
     k.granted(lease, t0, 1s);

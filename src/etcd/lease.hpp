@@ -17,10 +17,35 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#if defined(__linux__)
+#include <time.h>
+#endif
 
 namespace filelock::etcd::detail {
 
 using filelock::detail::clock;
+
+/// The clock of the lease's send times and deadline, and of the "now" a win
+/// is checked against: etcd's lease runs on while this machine is
+/// suspended, and CLOCK_MONOTONIC (steady_clock) does not count a suspend.
+/// On Linux CLOCK_BOOTTIME does; elsewhere steady_clock.
+struct lease_clock {
+    using duration = std::chrono::nanoseconds;
+    using rep = duration::rep;
+    using period = duration::period;
+    using time_point = std::chrono::time_point<lease_clock>;
+    static constexpr bool is_steady = true;
+    static time_point now() noexcept {
+#if defined(__linux__)
+        timespec ts{};
+        ::clock_gettime(CLOCK_BOOTTIME, &ts);
+        return time_point(std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec));
+#else
+        return time_point(std::chrono::duration_cast<duration>(
+            std::chrono::steady_clock::now().time_since_epoch()));
+#endif
+    }
+};
 
 /// What the protocol knows of the session's lease. The session updates it;
 /// the backend reads it when it is about to report a win.
@@ -29,9 +54,9 @@ struct lease_state {
     std::int64_t id = 0;
     /// Until when ownership under it is guaranteed: the send time of the last
     /// answered keep-alive (or grant) + TTL - margin.
-    clock::time_point deadline = clock::time_point::min();
+    lease_clock::time_point deadline = lease_clock::time_point::min();
 
-    bool live(std::int64_t lease, clock::time_point now) const noexcept {
+    bool live(std::int64_t lease, lease_clock::time_point now) const noexcept {
         return lease != 0 && id == lease && now < deadline;
     }
 };
@@ -50,10 +75,10 @@ public:
     std::chrono::seconds ttl() const noexcept { return ttl_; }
     std::int64_t id() const noexcept { return state_.id; }
     const lease_state& state() const noexcept { return state_; }
-    clock::time_point deadline() const noexcept { return state_.deadline; }
+    lease_clock::time_point deadline() const noexcept { return state_.deadline; }
 
     /// A grant sent at `sent` was answered: lease `id` with `ttl`.
-    void granted(std::int64_t id, clock::time_point sent, std::chrono::seconds ttl) noexcept {
+    void granted(std::int64_t id, lease_clock::time_point sent, std::chrono::seconds ttl) noexcept {
         ttl_ = ttl;
         state_.id = id;
         renew(sent, ttl);
@@ -66,7 +91,7 @@ public:
     };
     /// The answer to a keep-alive sent at `sent`: `ttl` seconds left, or
     /// `failed` when no valid answer came.
-    verdict answered(clock::time_point sent, bool failed, std::int64_t ttl) noexcept {
+    verdict answered(lease_clock::time_point sent, bool failed, std::int64_t ttl) noexcept {
         if (failed) return verdict::failed;
         if (ttl <= 0) return verdict::gone;
         renew(sent, std::chrono::seconds(ttl));
@@ -77,7 +102,8 @@ public:
     /// milliseconds (a TTL of 1 or 2 s is not 0 s). After a failure, a
     /// quarter of that (at least 100 ms, at most 1 s): the transport moved to
     /// the next endpoint, which should answer before the deadline.
-    clock::time_point next_keepalive(clock::time_point now, bool after_failure) const noexcept {
+    template <class TimePoint>
+    TimePoint next_keepalive(TimePoint now, bool after_failure) const noexcept {
         const auto every = interval();
         if (after_failure) return now + std::clamp(every / 4, ms(100), max_retry);
         return now + every;
@@ -99,8 +125,8 @@ private:
         return std::max(std::chrono::duration_cast<ms>(ttl_) / 3, min_interval);
     }
 
-    void renew(clock::time_point sent, ms ttl) noexcept {
-        const auto margin = std::min<clock::duration>(margin_, ttl / 2);
+    void renew(lease_clock::time_point sent, ms ttl) noexcept {
+        const auto margin = std::min<lease_clock::duration>(margin_, ttl / 2);
         state_.deadline = sent + ttl - margin;
     }
 

@@ -346,7 +346,7 @@ private:
     }
 
     std::error_code won(std::int64_t header_rev) {
-        if (!lease_state_->live(lease_, clock::now())) {
+        if (!lease_state_->live(lease_, lease_clock::now())) {
             // The lease may have expired on the server meanwhile, and our key
             // with it: another may hold the lock now (etcd issue #19597).
             lease_gone_ = true;

@@ -10,7 +10,7 @@ namespace filelock::etcd::detail {
 void session::grant() {
     auto after_auth = [this] {
         http_.post("/v3/lease/grant", request::grant(keeper_.ttl()),
-                   [w = weak_from_this(), sent = steady::now()](http_reply& r) {
+                   [w = weak_from_this(), sent = lease_clock::now()](http_reply& r) {
                        auto self = w.lock();
                        if (!self) return;
                        grant_reply g;
@@ -48,14 +48,16 @@ bool session::retry_grant(const http_reply& r, std::error_code ec) {
     return transient(r, ec) && (answered_ || r.ec != errc::unreachable);
 }
 
-void session::keep(const grant_reply& g, steady::time_point sent) {
+void session::keep(const grant_reply& g, lease_clock::time_point sent) {
     keeper_.granted(g.id, sent, std::chrono::seconds(g.ttl));
     arm_lost();
     keepalive_timer_->arm(keeper_.next_keepalive(steady::now(), false), [this] { keepalive(); });
 }
 
 void session::arm_lost() {
-    lost_timer_->arm(keeper_.deadline(),
+    // The timer runs on steady time; the deadline is on the lease's clock.
+    const auto left = keeper_.deadline() - lease_clock::now();
+    lost_timer_->arm(steady::now() + std::chrono::duration_cast<steady::duration>(left),
                      [this] { lose_session("no keep-alive answered within the TTL"); });
 }
 
@@ -85,7 +87,7 @@ void session::granted(std::error_code ec, const std::string& why, bool retry) {
 void session::keepalive() {
     const auto lease = keeper_.id();
     if (!lease) return;
-    const auto sent = steady::now();
+    const auto sent = lease_clock::now();
     http_.post(
         "/v3/lease/keepalive", request::keepalive(lease),
         [w = weak_from_this(), sent, lease](http_reply& r) {

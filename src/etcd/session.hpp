@@ -120,7 +120,7 @@ public:
 private:
     void grant();
     void granted(std::error_code ec, const std::string& why, bool retry = false);
-    void keep(const grant_reply& g, steady::time_point sent);
+    void keep(const grant_reply& g, lease_clock::time_point sent);
     void arm_lost();
     bool retry_grant(const http_reply& r, std::error_code ec);
     void maybe_revoke();
