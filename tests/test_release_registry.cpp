@@ -158,3 +158,22 @@ TEST_CASE("release_source: an instance that still has a waiter is never kept for
     CHECK(next->idle());
     CHECK(next->read().empty());
 }
+
+TEST_CASE("release_registry: a release wakes the first writer of each lock on the file") {
+    // One file, three locks: OFD bytes 0-1, OFD bytes 1-2, flock. The
+    // release may be of any of them: each lock's longest-waiting writer
+    // attempts; a later writer of a lock already woken does not.
+    using filelock::detail::lock_identity;
+    const lock_identity range_a{0, 0, 1, 0, 1}, range_b{0, 0, 1, 1, 1}, whole_flock{0, 0, 0, 0, 0};
+    release_registry r;
+    r.add(1, &a, 10, false, range_a);
+    r.add(1, &b, 20, false, range_b);
+    r.add(1, &c, 30, false, whole_flock);
+    r.add(1, &d, 40, false, range_b);
+    const auto w = woken_by(r, {{1, false}});
+    CHECK(w.size() == 3);
+    CHECK(has(w, &a, false));
+    CHECK(has(w, &b, false));
+    CHECK(has(w, &c, false));
+    CHECK(!has(w, &d, false));
+}

@@ -160,15 +160,17 @@ public:
 
     explicit release_service(asio::execution_context& ctx) : service(ctx) {}
 
-    /// Registers `w` for events on the file `path` names now; false if it
-    /// cannot be watched (the operation relies on its timer).
-    bool watch(const std::filesystem::path& path, const std::shared_ptr<release_wake>& w) {
+    /// Registers `w` for events on the file `path` names now, waiting for the
+    /// lock `lock`; false if it cannot be watched (the operation relies on
+    /// its timer).
+    bool watch(const std::filesystem::path& path, const std::shared_ptr<release_wake>& w,
+               const lock_identity& lock) {
         std::lock_guard<std::mutex> g(mutex_);
         if (shut_down_) return false;
         drop_inherited();
         if (!source_ && !(source_ = release_source::take())) return false;
         if (!stream_) stream_.emplace(w->executor, source_->native_handle());
-        if (!source_->watch(path, w.get(), w->arrival, w->shared)) {
+        if (!source_->watch(path, w.get(), w->arrival, w->shared, lock)) {
             if (source_->idle()) idle();
             return false;
         }
@@ -359,11 +361,14 @@ private:
     void run(Self& self, action next, bool inline_call) {
         for (;;) {
             switch (next.what) {
-                case action::kind::watch:
-                    watching_ = service().watch(acq_->backend().path(), wake_);
+                case action::kind::watch: {
+                    lock_identity lock{};
+                    (void)acq_->backend().identity(lock);  // (its backend and range matter here)
+                    watching_ = service().watch(acq_->backend().path(), wake_, lock);
                     next = acq_->resume(
                         {watching_ ? wake_reason::watched : wake_reason::unwatched, clock::now()});
                     continue;
+                }
                 case action::kind::wait: {
                     if (!service_) service();  // a fork may have to wake it
                     state_ = state::waiting;

@@ -59,11 +59,11 @@ public:
     }
 
     /// Registers `w` for release events of the file `path` names now.
-    bool listen(sync_waiter& w, const std::filesystem::path& path) {
+    bool listen(sync_waiter& w, const std::filesystem::path& path, const lock_identity& lock) {
         std::lock_guard<std::mutex> g(mutex_);
         if (!source_) source_ = release_source::take();
         if (!source_ || !source_->enable_interrupts() ||
-            !source_->watch(path, &w, w.arrival(), w.shared())) {
+            !source_->watch(path, &w, w.arrival(), w.shared(), lock)) {
             give_back_if_idle();
             return false;
         }
@@ -170,10 +170,10 @@ private:
 
 sync_waiter::~sync_waiter() { disarm(); }
 
-bool sync_waiter::arm(const std::filesystem::path& path) {
+bool sync_waiter::arm(const std::filesystem::path& path, const lock_identity& lock) {
     if (hub_) return true;
     release_hub* hub = release_hub::get();
-    return hub && hub->listen(*this, path);
+    return hub && hub->listen(*this, path, lock);
 }
 
 void sync_waiter::disarm() noexcept {

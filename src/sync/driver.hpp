@@ -30,9 +30,9 @@ public:
 
     void wake() noexcept override { signal(&sync_waiter::turn_); }
 
-    /// Arms a release watch of `path` (or keeps the one armed): whether
-    /// release events will come.
-    bool arm(const std::filesystem::path& path);
+    /// Arms a release watch of `path` for the lock `lock` (or keeps the one
+    /// armed): whether release events will come.
+    bool arm(const std::filesystem::path& path, const lock_identity& lock);
     /// Drops the watch (after the file moved; and on the way out).
     void disarm() noexcept;
 
@@ -79,10 +79,14 @@ std::error_code run_sync(acquire<Backend>& acq, const std::filesystem::path& pat
     for (;;) {
         switch (next.what) {
             case action::kind::done: return next.ec;
-            case action::kind::watch:
-                next = acq.resume({waiter.arm(path) ? wake_reason::watched : wake_reason::unwatched,
-                                   clock::now()});
+            case action::kind::watch: {
+                lock_identity lock{};
+                (void)acq.backend().identity(lock);  // (its backend and range matter here)
+                next = acq.resume(
+                    {waiter.arm(path, lock) ? wake_reason::watched : wake_reason::unwatched,
+                     clock::now()});
                 break;
+            }
             case action::kind::wait: {
                 const wake_reason why = waiter.wait(next.until, next.on_release);
                 if (why == wake_reason::moved) waiter.disarm();

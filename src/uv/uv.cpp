@@ -218,7 +218,9 @@ struct op final : filelock::detail::queue_waiter {
         if (watching) return true;
         auto* src = ls->source();
         // No events (or no watch of this file): the backoff alone.
-        watching = src && src->watch(acq->backend().path(), this, arrival, shared);
+        filelock::detail::lock_identity lock{};
+        (void)acq->backend().identity(lock);  // (its backend and range matter here)
+        watching = src && src->watch(acq->backend().path(), this, arrival, shared, lock);
         return watching;
     }
 

@@ -5,8 +5,9 @@
 
 namespace filelock::detail {
 
-void release_registry::add(int wd, key waiter, std::uint64_t arrival, bool shared) {
-    entries_.push_back({wd, waiter, arrival, shared});
+void release_registry::add(int wd, key waiter, std::uint64_t arrival, bool shared,
+                           const lock_identity& lock) {
+    entries_.push_back({wd, waiter, arrival, shared, lock});
 }
 
 int release_registry::remove(key waiter) noexcept {
@@ -22,16 +23,23 @@ int release_registry::remove(key waiter) noexcept {
 std::vector<release_registry::wakeup> release_registry::dispatch(
     const std::vector<release_event>& events, std::vector<int>& moved) {
     std::vector<wakeup> woken;
+    std::vector<const entry*> firsts;  // the longest-waiting exclusive waiter of each lock
     for (const auto& ev : events) {
-        const entry* first = nullptr;  // the longest-waiting exclusive waiter
+        firsts.clear();
         for (const auto& e : entries_) {
             if (ev.wd != release_event::all && e.wd != ev.wd) continue;
-            if (ev.moved || e.shared)
+            if (ev.moved || e.shared) {
                 woken.push_back({e.waiter, ev.moved});
-            else if (!first || e.arrival < first->arrival)
-                first = &e;
+                continue;
+            }
+            auto it = std::find_if(firsts.begin(), firsts.end(),
+                                   [&](const entry* f) { return f->same_lock(e); });
+            if (it == firsts.end())
+                firsts.push_back(&e);
+            else if (e.arrival < (*it)->arrival)
+                *it = &e;
         }
-        if (first) woken.push_back({first->waiter, false});
+        for (const entry* f : firsts) woken.push_back({f->waiter, false});
         if (!ev.moved) continue;
         // The path may name another file now: its waiters watch anew.
         auto gone = std::stable_partition(entries_.begin(), entries_.end(), [&](const entry& e) {

@@ -6,6 +6,7 @@
 // watcher's events and wake what it answers, each in its own way (tested
 // with scripted events: tests/test_release_registry.cpp).
 
+#include <filelock/detail/local_queue.hpp>
 #include <filelock/export.hpp>
 
 #include <cstdint>
@@ -34,16 +35,21 @@ public:
     };
 
     /// `waiter` waits for releases of the file watched as `wd`. `arrival`
-    /// orders the waiters (earlier first); a `shared` one is a reader.
-    void add(int wd, key waiter, std::uint64_t arrival, bool shared);
+    /// orders the waiters (earlier first); a `shared` one is a reader; `lock`
+    /// is the lock it waits for (its backend and byte range: waiters of one
+    /// file may wait for locks that do not exclude each other).
+    void add(int wd, key waiter, std::uint64_t arrival, bool shared,
+             const lock_identity& lock = {});
     /// Forgets `waiter`; returns its watch descriptor (-1: not registered),
     /// whose reference the caller drops.
     int remove(key waiter) noexcept;
 
     /// The waiters `events` wake, by the wake rule: on a release, every
     /// shared waiter (a release lets all readers in) and the longest-waiting
-    /// exclusive one (it lets one in: waking all would cost N attempts per
-    /// release; the others keep their fallback timers); on a moved file (or
+    /// exclusive one of each lock on the file (a release lets one in: waking
+    /// all would cost N attempts per release; the others keep their fallback
+    /// timers; a release of one byte range or backend says nothing of
+    /// another, so each lock's first writer attempts); on a moved file (or
     /// lost events), all of them, forgotten (they watch anew), their watch
     /// descriptors added to `moved` (one entry per waiter: the caller drops
     /// a reference for each).
@@ -60,6 +66,11 @@ private:
         key waiter;
         std::uint64_t arrival;
         bool shared;
+        lock_identity lock;
+        bool same_lock(const entry& o) const noexcept {
+            return lock.backend == o.lock.backend && lock.start == o.lock.start &&
+                   lock.length == o.lock.length;
+        }
     };
     std::vector<entry> entries_;
 };

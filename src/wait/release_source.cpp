@@ -87,11 +87,11 @@ void release_source::recycle(std::unique_ptr<release_source> s) noexcept {
 int release_source::native_handle() const noexcept { return impl_->watcher.native_handle(); }
 
 bool release_source::watch(const std::filesystem::path& path, waiter w, std::uint64_t arrival,
-                           bool shared) {
+                           bool shared, const lock_identity& lock) {
     const int wd = impl_->watcher.add(path);
     if (wd < 0) return false;
     try {
-        impl_->registry.add(wd, w, arrival, shared);
+        impl_->registry.add(wd, w, arrival, shared, lock);
     } catch (...) {
         impl_->watcher.remove(wd);
         return false;

@@ -17,6 +17,7 @@
 // on the way from a release to the next holder; then nothing. Not
 // thread-safe: each driver serialises its use.
 
+#include <filelock/detail/local_queue.hpp>
 #include <filelock/export.hpp>
 
 #include <chrono>
@@ -52,8 +53,10 @@ public:
 
     /// `w` waits for releases of the file `path` names now; `arrival`
     /// orders the waiters (earlier first), a `shared` one is a reader. False
-    /// if it cannot be watched (its timer then).
-    bool watch(const std::filesystem::path& path, waiter w, std::uint64_t arrival, bool shared);
+    /// if it cannot be watched (its timer then). `lock` is the lock it waits
+    /// for (a release wakes one exclusive waiter of each lock on the file).
+    bool watch(const std::filesystem::path& path, waiter w, std::uint64_t arrival, bool shared,
+               const lock_identity& lock = {});
     /// `w` stops waiting (nothing if it was not watching).
     void unwatch(waiter w) noexcept;
     /// Reads the pending events: the waiters to wake. Every shared waiter of
