@@ -273,20 +273,17 @@ TEST_CASE("wake: sync waiters of other files still get their release after one e
     auto hf = hold_in_child(f, whole);
     REQUIRE(hf.ready());
     REQUIRE(hg.ready());
-    auto reader = [&](std::uint64_t start) {
+    std::error_code xec, yec;  // checked on this thread: Catch's assertions are not thread-safe
+    auto reader = [&](std::uint64_t start, std::error_code& ec) {
         filelock::lock_options o = event_only();
         o.backend = filelock::lock_backend::ofd;
         o.mode = filelock::lock_mode::shared;
         o.range = {start, 1};
-        return std::thread([f, o] {
-            std::error_code ec;
-            auto l = filelock::lock(f, 60s, o, ec);
-            CHECK(!ec);
-        });
+        return std::thread([f, o, &ec] { auto l = filelock::lock(f, 60s, o, ec); });
     };
-    std::thread x = reader(0);
+    std::thread x = reader(0, xec);
     std::this_thread::sleep_for(200ms);  // (the order of arrival, not a timing claim)
-    std::thread y = reader(1);
+    std::thread y = reader(1, yec);
     std::this_thread::sleep_for(200ms);
     std::error_code zec;
     std::chrono::steady_clock::time_point zwon;
@@ -303,6 +300,8 @@ TEST_CASE("wake: sync waiters of other files still get their release after one e
     hg.release();
     hg.wait();
     z.join();
+    CHECK(!xec);
+    CHECK(!yec);
     CHECK(!zec);
     CHECK(zwon - released < before_timer);
 }
