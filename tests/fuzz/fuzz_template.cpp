@@ -2,6 +2,7 @@
 // libFuzzer target: the content-template parser.
 
 #include "../../src/file/content.hpp"
+#include <filelock/error.hpp>
 
 #include <cstdint>
 #include <cstdlib>
