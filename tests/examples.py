@@ -20,7 +20,6 @@ default).
 Usage: examples.py README EXAMPLE...   (the example programs built)
 Prints one line per example and closes with "test cases: N | N passed | N failed".
 """
-import ctypes
 import os
 import re
 import shutil
@@ -31,6 +30,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+from loopback import die_with_parent, free_ports
 
 README_LOCK = "/tmp/filelock-demo.lock"
 README_HOST = "myhost"
@@ -77,24 +78,6 @@ def compare(expected, actual):
             elif x != y:
                 return mismatch
     return None
-
-
-def free_ports(n):
-    """n distinct free loopback ports (all bound at once, then released)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def die_with_parent():
-    """In the child before exec: SIGKILL when the test process dies."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class Etcd:

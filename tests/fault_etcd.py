@@ -39,19 +39,19 @@ Prints its figures (sections, faults injected, overlaps by kind) and
 "fault_etcd: PASS" or "fault_etcd: FAIL". Exit 77 (not run) without etcd.
 """
 import base64
-import ctypes
 import json
 import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+
+from loopback import die_with_parent, free_ports
 
 NAME = "fault/lock"
 SECTION = r"""#!/bin/bash
@@ -90,23 +90,6 @@ def b64(s):
 
 def unb64(s):
     return base64.b64decode(s).decode(errors="replace")
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def die_with_parent():
-    """In the child before exec: SIGKILL when the thread that started it
-    dies (members are started by the main thread, workers by theirs)."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def post(endpoint, path, body, timeout):
