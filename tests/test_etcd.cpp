@@ -30,6 +30,15 @@ std::string unique_name(const char* what) {
            std::to_string(++n);
 }
 
+// Adds the user root (password rootpw) to `m` and turns authentication on.
+void enable_root_auth(test::etcd_cluster& m) {
+    int st = -1;
+    m.ctl("user add root:rootpw", &st);
+    REQUIRE(st == 0);
+    m.ctl("auth enable", &st);
+    REQUIRE(st == 0);
+}
+
 etcd::config cfg(std::chrono::seconds ttl = 10s) {
     etcd::config c;
     c.endpoints = {member().endpoint()};
@@ -860,11 +869,7 @@ TEST_CASE("etcd: TLS verifies the server against the CA given; a wrong CA is a c
 TEST_CASE("etcd: user authentication: the right password locks, a wrong one is errc::auth",
           "[etcd]") {
     test::etcd_cluster m(1);
-    int st = -1;
-    m.ctl("user add root:rootpw", &st);
-    REQUIRE(st == 0);
-    m.ctl("auth enable", &st);
-    REQUIRE(st == 0);
+    enable_root_auth(m);
     asio::io_context io;
     etcd::config c;
     c.endpoints = {m.endpoint()};
@@ -976,11 +981,7 @@ TEST_CASE("etcd: an expired auth token is renewed: the release and the revoke go
     // without one, so a lock held longer than that is released with a
     // refused token unless the client authenticates again.
     test::etcd_cluster m(1, {}, {}, {}, {"--auth-token-ttl=1"});
-    int st = -1;
-    m.ctl("user add root:rootpw", &st);
-    REQUIRE(st == 0);
-    m.ctl("auth enable", &st);
-    REQUIRE(st == 0);
+    enable_root_auth(m);
     asio::io_context io;
     etcd::config c;
     c.endpoints = {m.endpoint()};
@@ -1039,11 +1040,7 @@ TEST_CASE("etcd: a held watch made anew with an expired token still reports the 
     // HTTP 200 with a cancelled watch ("invalid auth token"). That watch was
     // taken as alive: a deletion of the key was never reported.
     test::etcd_cluster m(1, {}, {}, {}, {"--auth-token-ttl=1"});
-    int st = -1;
-    m.ctl("user add root:rootpw", &st);
-    REQUIRE(st == 0);
-    m.ctl("auth enable", &st);
-    REQUIRE(st == 0);
+    enable_root_auth(m);
     test::tcp_proxy proxy(std::stoi(m.endpoint().substr(m.endpoint().rfind(':') + 1)));
     asio::io_context io;
     etcd::config c;
@@ -1065,6 +1062,7 @@ TEST_CASE("etcd: a held watch made anew with an expired token still reports the 
     const auto later = std::chrono::steady_clock::now() + 1s;
     run_until(io, [&] { return std::chrono::steady_clock::now() >= later; });
     REQUIRE_FALSE(lost);
+    int st = -1;
     m.ctl("--user root:rootpw del '" + o.held.key() + "'", &st);
     REQUIRE(st == 0);
     REQUIRE(run_until(
