@@ -38,7 +38,7 @@ module and the filelock::asio CMake target do), or include <filelock/asio.hpp> f
 #define ASIO_HAS_CO_AWAIT 1
 #endif
 
-#include <filelock/detail/file_backend.hpp>
+#include <filelock/detail/file_acquisition.hpp>
 #include <filelock/detail/local_queue.hpp>
 #include <filelock/detail/release_source.hpp>
 #include <filelock/lock_file.hpp>
@@ -290,8 +290,7 @@ public:
           wake_(std::make_shared<release_wake>(asio::any_io_executor(ex),
                                                options.mode == lock_mode::shared,
                                                release_wake::next_arrival())),
-          acq_(std::make_unique<file_acquire>(file_backend(path, options), timeout, options.backoff,
-                                              random_seed())) {
+          acq_(std::make_unique<file_acquisition>(path, timeout, options)) {
         acq_->use_queue(wake_.get(), &asio::query(ex, asio::execution::context));
     }
     async_lock_op(async_lock_op&&) = default;
@@ -363,8 +362,8 @@ private:
             switch (next.what) {
                 case action::kind::watch: {
                     lock_identity lock{};
-                    (void)acq_->backend().identity(lock);  // (its backend and range matter here)
-                    watching_ = service().watch(acq_->backend().path(), wake_, lock);
+                    (void)acq_->identity(lock);  // (its backend and range matter here)
+                    watching_ = service().watch(acq_->path(), wake_, lock);
                     next = acq_->resume(
                         {watching_ ? wake_reason::watched : wake_reason::unwatched, clock::now()});
                     continue;
@@ -399,7 +398,7 @@ private:
 
     template <class Self>
     void finish(Self& self, std::error_code ec) {
-        lock_file lock = ec ? lock_file() : adopt(acq_->backend().take());
+        lock_file lock = ec ? lock_file() : acq_->take();
         acq_.reset();
         timer_.reset();
         auto wake = std::move(wake_);
@@ -412,7 +411,7 @@ private:
 
     std::unique_ptr<timer_type> timer_;
     std::shared_ptr<release_wake> wake_;
-    std::unique_ptr<file_acquire> acq_;  // destroyed first: it leaves the queue
+    std::unique_ptr<file_acquisition> acq_;  // destroyed first: it leaves the queue
     release_service* service_ = nullptr;
     bool watching_ = false;  // registered for release events
     state state_ = state::starting;

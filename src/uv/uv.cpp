@@ -3,7 +3,7 @@
 // It arms the uv timer and the release watch the machine asks for, routes
 // cancellations and queue turns through one uv_async_t per loop, and delivers
 // the completion on the loop's thread.
-#include <filelock/detail/file_backend.hpp>
+#include <filelock/detail/file_acquisition.hpp>
 #include <filelock/detail/local_queue.hpp>
 #include <filelock/detail/release_source.hpp>
 #include <filelock/uv.hpp>
@@ -136,8 +136,7 @@ struct op final : filelock::detail::queue_waiter {
     op(uv_loop_t* loop, const std::filesystem::path& path, std::chrono::nanoseconds timeout,
        const lock_options& options, completion cb)
         : shared(options.mode == lock_mode::shared),
-          acq(std::in_place, filelock::detail::file_backend(path, options), timeout,
-              options.backoff, filelock::detail::random_seed()),
+          acq(std::in_place, path, timeout, options),
           callback(std::move(cb)),
           ctl(std::make_shared<control>()) {
         acq->use_queue(this, loop);
@@ -152,7 +151,7 @@ struct op final : filelock::detail::queue_waiter {
     const bool shared;
     bool watching = false;  // registered for release events
     std::uint64_t arrival = next_arrival++;
-    std::optional<filelock::detail::file_acquire> acq;
+    std::optional<filelock::detail::file_acquisition> acq;
     completion callback;
     std::shared_ptr<control> ctl;
     // Under ls->mutex:
@@ -219,8 +218,8 @@ struct op final : filelock::detail::queue_waiter {
         auto* src = ls->source();
         // No events (or no watch of this file): the backoff alone.
         filelock::detail::lock_identity lock{};
-        (void)acq->backend().identity(lock);  // (its backend and range matter here)
-        watching = src && src->watch(acq->backend().path(), this, arrival, shared, lock);
+        (void)acq->identity(lock);  // (its backend and range matter here)
+        watching = src && src->watch(acq->path(), this, arrival, shared, lock);
         return watching;
     }
 
@@ -247,7 +246,7 @@ struct op final : filelock::detail::queue_waiter {
                 ec = std::make_error_code(std::errc::operation_canceled);
             }
         }
-        lock_file lock = ec ? lock_file() : filelock::detail::adopt(acq->backend().take());
+        lock_file lock = ec ? lock_file() : acq->take();
         acq.reset();  // leaves the queue; closes the waiter's descriptor now
         ls->forget_signal(this);
         ls->ops.erase(this);

@@ -2,8 +2,9 @@
 #pragma once
 
 // The file backend of the acquire state machine: one non-blocking attempt on
-// a lock file. Here only because the header-only Asio adapter runs it (it
-// needs the type and its size); users never name it. The rules live in
+// a lock file. Not installed: the library's drivers, filelock-run and the
+// tests use it; the header-only Asio adapter runs it through
+// file_acquisition.hpp, which keeps it inside the library. The rules live in
 // src/file/ (the attempt over a platform seam, the content rules). It hands
 // a won lock over as a held_file value; it never builds the facade.
 
