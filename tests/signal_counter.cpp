@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: MIT
 // A COMMAND for filelock-run's signal tests: prints "up", then counts the
-// deliveries of SIGTERM for ARGV[1] milliseconds (each delivery runs the
-// handler once; two sends coalesce only while one is still pending) and
-// prints the count.
+// deliveries of SIGTERM (or of the signal ARGV[2] names: TERM, INT, HUP) for
+// ARGV[1] milliseconds (each delivery runs the handler once; two sends
+// coalesce only while one is still pending) and prints the count.
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 
 namespace {
@@ -17,7 +18,10 @@ int main(int argc, char** argv) {
     struct sigaction sa {};
     sa.sa_handler = on_term;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, nullptr);
+    int sig = SIGTERM;
+    if (argc > 2 && std::strcmp(argv[2], "INT") == 0) sig = SIGINT;
+    if (argc > 2 && std::strcmp(argv[2], "HUP") == 0) sig = SIGHUP;
+    sigaction(sig, &sa, nullptr);
     std::printf("up\n");
     std::fflush(stdout);
     const long ms = argc > 1 ? std::atol(argv[1]) : 1000;

@@ -7,6 +7,7 @@
 #include "support.hpp"
 
 #include <poll.h>
+#include <termios.h>
 #include <thread>
 
 using namespace test;
@@ -401,12 +402,155 @@ struct session {
 TEST_CASE("filelock-run: a signal sent to its process group reaches COMMAND once") {
     scratch s;
     const auto p = s / "a.lock";
-    // COMMAND counts SIGTERM deliveries for 1.5 s.
-    session job(sh_quote(filelock_run_path()) + " " + sh_quote(p.string()) + " " +
-                sh_quote(signal_counter()) + " 1500");
-    REQUIRE(job.read_line() == "up");
-    ::kill(-job.sh, SIGTERM);  // the group: sh, filelock-run (and COMMAND before the fix)
-    CHECK(job.read_line() == "1");
+    // COMMAND counts SIGTERM deliveries for 1.5 s. filelock-run is a member
+    // of sh's group, or (exec, as under setsid(1)) leads it.
+    for (const std::string exec : {"", "exec "}) {
+        CAPTURE(exec);
+        session job(exec + sh_quote(filelock_run_path()) + " " + sh_quote(p.string()) + " " +
+                    sh_quote(signal_counter()) + " 1500");
+        REQUIRE(job.read_line() == "up");
+        ::kill(-job.sh, SIGTERM);  // the group: filelock-run (and COMMAND before the fix)
+        CHECK(job.read_line() == "1");
+    }
+}
+
+namespace {
+
+// Runs argv as the session leader of a new pseudo-terminal (no echo), as a
+// terminal emulator runs a shell: the leader's group is the terminal's
+// foreground group.
+struct terminal {
+    pid_t leader = -1;
+    int master = -1;
+    explicit terminal(std::vector<std::string> argv) {
+        master = ::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+        REQUIRE(master >= 0);
+        REQUIRE(::grantpt(master) == 0);
+        REQUIRE(::unlockpt(master) == 0);
+        const std::string slave = ::ptsname(master);
+        std::vector<char*> args;
+        for (auto& a : argv) args.push_back(a.data());
+        args.push_back(nullptr);
+        leader = ::fork();
+        REQUIRE(leader >= 0);
+        if (leader == 0) {
+            ::setsid();
+            const int fd = ::open(slave.c_str(), O_RDWR);  // the controlling terminal
+            if (fd < 0) ::_exit(127);
+            termios t{};
+            ::tcgetattr(fd, &t);
+            t.c_lflag &= ~static_cast<tcflag_t>(ECHO | ECHOCTL);
+            ::tcsetattr(fd, TCSANOW, &t);
+            for (int i = 0; i < 3; ++i) ::dup2(fd, i);
+            sigset_t none;
+            sigemptyset(&none);
+            ::sigprocmask(SIG_SETMASK, &none, nullptr);
+            ::signal(SIGPIPE, SIG_DFL);
+            ::execvp(args[0], args.data());
+            ::_exit(127);
+        }
+    }
+    // A line of output, without its "\r"; empty after 20 s of silence
+    // (`silent` then set).
+    std::string read_line(bool* silent = nullptr) const {
+        std::string line;
+        char c = 0;
+        pollfd pfd{master, POLLIN, 0};
+        while (::poll(&pfd, 1, 20000) == 1 && ::read(master, &c, 1) == 1 && c != '\n')
+            if (c != '\r') line += c;
+        if (silent) *silent = c != '\n';
+        return line;
+    }
+    // Reads lines until one contains `what`; false after 20 s of silence.
+    bool expect(const std::string& what) const {
+        for (bool silent = false; !silent;) {
+            const std::string line = read_line(&silent);
+            UNSCOPED_INFO(line);
+            if (line.find(what) != std::string::npos && !silent) return true;
+        }
+        return false;
+    }
+    // Reads lines until one is `what`; false after 20 s of silence.
+    bool expect_line(const std::string& what) const {
+        for (bool silent = false; !silent;) {
+            const std::string line = read_line(&silent);
+            UNSCOPED_INFO(line);
+            if (line == what && !silent) return true;
+        }
+        return false;
+    }
+    void type(const std::string& keys) const {
+        REQUIRE(::write(master, keys.data(), keys.size()) == static_cast<ssize_t>(keys.size()));
+    }
+    int wait() {
+        int st = 0;
+        while (::waitpid(leader, &st, 0) < 0 && errno == EINTR) {
+        }
+        leader = -1;
+        return st;
+    }
+    ~terminal() {
+        if (leader > 0) {
+            ::kill(-leader, SIGKILL);
+            wait();
+        }
+        ::close(master);
+    }
+};
+
+}  // namespace
+
+TEST_CASE("filelock-run at a terminal: a signal sent to its group reaches COMMAND once") {
+    scratch s;
+    const auto p = s / "a.lock";
+    const std::string line = sh_quote(filelock_run_path()) + " " + sh_quote(p.string()) + " " +
+                             sh_quote(signal_counter()) + " 1500";
+    SECTION("filelock-run leads the foreground group (an interactive shell's job)") {
+        terminal t({filelock_run_path(), p.string(), signal_counter(), "1500"});
+        REQUIRE(t.read_line() == "up");
+        ::kill(-t.leader, SIGTERM);  // before the fix: from the kernel, and forwarded
+        CHECK(t.read_line() == "1");
+        const int st = t.wait();
+        CHECK(WIFEXITED(st));
+    }
+    SECTION("filelock-run is a member of the foreground group (a script run at a terminal)") {
+        // sh takes SIGTERM once filelock-run returned (a trap, not an
+        // ignored signal, which filelock-run would inherit).
+        terminal t({"sh", "-c", "trap 'echo sh-term' TERM; " + line + "; echo sh-done"});
+        REQUIRE(t.read_line() == "up");
+        ::kill(-t.leader, SIGTERM);
+        CHECK(t.read_line() == "1");
+        CHECK(t.read_line() == "sh-term");
+        CHECK(t.read_line() == "sh-done");
+    }
+    SECTION("the terminal's ^C reaches COMMAND once, and filelock-run dies of it too") {
+        terminal t({filelock_run_path(), p.string(), signal_counter(), "1500", "INT"});
+        REQUIRE(t.read_line() == "up");
+        t.type("\x03");
+        CHECK(t.read_line() == "1");
+        const int st = t.wait();
+        CHECK(WIFEXITED(st));  // COMMAND handled it and exited 0
+    }
+}
+
+TEST_CASE("filelock-run at a terminal: ^Z stops the job, fg continues it; the lock stays held") {
+    scratch s;
+    const auto p = s / "a.lock";
+    terminal t({"bash", "--norc", "--noprofile", "--noediting", "-i"});
+    t.type("PS1=; PS2=; stty -echo; echo rea''dy\n");
+    REQUIRE(t.expect("ready"));  // after the first prompt
+    // u''p, g''ot: the lines COMMAND prints, never an echo of the typed line.
+    t.type(sh_quote(filelock_run_path()) + " " + sh_quote(p.string()) +
+           " sh -c 'echo u\"\"p; read x; echo g\"\"ot $x'\n");
+    REQUIRE(t.expect_line("up"));
+    t.type("\x1a");  // ^Z: COMMAND stops, and the job with it
+    CHECK(t.expect("Stopped"));
+    CHECK(!lock_is_free(p));
+    t.type("fg\n");  // COMMAND reads the terminal again, in the foreground
+    t.type("hello\n");
+    CHECK(t.expect_line("got hello"));
+    CHECK(becomes_free(p));
+    t.type("exit\n");
 }
 
 TEST_CASE("filelock-run: a signal sent to it alone still reaches COMMAND, once") {

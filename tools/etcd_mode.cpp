@@ -89,12 +89,12 @@ int run(const options& o, const cli::command_line& cl, const char* target, char*
 
     // Every signal the wrapper handles is blocked before the client's thread
     // starts (it inherits the mask): the main thread takes them all.
-    sigset_t set;
-    sigemptyset(&set);
-    for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCHLD, notify_signal()})
-        sigaddset(&set, sig);
+    sigset_t set = posix_run::forwarded_signals();
+    sigaddset(&set, notify_signal());
+    sigset_t blocked = set;
+    sigaddset(&blocked, SIGTTOU);  // see posix_run::spawn
     sigset_t old;
-    ::pthread_sigmask(SIG_BLOCK, &set, &old);
+    ::pthread_sigmask(SIG_BLOCK, &blocked, &old);
     const pthread_t main_thread = ::pthread_self();
 
     asio::io_context io(1);
@@ -127,6 +127,7 @@ int run(const options& o, const cli::command_line& cl, const char* target, char*
         siginfo_t info{};
         if (::sigwaitinfo(&set, &info) < 0) continue;
         const int sig = info.si_signo;
+        if (sig == SIGTSTP) posix_run::stop_like(sig);  // ^Z while waiting: as before
         if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
             stop();
             return posix_run::die_of(sig);  // as flock(1) dies of it
@@ -178,13 +179,12 @@ int run(const options& o, const cli::command_line& cl, const char* target, char*
     int wait_status = 0;
     bool told = false;
     for (;;) {
-        const pid_t w = ::waitpid(c.pid, &wait_status, WNOHANG);
-        if (w == c.pid) break;
+        if (posix_run::ended(c, wait_status)) break;
         if (lost && !told) {
             told = true;
             cli::warn(std::string(target) + ": the lock was lost; sending " +
                       strsignal(o.lost_signal) + " to " + argv[0]);
-            ::kill(c.own_group ? -c.pid : c.pid, o.lost_signal);
+            ::kill(-c.group, o.lost_signal);
         }
         siginfo_t info{};
         if (::sigwaitinfo(&set, &info) < 0) continue;

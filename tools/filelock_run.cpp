@@ -71,12 +71,7 @@ int run(const command_line& cl, char** argv, int fd, int user_fd = -1) {
     }
     for (;;) {
         int status = 0;
-        const pid_t r = ::waitpid(c.pid, &status, WNOHANG);
-        if (r == c.pid) return posix_run::finish(c, status);
-        if (r < 0 && errno != EINTR) {
-            warn(std::string("waitpid: ") + std::strerror(errno));
-            return ex_oserr;
-        }
+        if (posix_run::ended(c, status)) return posix_run::finish(c, status);
         siginfo_t info{};
         if (::sigwaitinfo(&set, &info) < 0) continue;  // EINTR: look again
         posix_run::forward(c, info);

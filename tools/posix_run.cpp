@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <pthread.h>
+#include <string>
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -23,24 +25,61 @@ namespace posix_run {
 sigset_t forwarded_signals() {
     sigset_t set;
     sigemptyset(&set);
-    for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCHLD})
+    for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGTSTP, SIGCHLD})
         sigaddset(&set, sig);
     return set;
 }
 
 namespace {
 
-// Whether COMMAND should lead a group of its own (see child::own_group).
-bool wants_own_group() {
-    if (::getpgrp() == ::getpid()) return false;  // a shell's job, setsid
-    const int tty = ::open("/dev/tty", O_RDONLY | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
-    if (tty < 0) return true;  // no terminal: cron, CI, services
-    const bool foreground = ::tcgetpgrp(tty) == ::getpgrp();
-    ::close(tty);
-    return !foreground;
+// The controlling terminal, if filelock-run has one (-1 otherwise).
+int controlling_terminal() {
+    return ::open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+}
+
+// Gives the terminal's foreground to `group` (filelock-run may be in the
+// background then: SIGTTOU is blocked while it runs COMMAND).
+void give_terminal(int tty, pid_t group) {
+    while (::tcsetpgrp(tty, group) != 0 && errno == EINTR) {
+    }
+}
+
+// COMMAND stopped with `sig` while filelock-run has a terminal: relayed as a
+// shell relays a stop (see child).
+void relay_stop(child& c, int sig) {
+    const pid_t own = ::getpgrp();
+    if (::tcgetpgrp(c.tty) == c.group) give_terminal(c.tty, own);
+    stop_like(sig);
+    // fg gave the terminal to filelock-run's group; bg did not.
+    if (::tcgetpgrp(c.tty) == own) {
+        give_terminal(c.tty, c.group);
+        c.had_terminal = true;
+    }
+    ::kill(-c.group, SIGCONT);
+    if (c.pid != c.group) ::kill(c.pid, SIGCONT);
 }
 
 }  // namespace
+
+void stop_like(int sig) {
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, sig);
+    const timespec now{0, 0};
+    // Earlier copies (a SIGTSTP sent to filelock-run, already forwarded)
+    // must not stop it a second time.
+    while (sig != SIGSTOP && ::sigtimedwait(&one, nullptr, &now) == sig) {
+    }
+    struct sigaction dfl {
+    }, old{};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    ::sigaction(sig, &dfl, &old);
+    ::kill(::getpid(), sig);  // pending while blocked: delivered once, here
+    ::pthread_sigmask(SIG_UNBLOCK, &one, nullptr);
+    ::pthread_sigmask(SIG_BLOCK, &one, nullptr);
+    ::sigaction(sig, &old, nullptr);
+}
 
 [[noreturn]] void exec_command(char** argv) {
     ::execvp(argv[0], argv);
@@ -54,16 +93,36 @@ bool wants_own_group() {
 
 child spawn(char** argv, const spawn_options& o) {
     child c;
-    c.own_group = wants_own_group();
+    c.tty = controlling_terminal();
+    const bool foreground = c.tty >= 0 && ::tcgetpgrp(c.tty) == ::getpgrp();
+    if (c.tty >= 0) {
+        // Handing the terminal over and back is done from the background.
+        sigset_t ttou;
+        sigemptyset(&ttou);
+        sigaddset(&ttou, SIGTTOU);
+        ::pthread_sigmask(SIG_BLOCK, &ttou, nullptr);
+    }
     const pid_t parent = ::getpid();
     c.pid = ::fork();
     if (c.pid != 0) {
-        // Set on both sides: no signal finds COMMAND in the old group once
-        // either has run.
-        if (c.pid > 0 && c.own_group) ::setpgid(c.pid, c.pid);
+        if (c.pid < 0) {
+            if (c.tty >= 0) ::close(c.tty);
+            c.tty = -1;
+            return c;
+        }
+        // Set on both sides, as shells do: no signal finds COMMAND in
+        // filelock-run's group, and it never reads the terminal from the
+        // background, whichever side runs first.
+        c.group = c.pid;
+        ::setpgid(c.pid, c.pid);
+        if (foreground) {
+            give_terminal(c.tty, c.group);
+            c.had_terminal = true;
+        }
         return c;
     }
-    if (c.own_group) ::setpgid(0, 0);
+    ::setpgid(0, 0);
+    if (foreground) give_terminal(c.tty, ::getpid());
 #ifdef __linux__
     if (o.die_with_parent) {
         // SIGKILL, not a signal COMMAND could trap: it must not run on past
@@ -82,16 +141,24 @@ child spawn(char** argv, const spawn_options& o) {
     exec_command(argv);
 }
 
+bool ended(child& c, int& wait_status) {
+    for (;;) {
+        const pid_t w = ::waitpid(c.pid, &wait_status, WNOHANG | (c.tty >= 0 ? WUNTRACED : 0));
+        if (w == 0) return false;
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            cli::warn(std::string("waitpid: ") + std::strerror(errno));
+            wait_status = cli::ex_oserr << 8;  // an exit status of 71
+            return true;
+        }
+        if (!WIFSTOPPED(wait_status)) return true;
+        relay_stop(c, WSTOPSIG(wait_status));
+    }
+}
+
 void forward(child& c, const siginfo_t& info) {
     const int sig = info.si_signo;
     if (sig == SIGCHLD) return;
-    if (!c.own_group) {
-        // Sent by a process (kill(1), a supervisor): COMMAND gets it too.
-        // Sent by the kernel (a terminal's ^C, ^\): COMMAND got it already.
-        if (info.si_code <= 0) ::kill(c.pid, sig);
-        c.signal = sig;
-        return;
-    }
     // A copy of the same signal that follows within 20 ms is the same
     // event (timeout(1) signals its child, then its group): taken here, so
     // that COMMAND's group gets it once.
@@ -102,8 +169,8 @@ void forward(child& c, const siginfo_t& info) {
     siginfo_t more{};
     while (::sigtimedwait(&one, &more, &window) == sig) {
     }
-    ::kill(-c.pid, sig);
-    c.signal = sig;
+    ::kill(-c.group, sig);
+    if (sig != SIGTSTP) c.signal = sig;
 }
 
 int status_of(int wait_status) {
@@ -112,10 +179,23 @@ int status_of(int wait_status) {
     return cli::ex_oserr;
 }
 
-int finish(const child& c, int wait_status) {
-    if (!WIFSIGNALED(wait_status) || WTERMSIG(wait_status) != c.signal)
-        return status_of(wait_status);
-    return die_of(c.signal);
+int finish(child& c, int wait_status) {
+    if (c.tty >= 0) {
+        // The terminal goes back to filelock-run's group, unless someone
+        // (the shell, fg/bg) gave it to another since.
+        const pid_t fg = ::tcgetpgrp(c.tty);
+        if (c.had_terminal && fg != ::getpgrp() && (fg == c.group || ::kill(-fg, 0) != 0))
+            give_terminal(c.tty, ::getpgrp());
+        ::close(c.tty);
+        c.tty = -1;
+    }
+    if (!WIFSIGNALED(wait_status)) return status_of(wait_status);
+    const int sig = WTERMSIG(wait_status);
+    // The terminal's ^C and ^\ reached COMMAND alone (its group had the
+    // foreground): a shell that waits for filelock-run must see it too.
+    const bool from_terminal = c.had_terminal && (sig == SIGINT || sig == SIGQUIT);
+    if (sig != c.signal && !from_terminal) return status_of(wait_status);
+    return die_of(sig);
 }
 
 int die_of(int sig) {

@@ -2,7 +2,7 @@
 #pragma once
 
 // Running COMMAND on POSIX, for lock files and etcd locks alike: its process
-// group, the signals forwarded to it, and filelock-run's own end.
+// group and terminal, the signals forwarded to it, and filelock-run's own end.
 
 #include <csignal>
 #include <sys/types.h>
@@ -13,17 +13,30 @@ namespace posix_run {
 /// wait): blocked in filelock-run, received with sigwaitinfo.
 sigset_t forwarded_signals();
 
+/// COMMAND runs in a process group of its own, always: a signal sent to
+/// filelock-run's group (kill -PGID, timeout(1), a CI runner, a shell's
+/// job) then reaches filelock-run alone, which forwards it once to
+/// COMMAND's group, as it forwards a signal sent to it alone. Whether
+/// filelock-run leads its group or not, a signal reaches COMMAND once.
+/// When filelock-run's group is a terminal's foreground group, COMMAND's
+/// group becomes the foreground while it runs (the terminal's ^C, ^\ and ^Z
+/// reach COMMAND alone, and it may read the terminal), and a stop of COMMAND
+/// is relayed as a shell relays it: filelock-run takes the terminal back and
+/// stops with the same signal, so that its own shell sees the job stopped;
+/// continued (fg, bg), it gives the terminal back if its group has it and
+/// continues COMMAND's group.
 struct child {
+    /// The process filelock-run waits for: COMMAND (or its keeper).
     pid_t pid = -1;
-    /// COMMAND leads a process group of its own: filelock-run ran inside
-    /// another process's group (a script, cron, a CI runner, timeout(1))
-    /// that is not a terminal's foreground group. A signal sent to that
-    /// group then reaches filelock-run alone, which forwards it once to
-    /// COMMAND's group. Otherwise COMMAND shares filelock-run's group (job
-    /// control, the terminal's ^C), and only signals sent to filelock-run by
-    /// a process are forwarded.
-    bool own_group = false;
-    /// The last signal forwarded (or received from the terminal), 0 if none.
+    /// COMMAND's process group (COMMAND's pid): where signals go.
+    pid_t group = -1;
+    /// The controlling terminal (-1: none); COMMAND's stops are relayed
+    /// only when there is one.
+    int tty = -1;
+    /// COMMAND has had the terminal's foreground: a ^C or ^\ it died of
+    /// was the terminal's, and filelock-run dies of it too.
+    bool had_terminal = false;
+    /// The last signal forwarded, 0 if none.
     int signal = 0;
 };
 
@@ -42,21 +55,30 @@ struct spawn_options {
 /// Forks and executes argv; pid -1 when fork failed (errno set).
 child spawn(char** argv, const spawn_options& o);
 
-/// Handles one signal received while COMMAND runs: forwards it as
-/// described at `child`. Signals of one kind that arrive together (a
-/// supervisor that signals filelock-run and then its group, as timeout(1)
-/// does) are forwarded once.
+/// Whether COMMAND ended, without blocking; its wait status in
+/// `wait_status`. A stop is relayed (see `child`) before it returns false.
+bool ended(child& c, int& wait_status);
+
+/// Handles one signal received while COMMAND runs: forwards it to COMMAND's
+/// group. Signals of one kind that arrive together (a supervisor that
+/// signals filelock-run and then its group, as timeout(1) does) are
+/// forwarded once.
 void forward(child& c, const siginfo_t& info);
+
+/// Stops filelock-run with `sig` (blocked or not), as its default action
+/// would, once; returns once it is continued (at once if the kernel
+/// discards the stop: an orphaned process group).
+void stop_like(int sig);
 
 /// COMMAND's exit status as flock(1) reports it (128 + N for a signal).
 int status_of(int wait_status);
 
-/// Ends filelock-run after COMMAND ended with `wait_status`: when COMMAND
-/// died of a signal that filelock-run received and forwarded (or that the
-/// terminal sent to both), filelock-run dies of the same signal, as
+/// Ends filelock-run after COMMAND ended with `wait_status`: hands the
+/// terminal back, then, when COMMAND died of a signal that filelock-run
+/// forwarded (or that the terminal sent it), dies of the same signal, as
 /// timeout(1) and flock(1) do, so that a supervisor sees a death by signal;
 /// otherwise returns the exit status.
-int finish(const child& c, int wait_status);
+int finish(child& c, int wait_status);
 
 /// Dies of `sig` (its default action, no core dump); returns 128 + sig
 /// for a signal whose default action does not end a process.
