@@ -7,6 +7,8 @@
 
 #include "etcd_member.hpp"
 
+#include <thread>
+
 using namespace test;
 
 namespace {
@@ -52,6 +54,56 @@ TEST_CASE("filelock-run etcd://: SIGKILLed while COMMAND runs, COMMAND ends with
     CHECK(run({filelock_run_path(), "-w", "6", target(name), "sh", "-c", check}, &err) == 0);
     INFO(err);
     CHECK(!alive(command));
+}
+
+TEST_CASE("filelock-run etcd://: SIGKILLed, what COMMAND started ends with it, before the TTL") {
+    scratch s;
+    const auto pidfile = s / "pid";
+    const std::string name = "tool-tree/" + std::to_string(::getpid());
+    // A background child in COMMAND's group; one that left the group
+    // (setsid) and was orphaned by a subshell (a daemon's double fork).
+    const std::string pf = pidfile.string();
+    for (const std::string& start :
+         {"sleep 30 & echo $! > " + pf, "( setsid sleep 30 & echo $! > " + pf + " )"}) {
+        CAPTURE(start);
+        std::filesystem::remove(pidfile);
+        program wrapper({filelock_run_path(), "--ttl", "3", target(name), "sh", "-c",
+                         start + "; echo up; wait; sleep 30"});
+        REQUIRE(wrapper.read_line() == "up");
+        const pid_t grandchild = std::stoi(read_file(pidfile));
+        REQUIRE(alive(grandchild));
+        ::kill(wrapper.pid(), SIGKILL);
+        wrapper.wait();
+        const auto killed = std::chrono::steady_clock::now();
+        // Gone well before the lease can expire (3 s after the last
+        // keep-alive): before the fix it ran its 30 s.
+        while (alive(grandchild) && std::chrono::steady_clock::now() - killed < 2500ms)
+            std::this_thread::sleep_for(10ms);
+        CHECK(!alive(grandchild));
+        // A second run that gets the lock never finds it running.
+        const std::string check = "kill -0 " + std::to_string(grandchild) +
+                                  " 2>/dev/null && ! grep -q '^[^(]*([^)]*) Z' /proc/" +
+                                  std::to_string(grandchild) + "/stat && exit 3; exit 0";
+        std::string err;
+        CHECK(run({filelock_run_path(), "-w", "8", target(name), "sh", "-c", check}, &err) == 0);
+        INFO(err);
+        if (alive(grandchild)) ::kill(grandchild, SIGKILL);
+    }
+}
+
+TEST_CASE("filelock-run etcd://: COMMAND's status, stops and signals pass through the keeper") {
+    const std::string name = "tool-status/" + std::to_string(::getpid());
+    CHECK(run({filelock_run_path(), target(name), "sh", "-c", "exit 7"}) == 7);
+    CHECK(run({filelock_run_path(), target(name), "sh", "-c", "kill -TERM $$"}) == 128 + SIGTERM);
+    // A signal sent to filelock-run reaches COMMAND once; COMMAND's exit
+    // status comes back.
+    program wrapper({filelock_run_path(), target(name), "sh", "-c",
+                     "trap 'echo term; exit 3' TERM; echo up; while :; do sleep 0.02; done"});
+    REQUIRE(wrapper.read_line() == "up");
+    ::kill(wrapper.pid(), SIGTERM);
+    CHECK(wrapper.read_line() == "term");
+    CHECK(wrapper.wait() == 3);
+    CHECK(member().keys(name + "/").empty());
 }
 
 TEST_CASE("filelock-run etcd://: -o, -u, --fcntl and ranges are refused with a reason") {

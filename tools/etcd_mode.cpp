@@ -162,12 +162,14 @@ int run(const options& o, const cli::command_line& cl, const char* target, char*
     ::setenv("FILELOCK_FENCING_TOKEN", token.c_str(), 1);
     ::signal(SIGCHLD, SIG_DFL);
     cli::report_executing(cl, argv[0]);
-    // COMMAND dies with filelock-run (PR_SET_PDEATHSIG, SIGKILL): killed,
-    // filelock-run stops renewing the lease, which etcd then ends after its
-    // TTL while COMMAND would run on unlocked. A lock file has no such gap
-    // (COMMAND inherits the lock); here only the keep-alive holds it.
+    // COMMAND, and what it started, die with filelock-run (a keeper,
+    // keeper.hpp; PR_SET_PDEATHSIG elsewhere): killed, filelock-run stops
+    // renewing the lease, which etcd then ends after its TTL while COMMAND
+    // would run on unlocked. A lock file has no such gap (COMMAND inherits
+    // the lock); here only the keep-alive holds it.
     posix_run::spawn_options so;
     so.die_with_parent = true;
+    so.keeper = true;
     so.mask = &old;
     posix_run::child c = posix_run::spawn(argv, so);
     if (c.pid < 0) {

@@ -3,6 +3,7 @@
 #include "posix_run.hpp"
 
 #include "cli.hpp"
+#include "keeper.hpp"
 
 #include <cerrno>
 #include <csignal>
@@ -91,38 +92,15 @@ void stop_like(int sig) {
     ::_exit(err == ENOMEM ? cli::ex_oserr : cli::ex_unavailable);
 }
 
-child spawn(char** argv, const spawn_options& o) {
-    child c;
-    c.tty = controlling_terminal();
-    const bool foreground = c.tty >= 0 && ::tcgetpgrp(c.tty) == ::getpgrp();
-    if (c.tty >= 0) {
-        // Handing the terminal over and back is done from the background.
-        sigset_t ttou;
-        sigemptyset(&ttou);
-        sigaddset(&ttou, SIGTTOU);
-        ::pthread_sigmask(SIG_BLOCK, &ttou, nullptr);
-    }
-    const pid_t parent = ::getpid();
-    c.pid = ::fork();
-    if (c.pid != 0) {
-        if (c.pid < 0) {
-            if (c.tty >= 0) ::close(c.tty);
-            c.tty = -1;
-            return c;
-        }
-        // Set on both sides, as shells do: no signal finds COMMAND in
-        // filelock-run's group, and it never reads the terminal from the
-        // background, whichever side runs first.
-        c.group = c.pid;
-        ::setpgid(c.pid, c.pid);
-        if (foreground) {
-            give_terminal(c.tty, c.group);
-            c.had_terminal = true;
-        }
-        return c;
-    }
+namespace {
+
+// COMMAND's side of the fork: its own group (with the terminal's foreground
+// if filelock-run's group has it), then exec. `parent`: the process whose
+// death kills it with die_with_parent.
+[[noreturn]] void exec_in_child(char** argv, const spawn_options& o, int tty, bool foreground,
+                                pid_t parent) {
     ::setpgid(0, 0);
-    if (foreground) give_terminal(c.tty, ::getpid());
+    if (foreground) give_terminal(tty, ::getpid());
 #ifdef __linux__
     if (o.die_with_parent) {
         // SIGKILL, not a signal COMMAND could trap: it must not run on past
@@ -141,9 +119,137 @@ child spawn(char** argv, const spawn_options& o) {
     exec_command(argv);
 }
 
-bool ended(child& c, int& wait_status) {
+#ifdef __linux__
+bool read_message(int fd, keeper::message& m) {
     for (;;) {
-        const pid_t w = ::waitpid(c.pid, &wait_status, WNOHANG | (c.tty >= 0 ? WUNTRACED : 0));
+        const ssize_t n = ::read(fd, &m, sizeof m);
+        if (n == static_cast<ssize_t>(sizeof m)) return true;
+        if (n < 0 && errno == EINTR) continue;
+        return false;
+    }
+}
+
+// filelock-run -> keeper -> COMMAND (see keeper.hpp).
+void spawn_kept(char** argv, const spawn_options& o, child& c, bool foreground) {
+    int life[2], report[2];
+    if (::pipe2(life, O_CLOEXEC) != 0) return;
+    if (::pipe2(report, O_CLOEXEC) != 0) {
+        ::close(life[0]);
+        ::close(life[1]);
+        return;
+    }
+    // What the keeper adopted comes to filelock-run if the keeper is killed.
+    ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+    c.pid = ::fork();
+    if (c.pid == 0) {
+        ::close(life[1]);
+        ::close(report[0]);
+        ::setpgid(0, 0);  // neither filelock-run's group nor COMMAND's
+        ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+        const pid_t keeper_pid = ::getpid();
+        const pid_t command = ::fork();
+        if (command == 0) exec_in_child(argv, o, c.tty, foreground, keeper_pid);
+        if (command > 0) ::setpgid(command, command);
+        keeper::run(life[0], report[1], command > 0 ? command : -errno);
+    }
+    const int fork_errno = errno;
+    ::close(life[0]);
+    ::close(report[1]);
+    keeper::message m{};
+    if (c.pid > 0 && read_message(report[0], m) && m.kind == keeper::message::started &&
+        m.value > 0) {
+        c.group = m.value;
+        c.life = life[1];
+        c.report = report[0];
+        ::fcntl(c.report, F_SETFL, O_NONBLOCK);
+        if (foreground) {
+            give_terminal(c.tty, c.group);
+            c.had_terminal = true;
+        }
+        return;
+    }
+    if (c.pid > 0) {
+        ::waitpid(c.pid, nullptr, 0);
+        errno = m.kind == keeper::message::started && m.value < 0 ? -m.value : EAGAIN;
+    } else {
+        errno = fork_errno;
+    }
+    c.pid = -1;
+    ::close(life[1]);
+    ::close(report[0]);
+}
+
+// The keeper's reports so far: relays COMMAND's stops; true once it said
+// how COMMAND ended.
+bool keeper_reports(child& c, int& wait_status) {
+    keeper::message m{};
+    while (read_message(c.report, m)) {
+        if (m.kind == keeper::message::exited) {
+            wait_status = m.value;
+            return true;
+        }
+        if (m.kind == keeper::message::stopped && c.tty >= 0) relay_stop(c, m.value);
+    }
+    return false;
+}
+#endif
+
+}  // namespace
+
+child spawn(char** argv, const spawn_options& o) {
+    child c;
+    c.tty = controlling_terminal();
+    const bool foreground = c.tty >= 0 && ::tcgetpgrp(c.tty) == ::getpgrp();
+    if (c.tty >= 0) {
+        // Handing the terminal over and back is done from the background.
+        sigset_t ttou;
+        sigemptyset(&ttou);
+        sigaddset(&ttou, SIGTTOU);
+        ::pthread_sigmask(SIG_BLOCK, &ttou, nullptr);
+    }
+#ifdef __linux__
+    if (o.keeper) {
+        spawn_kept(argv, o, c, foreground);
+        if (c.pid < 0 && c.tty >= 0) {
+            ::close(c.tty);
+            c.tty = -1;
+        }
+        return c;
+    }
+#endif
+    const pid_t parent = ::getpid();
+    c.pid = ::fork();
+    if (c.pid == 0) exec_in_child(argv, o, c.tty, foreground, parent);
+    if (c.pid < 0) {
+        if (c.tty >= 0) ::close(c.tty);
+        c.tty = -1;
+        return c;
+    }
+    // Set on both sides, as shells do: no signal finds COMMAND in
+    // filelock-run's group, and it never reads the terminal from the
+    // background, whichever side runs first.
+    c.group = c.pid;
+    ::setpgid(c.pid, c.pid);
+    if (foreground) {
+        give_terminal(c.tty, c.group);
+        c.had_terminal = true;
+    }
+    return c;
+}
+
+bool ended(child& c, int& wait_status) {
+    const bool kept = c.report >= 0;
+#ifdef __linux__
+    if (kept && keeper_reports(c, wait_status)) {
+        // The keeper exits right after its last report.
+        while (::waitpid(c.pid, nullptr, 0) < 0 && errno == EINTR) {
+        }
+        return true;
+    }
+#endif
+    for (;;) {
+        int status = 0;
+        const pid_t w = ::waitpid(c.pid, &status, WNOHANG | (c.tty >= 0 && !kept ? WUNTRACED : 0));
         if (w == 0) return false;
         if (w < 0) {
             if (errno == EINTR) continue;
@@ -151,8 +257,19 @@ bool ended(child& c, int& wait_status) {
             wait_status = cli::ex_oserr << 8;  // an exit status of 71
             return true;
         }
-        if (!WIFSTOPPED(wait_status)) return true;
-        relay_stop(c, WSTOPSIG(wait_status));
+        if (WIFSTOPPED(status)) {
+            relay_stop(c, WSTOPSIG(status));
+            continue;
+        }
+        wait_status = status;
+#ifdef __linux__
+        if (kept && !keeper_reports(c, wait_status)) {
+            // The keeper was killed before COMMAND ended (COMMAND got
+            // SIGKILL with it): what it had adopted is ours now.
+            keeper::kill_descendants(c.group);
+        }
+#endif
+        return true;
     }
 }
 
@@ -180,6 +297,9 @@ int status_of(int wait_status) {
 }
 
 int finish(child& c, int wait_status) {
+    if (c.report >= 0) ::close(c.report);
+    if (c.life >= 0) ::close(c.life);
+    c.report = c.life = -1;
     if (c.tty >= 0) {
         // The terminal goes back to filelock-run's group, unless someone
         // (the shell, fg/bg) gave it to another since.

@@ -38,6 +38,9 @@ struct child {
     bool had_terminal = false;
     /// The last signal forwarded, 0 if none.
     int signal = 0;
+    /// With a keeper (keeper.hpp; `pid` is the keeper's): its reports, and
+    /// the pipe whose end tells it that filelock-run died.
+    int report = -1, life = -1;
 };
 
 struct spawn_options {
@@ -50,6 +53,10 @@ struct spawn_options {
     bool die_with_parent = false;
     /// The signal mask COMMAND starts with.
     const sigset_t* mask = nullptr;
+    /// COMMAND runs under a keeper (keeper.hpp) that kills it and what it
+    /// started when filelock-run dies (Linux; elsewhere die_with_parent
+    /// alone).
+    bool keeper = false;
 };
 
 /// Forks and executes argv; pid -1 when fork failed (errno set).

@@ -1,0 +1,118 @@
+// SPDX-License-Identifier: MIT
+// The keeper of an etcd lock's COMMAND (see keeper.hpp). It is forked from a
+// threaded filelock-run: only async-signal-safe calls here (no allocation).
+#include "keeper.hpp"
+
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace keeper {
+
+namespace {
+
+// SIGKILLs the children listed in /proc/self/task/TID/children; false when
+// the list cannot be read.
+bool kill_children_of(const char* list) {
+    const int fd = ::open(list, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    char buf[4096];
+    long pid = 0;
+    for (;;) {
+        const ssize_t n = ::read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        for (ssize_t i = 0; i < n; ++i) {
+            if (buf[i] >= '0' && buf[i] <= '9') {
+                pid = pid * 10 + (buf[i] - '0');
+            } else if (pid > 0) {
+                ::kill(static_cast<pid_t>(pid), SIGKILL);
+                pid = 0;
+            }
+        }
+    }
+    if (pid > 0) ::kill(static_cast<pid_t>(pid), SIGKILL);
+    ::close(fd);
+    return true;
+}
+
+// The calling thread's children. Called by the keeper (one thread) and by
+// filelock-run's main thread: the kernel hands an orphan to a subreaper's
+// main thread while it lives.
+void kill_children() {
+    char path[64] = "/proc/self/task/";
+    char* p = path + 16;
+    // The calling thread's id, written without allocation.
+    long tid = static_cast<long>(::gettid());
+    char digits[24];
+    int n = 0;
+    do digits[n++] = static_cast<char>('0' + tid % 10);
+    while ((tid /= 10) > 0);
+    while (n > 0) *p++ = digits[--n];
+    const char tail[] = "/children";
+    for (const char* t = tail; *t;) *p++ = *t++;
+    *p = '\0';
+    kill_children_of(path);
+}
+
+void report(int fd, message m) {
+    while (::write(fd, &m, sizeof m) < 0 && errno == EINTR) {
+    }
+}
+
+}  // namespace
+
+void kill_descendants(pid_t group) {
+    for (;;) {
+        if (group > 0) ::kill(-group, SIGKILL);
+        kill_children();
+        // Each death may hand us its children: kill again after each.
+        const pid_t w = ::waitpid(-1, nullptr, 0);
+        if (w < 0 && errno == ECHILD) return;
+    }
+}
+
+[[noreturn]] void run(int life, int report_fd, pid_t command) {
+    report(report_fd, {message::started, command});
+    if (command < 0) ::_exit(1);
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    ::sigprocmask(SIG_BLOCK, &chld, nullptr);
+    const int sfd = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    for (;;) {
+        pollfd fds[2] = {{life, POLLIN, 0}, {sfd, POLLIN, 0}};
+        // Without a signalfd, COMMAND is looked at every 50 ms.
+        const int n = ::poll(fds, sfd >= 0 ? 2 : 1, sfd >= 0 ? -1 : 50);
+        if (n < 0 && errno != EINTR) ::_exit(1);
+        if (n > 0 && fds[0].revents != 0) {
+            // filelock-run died: nothing renews the lease any more.
+            kill_descendants(command);
+            ::_exit(0);
+        }
+        signalfd_siginfo si;
+        while (sfd >= 0 && ::read(sfd, &si, sizeof si) > 0) {
+        }
+        int status = 0;
+        pid_t w;
+        while ((w = ::waitpid(-1, &status, WNOHANG | WUNTRACED)) > 0) {
+            if (w != command) continue;  // an adopted orphan that ended
+            if (WIFSTOPPED(status)) {
+                report(report_fd, {message::stopped, WSTOPSIG(status)});
+                ::kill(::getppid(), SIGCHLD);  // wakes filelock-run's wait
+                continue;
+            }
+            // What COMMAND left running goes on, as it would without a
+            // keeper (adopted by filelock-run, then by its ancestors).
+            report(report_fd, {message::exited, status});
+            ::_exit(0);
+        }
+    }
+}
+
+}  // namespace keeper

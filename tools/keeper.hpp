@@ -1,0 +1,42 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// The keeper of an etcd lock's COMMAND (Linux). filelock-run keeps the lease
+// alive; if it dies (SIGKILL, the OOM killer), etcd ends the lock after the
+// TTL while COMMAND, and whatever COMMAND started, would run on unlocked.
+// The keeper is a small process between filelock-run and COMMAND, in a
+// process group of its own (a signal to filelock-run's group or to
+// COMMAND's does not reach it), and a child subreaper: every process
+// COMMAND starts that is orphaned (a daemon's double fork, a setsid(1)
+// whose parent ended) is adopted by it, not by init. When filelock-run
+// dies, the keeper sees the end of a pipe only filelock-run holds, and
+// kills COMMAND's group and every descendant it has, generation by
+// generation, before the lease can expire. What it cannot reach: a process
+// started by another service (systemd-run, at, a terminal multiplexer's
+// server), or adopted by a subreaper below it.
+//
+// It reports to filelock-run on a pipe: COMMAND's pid, its stops (relayed at
+// a terminal, see posix_run.hpp) and its wait status. If the keeper itself
+// is killed, COMMAND gets SIGKILL (PR_SET_PDEATHSIG) and filelock-run, a
+// subreaper too, kills what the keeper had adopted.
+
+#include <sys/types.h>
+
+namespace keeper {
+
+struct message {
+    enum kind_t : int { started = 1, stopped, exited } kind;
+    /// started: COMMAND's pid (or -errno if fork failed); stopped: the
+    /// signal; exited: COMMAND's wait status.
+    int value;
+};
+
+/// The keeper's life after forking COMMAND (`command`): reports on
+/// `report`, watches `life` (readable once filelock-run died), never returns.
+[[noreturn]] void run(int life, int report, pid_t command);
+
+/// Kills (SIGKILL) the process group `group` (if > 0) and every child of the
+/// calling process, again as orphans are adopted, until none is left.
+void kill_descendants(pid_t group);
+
+}  // namespace keeper
