@@ -11,6 +11,7 @@
 #include <atomic>
 #include <mutex>
 #include <poll.h>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -61,6 +62,10 @@ public:
         paused_ = on;
         poke();
     }
+    /// Closes (or no longer closes) every connection that carries a watch
+    /// request (`POST /v3/watch`) before it reaches the target: unary
+    /// requests (keep-alives, ranges) still go through.
+    void refuse_watches(bool on) { refuse_watches_ = on; }
     /// Connections accepted so far.
     int accepted() const { return accepted_; }
 
@@ -146,6 +151,10 @@ private:
             const ssize_t n = ::read(p.client, buf, sizeof buf);
             if (n <= 0) return false;
             if (p.server >= 0) {
+                if (refuse_watches_ &&
+                    std::string_view(buf, static_cast<std::size_t>(n)).find("POST /v3/watch") !=
+                        std::string_view::npos)
+                    return false;
                 if (::write(p.server, buf, static_cast<std::size_t>(n)) != n) return false;
             } else {
                 p.request.append(buf, static_cast<std::size_t>(n));
@@ -168,7 +177,7 @@ private:
     std::string canned_;
     int listen_ = -1, port_ = 0;
     int wake_[2] = {-1, -1};
-    std::atomic<bool> stop_{false}, drop_{false}, paused_{false};
+    std::atomic<bool> stop_{false}, drop_{false}, paused_{false}, refuse_watches_{false};
     std::atomic<int> accepted_{0};
     std::vector<pair> pairs_;
     std::thread thread_;

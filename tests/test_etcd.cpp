@@ -759,6 +759,42 @@ TEST_CASE("etcd: a watch whose connection drops resumes and misses no deletion",
     CHECK(keys_become(io, name + "/", 0));
 }
 
+TEST_CASE("etcd: a held lock whose watch cannot be made again backs off, then is lost", "[etcd]") {
+    test::tcp_proxy proxy(
+        std::stoi(member().endpoint().substr(member().endpoint().rfind(':') + 1)));
+    asio::io_context io;
+    auto pcfg = cfg(2s);
+    pcfg.endpoints = {proxy.endpoint()};
+    etcd::client c(io.get_executor(), pcfg);
+    const auto name = unique_name("unwatched");
+    outcome o;
+    start_lock(c, name, 5s, o);
+    REQUIRE(run_until(io, [&] { return o.done; }));
+    REQUIRE_FALSE(o.ec);
+    const auto lease = c.lease();
+    bool lost = false;
+    o.held.on_lost([&](std::error_code ec) { lost = ec == etcd::errc::lost; });
+    io.restart();
+    io.run_for(200ms);  // the held watch is up
+    // Keep-alives and ranges go through, watches never again.
+    proxy.refuse_watches(true);
+    const auto watches = c.watches();
+    const auto began = std::chrono::steady_clock::now();
+    proxy.drop_all();
+    REQUIRE(run_until(
+        io, [&] { return lost; }, 20s));
+    const auto took = std::chrono::steady_clock::now() - began;
+    // Its tries back off (100 ms, 200 ms, ... until the TTL of 2 s), not
+    // one every 100 ms; the lease itself was kept alive throughout.
+    CHECK(c.watches() - watches <= 8);
+    CHECK(took >= 2s);
+    CHECK(c.lease() == lease);
+    CHECK(member().keys(name + "/").size() == 1);
+    proxy.refuse_watches(false);
+    release_and_wait(io, o.held);
+    CHECK(keys_become(io, name + "/", 0));
+}
+
 TEST_CASE("etcd: malformed, truncated and error answers are clear errors naming the endpoint",
           "[etcd]") {
     struct canned {

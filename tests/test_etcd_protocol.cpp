@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // etcd's Mutex protocol as a backend of the acquire state machine, without
 // I/O: scripted answers in, the requests and decisions out (a fake clock).
+#include "../src/etcd/held_watch.hpp"
 #include "../src/etcd/lock_backend.hpp"
 
 #include <catch2/catch.hpp>
@@ -507,10 +508,17 @@ TEST_CASE("etcd protocol: after a failure: line up again, time out, or report wh
     CHECK_FALSE(a.is_done());
     CHECK(g.b().after_failure(filelock::errc::timeout, false, 0).outcome == errc::request_timeout);
     // Its create may have been applied with the answer lost: the key goes,
-    // whatever its revision.
+    // whatever its revision, but only while it is bound to our lease (a key
+    // of that name on another lease is not ours: never deleted).
     REQUIRE(g.b().cleanup(path, body));
-    CHECK(path == "/v3/kv/deleterange");
-    CHECK(json::parse(body)["key"] == base64(mine));
+    CHECK(path == "/v3/kv/txn");
+    json guarded = json::parse(body);
+    REQUIRE(guarded["compare"].size() == 1);
+    CHECK(guarded["compare"][0]["target"] == "LEASE");
+    CHECK(guarded["compare"][0]["key"] == base64(mine));
+    CHECK(guarded["compare"][0]["result"] == "EQUAL");
+    CHECK(guarded["compare"][0]["lease"] == std::to_string(lease));
+    CHECK(guarded["success"][0]["request_delete_range"]["key"] == base64(mine));
 }
 
 TEST_CASE("etcd protocol: a release is sent again on transient failures only, bounded") {
@@ -523,4 +531,29 @@ TEST_CASE("etcd protocol: a release is sent again on transient failures only, bo
     refused.status = 401;
     refused.body = R"({"error":"etcdserver: permission denied","code":7})";
     CHECK_FALSE(retry_release(refused, filelock::etcd::errc::auth, 0, true));
+}
+
+TEST_CASE(
+    "etcd held lock: its watch is made again with a backoff, and lost once unwatched past "
+    "the TTL") {
+    using tp = rewatch_policy::time_point;
+    const tp t0{};
+    rewatch_policy p(10s, t0);
+    // Each failed try waits twice as long as the last, at most 2 s.
+    std::vector<std::chrono::milliseconds> waits;
+    tp now = t0;
+    for (int i = 0; i < 7; ++i) {
+        const auto n = p.failed(now);
+        REQUIRE_FALSE(n.give_up);
+        waits.push_back(std::chrono::duration_cast<std::chrono::milliseconds>(n.at - now));
+        now = n.at;
+    }
+    CHECK(waits == std::vector<std::chrono::milliseconds>{100ms, 200ms, 400ms, 800ms, 1600ms,
+                                                          2000ms, 2000ms});
+    // A watch up again starts the backoff over, and the unwatched time.
+    p.watching(now);
+    CHECK(p.failed(now).at - now == 100ms);
+    // Unwatched past the limit: the lock is lost, whatever the tries.
+    CHECK_FALSE(p.failed(now + 10s).give_up);
+    CHECK(p.failed(now + 10s + 1ms).give_up);
 }

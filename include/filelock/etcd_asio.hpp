@@ -14,6 +14,7 @@
 // locks are held. A strand (or a single-threaded io_context) must serialise
 // them. `sync_client` runs its own io_context on an internal thread.
 
+#include <filelock/detail/etcd_session.hpp>
 #include <filelock/etcd.hpp>
 
 #include <asio.hpp>

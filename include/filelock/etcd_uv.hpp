@@ -26,11 +26,6 @@
 
 namespace filelock::etcd {
 
-namespace detail {
-/// The reactor of the etcd core on a uv loop.
-FILELOCK_API std::unique_ptr<reactor> make_uv_reactor(uv_loop_t* loop);
-}  // namespace detail
-
 /// A client of etcd on a uv loop: one session (one lease, kept alive every
 /// TTL/3 on the loop) shared by all its locks.
 class FILELOCK_API uv_client {
@@ -122,9 +117,9 @@ public:
     }
 
     /// Requests sent so far (benchmarks; watch streams not counted).
-    std::uint64_t requests() const noexcept { return s_->requests(); }
+    std::uint64_t requests() const noexcept;
     /// Watch streams opened so far (benchmarks).
-    std::uint64_t watches() const noexcept { return s_->watches(); }
+    std::uint64_t watches() const noexcept;
 
 private:
     std::shared_ptr<detail::session_handle> s_;

@@ -214,11 +214,13 @@ public:
     }
     /// The request that deletes what a failed attempt may have left: our
     /// key, guarded by its revision, or (our create's answer lost) the key
-    /// whatever its revision. False: the attempt never claimed the name.
+    /// whatever its revision while it is bound to our lease: a key under
+    /// that name on another lease (or none) is not ours, never deleted.
+    /// False: the attempt never claimed the name.
     bool cleanup(std::string& path, std::string& body) const {
         if (!claimed_) return false;
-        path = has_key() ? "/v3/kv/txn" : "/v3/kv/deleterange";
-        body = has_key() ? request::release(key_, my_rev_) : json{{"key", base64(key_)}}.dump();
+        path = "/v3/kv/txn";
+        body = has_key() ? request::release(key_, my_rev_) : request::release_leased(key_, lease_);
         return true;
     }
 

@@ -288,6 +288,17 @@ std::string release(const std::string& key, std::int64_t rev) {
         .dump();
 }
 
+std::string release_leased(const std::string& key, std::int64_t lease) {
+    const json bound = {{"target", "LEASE"},
+                        {"key", base64(key)},
+                        {"result", "EQUAL"},
+                        {"lease", std::to_string(lease)}};
+    return json{{"compare", json::array({bound})},
+                {"success", json::array({{{"request_delete_range", {{"key", base64(key)}}}}})},
+                {"failure", json::array()}}
+        .dump();
+}
+
 std::string watch(const std::string& key, std::int64_t start_revision,
                   const std::string& range_end) {
     json c = {{"key", base64(key)}, {"start_revision", std::to_string(start_revision)}};

@@ -91,6 +91,9 @@ std::string acquire(const std::string& key, const std::string& value, std::int64
 std::string predecessor(const std::string& key, std::int64_t rev, const std::string& prefix);
 /// If(create_revision(key) == rev) Then(delete(key)).
 std::string release(const std::string& key, std::int64_t rev);
+/// If(lease(key) == lease) Then(delete(key)): the key only while it is
+/// bound to `lease` (ours), whatever its revision.
+std::string release_leased(const std::string& key, std::int64_t lease);
 /// Watches `key` (with `range_end`: the keys in [key, range_end)) from
 /// `start_revision`.
 std::string watch(const std::string& key, std::int64_t start_revision,

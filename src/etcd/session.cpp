@@ -174,15 +174,12 @@ void session::watch_held(const std::shared_ptr<held_state>& h) {
     h->watch_id = http_.post(
         "/v3/watch", request::watch(h->key, h->watch_from),
         [w](http_reply&) {
-            // The stream ended (a member went away): watch again from the
-            // last revision seen, so no deletion is missed.
+            // The stream ended (a member went away): look at the key again
+            // (then watch from the revision read, so no deletion is missed).
             auto h = w.lock();
             if (!h || h->released || h->lost) return;
             h->watch_id = 0;
-            if (!h->rewatch) h->rewatch = h->s->loop().make_timer();
-            h->rewatch->arm(steady::now() + std::chrono::milliseconds(100), [w] {
-                if (auto h = w.lock()) h->s->watch_held(h);
-            });
+            h->s->retry_held(h);
         },
         [w](std::string_view bytes) {
             auto h = w.lock();
@@ -191,6 +188,7 @@ void session::watch_held(const std::shared_ptr<held_state>& h) {
                 const auto m = decode_watch(text);
                 if (!m.ok) return;
                 if (m.revision) h->watch_from = std::max(h->watch_from, m.revision + 1);
+                if (m.created) h->retry.watching(steady::now());
                 if (m.canceled) {
                     // The server ended this watch (an expired auth token, a
                     // compacted revision): the stream says nothing more.
@@ -224,10 +222,17 @@ void session::check_held(const std::shared_ptr<held_state>& h) {
         std::string why;
         std::vector<kv> kvs;
         bool read = false;
+        const auto ec = parse(r, j, why);
         try {
-            read = !parse(r, j, why) && kvs_of(j, kvs);
+            read = !ec && kvs_of(j, kvs);
         } catch (const std::exception&) {
             read = false;  // a malformed answer is no answer
+        }
+        if (ec && !transient(r, ec)) {
+            // etcd refuses to show the key (a permission taken away, a
+            // refused token that could not be renewed): it cannot be watched.
+            h->s->lose(*h, errc::lost);
+            return;
         }
         if (read) {
             if (kvs.empty() || kvs.front().create_revision != h->rev) {
@@ -244,11 +249,21 @@ void session::check_held(const std::shared_ptr<held_state>& h) {
             }
             return h->s->watch_held(h);
         }
-        // Not answered: watch again in a moment (the transport moved on).
-        if (!h->rewatch) h->rewatch = h->s->loop().make_timer();
-        h->rewatch->arm(steady::now() + std::chrono::milliseconds(100), [w] {
-            if (auto h = w.lock()) h->s->watch_held(h);
-        });
+        // Not answered: again after a backoff (the transport moved on).
+        h->s->retry_held(h);
+    });
+}
+
+void session::retry_held(const std::shared_ptr<held_state>& h) {
+    if (h->released || h->lost) return;
+    const auto next = h->retry.failed(steady::now());
+    if (next.give_up) {
+        lose(*h, errc::lost);
+        return keepalive();  // revoked? the session is told
+    }
+    if (!h->rewatch) h->rewatch = loop().make_timer();
+    h->rewatch->arm(next.at, [w = std::weak_ptr<held_state>(h)] {
+        if (auto h = w.lock()) h->s->check_held(h);
     });
 }
 

@@ -11,6 +11,7 @@
 #include <filelock/etcd.hpp>
 
 #include "../file/content.hpp"
+#include "held_watch.hpp"
 #include "lease.hpp"
 #include "lock_backend.hpp"
 
@@ -35,6 +36,7 @@ struct held_state {
     std::function<void(std::error_code)> on_lost;
     std::uint64_t watch_id = 0;
     std::unique_ptr<reactor::timer> rewatch;
+    rewatch_policy retry;
     stream_splitter split;
     bool released = false;
     bool claimed = true;
@@ -116,6 +118,12 @@ public:
     /// The held watch was cancelled by the server: checks the key with a
     /// unary range (renewing a refused token), then watches again.
     void check_held(const std::shared_ptr<held_state>& h);
+    /// The held watch's stream ended, or its check got no answer: checks
+    /// again after a backoff, or reports the lock lost once its key went
+    /// unwatched past the TTL (rewatch_policy).
+    void retry_held(const std::shared_ptr<held_state>& h);
+    /// How long a held key may go unwatched: the lease's TTL.
+    std::chrono::milliseconds ttl() const { return keeper_.ttl(); }
 
 private:
     void grant();

@@ -6,6 +6,7 @@
 // thread, no blocking call. Requests fail over among the endpoints while no
 // byte of an answer came.
 
+#include <filelock/detail/etcd_session.hpp>
 #include <filelock/etcd.hpp>
 
 #include <curl/curl.h>

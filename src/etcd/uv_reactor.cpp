@@ -3,6 +3,7 @@
 // pattern of libcurl's own libuv example), and a uv_async_t for posts. Every
 // handle is heap-allocated and freed in its close callback, so it may be
 // dropped from inside its own callback.
+#include <filelock/detail/etcd_session.hpp>
 #include <filelock/etcd_uv.hpp>
 
 #include <deque>
@@ -154,12 +155,11 @@ private:
     std::deque<std::function<void()>> q_;
 };
 
-}  // namespace
-
 std::unique_ptr<reactor> make_uv_reactor(uv_loop_t* loop) {
     return std::make_unique<uv_reactor>(loop);
 }
 
+}  // namespace
 }  // namespace detail
 
 uv_client::uv_client(uv_loop_t* loop, const config& cfg)
@@ -172,6 +172,9 @@ uv_client::request uv_client::async_lock(std::string name, std::chrono::nanoseco
     const auto id = s_->lock(std::move(name), timeout, std::move(callback));
     return request(s_, id);
 }
+
+std::uint64_t uv_client::requests() const noexcept { return s_->requests(); }
+std::uint64_t uv_client::watches() const noexcept { return s_->watches(); }
 
 void uv_client::request::cancel() const {
     if (auto s = s_.lock()) s->cancel(id_, std::make_error_code(std::errc::operation_canceled));
