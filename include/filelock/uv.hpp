@@ -67,17 +67,24 @@ namespace filelock::uv {
 class request;
 
 namespace detail {
-
 struct control;
+}  // namespace detail
 
-/// A move-only `void(std::error_code, lock_file)`.
-class completion {
+/// What the callback forms call: a move-only `void(std::error_code,
+/// lock_file)`, made from any callable that can be called so (lambdas that
+/// own move-only state included).
+class callback {
 public:
-    completion() = default;
-    template <class F, std::enable_if_t<!std::is_same_v<std::decay_t<F>, completion>, int> = 0>
-    completion(F&& f) : impl_(std::make_unique<model<std::decay_t<F>>>(std::forward<F>(f))) {}
+    /// Wraps `f`.
+    template <class F, std::enable_if_t<
+                           !std::is_same_v<std::decay_t<F>, callback> &&
+                               std::is_invocable_v<std::decay_t<F>&, std::error_code, lock_file>,
+                           int> = 0>
+    callback(F&& f) : impl_(std::make_unique<model<std::decay_t<F>>>(std::forward<F>(f))) {}
 
+    /// Whether it holds a callable (not after being moved from).
     explicit operator bool() const noexcept { return impl_ != nullptr; }
+    /// Calls it.
     void operator()(std::error_code ec, lock_file lock) { impl_->call(ec, std::move(lock)); }
 
 private:
@@ -95,17 +102,13 @@ private:
     std::unique_ptr<concept_t> impl_;
 };
 
-/// Starts an operation (what the async_lock overloads call). Throws
-/// std::system_error if libuv cannot create its handles.
-FILELOCK_API request start(uv_loop_t* loop, const std::filesystem::path& path,
-                           std::chrono::nanoseconds timeout, const lock_options& options,
-                           completion callback);
-
-/// Whether `F` can be called as a completion: `void(std::error_code, lock_file)`.
-template <class F>
-inline constexpr bool is_callback_v = std::is_invocable_v<F&, std::error_code, lock_file>;
-
-}  // namespace detail
+/// Callback form: `cb(std::error_code, lock_file)` runs on the loop's thread
+/// when the lock is won, the timeout passed, the operation was cancelled, or
+/// an error occurred. See the lifetime rules above. Throws std::system_error
+/// if libuv cannot create its handles.
+FILELOCK_API request async_lock(uv_loop_t* loop, const std::filesystem::path& path,
+                                std::chrono::nanoseconds timeout, const lock_options& options,
+                                callback cb);
 
 /// A handle on a pending operation. Copyable; outliving the operation is
 /// fine (cancel() then does nothing).
@@ -126,34 +129,22 @@ public:
     bool pending() const noexcept;
 
 private:
-    friend request detail::start(uv_loop_t*, const std::filesystem::path&, std::chrono::nanoseconds,
-                                 const lock_options&, detail::completion);
+    friend request async_lock(uv_loop_t*, const std::filesystem::path&, std::chrono::nanoseconds,
+                              const lock_options&, callback);
     explicit request(std::shared_ptr<detail::control> c) noexcept : control_(std::move(c)) {}
     std::shared_ptr<detail::control> control_;
 };
+
+/// Callback form with default options.
+inline request async_lock(uv_loop_t* loop, const std::filesystem::path& path,
+                          std::chrono::nanoseconds timeout, callback cb) {
+    return async_lock(loop, path, timeout, lock_options{}, std::move(cb));
+}
 
 /// Cancels every pending operation of `loop` (loop thread only). Their
 /// callbacks run with operation_canceled; run the loop once more to let the
 /// handles close.
 FILELOCK_API void cancel_all(uv_loop_t* loop) noexcept;
-
-/// Callback form: `callback(std::error_code, lock_file)` runs on the loop's
-/// thread when the lock is won, the timeout passed, the operation was
-/// cancelled, or an error occurred. See the lifetime rules above.
-template <class F, std::enable_if_t<detail::is_callback_v<F>, int> = 0>
-request async_lock(uv_loop_t* loop, const std::filesystem::path& path,
-                   std::chrono::nanoseconds timeout, const lock_options& options, F&& callback) {
-    return detail::start(loop, path, timeout, options,
-                         detail::completion(std::forward<F>(callback)));
-}
-
-/// Callback form with default options.
-template <class F, std::enable_if_t<detail::is_callback_v<F>, int> = 0>
-request async_lock(uv_loop_t* loop, const std::filesystem::path& path,
-                   std::chrono::nanoseconds timeout, F&& callback) {
-    return detail::start(loop, path, timeout, lock_options{},
-                         detail::completion(std::forward<F>(callback)));
-}
 
 /// The awaitable of the coroutine forms. It imposes nothing on the awaiting
 /// coroutine's promise. The coroutine is resumed on the loop's thread.
@@ -182,12 +173,12 @@ public:
     /// Starts the operation; the coroutine resumes on the loop's thread.
     void await_suspend(std::coroutine_handle<> h) {
         waiter_ = h;
-        req_ = detail::start(loop_, path_, timeout_, options_,
-                             [this](std::error_code ec, lock_file lock) {
-                                 ec_ = ec;
-                                 lock_ = std::move(lock);
-                                 waiter_.resume();
-                             });
+        req_ = async_lock(loop_, path_, timeout_, options_,
+                          [this](std::error_code ec, lock_file lock) {
+                              ec_ = ec;
+                              lock_ = std::move(lock);
+                              waiter_.resume();
+                          });
         if (stop_.stop_possible()) stop_cb_.emplace(stop_, canceller{req_});
     }
 

@@ -134,7 +134,7 @@ struct loop_state {
 
 struct op final : filelock::detail::queue_waiter {
     op(uv_loop_t* loop, const std::filesystem::path& path, std::chrono::nanoseconds timeout,
-       const lock_options& options, completion cb)
+       const lock_options& options, callback cb)
         : shared(options.mode == lock_mode::shared),
           acq(std::in_place, path, timeout, options),
           callback(std::move(cb)),
@@ -152,7 +152,7 @@ struct op final : filelock::detail::queue_waiter {
     bool watching = false;  // registered for release events
     std::uint64_t arrival = next_arrival++;
     std::optional<filelock::detail::file_acquisition> acq;
-    completion callback;
+    uv::callback callback;
     std::shared_ptr<control> ctl;
     // Under ls->mutex:
     bool in_signalled = false;
@@ -250,7 +250,7 @@ struct op final : filelock::detail::queue_waiter {
         acq.reset();  // leaves the queue; closes the waiter's descriptor now
         ls->forget_signal(this);
         ls->ops.erase(this);
-        completion cb = std::move(callback);
+        uv::callback cb = std::move(callback);
         uv_close(reinterpret_cast<uv_handle_t*>(&timer), on_close);  // freed after this call
         if (cb) {
             try {
@@ -452,9 +452,11 @@ void loop_state::close_if_idle() noexcept {
     uv_close(reinterpret_cast<uv_handle_t*>(&async), on_close);
 }
 
-request start(uv_loop_t* loop, const std::filesystem::path& path, std::chrono::nanoseconds timeout,
-              const lock_options& options, completion callback) {
-    auto o = std::make_unique<detail::op>(loop, path, timeout, options, std::move(callback));
+}  // namespace detail
+
+request async_lock(uv_loop_t* loop, const std::filesystem::path& path,
+                   std::chrono::nanoseconds timeout, const lock_options& options, callback cb) {
+    auto o = std::make_unique<detail::op>(loop, path, timeout, options, std::move(cb));
     detail::loop_state* ls = detail::loop_state::of(loop);
     try {
         ls->ops.insert(o.get());  // the last allocation
@@ -490,8 +492,6 @@ request start(uv_loop_t* loop, const std::filesystem::path& path, std::chrono::n
     return req;
 }
 
-}  // namespace detail
-
 void request::cancel() const noexcept {
     if (!control_) return;
     std::lock_guard<std::mutex> g(control_->mutex);
@@ -504,7 +504,7 @@ void request::abandon() const noexcept {
     std::lock_guard<std::mutex> g(control_->mutex);
     control_->cancel_requested.store(true);
     if (control_->target) {
-        control_->target->callback = {};
+        uv::callback dropped = std::move(control_->target->callback);  // never called
         control_->target->ls->signal(control_->target, false);
     }
 }
