@@ -133,11 +133,14 @@ TEST_CASE("release_registry: after a fork every waiter is forgotten and returned
     release_registry r;
     r.add(1, &a, 1, false);
     r.add(2, &b, 2, true);
-    auto all = r.clear();
+    std::vector<int> wds;
+    auto all = r.clear(wds);
     std::sort(all.begin(), all.end());
     std::vector<release_registry::key> expected{&a, &b};
     std::sort(expected.begin(), expected.end());
     CHECK(all == expected);
+    std::sort(wds.begin(), wds.end());
+    CHECK(wds == std::vector<int>{1, 2});  // one reference each, for the caller to drop
     CHECK(r.idle());
     CHECK(woken_by(r, {{release_event::all, true}}).empty());
 }

@@ -21,6 +21,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <fstream>
 #include <sys/file.h>
 #include <sys/inotify.h>
 #include <thread>
@@ -412,6 +413,58 @@ TEST_CASE("waiting: a process that waited once keeps no instance or eventfd or d
     check_in_fresh_process("idle: lock() waited once");
     check_in_fresh_process("idle: Asio waited once");
     check_in_fresh_process("idle: libuv waited once");
+}
+
+TEST_CASE("waiting: waiters forgotten by a source take their watches' references with them") {
+    // What an execution context destroyed with waiting operations does: its
+    // source forgets them and goes back to the idle one. Each kept a
+    // reference to its watch, so the idle instance, reused by the next
+    // loops, kept every such watch for its life; without references only
+    // the bounded few unreferenced watches stay (8, release_watcher.hpp).
+    scratch s;
+    settle();
+    auto src = fdetail::release_source::take();
+    REQUIRE(src);
+    const int before = inotify_watches();
+    constexpr int n = 12;
+    char keys[n];
+    for (int i = 0; i < n; ++i) {
+        const auto f = s / ("f" + std::to_string(i));
+        std::ofstream(f.string()) << "";
+        REQUIRE(src->watch(f, &keys[i], static_cast<std::uint64_t>(i), false));
+    }
+    REQUIRE(inotify_watches() - before == n);
+    CHECK(src->forget_all().size() == n);
+    CHECK(src->idle());
+    CHECK(inotify_watches() - before <= 8);
+}
+
+TEST_CASE("waiting: a forked child's source forgetting its waiters leaves the parent's watches") {
+    // The child's copy of the instance is the parent's instance: removing a
+    // watch there would remove the parent's, whose waiters would then sleep
+    // through releases.
+    scratch s;
+    settle();
+    auto src = fdetail::release_source::take();
+    REQUIRE(src);
+    constexpr int n = 12;
+    char keys[n];
+    for (int i = 0; i < n; ++i) {
+        const auto f = s / ("f" + std::to_string(i));
+        std::ofstream(f.string()) << "";
+        REQUIRE(src->watch(f, &keys[i], static_cast<std::uint64_t>(i), false));
+    }
+    const int before = inotify_watches();
+    child c([&](int ready) {
+        const bool all = src->inherited() && src->forget_all().size() == n;
+        (void)!::write(ready, "r", 1);
+        return all ? 0 : 1;
+    });
+    CHECK(c.ready());
+    CHECK(inotify_watches() == before);
+    c.release();
+    CHECK(c.wait() == 0);
+    CHECK(src->forget_all().size() == n);
 }
 
 TEST_CASE("waiting: lock(path, timeout, ec) waits with the default options") {

@@ -51,10 +51,14 @@ std::vector<release_registry::wakeup> release_registry::dispatch(
     return woken;
 }
 
-std::vector<release_registry::key> release_registry::clear() {
+std::vector<release_registry::key> release_registry::clear(std::vector<int>& wds) {
     std::vector<key> all;
     all.reserve(entries_.size());
-    for (const auto& e : entries_) all.push_back(e.waiter);
+    wds.reserve(wds.size() + entries_.size());
+    for (const auto& e : entries_) {
+        all.push_back(e.waiter);
+        wds.push_back(e.wd);
+    }
     entries_.clear();
     return all;
 }

@@ -55,8 +55,11 @@ public:
     /// a reference for each).
     std::vector<wakeup> dispatch(const std::vector<release_event>& events, std::vector<int>& moved);
 
-    /// Forgets every waiter (after a fork: they all watch anew elsewhere).
-    std::vector<key> clear();
+    /// Forgets every waiter (after a fork: they all watch anew elsewhere;
+    /// or their driver goes away): returns them, and adds their watch
+    /// descriptors to `wds` (one entry per waiter: the caller drops a
+    /// reference for each). Nothing changes if it throws.
+    std::vector<key> clear(std::vector<int>& wds);
     /// No waiter left: the driver may give its watcher back.
     bool idle() const noexcept { return entries_.empty(); }
 

@@ -124,11 +124,20 @@ bool release_source::inherited() const noexcept {
 }
 
 std::vector<release_source::waiter> release_source::forget_all() noexcept {
+    std::vector<int> wds;
+    std::vector<waiter> all;
     try {
-        return impl_->registry.clear();
+        all = impl_->registry.clear(wds);
     } catch (...) {
-        return {};
+        return {};  // out of memory: it stays registered, so it is never kept idle
     }
+    // Their references go with them (a watch nobody references is kept for
+    // the next waits, up to a bound). Not in a forked child: the instance
+    // is shared with the parent, and removing a watch would remove the
+    // parent's.
+    if (!inherited())
+        for (int wd : wds) impl_->watcher.remove(wd);
+    return all;
 }
 
 void release_source::abandon() noexcept { impl_->watcher.abandon(); }

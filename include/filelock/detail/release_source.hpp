@@ -72,6 +72,9 @@ public:
     /// moved (they watch anew, on a source of this process's own) and
     /// destroys it, which closes this process's copies only.
     bool inherited() const noexcept;
+    /// Forgets every waiter and returns them (also for a driver that goes
+    /// away with waiters registered); their watches' references go with
+    /// them, but in a forked child's copy, whose watches are the parent's.
     std::vector<waiter> forget_all() noexcept;
     /// Closes this process's copies of the descriptors now (for a copy that
     /// cannot be destroyed yet).
