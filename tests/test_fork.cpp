@@ -10,6 +10,10 @@
 
 #include <asio/io_context.hpp>
 
+#include <atomic>
+#include <sys/stat.h>
+#include <thread>
+
 using namespace test;
 using filelock::errc;
 using filelock::lock_file;
@@ -236,4 +240,73 @@ TEST_CASE("fork: a lock taken after fork() is released by close as before") {
     held.close();
     CHECK(lock_is_free(p));
     bystander.release();
+}
+
+namespace {
+
+// The numbers of this process's descriptors that link to `what`.
+std::vector<int> anon_fd_numbers(const std::string& what) {
+    std::vector<int> out;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc/self/fd", ec))
+        if (fs::read_symlink(e.path(), ec).string() == what)
+            out.push_back(std::stoi(e.path().filename().string()));
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "fork: a child's lock() never closes descriptors it opened on the numbers of the "
+    "parent's waiting instance") {
+    // A thread of the parent waits in lock(): the sync waiters' inotify
+    // instance and eventfd are open when the process forks. The child takes
+    // their numbers for files of its own (a daemon closes what it inherited,
+    // then opens its files), then waits in lock() itself. The child's copies
+    // are closed at the fork, never later: its files stay open.
+    held_elsewhere h;
+    std::atomic<int> outcome{-1};
+    std::thread waiter([&] {
+        std::error_code ec;
+        auto l = filelock::lock(h.path, 30s, {}, ec);
+        outcome = ec ? 1 : 0;
+    });
+    std::vector<int> numbers;
+    for (int i = 0; i < 1000 && numbers.size() < 2; ++i) {
+        ::usleep(10000);
+        numbers = anon_fd_numbers("anon_inode:inotify");
+        for (int fd : anon_fd_numbers("anon_inode:[eventfd]")) numbers.push_back(fd);
+    }
+    REQUIRE(numbers.size() == 2);
+    const auto mine = h.dir / "mine";
+    { std::ofstream(mine) << "child's file\n"; }
+    child c([&](int ready) {
+        // Closed at the fork: nothing of the parent's instance is left.
+        int code = anon_fd_numbers("anon_inode:inotify").empty() ? 0 : 10;
+        struct stat want {};
+        for (int n : numbers) {
+            const int fd = ::open(mine.c_str(), O_RDONLY | O_CLOEXEC);
+            if (fd < 0) return 20;
+            if (fd != n) {  // (the lowest free number may be `n` itself)
+                if (::dup2(fd, n) != n) return 20;
+                ::close(fd);
+            }
+            ::fstat(n, &want);
+        }
+        std::error_code ec;
+        auto l = filelock::lock(h.path, 200ms, {}, ec);  // held: it waits, watching
+        if (ec != errc::timeout) code += 1;
+        for (int n : numbers) {
+            struct stat got {};
+            if (::fstat(n, &got) != 0 || got.st_ino != want.st_ino) code += 2;
+        }
+        (void)!::write(ready, "r", 1);
+        return code;
+    });
+    CHECK(c.ready());
+    c.release();
+    CHECK(c.wait() == 0);  // 10: the copies outlived the fork; 2, 4: its files were closed
+    h.holder.release();
+    waiter.join();
+    CHECK(outcome == 0);
 }

@@ -33,8 +33,8 @@ const char sync_domain_tag = 0;
 }  // namespace
 
 // The sync waiters' share of release events: one per process and fork
-// generation (a forked child makes its own, and only closes its copy of the
-// parent's: its mutex may be held forever). Never destroyed.
+// generation (a forked child makes its own, and leaves the parent's alone:
+// its mutex may be held forever). Never destroyed.
 class release_hub {
 public:
     static release_hub* get() {
@@ -42,7 +42,11 @@ public:
         static std::atomic<release_hub*> current{nullptr};
         static const bool registered = [] {  // a child never inherits it locked
             at_fork([] { create_mutex.lock(); }, [] { create_mutex.unlock(); },
-                    [] { create_mutex.unlock(); });
+                    [] {
+                        if (release_hub* h = current.load(std::memory_order_relaxed))
+                            h->close_inherited();
+                        create_mutex.unlock();
+                    });
             return true;
         }();
         (void)registered;
@@ -51,7 +55,6 @@ public:
         std::lock_guard<std::mutex> g(create_mutex);
         h = current.load(std::memory_order_relaxed);
         if (!h || h->generation_ != fork_generation()) {
-            if (h && h->source_) h->source_->abandon();
             h = new (std::nothrow) release_hub;
             current.store(h, std::memory_order_release);
         }
@@ -67,6 +70,8 @@ public:
             give_back_if_idle();
             return false;
         }
+        inherited_[0].store(source_->native_handle(), std::memory_order_relaxed);
+        inherited_[1].store(source_->interrupt_handle(), std::memory_order_relaxed);
         std::lock_guard<std::mutex> wg(w.mutex_);
         w.hub_ = this;
         return true;
@@ -143,7 +148,18 @@ private:
     // although the registry forgot it: its file moved). Costs no system
     // call: this is on the way out of the last waiter's lock().
     void give_back_if_idle() noexcept {
-        if (source_ && source_->idle() && !leader_) release_source::recycle(std::move(source_));
+        if (!source_ || !source_->idle() || leader_) return;
+        // Forgotten first: a child forked from here on never closes them.
+        for (auto& fd : inherited_) fd.store(-1, std::memory_order_relaxed);
+        release_source::recycle(std::move(source_));
+    }
+
+    // In a forked child, at once: its copies of the parent's descriptors are
+    // closed before the child can reuse their numbers for files of its own
+    // (closed at its next lock(), they were the child's files). Atomics:
+    // another thread of the parent may have been changing source_.
+    void close_inherited() noexcept {
+        for (auto& fd : inherited_) release_source::close_copy(fd.exchange(-1));
     }
 
     // With the mutex held. The role goes on to the next follower: also when
@@ -166,6 +182,7 @@ private:
     sync_waiter* leader_ = nullptr;
     std::vector<sync_waiter*> followers_;
     unsigned generation_ = fork_generation();
+    std::atomic<int> inherited_[2] = {-1, -1};  // source_'s descriptors, for a forked child
 };
 
 sync_waiter::~sync_waiter() { disarm(); }

@@ -85,6 +85,8 @@ void release_source::recycle(std::unique_ptr<release_source> s) noexcept {
 }
 
 int release_source::native_handle() const noexcept { return impl_->watcher.native_handle(); }
+int release_source::interrupt_handle() const noexcept { return impl_->watcher.interrupt_handle(); }
+void release_source::close_copy(int fd) noexcept { release_watcher::close_copy(fd); }
 
 bool release_source::watch(const std::filesystem::path& path, waiter w, std::uint64_t arrival,
                            bool shared, const lock_identity& lock) {

@@ -33,6 +33,10 @@ public:
     bool valid() const noexcept { return fd_ >= 0; }
     /// The descriptor to wait on for readability.
     int native_handle() const noexcept { return fd_; }
+    /// The eventfd that ends a wait() (-1: none).
+    int interrupt_handle() const noexcept { return efd_; }
+    /// Closes `fd` (a forked child's copy of a number of ours).
+    static void close_copy(int fd) noexcept;
     /// The fork generation it was made in.
     unsigned generation() const noexcept { return generation_; }
 

@@ -50,6 +50,11 @@ public:
 
     /// The descriptor to wait on for readability.
     int native_handle() const noexcept;
+    /// The eventfd of enable_interrupts() (-1: none).
+    int interrupt_handle() const noexcept;
+    /// Closes a forked child's copy of a descriptor number that
+    /// native_handle() or interrupt_handle() gave in its parent.
+    static void close_copy(int fd) noexcept;
 
     /// `w` waits for releases of the file `path` names now; `arrival`
     /// orders the waiters (earlier first), a `shared` one is a reader. False

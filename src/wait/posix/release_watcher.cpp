@@ -56,6 +56,10 @@ void release_watcher::clear_interrupts() noexcept {
     if (efd_ >= 0) (void)!sys().read(efd_, &stale, sizeof stale);
 }
 
+void release_watcher::close_copy(int fd) noexcept {
+    if (fd >= 0) sys().close(fd);
+}
+
 void release_watcher::abandon() noexcept {
     if (fd_ >= 0) sys().close(fd_);
     if (efd_ >= 0) sys().close(efd_);
