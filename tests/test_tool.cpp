@@ -48,6 +48,23 @@ TEST_CASE("filelock-run: runs the command under the lock and exits with its stat
     CHECK(fs::exists(p));
 }
 
+TEST_CASE("filelock-run: a lock file's run loads nothing of etcd, curl or TLS") {
+    // flock(1)'s start-up is the yardstick: the etcd client and its tree
+    // (libcurl, TLS, Kerberos, LDAP...) are for etcd:// targets alone.
+    scratch s;
+    const auto p = s / "a.lock";
+    program wrapper({filelock_run_path(), p.string(), "sh", "-c", "echo up; read x; exit 0"});
+    REQUIRE(wrapper.read_line() == "up");
+    const std::string maps = read_file("/proc/" + std::to_string(wrapper.pid()) + "/maps");
+    REQUIRE(!maps.empty());
+    INFO(maps);
+    for (const char* lib : {"filelock-etcd", "libcurl", "libssl", "libcrypto", "libgnutls",
+                            "libnghttp2", "libkrb5", "libldap"})
+        CHECK(maps.find(lib) == std::string::npos);
+    wrapper.close_stdin();
+    CHECK(wrapper.wait() == 0);
+}
+
 TEST_CASE("filelock-run: the command inherits the lock's descriptor; -o closes it first") {
     scratch s;
     const auto p = s / "a.lock";

@@ -23,9 +23,6 @@
 #include "../src/sync/driver.hpp"
 #include "cli.hpp"
 #include "posix_run.hpp"
-#if FILELOCK_RUN_ETCD
-#include "etcd_mode.hpp"
-#endif
 
 #include <cerrno>
 #include <chrono>
@@ -94,20 +91,31 @@ int open_failure_status(std::error_code ec) {
 }
 
 #if FILELOCK_RUN_ETCD
-// --lost-signal's name or number (default TERM).
-int signal_number(const std::string& v) {
-    if (v.empty()) return SIGTERM;
-    for (auto [n, sig] : {std::pair{"TERM", SIGTERM},
-                          {"INT", SIGINT},
-                          {"HUP", SIGHUP},
-                          {"KILL", SIGKILL},
-                          {"QUIT", SIGQUIT},
-                          {"USR1", SIGUSR1},
-                          {"USR2", SIGUSR2}})
-        if (v == n || v == std::string("SIG") + n) return sig;
-    int sig = 0;
-    if (!parse_int(v.c_str(), 1, 64, sig)) usage_error("invalid --lost-signal: '" + v + "'");
-    return sig;
+// An etcd:// target is run by filelock-run-etcd, with this command line: a
+// lock file's run loads nothing of etcd, curl or TLS. It is next to this
+// program in a build tree, in LIBEXECDIR/filelock once installed (found
+// relative to this program, so any prefix works).
+[[noreturn]] void exec_etcd_helper(char** argv) {
+    char self[4096];
+    const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+    std::string dir = n > 0 ? std::string(self, static_cast<std::size_t>(n)) : argv[0];
+    dir = dir.find('/') == std::string::npos ? "." : dir.substr(0, dir.rfind('/'));
+    const std::string installed = std::string(FILELOCK_RUN_HELPER_DIR).front() == '/'
+                                      ? FILELOCK_RUN_HELPER_DIR
+                                      : dir + "/" FILELOCK_RUN_HELPER_DIR;
+    int err = ENOENT;
+    for (const std::string& where : {dir, installed}) {
+        const std::string helper = where + "/filelock-run-etcd";
+        ::execv(helper.c_str(), argv);
+        if (errno != ENOENT) {
+            err = errno;
+            warn("cannot execute " + helper + ": " + std::strerror(err));
+            std::exit(ex_unavailable);
+        }
+    }
+    warn("cannot execute filelock-run-etcd (not in " + dir + " nor " + installed +
+         "): " + std::strerror(err));
+    std::exit(ex_unavailable);
 }
 #endif
 
@@ -234,40 +242,11 @@ int main(int argc, char** argv) {
     filelock::lock_options& options = cl.options;
     const char* target = cl.target;
     const nanoseconds timeout = cl.timeout;
-    std::vector<char*> command = cl.command;
-    const char* shell = std::getenv("SHELL");
-    char dash_c[] = "-c";
-    if (cl.shell_command)
-        command = {const_cast<char*>(shell && *shell ? shell : "/bin/sh"), dash_c,
-                   const_cast<char*>(cl.shell_command)};
-    if (!command.empty()) command.push_back(nullptr);
+    std::vector<char*> command = posix_run::command_argv(cl);
 
     if (target && std::string_view(target).rfind("etcd://", 0) == 0) {
 #if FILELOCK_RUN_ETCD
-        if (command.empty()) usage_error("an etcd lock needs a command to run");
-        if (options.mode == filelock::lock_mode::shared)
-            usage_error("etcd locks are exclusive (no --shared)");
-        if (cl.unlock) usage_error("--unlock applies to a file or a file descriptor");
-        if (cl.no_fork) usage_error("--no-fork cannot keep an etcd lease alive");
-        if (cl.close_fd)
-            usage_error(
-                "--close applies to a lock file (an etcd lock is no descriptor COMMAND "
-                "could inherit: filelock-run alone holds it)");
-        if (cl.fcntl) usage_error("--fcntl, --start and --length apply to a file");
-        etcd_mode::options eo;
-        eo.timeout = timeout;
-        eo.nonblock = cl.nonblock;
-        eo.verbose = cl.verbose;
-        eo.simple = cl.simple;
-        eo.conflict_code = cl.conflict_code;
-        eo.lost_signal = signal_number(cl.lost_signal);
-        eo.ttl = seconds(cl.etcd_ttl);
-        eo.content = cl.have_content ? cl.content_arg : std::string();
-        eo.cacert = cl.etcd_cacert;
-        eo.cert = cl.etcd_cert;
-        eo.key = cl.etcd_key;
-        eo.user = cl.etcd_user;
-        return etcd_mode::run(eo, cl, target, command.data());
+        exec_etcd_helper(argv);
 #else
         usage_error("this filelock-run was built without etcd support");
 #endif

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <pthread.h>
@@ -22,6 +23,18 @@
 #endif
 
 namespace posix_run {
+
+std::vector<char*> command_argv(const cli::command_line& cl) {
+    std::vector<char*> command = cl.command;
+    static char dash_c[] = "-c";
+    if (cl.shell_command) {
+        const char* shell = std::getenv("SHELL");
+        command = {const_cast<char*>(shell && *shell ? shell : "/bin/sh"), dash_c,
+                   const_cast<char*>(cl.shell_command)};
+    }
+    if (!command.empty()) command.push_back(nullptr);
+    return command;
+}
 
 sigset_t forwarded_signals() {
     sigset_t set;

@@ -6,8 +6,17 @@
 
 #include <csignal>
 #include <sys/types.h>
+#include <vector>
+
+namespace cli {
+struct command_line;
+}
 
 namespace posix_run {
+
+/// COMMAND's argv, null-terminated (empty: no command): the command line's,
+/// or -c STRING run by $SHELL (or /bin/sh).
+std::vector<char*> command_argv(const cli::command_line& cl);
 
 /// The signals forwarded to COMMAND while it runs (and SIGCHLD, which ends a
 /// wait): blocked in filelock-run, received with sigwaitinfo.

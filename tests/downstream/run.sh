@@ -54,7 +54,8 @@ for f in "$libdir/libfilelock.so.0.2" "$libdir/libfilelock-uv.so.0.2" \
          "$libdir/pkgconfig/filelock-uv.pc" "$libdir/cmake/filelock/filelockConfig.cmake" \
          "$libdir/cmake/filelock/filelockConfigVersion.cmake" include/filelock/version.hpp \
          include/filelock/asio.hpp include/filelock/uv.hpp share/man/man1/filelock-run.1 \
-         share/doc/filelock/LICENSE bin/filelock-run "$libdir/libfilelock-etcd.so.0.2" \
+         share/doc/filelock/LICENSE bin/filelock-run libexec/filelock/filelock-run-etcd \
+         "$libdir/libfilelock-etcd.so.0.2" \
          "$libdir/libfilelock-etcd-uv.so.0.2" "$libdir/pkgconfig/filelock-etcd.pc" \
          "$libdir/pkgconfig/filelock-etcd-uv.pc" include/filelock/etcd.hpp \
          include/filelock/etcd_asio.hpp include/filelock/etcd_uv.hpp; do
