@@ -27,7 +27,6 @@ namespace {
 using cli::ex_oserr;
 using cli::ex_tempfail;
 using cli::ex_unavailable;
-using cli::ex_usage;
 
 // The acquisition's outcome and the lost signal reach the main thread as
 // this real-time signal (it waits with sigwaitinfo).
@@ -38,41 +37,39 @@ const char* env(const char* name) {
     return v && *v ? v : nullptr;
 }
 
-}  // namespace
+// An option's value, else the environment's (etcdctl's variables), else "".
+std::string option_or_env(const std::string& value, const char* name) {
+    if (!value.empty()) return value;
+    const char* v = env(name);
+    return v ? v : "";
+}
 
-bool is_target(const char* target) { return std::strncmp(target, "etcd://", 7) == 0; }
+[[noreturn]] void usage(const std::string& msg) { cli::usage_error(msg); }
 
-int usage(const std::string& msg) { cli::usage_error(msg); }
-
-int run(const options& o, const cli::command_line& cl, const char* target, char** argv) {
-    // etcd://host:port[,host:port]/NAME
-    std::string rest = target + 7;
+// etcd://host:port[,host:port]/NAME and the options: the client's
+// configuration and the lock's name; a usage error exits.
+filelock::etcd::config configuration(const options& o, const char* target, std::string& name) {
+    const std::string rest = target + 7;
     const auto slash = rest.find('/');
     if (slash == std::string::npos || slash + 1 >= rest.size())
-        return usage(std::string("no lock name in '") + target + "' (etcd://host:port/NAME)");
-    const std::string hosts = rest.substr(0, slash), name = rest.substr(slash + 1);
+        usage(std::string("no lock name in '") + target + "' (etcd://host:port/NAME)");
+    const std::string hosts = rest.substr(0, slash);
+    name = rest.substr(slash + 1);
     filelock::etcd::config cfg;
+    cfg.ca_file = option_or_env(o.cacert, "ETCDCTL_CACERT");
+    cfg.cert_file = option_or_env(o.cert, "ETCDCTL_CERT");
+    cfg.key_file = option_or_env(o.key, "ETCDCTL_KEY");
+    const bool tls = !cfg.ca_file.empty() || !cfg.cert_file.empty();
     cfg.endpoints.clear();
-    const std::string ca = !o.cacert.empty()       ? o.cacert
-                           : env("ETCDCTL_CACERT") ? env("ETCDCTL_CACERT")
-                                                   : "";
-    const std::string cert = !o.cert.empty()       ? o.cert
-                             : env("ETCDCTL_CERT") ? env("ETCDCTL_CERT")
-                                                   : "";
-    const std::string key = !o.key.empty() ? o.key : env("ETCDCTL_KEY") ? env("ETCDCTL_KEY") : "";
-    const bool tls = !ca.empty() || !cert.empty();
     for (std::size_t pos = 0; pos <= hosts.size();) {
         auto comma = hosts.find(',', pos);
         if (comma == std::string::npos) comma = hosts.size();
         const std::string h = hosts.substr(pos, comma - pos);
-        if (h.empty()) return usage(std::string("empty endpoint in '") + target + "'");
+        if (h.empty()) usage(std::string("empty endpoint in '") + target + "'");
         cfg.endpoints.push_back((tls ? "https://" : "http://") + h);
         pos = comma + 1;
     }
-    cfg.ca_file = ca;
-    cfg.cert_file = cert;
-    cfg.key_file = key;
-    std::string user = !o.user.empty() ? o.user : env("ETCDCTL_USER") ? env("ETCDCTL_USER") : "";
+    const std::string user = option_or_env(o.user, "ETCDCTL_USER");
     if (!user.empty()) {
         const auto colon = user.find(':');
         cfg.user = user.substr(0, colon);
@@ -85,62 +82,165 @@ int run(const options& o, const cli::command_line& cl, const char* target, char*
     if (!o.content.empty()) cfg.content = o.content;
     if (o.simple) cfg.content.clear();
     std::string why;
-    if (auto ec = filelock::etcd::validate(cfg, why)) return usage(why);
+    if (auto ec = filelock::etcd::validate(cfg, why)) usage(why);
+    return cfg;
+}
 
-    // Every signal the wrapper handles is blocked before the client's thread
-    // starts (it inherits the mask): the main thread takes them all.
-    sigset_t set = posix_run::forwarded_signals();
-    sigaddset(&set, notify_signal());
-    sigset_t blocked = set;
-    sigaddset(&blocked, SIGTTOU);  // see posix_run::spawn
-    sigset_t old;
-    ::pthread_sigmask(SIG_BLOCK, &blocked, &old);
-    const pthread_t main_thread = ::pthread_self();
-
-    asio::io_context io(1);
-    auto work = asio::make_work_guard(io);
-    std::optional<filelock::etcd::client> client;
-    try {
-        client.emplace(io.get_executor(), cfg);
-    } catch (const std::system_error& e) {
-        return usage(e.what());
+// The etcd client on an io_context of its own thread. Every signal the
+// wrapper handles is blocked before that thread starts (it inherits the
+// mask): the main thread takes them all with sigwaitinfo, and learns of the
+// acquisition's outcome and of a lost lock by notify_signal().
+class session {
+public:
+    explicit session(const filelock::etcd::config& cfg) : ttl_(cfg.ttl) {
+        signals_ = posix_run::forwarded_signals();
+        sigaddset(&signals_, notify_signal());
+        sigset_t blocked = signals_;
+        sigaddset(&blocked, SIGTTOU);  // see posix_run::spawn
+        ::pthread_sigmask(SIG_BLOCK, &blocked, &old_mask_);
+        try {
+            client_.emplace(io_.get_executor(), cfg);
+        } catch (const std::system_error& e) {
+            usage(e.what());
+        }
+        loop_ = std::thread([this] { io_.run(); });
     }
-    std::thread loop([&] { io.run(); });
-    std::promise<filelock::etcd::lock_result> got;
-    auto got_f = got.get_future();
-    asio::post(io, [&] {
-        client->async_lock_result(name, o.timeout, [&](filelock::etcd::lock_result r) {
-            got.set_value(std::move(r));
-            ::pthread_kill(main_thread, notify_signal());
-        });
-    });
-    const auto stop = [&] {
-        asio::post(io, [&] { client.reset(); });  // cancels a pending acquisition
-        work.reset();
-        loop.join();
-    };
+    session(const session&) = delete;
+    session& operator=(const session&) = delete;
+    ~session() { stop(); }
 
-    const auto started = std::chrono::steady_clock::now();
-    // Waiting: TERM, INT or HUP end the wait (nothing held, nothing runs).
-    for (;;) {
-        if (got_f.wait_for(std::chrono::seconds(0)) == std::future_status::ready) break;
-        siginfo_t info{};
-        if (::sigwaitinfo(&set, &info) < 0) continue;
-        const int sig = info.si_signo;
-        if (sig == SIGTSTP) posix_run::stop_like(sig);  // ^Z while waiting: as before
-        if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
-            stop();
-            return posix_run::die_of(sig);  // as flock(1) dies of it
+    /// Ends the client (a pending acquisition is cancelled) and its thread.
+    void stop() {
+        if (!loop_.joinable()) return;
+        asio::post(io_, [this] { client_.reset(); });
+        work_.reset();
+        loop_.join();
+    }
+
+    /// Waits for the lock. TERM, INT or HUP end the wait: nothing is held,
+    /// nothing runs, and filelock-run dies of the signal, as flock(1).
+    filelock::etcd::lock_result acquire(const std::string& name, std::chrono::nanoseconds timeout) {
+        std::promise<filelock::etcd::lock_result> got;
+        auto got_f = got.get_future();
+        asio::post(io_, [&] {
+            client_->async_lock_result(name, timeout, [&](filelock::etcd::lock_result r) {
+                got.set_value(std::move(r));
+                ::pthread_kill(main_thread_, notify_signal());
+            });
+        });
+        while (got_f.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+            const int sig = next_signal().si_signo;
+            if (sig == SIGTSTP) posix_run::stop_like(sig);  // ^Z while waiting: as before
+            if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
+                stop();
+                std::exit(posix_run::die_of(sig));
+            }
+        }
+        return got_f.get();
+    }
+
+    /// `lost` becomes true (and the main thread is woken) if `held` is lost.
+    void watch(filelock::etcd::lock& held, std::atomic<bool>& lost) {
+        asio::post(io_, [&] {
+            held.on_lost([&](std::error_code ec) {
+                if (ec == std::errc::operation_canceled) return;  // released
+                lost = true;
+                ::pthread_kill(main_thread_, notify_signal());
+            });
+        });
+    }
+
+    /// Releases `held`, and unless `lost` waits for etcd's answer, at most a
+    /// TTL (after which the lease would end anyway); false when none came.
+    bool release(filelock::etcd::lock& held, bool lost, std::error_code& ec) {
+        auto released = std::make_shared<std::promise<std::error_code>>();
+        auto released_f = released->get_future();
+        asio::post(io_, [&, released] {
+            held.release([released](std::error_code e) { released->set_value(e); });
+        });
+        if (lost) return true;
+        if (released_f.wait_for(ttl_) != std::future_status::ready) return false;
+        try {
+            ec = released_f.get();
+            return true;
+        } catch (const std::future_error&) {  // the callback was dropped uncalled
+            return false;
         }
     }
-    auto r = got_f.get();
+
+    /// Releases `held` without waiting (COMMAND never ran).
+    void drop(filelock::etcd::lock& held) {
+        asio::post(io_, [&] { held.release(); });
+    }
+
+    /// The next signal for the main thread (EINTR: tried again).
+    siginfo_t next_signal() const {
+        siginfo_t info{};
+        while (::sigwaitinfo(&signals_, &info) < 0) {
+        }
+        return info;
+    }
+
+    /// The mask filelock-run started with (COMMAND's).
+    const sigset_t& old_mask() const noexcept { return old_mask_; }
+
+private:
+    std::chrono::seconds ttl_;
+    sigset_t signals_{}, old_mask_{};
+    const pthread_t main_thread_ = ::pthread_self();
+    asio::io_context io_{1};
+    asio::executor_work_guard<asio::io_context::executor_type> work_ = asio::make_work_guard(io_);
+    std::optional<filelock::etcd::client> client_;
+    std::thread loop_;
+};
+
+// Runs COMMAND while the lock is held; returns its wait status. COMMAND,
+// and what it started, die with filelock-run (a keeper, keeper.hpp;
+// PR_SET_PDEATHSIG elsewhere): killed, filelock-run stops renewing the
+// lease, which etcd then ends after its TTL while COMMAND would run on
+// unlocked. A lock file has no such gap (COMMAND inherits the lock); here
+// only the keep-alive holds it. If the lock is lost, COMMAND's group gets
+// the lost signal, once.
+int run_command(session& s, const options& o, const char* target, char** argv,
+                const std::atomic<bool>& lost, posix_run::child& c) {
+    posix_run::spawn_options so;
+    so.die_with_parent = true;
+    so.keeper = true;
+    so.mask = &s.old_mask();
+    c = posix_run::spawn(argv, so);
+    if (c.pid < 0) return -1;
+    int wait_status = 0;
+    bool told = false;
+    while (!posix_run::ended(c, wait_status)) {
+        if (lost && !told) {
+            told = true;
+            cli::warn(std::string(target) + ": the lock was lost; sending " +
+                      strsignal(o.lost_signal) + " to " + argv[0]);
+            ::kill(-c.group, o.lost_signal);
+        }
+        const siginfo_t info = s.next_signal();
+        if (info.si_signo != notify_signal()) posix_run::forward(c, info);
+    }
+    return wait_status;
+}
+
+}  // namespace
+
+bool is_target(const char* target) { return std::strncmp(target, "etcd://", 7) == 0; }
+
+int run(const options& o, const cli::command_line& cl, const char* target, char** argv) {
+    std::string name;
+    const filelock::etcd::config cfg = configuration(o, target, name);
+    session s(cfg);
+    const auto started = std::chrono::steady_clock::now();
+    auto r = s.acquire(name, o.timeout);
     if (r.ec == filelock::errc::timeout) {
-        stop();
+        s.stop();
         return cli::report_conflict(cl, r.holder);  // silent unless --verbose
     }
     if (r.ec) {
         cli::warn(std::string(target) + ": " + r.message);
-        stop();
+        s.stop();
         return ex_unavailable;
     }
     cli::report_took(cl, started);
@@ -149,69 +249,28 @@ int run(const options& o, const cli::command_line& cl, const char* target, char*
                   std::to_string(r.held.fencing_token()) + ")");
     std::atomic<bool> lost{false};
     filelock::etcd::lock held = std::move(r.held);
-    asio::post(io, [&] {
-        held.on_lost([&](std::error_code ec) {
-            if (ec == std::errc::operation_canceled) return;  // released
-            lost = true;
-            ::pthread_kill(main_thread, notify_signal());
-        });
-    });
+    s.watch(held, lost);
 
     // COMMAND gets the token in its environment: pass it with its writes.
     const std::string token = std::to_string(held.fencing_token());
     ::setenv("FILELOCK_FENCING_TOKEN", token.c_str(), 1);
     ::signal(SIGCHLD, SIG_DFL);
     cli::report_executing(cl, argv[0]);
-    // COMMAND, and what it started, die with filelock-run (a keeper,
-    // keeper.hpp; PR_SET_PDEATHSIG elsewhere): killed, filelock-run stops
-    // renewing the lease, which etcd then ends after its TTL while COMMAND
-    // would run on unlocked. A lock file has no such gap (COMMAND inherits
-    // the lock); here only the keep-alive holds it.
-    posix_run::spawn_options so;
-    so.die_with_parent = true;
-    so.keeper = true;
-    so.mask = &old;
-    posix_run::child c = posix_run::spawn(argv, so);
+    posix_run::child c;
+    const int wait_status = run_command(s, o, target, argv, lost, c);
     if (c.pid < 0) {
         cli::warn(std::string("cannot fork: ") + std::strerror(errno));
-        asio::post(io, [&] { held.release(); });
-        stop();
+        s.drop(held);
+        s.stop();
         return ex_oserr;
-    }
-    int wait_status = 0;
-    bool told = false;
-    for (;;) {
-        if (posix_run::ended(c, wait_status)) break;
-        if (lost && !told) {
-            told = true;
-            cli::warn(std::string(target) + ": the lock was lost; sending " +
-                      strsignal(o.lost_signal) + " to " + argv[0]);
-            ::kill(-c.group, o.lost_signal);
-        }
-        siginfo_t info{};
-        if (::sigwaitinfo(&set, &info) < 0) continue;
-        if (info.si_signo == notify_signal()) continue;
-        posix_run::forward(c, info);
     }
     const bool was_lost = lost || held.lost();
     // The release is awaited: one etcd refuses (or that never answers
-    // within the TTL, after which the lease would end anyway) leaves the
-    // key blocking the next waiter, and is reported.
-    auto released = std::make_shared<std::promise<std::error_code>>();
-    auto released_f = released->get_future();
-    asio::post(io, [&, released] {
-        held.release([released](std::error_code ec) { released->set_value(ec); });
-    });
-    bool answered = was_lost || released_f.wait_for(cfg.ttl) == std::future_status::ready;
+    // within the TTL) leaves the key blocking the next waiter, and is
+    // reported.
     std::error_code release_ec;
-    if (!was_lost && answered) {
-        try {
-            release_ec = released_f.get();
-        } catch (const std::future_error&) {  // the callback was dropped uncalled
-            answered = false;
-        }
-    }
-    stop();
+    const bool answered = s.release(held, was_lost, release_ec);
+    s.stop();
     if (was_lost) return ex_tempfail;
     if (!answered || release_ec) {
         cli::warn(std::string(target) + ": the lock's release failed (" +
