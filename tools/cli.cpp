@@ -77,6 +77,9 @@ const char usage_text[] =
     "flock(1) accepts (--nonb, --t 5, --co 3, --s), even where one of ours\n"
     "shares it; ours are recognized only in full.\n";
 
+// Adding an option: its id here, its row in long_options (and in
+// short_options if it has a letter), its field in command_line and its case
+// in apply().
 enum opt_id {
     o_shared = 256,
     o_exclusive,
@@ -146,6 +149,20 @@ const long_option long_options[] = {
     {"key", true, o_key, ours},
     {"user", true, o_user, ours},
     {"lost-signal", true, o_lost_signal, ours},
+};
+
+struct short_option {
+    char letter;
+    opt_id id;
+    bool has_arg;
+};
+
+// flock(1)'s short options (ours are long only).
+const short_option short_options[] = {
+    {'s', o_shared, false},  {'x', o_exclusive, false}, {'e', o_exclusive, false},
+    {'u', o_unlock, false},  {'n', o_nonblock, false},  {'o', o_close, false},
+    {'F', o_no_fork, false}, {'h', o_help, false},      {'V', o_version, false},
+    {'w', o_timeout, true},  {'E', o_conflict, true},
 };
 
 // The option `name` (without "--" and "=value") stands for: an exact name,
@@ -268,151 +285,133 @@ bool parse_int(const char* text, long lo, long hi, int& out) {
     return true;
 }
 
-std::optional<int> parse(int argc, char** argv, command_line& out) {
-    // A drop-in for flock(1): a file it must not write (a script, a data
-    // file, a pseudo file) is locked without content, as flock(1) locks it.
-    out.options.on_foreign_content = filelock::foreign_content::lock_without_content;
-    if (argc < 2) usage_error("not enough arguments");
-    bool command_option = false;  // -c / --command among the options
-    int i = 1;
-    // One option; `arg` is its argument when it takes one.
-    const auto apply = [&](opt_id id, const char* arg) -> std::optional<int> {
-        switch (id) {
-            case o_shared: out.options.mode = filelock::lock_mode::shared; break;
-            case o_exclusive: out.options.mode = filelock::lock_mode::exclusive; break;
-            case o_unlock: out.unlock = true; break;
-            case o_nonblock: out.nonblock = true; break;
-            case o_timeout: apply_timeout(out, arg); break;
-            case o_conflict:
-                if (!parse_int(arg, 0, 255, out.conflict_code))
-                    usage_fail("exit code out of range (expected 0 to 255)");
-                break;
-            case o_close: out.close_fd = true; break;
-            case o_no_fork: out.no_fork = true; break;
-            case o_verbose: out.verbose = true; break;
-            case o_fcntl: out.fcntl = true; break;
-            case o_start:
-            case o_length:
-                if (!parse_size(arg, id == o_start ? out.start : out.length) ||
-                    (id == o_start ? out.start : out.length) > std::uint64_t(INT64_MAX))
-                    usage_error(std::string(id == o_start ? "invalid start offset: '"
-                                                          : "invalid range length: '") +
-                                arg + "'");
-                out.fcntl = out.range_given = true;
-                break;
-            case o_fd:
-                if (!parse_int(arg, 0, INT_MAX, out.fd))
-                    usage_error(std::string("invalid file descriptor: '") + arg + "'");
-                break;
-            case o_help: {
-                std::string text = usage_text;
-                for (std::size_t at; (at = text.find("%1$s")) != std::string::npos;)
-                    text.replace(at, 4, program_name());
-                std::fputs(text.c_str(), stdout);
-                return 0;
-            }
-            case o_version:
-                std::printf("%s (filelock) %s\n", program_name(), FILELOCK_VERSION_STRING);
-                return 0;
-            case o_content:
-                out.content_arg = arg;
-                out.options.content_template = out.content_arg;
-                out.have_content = true;
-                break;
-            case o_simple: out.simple = true; break;
-            case o_ttl:
-                if (!parse_int(arg, 1, 1 << 30, out.etcd_ttl))
-                    usage_error(std::string("invalid --ttl: '") + arg + "'");
-                out.etcd_option = true;
-                break;
-            case o_cacert: out.etcd_cacert = arg, out.etcd_option = true; break;
-            case o_cert: out.etcd_cert = arg, out.etcd_option = true; break;
-            case o_key: out.etcd_key = arg, out.etcd_option = true; break;
-            case o_user: out.etcd_user = arg, out.etcd_option = true; break;
-            case o_lost_signal: out.lost_signal = arg, out.etcd_option = true; break;
-        }
-        return std::nullopt;
-    };
-    // Options end at the first operand (LOCKFILE), at "--", or at -c.
-    while (i < argc && !command_option) {
-        const char* a = argv[i];
-        if (a[0] != '-' || a[1] == '\0') break;
-        ++i;
-        if (std::strcmp(a, "--") == 0) break;
-        if (std::strcmp(a, "-c") == 0 || std::strcmp(a, "--command") == 0) {
-            command_option = true;  // with --fd: -c STRING
+namespace {
+
+// One option; `arg` is its argument when it takes one. Returns an exit
+// status when the option answered (--help, --version).
+std::optional<int> apply(command_line& out, opt_id id, const char* arg) {
+    switch (id) {
+        case o_shared: out.options.mode = filelock::lock_mode::shared; break;
+        case o_exclusive: out.options.mode = filelock::lock_mode::exclusive; break;
+        case o_unlock: out.unlock = true; break;
+        case o_nonblock: out.nonblock = true; break;
+        case o_timeout: apply_timeout(out, arg); break;
+        case o_conflict:
+            if (!parse_int(arg, 0, 255, out.conflict_code))
+                usage_fail("exit code out of range (expected 0 to 255)");
             break;
+        case o_close: out.close_fd = true; break;
+        case o_no_fork: out.no_fork = true; break;
+        case o_verbose: out.verbose = true; break;
+        case o_fcntl: out.fcntl = true; break;
+        case o_start:
+        case o_length:
+            if (!parse_size(arg, id == o_start ? out.start : out.length) ||
+                (id == o_start ? out.start : out.length) > std::uint64_t(INT64_MAX))
+                usage_error(std::string(id == o_start ? "invalid start offset: '"
+                                                      : "invalid range length: '") +
+                            arg + "'");
+            out.fcntl = out.range_given = true;
+            break;
+        case o_fd:
+            if (!parse_int(arg, 0, INT_MAX, out.fd))
+                usage_error(std::string("invalid file descriptor: '") + arg + "'");
+            break;
+        case o_help: {
+            std::string text = usage_text;
+            for (std::size_t at; (at = text.find("%1$s")) != std::string::npos;)
+                text.replace(at, 4, program_name());
+            std::fputs(text.c_str(), stdout);
+            return 0;
         }
-        if (a[1] == '-') {
-            const char* eq = std::strchr(a + 2, '=');
-            const std::string_view name(
-                a + 2, eq ? static_cast<std::size_t>(eq - a - 2) : std::strlen(a + 2));
-            std::string ambiguous;
-            const long_option* o = resolve(name, ambiguous);
-            if (!o && !ambiguous.empty())
-                usage_error(std::string("option '") + a +
-                            "' is ambiguous; possibilities:" + ambiguous);
-            if (!o) usage_error(std::string("unrecognized option '") + a + "'");
-            const char* arg = nullptr;
-            if (o->has_arg) {
-                if (eq)
-                    arg = eq + 1;
-                else if (i < argc)
-                    arg = argv[i++];
-                else
-                    usage_error(std::string("option '--") + o->name + "' requires an argument");
-            } else if (eq) {
-                usage_error(std::string("option '--") + o->name + "' doesn't allow an argument");
-            }
-            if (auto status = apply(o->id, arg)) return status;
-            continue;
-        }
-        // A cluster of short options: -nE42, -nw 1.
-        for (const char* p = a + 1; *p; ++p) {
-            opt_id id;
-            switch (*p) {
-                case 's': id = o_shared; break;
-                case 'x':
-                case 'e': id = o_exclusive; break;
-                case 'u': id = o_unlock; break;
-                case 'n': id = o_nonblock; break;
-                case 'o': id = o_close; break;
-                case 'F': id = o_no_fork; break;
-                case 'h': id = o_help; break;
-                case 'V': id = o_version; break;
-                case 'w': id = o_timeout; break;
-                case 'E': id = o_conflict; break;
-                default: usage_error(std::string("invalid option -- '") + *p + "'");
-            }
-            const char* arg = nullptr;
-            if (id == o_timeout || id == o_conflict) {
-                if (p[1])
-                    arg = p + 1;
-                else if (i < argc)
-                    arg = argv[i++];
-                else
-                    usage_error(std::string("option requires an argument -- '") + *p + "'");
-            }
-            if (auto status = apply(id, arg)) return status;
-            if (arg) break;
-        }
+        case o_version:
+            std::printf("%s (filelock) %s\n", program_name(), FILELOCK_VERSION_STRING);
+            return 0;
+        case o_content:
+            out.content_arg = arg;
+            out.options.content_template = out.content_arg;
+            out.have_content = true;
+            break;
+        case o_simple: out.simple = true; break;
+        case o_ttl:
+            if (!parse_int(arg, 1, 1 << 30, out.etcd_ttl))
+                usage_error(std::string("invalid --ttl: '") + arg + "'");
+            out.etcd_option = true;
+            break;
+        case o_cacert: out.etcd_cacert = arg, out.etcd_option = true; break;
+        case o_cert: out.etcd_cert = arg, out.etcd_option = true; break;
+        case o_key: out.etcd_key = arg, out.etcd_option = true; break;
+        case o_user: out.etcd_user = arg, out.etcd_option = true; break;
+        case o_lost_signal: out.lost_signal = arg, out.etcd_option = true; break;
     }
-    if (out.close_fd && out.no_fork)
-        usage_fail("the --no-fork and --close options are incompatible");
-    if (out.have_content && out.simple) usage_error("--content and --simple exclude each other");
-    if (out.nonblock) out.timeout = std::chrono::nanoseconds::zero();  // -n wins over -w
-    out.options.write_content = !out.simple;
+    return std::nullopt;
+}
+
+// The long option `a` ("--name" or "--name=value"); its argument, when
+// separate, is argv[i], and i moves past it.
+std::optional<int> read_long_option(const char* a, int argc, char** argv, int& i,
+                                    command_line& out) {
+    const char* eq = std::strchr(a + 2, '=');
+    const std::string_view name(a + 2,
+                                eq ? static_cast<std::size_t>(eq - a - 2) : std::strlen(a + 2));
+    std::string ambiguous;
+    const long_option* o = resolve(name, ambiguous);
+    if (!o && !ambiguous.empty())
+        usage_error(std::string("option '") + a + "' is ambiguous; possibilities:" + ambiguous);
+    if (!o) usage_error(std::string("unrecognized option '") + a + "'");
+    const char* arg = nullptr;
+    if (o->has_arg) {
+        if (eq)
+            arg = eq + 1;
+        else if (i < argc)
+            arg = argv[i++];
+        else
+            usage_error(std::string("option '--") + o->name + "' requires an argument");
+    } else if (eq) {
+        usage_error(std::string("option '--") + o->name + "' doesn't allow an argument");
+    }
+    return apply(out, o->id, arg);
+}
+
+// A cluster of short options (-nE42, -nw 1); an argument, when separate, is
+// argv[i], and i moves past it.
+std::optional<int> read_short_options(const char* a, int argc, char** argv, int& i,
+                                      command_line& out) {
+    for (const char* p = a + 1; *p; ++p) {
+        const short_option* o = nullptr;
+        for (const auto& s : short_options)
+            if (s.letter == *p) o = &s;
+        if (!o) usage_error(std::string("invalid option -- '") + *p + "'");
+        const char* arg = nullptr;
+        if (o->has_arg) {
+            if (p[1])
+                arg = p + 1;
+            else if (i < argc)
+                arg = argv[i++];
+            else
+                usage_error(std::string("option requires an argument -- '") + *p + "'");
+        }
+        if (auto status = apply(out, o->id, arg)) return status;
+        if (arg) break;
+    }
+    return std::nullopt;
+}
+
+// What follows the options, from argv[i]: the lock target and COMMAND (or
+// -c STRING), or with --fd the command alone. `command_option`: the options
+// ended with -c (--fd N -c STRING).
+void read_operands(int argc, char** argv, int i, bool command_option, command_line& out) {
     if (command_option) {
         if (argc != i + 1)
             usage_fail(std::string(argv[i - 1]) + " requires exactly one command argument");
         if (out.fd < 0) usage_error("missing file descriptor, file or directory");
         out.shell_command = argv[i];
-        return std::nullopt;
+        return;
     }
     if (out.fd >= 0) {  // --fd N COMMAND [ARGS...]
         if (i >= argc) usage_error("missing command");
         out.command.assign(argv + i, argv + argc);
-        return std::nullopt;
+        return;
     }
     if (i >= argc) usage_error("missing file descriptor, file or directory");
     out.target = argv[i];
@@ -427,6 +426,37 @@ std::optional<int> parse(int argc, char** argv, command_line& out) {
             out.command.assign(argv + i + 1, argv + argc);
         }
     }
+}
+
+}  // namespace
+
+std::optional<int> parse(int argc, char** argv, command_line& out) {
+    // A drop-in for flock(1): a file it must not write (a script, a data
+    // file, a pseudo file) is locked without content, as flock(1) locks it.
+    out.options.on_foreign_content = filelock::foreign_content::lock_without_content;
+    if (argc < 2) usage_error("not enough arguments");
+    bool command_option = false;  // -c / --command among the options
+    int i = 1;
+    // Options end at the first operand (LOCKFILE), at "--", or at -c.
+    while (i < argc) {
+        const char* a = argv[i];
+        if (a[0] != '-' || a[1] == '\0') break;
+        ++i;
+        if (std::strcmp(a, "--") == 0) break;
+        if (std::strcmp(a, "-c") == 0 || std::strcmp(a, "--command") == 0) {
+            command_option = true;  // with --fd: -c STRING
+            break;
+        }
+        const auto status = a[1] == '-' ? read_long_option(a, argc, argv, i, out)
+                                        : read_short_options(a, argc, argv, i, out);
+        if (status) return status;
+    }
+    if (out.close_fd && out.no_fork)
+        usage_fail("the --no-fork and --close options are incompatible");
+    if (out.have_content && out.simple) usage_error("--content and --simple exclude each other");
+    if (out.nonblock) out.timeout = std::chrono::nanoseconds::zero();  // -n wins over -w
+    out.options.write_content = !out.simple;
+    read_operands(argc, argv, i, command_option, out);
     return std::nullopt;
 }
 
