@@ -78,6 +78,9 @@ void kill_descendants(pid_t group) {
 }
 
 [[noreturn]] void run(int life, int report_fd, pid_t command) {
+    // A report written as filelock-run dies must not kill the keeper before
+    // it has done its work.
+    ::signal(SIGPIPE, SIG_IGN);
     report(report_fd, {message::started, command});
     if (command < 0) ::_exit(1);
     sigset_t chld;
