@@ -91,6 +91,53 @@ TEST_CASE("filelock-run etcd://: SIGKILLed, what COMMAND started ends with it, b
     }
 }
 
+TEST_CASE("filelock-run etcd://: the keeper SIGKILLed, what COMMAND started ends too") {
+    scratch s;
+    const auto pidfile = s / "pid";
+    const std::string name = "tool-keeper/" + std::to_string(::getpid());
+    program wrapper(
+        {filelock_run_path(), "--ttl", "3", target(name), "sh", "-c",
+         "( setsid sleep 30 & echo $! > " + pidfile.string() + " ); echo up; sleep 30"});
+    REQUIRE(wrapper.read_line() == "up");
+    const pid_t grandchild = std::stoi(read_file(pidfile));
+    // The keeper: filelock-run's only child (forked by its main thread).
+    const std::string w = std::to_string(wrapper.pid());
+    const std::string kids = read_file("/proc/" + w + "/task/" + w + "/children");
+    REQUIRE(!kids.empty());
+    const pid_t keeper = std::stoi(kids);
+    ::kill(keeper, SIGKILL);
+    // COMMAND dies with its keeper; the sleep that left COMMAND's group,
+    // adopted by the keeper, is filelock-run's now, which kills it, then
+    // releases the lock.
+    CHECK(wrapper.wait() == 128 + SIGKILL);
+    CHECK(!alive(grandchild));
+    CHECK(member().keys(name + "/").empty());
+    if (alive(grandchild)) ::kill(grandchild, SIGKILL);
+}
+
+TEST_CASE(
+    "filelock-run etcd://: its process group SIGKILLed, the keeper ends what COMMAND started") {
+    scratch s;
+    const auto pidfile = s / "pid";
+    const std::string name = "tool-group/" + std::to_string(::getpid());
+    // filelock-run leads a group of its own (a CI runner's job); the keeper
+    // is in none of the groups a kill -9 -PGID reaches.
+    program wrapper({"setsid", filelock_run_path(), "--ttl", "3", target(name), "sh", "-c",
+                     "sleep 30 & echo $! > " + pidfile.string() + "; echo up; wait"});
+    REQUIRE(wrapper.read_line() == "up");
+    const pid_t grandchild = std::stoi(read_file(pidfile));
+    // filelock-run leads the session setsid(1) made, and its group.
+    const pid_t tool_group = ::getsid(grandchild);
+    REQUIRE(tool_group == wrapper.pid());
+    ::kill(-tool_group, SIGKILL);
+    const auto killed = std::chrono::steady_clock::now();
+    while (alive(grandchild) && std::chrono::steady_clock::now() - killed < 2500ms)
+        std::this_thread::sleep_for(10ms);
+    CHECK(!alive(grandchild));
+    if (alive(grandchild)) ::kill(grandchild, SIGKILL);
+    wrapper.wait();
+}
+
 TEST_CASE("filelock-run etcd://: COMMAND's status, stops and signals pass through the keeper") {
     const std::string name = "tool-status/" + std::to_string(::getpid());
     CHECK(run({filelock_run_path(), target(name), "sh", "-c", "exit 7"}) == 7);
