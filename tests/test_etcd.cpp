@@ -296,6 +296,252 @@ TEST_CASE("etcd: etcdctl lock and this library exclude each other both ways", "[
     std::filesystem::remove_all(dir);
 }
 
+namespace {
+
+void start_lock_kind(etcd::client& c, const std::string& name, std::chrono::nanoseconds timeout,
+                     etcd::lock_options opts, outcome& o) {
+    c.async_lock(name, timeout, opts, [&o](std::error_code ec, etcd::lock l) {
+        o.done = true;
+        o.ec = ec;
+        o.held = std::move(l);
+    });
+}
+
+constexpr etcd::lock_options reader{filelock::lock_mode::shared, 1};
+
+// Waits until `path` exists (true) or 5 s passed.
+bool appears(const std::filesystem::path& path) {
+    for (int i = 0; i < 500 && !std::filesystem::exists(path); ++i)
+        std::this_thread::sleep_for(10ms);
+    return std::filesystem::exists(path);
+}
+
+}  // namespace
+
+TEST_CASE("etcd slots: N+1 contenders, never more than N holders at once, and N reached",
+          "[etcd][slots]") {
+    constexpr unsigned n = 3;
+    constexpr int rounds = 6;
+    asio::io_context io;
+    // Four contenders on three sessions: two of them share one client (one
+    // lease, a key each).
+    etcd::client a(io.get_executor(), cfg()), b(io.get_executor(), cfg()),
+        d(io.get_executor(), cfg());
+    const auto name = unique_name("slots");
+    int inside = 0, most = 0, done = 0;
+    std::set<unsigned> slots_seen;
+    bool over = false, failed = false;
+    struct contender {
+        etcd::client* c;
+        int left = rounds;
+    };
+    std::vector<contender> cs{{&a}, {&a}, {&b}, {&d}};
+    std::function<void(contender&)> go = [&](contender& k) {
+        k.c->async_lock(name, 20s, etcd::lock_options{.slots = n},
+                        [&, pk = &k](std::error_code ec, etcd::lock l) {
+                            if (ec) {
+                                failed = true;
+                                ++done;
+                                return;
+                            }
+                            if (++inside > static_cast<int>(n)) over = true;
+                            most = std::max(most, inside);
+                            slots_seen.insert(l.slot());
+                            auto t = std::make_shared<asio::steady_timer>(io, 30ms);
+                            t->async_wait([&, t, pk, l = std::move(l)](std::error_code) mutable {
+                                --inside;
+                                l.release();
+                                if (--pk->left > 0)
+                                    go(*pk);
+                                else
+                                    ++done;
+                            });
+                        });
+    };
+    for (auto& k : cs) go(k);
+    REQUIRE(run_until(
+        io, [&] { return done == static_cast<int>(cs.size()); }, 60s));
+    CHECK_FALSE(failed);
+    CHECK_FALSE(over);
+    CHECK(most == static_cast<int>(n));
+    for (auto s : slots_seen) CHECK(s < n);
+    CHECK(keys_become(io, name + "/", 0));
+}
+
+TEST_CASE("etcd slots: a slot is free again on release and when its holder's lease expires",
+          "[etcd][slots]") {
+    asio::io_context io, dead;
+    const auto name = unique_name("slots-free");
+    const etcd::lock_options two{.slots = 2};
+    etcd::client keeper(io.get_executor(), cfg());
+    auto gone = std::make_unique<etcd::client>(dead.get_executor(), cfg(1s));
+    outcome o1, o2, o3;
+    start_lock_kind(keeper, name, 5s, two, o1);
+    REQUIRE(run_until(io, [&] { return o1.done; }));
+    REQUIRE_FALSE(o1.ec);
+    start_lock_kind(*gone, name, 5s, two, o2);
+    REQUIRE(run_until(dead, [&] { return o2.done; }));
+    REQUIRE_FALSE(o2.ec);
+    CHECK(o1.held.slot() == 0);
+    CHECK(o2.held.slot() == 1);
+    // Both slots taken: a third waits; `dead` no longer runs, so its lease
+    // is not kept alive and etcd deletes its key within the TTL (1 s).
+    etcd::client third(io.get_executor(), cfg());
+    start_lock_kind(third, name, 15s, two, o3);
+    REQUIRE(run_until(io, [&] { return member().keys(name + "/").size() == 3; }));
+    CHECK_FALSE(o3.done);
+    REQUIRE(run_until(
+        io, [&] { return o3.done; }, 15s));
+    REQUIRE_FALSE(o3.ec);
+    CHECK(o3.held.slot() == 1);
+    CHECK(o3.held.fencing_token() > o2.held.fencing_token());
+    // A release frees a slot at once.
+    outcome o4;
+    start_lock_kind(third, name, 15s, two, o4);
+    REQUIRE(run_until(io, [&] { return member().keys(name + "/").size() == 3; }));
+    CHECK_FALSE(o4.done);
+    release_and_wait(io, o1.held);
+    REQUIRE(run_until(io, [&] { return o4.done; }));
+    REQUIRE_FALSE(o4.ec);
+    CHECK(o4.held.slot() == 1);
+    release_and_wait(io, o3.held);
+    release_and_wait(io, o4.held);
+    o2.held = etcd::lock();
+    gone.reset();
+    CHECK(keys_become(io, name + "/", 0));
+}
+
+TEST_CASE(
+    "etcd shared: readers hold together, a writer excludes them, and later readers wait "
+    "for a waiting writer",
+    "[etcd][shared]") {
+    asio::io_context io;
+    etcd::client a(io.get_executor(), cfg()), b(io.get_executor(), cfg()),
+        w(io.get_executor(), cfg());
+    const auto name = unique_name("rw");
+    outcome r1, r2, wr, r3;
+    start_lock_kind(a, name, 5s, reader, r1);
+    start_lock_kind(b, name, 5s, reader, r2);
+    REQUIRE(run_until(io, [&] { return r1.done && r2.done; }));
+    REQUIRE_FALSE(r1.ec);
+    REQUIRE_FALSE(r2.ec);
+    CHECK(r1.held.held());
+    CHECK(r2.held.held());
+    start_lock(w, name, 15s, wr);
+    REQUIRE(run_until(io, [&] { return member().keys(name + "/").size() == 3; }));
+    // A reader after the waiting writer waits for it, though readers hold.
+    start_lock_kind(a, name, 15s, reader, r3);
+    REQUIRE(run_until(io, [&] { return member().keys(name + "/").size() == 4; }));
+    io.restart();
+    io.run_for(300ms);
+    CHECK_FALSE(wr.done);
+    CHECK_FALSE(r3.done);
+    release_and_wait(io, r1.held);
+    io.restart();
+    io.run_for(200ms);
+    CHECK_FALSE(wr.done);  // r2 still reads
+    release_and_wait(io, r2.held);
+    REQUIRE(run_until(io, [&] { return wr.done; }));
+    REQUIRE_FALSE(wr.ec);
+    io.restart();
+    io.run_for(200ms);
+    CHECK_FALSE(r3.done);  // the writer holds
+    release_and_wait(io, wr.held);
+    REQUIRE(run_until(io, [&] { return r3.done; }));
+    REQUIRE_FALSE(r3.ec);
+    release_and_wait(io, r3.held);
+    CHECK(keys_become(io, name + "/", 0));
+}
+
+TEST_CASE("etcd slots and shared: etcdctl lock's COMMAND never runs beside them, either order",
+          "[etcd][interop][slots]") {
+    const auto name = unique_name("kinds-interop");
+    const auto dir = std::filesystem::temp_directory_path() /
+                     ("filelock-etcd-kinds-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    const auto marker = dir / "etcdctl-holds";
+    const auto ran = dir / "etcdctl-ran";
+    std::filesystem::remove(marker);
+    std::filesystem::remove(ran);
+    asio::io_context io;
+    etcd::client c(io.get_executor(), cfg()), c2(io.get_executor(), cfg());
+    const auto kind = GENERATE(etcd::lock_options{filelock::lock_mode::shared, 1},
+                               etcd::lock_options{filelock::lock_mode::exclusive, 3});
+    CAPTURE(kind.mode == filelock::lock_mode::shared, kind.slots);
+
+    SECTION("etcdctl holds: ours wait until its command ended") {
+        const std::string cmd = "ETCDCTL_API=3 etcdctl --endpoints=" + member().endpoint() +
+                                " lock '" + name + "' -- sh -c 'touch " + marker.string() +
+                                "; sleep 1; rm -f " + marker.string() + "' >/dev/null 2>&1 &";
+        REQUIRE(std::system(cmd.c_str()) == 0);
+        REQUIRE(appears(marker));
+        outcome o1, o2;
+        start_lock_kind(c, name, 20s, kind, o1);
+        start_lock_kind(c2, name, 20s, kind, o2);
+        REQUIRE(run_until(io, [&] { return o1.done; }));
+        CHECK_FALSE(std::filesystem::exists(marker));  // etcdctl's command had ended
+        REQUIRE(run_until(io, [&] { return o2.done; }));
+        REQUIRE_FALSE(o1.ec);
+        REQUIRE_FALSE(o2.ec);
+        CHECK(o1.held.held());
+        CHECK(o2.held.held());  // and both of ours hold together
+        release_and_wait(io, o1.held);
+        release_and_wait(io, o2.held);
+    }
+    SECTION("ours hold: etcdctl's command waits for every one of them") {
+        outcome o1, o2;
+        start_lock_kind(c, name, 5s, kind, o1);
+        start_lock_kind(c2, name, 5s, kind, o2);
+        REQUIRE(run_until(io, [&] { return o1.done && o2.done; }));
+        REQUIRE_FALSE(o1.ec);
+        REQUIRE_FALSE(o2.ec);
+        const std::string cmd = "ETCDCTL_API=3 etcdctl --endpoints=" + member().endpoint() +
+                                " lock '" + name + "' -- sh -c 'touch " + ran.string() +
+                                "' >/dev/null 2>&1 &";
+        REQUIRE(std::system(cmd.c_str()) == 0);
+        REQUIRE(run_until(io, [&] { return member().keys(name + "/").size() == 3; }));
+        // A later one of ours waits behind etcdctl (an exclusive key).
+        outcome o3;
+        start_lock_kind(c, name, 20s, kind, o3);
+        REQUIRE(run_until(io, [&] { return member().keys(name + "/").size() == 4; }));
+        io.restart();
+        io.run_for(300ms);
+        CHECK_FALSE(std::filesystem::exists(ran));
+        CHECK_FALSE(o3.done);
+        release_and_wait(io, o1.held);
+        io.restart();
+        io.run_for(300ms);
+        CHECK_FALSE(std::filesystem::exists(ran));  // o2 still holds
+        release_and_wait(io, o2.held);
+        CHECK(appears(ran));
+        REQUIRE(run_until(io, [&] { return o3.done; }));
+        REQUIRE_FALSE(o3.ec);
+        release_and_wait(io, o3.held);
+    }
+    CHECK(keys_become(io, name + "/", 0));
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("etcd kinds: bad slots are a clear error before anything is sent", "[etcd][slots]") {
+    asio::io_context io;
+    etcd::client c(io.get_executor(), cfg());
+    const auto name = unique_name("bad-slots");
+    for (auto bad : {etcd::lock_options{filelock::lock_mode::exclusive, 0},
+                     etcd::lock_options{filelock::lock_mode::exclusive, 1025},  // max_slots + 1
+                     etcd::lock_options{filelock::lock_mode::shared, 2}}) {
+        etcd::lock_result r;
+        bool done = false;
+        c.async_lock_result(name, 1s, bad, [&](etcd::lock_result x) {
+            r = std::move(x);
+            done = true;
+        });
+        REQUIRE(run_until(io, [&] { return done; }));
+        CHECK(r.ec == etcd::errc::invalid_argument);
+        CHECK(r.message.find(name) != std::string::npos);
+    }
+    CHECK(c.requests() == 0);
+}
+
 TEST_CASE("etcd: a mixed counter of etcdctl lock and our clients comes out exact",
           "[etcd][interop]") {
     const auto name = unique_name("counter");
@@ -461,6 +707,28 @@ TEST_CASE("etcd: the coroutine form throws timeout_error naming the holder", "[e
     REQUIRE(run_until(io, [&] { return !what.empty(); }));
     CHECK(what.find(name) != std::string::npos);
     CHECK(holder.find(std::to_string(::getpid()) + "@") == 0);
+}
+
+TEST_CASE("etcd: the synchronous client takes readers together, and a slot of N", "[etcd][slots]") {
+    const auto name = unique_name("sync-kinds");
+    etcd::sync_client a(cfg()), b(cfg());
+    auto r1 = a.lock(name, 5s, reader);
+    auto r2 = b.lock(name, 5s, reader);
+    CHECK(r1.held());
+    CHECK(r2.held());
+    std::error_code ec;
+    auto w = b.lock(name, 0ms, ec);  // a writer: not beside readers
+    CHECK(ec == filelock::errc::timeout);
+    CHECK_FALSE(w.held());
+    r1.release();
+    r2.release();
+    const auto slots = unique_name("sync-slots");
+    auto s1 = a.lock(slots, 5s, {.slots = 2});
+    auto s2 = b.lock(slots, 5s, {.slots = 2}, ec);
+    CHECK_FALSE(ec);
+    CHECK(s1.slot() == 0);
+    CHECK(s2.slot() == 1);
+    CHECK_THROWS_AS(a.lock(slots, 0ms, {.slots = 2}), filelock::timeout_error);
 }
 
 TEST_CASE("etcd: the synchronous client locks, times out and releases from any thread", "[etcd]") {
@@ -683,6 +951,64 @@ TEST_CASE("etcd: filelock-run -n and -w report the holder with the conflict stat
     release_and_wait(io, o.held);
 }
 
+TEST_CASE("etcd: filelock-run -s takes a reader, --slots N one of N slots", "[etcd][slots]") {
+    asio::io_context io;
+    etcd::client c(io.get_executor(), cfg());
+    int st = -1;
+    SECTION("-s beside a reader, not beside a writer") {
+        const auto name = unique_name("tool-shared");
+        outcome r;
+        start_lock_kind(c, name, 5s, reader, r);
+        REQUIRE(run_until(io, [&] { return r.done; }));
+        REQUIRE_FALSE(r.ec);
+        test::sh(run_tool() + " -s -n " + etcd_target(name) + " true 2>&1", &st);
+        CHECK(st == 0);
+        const auto out =
+            test::sh(run_tool() + " -n --verbose " + etcd_target(name) + " true 2>&1", &st);
+        CHECK(st == 1);  // a writer waits for the reader
+        CHECK(out.find("held by " + std::to_string(::getpid()) + "@") != std::string::npos);
+        release_and_wait(io, r.held);
+        outcome w;
+        start_lock(c, name, 5s, w);
+        REQUIRE(run_until(io, [&] { return w.done; }));
+        test::sh(run_tool() + " -s -n " + etcd_target(name) + " true 2>&1", &st);
+        CHECK(st == 1);  // a reader waits for the writer
+        release_and_wait(io, w.held);
+        CHECK(keys_become(io, name + "/", 0));
+    }
+    SECTION("--slots 2: a second holder, not a third") {
+        const auto name = unique_name("tool-slots");
+        const etcd::lock_options two{.slots = 2};
+        outcome a, b;
+        start_lock_kind(c, name, 5s, two, a);
+        REQUIRE(run_until(io, [&] { return a.done; }));
+        REQUIRE_FALSE(a.ec);
+        test::sh(run_tool() + " --slots 2 -n " + etcd_target(name) + " true 2>&1", &st);
+        CHECK(st == 0);
+        start_lock_kind(c, name, 5s, two, b);
+        REQUIRE(run_until(io, [&] { return b.done; }));
+        REQUIRE_FALSE(b.ec);
+        test::sh(run_tool() + " --slots 2 -n " + etcd_target(name) + " true 2>&1", &st);
+        CHECK(st == 1);
+        release_and_wait(io, a.held);
+        release_and_wait(io, b.held);
+        CHECK(keys_become(io, name + "/", 0));
+    }
+    SECTION("bad counts are usage errors") {
+        for (const char* bad : {"0", "1025", "x"}) {
+            const auto out = test::sh(run_tool() + " --slots " + bad + " " +
+                                          etcd_target(unique_name("tool-bad")) + " true 2>&1",
+                                      &st);
+            CHECK(st == 64);
+            CHECK(out.find("--slots") != std::string::npos);
+        }
+        test::sh(
+            run_tool() + " -s --slots 2 " + etcd_target(unique_name("tool-bad")) + " true 2>&1",
+            &st);
+        CHECK(st == 64);
+    }
+}
+
 TEST_CASE("etcd: filelock-run sends the lost signal to COMMAND and exits 75", "[etcd]") {
     const auto name = unique_name("tool-lost");
     const auto dir = std::filesystem::temp_directory_path() /
@@ -714,8 +1040,6 @@ TEST_CASE("etcd: filelock-run sends the lost signal to COMMAND and exits 75", "[
 TEST_CASE("etcd: filelock-run refuses bad etcd targets and options", "[etcd]") {
     int st = -1;
     test::sh(run_tool() + " etcd://127.0.0.1:2379/ true 2>&1", &st);
-    CHECK(st == 64);
-    test::sh(run_tool() + " -s " + etcd_target("x") + " true 2>&1", &st);
     CHECK(st == 64);
     test::sh(run_tool() + " " + etcd_target("x") + " 2>&1", &st);
     CHECK(st == 64);

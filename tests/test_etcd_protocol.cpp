@@ -25,9 +25,10 @@ struct fixture {
     filelock::detail::clock::time_point now{};
     std::unique_ptr<etcd_acquire> m;
 
-    explicit fixture(std::chrono::nanoseconds timeout = 10s) {
-        m = std::make_unique<etcd_acquire>(lock_backend(names, &session_tag, "job", " 1@h\n", live),
-                                           timeout, filelock::backoff_policy{}, 7);
+    explicit fixture(std::chrono::nanoseconds timeout = 10s, lock_kind kind = {}) {
+        m = std::make_unique<etcd_acquire>(
+            lock_backend(names, &session_tag, "job", " 1@h\n", live, kind), timeout,
+            filelock::backoff_policy{}, 7);
     }
     lock_backend& b() { return m->backend(); }
     action resume(wake_reason why, std::error_code ec = {}) {
@@ -355,11 +356,11 @@ TEST_CASE("etcd protocol: a cut connection and a 5xx are retried, a 4xx is not")
 
 TEST_CASE("etcd protocol: a name held by the session is local contention, no request") {
     fixture f;
-    REQUIRE(f.names.claim("job"));
+    REQUIRE(f.names.claim(mine));  // the session's Mutex key of the name
     auto a = f.resume(wake_reason::start);
     REQUIRE(a.what != action::kind::send);
     CHECK_FALSE(f.b().claimed());
-    f.names.unclaim("job");
+    f.names.unclaim(mine);
 }
 
 // The session's lease without I/O (src/etcd/lease.hpp).
@@ -556,4 +557,172 @@ TEST_CASE(
     // Unwatched past the limit: the lock is lost, whatever the tries.
     CHECK_FALSE(p.failed(now + 10s).give_up);
     CHECK(p.failed(now + 10s + 1ms).give_up);
+}
+
+namespace {
+
+struct kind_fixture : fixture {
+    explicit kind_fixture(lock_kind k) : fixture(10s, k) {}
+};
+
+json kv_val(const std::string& key, std::int64_t create_rev, const std::string& value) {
+    return kv_json(key, create_rev, value);
+}
+
+const std::string slots2 = "filelock:slots=2\n";
+const std::string reader = "filelock:shared\n";
+
+}  // namespace
+
+TEST_CASE("etcd kinds: a key's value says its kind; an untagged one is exclusive") {
+    CHECK(value_for({}, " 1@h\n") == " 1@h\n");  // the one-holder lock, as before
+    CHECK(value_for({filelock::lock_mode::shared, 1}, " 1@h\n") == "filelock:shared\n 1@h\n");
+    CHECK(value_for({filelock::lock_mode::exclusive, 4}, "") == "filelock:slots=4\n");
+    CHECK(kind_of("").exclusive());  // etcdctl lock, Go's Mutex
+    CHECK(kind_of(" 1@h\n").exclusive());
+    CHECK(kind_of("filelock:shared").exclusive());  // not the whole tag
+    CHECK(kind_of("filelock:slots=x\n").exclusive());
+    CHECK(kind_of("filelock:slots=0\n").exclusive());
+    CHECK(kind_of("filelock:shared\n 1@h\n").shared);
+    CHECK(kind_of("filelock:slots=4\n 1@h\n").slots == 4);
+    CHECK(content_of("filelock:slots=4\n 1@h\n") == " 1@h\n");
+    CHECK(content_of(" 1@h\n") == " 1@h\n");
+}
+
+TEST_CASE("etcd slots: a holder is one of the N lowest create revisions, with a key of its own") {
+    kind_fixture f({filelock::lock_mode::exclusive, 3});
+    auto a = f.resume(wake_reason::start);
+    REQUIRE(a.what == action::kind::send);
+    CHECK(f.b().key() == mine + "/0");
+    const json body = json::parse(f.b().body());
+    CHECK(body["success"][0]["request_put"]["value"] == base64("filelock:slots=3\n 1@h\n"));
+    CHECK_FALSE(body["success"][1]["request_range"].contains("limit"));  // every key
+    const std::string three = "filelock:slots=3\n";
+    a = f.reply({{"header", header(20)},
+                 {"succeeded", true},
+                 {"responses",
+                  {{{"response_put", json::object()}},
+                   range({kv_val("job/a", 5, three), kv_val("job/b", 7, three),
+                          kv_val(mine + "/0", 20, three)})}}});
+    REQUIRE(a.is_done());
+    CHECK_FALSE(a.ec);
+    CHECK(f.b().slot() == 2);
+    CHECK(f.b().won_at() == 20);
+}
+
+TEST_CASE(
+    "etcd slots: only the deletion that admits a waiter wakes it, and wins without a "
+    "request") {
+    kind_fixture f({filelock::lock_mode::exclusive, 2});
+    f.resume(wake_reason::start);
+    const json keys = range({kv_val("job/a", 5, slots2), kv_val("job/b", 7, slots2),
+                             kv_val("job/c", 9, slots2), kv_val(mine + "/0", 20, slots2)});
+    auto a = f.reply({{"header", header(20)},
+                      {"succeeded", true},
+                      {"responses", {{{"response_put", json::object()}}, keys}}});
+    REQUIRE(a.what == action::kind::watch);
+    CHECK(f.b().watch_key() == "job/");
+    CHECK(f.b().watch_revision() == 21);
+    CHECK(f.b().holder() == "job/a");
+    f.b().watch_armed();
+    a = f.resume(wake_reason::watched);
+    REQUIRE(a.what == action::kind::send);  // the earlier keys, read again
+    const json again = json::parse(f.b().body());
+    CHECK(again["success"][0]["request_range"]["max_create_revision"] == "19");
+    a = f.reply({{"header", header(21)},
+                 {"succeeded", true},
+                 {"responses",
+                  {range({kv_val("job/a", 5, slots2), kv_val("job/b", 7, slots2),
+                          kv_val("job/c", 9, slots2)})}}});
+    REQUIRE(a.what == action::kind::wait);
+    CHECK(a.on_release);
+    // Two of three earlier keys must go for 2 slots: the first wakes nothing.
+    CHECK_FALSE(f.b().on_delete("job/b", 22));
+    CHECK_FALSE(f.b().on_delete("job/zz", 23));  // a later key: not ours to count
+    CHECK(f.b().on_delete("job/c", 24));
+    a = f.resume(wake_reason::release);
+    REQUIRE(a.is_done());
+    CHECK_FALSE(a.ec);
+    CHECK(f.b().won_at() == 24);
+    CHECK(f.b().slot() == 1);
+}
+
+TEST_CASE("etcd slots: an exclusive key before a slot waiter (etcdctl's empty value) excludes it") {
+    kind_fixture f({filelock::lock_mode::exclusive, 4});
+    f.resume(wake_reason::start);
+    auto a = f.reply({{"header", header(20)},
+                      {"succeeded", true},
+                      {"responses",
+                       {{{"response_put", json::object()}},
+                        range({kv_val("job/694d", 5, ""), kv_val(mine + "/0", 20, "")})}}});
+    REQUIRE(a.what == action::kind::watch);
+    f.b().watch_armed();
+    f.resume(wake_reason::watched);
+    a = f.reply({{"header", header(20)},
+                 {"succeeded", true},
+                 {"responses", {range({kv_val("job/694d", 5, "")})}}});
+    REQUIRE(a.what == action::kind::wait);
+    CHECK(f.b().on_delete("job/694d", 25));
+    a = f.resume(wake_reason::release);
+    REQUIRE(a.is_done());
+    CHECK_FALSE(a.ec);
+    CHECK(f.b().slot() == 0);
+}
+
+TEST_CASE("etcd shared: a reader waits only for earlier writers, never for readers") {
+    SECTION("readers only before it: held at once") {
+        kind_fixture f({filelock::lock_mode::shared, 1});
+        f.resume(wake_reason::start);
+        auto a = f.reply({{"header", header(20)},
+                          {"succeeded", true},
+                          {"responses",
+                           {{{"response_put", json::object()}},
+                            range({kv_val("job/r1", 5, reader), kv_val("job/r2", 6, reader),
+                                   kv_val(mine + "/0", 20, reader)})}}});
+        REQUIRE(a.is_done());
+        CHECK_FALSE(a.ec);
+    }
+    SECTION("a writer waiting between: the reader waits for it (no writer starvation)") {
+        kind_fixture f({filelock::lock_mode::shared, 1});
+        f.resume(wake_reason::start);
+        auto a = f.reply({{"header", header(20)},
+                          {"succeeded", true},
+                          {"responses",
+                           {{{"response_put", json::object()}},
+                            range({kv_val("job/r1", 5, reader), kv_val("job/w", 7, " 9@x\n"),
+                                   kv_val(mine + "/0", 20, reader)})}}});
+        REQUIRE(a.what == action::kind::watch);
+        CHECK(f.b().holder() == "job/r1");
+        f.b().watch_armed();
+        f.resume(wake_reason::watched);
+        // Deletions seen while the earlier keys are read again: the reader's
+        // wakes nothing, the writer's admits it; an answer read before them
+        // (at 20) does not undo them.
+        CHECK_FALSE(f.b().on_delete("job/r1", 21));
+        CHECK(f.b().on_delete("job/w", 22));
+        a = f.reply(
+            {{"header", header(20)},
+             {"succeeded", true},
+             {"responses", {range({kv_val("job/r1", 5, reader), kv_val("job/w", 7, " 9@x\n")})}}});
+        REQUIRE(a.is_done());
+        CHECK_FALSE(a.ec);
+        CHECK(f.b().won_at() == 22);
+    }
+}
+
+TEST_CASE("etcd kinds: one session's acquisitions of one name have keys of their own") {
+    claims names;
+    int tag = 0;
+    lease_state live{lease, lease_clock::time_point::max()};
+    lock_backend a(names, &tag, "job", "", live, {filelock::lock_mode::exclusive, 2});
+    lock_backend b(names, &tag, "job", "", live, {filelock::lock_mode::shared, 1});
+    lock_backend c(names, &tag, "job", "", live);
+    lock_backend d(names, &tag, "job", "", live);
+    CHECK(a.try_acquire() == std::errc::operation_in_progress);
+    CHECK(b.try_acquire() == std::errc::operation_in_progress);
+    CHECK(c.try_acquire() == std::errc::operation_in_progress);
+    CHECK(d.try_acquire() == filelock::errc::locked);  // the Mutex key: one per lease
+    CHECK(a.key() == mine + "/0");
+    CHECK(b.key() == mine + "/1");
+    CHECK(c.key() == mine);
 }

@@ -171,3 +171,34 @@ TEST_CASE("etcd uv: a destroyed client cancels its pending acquisition", "[etcd]
     ra->held.release();
     CHECK(keys_become(f, name + "/", 0));
 }
+
+TEST_CASE("etcd uv: slots and shared locks: two holders at once, a writer waits for them",
+          "[etcd][slots]") {
+    loop_fixture f;
+    const auto name = unique_name("kinds");
+    {
+        etcd::uv_client c(&f.loop, cfg());
+        for (const auto kind : {etcd::lock_options{.slots = 2},
+                                etcd::lock_options{.mode = filelock::lock_mode::shared}}) {
+            std::optional<etcd::lock_result> a, b, w;
+            c.async_lock(name, 5s, kind, [&](etcd::lock_result x) { a = std::move(x); });
+            c.async_lock(name, 5s, kind, [&](etcd::lock_result x) { b = std::move(x); });
+            REQUIRE(f.run_until([&] { return a && b; }));
+            REQUIRE_FALSE(a->ec);
+            REQUIRE_FALSE(b->ec);
+            CHECK(a->held.key() != b->held.key());  // a key each, one lease
+            CHECK(a->held.lease() == b->held.lease());
+            c.async_lock(name, 5s, [&](etcd::lock_result x) { w = std::move(x); });
+            REQUIRE(f.run_until([&] { return member().keys(name + "/").size() == 3; }));
+            CHECK_FALSE(w);
+            a->held.release();
+            b->held.release();
+            REQUIRE(f.run_until([&] { return w.has_value(); }));
+            REQUIRE_FALSE(w->ec);
+            bool released = false;
+            w->held.release([&](std::error_code) { released = true; });
+            REQUIRE(f.run_until([&] { return released; }));
+            CHECK(keys_become(f, name + "/", 0));
+        }
+    }
+}

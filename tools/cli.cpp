@@ -59,6 +59,7 @@ const char usage_text[] =
     "     --content <template> write \" <template>\\n\" to the lock file once held;\n"
     "                          fields {pid}, {hostname} (default \"{pid}\")\n"
     "     --simple             write nothing to the lock file\n"
+    "     --slots <n>          at most <n> holders at once (1 to 1024; default 1)\n"
     "\n"
     "etcd (etcd's lock, as etcdctl lock; ours, spelled out in full):\n"
     "     --ttl <secs>         the session's lease TTL (default 10)\n"
@@ -104,6 +105,7 @@ enum opt_id {
     o_key,
     o_user,
     o_lost_signal,
+    o_slots,
 };
 
 enum origin {
@@ -144,6 +146,7 @@ const long_option long_options[] = {
     {"content", true, o_content, ours},
     {"simple", false, o_simple, ours},
     {"ttl", true, o_ttl, ours},
+    {"slots", true, o_slots, ours},
     {"cacert", true, o_cacert, ours},
     {"cert", true, o_cert, ours},
     {"key", true, o_key, ours},
@@ -343,6 +346,10 @@ std::optional<int> apply(command_line& out, opt_id id, const char* arg) {
         case o_key: out.etcd_key = arg, out.etcd_option = true; break;
         case o_user: out.etcd_user = arg, out.etcd_option = true; break;
         case o_lost_signal: out.lost_signal = arg, out.etcd_option = true; break;
+        case o_slots:
+            if (!parse_int(arg, 1, 1024, out.slots))
+                usage_error(std::string("invalid --slots: '") + arg + "' (1 to 1024)");
+            break;
     }
     return std::nullopt;
 }

@@ -41,6 +41,8 @@ struct command_line {
     // etcd:// targets
     std::string etcd_cacert, etcd_cert, etcd_key, etcd_user, lost_signal;
     int etcd_ttl = 0;
+    /// --slots N: at most N holders at once (1: the one-holder lock).
+    int slots = 1;
     bool etcd_option = false;
     /// LOCKFILE, DIRECTORY, FD or etcd://... (null with --fd).
     const char* target = nullptr;

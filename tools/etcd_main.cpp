@@ -43,8 +43,8 @@ int main(int argc, char** argv) {
         usage_error("filelock-run-etcd runs etcd:// targets (filelock-run executes it)");
     std::vector<char*> command = posix_run::command_argv(cl);
     if (command.empty()) usage_error("an etcd lock needs a command to run");
-    if (cl.options.mode == filelock::lock_mode::shared)
-        usage_error("etcd locks are exclusive (no --shared)");
+    if (cl.options.mode == filelock::lock_mode::shared && cl.slots > 1)
+        usage_error("--shared takes no slot (no --slots with it)");
     if (cl.unlock) usage_error("--unlock applies to a file or a file descriptor");
     if (cl.no_fork) usage_error("--no-fork cannot keep an etcd lease alive");
     if (cl.close_fd)
@@ -65,5 +65,7 @@ int main(int argc, char** argv) {
     eo.cert = cl.etcd_cert;
     eo.key = cl.etcd_key;
     eo.user = cl.etcd_user;
+    eo.shared = cl.options.mode == filelock::lock_mode::shared;
+    eo.slots = static_cast<unsigned>(cl.slots);
     return etcd_mode::run(eo, cl, cl.target, command.data());
 }

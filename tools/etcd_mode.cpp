@@ -119,11 +119,12 @@ public:
 
     /// Waits for the lock. TERM, INT or HUP end the wait: nothing is held,
     /// nothing runs, and filelock-run dies of the signal, as flock(1).
-    filelock::etcd::lock_result acquire(const std::string& name, std::chrono::nanoseconds timeout) {
+    filelock::etcd::lock_result acquire(const std::string& name, std::chrono::nanoseconds timeout,
+                                        const filelock::etcd::lock_options& kind) {
         std::promise<filelock::etcd::lock_result> got;
         auto got_f = got.get_future();
         asio::post(io_, [&] {
-            client_->async_lock_result(name, timeout, [&](filelock::etcd::lock_result r) {
+            client_->async_lock_result(name, timeout, kind, [&](filelock::etcd::lock_result r) {
                 got.set_value(std::move(r));
                 ::pthread_kill(main_thread_, notify_signal());
             });
@@ -233,7 +234,9 @@ int run(const options& o, const cli::command_line& cl, const char* target, char*
     const filelock::etcd::config cfg = configuration(o, target, name);
     session s(cfg);
     const auto started = std::chrono::steady_clock::now();
-    auto r = s.acquire(name, o.timeout);
+    auto r = s.acquire(
+        name, o.timeout,
+        {o.shared ? filelock::lock_mode::shared : filelock::lock_mode::exclusive, o.slots});
     if (r.ec == filelock::errc::timeout) {
         s.stop();
         return cli::report_conflict(cl, r.holder);  // silent unless --verbose

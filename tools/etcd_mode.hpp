@@ -19,6 +19,8 @@ struct options {
     int conflict_code = 1;
     int lost_signal = SIGTERM;
     std::chrono::seconds ttl{0};  // 0: the default (10 s)
+    bool shared = false;          // -s: a reader (Go's RWMutex)
+    unsigned slots = 1;           // --slots N
     std::string content, cacert, cert, key, user;
 };
 

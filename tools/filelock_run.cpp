@@ -252,6 +252,7 @@ int main(int argc, char** argv) {
 #endif
     }
     if (cl.etcd_option) usage_error("etcd options apply to an etcd:// target");
+    if (cl.slots != 1) usage_error("--slots applies to an etcd:// target in this build");
 
     // --fd N COMMAND: the caller's descriptor, locked while COMMAND runs.
     if (cl.fd >= 0) return descriptor_form(cl, cl.fd, command.data());

@@ -38,6 +38,7 @@
 
 #include <filelock/error.hpp>
 #include <filelock/export.hpp>
+#include <filelock/options.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -126,6 +127,29 @@ struct config {
 /// constructor throws for.
 FILELOCK_API std::error_code validate(const config& cfg, std::string& why);
 
+/// What kind of lock an acquisition takes (the lock files' `mode` and
+/// `slots`, same spelling and meaning). The default is etcd's Mutex, as
+/// `etcdctl lock`, bit for bit. Every key stays `NAME/...` under the
+/// session's lease, ordered by create revision; the kinds other than the
+/// default record their kind in the key's value (`filelock:shared` or
+/// `filelock:slots=N` on a first line, then the content) and have a key of
+/// their own per acquisition, `NAME/<lease hex>/<k>`, so that one client
+/// may hold several. A key with any other value (etcdctl's empty one, Go's
+/// Mutex) is exclusive.
+struct lock_options {
+    /// `shared`: a reader, as Go's `recipe.RWMutex`: it waits only for the
+    /// earlier keys that are not readers, and every later writer (ours,
+    /// `etcdctl lock`) waits for it, so a stream of readers never starves a
+    /// waiting writer.
+    filelock::lock_mode mode = filelock::lock_mode::exclusive;
+    /// At most this many holders at once ("slots"): a holder is one of the
+    /// `slots` lowest create revisions under the name, all of them slot
+    /// holders (an exclusive key before it, etcdctl's too, excludes it). 1 to
+    /// filelock::max_slots (1024); more than 1 with `shared` is invalid
+    /// (etcd::errc::invalid_argument, before anything is sent).
+    unsigned slots = 1;
+};
+
 namespace detail {
 class session_handle;
 struct held_state;
@@ -158,6 +182,11 @@ public:
     std::int64_t fencing_token() const noexcept;
     /// The session's lease ID.
     std::int64_t lease() const noexcept;
+    /// With `lock_options::slots`: how many holders were ahead of it when it
+    /// won (0 to slots - 1), its rank among the holders at that moment (etcd
+    /// keeps no slot numbers: once an earlier holder left, a later holder may
+    /// tell the same number). 0 for the other kinds.
+    unsigned slot() const noexcept;
     /// The endpoint that granted it.
     const std::string& endpoint() const noexcept;
     /// Whether the lost signal fired.

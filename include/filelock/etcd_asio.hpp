@@ -223,7 +223,8 @@ public:
     /// The client's executor.
     executor_type get_executor() const noexcept { return ex_; }
 
-    /// Acquires the lock `name` within `timeout` (<= 0: one attempt).
+    /// Acquires the lock `name` within `timeout` (<= 0: one attempt), of the
+    /// kind `opts` asks for (another overload: the default, etcd's Mutex).
     ///
     /// Completion signature: `void(std::error_code ec, etcd::lock lock)`;
     /// contention at the deadline is filelock::errc::timeout, cancellation
@@ -234,8 +235,15 @@ public:
     /// associated executor, never inline. Call on the client's executor.
     template <class CompletionToken>
     auto async_lock(std::string name, std::chrono::nanoseconds timeout, CompletionToken&& token) {
+        return async_lock(std::move(name), timeout, lock_options{},
+                          std::forward<CompletionToken>(token));
+    }
+    /// As above, for the kind of lock `opts` asks for (shared, slots).
+    template <class CompletionToken>
+    auto async_lock(std::string name, std::chrono::nanoseconds timeout, lock_options opts,
+                    CompletionToken&& token) {
         return asio::async_initiate<CompletionToken, void(std::error_code, lock)>(
-            initiate{s_, ex_}, token, std::move(name), timeout, false);
+            initiate{s_, ex_}, token, std::move(name), timeout, opts);
     }
 
     /// As async_lock, with the completion signature `void(lock_result)`: the
@@ -243,15 +251,23 @@ public:
     template <class CompletionToken>
     auto async_lock_result(std::string name, std::chrono::nanoseconds timeout,
                            CompletionToken&& token) {
+        return async_lock_result(std::move(name), timeout, lock_options{},
+                                 std::forward<CompletionToken>(token));
+    }
+    /// As above, for the kind of lock `opts` asks for.
+    template <class CompletionToken>
+    auto async_lock_result(std::string name, std::chrono::nanoseconds timeout, lock_options opts,
+                           CompletionToken&& token) {
         return asio::async_initiate<CompletionToken, void(lock_result)>(
-            initiate{s_, ex_}, token, std::move(name), timeout, true);
+            initiate{s_, ex_}, token, std::move(name), timeout, opts);
     }
 
     /// The coroutine form: returns the held lock; throws lock_error (a
     /// timeout_error at the deadline) naming the holder, std::system_error
     /// with the endpoint and the cause otherwise.
-    asio::awaitable<lock> async_lock(std::string name, std::chrono::nanoseconds timeout) {
-        auto r = co_await async_lock_result(std::move(name), timeout, asio::use_awaitable);
+    asio::awaitable<lock> async_lock(std::string name, std::chrono::nanoseconds timeout,
+                                     lock_options opts = {}) {
+        auto r = co_await async_lock_result(std::move(name), timeout, opts, asio::use_awaitable);
         throw_if(r);
         co_return std::move(r.held);
     }
@@ -283,12 +299,12 @@ private:
         executor_type ex;  // the default for handlers without one
         template <class Handler>
         void operator()(Handler handler, std::string name, std::chrono::nanoseconds timeout,
-                        bool /*whole result: the signature says*/) const {
+                        const lock_options& opts) const {
             auto work = asio::prefer(asio::get_associated_executor(handler, ex),
                                      asio::execution::outstanding_work.tracked);
             auto slot = asio::get_associated_cancellation_slot(handler);
             auto h = std::make_shared<Handler>(std::move(handler));
-            const auto id = s->lock(std::move(name), timeout, [h, work](lock_result r) {
+            const auto id = s->lock(std::move(name), timeout, opts, [h, work](lock_result r) {
                 asio::get_associated_cancellation_slot(*h).clear();
                 asio::dispatch(work, [h, r = std::move(r)]() mutable {
                     if (r.ec == std::errc::operation_canceled)
@@ -337,25 +353,32 @@ public:
 
     /// Throws lock_error (timeout_error at the deadline) naming the holder,
     /// std::system_error naming the endpoint and the cause otherwise.
-    etcd::lock lock(const std::string& name, std::chrono::nanoseconds timeout) {
-        auto r = run(name, timeout);
+    etcd::lock lock(const std::string& name, std::chrono::nanoseconds timeout,
+                    const lock_options& opts = {}) {
+        auto r = run(name, timeout, opts);
         client::throw_if(r);
         return std::move(r.held);
     }
     /// As above; reports the failure through `ec` instead.
     etcd::lock lock(const std::string& name, std::chrono::nanoseconds timeout,
                     std::error_code& ec) {
-        auto r = run(name, timeout);
+        return lock(name, timeout, lock_options{}, ec);
+    }
+    /// As above, for the kind of lock `opts` asks for.
+    etcd::lock lock(const std::string& name, std::chrono::nanoseconds timeout,
+                    const lock_options& opts, std::error_code& ec) {
+        auto r = run(name, timeout, opts);
         ec = r.ec;
         return std::move(r.held);
     }
 
 private:
-    lock_result run(const std::string& name, std::chrono::nanoseconds timeout) {
+    lock_result run(const std::string& name, std::chrono::nanoseconds timeout,
+                    const lock_options& opts) {
         std::promise<lock_result> p;
         auto f = p.get_future();
         asio::post(io_, [&] {
-            c_->async_lock_result(name, timeout,
+            c_->async_lock_result(name, timeout, opts,
                                   [&p](lock_result r) { p.set_value(std::move(r)); });
         });
         return f.get();

@@ -60,6 +60,9 @@ public:
     /// message (contention at the deadline: filelock::errc::timeout).
     request async_lock(std::string name, std::chrono::nanoseconds timeout,
                        std::function<void(lock_result)> callback);
+    /// As above, for the kind of lock `opts` asks for (shared, slots).
+    request async_lock(std::string name, std::chrono::nanoseconds timeout, const lock_options& opts,
+                       std::function<void(lock_result)> callback);
 
     /// The awaitable form for any C++20 coroutine: returns the lock; throws
     /// timeout_error naming the holder, or std::system_error (the endpoint
@@ -68,15 +71,19 @@ public:
     public:
         /// What uv_client::lock returns.
         awaitable(uv_client& c, std::string name, std::chrono::nanoseconds timeout,
-                  std::stop_token stop)
-            : c_(c), name_(std::move(name)), timeout_(timeout), stop_(std::move(stop)) {}
+                  lock_options opts, std::stop_token stop)
+            : c_(c),
+              name_(std::move(name)),
+              timeout_(timeout),
+              opts_(opts),
+              stop_(std::move(stop)) {}
         awaitable(awaitable&&) = delete;
         /// Never ready: the acquisition starts on suspension.
         bool await_ready() const noexcept { return false; }
         /// Starts the acquisition; resumes `h` on the loop.
         void await_suspend(std::coroutine_handle<> h) {
             h_ = h;
-            req_ = c_.async_lock(name_, timeout_, [this](lock_result r) {
+            req_ = c_.async_lock(name_, timeout_, opts_, [this](lock_result r) {
                 r_ = std::move(r);
                 h_.resume();
             });
@@ -104,6 +111,7 @@ public:
         uv_client& c_;
         std::string name_;
         std::chrono::nanoseconds timeout_;
+        lock_options opts_;
         std::stop_token stop_;
         std::coroutine_handle<> h_;
         request req_;
@@ -113,7 +121,13 @@ public:
 
     /// `co_await client.lock(name, timeout, stop)` (see awaitable).
     awaitable lock(std::string name, std::chrono::nanoseconds timeout, std::stop_token stop = {}) {
-        return {*this, std::move(name), timeout, std::move(stop)};
+        return {*this, std::move(name), timeout, lock_options{}, std::move(stop)};
+    }
+    /// `co_await client.lock(name, timeout, opts, stop)`: of the kind `opts`
+    /// asks for.
+    awaitable lock(std::string name, std::chrono::nanoseconds timeout, lock_options opts,
+                   std::stop_token stop = {}) {
+        return {*this, std::move(name), timeout, opts, std::move(stop)};
     }
 
     /// Requests sent so far (benchmarks; watch streams not counted).

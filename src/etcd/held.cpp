@@ -52,7 +52,7 @@ void send_release(const std::shared_ptr<held_state>& h, std::function<void(std::
                       if (h->claimed) {
                           // Only now: a local successor reuses this key.
                           h->claimed = false;
-                          h->s->names().unclaim(h->name);
+                          h->s->names().unclaim(h->key);
                           filelock::detail::local_release(identity_of(h->name, h->s.get()));
                       }
                       auto sp = h->s;
@@ -95,6 +95,7 @@ const std::string& lock::endpoint() const noexcept {
 }
 std::int64_t lock::fencing_token() const noexcept { return s_ ? s_->rev : 0; }
 std::int64_t lock::lease() const noexcept { return s_ ? s_->lease : 0; }
+unsigned lock::slot() const noexcept { return s_ ? s_->slot : 0; }
 bool lock::lost() const noexcept { return static_cast<bool>(lost_reason()); }
 std::error_code lock::lost_reason() const noexcept {
     if (!s_) return {};

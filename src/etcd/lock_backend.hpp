@@ -24,6 +24,23 @@
 // Waiters of one session for one name queue locally first (one key per
 // lease is all etcd's protocol allows), and a name held or being acquired by
 // the session is local contention: no request is sent for it.
+//
+// Other kinds (a shared lock, a lock with N slots) keep the order by create
+// revision and the key bound to the lease; the key's value says the kind
+// (kind_of: an untagged value, etcdctl's empty one included, is exclusive),
+// and each acquisition has a key of its own, NAME/<lease hex>/<k>, so that
+// one session may hold several slots or shared locks of one name:
+//   1. txn: create the key; read the keys of the prefix by create revision.
+//   2. The earlier keys decide (admits): a reader waits for the earlier keys
+//      that are not readers (Go's RWMutex: a writer waits for every earlier
+//      key, so a stream of readers never starves it); a holder of N slots is
+//      one of the N lowest create revisions, all of them slot holders
+//      (an exclusive key, etcdctl's too, excludes them all, either order).
+//   3. Contended: the waiter watches the prefix from the answer's revision
+//      + 1 and keeps the set of earlier keys itself: a deletion of one of
+//      them that admits it is a win at that revision, without a request;
+//      any other deletion changes the set and wakes nothing (no herd).
+//      Otherwise (a fallback timer) step 2 reads the earlier keys again.
 
 #include <filelock/detail/acquire.hpp>
 #include <filelock/etcd.hpp>
@@ -33,19 +50,89 @@
 
 #include <array>
 #include <functional>
+#include <map>
 #include <set>
 #include <string>
+#include <string_view>
+#include <vector>
 
 namespace filelock::etcd::detail {
 
+using filelock::lock_mode;
 using filelock::detail::clock;
 using filelock::detail::lock_identity;
 
-/// The names a session holds or is acquiring: one key per lease and name.
+/// The kind of lock asked for: exclusive, shared, or one of N slots.
+struct lock_kind {
+    lock_mode mode = lock_mode::exclusive;
+    unsigned slots = 1;
+    /// Today's lock, bit for bit: etcd's Mutex.
+    bool one_holder() const noexcept { return mode == lock_mode::exclusive && slots == 1; }
+};
+
+/// The most holders a lock admits: the lock files' maximum
+/// (filelock::max_slots).
+inline constexpr unsigned max_slots = 1024;
+
+/// What kind of holder a key is, read from its value.
+struct key_kind {
+    bool shared = false;
+    unsigned slots = 0;  // 0: not a slot holder
+    bool exclusive() const noexcept { return !shared && slots == 0; }
+};
+
+/// The tag that starts a key's value for the kinds other than exclusive.
+inline constexpr std::string_view shared_tag = "filelock:shared\n";
+inline constexpr std::string_view slots_tag = "filelock:slots=";
+
+/// The value of a key of kind `k` with the holder's content.
+inline std::string value_for(const lock_kind& k, const std::string& content) {
+    if (k.one_holder()) return content;
+    if (k.mode == lock_mode::shared) return std::string(shared_tag) + content;
+    return std::string(slots_tag) + std::to_string(k.slots) + "\n" + content;
+}
+
+/// The kind a value stands for: exclusive unless tagged (etcdctl's and Go's
+/// Mutex write an empty value; anything not ours counts as exclusive).
+inline key_kind kind_of(std::string_view value) noexcept {
+    key_kind k;
+    if (value.substr(0, shared_tag.size()) == shared_tag) {
+        k.shared = true;
+    } else if (value.substr(0, slots_tag.size()) == slots_tag) {
+        unsigned n = 0;
+        std::size_t i = slots_tag.size();
+        for (; i < value.size() && value[i] >= '0' && value[i] <= '9' && n < 100000; ++i)
+            n = n * 10 + static_cast<unsigned>(value[i] - '0');
+        if (i < value.size() && value[i] == '\n' && n >= 1) k.slots = n;
+    }
+    return k;
+}
+
+/// A value without its kind's tag: what names the holder.
+inline std::string_view content_of(std::string_view value) noexcept {
+    if (kind_of(value).exclusive()) return value;
+    const auto nl = value.find('\n');
+    return nl == std::string_view::npos ? std::string_view{} : value.substr(nl + 1);
+}
+
+/// Whether a waiter of kind `k` is admitted beside the earlier keys `earlier`.
+inline bool admits(const lock_kind& k, const std::vector<key_kind>& earlier) noexcept {
+    if (k.mode == lock_mode::shared) {
+        for (const auto& e : earlier)
+            if (!e.shared) return false;
+        return true;
+    }
+    if (earlier.size() >= k.slots) return false;
+    for (const auto& e : earlier)
+        if (e.slots == 0) return false;
+    return true;
+}
+
+/// The keys a session holds or is acquiring: one key per lease and name.
 class claims {
 public:
-    bool claim(const std::string& name) { return names_.insert(name).second; }
-    void unclaim(const std::string& name) { names_.erase(name); }
+    bool claim(const std::string& key) { return names_.insert(key).second; }
+    void unclaim(const std::string& key) { names_.erase(key); }
     std::size_t size() const noexcept { return names_.size(); }
 
 private:
@@ -96,40 +183,51 @@ public:
     static constexpr std::array<clock::duration, 0> quick_retries{};
 
     /// `lease` (the session's) outlives the backend; its id is the lease used.
-    lock_backend(claims& c, const void* session, std::string name, std::string value,
-                 const lease_state& lease)
+    lock_backend(claims& c, const void* session, std::string name, const std::string& content,
+                 const lease_state& lease, lock_kind kind = {})
         : claims_(&c),
           session_(session),
           lease_state_(&lease),
           name_(std::move(name)),
           prefix_(name_ + "/"),
           key_(prefix_ + hex(lease.id)),
-          value_(std::move(value)),
-          lease_(lease.id) {}
+          value_(value_for(kind, content)),
+          lease_(lease.id),
+          kind_(kind) {}
     lock_backend(lock_backend&& o) noexcept = default;
     ~lock_backend() { unclaim(); }
 
     std::error_code try_acquire() {
         if (!claimed_) {
-            if (!claims_->claim(name_)) {
-                holder_ = "this process";
-                return filelock::errc::locked;  // held or being acquired here
+            if (kind_.one_holder()) {
+                if (!claims_->claim(key_)) {
+                    holder_ = "this process";
+                    return filelock::errc::locked;  // held or being acquired here
+                }
+            } else {
+                // A key of its own: the first NAME/<lease hex>/<k> free here.
+                const auto base = prefix_ + hex(lease_) + "/";
+                for (unsigned k = 0;; ++k)
+                    if (claims_->claim(key_ = base + std::to_string(k))) break;
             }
             claimed_ = true;
         }
-        if (pred_deleted_ && pred_was_owner_ && !own_deleted_ && my_rev_ != 0) {
+        if (kind_.one_holder() && pred_deleted_ && pred_was_owner_ && !own_deleted_ &&
+            my_rev_ != 0) {
             // The holder's deletion came through the watch, ours did not.
             return won(pred_deleted_at_);
         }
+        if (!kind_.one_holder() && my_rev_ != 0 && admitted_at_ && !own_deleted_)
+            return won(admitted_at_);  // a deletion the watch saw admitted it
+        path_ = "/v3/kv/txn";
         if (my_rev_ == 0) {
             step_ = step::create;
-            path_ = "/v3/kv/txn";
-            body_ = request::acquire(key_, value_, lease_, prefix_);
+            body_ = create_body();
             ++creates_;
         } else {
             step_ = step::predecessor;
-            path_ = "/v3/kv/txn";
-            body_ = request::predecessor(key_, my_rev_, prefix_);
+            body_ = kind_.one_holder() ? request::predecessor(key_, my_rev_, prefix_)
+                                       : request::earlier(key_, my_rev_, prefix_);
         }
         return std::make_error_code(std::errc::operation_in_progress);
     }
@@ -157,7 +255,7 @@ public:
                 case step::clear_stale:
                     // The stale key is gone (or was already): create ours.
                     step_ = step::create;
-                    body_ = request::acquire(key_, value_, lease_, prefix_);
+                    body_ = create_body();
                     ++creates_;
                     return std::make_error_code(std::errc::operation_in_progress);
                 case step::predecessor: return predecessor(j);
@@ -188,6 +286,7 @@ public:
             own_deleted_ = true;
             return true;
         }
+        if (!kind_.one_holder()) return earlier_deleted(key, revision);
         if (key == pred_key_ && !pred_deleted_ && revision > pred_rev_) {
             pred_deleted_ = true;
             pred_deleted_at_ = revision;
@@ -257,6 +356,10 @@ public:
     /// key from the next one.
     std::int64_t won_at() const noexcept { return won_at_; }
     std::int64_t lease() const noexcept { return lease_; }
+    /// The slot won: how many holders were ahead of it (0 for the one-holder
+    /// and shared kinds).
+    unsigned slot() const noexcept { return kind_.mode == lock_mode::shared ? 0 : slot_; }
+    const lock_kind& kind() const noexcept { return kind_; }
     const std::string& holder() const noexcept { return holder_; }
     const std::string& endpoint() const noexcept { return reply_.endpoint; }
     /// What the last failure was (for messages).
@@ -282,6 +385,17 @@ private:
         return ec;
     }
 
+    // What names a holder: its content (without its kind's tag), or its key.
+    static std::string name_of(const kv& k) {
+        const auto content = content_of(k.value);
+        return content.empty() ? k.key : std::string(content);
+    }
+
+    std::string create_body() const {
+        return kind_.one_holder() ? request::acquire(key_, value_, lease_, prefix_)
+                                  : request::acquire_all(key_, value_, lease_, prefix_);
+    }
+
     std::error_code created(const json& j) {
         const auto& rs = j.at("responses");
         const bool ok = j.value("succeeded", false);
@@ -305,8 +419,9 @@ private:
         }
         if (!kvs_of(rs.at(1).at("response_range"), owner))
             return failed(errc::bad_reply, "malformed key");
+        if (!kind_.one_holder()) return decide(owner, header_rev);
         if (owner.empty() || owner[0].create_revision == my_rev_) return won(header_rev);
-        holder_ = owner[0].value.empty() ? owner[0].key : owner[0].value;
+        holder_ = name_of(owner[0]);
         // Contended: find the predecessor at once.
         step_ = step::predecessor;
         body_ = request::predecessor(key_, my_rev_, prefix_);
@@ -324,11 +439,16 @@ private:
         }
         std::vector<kv> pred, owner;
         const auto& rs = j.at("responses");
+        if (!kind_.one_holder()) {
+            if (!kvs_of(rs.at(0).at("response_range"), pred))
+                return failed(errc::bad_reply, "malformed key");
+            return decide(pred, header_rev);
+        }
         if (!kvs_of(rs.at(0).at("response_range"), pred) ||
             (rs.size() > 1 && !kvs_of(rs.at(1).at("response_range"), owner)))
             return failed(errc::bad_reply, "malformed key");
         if (pred.empty()) return won(header_rev);
-        if (!owner.empty()) holder_ = owner[0].value.empty() ? owner[0].key : owner[0].value;
+        if (!owner.empty()) holder_ = name_of(owner[0]);
         // A deletion the watch already reported (after this answer's
         // revision) stands; otherwise this is the predecessor to wait for.
         if (!(pred_deleted_ && pred[0].key == pred_key_ && pred_deleted_at_ > header_rev)) {
@@ -345,6 +465,60 @@ private:
             watch_rev_ = header_rev + 1;
         }
         return filelock::errc::locked;
+    }
+
+    // The kinds other than one holder: the keys read at `rev` (by create
+    // revision; later ones than ours are left out) decide; contended, the
+    // earlier ones are the set the watch's deletions shrink.
+    std::error_code decide(const std::vector<kv>& keys, std::int64_t rev) {
+        earlier_.clear();
+        for (const auto& k : keys)
+            if (k.create_revision < my_rev_ && k.key != key_)
+                earlier_.emplace(k.create_revision, std::make_pair(k.key, kind_of(k.value)));
+        snapshot_rev_ = rev;
+        admitted_at_ = 0;
+        // Deletions the watch already reported after this answer stand.
+        std::erase_if(seen_, [rev](const auto& d) { return d.second <= rev; });
+        for (const auto& [key, at] : seen_) erase_earlier(key);
+        if (admitted()) {
+            slot_ = static_cast<unsigned>(earlier_.size());
+            return won(std::max(rev, seen_.empty() ? rev : seen_.back().second));
+        }
+        // The first of them names the holder (its content, or its key).
+        const auto& first = earlier_.begin()->second.first;
+        for (const auto& k : keys)
+            if (k.key == first) holder_ = name_of(k);
+        if (watch_key_.empty()) {
+            watch_key_ = prefix_;
+            watch_end_ = prefix_end(prefix_);
+            watch_rev_ = rev + 1;
+        }
+        return filelock::errc::locked;
+    }
+
+    bool admitted() const {
+        std::vector<key_kind> kinds;
+        kinds.reserve(earlier_.size());
+        for (const auto& [rev, k] : earlier_) kinds.push_back(k.second);
+        return admits(kind_, kinds);
+    }
+
+    bool erase_earlier(const std::string& key) {
+        for (auto it = earlier_.begin(); it != earlier_.end(); ++it)
+            if (it->second.first == key) {
+                earlier_.erase(it);
+                return true;
+            }
+        return false;
+    }
+
+    bool earlier_deleted(const std::string& key, std::int64_t revision) {
+        if (my_rev_ == 0 || revision <= snapshot_rev_) return false;
+        seen_.emplace_back(key, revision);
+        if (!erase_earlier(key) || admitted_at_ || !admitted()) return false;
+        admitted_at_ = revision;
+        slot_ = static_cast<unsigned>(earlier_.size());
+        return true;
     }
 
     std::error_code won(std::int64_t header_rev) {
@@ -379,6 +553,14 @@ private:
     bool answered_ = false;
     std::error_code unanswered_;
     int creates_ = 0;  // acquire transactions sent
+    lock_kind kind_;
+    unsigned slot_ = 0;
+    // The kinds other than one holder: the earlier keys by create revision
+    // (key, kind) as of snapshot_rev_, the deletions seen since, and the
+    // revision of the one that admitted this waiter.
+    std::map<std::int64_t, std::pair<std::string, key_kind>> earlier_;
+    std::vector<std::pair<std::string, std::int64_t>> seen_;
+    std::int64_t snapshot_rev_ = 0, admitted_at_ = 0;
 };
 
 using etcd_acquire = filelock::detail::acquire<lock_backend>;

@@ -22,8 +22,13 @@ std::string describe(const std::string& endpoint, std::error_code ec, const std:
 
 struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_this<lock_op> {
     lock_op(session& s, std::uint64_t id, std::string name, std::chrono::nanoseconds timeout,
-            std::function<void(lock_result)> done)
-        : s(s), id(id), name(std::move(name)), timeout(timeout), done(std::move(done)) {}
+            lock_kind kind, std::function<void(lock_result)> done)
+        : s(s),
+          id(id),
+          name(std::move(name)),
+          timeout(timeout),
+          kind(kind),
+          done(std::move(done)) {}
 
     ~lock_op() override { acq.reset(); }
 
@@ -32,6 +37,7 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
     std::shared_ptr<session> keep;  // alive while the operation is pending
     std::string name;
     std::chrono::nanoseconds timeout;
+    lock_kind kind;
     std::function<void(lock_result)> done;
     steady::time_point began = steady::now();
     std::unique_ptr<etcd_acquire> acq;
@@ -69,7 +75,7 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
                 if (!self->s.lease()) return self->start();
                 self->acq = std::make_unique<etcd_acquire>(
                     lock_backend(self->s.names(), &self->s, self->name, self->s.value(),
-                                 self->s.lease_view()),
+                                 self->s.lease_view(), self->kind),
                     self->timeout, filelock::backoff_policy{}, filelock::detail::random_seed());
                 self->acq->use_queue(self.get(), &self->s);
                 self->timer = self->s.loop().make_timer();
@@ -248,6 +254,7 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
         h->lease = b.lease();
         h->endpoint = b.endpoint();
         h->watch_from = b.won_at() + 1;
+        h->slot = b.slot();
         h->retry = rewatch_policy(s.ttl(), steady::now());
         b.hand_over_claim();
         s.add_held(h);
@@ -283,7 +290,7 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
             // The claim is held until etcd answered, so no other acquisition
             // of this session reuses the key before.
             auto sp = s.shared_from_this();
-            auto name_copy = b.name();
+            auto name_copy = b.key();  // the claim
             lock_identity id;
             b.identity(id);
             b.hand_over_claim();
@@ -318,12 +325,21 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
     }
 };
 
-std::uint64_t session::lock(std::string name, std::chrono::nanoseconds timeout,
+std::uint64_t session::lock(std::string name, std::chrono::nanoseconds timeout, lock_kind kind,
                             std::function<void(lock_result)> done) {
     const auto id = next_op_++;
-    auto op = std::make_shared<lock_op>(*this, id, std::move(name), timeout, std::move(done));
+    auto op = std::make_shared<lock_op>(*this, id, std::move(name), timeout, kind, std::move(done));
     if (op->name.empty()) {
         op->complete(errc::invalid_argument, "filelock: etcd lock: the name is empty");
+        return id;
+    }
+    const char* bad = kind.slots == 0          ? "0 slots"
+                      : kind.slots > max_slots ? "more slots than filelock::max_slots (1024)"
+                      : kind.slots > 1 && kind.mode == lock_mode::shared
+                          ? "slots with a shared lock (a shared lock takes no slot)"
+                          : nullptr;
+    if (bad) {
+        op->complete(errc::invalid_argument, "filelock: etcd lock " + op->name + ": " + bad);
         return id;
     }
     op->keep = shared_from_this();

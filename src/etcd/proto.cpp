@@ -31,6 +31,16 @@ json first_of(const std::string& prefix) {
               {"sort_target", "CREATE"},
               {"limit", "1"}}}};
 }
+
+// Every key of the prefix by create revision (those created before `before`).
+json all_of(const std::string& prefix, std::int64_t before = 0) {
+    json r = {{"key", base64(prefix)},
+              {"range_end", base64(prefix_end(prefix))},
+              {"sort_order", "ASCEND"},
+              {"sort_target", "CREATE"}};
+    if (before) r["max_create_revision"] = std::to_string(before - 1);
+    return {{"request_range", r}};
+}
 }  // namespace
 
 std::string base64(std::string_view in) {
@@ -264,6 +274,21 @@ std::string acquire(const std::string& key, const std::string& value, std::int64
     return json{{"compare", json::array({create_is(key, 0)})},
                 {"success", json::array({put_op(key, value, lease), first_of(prefix)})},
                 {"failure", json::array({range_op(key), first_of(prefix)})}}
+        .dump();
+}
+
+std::string acquire_all(const std::string& key, const std::string& value, std::int64_t lease,
+                        const std::string& prefix) {
+    return json{{"compare", json::array({create_is(key, 0)})},
+                {"success", json::array({put_op(key, value, lease), all_of(prefix)})},
+                {"failure", json::array({range_op(key), all_of(prefix)})}}
+        .dump();
+}
+
+std::string earlier(const std::string& key, std::int64_t rev, const std::string& prefix) {
+    return json{{"compare", json::array({create_is(key, rev)})},
+                {"success", json::array({all_of(prefix, rev)})},
+                {"failure", json::array()}}
         .dump();
 }
 

@@ -85,6 +85,13 @@ std::string authenticate(const std::string& user, const std::string& password);
 /// of prefix)).
 std::string acquire(const std::string& key, const std::string& value, std::int64_t lease,
                     const std::string& prefix);
+/// As acquire, reading every key of the prefix by create revision (the
+/// kinds other than one holder decide on all of them).
+std::string acquire_all(const std::string& key, const std::string& value, std::int64_t lease,
+                        const std::string& prefix);
+/// If(create_revision(key) == rev) Then(range(every key of prefix created
+/// before rev, by create revision)).
+std::string earlier(const std::string& key, std::int64_t rev, const std::string& prefix);
 /// If(create_revision(key) == rev) Then(range(last of prefix created before
 /// rev), range(first of prefix)): the predecessor to wait for, and the
 /// holder, while the key still exists.

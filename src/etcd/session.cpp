@@ -158,7 +158,7 @@ void session::lose(held_state& h, std::error_code why) {
         // The lock no longer excludes: the name is free for this session
         // (a release of this lock is guarded by its revision).
         h.claimed = false;
-        claims_.unclaim(h.name);
+        claims_.unclaim(h.key);
     }
     if (auto f = std::move(h.on_lost)) {
         h.on_lost = nullptr;
@@ -293,7 +293,12 @@ session_handle::~session_handle() {
 
 std::uint64_t session_handle::lock(std::string name, std::chrono::nanoseconds timeout,
                                    std::function<void(lock_result)> done) {
-    return s_->lock(std::move(name), timeout, std::move(done));
+    return s_->lock(std::move(name), timeout, {}, std::move(done));
+}
+
+std::uint64_t session_handle::lock(std::string name, std::chrono::nanoseconds timeout,
+                                   const lock_options& o, std::function<void(lock_result)> done) {
+    return s_->lock(std::move(name), timeout, {o.mode, o.slots}, std::move(done));
 }
 
 void session_handle::cancel(std::uint64_t op, std::error_code code) { s_->cancel(op, code); }

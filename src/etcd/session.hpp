@@ -32,6 +32,7 @@ struct held_state {
     mutable std::mutex m;  // `lost` and `released` are read from any thread
     std::string name, key, endpoint;
     std::int64_t rev = 0, lease = 0, watch_from = 0;
+    unsigned slot = 0;
     std::error_code lost;
     std::function<void(std::error_code)> on_lost;
     std::uint64_t watch_id = 0;
@@ -67,7 +68,7 @@ public:
     const lease_state& lease_view() const { return keeper_.state(); }
     std::uint64_t watches = 0;
 
-    std::uint64_t lock(std::string name, std::chrono::nanoseconds timeout,
+    std::uint64_t lock(std::string name, std::chrono::nanoseconds timeout, lock_kind kind,
                        std::function<void(lock_result)> done);
     void cancel(std::uint64_t id, std::error_code code);
     void op_finished(std::uint64_t id) { ops_.erase(id); }

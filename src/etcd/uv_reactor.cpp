@@ -173,6 +173,13 @@ uv_client::request uv_client::async_lock(std::string name, std::chrono::nanoseco
     return request(s_, id);
 }
 
+uv_client::request uv_client::async_lock(std::string name, std::chrono::nanoseconds timeout,
+                                         const lock_options& opts,
+                                         std::function<void(lock_result)> callback) {
+    const auto id = s_->lock(std::move(name), timeout, opts, std::move(callback));
+    return request(s_, id);
+}
+
 std::uint64_t uv_client::requests() const noexcept { return s_->requests(); }
 std::uint64_t uv_client::watches() const noexcept { return s_->watches(); }
 

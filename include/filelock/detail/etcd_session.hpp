@@ -74,6 +74,9 @@ public:
     /// on the loop, never inline. Returns an operation id for `cancel`.
     std::uint64_t lock(std::string name, std::chrono::nanoseconds timeout,
                        std::function<void(etcd::lock_result)> done);
+    /// As above, for the kind of lock `o` asks for.
+    std::uint64_t lock(std::string name, std::chrono::nanoseconds timeout, const lock_options& o,
+                       std::function<void(etcd::lock_result)> done);
     /// Cancels the operation (any thread): it completes with `code`
     /// (nothing held, its key deleted first). No-op once completed.
     void cancel(std::uint64_t op, std::error_code code);
