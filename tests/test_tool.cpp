@@ -570,6 +570,25 @@ TEST_CASE("filelock-run at a terminal: ^Z stops the job, fg continues it; the lo
     t.type("exit\n");
 }
 
+TEST_CASE(
+    "filelock-run at a terminal: a background job that reads the terminal stops; fg runs it") {
+    scratch s;
+    const auto p = s / "a.lock";
+    terminal t({"bash", "--norc", "--noprofile", "--noediting", "-i"});
+    t.type("PS1=; PS2=; stty -echo; echo rea''dy\n");
+    REQUIRE(t.expect("ready"));  // after the first prompt
+    t.type(sh_quote(filelock_run_path()) + " " + sh_quote(p.string()) +
+           " sh -c 'read x; echo g\"\"ot $x' &\n");
+    // COMMAND's read stops it (SIGTTIN), and the job with it.
+    t.type("sleep 1; jobs\n");
+    CHECK(t.expect("Stopped"));
+    t.type("fg\n");
+    t.type("hello\n");
+    CHECK(t.expect_line("got hello"));
+    CHECK(becomes_free(p));
+    t.type("exit\n");
+}
+
 TEST_CASE("filelock-run: a signal sent to it alone still reaches COMMAND, once") {
     scratch s;
     const auto p = s / "a.lock";

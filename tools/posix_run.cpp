@@ -89,7 +89,10 @@ void stop_like(int sig) {
     dfl.sa_handler = SIG_DFL;
     sigemptyset(&dfl.sa_mask);
     ::sigaction(sig, &dfl, &old);
-    ::kill(::getpid(), sig);  // pending while blocked: delivered once, here
+    // To this thread (etcd mode has another, which might take a signal sent
+    // to the process later, when this one already went on): pending while
+    // blocked, delivered once, here.
+    ::raise(sig);
     ::pthread_sigmask(SIG_UNBLOCK, &one, nullptr);
     ::pthread_sigmask(SIG_BLOCK, &one, nullptr);
     ::sigaction(sig, &old, nullptr);
