@@ -5,6 +5,7 @@
 //
 //   torture_etcd [--seconds N]      (default 20, or $TORTURE_SECONDS / 3)
 //   torture_etcd --negative-control (workers skip the lock: must FAIL)
+//   torture_etcd --slots N          (a lock with N holders: see below)
 //
 // Every holder checks an occupancy marker that a second live holder would
 // have left, appends its fencing token to a log, increments the counter,
@@ -13,6 +14,11 @@
 // strictly increase (holders in etcd's order), and the counter and the log
 // account for every acknowledged increment (a killed holder may leave one
 // unacknowledged entry).
+//
+// With --slots N the workers take one of N slots: each holder enters an
+// occupancy directory (a file named by its pid), counts the live holders in
+// it and leaves. Exit status 0 only if no holder ever counted more than N,
+// N at once was reached, and the acknowledgements add up.
 #include <filelock/etcd_asio.hpp>
 
 #include "etcd_member.hpp"
@@ -32,6 +38,7 @@ std::string dir;
 std::string endpoint;
 const std::string name = "torture/counter";
 bool no_lock = false;
+unsigned slots = 1;
 
 void append(const std::string& file, const std::string& line) {
     const int fd = ::open(file.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
@@ -76,10 +83,29 @@ void critical(std::int64_t token, std::mt19937& rng) {
     ::unlink(marker.c_str());
 }
 
+// The critical section, as one of `slots` holders: enter, count the live
+// holders inside (killed ones leave their file behind), stay a moment, leave.
+void occupy(std::mt19937& rng) {
+    const std::string in = dir + "/inside/";
+    const std::string me = in + std::to_string(::getpid());
+    { std::ofstream(me) << ""; }
+    unsigned live = 0;
+    for (const auto& e : std::filesystem::directory_iterator(in)) {
+        const int pid = std::atoi(e.path().filename().c_str());
+        if (pid > 0 && (pid == ::getpid() || ::kill(pid, 0) == 0)) ++live;
+    }
+    append(dir + "/counts", std::to_string(live) + "\n");
+    if (live > slots)
+        append(dir + "/violations",
+               std::to_string(::getpid()) + " saw " + std::to_string(live) + " holders\n");
+    std::this_thread::sleep_for(std::chrono::milliseconds(5 + rng() % 30));
+    ::unlink(me.c_str());
+}
+
 [[noreturn]] void worker(int seed) {
     std::mt19937 rng(static_cast<unsigned>(seed));
     if (no_lock) {  // proves that the checks detect overlapping holders
-        for (std::int64_t t = 1;; ++t) critical(t, rng);
+        for (std::int64_t t = 1;; ++t) slots > 1 ? occupy(rng) : critical(t, rng);
     }
     etcd::config c;
     c.endpoints = {endpoint};
@@ -88,9 +114,12 @@ void critical(std::int64_t token, std::mt19937& rng) {
     std::optional<etcd::client> cl(std::in_place, io.get_executor(), c);
     std::function<void()> next = [&] {
         cl->async_lock(name, std::chrono::milliseconds(50 + rng() % 3000),
-                       [&](std::error_code ec, etcd::lock l) {
+                       etcd::lock_options{.slots = slots}, [&](std::error_code ec, etcd::lock l) {
                            if (ec) return next();  // timed out: again
-                           critical(l.fencing_token(), rng);
+                           if (slots > 1)
+                               occupy(rng);
+                           else
+                               critical(l.fencing_token(), rng);
                            auto held = std::make_shared<etcd::lock>(std::move(l));
                            held->release([&, held](std::error_code) {
                                append(dir + "/acks", "1\n");
@@ -111,12 +140,15 @@ int main(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
         if (std::string(argv[i]) == "--seconds" && i + 1 < argc) seconds = std::atof(argv[i + 1]);
         if (std::string(argv[i]) == "--negative-control") no_lock = true;
+        if (std::string(argv[i]) == "--slots" && i + 1 < argc)
+            slots = static_cast<unsigned>(std::max(1, std::atoi(argv[i + 1])));
     }
     test::etcd_cluster member(1);
     endpoint = member.endpoint();
     char tmpl[] = "/tmp/filelock-torture-etcd-XXXXXX";
     dir = ::mkdtemp(tmpl);
     { std::ofstream(dir + "/n") << 0; }
+    std::filesystem::create_directory(dir + "/inside");
 
     constexpr int workers = 5;
     std::vector<pid_t> pids;
@@ -166,9 +198,23 @@ int main(int argc, char** argv) {
         std::string l;
         while (std::getline(v, l)) ++violations;
     }
-    const long counter = read_int(dir + "/n");
-    const long entries = static_cast<long>(tokens.size());
-    const bool accounted = acks <= counter && counter <= entries && entries - acks <= kills;
+    long counter = read_int(dir + "/n");
+    long entries = static_cast<long>(tokens.size());
+    unsigned most = 0;
+    if (slots > 1) {
+        // Holders at once: counted, not ordered (N of them interleave).
+        std::ifstream c(dir + "/counts");
+        unsigned k = 0;
+        entries = 0;
+        while (c >> k) {
+            most = std::max(most, k);
+            ++entries;
+        }
+        counter = acks;
+        std::printf("torture_etcd: %u slots, at most %u holders seen at once\n", slots, most);
+    }
+    const bool accounted = acks <= counter && counter <= entries && entries - acks <= kills &&
+                           (slots == 1 || most == slots || (no_lock && most > slots));
     std::printf(
         "torture_etcd summary (%.0f s, %d workers, etcd %s)\n"
         "  holders: %ld (acknowledged %ld), counter %ld, kills %ld\n"
