@@ -3,24 +3,21 @@
 // Between attempts the thread sleeps until the machine's deadline, a release
 // event, or its turn in the local queue.
 //
-// Release events for every sync waiter of the process come from one
-// release_source (on Linux an inotify instance and an eventfd), taken at the first wait that
-// watches and given back after the last one (closed a linger later): a thread that waited keeps
-// no descriptor, 200 waiting threads hold one instance, not 200, and a process that no longer
-// waits holds none. No thread of ours reads it: one waiting thread at a time (the leader) polls
-// it and wakes the waiters it names; the others sleep on condition variables and one of them
-// takes over when the leader stops waiting.
+// Release events for every sync waiter of the process come from one shared
+// source (src/wait/shared_source.hpp: taken at the first wait that watches,
+// given back after the last one, closed a linger later): 200 waiting threads
+// hold one instance, not 200, and a process that no longer waits holds none.
+// What is the driver's own is how it reads it, with no thread of ours: one
+// waiting thread at a time (the leader) polls it and wakes the waiters it
+// names; the others sleep on condition variables and one of them takes over
+// when the leader stops waiting.
 #include "driver.hpp"
 
-#include <filelock/detail/release_source.hpp>
-
-#include "../platform.hpp"
+#include "../wait/shared_source.hpp"
 
 #include <algorithm>
 #include <atomic>
-#include <memory>
 #include <mutex>
-#include <new>
 #include <vector>
 
 namespace filelock::detail {
@@ -32,68 +29,41 @@ const char sync_domain_tag = 0;
 
 }  // namespace
 
-// The sync waiters' share of release events: one per process and fork
-// generation (a forked child makes its own, and leaves the parent's alone:
-// its mutex may be held forever). Never destroyed.
+// The sync waiters' share of release events, and who reads them.
 class release_hub {
 public:
-    static release_hub* get() {
-        static std::mutex create_mutex;
-        static std::atomic<release_hub*> current{nullptr};
-        static const bool registered = [] {  // a child never inherits it locked
-            at_fork([] { create_mutex.lock(); }, [] { create_mutex.unlock(); },
-                    [] {
-                        if (release_hub* h = current.load(std::memory_order_relaxed))
-                            h->close_inherited();
-                        create_mutex.unlock();
-                    });
-            return true;
-        }();
-        (void)registered;
-        release_hub* h = current.load(std::memory_order_acquire);
-        if (h && h->generation_ == fork_generation()) return h;
-        std::lock_guard<std::mutex> g(create_mutex);
-        h = current.load(std::memory_order_relaxed);
-        if (!h || h->generation_ != fork_generation()) {
-            h = new (std::nothrow) release_hub;
-            current.store(h, std::memory_order_release);
-        }
-        return h;
-    }
+    const unsigned generation = fork_generation();
 
     /// Registers `w` for release events of the file `path` names now.
     bool listen(sync_waiter& w, const std::filesystem::path& path, const lock_identity& lock) {
+        shared_source::spare spare;  // recycled once the mutex is released
         std::lock_guard<std::mutex> g(mutex_);
-        if (!source_) source_ = release_source::take();
-        if (!source_ || !source_->enable_interrupts() ||
-            !source_->watch(path, &w, w.arrival(), w.shared(), lock)) {
-            give_back_if_idle();
+        if (!shared_.watch(path, &w, w.arrival(), w.shared(), lock)) {
+            shared_.give_back_if_idle(leader_ != nullptr, spare);
             return false;
         }
-        inherited_[0].store(source_->native_handle(), std::memory_order_relaxed);
-        inherited_[1].store(source_->interrupt_handle(), std::memory_order_relaxed);
         std::lock_guard<std::mutex> wg(w.mutex_);
         w.hub_ = this;
         return true;
     }
 
     void unlisten(sync_waiter& w) noexcept {
+        shared_source::spare spare;
         std::lock_guard<std::mutex> g(mutex_);
-        // (Gone when a moved file had made the registry forget every waiter.)
-        if (source_) source_->unwatch(&w);
+        shared_.unwatch(&w);
         drop_follower(w);
         {
             std::lock_guard<std::mutex> wg(w.mutex_);
             w.hub_ = nullptr;
         }
-        give_back_if_idle();
+        shared_.give_back_if_idle(leader_ != nullptr, spare);
     }
 
     /// Makes `w` the reader of the events if nobody reads them; otherwise
     /// it follows (sleeps on its condition until offered the role).
     bool try_lead(sync_waiter& w) {
         std::lock_guard<std::mutex> g(mutex_);
-        if (!source_) return false;  // given back: `w` was forgotten (its file moved)
+        if (!shared_.held()) return false;  // given back: `w` was forgotten (its file moved)
         if (leader_ && leader_ != &w) {
             if (std::find(followers_.begin(), followers_.end(), &w) == followers_.end())
                 followers_.push_back(&w);
@@ -105,7 +75,7 @@ public:
     }
 
     /// Ends the leader's poll now.
-    void interrupt() noexcept { source_->interrupt(); }
+    void interrupt() noexcept { shared_.source().interrupt(); }
 
     /// `w` stops waiting: no longer a follower.
     void leave(sync_waiter& w) noexcept {
@@ -114,9 +84,9 @@ public:
     }
 
     /// The leader's wait: polls until `until`, wakes whom the events name,
-    /// and hands the role to a follower.
+    /// and hands the role to a follower. (The source stays while it leads.)
     void lead(sync_waiter& w, clock::time_point until, bool on_release) {
-        source_->clear_interrupts();  // interrupts meant for earlier leaders
+        shared_.source().clear_interrupts();  // interrupts meant for earlier leaders
         bool go = true;
         {
             std::lock_guard<std::mutex> wg(w.mutex_);
@@ -125,43 +95,22 @@ public:
             w.leading_ = go;
         }
         if (go) {
-            source_->wait(until);
+            shared_.source().wait(until);
             std::lock_guard<std::mutex> wg(w.mutex_);
             w.leading_ = false;
         }
+        shared_source::spare spare;
         std::lock_guard<std::mutex> g(mutex_);
-        try {
-            for (const auto& [key, moved] : source_->read()) {
-                auto* x = const_cast<sync_waiter*>(static_cast<const sync_waiter*>(key));
-                x->signal(moved ? &sync_waiter::moved_ : &sync_waiter::release_);
-            }
-        } catch (...) {
-            // Out of memory: the waiters go on at their timers.
+        for (const auto& [key, moved] : shared_.read()) {
+            auto* x = const_cast<sync_waiter*>(static_cast<const sync_waiter*>(key));
+            x->signal(moved ? &sync_waiter::moved_ : &sync_waiter::release_);
         }
         leader_ = nullptr;
         offer();
-        give_back_if_idle();
+        shared_.give_back_if_idle(false, spare);
     }
 
 private:
-    // With the mutex held. Never while a leader uses it (it may lead
-    // although the registry forgot it: its file moved). Costs no system
-    // call: this is on the way out of the last waiter's lock().
-    void give_back_if_idle() noexcept {
-        if (!source_ || !source_->idle() || leader_) return;
-        // Forgotten first: a child forked from here on never closes them.
-        for (auto& fd : inherited_) fd.store(-1, std::memory_order_relaxed);
-        release_source::recycle(std::move(source_));
-    }
-
-    // In a forked child, at once: its copies of the parent's descriptors are
-    // closed before the child can reuse their numbers for files of its own
-    // (closed at its next lock(), they were the child's files). Atomics:
-    // another thread of the parent may have been changing source_.
-    void close_inherited() noexcept {
-        for (auto& fd : inherited_) release_source::close_copy(fd.exchange(-1));
-    }
-
     // With the mutex held. The role goes on to the next follower: also when
     // `w` was the one offered it (woken by the same events as the leader,
     // it leaves without reading).
@@ -178,18 +127,16 @@ private:
     }
 
     std::mutex mutex_;
-    std::unique_ptr<release_source> source_;  // while a waiter listens
+    shared_source shared_;
     sync_waiter* leader_ = nullptr;
     std::vector<sync_waiter*> followers_;
-    unsigned generation_ = fork_generation();
-    std::atomic<int> inherited_[2] = {-1, -1};  // source_'s descriptors, for a forked child
 };
 
 sync_waiter::~sync_waiter() { disarm(); }
 
 bool sync_waiter::arm(const std::filesystem::path& path, const lock_identity& lock) {
     if (hub_) return true;
-    release_hub* hub = release_hub::get();
+    release_hub* hub = of_this_generation<release_hub>();
     return hub && hub->listen(*this, path, lock);
 }
 

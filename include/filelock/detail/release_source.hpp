@@ -41,7 +41,9 @@ public:
     /// release events (or no instance can be made now).
     static std::unique_ptr<release_source> take();
     /// Gives `s` back (its last waiter left): kept a linger for the next
-    /// driver that waits, then closed. Costs no system call.
+    /// driver that waits, then closed. Closes nothing now, but starts the
+    /// thread that closes it later when none runs (a system call): call it
+    /// outside the locks that waiters take.
     static void recycle(std::unique_ptr<release_source> s) noexcept;
 
     release_source(const release_source&) = delete;
