@@ -726,3 +726,70 @@ TEST_CASE("etcd kinds: one session's acquisitions of one name have keys of their
     CHECK(b.key() == mine + "/1");
     CHECK(c.key() == mine);
 }
+
+namespace {
+
+http_reply answer(const json& j, long status = 200) {
+    http_reply r;
+    r.status = status;
+    r.body = j.dump();
+    return r;
+}
+
+watch_message message(const json& result) { return decode_watch(json{{"result", result}}.dump()); }
+
+}  // namespace
+
+TEST_CASE("etcd held lock: its watch, step by step, from scripted messages and replies") {
+    using kind = held_watch::action::kind;
+    using tp = held_watch::time_point;
+    tp now{};
+    held_watch w(40, 42, 10s, now);
+    auto a = w.start();
+    REQUIRE(a.what == kind::watch);
+    CHECK(a.from == 43);  // from the revision after the win
+    CHECK(w.on_message(message({{"header", header(44)}, {"created", true}}), now).what ==
+          kind::none);
+    CHECK(w.from() == 45);
+    SECTION("a deletion of the key: lost, and the lease is asked about") {
+        a = w.on_message(message({{"header", header(50)},
+                                  {"events", {{{"type", "DELETE"}, {"kv", kv_json("k", 0)}}}}}),
+                         now);
+        CHECK(a.what == kind::lost);
+        CHECK(a.ask_lease);
+    }
+    SECTION("the server cancels the watch: the key is checked, then watched from the answer") {
+        a = w.on_message(message({{"header", header(46)}, {"canceled", true}}), now);
+        REQUIRE(a.what == kind::check);
+        a = w.on_check(answer({{"header", header(60)}, {"kvs", {kv_json("k", 40)}}}), now);
+        REQUIRE(a.what == kind::watch);
+        CHECK(a.from == 61);
+    }
+    SECTION("the key is someone else's now: lost") {
+        a = w.on_check(answer({{"header", header(60)}, {"kvs", {kv_json("k", 55)}}}), now);
+        CHECK(a.what == kind::lost);
+        a = held_watch(40, 42, 10s, now).on_check(answer({{"header", header(60)}}), now);
+        CHECK(a.what == kind::lost);  // gone
+    }
+    SECTION("a refusal that is no failure of the transport: lost at once") {
+        a = w.on_check(answer({{"error", "etcdserver: permission denied"}, {"code", 7}}, 403), now);
+        CHECK(a.what == kind::lost);
+        CHECK_FALSE(a.ask_lease);
+    }
+    SECTION("a stream that ends and checks unanswered: a backoff, then lost past the limit") {
+        http_reply cut;
+        cut.ec = filelock::etcd::errc::connection_reset;
+        a = w.on_stream_end(now);
+        REQUIRE(a.what == kind::wait);
+        CHECK(a.until - now == 100ms);
+        CHECK(w.on_timer().what == kind::check);
+        now = a.until;
+        a = w.on_check(cut, now);
+        REQUIRE(a.what == kind::wait);
+        CHECK(a.until - now == 200ms);
+        now += 10s;
+        a = w.on_check(cut, now);
+        CHECK(a.what == kind::lost);
+        CHECK(a.ask_lease);
+    }
+}

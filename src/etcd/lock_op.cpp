@@ -253,9 +253,8 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
         h->rev = b.revision();
         h->lease = b.lease();
         h->endpoint = b.endpoint();
-        h->watch_from = b.won_at() + 1;
         h->slot = b.slot();
-        h->retry = rewatch_policy(s.ttl(), steady::now());
+        h->watcher = held_watch(b.revision(), b.won_at(), s.ttl(), steady::now());
         b.hand_over_claim();
         s.add_held(h);
         s.watch_held(h);

@@ -166,105 +166,61 @@ void session::lose(held_state& h, std::error_code why) {
     }
 }
 
-void session::watch_held(const std::shared_ptr<held_state>& h) {
+void session::watch_held(const std::shared_ptr<held_state>& h) { run_held(h, h->watcher.start()); }
+
+void session::run_held(const std::shared_ptr<held_state>& h, held_watch::action a) {
+    using kind = held_watch::action::kind;
     if (h->released || h->lost) return;
+    std::weak_ptr<held_state> w = h;
+    switch (a.what) {
+        case kind::none: return;
+        case kind::lost:
+            lose(*h, errc::lost);
+            if (a.ask_lease) keepalive();  // revoked? the session is told
+            return;
+        case kind::wait:
+            if (!h->rewatch) h->rewatch = loop().make_timer();
+            h->rewatch->arm(a.until, [w] {
+                if (auto h = w.lock()) h->s->run_held(h, h->watcher.on_timer());
+            });
+            return;
+        case kind::check:
+            if (h->watch_id) http_.cancel(std::exchange(h->watch_id, 0));
+            if (std::exchange(h->checking, true)) return;  // one at a time
+            // A unary request: a refused token is renewed by the transport,
+            // and the key is checked while it is not watched.
+            http_.post("/v3/kv/range", json{{"key", base64(h->key)}}.dump(), [w](http_reply& r) {
+                auto h = w.lock();
+                if (!h) return;
+                h->checking = false;
+                if (h->released || h->lost) return;
+                h->s->run_held(h, h->watcher.on_check(r, steady::now()));
+            });
+            return;
+        case kind::watch: break;
+    }
     ++watches;
     h->split = {};
-    std::weak_ptr<held_state> w = h;
     h->watch_id = http_.post(
-        "/v3/watch", request::watch(h->key, h->watch_from),
+        "/v3/watch", request::watch(h->key, a.from),
         [w](http_reply&) {
-            // The stream ended (a member went away): look at the key again
-            // (then watch from the revision read, so no deletion is missed).
             auto h = w.lock();
             if (!h || h->released || h->lost) return;
             h->watch_id = 0;
-            h->s->retry_held(h);
+            h->s->run_held(h, h->watcher.on_stream_end(steady::now()));
         },
         [w](std::string_view bytes) {
             auto h = w.lock();
             if (!h || h->released || h->lost) return;
             h->split.feed(bytes, [&](std::string_view text) {
-                const auto m = decode_watch(text);
-                if (!m.ok) return;
-                if (m.revision) h->watch_from = std::max(h->watch_from, m.revision + 1);
-                if (m.created) h->retry.watching(steady::now());
-                if (m.canceled) {
-                    // The server ended this watch (an expired auth token, a
-                    // compacted revision): the stream says nothing more.
-                    h->s->loop().post([w] {
-                        if (auto h = w.lock()) h->s->check_held(h);
-                    });
-                    return;
-                }
-                if (m.deletions.empty()) return;
-                h->s->loop().post([w] {
-                    auto h = w.lock();
-                    if (!h) return;
-                    h->s->lose(*h, errc::lost);
-                    // Revoked? A keep-alive now tells the session.
-                    h->s->keepalive();
+                const auto next = h->watcher.on_message(decode_watch(text), steady::now());
+                if (next.what == kind::none) return;
+                // Acted on after the stream's callbacks return.
+                h->s->loop().post([w, next] {
+                    if (auto h = w.lock()) h->s->run_held(h, next);
                 });
             });
         });
-}
-
-void session::check_held(const std::shared_ptr<held_state>& h) {
-    if (h->released || h->lost) return;
-    if (h->watch_id) http_.cancel(std::exchange(h->watch_id, 0));
-    // A unary request: a refused token is renewed by the transport, and the
-    // key is checked while it is not watched.
-    std::weak_ptr<held_state> w = h;
-    http_.post("/v3/kv/range", json{{"key", base64(h->key)}}.dump(), [w](http_reply& r) {
-        auto h = w.lock();
-        if (!h || h->released || h->lost) return;
-        json j;
-        std::string why;
-        std::vector<kv> kvs;
-        bool read = false;
-        const auto ec = parse(r, j, why);
-        try {
-            read = !ec && kvs_of(j, kvs);
-        } catch (const std::exception&) {
-            read = false;  // a malformed answer is no answer
-        }
-        if (ec && !transient(r, ec)) {
-            // etcd refuses to show the key (a permission taken away, a
-            // refused token that could not be renewed): it cannot be watched.
-            h->s->lose(*h, errc::lost);
-            return;
-        }
-        if (read) {
-            if (kvs.empty() || kvs.front().create_revision != h->rev) {
-                h->s->lose(*h, errc::lost);
-                h->s->keepalive();  // revoked? the session is told
-                return;
-            }
-            // Still ours at the answer's revision: watch on from there.
-            try {
-                if (const auto hd = j.find("header"); hd != j.end() && hd->is_object())
-                    h->watch_from = std::max(h->watch_from, int64_of(*hd, "revision") + 1);
-            } catch (const std::exception&) {
-                // no usable revision: watch on from the last one seen
-            }
-            return h->s->watch_held(h);
-        }
-        // Not answered: again after a backoff (the transport moved on).
-        h->s->retry_held(h);
-    });
-}
-
-void session::retry_held(const std::shared_ptr<held_state>& h) {
-    if (h->released || h->lost) return;
-    const auto next = h->retry.failed(steady::now());
-    if (next.give_up) {
-        lose(*h, errc::lost);
-        return keepalive();  // revoked? the session is told
-    }
-    if (!h->rewatch) h->rewatch = loop().make_timer();
-    h->rewatch->arm(next.at, [w = std::weak_ptr<held_state>(h)] {
-        if (auto h = w.lock()) h->s->check_held(h);
-    });
 }
 
 void session::maybe_revoke() {

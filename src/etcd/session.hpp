@@ -31,13 +31,14 @@ struct held_state {
     std::shared_ptr<session> s;
     mutable std::mutex m;  // `lost` and `released` are read from any thread
     std::string name, key, endpoint;
-    std::int64_t rev = 0, lease = 0, watch_from = 0;
+    std::int64_t rev = 0, lease = 0;
     unsigned slot = 0;
     std::error_code lost;
     std::function<void(std::error_code)> on_lost;
     std::uint64_t watch_id = 0;
     std::unique_ptr<reactor::timer> rewatch;
-    rewatch_policy retry;
+    held_watch watcher;     // what its watch's events mean
+    bool checking = false;  // a check of the key is in flight
     stream_splitter split;
     bool released = false;
     bool claimed = true;
@@ -116,13 +117,9 @@ public:
     /// The held lock `h` is lost: tell its owner, once.
     void lose(held_state& h, std::error_code why);
     void watch_held(const std::shared_ptr<held_state>& h);
-    /// The held watch was cancelled by the server: checks the key with a
-    /// unary range (renewing a refused token), then watches again.
-    void check_held(const std::shared_ptr<held_state>& h);
-    /// The held watch's stream ended, or its check got no answer: checks
-    /// again after a backoff, or reports the lock lost once its key went
-    /// unwatched past the TTL (rewatch_policy).
-    void retry_held(const std::shared_ptr<held_state>& h);
+    /// Does what the held lock's watch machine (held_watch) asks: watch the
+    /// key, check it with a unary range, wait, or report the lock lost.
+    void run_held(const std::shared_ptr<held_state>& h, held_watch::action a);
     /// How long a held key may go unwatched: the lease's TTL.
     std::chrono::milliseconds ttl() const { return keeper_.ttl(); }
 
