@@ -793,3 +793,29 @@ TEST_CASE("etcd held lock: its watch, step by step, from scripted messages and r
         CHECK(a.ask_lease);
     }
 }
+
+TEST_CASE("etcd session: a failed grant is tried again only when another try may answer") {
+    using tp = std::chrono::steady_clock::time_point;
+    grant_retry g;
+    // Never reached etcd (refused, unresolvable): at once, no retry.
+    CHECK_FALSE(g.failed(0, true, true));
+    // A member that timed out or reset: again.
+    CHECK(g.failed(0, true, false));
+    // Not transient (a refusal): never again.
+    CHECK_FALSE(g.failed(401, false, false));
+    // Once an endpoint answered, an unreachable one is a member down: again.
+    CHECK(g.failed(0, true, true));
+    // The delays grow by 100 ms up to 1 s, and start over after a success.
+    const tp t0{};
+    std::vector<std::chrono::milliseconds> waits;
+    for (int i = 0; i < 12; ++i)
+        waits.push_back(std::chrono::duration_cast<std::chrono::milliseconds>(g.next(t0) - t0));
+    CHECK(waits.front() == 100ms);
+    CHECK(waits[4] == 500ms);
+    CHECK(waits.back() == 1000ms);
+    g.succeeded();
+    CHECK(g.next(t0) - t0 == 100ms);
+    // A waiter waits for the next try only while its deadline allows.
+    CHECK(grant_retry::waits(t0 + 1s, t0));
+    CHECK_FALSE(grant_retry::waits(t0, t0));
+}

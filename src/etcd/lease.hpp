@@ -61,6 +61,44 @@ struct lease_state {
     }
 };
 
+/// The grant of the session's lease (and the authentication before it)
+/// without I/O: whether a failure is tried again, and when.
+class grant_retry {
+public:
+    using ms = std::chrono::milliseconds;
+
+    /// An answer came (HTTP `status`; 0: none came).
+    void answered(long status) noexcept {
+        if (status != 0) answered_ = true;
+    }
+    /// The grant failed: whether it is tried again (for the waiters whose
+    /// deadline allows). A configuration that never reached etcd (refused,
+    /// unresolvable: `unreachable`) fails at once; a member that timed out,
+    /// reset the connection or is electing (`transient`) is tried again.
+    bool failed(long status, bool transient, bool unreachable) noexcept {
+        answered(status);
+        return transient && (answered_ || !unreachable);
+    }
+    /// The grant succeeded: the next failure starts the delays over.
+    void succeeded() noexcept { tries_ = 0; }
+    /// When the next try goes after a failure at `now`: 100 ms more each
+    /// time, at most 1 s.
+    template <class TimePoint>
+    TimePoint next(TimePoint now) noexcept {
+        ++tries_;
+        return now + ms(std::min(100 * tries_, 1000));
+    }
+    /// Whether a waiter whose deadline is `deadline` waits for the next try.
+    template <class TimePoint>
+    static bool waits(TimePoint deadline, TimePoint now) noexcept {
+        return now < deadline;
+    }
+
+private:
+    int tries_ = 0;
+    bool answered_ = false;  // an endpoint answered this session once
+};
+
 class lease_keeper {
 public:
     using ms = std::chrono::milliseconds;

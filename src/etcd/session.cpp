@@ -17,7 +17,7 @@ void session::grant() {
                        std::string why;
                        const auto ec = decode_grant(r, g, why);
                        const bool retry = ec && self->retry_grant(r, ec);
-                       if (r.status != 0) self->answered_ = true;
+                       self->grant_retry_.answered(r.status);
                        if (!ec) self->keep(g, sent);
                        self->granted(ec, why, retry);
                    });
@@ -42,10 +42,7 @@ void session::grant() {
 }
 
 bool session::retry_grant(const http_reply& r, std::error_code ec) {
-    if (r.status != 0) answered_ = true;
-    // A configuration that never reached etcd (refused, unresolvable) fails
-    // at once; a member timed out, reset or electing is tried again.
-    return transient(r, ec) && (answered_ || r.ec != errc::unreachable);
+    return grant_retry_.failed(r.status, transient(r, ec), r.ec == errc::unreachable);
 }
 
 void session::keep(const grant_reply& g, lease_clock::time_point sent) {
@@ -62,7 +59,7 @@ void session::arm_lost() {
 }
 
 void session::granted(std::error_code ec, const std::string& why, bool retry) {
-    if (!ec) grant_tries_ = 0;
+    if (!ec) grant_retry_.succeeded();
     auto waiters = std::move(lease_waiters_);
     lease_waiters_.clear();
     if (ec && retry) {
@@ -72,13 +69,11 @@ void session::granted(std::error_code ec, const std::string& why, bool retry) {
         std::vector<lease_waiter> done;
         for (auto& w : waiters) {
             if (w.owner.expired()) continue;
-            (now < w.deadline ? lease_waiters_ : done).push_back(std::move(w));
+            (grant_retry::waits(w.deadline, now) ? lease_waiters_ : done).push_back(std::move(w));
         }
         waiters = std::move(done);
         if (!lease_waiters_.empty()) {
-            ++grant_tries_;
-            const auto delay = std::chrono::milliseconds(std::min(100 * grant_tries_, 1000));
-            grant_timer_->arm(now + delay, [this] { grant(); });
+            grant_timer_->arm(grant_retry_.next(now), [this] { grant(); });
         }
     }
     for (auto& w : waiters) w.f(ec, why);

@@ -154,8 +154,7 @@ private:
     };
     std::vector<lease_waiter> lease_waiters_;
     std::unique_ptr<reactor::timer> grant_timer_;
-    int grant_tries_ = 0;
-    bool answered_ = false;  // an endpoint answered this session once
+    grant_retry grant_retry_;
     std::list<std::weak_ptr<held_state>> held_;
     std::map<std::uint64_t, std::shared_ptr<lock_op>> ops_;
     std::uint64_t next_op_ = 1;
