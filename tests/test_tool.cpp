@@ -540,13 +540,21 @@ TEST_CASE("filelock-run at a terminal: a signal sent to its group reaches COMMAN
         CHECK(t.read_line() == "sh-term");
         CHECK(t.read_line() == "sh-done");
     }
-    SECTION("the terminal's ^C reaches COMMAND once, and filelock-run dies of it too") {
+    SECTION("the terminal's ^C reaches COMMAND once") {
         terminal t({filelock_run_path(), p.string(), signal_counter(), "1500", "INT"});
         REQUIRE(t.read_line() == "up");
         t.type("\x03");
         CHECK(t.read_line() == "1");
         const int st = t.wait();
         CHECK(WIFEXITED(st));  // COMMAND handled it and exited 0
+    }
+    SECTION("COMMAND killed by the terminal's ^C: filelock-run dies of it too") {
+        // As it would have had it got the ^C itself: a script stops there.
+        terminal t({filelock_run_path(), p.string(), "sh", "-c", "echo up; exec sleep 20"});
+        REQUIRE(t.read_line() == "up");
+        t.type("\x03");
+        const int st = t.wait();
+        CHECK((WIFSIGNALED(st) && WTERMSIG(st) == SIGINT));
     }
 }
 
@@ -580,7 +588,9 @@ TEST_CASE(
     t.type(sh_quote(filelock_run_path()) + " " + sh_quote(p.string()) +
            " sh -c 'read x; echo g\"\"ot $x' &\n");
     // COMMAND's read stops it (SIGTTIN), and the job with it.
-    t.type("sleep 1; jobs\n");
+    t.type(
+        "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 0.5; jobs | grep -q Stopped && break; done; "
+        "jobs\n");
     CHECK(t.expect("Stopped"));
     t.type("fg\n");
     t.type("hello\n");
