@@ -411,6 +411,40 @@ TEST_CASE("etcd slots: a slot is free again on release and when its holder's lea
     CHECK(keys_become(io, name + "/", 0));
 }
 
+TEST_CASE("etcd slots: each holder has its own key, fencing token and lost signal",
+          "[etcd][slots]") {
+    asio::io_context io;
+    etcd::client c(io.get_executor(), cfg());
+    const auto name = unique_name("slots-lost");
+    const etcd::lock_options two{.slots = 2};
+    outcome a, b;
+    start_lock_kind(c, name, 5s, two, a);
+    start_lock_kind(c, name, 5s, two, b);
+    REQUIRE(run_until(io, [&] { return a.done && b.done; }));
+    REQUIRE_FALSE(a.ec);
+    REQUIRE_FALSE(b.ec);
+    CHECK(a.held.key() != b.held.key());
+    CHECK(a.held.fencing_token() != b.held.fencing_token());
+    CHECK(a.held.lease() == b.held.lease());
+    std::error_code lost_a, lost_b;
+    a.held.on_lost([&](std::error_code ec) { lost_a = ec; });
+    b.held.on_lost([&](std::error_code ec) { lost_b = ec; });
+    io.restart();
+    io.run_for(200ms);  // the held watches are up
+    // Someone deletes b's key: b is lost, a holds on.
+    member().ctl("del '" + b.held.key() + "'");
+    REQUIRE(run_until(io, [&] { return static_cast<bool>(lost_b); }));
+    CHECK(lost_b == etcd::errc::lost);
+    io.restart();
+    io.run_for(300ms);
+    CHECK_FALSE(lost_a);
+    CHECK_FALSE(a.held.lost());
+    CHECK(member().keys(name + "/") == std::vector<std::string>{a.held.key()});
+    release_and_wait(io, b.held);
+    release_and_wait(io, a.held);
+    CHECK(keys_become(io, name + "/", 0));
+}
+
 TEST_CASE(
     "etcd shared: readers hold together, a writer excludes them, and later readers wait "
     "for a waiting writer",
