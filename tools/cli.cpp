@@ -59,6 +59,8 @@ const char usage_text[] =
     "     --content <template> write \" <template>\\n\" to the lock file once held;\n"
     "                          fields {pid}, {hostname} (default \"{pid}\")\n"
     "     --simple             write nothing to the lock file\n"
+    "     --status             who holds FILE and who waits (exit 0: free, 1: held)\n"
+    "     --json               with --status: as a JSON object\n"
     "     --slots <n>          at most <n> holders at once (1 to 1024; default 1)\n"
     "\n"
     "etcd (etcd's lock, as etcdctl lock; ours, spelled out in full):\n"
@@ -106,6 +108,8 @@ enum opt_id {
     o_user,
     o_lost_signal,
     o_slots,
+    o_status,
+    o_json,
 };
 
 enum origin {
@@ -152,6 +156,8 @@ const long_option long_options[] = {
     {"key", true, o_key, ours},
     {"user", true, o_user, ours},
     {"lost-signal", true, o_lost_signal, ours},
+    {"status", false, o_status, ours},
+    {"json", false, o_json, ours},
 };
 
 struct short_option {
@@ -306,6 +312,8 @@ std::optional<int> apply(command_line& out, opt_id id, const char* arg) {
         case o_close: out.close_fd = true; break;
         case o_no_fork: out.no_fork = true; break;
         case o_verbose: out.verbose = true; break;
+        case o_status: out.status = true; break;
+        case o_json: out.json = true; break;
         case o_fcntl: out.fcntl = true; break;
         case o_start:
         case o_length:

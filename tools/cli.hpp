@@ -31,6 +31,8 @@ struct command_line {
     int conflict_code = 1;
     bool nonblock = false, unlock = false, close_fd = false, no_fork = false, verbose = false;
     bool have_content = false, simple = false;
+    /// --status [--json]: who holds and who waits, instead of locking.
+    bool status = false, json = false;
     std::string content_arg;
     /// --fcntl, --start, --length: an open-file-description lock on a range.
     bool fcntl = false;

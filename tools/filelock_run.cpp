@@ -23,6 +23,7 @@
 #include "../src/sync/driver.hpp"
 #include "cli.hpp"
 #include "posix_run.hpp"
+#include "status.hpp"
 
 #include <cerrno>
 #include <chrono>
@@ -239,6 +240,7 @@ int main(int argc, char** argv) {
     set_program_name(argv[0]);
     command_line cl;
     if (auto status = parse(argc, argv, cl)) return *status;
+    if (cl.status || cl.json) return status_form(cl);
     filelock::lock_options& options = cl.options;
     const char* target = cl.target;
     const nanoseconds timeout = cl.timeout;

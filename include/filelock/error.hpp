@@ -108,6 +108,7 @@ public:
     /// The holder's content as read from the lock file when the attempt
     /// failed, without the surrounding whitespace (e.g. "1234" or
     /// "1234;host"); at most 1 KiB; empty if the holder wrote nothing.
+    /// The live holder's: see read_holder() in lock_file.hpp.
     const std::string& holder() const noexcept { return holder_; }
     /// "Couldn't lock '<path>'" (contention) or "Timed out waiting to lock
     /// '<path>'" (timeout).

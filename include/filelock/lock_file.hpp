@@ -175,7 +175,11 @@ inline constexpr detail::lock_fn lock{};
 
 /// The content of the lock file at `path` as a holder wrote it (surrounding
 /// whitespace stripped, at most 1 KiB read), or an empty string if it cannot
-/// be read. For messages only: it may change at any moment.
+/// be read. For messages only: it may change at any moment. On Linux, a
+/// holder's line (" 1234\n") that names no live holder of the lock (an
+/// earlier holder's, left after its release, while flock(1) holds the lock
+/// now) is replaced by the pid of the holder /proc/locks shows, or "" when
+/// none can be named (see filelock/inspect.hpp).
 FILELOCK_API std::string read_holder(const std::filesystem::path& path) noexcept;
 
 }  // namespace filelock

@@ -7,6 +7,7 @@
 #include <filelock/detail/file_backend.hpp>
 #include <filelock/lock_file.hpp>
 
+#include "../inspect/live_holder.hpp"
 #include "../platform.hpp"
 #include "content.hpp"
 #include "ops.hpp"
@@ -189,8 +190,9 @@ std::string read_holder_handle(const ops& os, native_handle_type h) noexcept {
         char buf[max_holder_bytes];
         const std::uint64_t at = os.holder_offset();
         std::size_t n = 0;
-        if (os.read_at(h, buf, sizeof buf - at, at, n) || n == 0) return {};
-        return holder_from_bytes(std::string_view(buf, n));
+        if (os.read_at(h, buf, sizeof buf - at, at, n) || n == 0) n = 0;
+        // The line may be an earlier holder's: name the live one.
+        return live_holder(os, h, std::string_view(buf, n));
     } catch (...) {
         return {};
     }

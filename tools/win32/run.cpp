@@ -12,6 +12,7 @@
 #include <filelock/lock_file.hpp>
 
 #include "../cli.hpp"
+#include "../status.hpp"
 #include "../../src/win32/sys.hpp"
 #include "command_line.hpp"
 
@@ -118,6 +119,7 @@ int main() {
     if (!args.empty()) set_program_name(args[0].c_str());
     command_line cl;
     if (auto status = parse(static_cast<int>(args.size()), argv.data(), cl)) return *status;
+    if (cl.status || cl.json) return cli::status_form(cl);
     if (cl.fd >= 0 || !cl.target)
         usage_error("the file descriptor forms need POSIX descriptors (not on Windows)");
     const std::string target = cl.target;

@@ -1,0 +1,301 @@
+// SPDX-License-Identifier: MIT
+// inspect(): holders and waiters of a lock file as /proc/locks and the
+// content show them, for every kind of holder (ours, flock(1),
+// zc.lockfile, OFD locks), and the live holder named on contention.
+
+#include <filelock/inspect.hpp>
+#include <filelock/lock_file.hpp>
+
+#include "../src/inspect/kernel_locks.hpp"
+#include "support.hpp"
+
+#include <thread>
+
+using namespace test;
+using filelock::lock_api;
+using filelock::lock_file;
+using filelock::lock_kind;
+namespace kernel = filelock::detail::kernel;
+
+namespace {
+
+const char zc_hold[] =
+    "import sys, zc.lockfile\n"
+    "lock = zc.lockfile.LockFile(sys.argv[1])\n"
+    "print('locked', flush=True)\n"
+    "sys.stdin.read()\n"
+    "lock.close()\n";
+
+// flock(1) holding `p` until its stdin closes.
+program flock_holder(const fs::path& p, const char* opt = "-x") {
+    return program({"flock", opt, p.string(), "-c", "echo locked; exec cat"});
+}
+
+// Polls inspect() until `ok` holds (a process blocks or registers
+// asynchronously); at most 10 s.
+template <class F>
+filelock::lock_status inspect_until(const fs::path& p, F ok) {
+    filelock::lock_status st;
+    for (int i = 0; i < 1000; ++i) {
+        st = filelock::inspect(p);
+        if (ok(st)) break;
+        std::this_thread::sleep_for(10ms);
+    }
+    return st;
+}
+
+}  // namespace
+
+TEST_CASE("inspect: /proc/locks lines parse, other kinds are skipped") {
+    kernel::lock_line l;
+    REQUIRE(kernel::parse_lock_line("1: FLOCK  ADVISORY  WRITE 11869 fe:00:10953151 0 EOF", l));
+    CHECK(!l.blocked);
+    CHECK(l.api == lock_api::flock);
+    CHECK(l.write);
+    CHECK(l.pid == 11869);
+    CHECK(l.major == 0xfe);
+    CHECK(l.minor == 0);
+    CHECK(l.ino == 10953151);
+    CHECK(l.whole_file());
+    REQUIRE(kernel::parse_lock_line("12: -> OFDLCK ADVISORY  READ  -1 08:1f:42 5 9", l));
+    CHECK(l.blocked);
+    CHECK(l.api == lock_api::ofd);
+    CHECK(!l.write);
+    CHECK(l.pid == -1);
+    CHECK(l.minor == 0x1f);
+    CHECK(l.start == 5);
+    CHECK(l.end == 9);
+    CHECK(!l.whole_file());
+    REQUIRE(kernel::parse_lock_line("\t3: POSIX  ADVISORY  WRITE 7 00:2a:1 0 EOF", l));
+    CHECK(l.api == lock_api::posix);
+    CHECK_FALSE(kernel::parse_lock_line("4: LEASE  ACTIVE    READ 7 00:2a:1 0 EOF", l));
+    CHECK_FALSE(kernel::parse_lock_line("5: FLOCK  ADVISORY  WRITE 7 00:2a 0 EOF", l));
+    CHECK_FALSE(kernel::parse_lock_line("6: FLOCK  ADVISORY  WRITE x 00:2a:1 0 EOF", l));
+    CHECK_FALSE(kernel::parse_lock_line("", l));
+}
+
+TEST_CASE("inspect: a missing file is an error naming the path; nothing is created") {
+    scratch s;
+    const auto p = s / "missing.lock";
+    std::error_code ec;
+    const auto st = filelock::inspect(p, ec);
+    CHECK(ec == std::errc::no_such_file_or_directory);
+    CHECK(st.holders.empty());
+    CHECK_FALSE(fs::exists(p));
+    try {
+        filelock::inspect(p);
+        FAIL("no exception");
+    } catch (const fs::filesystem_error& e) {
+        CHECK(e.path1() == p);
+        CHECK(e.code() == std::errc::no_such_file_or_directory);
+    }
+}
+
+TEST_CASE("inspect: a free lock has no holder and no waiter; the stale line is not live") {
+    scratch s;
+    const auto p = s / "a.lock";
+    { lock_file l(p); }
+    const auto st = filelock::inspect(p);
+    CHECK(st.complete);
+    CHECK(st.holders.empty());
+    CHECK(st.waiters.empty());
+    CHECK(st.content == std::to_string(::getpid()));
+    CHECK_FALSE(st.content_live);
+    CHECK_FALSE(st.held());
+}
+
+TEST_CASE("inspect: our holder in another process, with its content and since when") {
+    scratch s;
+    const auto p = s / "a.lock";
+    child c = hold_in_child(p);
+    REQUIRE(c.ready());
+    const int child_pid = std::stoi(read_file(p));
+    const auto before = std::chrono::system_clock::now();
+    const auto st = filelock::inspect(p);
+    REQUIRE(st.holders.size() == 1);
+    const auto& h = st.holders[0];
+    CHECK(h.pid == child_pid);
+    CHECK(h.kind == lock_kind::exclusive);
+    CHECK(h.api == lock_api::flock);
+    CHECK(h.verified);
+    CHECK(h.content == std::to_string(child_pid));
+    CHECK(st.content_live);
+    REQUIRE(h.since.has_value());
+    CHECK(*h.since <= before + 1s);
+    CHECK(*h.since > before - 60s);
+    CHECK_FALSE(h.host.empty());
+    CHECK(st.waiters.empty());
+}
+
+TEST_CASE("inspect: a flock(1) holder and a flock(1) blocked in the kernel") {
+    scratch s;
+    const auto p = s / "a.lock";
+    write_file(p, "");
+    program holder = flock_holder(p);
+    REQUIRE(holder.read_line() == "locked");
+    program blocked = flock_holder(p);
+    const auto st = inspect_until(p, [](const auto& st) { return !st.waiters.empty(); });
+    REQUIRE(st.holders.size() == 1);
+    CHECK(st.holders[0].pid == holder.pid());
+    CHECK(st.holders[0].kind == lock_kind::exclusive);
+    CHECK(st.holders[0].content.empty());
+    REQUIRE(st.waiters.size() == 1);
+    CHECK(st.waiters[0].pid == blocked.pid());
+    CHECK(st.waiters[0].ticket == 0);
+    CHECK(st.waiters[0].kind == lock_kind::exclusive);
+    holder.close_stdin();
+    CHECK(holder.wait() == 0);
+    REQUIRE(blocked.read_line() == "locked");
+    blocked.close_stdin();
+    CHECK(blocked.wait() == 0);
+}
+
+TEST_CASE("inspect: shared flock(1) holders are all listed") {
+    scratch s;
+    const auto p = s / "a.lock";
+    write_file(p, "");
+    program a = flock_holder(p, "-s");
+    REQUIRE(a.read_line() == "locked");
+    program b = flock_holder(p, "-s");
+    REQUIRE(b.read_line() == "locked");
+    const auto st = filelock::inspect(p);
+    REQUIRE(st.holders.size() == 2);
+    std::vector<long long> pids{st.holders[0].pid, st.holders[1].pid};
+    std::sort(pids.begin(), pids.end());
+    std::vector<long long> want{a.pid(), b.pid()};
+    std::sort(want.begin(), want.end());
+    CHECK(pids == want);
+    CHECK(st.holders[0].kind == lock_kind::shared);
+}
+
+TEST_CASE("inspect: a zc.lockfile holder, with its content") {
+    scratch s;
+    const auto p = s / "a.lock";
+    program py({python(), "-c", zc_hold, p.string()});
+    REQUIRE(py.read_line() == "locked");
+    const auto st = filelock::inspect(p);
+    REQUIRE(st.holders.size() == 1);
+    CHECK(st.holders[0].pid == py.pid());
+    CHECK(st.holders[0].content == std::to_string(py.pid()));
+    CHECK(st.content_live);
+}
+
+TEST_CASE("inspect: an OFD holder (pid -1 in /proc/locks) is named through fdinfo") {
+    scratch s;
+    const auto p = s / "a.lock";
+    filelock::lock_options o;
+    o.backend = filelock::lock_backend::ofd;
+    child c = hold_in_child(p, o);
+    REQUIRE(c.ready());
+    const long long pid = std::stoll(read_file(p));
+    const auto st = filelock::inspect(p);
+    REQUIRE(st.holders.size() == 1);
+    CHECK(st.holders[0].api == lock_api::ofd);
+    CHECK(st.holders[0].pid == pid);
+    CHECK(st.content_live);
+    CHECK(st.complete);
+
+    // A slot: a range of the file.
+    filelock::lock_options r = o;
+    r.range = {100, 10};
+    const auto q = s / "b.lock";
+    lock_file slot(q, r);
+    const auto st2 = filelock::inspect(q);
+    REQUIRE(st2.holders.size() == 1);
+    const auto& sl = st2.holders[0];
+    CHECK(sl.kind == lock_kind::slot);
+    CHECK(sl.start == 100);
+    CHECK(sl.length == 10);
+    CHECK(sl.pid == ::getpid());
+}
+
+TEST_CASE("inspect: the holder named on contention is the live one, not an earlier line") {
+    // A filelock holder wrote its pid and exited; flock(1), which writes
+    // nothing, holds the lock now.
+    scratch s;
+    const auto p = s / "a.lock";
+    {
+        child c = hold_in_child(p);
+        REQUIRE(c.ready());
+    }
+    const std::string dead = read_file(p);
+    REQUIRE(!dead.empty());
+    program holder = flock_holder(p);
+    REQUIRE(holder.read_line() == "locked");
+    REQUIRE(read_file(p) == dead);
+    try {
+        lock_file l(p);
+        FAIL("no contention");
+    } catch (const filelock::lock_error& e) {
+        CHECK(e.holder() == std::to_string(holder.pid()));
+    }
+    std::error_code ec;
+    filelock::lock(p, 20ms, {}, ec);
+    CHECK(ec == filelock::errc::timeout);
+    try {
+        filelock::lock(p, 20ms);
+        FAIL("no timeout");
+    } catch (const filelock::timeout_error& e) {
+        CHECK(e.holder() == std::to_string(holder.pid()));
+    }
+    CHECK(filelock::read_holder(p) == std::to_string(holder.pid()));
+    const auto st = filelock::inspect(p);
+    CHECK_FALSE(st.content_live);
+    REQUIRE(st.holders.size() == 1);
+    CHECK(st.holders[0].content.empty());
+    // What another program wrote is not judged: it is reported as it is.
+    holder.close_stdin();
+    CHECK(holder.wait() == 0);
+    write_file(p, "4321");
+    program again = flock_holder(p);
+    REQUIRE(again.read_line() == "locked");
+    CHECK(filelock::read_holder(p) == "4321");
+}
+
+TEST_CASE("inspect: a live holder's own line is still named") {
+    scratch s;
+    const auto p = s / "a.lock";
+    child c = hold_in_child(p);
+    REQUIRE(c.ready());
+    const std::string pid = read_file(p);
+    try {
+        lock_file l(p);
+        FAIL("no contention");
+    } catch (const filelock::lock_error& e) {
+        CHECK(e.holder() == pid.substr(1, pid.size() - 2));
+    }
+}
+
+TEST_CASE("inspect: filelock-run --status --json, parsed; exit 0 free, 1 held") {
+    scratch s;
+    const auto p = s / "a.lock";
+    write_file(p, "");
+    const std::string run_status = filelock_run_path() + " --status --json " + p.string();
+    // Python parses the JSON and checks it against the pids it is given.
+    const auto check = [&](const std::string& expr, int want_status) {
+        const std::string script = "out=$(" + run_status + "); st=$?; [ $st -eq " +
+                                   std::to_string(want_status) +
+                                   " ] || exit 10; printf %s \"$out\" | " + python() +
+                                   " -c 'import json,sys; d=json.load(sys.stdin); " +
+                                   "sys.exit(0 if (" + expr + ") else 11)'";
+        return run({"sh", "-c", script});
+    };
+    CHECK(check("d[\"holders\"] == [] and d[\"waiters\"] == [] and not d[\"held\"]", 0) == 0);
+    program holder = flock_holder(p);
+    REQUIRE(holder.read_line() == "locked");
+    program blocked = flock_holder(p);
+    inspect_until(p, [](const auto& st) { return !st.waiters.empty(); });
+    CHECK(check("[h[\"pid\"] for h in d[\"holders\"]] == [" + std::to_string(holder.pid()) +
+                    "] and [w[\"pid\"] for w in d[\"waiters\"]] == [" +
+                    std::to_string(blocked.pid()) + "] and d[\"held\"]",
+                1) == 0);
+    std::string err;
+    CHECK(run({filelock_run_path(), "--status", (s / "missing").string()}, &err) == 66);
+    CHECK(err.find("missing") != std::string::npos);
+    CHECK(run({filelock_run_path(), "--status", p.string(), "true"}) == 64);
+    holder.close_stdin();
+    CHECK(holder.wait() == 0);
+    blocked.read_line();
+    blocked.close_stdin();
+    CHECK(blocked.wait() == 0);
+}
