@@ -69,7 +69,16 @@ std::error_code file_backend::try_acquire() noexcept {
     }
     if (won_) return {};
     failed_call_ = nullptr;
-    return attempt();
+    if (!policy_.order) return attempt();
+    // Behind an earlier waiter of another process: its turn, not ours.
+    const auto now = clock::now();
+    if (!order_.may_attempt(now)) return errc::locked;
+    const std::error_code ec = attempt();
+    if (ec == errc::locked)
+        order_.contended(path_, policy_.file_mode, now);
+    else
+        order_.leave();  // won (or failed): the next in line is the head
+    return ec;
 }
 
 std::error_code file_backend::attempt() noexcept {

@@ -34,6 +34,8 @@ file_policy policy_of(const lock_options& o) noexcept {
     p.remove = o.remove_on_release && exclusive && owns_file;
     p.wake = o.wake_on_release;
     p.queue = o.queue_local_waiters && exclusive;
+    // Processes line up for an exclusive flock(2) lock on the whole file.
+    p.order = p.queue && o.backend == lock_backend::flock && owns_file;
     p.file_mode = o.file_mode & 0777;
     return p;
 }
@@ -62,6 +64,8 @@ file_backend::file_backend(std::filesystem::path path, const lock_options& optio
 file_backend::file_backend(std::filesystem::path path, const lock_options& options,
                            const file::ops& os)
     : ops_(&os), path_(std::move(path)), policy_(policy_of(options)) {
+    // The queue is the platform's, beside the seam: not over a test's seam.
+    policy_.order = policy_.order && &os == &file::platform_ops();
     init_error_ = check_range(options, failed_call_);
     if (options.write_content && !init_error_)
         init_error_ = options.content_template.fits()
@@ -84,7 +88,8 @@ file_backend::file_backend(file_backend&& other) noexcept
       dev_(other.dev_),
       ino_(other.ino_),
       fd_generation_(other.fd_generation_),
-      fd_forks_(other.fd_forks_) {}
+      fd_forks_(other.fd_forks_),
+      order_(std::move(other.order_)) {}
 
 file_backend::~file_backend() {
     if (won_)

@@ -11,6 +11,7 @@
 #include <filelock/detail/acquire.hpp>
 #include <filelock/detail/held_file.hpp>
 #include <filelock/detail/local_queue.hpp>
+#include <filelock/detail/process_queue.hpp>
 #include <filelock/export.hpp>
 #include <filelock/options.hpp>
 
@@ -36,6 +37,7 @@ struct file_policy {
     bool remove = false;    // remove_on_release, for a lock that may
     bool wake = true;       // wake_on_release
     bool queue = true;      // joins the local queue
+    bool order = false;     // joins the cross-process queue (process_queue.hpp)
     unsigned file_mode = 0666;
 };
 
@@ -110,6 +112,7 @@ private:
     unsigned long long dev_ = 0, ino_ = 0;  // of the file won
     // fork bookkeeping of fd_ (see fork_stamp in src/platform.hpp)
     unsigned fd_generation_ = 0, fd_forks_ = 0;
+    process_queue order_;  // this waiter's place among processes
 };
 
 /// The acquisition of a lock file: the protocol over the file backend.

@@ -1,0 +1,270 @@
+// SPDX-License-Identifier: MIT
+// The cross-process queue on plain lock files: filelock processes are
+// served in the order they began waiting, a killed waiter leaves at once, a
+// stalled head does not hold the others on a free lock, and exclusion never
+// depends on the queue.
+
+#include <filelock/detail/process_queue.hpp>
+#include <filelock/inspect.hpp>
+#include <filelock/lock_file.hpp>
+
+#include "support.hpp"
+
+#include <thread>
+
+using namespace test;
+using steady = filelock::detail::clock;
+using filelock::detail::process_queue;
+
+namespace {
+
+// Polls inspect() until `n` filelock waiters are queued; at most 20 s.
+bool queued(const fs::path& p, std::size_t n) {
+    for (int i = 0; i < 2000; ++i) {
+        const auto st = filelock::inspect(p);
+        std::size_t q = 0;
+        for (const auto& w : st.waiters) q += w.ticket != 0;
+        if (q == n) return true;
+        std::this_thread::sleep_for(10ms);
+    }
+    return false;
+}
+
+std::vector<std::string> lines_of(const fs::path& p) {
+    std::vector<std::string> out;
+    std::istringstream in(read_file(p));
+    for (std::string l; std::getline(in, l);) out.push_back(l);
+    return out;
+}
+
+// A filelock-run waiting for `lock` (-w 60), then appending `name` to `out`
+// under the lock, and failing if another holder is inside at the same time
+// (a directory only one may create).
+std::vector<std::string> waiter(const fs::path& lock, const fs::path& out,
+                                const std::string& name) {
+    const std::string inside = (lock.parent_path() / "inside").string();
+    return {filelock_run_path(),
+            "-w",
+            "60",
+            lock.string(),
+            "sh",
+            "-c",
+            "mkdir '" + inside + "' || exit 9; echo " + name + " >> '" + out.string() +
+                "'; sleep 0.02; rmdir '" + inside + "'"};
+}
+
+struct spawned {
+    pid_t pid = 0;
+    explicit spawned(std::vector<std::string> argv) {
+        std::vector<char*> args;
+        for (auto& a : argv) args.push_back(a.data());
+        args.push_back(nullptr);
+        portable::default_signals sig;
+        REQUIRE(::posix_spawn(&pid, args[0], nullptr, &sig.attr, args.data(), environ) == 0);
+    }
+    int wait() {
+        int st = 0;
+        while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+        }
+        return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    }
+};
+
+// flock(1) holding `p` until its stdin closes.
+program flock_holder(const fs::path& p) {
+    return program({"flock", p.string(), "-c", "echo locked; exec cat"});
+}
+
+}  // namespace
+
+TEST_CASE("queue: tickets in registration order; only the head may attempt") {
+    scratch s;
+    const auto p = s / "a.lock";
+    const auto t0 = steady::now();
+    process_queue a, b, c;
+    a.contended(p, 0644, t0);
+    CHECK(a.ticket() == 0);  // a single contention never registers
+    a.contended(p, 0644, t0);
+    b.contended(p, 0644, t0);
+    b.contended(p, 0644, t0);
+    c.contended(p, 0644, t0);
+    c.contended(p, 0644, t0);
+    REQUIRE(a.ticket() == 1);
+    CHECK(b.ticket() == 2);
+    CHECK(c.ticket() == 3);
+    CHECK(fs::file_size(filelock::queue_path(p)) == 0);
+    CHECK(a.may_attempt(t0));
+    CHECK_FALSE(b.may_attempt(t0));
+    CHECK_FALSE(c.may_attempt(t0));
+    // The second leaves: the third is still behind the first.
+    b.leave();
+    CHECK_FALSE(c.may_attempt(t0));
+    a.leave();
+    CHECK(c.may_attempt(t0));
+    // A newcomer lines up behind the one left.
+    process_queue d;
+    d.contended(p, 0644, t0);
+    d.contended(p, 0644, t0);
+    CHECK(d.ticket() == 4);
+    CHECK_FALSE(d.may_attempt(t0));
+    c.leave();
+    d.leave();
+    CHECK(fs::file_size(filelock::queue_path(p)) == 0);
+    // Empty again: tickets start over.
+    process_queue e;
+    e.contended(p, 0644, t0);
+    e.contended(p, 0644, t0);
+    CHECK(e.ticket() == 1);
+}
+
+TEST_CASE("queue: a head that makes no attempt is passed by the others, within a bound") {
+    scratch s;
+    const auto p = s / "a.lock";
+    const auto t0 = steady::now();
+    process_queue head, next;
+    head.contended(p, 0644, t0);
+    head.contended(p, 0644, t0);
+    next.contended(p, 0644, t0);
+    next.contended(p, 0644, t0);
+    REQUIRE(next.ticket() == 2);
+    CHECK_FALSE(next.may_attempt(t0));
+    // A head that attempts (its heartbeat) is waited for.
+    CHECK(head.may_attempt(t0 + 1s));
+    CHECK_FALSE(next.may_attempt(t0 + 1500ms));
+    CHECK_FALSE(next.may_attempt(t0 + 3s));
+    CHECK(head.may_attempt(t0 + 3s));
+    CHECK_FALSE(next.may_attempt(t0 + 3100ms));
+    // Then it stops: after the stall limit, and a confirming look, the next
+    // attempts too.
+    const auto quiet = t0 + 3100ms;
+    CHECK_FALSE(next.may_attempt(quiet + process_queue::stall_limit - 1ms));
+    CHECK_FALSE(next.may_attempt(quiet + process_queue::stall_limit + 1ms));
+    CHECK(
+        next.may_attempt(quiet + process_queue::stall_limit + 1ms + process_queue::confirm_stall));
+}
+
+TEST_CASE("queue: a killed waiter leaves at once; the queue file is not needed to exclude") {
+    scratch s;
+    const auto p = s / "a.lock";
+    child waiter_child([&](int ready) {
+        process_queue q;
+        q.contended(p, 0644, steady::now());
+        q.contended(p, 0644, steady::now());
+        (void)!::write(ready, "r", 1);
+        await_release();
+        return 0;
+    });
+    REQUIRE(waiter_child.ready());
+    process_queue mine;
+    mine.contended(p, 0644, steady::now());
+    mine.contended(p, 0644, steady::now());
+    CHECK(mine.ticket() == 2);
+    CHECK_FALSE(mine.may_attempt(steady::now()));
+    waiter_child.kill();
+    waiter_child.wait();
+    CHECK(mine.may_attempt(steady::now()));
+}
+
+TEST_CASE("queue: filelock-run waiters run in the order they came, a killed one left out") {
+    const bool kill_second = GENERATE(false, true);
+    scratch s;
+    const auto p = s / "a.lock";
+    const auto out = s / "out";
+    write_file(out, "");
+    program holder = flock_holder(p);
+    REQUIRE(holder.read_line() == "locked");
+    std::vector<spawned> waiters;
+    for (int i = 1; i <= 5; ++i) {
+        waiters.emplace_back(waiter(p, out, std::to_string(i)));
+        REQUIRE(queued(p, static_cast<std::size_t>(i)));
+    }
+    if (kill_second) {
+        ::kill(waiters[1].pid, SIGKILL);
+        REQUIRE(queued(p, 4));
+    }
+    holder.close_stdin();
+    CHECK(holder.wait() == 0);
+    for (std::size_t i = 0; i < waiters.size(); ++i)
+        CHECK(waiters[i].wait() == (kill_second && i == 1 ? 128 + SIGKILL : 0));
+    const std::vector<std::string> want = kill_second
+                                              ? std::vector<std::string>{"1", "3", "4", "5"}
+                                              : std::vector<std::string>{"1", "2", "3", "4", "5"};
+    CHECK(lines_of(out) == want);
+    // Nobody waits: the queue file is empty; the lock file holds a holder's line.
+    CHECK(fs::file_size(filelock::queue_path(p)) == 0);
+    CHECK(filelock::inspect(p).waiters.empty());
+    CHECK(read_file(p).front() == ' ');
+}
+
+TEST_CASE("queue: deleting the queue file while processes wait never gives two holders") {
+    scratch s;
+    const auto p = s / "a.lock";
+    const auto out = s / "out";
+    write_file(out, "");
+    program holder = flock_holder(p);
+    REQUIRE(holder.read_line() == "locked");
+    std::vector<spawned> waiters;
+    for (int i = 1; i <= 3; ++i) {
+        waiters.emplace_back(waiter(p, out, std::to_string(i)));
+        REQUIRE(queued(p, static_cast<std::size_t>(i)));
+    }
+    fs::remove(filelock::queue_path(p));
+    // A new queue, with its own head, beside the old one.
+    for (int i = 4; i <= 6; ++i) {
+        waiters.emplace_back(waiter(p, out, std::to_string(i)));
+        REQUIRE(queued(p, static_cast<std::size_t>(i - 3)));
+    }
+    holder.close_stdin();
+    CHECK(holder.wait() == 0);
+    for (auto& w : waiters) CHECK(w.wait() == 0);  // 9: two were inside at once
+    CHECK(lines_of(out).size() == 6);
+}
+
+TEST_CASE("queue: a stopped head does not keep the others off a free lock") {
+    scratch s;
+    const auto p = s / "a.lock";
+    const auto out = s / "out";
+    write_file(out, "");
+    program holder = flock_holder(p);
+    REQUIRE(holder.read_line() == "locked");
+    spawned first(waiter(p, out, "1"));
+    REQUIRE(queued(p, 1));
+    spawned second(waiter(p, out, "2"));
+    REQUIRE(queued(p, 2));
+    ::kill(first.pid, SIGSTOP);
+    holder.close_stdin();
+    CHECK(holder.wait() == 0);
+    // The second runs while the first is stopped (after the stall limit).
+    CHECK(second.wait() == 0);
+    CHECK(lines_of(out) == std::vector<std::string>{"2"});
+    ::kill(first.pid, SIGCONT);
+    CHECK(first.wait() == 0);
+    CHECK(lines_of(out) == std::vector<std::string>{"2", "1"});
+}
+
+TEST_CASE("queue: five filelock-run started 0.3 s apart while flock(1) holds, several times",
+          "[.long]") {
+    for (int round = 0; round < 4; ++round) {
+        const bool kill_second = round % 2 == 1;
+        scratch s;
+        const auto p = s / "a.lock";
+        const auto out = s / "out";
+        write_file(out, "");
+        program holder = flock_holder(p);
+        REQUIRE(holder.read_line() == "locked");
+        std::vector<spawned> waiters;
+        for (int i = 1; i <= 5; ++i) {
+            waiters.emplace_back(waiter(p, out, std::to_string(i)));
+            std::this_thread::sleep_for(300ms);
+        }
+        if (kill_second) ::kill(waiters[1].pid, SIGKILL);
+        holder.close_stdin();
+        CHECK(holder.wait() == 0);
+        for (std::size_t i = 0; i < waiters.size(); ++i)
+            CHECK(waiters[i].wait() == (kill_second && i == 1 ? 128 + SIGKILL : 0));
+        const std::vector<std::string> want =
+            kill_second ? std::vector<std::string>{"1", "3", "4", "5"}
+                        : std::vector<std::string>{"1", "2", "3", "4", "5"};
+        CHECK(lines_of(out) == want);
+    }
+}
