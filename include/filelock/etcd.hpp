@@ -9,7 +9,9 @@
 // `NAME/<lease id in lowercase hex>` under that lease, and the lock is held
 // while that key has the lowest create revision under `NAME/`. A filelock
 // process, `etcdctl lock NAME` and Go's `concurrency.NewMutex(session, NAME)`
-// exclude each other.
+// exclude each other. Shared locks and locks with N holders (lock_options)
+// keep that order by create revision under `NAME/`, with a key of their own
+// per acquisition and their kind in its value.
 //
 // The held lock (`etcd::lock`) has a fencing token: its key's create
 // revision, strictly increasing across successive holders of one name. Pass
@@ -175,7 +177,8 @@ public:
     explicit operator bool() const noexcept { return held(); }
     /// The lock's name.
     const std::string& name() const noexcept;
-    /// Its key in etcd (`NAME/<lease hex>`).
+    /// Its key in etcd (`NAME/<lease hex>`; shared and slot locks:
+    /// `NAME/<lease hex>/<k>`).
     const std::string& key() const noexcept;
     /// The key's create revision: strictly increasing across successive
     /// holders of one name (see the header comment).
