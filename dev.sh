@@ -10,7 +10,7 @@ set -eu
 cd "$(dirname "$0")"
 
 PACKAGES="g++ meson ninja-build pkg-config libasio-dev libuv1-dev catch2 python3-zc.lockfile util-linux cmake doxygen
-    libcurl4-openssl-dev nlohmann-json3-dev etcd-server etcd-client"
+    libcurl4-openssl-dev nlohmann-json3-dev etcd-server etcd-client libboost1.81-dev"
 BUILD=${BUILD:-build}
 
 deps() {

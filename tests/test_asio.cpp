@@ -1,20 +1,10 @@
 // SPDX-License-Identifier: MIT
 // The Asio adapter: completion tokens, cancellation, lifetimes, contention.
+// Compiled once per Asio flavour (tests/asio_flavour.hpp): test_asio with
+// standalone Asio, test_boost_asio with Boost.Asio.
 
-#include <filelock/asio.hpp>
-
+#include "asio_flavour.hpp"
 #include "support.hpp"
-
-#include <asio/bind_cancellation_slot.hpp>
-#include <asio/cancellation_signal.hpp>
-#include <asio/co_spawn.hpp>
-#include <asio/detached.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/experimental/deferred.hpp>
-#include <asio/io_context.hpp>
-#include <asio/strand.hpp>
-#include <asio/system_executor.hpp>
-#include <asio/use_future.hpp>
 
 #include <atomic>
 #include <optional>
@@ -24,22 +14,27 @@
 using namespace test;
 using filelock::errc;
 using filelock::lock_file;
+using test::asio_error_code;
 
 namespace {
 
 // What a callback saw.
 struct outcome {
     bool called = false;
-    std::error_code ec;
+    asio_error_code ec;
     lock_file lock;
 };
+
+// The flavour's operation_aborted as a std::error_code (what the coroutine
+// form throws).
+const std::error_code aborted = asio_error_code(asio::error::operation_aborted);
 
 // Creates the io_context's reactor (epoll, eventfd, timerfd) so that
 // descriptor counts taken afterwards see only what operations open.
 void warm_up(asio::io_context& io) { asio::steady_timer t(io); }
 
 auto capture(outcome& out) {
-    return [&out](std::error_code ec, lock_file l) {
+    return [&out](asio_error_code ec, lock_file l) {
         out.called = true;
         out.ec = ec;
         out.lock = std::move(l);
@@ -170,7 +165,7 @@ TEST_CASE("asio: completion tokens: use_future, as_tuple, deferred, use_awaitabl
         auto g = filelock::async_lock(io, s / "b.lock", 0s, asio::use_future);
         io.restart();
         io.run();
-        CHECK_THROWS_AS(g.get(), std::system_error);
+        CHECK_THROWS_AS(g.get(), test::asio_system_error);
         // use_future's handlers run on the system executor's threads, and
         // async_compose (Asio 1.22) releases its work on `io` there only
         // after the promise is set: one of those threads can still be inside
@@ -280,7 +275,7 @@ TEST_CASE("asio: per-operation cancellation, terminal/partial/total, at every st
             asio::steady_timer t(io);
             if (st == "while waiting") {
                 t.expires_after(30ms);
-                t.async_wait([&](std::error_code) { sig.emit(type); });
+                t.async_wait([&](asio_error_code) { sig.emit(type); });
             } else {
                 sig.emit(type);  // the initiation already made its attempt
             }
@@ -326,9 +321,9 @@ TEST_CASE("asio: cancelling a co_spawned coroutine waiting for the lock") {
         },
         asio::bind_cancellation_slot(sig.slot(), asio::detached));
     asio::steady_timer t(io, 20ms);
-    t.async_wait([&](std::error_code) { sig.emit(asio::cancellation_type::terminal); });
+    t.async_wait([&](asio_error_code) { sig.emit(asio::cancellation_type::terminal); });
     io.run();
-    CHECK(seen == asio::error::operation_aborted);
+    CHECK(seen == aborted);
 }
 
 TEST_CASE("asio: errors are reported at once with their code, without retries") {
@@ -521,7 +516,7 @@ TEST_CASE("asio: callbacks on a multi-threaded io_context run on the handler's e
     asio::io_context io(2);
     auto strand = asio::make_strand(io);
     std::atomic<bool> on_strand{false};
-    filelock::async_lock(strand, s / "a.lock", 5s, [&](std::error_code ec, lock_file) {
+    filelock::async_lock(strand, s / "a.lock", 5s, [&](asio_error_code ec, lock_file) {
         on_strand = !ec && strand.running_in_this_thread();
     });
     std::thread t1([&] { io.run(); }), t2([&] { io.run(); });
@@ -533,9 +528,10 @@ TEST_CASE("asio: callbacks on a multi-threaded io_context run on the handler's e
 TEST_CASE(
     "asio: cancellation matches condition::cancelled; the coroutine form throws "
     "std::system_error, not a filesystem error") {
-    CHECK(std::error_code(asio::error::operation_aborted) == filelock::condition::cancelled);
+    CHECK(aborted == filelock::condition::cancelled);
+    CHECK(asio_error_code(asio::error::operation_aborted) == filelock::condition::cancelled);
     CHECK(std::make_error_code(std::errc::operation_canceled) == filelock::condition::cancelled);
-    CHECK(std::error_code(asio::error::operation_aborted) != std::error_code(errc::timeout));
+    CHECK(aborted != std::error_code(errc::timeout));
     CHECK(std::error_code(errc::timeout) != filelock::condition::cancelled);
     CHECK(std::make_error_code(std::errc::timed_out) != filelock::condition::cancelled);
     CHECK(std::error_code(ECANCELED, std::generic_category()) == filelock::condition::cancelled);
@@ -565,7 +561,7 @@ TEST_CASE(
     io.run();
     CHECK(caught_system_error);
     CHECK(!caught_filesystem_error);
-    CHECK(code == asio::error::operation_aborted);
+    CHECK(code == aborted);
     CHECK(code == filelock::condition::cancelled);
 }
 
@@ -591,3 +587,40 @@ TEST_CASE(
     io.run();
     CHECK(content == " " + std::to_string(::getpid()) + ";x\n");
 }
+
+#if defined(FILELOCK_TEST_BOOST_ASIO) && defined(FILELOCK_TEST_STANDALONE_PEER)
+namespace test {
+int standalone_rounds(const std::filesystem::path& path, int n, std::atomic<int>& inside,
+                      std::atomic<int>& overlaps);
+}
+
+TEST_CASE(
+    "boost.asio: both flavours in one program (a translation unit each): waiters of both "
+    "exclude each other on one lock") {
+    scratch s;
+    const auto p = s / "a.lock";
+    constexpr int n = 20;
+    std::atomic<int> inside{0}, overlaps{0};
+    int standalone = 0, boost = 0;
+    std::thread other([&] { standalone = test::standalone_rounds(p, n, inside, overlaps); });
+    asio::io_context io;
+    for (int i = 0; i < n; ++i)
+        asio::co_spawn(
+            io,
+            [&]() -> asio::awaitable<void> {
+                auto l = co_await filelock::async_lock(p, 60s);
+                if (inside.fetch_add(1) != 0) ++overlaps;
+                asio::steady_timer t(co_await asio::this_coro::executor, 1ms);
+                co_await t.async_wait(asio::use_awaitable);
+                inside.fetch_sub(1);
+                ++boost;
+            },
+            asio::detached);
+    io.run();
+    other.join();
+    CHECK(overlaps == 0);
+    CHECK(standalone == n);
+    CHECK(boost == n);
+    CHECK(lock_is_free(p));
+}
+#endif

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
 // The etcd backend against a real etcd member (tests/etcd_member.hpp): the
 // Asio client, the synchronous client, interoperation with etcdctl, the lost
-// signal, cancellation without leftovers, and bad input.
-#include <filelock/etcd_asio.hpp>
+// signal, cancellation without leftovers, and bad input. Compiled once per
+// Asio flavour (tests/asio_flavour.hpp): test_etcd and test_etcd_boost_asio.
+#include "asio_flavour.hpp"
+#include FILELOCK_TEST_ETCD_ASIO
 
 #include <catch2/catch.hpp>
 
@@ -200,7 +202,7 @@ TEST_CASE("etcd: every kind of cancellation ends the wait and leaves no key", "[
         REQUIRE(run_until(io, [&] { return member().keys(name + "/").size() == 2; }));
         sig.emit(type);
         REQUIRE(run_until(io, [&] { return ob.done; }));
-        CHECK(ob.ec == asio::error::operation_aborted);
+        CHECK(ob.ec == test::asio_error_code(asio::error::operation_aborted));
         CHECK(ob.ec == filelock::condition::cancelled);
         CHECK_FALSE(ob.held.held());
         CHECK(keys_become(io, name + "/", 1));
@@ -660,7 +662,7 @@ TEST_CASE("etcd: a released lock's lost wait completes with operation_aborted", 
     c.async_wait_lost(o.held, [&](std::error_code ec) { lost = ec; });
     o.held.release();
     REQUIRE(run_until(io, [&] { return lost.has_value(); }));
-    CHECK(*lost == asio::error::operation_aborted);
+    CHECK(*lost == test::asio_error_code(asio::error::operation_aborted));
 }
 
 TEST_CASE("etcd: bad input is a clear error naming the endpoint and the cause", "[etcd]") {
