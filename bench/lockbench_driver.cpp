@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // filelock as a lockbench peer (../shared/lockbench, see its README):
 // acquire = the timeout-bounded API of the sync facade (default), of the Asio
-// adapter (-DLOCKBENCH_ASIO) or of the libuv adapter (-DLOCKBENCH_UV), each
+// adapter on standalone Asio (-DLOCKBENCH_ASIO) or on Boost.Asio
+// (-DLOCKBENCH_BOOST_ASIO), or of the libuv adapter (-DLOCKBENCH_UV), each
 // run to completion on its own event loop; release = lock_file::close().
 
 #include "lockbench_driver.h"
@@ -10,6 +11,10 @@
 #if defined(LOCKBENCH_ASIO)
 #include <filelock/asio.hpp>
 #include <asio/io_context.hpp>
+#elif defined(LOCKBENCH_BOOST_ASIO)
+#include <filelock/boost_asio.hpp>
+#include <boost/asio/io_context.hpp>
+namespace asio = boost::asio;
 #elif defined(LOCKBENCH_UV)
 #include <filelock/uv.hpp>
 #endif
@@ -39,13 +44,12 @@ void* finish(std::error_code ec, filelock::lock_file lock, int* timed_out) {
 void* acquire(const char* path, double timeout_s, int* timed_out) {
     std::error_code ec;
     filelock::lock_file lock;
-#if defined(LOCKBENCH_ASIO)
+#if defined(LOCKBENCH_ASIO) || defined(LOCKBENCH_BOOST_ASIO)
     static asio::io_context io;
-    filelock::async_lock(io, path, to_timeout(timeout_s),
-                         [&](std::error_code e, filelock::lock_file l) {
-                             ec = e;
-                             lock = std::move(l);
-                         });
+    filelock::async_lock(io, path, to_timeout(timeout_s), [&](auto e, filelock::lock_file l) {
+        ec = e;
+        lock = std::move(l);
+    });
     io.restart();
     io.run();
 #elif defined(LOCKBENCH_UV)
@@ -73,6 +77,8 @@ void release(void* handle) { delete static_cast<filelock::lock_file*>(handle); }
 int main(int argc, char** argv) {
 #if defined(LOCKBENCH_ASIO)
     lockbench_ops ops = {"filelock-asio", acquire, release};
+#elif defined(LOCKBENCH_BOOST_ASIO)
+    lockbench_ops ops = {"filelock-boost-asio", acquire, release};
 #elif defined(LOCKBENCH_UV)
     lockbench_ops ops = {"filelock-uv", acquire, release};
 #else

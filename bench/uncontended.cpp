@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Uncontended acquire+release cycle: the raw-syscall floor against
-// lock_file, simple_lock_file, the Asio and the libuv async_lock, measured
+// lock_file, simple_lock_file, the Asio (standalone and Boost.Asio) and the
+// libuv async_lock, measured
 // side by side (rounds interleaved) in one run. Prints medians and ratios.
 //
 //   bench_uncontended [ROUNDS] [ITERS] [DIR]
@@ -9,6 +10,10 @@
 #ifdef FILELOCK_BENCH_ASIO
 #include <filelock/asio.hpp>
 #include <asio/io_context.hpp>
+#endif
+#ifdef FILELOCK_BENCH_BOOST_ASIO  // both flavours in one translation unit
+#include <filelock/boost_asio.hpp>
+#include <boost/asio/io_context.hpp>
 #endif
 #ifdef FILELOCK_BENCH_UV
 #include <filelock/uv.hpp>
@@ -94,6 +99,20 @@ int main(int argc, char** argv) {
                                            });
                       io.restart();
                       io.run();
+                  },
+                  {}});
+#endif
+#ifdef FILELOCK_BENCH_BOOST_ASIO
+    boost::asio::io_context bio;
+    cs.push_back({"boost.asio async_lock",
+                  "raw syscalls (floor)",
+                  [&] {
+                      filelock::async_lock(bio, fpath, 1s,
+                                           [](boost::system::error_code ec, filelock::lock_file) {
+                                               if (ec) std::abort();
+                                           });
+                      bio.restart();
+                      bio.run();
                   },
                   {}});
 #endif
