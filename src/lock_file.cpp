@@ -40,7 +40,7 @@ lock_file::~lock_file() { close(); }
 
 void lock_file::close() noexcept {
     if (h_.fd == detail::no_handle) return;
-    const detail::lock_identity id{h_.dev, h_.ino, h_.ofd ? 1 : 0, h_.start, h_.length};
+    const detail::lock_identity id = detail::identity_of(h_);
     const bool inherited = detail::fork_stamp{h_.generation, h_.forks}.inherited();
     detail::release_held(h_);
     // The next waiter of this process, at once (a forked child's copy of its

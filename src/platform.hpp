@@ -8,6 +8,7 @@
 // src/win32/sys.hpp); everything else compiles unchanged for both.
 
 #include <filelock/detail/held_file.hpp>
+#include <filelock/detail/local_queue.hpp>
 #include <filelock/export.hpp>
 
 #include <filesystem>
@@ -51,5 +52,8 @@ std::string read_holder_at(const std::filesystem::path& path) noexcept;
 /// unlocks (unless a forked child may share it), closes. `h.fd` is no_handle
 /// afterwards.
 void release_held(held_file& h) noexcept;
+
+/// The identity of the lock `h` holds (the key of its local queues).
+lock_identity identity_of(const held_file& h) noexcept;
 
 }  // namespace filelock::detail

@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -31,7 +32,9 @@ struct node {
     std::string data;
     f::file_type type = f::file_type::regular;
     long fs_magic = 0;
-    int exclusive_holder = 0;  // the handle holding it (0: none)
+    int exclusive_holder = 0;                   // the handle holding it (0: none)
+    std::set<int> shared_holders;               // of the whole-file lock
+    std::map<std::uint64_t, int> byte_holders;  // one-byte range locks (slots), by offset
 };
 
 // A filesystem in memory behind the seam, answering as `fl` does: its call
@@ -98,9 +101,44 @@ public:
                 step("try_lock", s.ofd ? "fcntl(F_OFD_SETLK)" : name("flock", "LockFileEx")))
             return fail;
         auto& n = *open_handles.at(id_of(h));
-        if (n.exclusive_holder != 0 && n.exclusive_holder != id_of(h)) return {errc::locked};
-        n.exclusive_holder = id_of(h);
+        const int id = id_of(h);
+        if (s.ofd && s.range.length == 1) {  // a slot's byte
+            auto [it, fresh] = n.byte_holders.emplace(s.range.start, id);
+            if (!fresh && it->second != id) return {errc::locked};
+            return done("try_lock");
+        }
+        if (n.exclusive_holder != 0 && n.exclusive_holder != id) return {errc::locked};
+        if (s.shared) {
+            n.shared_holders.insert(id);
+            return done("try_lock");
+        }
+        for (int other : n.shared_holders)
+            if (other != id) return {errc::locked};
+        n.exclusive_holder = id;
         return done("try_lock");
+    }
+
+    void unlock(d::native_handle_type h, const f::lock_spec& s) const noexcept override {
+        calls.push_back("unlock");
+        auto& n = *open_handles.at(id_of(h));
+        if (s.ofd && s.range.length == 1) {
+            auto it = n.byte_holders.find(s.range.start);
+            if (it != n.byte_holders.end() && it->second == id_of(h)) n.byte_holders.erase(it);
+            return;
+        }
+        if (n.exclusive_holder == id_of(h)) n.exclusive_holder = 0;
+        n.shared_holders.erase(id_of(h));
+    }
+
+    // The whole-file lock's holders, by handle.
+    std::string flock_holders(const f::file_info& fi) const noexcept override {
+        std::string out;
+        for (const auto& [path, n] : files) {
+            if (n->ino != fi.ino) continue;
+            if (n->exclusive_holder) out += std::to_string(n->exclusive_holder);
+            for (int id : n->shared_holders) out += (out.empty() ? "" : ", ") + std::to_string(id);
+        }
+        return out;
     }
 
     f::failure info(d::native_handle_type h, f::file_info& out) const noexcept override {
@@ -177,15 +215,13 @@ public:
 
     void unlock_close(d::native_handle_type h, const f::lock_spec&) const noexcept override {
         calls.push_back("unlock_close");
-        auto& n = *open_handles.at(id_of(h));
-        if (n.exclusive_holder == id_of(h)) n.exclusive_holder = 0;
+        drop_locks(h);
         open_handles.erase(id_of(h));
     }
 
     void close(d::native_handle_type h) const noexcept override {
         calls.push_back("close");
-        auto& n = *open_handles.at(id_of(h));
-        if (n.exclusive_holder == id_of(h)) n.exclusive_holder = 0;  // closing drops the lock
+        drop_locks(h);  // closing drops the locks
         open_handles.erase(id_of(h));
     }
 
@@ -193,6 +229,12 @@ public:
     mutable f::lock_spec last_spec;
 
 private:
+    void drop_locks(d::native_handle_type h) const {
+        auto& n = *open_handles.at(id_of(h));
+        if (n.exclusive_holder == id_of(h)) n.exclusive_holder = 0;
+        n.shared_holders.erase(id_of(h));
+        std::erase_if(n.byte_holders, [&](const auto& b) { return b.second == id_of(h); });
+    }
     static d::native_handle_type to_handle(int id) {
 #if defined(_WIN32)
         return reinterpret_cast<d::native_handle_type>(static_cast<std::intptr_t>(id));
@@ -531,4 +573,139 @@ TEST_CASE("file seam: a directory or device locked through a read-only handle is
     else
         CHECK(ec == errc::not_a_regular_file);  // (Windows refuses at open; never reached)
     CHECK(os.open_handles.empty());
+}
+
+namespace {
+
+lock_options with_slots(unsigned n) {
+    lock_options o = tagged();
+    o.slots = n;
+    return o;
+}
+
+}  // namespace
+
+TEST_CASE("file seam: slots admit N holders, each on its own byte past the content") {
+    const auto fl = GENERATE(flavour::posix, flavour::windows);
+    scripted_ops os(fl);
+    auto file = os.make("a.lock", " 42\n");
+    std::vector<std::unique_ptr<d::file_backend>> holders;
+    for (unsigned i = 0; i < 3; ++i) {
+        holders.push_back(std::make_unique<d::file_backend>("a.lock", with_slots(3), os));
+        REQUIRE(!holders.back()->try_acquire());
+        CHECK(os.last_spec.ofd);
+        CHECK(os.last_spec.range == filelock::byte_range{filelock::slot_offset + i, 1});
+    }
+    CHECK(file->shared_holders.size() == 3);  // each holds the whole-file lock, shared
+    // The fourth finds every slot taken: contention, and it keeps nothing
+    // but its handle (an exclusive whole-file user does not wait for it).
+    d::file_backend fourth("a.lock", with_slots(3), os);
+    CHECK(fourth.try_acquire() == errc::locked);
+    CHECK(file->shared_holders.size() == 3);
+    CHECK(os.open_handles.size() == 4);
+    // Its holders: those of the whole-file lock (slot holders write nothing).
+    CHECK(fourth.holder() == "101, 102, 103");
+    // Slot holders neither read nor write the content.
+    CHECK(count(os.calls, "read_at") + count(os.calls, "write_at") + count(os.calls, "truncate") ==
+          0);
+    CHECK(file->data == " 42\n");
+    // The second holder leaves: the fourth gets its slot.
+    d::held_file h = holders[1]->take();
+    CHECK(h.slots == 3);
+    CHECK(h.slot == 1);
+    f::release_held(os, h);
+    CHECK(file->byte_holders.count(filelock::slot_offset + 1) == 0);
+    REQUIRE(!fourth.try_acquire());
+    d::held_file won = fourth.take();
+    CHECK(won.slot == 1);
+    CHECK(count(os.calls, "open") == 4);  // its handle was kept between attempts
+    // Identity: the slots' own tag and bytes, the same for a waiter and a holder.
+    d::lock_identity id;
+    REQUIRE(holders[0]->identity(id));
+    CHECK((id.backend == 3 && id.start == filelock::slot_offset && id.length == 3));
+    f::release_held(os, won);
+    for (unsigned i : {0u, 2u}) {
+        d::held_file rest = holders[i]->take();
+        f::release_held(os, rest);
+    }
+    CHECK(file->shared_holders.empty());
+    CHECK(file->byte_holders.empty());
+    CHECK(os.open_handles.empty());
+    CHECK(file->data == " 42\n");
+}
+
+TEST_CASE("file seam: an exclusive whole-file holder and slot holders exclude each other") {
+    const auto fl = GENERATE(flavour::posix, flavour::windows);
+    scripted_ops os(fl);
+    os.make("a.lock");
+    {
+        d::file_backend one("a.lock", tagged(), os);
+        REQUIRE(!one.try_acquire());
+        d::file_backend slot("a.lock", with_slots(4), os);
+        CHECK(slot.try_acquire() == errc::locked);
+        CHECK(os.files.at("a.lock")->byte_holders.empty());  // no slot taken meanwhile
+        release(os, one);
+        REQUIRE(!slot.try_acquire());
+        d::file_backend other("a.lock", tagged(), os);
+        CHECK(other.try_acquire() == errc::locked);
+        release(os, slot);
+        REQUIRE(!other.try_acquire());
+        release(os, other);
+    }
+    CHECK(os.open_handles.empty());
+}
+
+TEST_CASE("file seam: one slot is the one-holder lock, call for call") {
+    const auto fl = GENERATE(flavour::posix, flavour::windows);
+    std::vector<std::string> calls[2];
+    std::string data[2];
+    for (int i = 0; i < 2; ++i) {
+        scripted_ops os(fl);
+        os.make("a.lock", " 42\n");
+        d::file_backend b("a.lock", i == 0 ? tagged() : with_slots(1), os);
+        REQUIRE(!b.try_acquire());
+        CHECK(!os.last_spec.ofd);
+        CHECK(!os.last_spec.shared);
+        release(os, b);
+        calls[i] = os.calls;
+        data[i] = os.files.at("a.lock")->data;
+    }
+    CHECK(calls[0] == calls[1]);
+    CHECK(data[0] == data[1]);
+    CHECK(data[1] == ours);
+}
+
+TEST_CASE("file seam: bad slots are refused before the file is touched, naming the cause") {
+    const auto fl = GENERATE(flavour::posix, flavour::windows);
+    struct row {
+        lock_options options;
+        std::string cause;
+    };
+    auto shared = with_slots(2);
+    shared.mode = filelock::lock_mode::shared;
+    auto ofd = with_slots(2);
+    ofd.backend = filelock::lock_backend::ofd;
+    auto ranged = with_slots(2);
+    ranged.range = {0, 1};
+    const row rows[] = {
+        {with_slots(0), "lock_options::slots must be from 1 to filelock::max_slots (1024)"},
+        {with_slots(filelock::max_slots + 1),
+         "lock_options::slots must be from 1 to filelock::max_slots (1024)"},
+        {shared, "lock_options::slots with lock_mode::shared"},
+        {ofd, "lock_options::slots with lock_backend::ofd"},
+        {ranged, "lock_options::slots with a byte range"},
+    };
+    for (const auto& r : rows) {
+        scripted_ops os(fl);
+        d::file_backend b("a.lock", r.options, os);
+        CHECK(b.try_acquire() == std::errc::invalid_argument);
+        REQUIRE(b.failed_call());
+        CHECK(std::string(b.failed_call()) == r.cause);
+        CHECK(os.calls.empty());
+        CHECK(os.files.empty());
+    }
+    scripted_ops os(fl);
+    d::file_backend most("a.lock", with_slots(filelock::max_slots), os);
+    CHECK(!most.try_acquire());
+    release(os, most);
 }

@@ -254,7 +254,13 @@ int main(int argc, char** argv) {
 #endif
     }
     if (cl.etcd_option) usage_error("etcd options apply to an etcd:// target");
-    if (cl.slots != 1) usage_error("--slots applies to an etcd:// target in this build");
+    if (cl.slots != 1) {  // N holders of a lock file: a slot each, nothing written
+        if (options.mode == filelock::lock_mode::shared)
+            usage_error("--slots and --shared exclude each other (a shared lock takes no slot)");
+        if (cl.fcntl) usage_error("--slots and --fcntl, --start, --length exclude each other");
+        if (cl.fd >= 0 || command.empty()) usage_error("--slots applies to a lock file");
+        options.slots = static_cast<unsigned>(cl.slots);
+    }
 
     // --fd N COMMAND: the caller's descriptor, locked while COMMAND runs.
     if (cl.fd >= 0) return descriptor_form(cl, cl.fd, command.data());

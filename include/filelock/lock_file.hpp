@@ -85,6 +85,9 @@ public:
     bool is_locked() const noexcept { return h_.fd != detail::no_handle; }
     /// is_locked().
     explicit operator bool() const noexcept { return is_locked(); }
+    /// The slot held, from 0 to `options.slots - 1` (see lock_options::slots);
+    /// 0 for a one-holder lock and when nothing is held.
+    unsigned slot() const noexcept { return h_.slot; }
 
 private:
     friend lock_file detail::adopt(detail::held_file&& h) noexcept;

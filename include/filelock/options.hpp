@@ -12,6 +12,15 @@ namespace filelock {
 /// A timeout that never expires: wait until the lock is won (or cancelled).
 inline constexpr std::chrono::nanoseconds wait_forever = std::chrono::nanoseconds::max();
 
+/// The most holders a lock admits (lock_options::slots): each slot is one
+/// byte lock, tried in turn by every attempt.
+inline constexpr unsigned max_slots = 1024;
+
+/// Where slot `i` of a lock with slots is locked in the lock file: the byte
+/// `slot_offset + i` (2^40, past any content a lock file holds; locking past
+/// the end of a file does not grow it).
+inline constexpr std::uint64_t slot_offset = std::uint64_t{1} << 40;
+
 /// Which lock to take.
 enum class lock_mode {
     exclusive,  ///< one holder (LOCK_EX / F_WRLCK)
@@ -159,6 +168,34 @@ struct lock_options {
     /// be. Local waiters queue per file and range (disjoint or different
     /// ranges of one file never wait behind each other).
     byte_range range{};
+
+    /// How many holders the lock admits at once ("slots"): 1, the default,
+    /// is the one-holder lock, bit for bit; from 2 to max_slots, at most
+    /// `slots` holders at once across processes, each holding one slot
+    /// (lock_file::slot(), from 0 to slots - 1). One lock file whatever the
+    /// number, and nothing else on disk. A slot holder holds (see the README,
+    /// "Locks with N holders"):
+    /// - a shared whole-file lock (flock(2) LOCK_SH; on Windows a shared
+    ///   LockFileEx lock of byte 0), so that an exclusive user of the same
+    ///   path (`flock -x`, zc.lockfile, a one-holder filelock lock) waits
+    ///   for every slot holder and excludes them all, while `flock -s`
+    ///   coexists with them;
+    /// - an exclusive lock of one byte, `slot_offset + slot` (an OFD lock on
+    ///   Linux, which the kernel drops when the holder dies and which
+    ///   /proc/locks shows; LockFileEx on Windows), far past any content.
+    /// A slot lock writes no content (the file is left as it is) and never
+    /// removes the file (remove_on_release is ignored). Holders of one path
+    /// should agree on `slots`: a holder counts against another's only in
+    /// the slots both have. Waiters wake on any holder's release and queue
+    /// locally as for the one-holder lock.
+    ///
+    /// Rejected before the file is touched (`std::errc::invalid_argument`,
+    /// the message naming the path and the cause): 0, more than max_slots,
+    /// and slots > 1 with lock_mode::shared (a shared lock takes no slot:
+    /// it is the one-holder shared lock), with lock_backend::ofd or with a
+    /// byte range (the slots are their own byte ranges). Not available on
+    /// systems without OFD locks (errc::unsupported).
+    unsigned slots = 1;
 
     /// What a `lock_file` writes once it holds the lock: `" " + expansion +
     /// "\n"` at offset 0, then the file is truncated after it (zc.lockfile's

@@ -28,6 +28,34 @@ file::lock_spec spec_of(const file_policy& p) noexcept {
 
 file::lock_spec spec_of(const held_file& h) noexcept { return {h.ofd, false, {h.start, h.length}}; }
 
+// A slot holder's locks: the shared whole-file lock, which an exclusive
+// whole-file user (flock -x, zc.lockfile, a one-holder lock) waits for and
+// excludes, and the exclusive byte lock of its slot, which makes it one of
+// at most `slots` holders.
+constexpr file::lock_spec gate_spec{false, true, {}};
+
+constexpr file::lock_spec slot_spec(unsigned slot) noexcept {
+    return {true, false, {slot_offset + slot, 1}};
+}
+
+// The identity of a lock with slots: the one lock file, a tag of its own
+// (flock is 0, OFD 1, etcd 2) and the slots' bytes.
+constexpr int slots_tag = 3;
+
+lock_identity identity(unsigned long long dev, unsigned long long ino, lock_backend backend,
+                       const byte_range& range, unsigned slots) noexcept {
+    if (slots > 1) return {dev, ino, slots_tag, slot_offset, slots};
+    return {dev, ino, backend == lock_backend::ofd ? 1 : 0, range.start, range.length};
+}
+
+// Unlocks what a holder holds on `fd` (its slot first), then closes it.
+void unlock_close(const file::ops& os, native_handle_type fd, const file::lock_spec& s,
+                  unsigned slots, unsigned slot) noexcept {
+    if (slots <= 1) return os.unlock_close(fd, s);
+    os.unlock(fd, slot_spec(slot));
+    os.unlock_close(fd, gate_spec);
+}
+
 }  // namespace
 
 void file_backend::close_fd() noexcept {
@@ -43,7 +71,7 @@ void file_backend::close_fd() noexcept {
 void file_backend::unlock_and_close() noexcept {
     if (fd_ != no_handle) {
         if (fork_stamp{fd_generation_, fd_forks_}.is_private())
-            ops_->unlock_close(fd_, spec_of(policy_));
+            unlock_close(*ops_, fd_, spec_of(policy_), policy_.slots, slot_);
         else
             ops_->close(fd_);
     }
@@ -101,7 +129,7 @@ std::error_code file_backend::attempt() noexcept {
                     os.open(path_, {policy_.writable, policy_.nofollow, policy_.file_mode}, fd_))
                 return fail(f);
         }
-        if (auto f = os.try_lock(fd_, spec_of(policy_))) {
+        if (auto f = lock()) {
             // Contention keeps the descriptor for the next attempt: reopening
             // would generate close events that wake other waiters.
             if (f.ec != errc::locked) {
@@ -176,20 +204,48 @@ std::error_code file_backend::attempt() noexcept {
     return errc::locked;  // the path keeps changing under us
 }
 
+// The kernel lock of the policy on fd_. With slots: the shared whole-file
+// lock, then the first free slot's byte in turn; when every slot is taken the
+// whole-file lock is given back (a waiter holds nothing an exclusive user
+// would wait for), the descriptor stays.
+file::failure file_backend::lock() noexcept {
+    const file::ops& os = *ops_;
+    if (policy_.slots <= 1) return os.try_lock(fd_, spec_of(policy_));
+    if (auto f = os.try_lock(fd_, gate_spec)) return f;
+    for (unsigned slot = 0; slot < policy_.slots; ++slot) {
+        auto f = os.try_lock(fd_, slot_spec(slot));
+        if (!f) {
+            slot_ = slot;
+            return {};
+        }
+        if (f.ec != errc::locked) return f;  // the caller closes: nothing stays held
+    }
+    os.unlock(fd_, gate_spec);
+    return {errc::locked};
+}
+
 bool file_backend::identity(lock_identity& id) const noexcept {
     file::file_info st;
     if (fd_ != no_handle ? ops_->info(fd_, st) : ops_->info_at(path_, policy_.nofollow, st))
         return false;
-    id.dev = st.dev;
-    id.ino = st.ino;
-    id.backend = policy_.backend == lock_backend::ofd ? 1 : 0;
-    id.start = policy_.range.start;
-    id.length = policy_.range.length;
+    id = detail::identity(st.dev, st.ino, policy_.backend, policy_.range, policy_.slots);
     return true;
 }
 
 std::string file_backend::holder() const noexcept {
+    if (policy_.slots > 1) {
+        // Slot holders write nothing: the holders are the processes holding
+        // the file's whole-file locks.
+        file::file_info st;
+        if (fd_ != no_handle ? ops_->info(fd_, st) : ops_->info_at(path_, false, st)) return {};
+        return ops_->flock_holders(st);
+    }
     return fd_ != no_handle ? file::read_holder_handle(*ops_, fd_) : read_holder_at(path_);
+}
+
+lock_identity identity_of(const held_file& h) noexcept {
+    return identity(h.dev, h.ino, h.ofd ? lock_backend::ofd : lock_backend::flock,
+                    {h.start, h.length}, h.slots);
 }
 
 namespace file {
@@ -222,7 +278,7 @@ void release_held(const ops& os, held_file& h) noexcept {
         if (!os.info_at(h.path, true, named) && named.dev == h.dev && named.ino == h.ino)
             os.remove(h.path);
     }
-    os.unlock_close(fd, spec_of(h));
+    unlock_close(os, fd, spec_of(h), h.slots, h.slot);
 }
 
 }  // namespace file

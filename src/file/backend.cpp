@@ -35,13 +35,35 @@ file_policy policy_of(const lock_options& o) noexcept {
     p.wake = o.wake_on_release;
     p.queue = o.queue_local_waiters && exclusive;
     // Processes line up for an exclusive flock(2) lock on the whole file.
-    p.order = p.queue && o.backend == lock_backend::flock && owns_file;
+    // Not slot waiters: a head that wins a slot wakes nobody, and the next
+    // in line would wait on a free slot until its timer.
+    p.order = p.queue && o.backend == lock_backend::flock && owns_file && o.slots == 1;
     p.file_mode = o.file_mode & 0777;
+    // A slot holder shares the file with the other holders: it writes
+    // nothing, never removes it, and its byte lock (F_WRLCK) needs a
+    // writable descriptor.
+    p.slots = o.slots;
+    if (o.slots > 1) {
+        p.writable = true;
+        p.nofollow = false;
+        p.remove = false;
+    }
     return p;
 }
 
+static_assert(max_slots == 1024, "the message below names the maximum");
+
 // What makes the options unusable, before the file is touched.
 std::error_code check_range(const lock_options& o, const char*& call) noexcept {
+    if (o.slots != 1) {
+        call = o.slots == 0 || o.slots > max_slots
+                   ? "lock_options::slots must be from 1 to filelock::max_slots (1024)"
+               : o.mode == lock_mode::shared      ? "lock_options::slots with lock_mode::shared"
+               : o.backend != lock_backend::flock ? "lock_options::slots with lock_backend::ofd"
+               : !o.range.whole_file()            ? "lock_options::slots with a byte range"
+                                                  : nullptr;
+        if (call) return std::make_error_code(std::errc::invalid_argument);
+    }
     if (o.range.whole_file()) return {};
     constexpr std::uint64_t max_offset = std::numeric_limits<std::int64_t>::max();
     if (o.backend != lock_backend::ofd) {
@@ -72,7 +94,7 @@ file_backend::file_backend(std::filesystem::path path, const lock_options& optio
                           ? expand_content(options.content_template.view(), content_)
                           : make_error_code(errc::invalid_template);
     if (!(options.write_content && options.mode == lock_mode::exclusive &&
-          options.range.whole_file()))
+          options.range.whole_file() && options.slots == 1))
         content_.clear();
 }
 
@@ -85,6 +107,7 @@ file_backend::file_backend(file_backend&& other) noexcept
       failed_call_(other.failed_call_),
       fd_(std::exchange(other.fd_, no_handle)),
       won_(std::exchange(other.won_, false)),
+      slot_(other.slot_),
       dev_(other.dev_),
       ino_(other.ino_),
       fd_generation_(other.fd_generation_),
@@ -107,6 +130,8 @@ held_file file_backend::take() noexcept {
     h.start = policy_.range.start;
     h.length = policy_.range.length;
     h.remove = policy_.remove;
+    h.slots = policy_.slots;
+    h.slot = slot_;
     h.generation = fd_generation_;
     h.forks = fd_forks_;
     h.dev = dev_;

@@ -33,7 +33,9 @@ struct failure {
 };
 
 /// Which lock: the platform's whole-file lock (flock(2); LockFileEx on byte
-/// 0, zc.lockfile's, on Windows) or an OFD lock on `range`.
+/// 0, zc.lockfile's, on Windows) or a byte-range lock of the descriptor on
+/// `range` (an OFD lock; on Windows a LockFileEx lock of `range`, which must
+/// not be empty: only slots ask for one there).
 struct lock_spec {
     bool ofd = false;
     bool shared = false;
@@ -93,6 +95,12 @@ public:
     virtual failure write_at(native_handle_type h, const char* buf, std::size_t size,
                              std::uint64_t offset, std::size_t& n) const noexcept = 0;
     virtual void remove(const std::filesystem::path& path) const noexcept = 0;
+    /// Unlocks `s` on `h` (the descriptor stays open).
+    virtual void unlock(native_handle_type h, const lock_spec& s) const noexcept = 0;
+    /// The processes holding whole-file locks (flock(2)) on the file `f`, as
+    /// the system lists them (Linux: /proc/locks), separated by ", "; "" where
+    /// the system does not tell.
+    virtual std::string flock_holders(const file_info& f) const noexcept = 0;
     /// Unlocks `s` on `h`, then closes it.
     virtual void unlock_close(native_handle_type h, const lock_spec& s) const noexcept = 0;
     /// Closes `h` without unlocking (never retried).

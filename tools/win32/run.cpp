@@ -131,6 +131,11 @@ int main() {
     if (cl.unlock) usage_error("--unlock applies to a file descriptor");
     if (cl.fcntl) usage_error("--fcntl, --start and --length need OFD locks (Linux)");
     if (cl.no_fork) usage_error("--no-fork needs exec() (not on Windows)");
+    if (cl.slots != 1) {  // N holders of a lock file: a slot each, nothing written
+        if (cl.options.mode == filelock::lock_mode::shared)
+            usage_error("--slots and --shared exclude each other (a shared lock takes no slot)");
+        cl.options.slots = static_cast<unsigned>(cl.slots);
+    }
 
     const std::filesystem::path path(std::u8string(target.begin(), target.end()));
     const auto started = steady_clock::now();

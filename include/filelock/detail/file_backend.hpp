@@ -24,7 +24,8 @@ namespace filelock::detail {
 
 namespace file {
 class ops;  // the platform seam (src/file/ops.hpp)
-}
+struct failure;
+}  // namespace file
 
 /// What an attempt does, computed once from lock_options.
 struct file_policy {
@@ -39,6 +40,7 @@ struct file_policy {
     bool queue = true;      // joins the local queue
     bool order = false;     // joins the cross-process queue (process_queue.hpp)
     unsigned file_mode = 0666;
+    unsigned slots = 1;  // lock_options::slots (1: the one-holder lock)
 };
 
 class FILELOCK_API file_backend {
@@ -98,6 +100,7 @@ public:
 
 private:
     std::error_code attempt() noexcept;
+    file::failure lock() noexcept;
     void unlock_and_close() noexcept;
     void close_fd() noexcept;
 
@@ -109,6 +112,7 @@ private:
     const char* failed_call_ = nullptr;
     native_handle_type fd_ = no_handle;
     bool won_ = false;
+    unsigned slot_ = 0;                     // the slot won (slots > 1)
     unsigned long long dev_ = 0, ino_ = 0;  // of the file won
     // fork bookkeeping of fd_ (see fork_stamp in src/platform.hpp)
     unsigned fd_generation_ = 0, fd_forks_ = 0;

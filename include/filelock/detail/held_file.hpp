@@ -26,6 +26,8 @@ struct held_file {
     native_handle_type fd = no_handle;
     bool ofd = false;
     std::uint64_t start = 0, length = 0;  // the OFD lock's byte range ({0, 0}: whole file)
+    unsigned slots = 1;                   // lock_options::slots (1: the one-holder lock)
+    unsigned slot = 0;                    // the slot held (of slots > 1)
     bool remove = false;  // unlink the path on release (if it still names this file)
     // fork bookkeeping of the descriptor (src/platform.hpp, fork_stamp)
     unsigned generation = 0;

@@ -6,8 +6,14 @@
 
 #include "../../posix/sys.hpp"
 
+#include <algorithm>
 #include <climits>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
 #include <sys/file.h>
 #include <unistd.h>
 #if __has_include(<sys/sysmacros.h>)
@@ -162,6 +168,45 @@ public:
 
     void remove(const std::filesystem::path& path) const noexcept override {
         sys().unlink(path.c_str());
+    }
+
+    void unlock(int fd, const lock_spec& s) const noexcept override {
+        if (s.ofd) {
+            set_ofd_lock(fd, F_UNLCK, s.range);
+        } else {
+            retry_eintr([&] { return sys().flock(fd, LOCK_UN); });
+        }
+    }
+
+    std::string flock_holders(const file_info& f) const noexcept override {
+#if defined(__linux__)
+        try {
+            // "1: FLOCK  ADVISORY  READ 1234 fe:00:10953019 0 EOF"; a
+            // blocked request reads "1: -> FLOCK ..." (a waiter, not a holder).
+            char file[64];
+            std::snprintf(file, sizeof file, "%02x:%02x:%llu",
+                          static_cast<unsigned>(major(static_cast<dev_t>(f.dev))),
+                          static_cast<unsigned>(minor(static_cast<dev_t>(f.dev))), f.ino);
+            std::ifstream in("/proc/locks");
+            std::string line, out;
+            std::vector<std::string> seen;
+            while (std::getline(in, line) && out.size() < 1000) {
+                std::istringstream words(line);
+                std::string id, type, advisory, mode, pid, where;
+                if (!(words >> id >> type >> advisory >> mode >> pid >> where)) continue;
+                if (type != "FLOCK" || where != file) continue;
+                if (std::find(seen.begin(), seen.end(), pid) != seen.end()) continue;
+                seen.push_back(pid);
+                out += (out.empty() ? "" : ", ") + pid;
+            }
+            return out;
+        } catch (...) {
+            return {};
+        }
+#else  // no list of the system's locks
+        (void)f;
+        return {};
+#endif
     }
 
     void unlock_close(int fd, const lock_spec& s) const noexcept override {

@@ -28,6 +28,9 @@ OVERLAPPED at_offset(std::uint64_t offset) noexcept {
     return o;
 }
 
+DWORD low(std::uint64_t n) noexcept { return static_cast<DWORD>(n & 0xffffffffULL); }
+DWORD high(std::uint64_t n) noexcept { return static_cast<DWORD>(n >> 32); }
+
 // Devices, pipes and directories are refused when opened: what a handle
 // names here is a regular file.
 file_info info_of(const BY_HANDLE_FILE_INFORMATION& i) noexcept {
@@ -113,9 +116,11 @@ public:
     }
 
     failure try_lock(native_handle_type h, const lock_spec& s) const noexcept override {
-        OVERLAPPED o = at_offset(0);
+        // The whole-file lock is byte 0's; a range (a slot's byte) is its own.
+        const byte_range r = s.ofd ? s.range : byte_range{0, 1};
+        OVERLAPPED o = at_offset(r.start);
         const DWORD flags = LOCKFILE_FAIL_IMMEDIATELY | (s.shared ? 0 : LOCKFILE_EXCLUSIVE_LOCK);
-        if (sys().lock_file_ex(handle_of(h), flags, 1, 0, &o)) return {};
+        if (sys().lock_file_ex(handle_of(h), flags, low(r.length), high(r.length), &o)) return {};
         const DWORD err = ::GetLastError();
         if (err == ERROR_LOCK_VIOLATION || err == ERROR_IO_PENDING) return {errc::locked};
         return win32_failure("LockFileEx", err);
@@ -191,9 +196,18 @@ public:
         sys().delete_file(path.c_str());
     }
 
-    void unlock_close(native_handle_type h, const lock_spec&) const noexcept override {
-        OVERLAPPED o = at_offset(0);
-        (void)sys().unlock_file_ex(handle_of(h), 1, 0, &o);
+    void unlock(native_handle_type h, const lock_spec& s) const noexcept override {
+        const byte_range r = s.ofd ? s.range : byte_range{0, 1};
+        OVERLAPPED o = at_offset(r.start);
+        (void)sys().unlock_file_ex(handle_of(h), low(r.length), high(r.length), &o);
+    }
+
+    std::string flock_holders(const file_info&) const noexcept override {
+        return {};  // Windows lists no lock holders
+    }
+
+    void unlock_close(native_handle_type h, const lock_spec& s) const noexcept override {
+        unlock(h, s);
         close(h);
     }
 
