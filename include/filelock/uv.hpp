@@ -66,8 +66,18 @@ namespace filelock::uv {
 
 class request;
 
+class callback;
+
 namespace detail {
 struct control;
+
+/// What `callback` wraps. No decay_t<F> here: clang 14 tries F = void& for
+/// a braced options list, and decay<void&> is a hard error, where forming
+/// `void&` below only fails the constraint.
+template <class F>
+concept callable_as_callback =
+    !std::is_same_v<std::remove_cvref_t<F>, callback> &&
+    std::is_invocable_v<std::remove_cvref_t<F>&, std::error_code, lock_file>;
 }  // namespace detail
 
 /// What the callback forms call: a move-only `void(std::error_code,
@@ -76,10 +86,7 @@ struct control;
 class callback {
 public:
     /// Wraps `f`.
-    template <class F, std::enable_if_t<
-                           !std::is_same_v<std::decay_t<F>, callback> &&
-                               std::is_invocable_v<std::decay_t<F>&, std::error_code, lock_file>,
-                           int> = 0>
+    template <detail::callable_as_callback F>
     callback(F&& f) : impl_(std::make_unique<model<std::decay_t<F>>>(std::forward<F>(f))) {}
 
     /// Whether it holds a callable (not after being moved from).
