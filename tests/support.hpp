@@ -54,6 +54,15 @@ struct scratch {
     fs::path operator/(const std::string& name) const { return dir / name; }
 };
 
+/// A Python program (`python() -c zc_hold PATH`) that takes PATH with
+/// zc.lockfile, prints "locked" and holds it until its stdin closes.
+inline constexpr char zc_hold[] =
+    "import sys, zc.lockfile\n"
+    "lock = zc.lockfile.LockFile(sys.argv[1])\n"
+    "print('locked', flush=True)\n"
+    "sys.stdin.read()\n"
+    "lock.close()\n";
+
 /// Waits that only a release event, a turn or the deadline can end early:
 /// a 20 s backoff with no jitter. "Acquired before the timer" is checked
 /// against half of it (a margin of seconds, never microseconds).

@@ -19,13 +19,6 @@ namespace kernel = filelock::detail::kernel;
 
 namespace {
 
-const char zc_hold[] =
-    "import sys, zc.lockfile\n"
-    "lock = zc.lockfile.LockFile(sys.argv[1])\n"
-    "print('locked', flush=True)\n"
-    "sys.stdin.read()\n"
-    "lock.close()\n";
-
 // flock(1) holding `p` until its stdin closes.
 program flock_holder(const fs::path& p, const char* opt = "-x") {
     return program({"flock", opt, p.string(), "-c", "echo locked; exec cat"});

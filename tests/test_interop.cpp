@@ -14,13 +14,6 @@ using filelock::lock_file;
 
 namespace {
 
-const char zc_hold[] =
-    "import sys, zc.lockfile\n"
-    "lock = zc.lockfile.LockFile(sys.argv[1])\n"
-    "print('locked', flush=True)\n"
-    "sys.stdin.read()\n"
-    "lock.close()\n";
-
 const char zc_try[] =
     "import sys, zc.lockfile\n"
     "try:\n"
