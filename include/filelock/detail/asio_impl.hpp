@@ -141,20 +141,24 @@ public:
     /// its timer).
     bool watch(const std::filesystem::path& path, const std::shared_ptr<release_wake>& w,
                const lock_identity& lock) {
-        std::lock_guard<std::mutex> g(mutex_);
-        if (shut_down_) return false;
-        drop_inherited();
-        if (!source_ && !(source_ = release_source::take())) return false;
-        if (!stream_) stream_.emplace(w->executor, source_->native_handle());
-        if (!source_->watch(path, w.get(), w->arrival, w->shared, lock)) {
-            if (source_->idle()) idle();
-            return false;
+        std::unique_ptr<release_source> spare;  // given back once the mutex is free
+        {
+            std::lock_guard<std::mutex> g(mutex_);
+            if (shut_down_) return false;
+            drop_inherited();
+            if (!source_ && !(source_ = release_source::take())) return false;
+            if (!stream_) stream_.emplace(w->executor, source_->native_handle());
+            if (source_->watch(path, w.get(), w->arrival, w->shared, lock)) {
+                if (!reading_) {
+                    reading_ = true;
+                    stream_->async_wait(watch_readable, [this](error_code ec) { on_readable(ec); });
+                }
+                return true;
+            }
+            if (source_->idle()) spare = idle();
         }
-        if (!reading_) {
-            reading_ = true;
-            stream_->async_wait(watch_readable, [this](error_code ec) { on_readable(ec); });
-        }
-        return true;
+        release_source::recycle(std::move(spare));
+        return false;
     }
 
     /// Operations that may wait for a wake register here: the events and a
@@ -167,20 +171,28 @@ public:
     /// `w` stops waiting for events (and, when `done`, for a fork); lets go
     /// of the source if nobody waits.
     void unwatch(const release_wake* w, bool done) {
-        std::lock_guard<std::mutex> g(mutex_);
-        if (done) tracked_.erase(w);
-        drop_inherited();
-        if (!source_) return;
-        source_->unwatch(w);
-        if (source_->idle()) idle();
+        std::unique_ptr<release_source> spare;
+        {
+            std::lock_guard<std::mutex> g(mutex_);
+            if (done) tracked_.erase(w);
+            drop_inherited();
+            if (!source_) return;
+            source_->unwatch(w);
+            if (source_->idle()) spare = idle();
+        }
+        release_source::recycle(std::move(spare));
     }
 
 private:
     void shutdown() override {
-        std::lock_guard<std::mutex> g(mutex_);
-        shut_down_ = true;
-        if (source_) (void)source_->forget_all();
-        idle();
+        std::unique_ptr<release_source> spare;
+        {
+            std::lock_guard<std::mutex> g(mutex_);
+            shut_down_ = true;
+            if (source_) (void)source_->forget_all();
+            spare = idle();
+        }
+        release_source::recycle(std::move(spare));
     }
 
     // fork(): every waiting operation looks again. A watcher watches anew
@@ -214,17 +226,20 @@ private:
     }
 
     // With the mutex held: nobody waits. The reactor lets go of the
-    // descriptor (cancelling the read, so that run() can return) and the
-    // source goes back to the process's idle one, unclosed.
-    void idle() {
+    // descriptor (cancelling the read, so that run() can return); the source
+    // is returned, unclosed, for the caller to give back to the process's
+    // idle one once the mutex is free (giving it back may start the thread
+    // that closes it a linger later, which a watch() need not wait for).
+    [[nodiscard]] std::unique_ptr<release_source> idle() {
         if (stream_) (void)stream_->release();
         stream_.reset();
         reading_ = false;
-        release_source::recycle(std::move(source_));
+        return std::move(source_);
     }
 
     void on_readable(error_code ec) {
         std::vector<std::pair<std::shared_ptr<release_wake>, bool>> woken;  // moved?
+        std::unique_ptr<release_source> spare;
         {
             std::lock_guard<std::mutex> g(mutex_);
             if (ec == net::error::operation_aborted || shut_down_) return;
@@ -236,12 +251,13 @@ private:
                     it != tracked_.end())
                     if (auto w = it->second.lock()) woken.emplace_back(std::move(w), moved);
             if (source_->idle()) {
-                idle();
+                spare = idle();
             } else {
                 reading_ = true;
                 stream_->async_wait(watch_readable, [this](error_code e) { on_readable(e); });
             }
         }
+        release_source::recycle(std::move(spare));
         for (auto& [w, moved] : woken)
             w->end_wait(moved ? &release_wake::moved : &release_wake::released);
     }
