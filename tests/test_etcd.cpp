@@ -3,6 +3,9 @@
 // Asio client, the synchronous client, interoperation with etcdctl, the lost
 // signal, cancellation without leftovers, and bad input. Compiled once per
 // Asio flavour (tests/asio_flavour.hpp): test_etcd and test_etcd_boost_asio.
+// The tag [session] marks cases about what libfilelock-etcd does once for
+// every driver (the session, its transport, the protocol, the member's
+// side): the Boost.Asio copy leaves them out, as it leaves out filelock-run.
 #include "asio_flavour.hpp"
 #include FILELOCK_TEST_ETCD_ASIO
 
@@ -783,7 +786,7 @@ TEST_CASE("etcd: the synchronous client locks, times out and releases from any t
     CHECK(next.held());
 }
 
-TEST_CASE("etcd: a SIGKILLed holder's lock is granted within TTL + 1 s", "[etcd]") {
+TEST_CASE("etcd: a SIGKILLed holder's lock is granted within TTL + 1 s", "[etcd][session]") {
     const auto name = unique_name("killed");
     int pipefd[2];
     REQUIRE(::pipe(pipefd) == 0);
@@ -883,7 +886,8 @@ int leader_of(const test::etcd_cluster& c, int members) {
 }
 }  // namespace
 
-TEST_CASE("etcd: on a 3-member cluster, killing the leader never gives two holders", "[etcd]") {
+TEST_CASE("etcd: on a 3-member cluster, killing the leader never gives two holders",
+          "[etcd][session]") {
     test::etcd_cluster cl(3);
     etcd::config c;
     c.endpoints = cl.endpoints();
@@ -1088,7 +1092,8 @@ TEST_CASE("etcd: filelock-run refuses bad etcd targets and options", "[etcd]") {
     CHECK(out.find("127.0.0.1") != std::string::npos);
 }
 
-TEST_CASE("etcd: a watch whose connection drops resumes and misses no deletion", "[etcd]") {
+TEST_CASE("etcd: a watch whose connection drops resumes and misses no deletion",
+          "[etcd][session]") {
     test::tcp_proxy proxy(
         std::stoi(member().endpoint().substr(member().endpoint().rfind(':') + 1)));
     asio::io_context io;
@@ -1119,7 +1124,8 @@ TEST_CASE("etcd: a watch whose connection drops resumes and misses no deletion",
     CHECK(keys_become(io, name + "/", 0));
 }
 
-TEST_CASE("etcd: a held lock whose watch cannot be made again backs off, then is lost", "[etcd]") {
+TEST_CASE("etcd: a held lock whose watch cannot be made again backs off, then is lost",
+          "[etcd][session]") {
     test::tcp_proxy proxy(
         std::stoi(member().endpoint().substr(member().endpoint().rfind(':') + 1)));
     asio::io_context io;
@@ -1156,7 +1162,7 @@ TEST_CASE("etcd: a held lock whose watch cannot be made again backs off, then is
 }
 
 TEST_CASE("etcd: malformed, truncated and error answers are clear errors naming the endpoint",
-          "[etcd]") {
+          "[etcd][session]") {
     struct canned {
         const char* what;
         std::string response;
@@ -1214,7 +1220,7 @@ TEST_CASE("etcd: malformed, truncated and error answers are clear errors naming 
 }
 
 TEST_CASE("etcd: TLS verifies the server against the CA given; a wrong CA is a clear error",
-          "[etcd]") {
+          "[etcd][session]") {
     const auto dir = std::filesystem::temp_directory_path() /
                      ("filelock-etcd-tls-" + std::to_string(::getpid()));
     std::filesystem::create_directories(dir);
@@ -1263,7 +1269,7 @@ TEST_CASE("etcd: TLS verifies the server against the CA given; a wrong CA is a c
 }
 
 TEST_CASE("etcd: user authentication: the right password locks, a wrong one is errc::auth",
-          "[etcd]") {
+          "[etcd][session]") {
     test::etcd_cluster m(1);
     enable_root_auth(m);
     asio::io_context io;
@@ -1294,7 +1300,7 @@ TEST_CASE("etcd: user authentication: the right password locks, a wrong one is e
     io.run_for(100ms);
 }
 
-TEST_CASE("etcd: a short TTL's keep-alives come every TTL/3, not in a storm", "[etcd]") {
+TEST_CASE("etcd: a short TTL's keep-alives come every TTL/3, not in a storm", "[etcd][session]") {
     asio::io_context io;
     etcd::client c(io.get_executor(), cfg(1s));
     outcome o;
@@ -1372,7 +1378,7 @@ TEST_CASE("etcd: a waiter paused past its lease never wins while etcdctl lock ho
 }
 
 TEST_CASE("etcd: an expired auth token is renewed: the release and the revoke go through",
-          "[etcd]") {
+          "[etcd][session]") {
     // The server forgets a token after --auth-token-ttl; keep-alives go on
     // without one, so a lock held longer than that is released with a
     // refused token unless the client authenticates again.
@@ -1488,7 +1494,8 @@ struct stalled_endpoint {
 };
 }  // namespace
 
-TEST_CASE("etcd: a request timed out or reset by one member is tried again on another", "[etcd]") {
+TEST_CASE("etcd: a request timed out or reset by one member is tried again on another",
+          "[etcd][session]") {
     stalled_endpoint stalled;
     test::tcp_proxy cut(0,
                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
@@ -1571,7 +1578,7 @@ TEST_CASE("etcd: a lost lock is not granted to another before its owner releases
 }
 
 TEST_CASE("etcd: a holder whose member stalls keeps its lock: keep-alives go to another",
-          "[etcd]") {
+          "[etcd][session]") {
     // The first endpoint stops answering (a paused member) with the
     // connections open: a keep-alive that waited for the whole request
     // timeout (7 s) outlived the lease's deadline (TTL 3 s - 1 s).
