@@ -8,6 +8,7 @@
 #include "../file/ops.hpp"
 #include "../platform.hpp"
 #include "kernel_locks.hpp"
+#include "inspect_handle.hpp"
 #include "live_holder.hpp"
 
 #include <algorithm>
@@ -137,14 +138,15 @@ std::filesystem::path queue_path(const std::filesystem::path& path) {
     return q;
 }
 
-lock_status inspect(const std::filesystem::path& path, std::error_code& ec) noexcept {
+lock_status detail::inspect_handle(const std::filesystem::path& path, native_handle_type held,
+                                   std::error_code& ec) noexcept {
     using namespace detail;
     ec.clear();
     try {
         lock_status st;
         const file::ops& os = file::platform_ops();
         file::file_info info;
-        if (auto f = os.info_at(path, false, info)) {
+        if (auto f = held != no_handle ? os.info(held, info) : os.info_at(path, false, info)) {
             ec = f.ec;
             return {};
         }
@@ -152,13 +154,13 @@ lock_status inspect(const std::filesystem::path& path, std::error_code& ec) noex
         std::string raw;
         std::optional<std::chrono::system_clock::time_point> mtime;
         if (info.type == file::file_type::regular) {
-            native_handle_type h = no_handle;
-            if (!os.open_to_read(path, h)) {
+            native_handle_type h = held;
+            if (h != no_handle || !os.open_to_read(path, h)) {
                 char buf[max_holder_bytes];
                 std::size_t n = 0;
                 const std::uint64_t at = os.holder_offset();
                 if (!os.read_at(h, buf, sizeof buf - at, at, n)) raw.assign(buf, n);
-                os.close(h);
+                if (h != held) os.close(h);
             }
             std::error_code tec;
             const auto t = std::filesystem::last_write_time(path, tec);
@@ -293,6 +295,10 @@ lock_status inspect(const std::filesystem::path& path, std::error_code& ec) noex
         ec = std::make_error_code(std::errc::not_enough_memory);
         return {};
     }
+}
+
+lock_status inspect(const std::filesystem::path& path, std::error_code& ec) noexcept {
+    return detail::inspect_handle(path, detail::no_handle, ec);
 }
 
 lock_status inspect(const std::filesystem::path& path) {
