@@ -689,3 +689,108 @@ TEST_CASE("filelock-run: -u FILE COMMAND runs COMMAND at once, as flock(1)") {
     CHECK(run({filelock_run_path(), "-u", "-w", "2", p.string(), "sh", "-c", "exit 5"}, &err) == 5);
     CHECK(!lock_is_free(p));  // the holder's lock untouched
 }
+
+namespace {
+
+// --watch's output: reads lines until one contains every one of `parts`
+// (at most 50 lines, each within program::read_line's 20 s); "" if none.
+// `seen` collects every line read, for the failure's message.
+std::string watch_line(program& w, std::vector<std::string> parts, std::string& seen) {
+    for (int i = 0; i < 50; ++i) {
+        const std::string line = w.read_line();
+        if (line.empty()) return {};
+        seen += line + "\n";
+        bool all = true;
+        for (const auto& p : parts) all = all && line.find(p) != std::string::npos;
+        if (all) return line;
+    }
+    return {};
+}
+
+}  // namespace
+
+TEST_CASE("filelock-run --watch: a join, a leave and a handoff, each a line; ^C ends it") {
+    scratch s;
+    const auto p = s / "a.lock";
+    write_file(p, "");
+    const std::string tool = filelock_run_path();
+    program watch({tool, "--watch", p.string()});
+    std::string seen;
+    const std::string first = watch.read_line();
+    CHECK(first.find(p.string() + ": free") != std::string::npos);
+    // flock(1) takes it, two filelock waiters line up behind it.
+    program holder({"flock", p.string(), "-c", "echo locked; exec cat"});
+    REQUIRE(holder.read_line() == "locked");
+    const std::string flock_pid = std::to_string(holder.pid());
+    CHECK(
+        !watch_line(watch, {" acquired holder " + flock_pid + " (flock exclusive"}, seen).empty());
+    program first_waiter({tool, "-w", "60", p.string(), "sh", "-c", "echo ran; exec cat"});
+    const std::string first_pid = std::to_string(first_waiter.pid());
+    CHECK(!watch_line(watch, {" joined waiter " + first_pid + " (", "queued #1"}, seen).empty());
+    program second_waiter({tool, "-w", "60", p.string(), "true"});
+    const std::string second_pid = std::to_string(second_waiter.pid());
+    CHECK(!watch_line(watch, {" joined waiter " + second_pid + " (", "queued #2"}, seen).empty());
+    // The second gives up: it leaves.
+    ::kill(second_waiter.pid(), SIGTERM);
+    CHECK(second_waiter.wait() == 128 + SIGTERM);
+    CHECK(!watch_line(watch, {" left waiter " + second_pid + " ("}, seen).empty());
+    // flock(1) releases: the first waiter holds (a handoff: two lines).
+    holder.close_stdin();
+    CHECK(holder.wait() == 0);
+    CHECK(!watch_line(watch, {" released holder " + flock_pid + " ("}, seen).empty());
+    CHECK(!watch_line(watch, {" acquired holder " + first_pid + " ("}, seen).empty());
+    CHECK(first_waiter.read_line() == "ran");
+    INFO(seen);
+    // ^C: it dies of SIGINT, as flock(1) waiting for a lock does (130 in a shell).
+    ::kill(watch.pid(), SIGINT);
+    CHECK(watch.wait() == 128 + SIGINT);
+    first_waiter.close_stdin();
+    CHECK(first_waiter.wait() == 0);
+}
+
+TEST_CASE("filelock-run --watch --json: a JSON object a line, state then events; SIGTERM ends it") {
+    scratch s;
+    const auto p = s / "a.lock";
+    write_file(p, "");
+    const std::string tool = filelock_run_path();
+    // Python reads the lines as they come: the state, then a flock(1)
+    // holder's "acquired" and "released"; then it sends SIGTERM.
+    const std::string script =
+        "import json, os, signal, subprocess, sys\n"
+        "tool, path = sys.argv[1], sys.argv[2]\n"
+        "w = subprocess.Popen([tool, '--watch', '--json', path], stdout=subprocess.PIPE, "
+        "text=True)\n"
+        "d = json.loads(w.stdout.readline())\n"
+        "assert d['event'] == 'state' and d['path'] == path and not d['held'], d\n"
+        "assert d['holders'] == [] and d['waiters'] == [] and d['time'].endswith('Z'), d\n"
+        "h = subprocess.Popen(['flock', path, '-c', 'echo locked; exec cat'],\n"
+        "                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)\n"
+        "assert h.stdout.readline() == 'locked\\n'\n"
+        "d = json.loads(w.stdout.readline())\n"
+        "assert d['event'] == 'acquired' and d['role'] == 'holder', d\n"
+        "assert d['party']['pid'] == h.pid and d['party']['lock'] == 'flock', d\n"
+        "h.stdin.close(); h.wait()\n"
+        "d = json.loads(w.stdout.readline())\n"
+        "assert d['event'] == 'released' and d['party']['pid'] == h.pid, d\n"
+        "w.send_signal(signal.SIGTERM)\n"
+        "sys.exit(0 if w.wait() == -signal.SIGTERM else 12)\n";
+    CHECK(run({python(), "-c", script, tool, p.string()}) == 0);
+}
+
+TEST_CASE("filelock-run --watch: a bad target names the path and the cause (66), usage 64") {
+    scratch s;
+    const std::string tool = filelock_run_path();
+    std::string err;
+    const auto missing = s / "missing.lock";
+    CHECK(run({tool, "--watch", missing.string()}, &err) == 66);
+    CHECK(err.find(missing.string()) != std::string::npos);
+    CHECK(err.find("No such file or directory") != std::string::npos);
+    CHECK(!fs::exists(missing));  // never created
+    const auto p = s / "a.lock";
+    write_file(p, "");
+    CHECK(run({tool, "--watch", p.string(), "true"}, &err) == 64);
+    CHECK(err.find("no command") != std::string::npos);
+    CHECK(run({tool, "--watch"}, &err) == 64);
+    CHECK(run({tool, "--json", p.string()}, &err) == 64);
+    CHECK(run({tool, "--watch", "etcd://127.0.0.1:1/x"}, &err) == 64);
+}

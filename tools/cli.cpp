@@ -60,7 +60,9 @@ const char usage_text[] =
     "                          fields {pid}, {hostname} (default \"{pid}\")\n"
     "     --simple             write nothing to the lock file\n"
     "     --status             who holds FILE and who waits (exit 0: free, 1: held)\n"
-    "     --json               with --status: as a JSON object\n"
+    "     --watch              --status, then a line per change until interrupted\n"
+    "     --json               with --status: as a JSON object; with --watch: a\n"
+    "                          JSON object a line\n"
     "     --slots <n>          at most <n> holders at once (1 to 1024; default 1)\n"
     "\n"
     "etcd (etcd's lock, as etcdctl lock; ours, spelled out in full):\n"
@@ -110,6 +112,7 @@ enum opt_id {
     o_slots,
     o_status,
     o_json,
+    o_watch,
 };
 
 enum origin {
@@ -158,6 +161,7 @@ const long_option long_options[] = {
     {"lost-signal", true, o_lost_signal, ours},
     {"status", false, o_status, ours},
     {"json", false, o_json, ours},
+    {"watch", false, o_watch, ours},
 };
 
 struct short_option {
@@ -314,6 +318,7 @@ std::optional<int> apply(command_line& out, opt_id id, const char* arg) {
         case o_verbose: out.verbose = true; break;
         case o_status: out.status = true; break;
         case o_json: out.json = true; break;
+        case o_watch: out.status = out.watch = true; break;
         case o_fcntl: out.fcntl = true; break;
         case o_start:
         case o_length:

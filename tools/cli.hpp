@@ -32,7 +32,8 @@ struct command_line {
     bool nonblock = false, unlock = false, close_fd = false, no_fork = false, verbose = false;
     bool have_content = false, simple = false;
     /// --status [--json]: who holds and who waits, instead of locking.
-    bool status = false, json = false;
+    /// --watch [--json]: the same, then a line per change (sets status too).
+    bool status = false, json = false, watch = false;
     std::string content_arg;
     /// --fcntl, --start, --length: an open-file-description lock on a range.
     bool fcntl = false;

@@ -240,6 +240,7 @@ int main(int argc, char** argv) {
     set_program_name(argv[0]);
     command_line cl;
     if (auto status = parse(argc, argv, cl)) return *status;
+    if (cl.watch) return watch_form(cl);
     if (cl.status || cl.json) return status_form(cl);
     filelock::lock_options& options = cl.options;
     const char* target = cl.target;
