@@ -64,11 +64,14 @@ struct lock_party {
     /// The machine it runs on, when known (this machine's name for what the
     /// kernel reports; what the content says otherwise).
     std::string host;
+    /// How it holds or waits.
     lock_kind kind = lock_kind::exclusive;
+    /// The kernel lock it uses.
     lock_api api = lock_api::unknown;
-    /// The byte range of a slot (`kind == slot`): `length` 0 runs to the end
-    /// of the file.
-    std::uint64_t start = 0, length = 0;
+    /// The first byte of a slot's range (`kind == slot`).
+    std::uint64_t start = 0;
+    /// The length of a slot's range; 0 runs to the end of the file.
+    std::uint64_t length = 0;
     /// Since when it holds (the mtime of the content it wrote), when known.
     std::optional<std::chrono::system_clock::time_point> since;
     /// The content it wrote, when the lock file's content is this holder's.
