@@ -16,12 +16,16 @@
 //   - the directory: FILE.queue or FILE created or renamed into it.
 // What has no event: a lock taken or dropped on a descriptor that stays
 // open (flock(fd, LOCK_UN); a filelock waiter that wins without writing,
-// outside the 100 ms after the release's close). For these it looks again
-// every second (safety_interval): such a change shows at most that late.
-// Its own looks make no event: FILE is read through a descriptor it keeps
-// open, and the queue file is only stat()ed. Changes that undo themselves
-// between two looks (a holder that releases and takes the lock again within
-// microseconds) show as nothing.
+// outside the 100 ms after the release's close). For these it reads the
+// kernel's lock lines about FILE and its queue file every second
+// (safety_interval), and looks when they changed: such a change shows at
+// most that late. Its own looks make no event: FILE is read through a
+// descriptor it keeps open, and the queue file is only stat()ed. Looks
+// take at most a quarter of a CPU (inspect may read every process's fdinfo
+// to name the owners of queue tickets): under a stream of events they come
+// less often. What happens between two looks and undoes itself is not
+// seen: a holder that takes and releases the lock in between shows as
+// nothing, or, if it was a waiter, as a waiter that left.
 #include "status.hpp"
 
 #include "../src/inspect/inspect_handle.hpp"
@@ -57,6 +61,9 @@ using namespace std::chrono_literals;
 constexpr clock::duration follow_ups[] = {0ms, 1ms, 10ms, 100ms};
 // Looks with no event, for what makes none.
 constexpr clock::duration safety_interval = 1s;
+// How long a process blocked in the kernel may be missing from its waiters
+// before it is shown as left (see carry_blocked).
+constexpr clock::duration settle_time = 10ms;
 
 volatile std::sig_atomic_t stop_signal = 0;
 int interrupt_fd = -1;
@@ -255,6 +262,41 @@ bool same_lines(const std::vector<kernel::lock_line>& a, const std::vector<kerne
     });
 }
 
+bool same_party(const filelock::lock_party& a, const filelock::lock_party& b) {
+    return a.pid == b.pid && a.api == b.api && a.kind == b.kind && a.start == b.start &&
+           a.length == b.length;
+}
+
+// A process blocked in the kernel (flock(1) without -n) that a release
+// wakes is off the kernel's list of waiters until it blocks again, when
+// another process took the lock first. Such a waiter, missing from `now`
+// and neither holding nor gone, is kept in it until a look `settle_time`
+// after the first that missed it still misses it. Returns when to look
+// again (max(): no need).
+clock::time_point carry_blocked(
+    const filelock::lock_status& shown, filelock::lock_status& now,
+    std::vector<std::pair<filelock::lock_party, clock::time_point>>& absent, clock::time_point at) {
+    const auto in = [](const std::vector<filelock::lock_party>& v, const filelock::lock_party& p) {
+        return std::any_of(v.begin(), v.end(), [&](const auto& q) { return same_party(p, q); });
+    };
+    std::vector<std::pair<filelock::lock_party, clock::time_point>> still;
+    clock::time_point look = clock::time_point::max();
+    for (const auto& w : shown.waiters) {
+        if (w.ticket != 0 || w.pid <= 0 || in(now.waiters, w) || in(now.holders, w) ||
+            !kernel::alive(w.pid))
+            continue;
+        clock::time_point since = at;
+        for (const auto& [p, t] : absent)
+            if (same_party(p, w)) since = t;
+        if (at - since >= settle_time) continue;  // left
+        now.waiters.push_back(w);
+        still.emplace_back(w, since);
+        look = std::min(look, since + settle_time);
+    }
+    absent = std::move(still);
+    return look;
+}
+
 bool print(const std::string& line) {
     return std::fputs(line.c_str(), stdout) >= 0 && std::fputc('\n', stdout) != EOF;
 }
@@ -280,6 +322,9 @@ int watch_form(const command_line& cl) {
     }
 
     status_view last;
+    filelock::lock_status shown;
+    std::vector<std::pair<filelock::lock_party, clock::time_point>> absent;
+    clock::time_point recheck = clock::time_point::max();
     std::vector<kernel::lock_line> last_lines;
     bool first = true;
     clock::time_point event_at = clock::now(), next_safety{}, not_before{};
@@ -289,7 +334,7 @@ int watch_form(const command_line& cl) {
         const clock::time_point now = clock::now();
         const bool follow_up_due = follow_up < std::size(follow_ups) && now >= not_before &&
                                    now >= event_at + follow_ups[follow_up];
-        bool look = first || follow_up_due;
+        bool look = first || follow_up_due || (now >= recheck && now >= not_before);
         if (!look && now >= next_safety) {
             // The safety look: a full one only when the kernel's lock lines
             // changed (inspect may read every process's fdinfo to name the
@@ -302,7 +347,7 @@ int watch_form(const command_line& cl) {
             fw.lock_lines(last_lines);
             while (follow_up < std::size(follow_ups) && now >= event_at + follow_ups[follow_up])
                 ++follow_up;
-            const filelock::lock_status st =
+            filelock::lock_status st =
                 filelock::detail::inspect_handle(cl.target, fw.native_handle(), ec);
             const auto at = std::chrono::system_clock::now();
             const clock::time_point done = clock::now();
@@ -310,6 +355,7 @@ int watch_form(const command_line& cl) {
             not_before = done + 3 * (done - now);
             next_safety = done + safety_interval;
             if (!ec) {
+                recheck = carry_blocked(shown, st, absent, now);
                 status_view v = view_of(cl.target, st);
                 bool ok = true;
                 if (first)
@@ -322,13 +368,14 @@ int watch_form(const command_line& cl) {
                     return ex_oserr;
                 }
                 last = std::move(v);
+                shown = std::move(st);
                 first = false;
             } else if (first) {
                 warn(std::string("cannot inspect ") + cl.target + ": " + ec.message());
                 return ex_noinput;
             }
         }
-        clock::time_point until = next_safety;
+        clock::time_point until = std::min(next_safety, std::max(recheck, not_before));
         if (follow_up < std::size(follow_ups))
             until = std::min(until, std::max(event_at + follow_ups[follow_up], not_before));
         fw.wait(until);
