@@ -6,6 +6,8 @@
 // processes (this test program itself, or filelock-run) with their pid and
 // exit code, handles left open on a file, tests that cannot run here.
 
+#include <filelock/options.hpp>
+
 #include <catch2/catch.hpp>
 
 #include <atomic>
@@ -96,6 +98,13 @@ inline std::string read_file(const fs::path& p) {
 inline void write_file(const fs::path& p, const std::string& s) {
     std::ofstream out(p, std::ios::binary | std::ios::trunc);
     out << s;
+}
+
+/// Options of a lock with `n` holders (lock_options::slots), the rest default.
+inline filelock::lock_options slots(unsigned n) {
+    filelock::lock_options o;
+    o.slots = n;
+    return o;
 }
 
 /// Waits (polling) until `p` exists; false after `limit`.

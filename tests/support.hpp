@@ -75,6 +75,7 @@ inline filelock::lock_options event_only() {
 }
 
 using portable::read_file;
+using portable::slots;
 using portable::write_file;
 
 /// Is the lock on `p` free right now (as seen by an independent flock)?
@@ -171,6 +172,61 @@ inline child hold_in_child(const fs::path& p, filelock::lock_options opts = {}) 
         await_release();
         return 0;
     });
+}
+
+#if defined(F_OFD_SETLK)
+/// An OFD lock (F_OFD_SETLK, `type`) of [start, start + length) on `fd`, as
+/// another program (flock(1) --fcntl, lckpwdf) takes it: 0, or the errno.
+inline int raw_ofd_lock(int fd, short type, off_t start, off_t length) {
+    struct ::flock lk {};
+    lk.l_type = type;
+    lk.l_whence = SEEK_SET;
+    lk.l_start = start;
+    lk.l_len = length;
+    return ::fcntl(fd, F_OFD_SETLK, &lk) == 0 ? 0 : errno;
+}
+
+/// A child process that tries F_OFD_SETLK (`type`) on one byte of `p`, and
+/// exits 0 (won), 1 (contention: EAGAIN/EACCES) or 2 (another error).
+inline int probe_in_child(const fs::path& p, short type, off_t start) {
+    child c([&](int) {
+        const int fd = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0) return 2;
+        const int err = raw_ofd_lock(fd, type, start, 1);
+        ::close(fd);
+        return err == 0 ? 0 : (err == EAGAIN || err == EACCES) ? 1 : 2;
+    });
+    c.release();
+    return c.wait();
+}
+
+/// A child process that holds F_OFD_SETLK (`type`) on one byte of `p` until
+/// released.
+inline child hold_byte_in_child(const fs::path& p, short type, off_t start) {
+    return child([p, type, start](int ready) {
+        const int fd = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0 || raw_ofd_lock(fd, type, start, 1) != 0) return 2;
+        (void)!::write(ready, "r", 1);
+        await_release();
+        return 0;
+    });
+}
+#endif
+
+/// What an async_lock's callback delivered (Asio's or libuv's).
+struct async_outcome {
+    bool called = false;
+    std::error_code ec;
+    filelock::lock_file lock;
+};
+
+/// A completion handler that fills `out`.
+inline auto capture(async_outcome& out) {
+    return [&out](std::error_code ec, filelock::lock_file l) {
+        out.called = true;
+        out.ec = ec;
+        out.lock = std::move(l);
+    };
 }
 
 /// A spawned program with its stdin and stdout on pipes.

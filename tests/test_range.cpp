@@ -32,44 +32,6 @@ filelock::lock_options range_opts(std::uint64_t start, std::uint64_t length,
     return o;
 }
 
-// An OFD lock of a fresh open file description on [start, start + length)
-// of `p`, as another program (flock(1) --fcntl, lckpwdf) takes it: 0, or
-// the errno.
-int raw_ofd_lock(int fd, short type, off_t start, off_t length) {
-    struct ::flock lk {};
-    lk.l_type = type;
-    lk.l_whence = SEEK_SET;
-    lk.l_start = start;
-    lk.l_len = length;
-    return ::fcntl(fd, F_OFD_SETLK, &lk) == 0 ? 0 : errno;
-}
-
-// A child process that tries F_OFD_SETLK (`type`) on one byte of `p`, and
-// exits 0 (won), 1 (contention: EAGAIN/EACCES) or 2 (another error).
-int probe_in_child(const fs::path& p, short type, off_t start) {
-    child c([&](int) {
-        const int fd = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-        if (fd < 0) return 2;
-        const int err = raw_ofd_lock(fd, type, start, 1);
-        ::close(fd);
-        return err == 0 ? 0 : (err == EAGAIN || err == EACCES) ? 1 : 2;
-    });
-    c.release();
-    return c.wait();
-}
-
-// A child process that holds F_OFD_SETLK (`type`) on one byte of `p` until
-// released.
-child hold_byte_in_child(const fs::path& p, short type, off_t start) {
-    return child([p, type, start](int ready) {
-        const int fd = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-        if (fd < 0 || raw_ofd_lock(fd, type, start, 1) != 0) return 2;
-        (void)!::write(ready, "r", 1);
-        await_release();
-        return 0;
-    });
-}
-
 }  // namespace
 
 TEST_CASE("range: another process's F_OFD_SETLK on the same byte excludes us, both ways") {
@@ -265,21 +227,8 @@ TEST_CASE("range: asio and libuv async_lock take, wait for and time out on a ran
     const auto p = s / "r.lock";
     child other = hold_byte_in_child(p, F_WRLCK, 4);
     REQUIRE(other.ready());
-    struct outcome {
-        bool called = false;
-        std::error_code ec;
-        lock_file lock;
-    };
-    auto capture = [](outcome& out) {
-        return [&out](std::error_code ec, lock_file l) {
-            out.called = true;
-            out.ec = ec;
-            out.lock = std::move(l);
-        };
-    };
-
     asio::io_context io;
-    outcome free_byte, timed_out, waited;
+    async_outcome free_byte, timed_out, waited;
     filelock::async_lock(io, p, 5s, range_opts(5, 1), capture(free_byte));
     filelock::async_lock(io, p, 20ms, range_opts(4, 1), capture(timed_out));
     io.run();
@@ -302,7 +251,7 @@ TEST_CASE("range: asio and libuv async_lock take, wait for and time out on a ran
 
     uv_loop_t loop;
     REQUIRE(uv_loop_init(&loop) == 0);
-    outcome uv_free, uv_busy;
+    async_outcome uv_free, uv_busy;
     filelock::uv::async_lock(&loop, p, 5s, range_opts(6, 1), capture(uv_free));
     filelock::uv::async_lock(&loop, p, 20ms, range_opts(4, 1), capture(uv_busy));
     uv_run(&loop, UV_RUN_DEFAULT);

@@ -28,12 +28,6 @@ using filelock::lock_file;
 
 namespace {
 
-filelock::lock_options slots(unsigned n) {
-    filelock::lock_options o;
-    o.slots = n;
-    return o;
-}
-
 // The lines of /proc/locks for the file `p` ("FLOCK ADVISORY READ 123 ...").
 std::vector<std::string> proc_locks(const fs::path& p) {
     struct ::stat st {};
@@ -320,21 +314,8 @@ TEST_CASE("slots: asio and libuv async_lock take, wait for and time out on slots
     const auto p = s / "n.lock";
     child other = hold_in_child(p, slots(2));
     REQUIRE(other.ready());
-    struct outcome {
-        bool called = false;
-        std::error_code ec;
-        lock_file lock;
-    };
-    auto capture = [](outcome& out) {
-        return [&out](std::error_code ec, lock_file l) {
-            out.called = true;
-            out.ec = ec;
-            out.lock = std::move(l);
-        };
-    };
-
     asio::io_context io;
-    outcome second, timed_out, waited;
+    async_outcome second, timed_out, waited;
     filelock::async_lock(io, p, 5s, slots(2), capture(second));
     io.run();
     REQUIRE(!second.ec);
@@ -362,7 +343,7 @@ TEST_CASE("slots: asio and libuv async_lock take, wait for and time out on slots
     // Both slots are ours now: libuv waits for one of them.
     uv_loop_t loop;
     REQUIRE(uv_loop_init(&loop) == 0);
-    outcome uv_busy, uv_waited;
+    async_outcome uv_busy, uv_waited;
     filelock::uv::async_lock(&loop, p, 20ms, slots(2), capture(uv_busy));
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK(uv_busy.ec == errc::timeout);
@@ -373,7 +354,7 @@ TEST_CASE("slots: asio and libuv async_lock take, wait for and time out on slots
     uv_timer_start(
         &t,
         [](uv_timer_t* h) {
-            static_cast<outcome*>(h->data)->lock.close();
+            static_cast<async_outcome*>(h->data)->lock.close();
             uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
         },
         50, 0);

@@ -16,16 +16,6 @@ using namespace portable;
 using filelock::errc;
 using filelock::lock_file;
 
-namespace {
-
-filelock::lock_options slots(unsigned n) {
-    filelock::lock_options o;
-    o.slots = n;
-    return o;
-}
-
-}  // namespace
-
 TEST_CASE("slots portable: N holders and no more, each on its own slot; content left alone") {
     scratch s;
     const auto p = s / "n.lock";
