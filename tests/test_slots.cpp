@@ -11,7 +11,10 @@
 
 #include "support.hpp"
 
+#include <asio/bind_cancellation_slot.hpp>
+#include <asio/cancellation_signal.hpp>
 #include <asio/io_context.hpp>
+#include <asio/steady_timer.hpp>
 
 #include <atomic>
 #include <fstream>
@@ -208,6 +211,121 @@ TEST_CASE("slots: flock -x waits for every slot holder; flock -s coexists with t
     // And a one-holder lock of the same path is such an exclusive user.
     auto one = filelock::try_lock(p, {}, ec);
     CHECK(ec == errc::locked);
+}
+
+TEST_CASE("slots: an OFD lock of a slot's byte (flock --fcntl) takes that slot; ours are seen") {
+    scratch s;
+    const auto p = s / "n.lock";
+    const auto byte = [](unsigned slot) {
+        return static_cast<off_t>(filelock::slot_offset + slot);
+    };
+    {
+        // Another program's F_OFD_SETLK on slot 0's byte: we get slot 1, then
+        // contention, though only one of two slots has a holder of ours.
+        child other = hold_byte_in_child(p, F_WRLCK, byte(0));
+        REQUIRE(other.ready());
+        lock_file mine(p, slots(2));
+        CHECK(mine.slot() == 1);
+        CHECK(probe_in_child(p, F_WRLCK, byte(1)) == 1);  // our slot's byte is locked
+        CHECK(probe_in_child(p, F_WRLCK, byte(2)) == 0);  // a byte past our slots is not
+        std::error_code ec;
+        auto none = filelock::try_lock(p, slots(2), ec);
+        CHECK(ec == errc::locked);
+        mine.close();
+        CHECK(probe_in_child(p, F_WRLCK, byte(1)) == 0);  // released with the lock
+    }
+    // The same through filelock-run --fcntl on slot 1's byte: slot 0 is ours,
+    // and no third holder fits.
+    const std::string run_path = filelock_run_path();
+    program ranged({run_path, "--fcntl", "--start", std::to_string(byte(1)), "--length", "1",
+                    p.string(), "sh", "-c", "echo held; exec cat"});
+    REQUIRE(ranged.read_line() == "held");
+    lock_file first(p, slots(2));
+    CHECK(first.slot() == 0);
+    std::error_code ec;
+    auto none = filelock::try_lock(p, slots(2), ec);
+    CHECK(ec == errc::locked);
+    ranged.close_stdin();
+    CHECK(ranged.wait() == 0);
+    auto second = filelock::try_lock(p, slots(2), ec);
+    CHECK(!ec);
+    CHECK(second.slot() == 1);
+}
+
+TEST_CASE("slots: cancellation and timeout leave no slot taken, in every driver") {
+    scratch s;
+    const auto p = s / "n.lock";
+    child a = hold_in_child(p, slots(2));
+    REQUIRE(a.ready());
+    child b = hold_in_child(p, slots(2));
+    REQUIRE(b.ready());
+    const auto others_only = [&] {
+        // The two children's flock and byte locks, and nothing of ours.
+        const auto lines = proc_locks(p);
+        CHECK(lines.size() == 4);
+        CHECK(count_with(lines, "FLOCK  ADVISORY  READ") == 2);
+        CHECK(count_with(lines, "OFDLCK ADVISORY  WRITE") == 2);
+        CHECK(count_with(lines, " " + std::to_string(::getpid()) + " ") == 0);
+    };
+    std::error_code ec;
+    auto l = filelock::try_lock(p, slots(2), ec);
+    CHECK(ec == errc::locked);
+    others_only();
+    l = filelock::lock(p, 30ms, slots(2), ec);
+    CHECK(ec == errc::timeout);
+    others_only();
+
+    asio::io_context io;
+    for (auto type : {asio::cancellation_type::terminal, asio::cancellation_type::partial,
+                      asio::cancellation_type::total}) {
+        asio::cancellation_signal sig;
+        async_outcome out;
+        filelock::async_lock(io, p, 30s, slots(2),
+                             asio::bind_cancellation_slot(sig.slot(), capture(out)));
+        asio::steady_timer t(io, 20ms);
+        t.async_wait([&](std::error_code) { sig.emit(type); });
+        io.restart();
+        io.run();
+        CHECK(out.ec == filelock::condition::cancelled);
+        CHECK(!out.lock);
+        others_only();
+    }
+    async_outcome timed_out;
+    filelock::async_lock(io, p, 30ms, slots(2), capture(timed_out));
+    io.restart();
+    io.run();
+    CHECK(timed_out.ec == errc::timeout);
+    others_only();
+
+    uv_loop_t loop;
+    REQUIRE(uv_loop_init(&loop) == 0);
+    async_outcome uv_cancelled, uv_timed_out;
+    auto req = filelock::uv::async_lock(&loop, p, 30s, slots(2), capture(uv_cancelled));
+    uv_timer_t t;
+    uv_timer_init(&loop, &t);
+    t.data = &req;
+    uv_timer_start(
+        &t,
+        [](uv_timer_t* h) {
+            static_cast<filelock::uv::request*>(h->data)->cancel();
+            uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
+        },
+        20, 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(uv_cancelled.ec == filelock::condition::cancelled);
+    others_only();
+    filelock::uv::async_lock(&loop, p, 30ms, slots(2), capture(uv_timed_out));
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(uv_timed_out.ec == errc::timeout);
+    others_only();
+    CHECK(uv_loop_close(&loop) == 0);
+
+    // A freed slot is taken at once by the next one to try: nothing of the
+    // cancelled waits holds it.
+    b.release();
+    CHECK(b.wait() == 0);
+    child next = hold_in_child(p, slots(2));
+    CHECK(next.ready());
 }
 
 TEST_CASE("slots: a slot waiter is woken by any holder's release") {
