@@ -12,6 +12,7 @@
 //
 //   torture [--seconds N]      (default 60, or $TORTURE_SECONDS; --long = 600)
 //   torture --negative-control (sync workers skip the lock: must report violations)
+//   torture --slots N [--seconds S]  (a lock with N holders: see below)
 //
 // Phase 1 (mixed, 50% of the time) runs every kind of worker, with kills,
 // cancellations and timeouts. Phase 2 (filelock only, 30%) adds replacing the
@@ -23,6 +24,15 @@
 // and fork while holding (the parent closes first, the child works under
 // the inherited lock); "wrapper" workers run the critical section as
 // filelock-run's COMMAND and SIGKILL filelock-run while it runs.
+//
+// With --slots N, one phase: sync, Asio, libuv and filelock-run --slots N
+// workers take one of N slots (lock_options::slots) and flock(1) workers take
+// the file exclusively (flock -x), with kills, cancellations and timeouts.
+// Each holder enters an occupancy directory (an entry named by its token),
+// counts the live holders there on entering and again on leaving, and
+// leaves. It is a violation if a slot holder counts more than N, or any
+// holder counts a live exclusive holder beside itself; the run also fails
+// unless N holders at once were counted at least once.
 //
 // Exit status 0 only if there were no violations, the log holds every
 // acknowledged operation exactly once (plus at most one unacknowledged entry
@@ -123,8 +133,58 @@ void append(const fs::path& p, const std::string& line) {
     ::close(fd);
 }
 
+// Slots mode: the lock admits this many holders (0: the one-holder lock).
+unsigned g_slots = 0;
+
+// The live holders in the occupancy directory: how many, and whether one
+// other than `me` is exclusive. Entries of killed holders stay behind and
+// are not counted.
+struct occupancy {
+    unsigned live = 0;
+    bool other_exclusive = false;
+};
+
+occupancy count_inside(const files& f, const std::string& me) {
+    occupancy o;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(f.dir / "inside", ec)) {
+        const std::string name = e.path().filename().string();
+        if (name.size() < 2) continue;
+        const std::string token = name.substr(1);
+        if (name != me && !holder_alive(token)) continue;
+        ++o.live;
+        o.other_exclusive |= name != me && name[0] == 'x';
+    }
+    return o;
+}
+
+// The critical section as one of `limit` holders (1: an exclusive holder of
+// the file, flock -x). Returns false if it saw too many holders.
+bool occupy(const files& f, const std::string& token, unsigned spin_us, unsigned limit) {
+    const std::string me = (limit == 1 ? "x" : "s") + token;
+    const fs::path entry = f.dir / "inside" / me;
+    ::close(::open(entry.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+    append(f.log, token + "\n");
+    bool ok = true;
+    for (const char* when : {"enter", "leave"}) {
+        const occupancy o = count_inside(f, me);
+        append(f.dir / "counts", std::to_string(o.live) + "\n");
+        if (o.live > limit || o.other_exclusive) {
+            ok = false;
+            append(f.violations, std::string(when) + " " + token + " counted " +
+                                     std::to_string(o.live) + " holders" +
+                                     (o.other_exclusive ? ", one exclusive" : "") + "\n");
+        }
+        if (spin_us && when[0] == 'e')
+            std::this_thread::sleep_for(std::chrono::microseconds(spin_us));
+    }
+    ::unlink(entry.c_str());
+    return ok;
+}
+
 // Returns false if another live holder was seen.
 bool critical_section(const files& f, const std::string& token, unsigned spin_us) {
+    if (g_slots) return occupy(f, token, spin_us, g_slots);
     const int fd = ::open(f.marker.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) return false;
     bool ok = true;
@@ -180,6 +240,7 @@ struct tally {
             error(std::string(who) + ": " + ec.message());
         if (ec) return;
         ++acquired;
+        if (g_slots && l.slot() >= g_slots) error(std::string(who) + ": slot out of range");
         critical_section(f, token, spin_us);
         l.close();
         ack(token);
@@ -195,6 +256,7 @@ filelock::lock_options pick_options(std::mt19937& rng, bool replacing) {
     filelock::lock_options o;
     o.backoff.cap = 20ms;
     o.remove_on_release = replacing && std::uniform_int_distribution<int>(0, 3)(rng) == 0;
+    if (g_slots) o.slots = g_slots;
     return o;
 }
 
@@ -227,6 +289,7 @@ void sync_worker(const files& f, tally& t, unsigned seed, bool replacing) {
                     continue;
                 }
                 ++t.acquired;
+                if (g_slots && l.slot() >= g_slots) t.error("sync lock: slot out of range");
                 critical_section(f, token, static_cast<unsigned>(rng() % 300));
                 l.close();
                 t.ack(token);
@@ -381,8 +444,10 @@ void wrapper_worker(const files& f, tally& t, unsigned seed, const std::string& 
     for (long i = 0; !fs::exists(f.stop); ++i) {
         const std::string token = std::to_string(::getpid()) + ":w:" + std::to_string(i);
         const std::string spin = std::to_string(5000 + rng() % 25000);
-        std::vector<std::string> argv = {
-            tool, "-w", "0.5", f.lock.string(), self, "--cs", f.dir.string(), token, spin};
+        std::vector<std::string> argv = {tool, "-w", "0.5"};
+        if (g_slots) argv.insert(argv.end(), {"--slots", std::to_string(g_slots)});
+        argv.insert(argv.end(), {f.lock.string(), self, "--cs", f.dir.string(), token, spin});
+        if (g_slots) argv.push_back(std::to_string(g_slots));
         std::vector<char*> args;
         for (auto& a : argv) args.push_back(a.data());
         args.push_back(nullptr);
@@ -397,6 +462,7 @@ void wrapper_worker(const files& f, tally& t, unsigned seed, const std::string& 
             // wrapper: the lock must stay with COMMAND.
             const auto give_up = clk::now() + 600ms;
             while (clk::now() < give_up) {
+                if (g_slots && fs::exists(f.dir / "inside" / ("s" + token))) break;
                 std::ifstream in(f.marker);
                 std::string seen;
                 std::getline(in, seen);
@@ -552,11 +618,12 @@ while not os.path.exists(stop):
 print('stat acquired=%d timeouts=0 cancels=0 errors=0 fd_leak=0' % i, flush=True)
 )";
 
+// Slots mode passes "100 1": the critical section as the file's exclusive holder.
 const char flock_worker[] = R"(
-d=$1; self=$2; i=0
+d=$1; self=$2; shift 2; i=0
 while [ ! -e "$d/stop" ]; do
   t="$$:f:$i"; i=$((i+1))
-  if flock -w 0.5 "$d/lock" "$self" --cs "$d" "$t"; then echo "ack $t"; fi
+  if flock -w 0.5 "$d/lock" "$self" --cs "$d" "$t" "$@"; then echo "ack $t"; fi
 done
 echo "stat acquired=$i timeouts=0 cancels=0 errors=0 fd_leak=0"
 )";
@@ -654,10 +721,15 @@ int orchestrate(const std::string& self, double seconds) {
         if (kind == "zc")
             w.pid = spawn({"/usr/bin/python3", "-c", python_worker, f.dir.string()}, w.out);
         else if (kind == "flock1")
-            w.pid = spawn({"bash", "-c", flock_worker, "flock1", f.dir.string(), self}, w.out);
+            w.pid = spawn(g_slots ? std::vector<std::string>{"bash", "-c", flock_worker, "flock1",
+                                                             f.dir.string(), self, "100", "1"}
+                                  : std::vector<std::string>{"bash", "-c", flock_worker, "flock1",
+                                                             f.dir.string(), self},
+                          w.out);
         else
             w.pid = spawn({self, "--worker", kind, f.dir.string(), seed,
-                           std::string(replacing ? "r" : "-") + (g_no_lock ? "n" : "-")},
+                           std::string(replacing ? "r" : "-") + (g_no_lock ? "n" : "-"),
+                           std::to_string(g_slots)},
                           w.out);
         if (w.pid > 0) workers.push_back(std::move(w));
     };
@@ -736,15 +808,28 @@ int orchestrate(const std::string& self, double seconds) {
         workers.clear();
     };
 
-    std::vector<std::string> mixed = {"sync", "sync",   "asio",   "asio",   "uv",
-                                      "uv",   "flock1", "forker", "wrapper"};
-    if (have_python) mixed.insert(mixed.end(), {"zc", "zc"});
-    const long kills_before = t.kills;
-    run_phase(mixed, seconds * 0.5, false);
-    const long phase1_kills = t.kills - kills_before;
-    run_phase({"sync", "sync", "asio", "asio", "uv", "uv"}, seconds * 0.3, true);
-    run_phase({"forker", "forker", "forker", "wrapper", "wrapper", "sync", "asio", "uv"},
-              seconds * 0.2, false);
+    long phase1_kills = 0;
+    if (g_slots) {
+        // One phase: slot holders of every driver beside flock -x users.
+        fs::create_directory(f.dir / "inside");
+        run_phase({"sync", "sync", "asio", "asio", "uv", "wrapper", "flock1"}, seconds, false);
+        phase1_kills = t.kills;
+    } else {
+        std::vector<std::string> mixed = {"sync", "sync",   "asio",   "asio",   "uv",
+                                          "uv",   "flock1", "forker", "wrapper"};
+        if (have_python) mixed.insert(mixed.end(), {"zc", "zc"});
+        run_phase(mixed, seconds * 0.5, false);
+        phase1_kills = t.kills;
+        run_phase({"sync", "sync", "asio", "asio", "uv", "uv"}, seconds * 0.3, true);
+        run_phase({"forker", "forker", "forker", "wrapper", "wrapper", "sync", "asio", "uv"},
+                  seconds * 0.2, false);
+    }
+    // Slots mode: the most holders counted at once.
+    unsigned most = 0;
+    {
+        std::ifstream counts(f.dir / "counts");
+        for (unsigned k = 0; counts >> k;) most = std::max(most, k);
+    }
 
     // Check the log against the acknowledgements.
     std::map<std::string, int> logged;
@@ -780,9 +865,18 @@ int orchestrate(const std::string& self, double seconds) {
         }
         if (vf) std::fclose(vf);
     }
+    if (g_slots)
+        std::printf(
+            "torture summary (%.0f s, %u slots: sync+asio+uv+filelock-run --slots %u, "
+            "flock -x beside them)\n  most holders counted at once: %u (must be %u)\n",
+            seconds, g_slots, g_slots, most, g_slots);
+    else
+        std::printf(
+            "torture summary (%.0f s, phase 1 mixed %s+zc.lockfile+flock(1)+fork+filelock-run, "
+            "phase 2 with replacements, phase 3 fork and killed wrappers)\n",
+            seconds, have_python ? "sync+asio+uv" : "sync+asio+uv (no python3-zc.lockfile!)");
     std::printf(
-        "torture summary (%.0f s, phase 1 mixed %s+zc.lockfile+flock(1)+fork+filelock-run, "
-        "phase 2 with replacements, phase 3 fork and killed wrappers)\n"
+
         "  forks: %ld  filelock-run SIGKILLed while COMMAND ran: %ld\n"
         "  operations acknowledged: %zu (log entries %zu; unacknowledged entries %ld, all from "
         "%ld killed processes at most; %ld not from a killed worker, at most one per other kill "
@@ -791,15 +885,14 @@ int orchestrate(const std::string& self, double seconds) {
         "%ld\n"
         "  violations: %ld  duplicate log entries: %ld  acknowledged but missing: %ld\n"
         "  worker errors: %ld  descriptor leaks: %ld  hung workers: %ld\n",
-        seconds, have_python ? "sync+asio+uv" : "sync+asio+uv (no python3-zc.lockfile!)", t.forks,
-        t.wrapper_kills, t.acked.size(), logged.size(), unacked, t.kills, unexplained, t.kills,
-        phase1_kills, t.replacements, t.cancels, t.timeouts, violations, duplicates, missing,
-        t.errors, t.fd_leaks, t.hung);
+        t.forks, t.wrapper_kills, t.acked.size(), logged.size(), unacked, t.kills, unexplained,
+        t.kills, phase1_kills, t.replacements, t.cancels, t.timeouts, violations, duplicates,
+        missing, t.errors, t.fd_leaks, t.hung);
     std::error_code ec;
     fs::remove_all(f.dir, ec);
     const bool ok = violations == 0 && duplicates == 0 && missing == 0 && unexplained <= t.kills &&
                     t.errors == 0 && t.fd_leaks == 0 && t.hung == 0 && !t.acked.empty() &&
-                    have_python;
+                    (g_slots ? most == g_slots : have_python);
     std::printf("torture: %s\n", ok ? "PASS" : "FAIL");
     return ok ? 0 : 1;
 }
@@ -812,11 +905,14 @@ int main(int argc, char** argv) {
     if (argc >= 4 && std::string(argv[1]) == "--cs") {
         files f{fs::path(argv[2])};
         const unsigned spin = argc >= 5 ? static_cast<unsigned>(std::atol(argv[4])) : 100;
+        if (argc >= 6)
+            return occupy(f, argv[3], spin, static_cast<unsigned>(std::atol(argv[5]))) ? 0 : 3;
         return critical_section(f, argv[3], spin) ? 0 : 3;
     }
     if (argc >= 6 && std::string(argv[1]) == "--worker") {
         const std::string flags = argv[5];
         g_no_lock = flags.find('n') != std::string::npos;
+        if (argc >= 7) g_slots = static_cast<unsigned>(std::stoul(argv[6]));
         return worker_main(argv[2], argv[3], static_cast<unsigned>(std::stoul(argv[4])),
                            flags.find('r') != std::string::npos, self);
     }
@@ -827,6 +923,8 @@ int main(int argc, char** argv) {
         if (a == "--seconds" && i + 1 < argc) seconds = std::atof(argv[++i]);
         if (a == "--long") seconds = 600;
         if (a == "--negative-control") g_no_lock = true;  // must FAIL: proves detection works
+        if (a == "--slots" && i + 1 < argc) g_slots = static_cast<unsigned>(std::atol(argv[++i]));
     }
+    if (g_slots > filelock::max_slots) return 2;
     return orchestrate(self, seconds);
 }
