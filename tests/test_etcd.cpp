@@ -786,6 +786,231 @@ TEST_CASE("etcd: the synchronous client locks, times out and releases from any t
     CHECK(next.held());
 }
 
+namespace {
+
+etcd::inspect_result inspect_now(asio::io_context& io, etcd::client& c, const std::string& name) {
+    std::optional<etcd::inspect_result> r;
+    c.async_inspect_result(name, [&](etcd::inspect_result x) { r = std::move(x); });
+    REQUIRE(run_until(io, [&] { return r.has_value(); }));
+    return std::move(*r);
+}
+
+std::string lease_hex(std::int64_t lease) {
+    char hex[32];
+    std::snprintf(hex, sizeof hex, "%llx", static_cast<unsigned long long>(lease));
+    return hex;
+}
+
+}  // namespace
+
+TEST_CASE("etcd inspect: etcdctl lock's holder, then waiters in queue order with their tokens",
+          "[etcd][inspect][interop][session]") {
+    const auto name = unique_name("inspect-ctl");
+    const auto dir = std::filesystem::temp_directory_path() /
+                     ("filelock-etcd-inspect-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    const auto gate = dir / "gate";
+    std::ofstream(gate.string()).put('x');
+    asio::io_context io;
+    etcd::client a(io.get_executor(), cfg(5s)), b(io.get_executor(), cfg()),
+        viewer(io.get_executor(), cfg());
+    // etcdctl holds until the gate file is removed.
+    const std::string ctl =
+        "ETCDCTL_API=3 etcdctl --endpoints=" + member().endpoint() + " lock '" + name + "' -- ";
+    REQUIRE(std::system((ctl + "sh -c 'while [ -e " + gate.string() +
+                         " ]; do sleep 0.05; done' >/dev/null 2>&1 &")
+                            .c_str()) == 0);
+    REQUIRE(keys_become(io, name + "/", 1));
+    const std::string ctl_key = member().keys(name + "/").at(0);
+    outcome oa, ob;
+    start_lock(a, name, 30s, oa);
+    REQUIRE(keys_become(io, name + "/", 2));
+    // A waiting etcdctl between our two waiters.
+    REQUIRE(std::system((ctl + "true >/dev/null 2>&1 &").c_str()) == 0);
+    REQUIRE(keys_become(io, name + "/", 3));
+    start_lock(b, name, 30s, ob);
+    REQUIRE(keys_become(io, name + "/", 4));
+
+    const auto r = inspect_now(io, viewer, name);
+    REQUIRE_FALSE(r.ec);
+    const auto& st = r.status;
+    CHECK(st.name == name);
+    CHECK(st.endpoint == member().endpoint());
+    REQUIRE(st.holders.size() == 1);
+    REQUIRE(st.waiters.size() == 3);
+    const auto& h = st.holders[0];
+    CHECK(h.key == ctl_key);
+    CHECK(h.kind == filelock::lock_kind::exclusive);  // etcdctl's empty value
+    CHECK(h.pid == 0);
+    CHECK(h.content.empty());
+    REQUIRE(h.ttl.has_value());  // etcdctl lock's lease: --ttl 10 by default
+    CHECK(*h.ttl > 0s);
+    CHECK(*h.ttl <= 10s);
+    CHECK(h.position == 0);
+    CHECK(st.waiters[0].key == name + "/" + lease_hex(a.lease()));
+    CHECK(st.waiters[2].key == name + "/" + lease_hex(b.lease()));
+    CHECK(st.waiters[1].pid == 0);  // the second etcdctl
+    for (std::size_t i : {0u, 2u}) {
+        CHECK(st.waiters[i].pid == ::getpid());
+        CHECK_FALSE(st.waiters[i].host.empty());
+        REQUIRE(st.waiters[i].ttl.has_value());
+    }
+    CHECK(*st.waiters[0].ttl <= 5s);  // a's lease's TTL
+    CHECK(st.waiters[0].lease == a.lease());
+    std::int64_t last = h.fencing_token;
+    for (std::size_t i = 0; i < st.waiters.size(); ++i) {
+        CHECK(st.waiters[i].position == i + 1);
+        CHECK(st.waiters[i].fencing_token > last);
+        last = st.waiters[i].fencing_token;
+    }
+    // The viewer took nothing: no lease, no key.
+    CHECK(viewer.lease() == 0);
+    CHECK(member().keys(name + "/").size() == 4);
+
+    // The tokens inspect gave are the ones the waiters hold with.
+    std::filesystem::remove(gate);
+    REQUIRE(run_until(io, [&] { return oa.done; }));
+    REQUIRE_FALSE(oa.ec);
+    CHECK(oa.held.fencing_token() == st.waiters[0].fencing_token);
+    const auto r2 = inspect_now(io, viewer, name);
+    REQUIRE_FALSE(r2.ec);
+    REQUIRE(r2.status.holders.size() == 1);
+    CHECK(r2.status.holders[0].key == oa.held.key());
+    CHECK(r2.status.holders[0].fencing_token == oa.held.fencing_token());
+    REQUIRE(r2.status.waiters.size() == 2);
+    CHECK(r2.status.waiters[0].position == 1);
+    release_and_wait(io, oa.held);
+    REQUIRE(run_until(io, [&] { return ob.done; }));
+    REQUIRE_FALSE(ob.ec);
+    CHECK(ob.held.fencing_token() == st.waiters[2].fencing_token);
+    release_and_wait(io, ob.held);
+    CHECK(keys_become(io, name + "/", 0));
+    const auto free = inspect_now(io, viewer, name);
+    REQUIRE_FALSE(free.ec);
+    CHECK_FALSE(free.status.held());
+    CHECK(free.status.waiters.empty());
+    CHECK(viewer.lease() == 0);
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("etcd inspect: readers before the first writer hold, and the N lowest slots",
+          "[etcd][inspect][slots][session]") {
+    asio::io_context io;
+    etcd::client a(io.get_executor(), cfg()), b(io.get_executor(), cfg()),
+        viewer(io.get_executor(), cfg());
+    SECTION("shared") {
+        const auto name = unique_name("inspect-shared");
+        outcome r1, r2, w, r3;
+        start_lock_kind(a, name, 5s, reader, r1);
+        start_lock_kind(b, name, 5s, reader, r2);
+        REQUIRE(run_until(io, [&] { return r1.done && r2.done; }));
+        REQUIRE(r1.held.held());
+        REQUIRE(r2.held.held());
+        start_lock(a, name, 30s, w);  // a writer waits for the readers
+        REQUIRE(keys_become(io, name + "/", 3));
+        start_lock_kind(b, name, 30s, reader, r3);  // a reader waits for the writer
+        REQUIRE(keys_become(io, name + "/", 4));
+        const auto r = inspect_now(io, viewer, name);
+        REQUIRE_FALSE(r.ec);
+        REQUIRE(r.status.holders.size() == 2);
+        REQUIRE(r.status.waiters.size() == 2);
+        std::set<std::string> holders{r.status.holders[0].key, r.status.holders[1].key};
+        CHECK(holders == std::set<std::string>{r1.held.key(), r2.held.key()});
+        for (const auto& h : r.status.holders) {
+            CHECK(h.kind == filelock::lock_kind::shared);
+            CHECK(h.pid == ::getpid());
+        }
+        CHECK(r.status.holders[0].fencing_token ==
+              std::min(r1.held.fencing_token(), r2.held.fencing_token()));
+        CHECK(r.status.waiters[0].kind == filelock::lock_kind::exclusive);
+        CHECK(r.status.waiters[0].key == name + "/" + lease_hex(a.lease()));
+        CHECK(r.status.waiters[1].kind == filelock::lock_kind::shared);
+        r1.held.release();
+        r2.held.release();
+        REQUIRE(run_until(io, [&] { return w.done; }));
+        CHECK(w.held.fencing_token() == r.status.waiters[0].fencing_token);
+        w.held.release();
+        REQUIRE(run_until(io, [&] { return r3.done; }));
+        CHECK(r3.held.fencing_token() == r.status.waiters[1].fencing_token);
+        release_and_wait(io, r3.held);
+        CHECK(keys_become(io, name + "/", 0));
+    }
+    SECTION("slots") {
+        const auto name = unique_name("inspect-slots");
+        const etcd::lock_options two{.slots = 2};
+        outcome s1, s2, s3;
+        start_lock_kind(a, name, 5s, two, s1);
+        start_lock_kind(a, name, 5s, two, s2);  // one client, two keys
+        REQUIRE(run_until(io, [&] { return s1.done && s2.done; }));
+        start_lock_kind(b, name, 30s, two, s3);
+        REQUIRE(keys_become(io, name + "/", 3));
+        const auto r = inspect_now(io, viewer, name);
+        REQUIRE_FALSE(r.ec);
+        REQUIRE(r.status.holders.size() == 2);
+        REQUIRE(r.status.waiters.size() == 1);
+        for (const auto& h : r.status.holders) {
+            CHECK(h.kind == filelock::lock_kind::slot);
+            CHECK(h.slots == 2);
+            CHECK(h.lease == a.lease());
+        }
+        CHECK(r.status.waiters[0].lease == b.lease());
+        s1.held.release();
+        REQUIRE(run_until(io, [&] { return s3.done; }));
+        CHECK(s3.held.fencing_token() == r.status.waiters[0].fencing_token);
+        s2.held.release();
+        release_and_wait(io, s3.held);
+        CHECK(keys_become(io, name + "/", 0));
+    }
+    CHECK(viewer.lease() == 0);
+}
+
+TEST_CASE("etcd inspect: the synchronous and coroutine forms, cancellation and bad input",
+          "[etcd][inspect]") {
+    const auto name = unique_name("inspect-sync");
+    etcd::sync_client a(cfg()), viewer(cfg());
+    auto held = a.lock(name, 5s);
+    const auto st = viewer.inspect(name);
+    REQUIRE(st.holders.size() == 1);
+    CHECK(st.holders[0].key == held.key());
+    CHECK(st.holders[0].fencing_token == held.fencing_token());
+    CHECK(st.holders[0].content == std::to_string(::getpid()) + "@" + st.holders[0].host);
+    std::error_code ec = make_error_code(etcd::errc::lost);
+    CHECK(viewer.inspect(name, ec).held());
+    CHECK_FALSE(ec);
+    held.release();
+    CHECK_THROWS_WITH(viewer.inspect(""), Catch::Contains("empty"));
+    viewer.inspect("", ec);
+    CHECK(ec == etcd::errc::invalid_argument);
+
+    auto bad = cfg();
+    bad.endpoints = {"http://127.0.0.1:" + std::to_string(test::free_port())};
+    bad.dial_timeout = 500ms;
+    etcd::sync_client nowhere(bad);
+    CHECK(nowhere.inspect(name, ec).holders.empty());
+    CHECK(ec == etcd::errc::unreachable);
+    CHECK_THROWS_WITH(nowhere.inspect(name), Catch::Contains(bad.endpoints[0]));
+
+    asio::io_context io;
+    etcd::client c(io.get_executor(), cfg());
+    bool got = false;
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            const auto s = co_await c.async_inspect(name);
+            got = !s.held();
+        },
+        asio::detached);
+    REQUIRE(run_until(io, [&] { return got; }));
+    asio::cancellation_signal sig;
+    std::optional<test::asio_error_code> cancelled;
+    c.async_inspect(
+        name, asio::bind_cancellation_slot(
+                  sig.slot(), [&](test::asio_error_code e, etcd::lock_status) { cancelled = e; }));
+    sig.emit(asio::cancellation_type::terminal);
+    REQUIRE(run_until(io, [&] { return cancelled.has_value(); }));
+    CHECK(*cancelled == test::asio_error_code(asio::error::operation_aborted));
+}
+
 TEST_CASE("etcd: a SIGKILLed holder's lock is granted within TTL + 1 s", "[etcd][session]") {
     const auto name = unique_name("killed");
     int pipefd[2];

@@ -2,6 +2,7 @@
 // etcd's Mutex protocol as a backend of the acquire state machine, without
 // I/O: scripted answers in, the requests and decisions out (a fake clock).
 #include "../src/etcd/held_watch.hpp"
+#include "../src/etcd/inspect.hpp"
 #include "../src/etcd/lock_backend.hpp"
 
 #include <catch2/catch.hpp>
@@ -587,6 +588,120 @@ TEST_CASE("etcd kinds: a key's value says its kind; an untagged one is exclusive
     CHECK(kind_of("filelock:slots=4\n 1@h\n").slots == 4);
     CHECK(content_of("filelock:slots=4\n 1@h\n") == " 1@h\n");
     CHECK(content_of(" 1@h\n") == " 1@h\n");
+}
+
+namespace {
+kv key_at(std::string key, std::int64_t rev, std::string value, std::int64_t lease = 0) {
+    kv k;
+    k.key = std::move(key);
+    k.create_revision = rev;
+    k.mod_revision = rev;
+    k.value = std::move(value);
+    k.lease = lease;
+    return k;
+}
+std::vector<std::string> keys_of(const std::vector<filelock::etcd::lock_party>& v) {
+    std::vector<std::string> out;
+    for (const auto& p : v) out.push_back(p.key);
+    return out;
+}
+}  // namespace
+
+TEST_CASE("etcd inspect: holders are what the lock's rules admit, waiters in revision order") {
+    using filelock::lock_kind;
+    using strings = std::vector<std::string>;
+    const std::string sh = "filelock:shared\n 7@a\n", two = "filelock:slots=2\n 8@b\n";
+    SECTION("etcdctl's empty value is an exclusive writer: one holder, the rest wait") {
+        const auto st = status_of("n", {key_at("n/1", 5, ""), key_at("n/2", 6, " 42@h\n", 0x2)}, 9);
+        CHECK(keys_of(st.holders) == strings{"n/1"});
+        CHECK(keys_of(st.waiters) == strings{"n/2"});
+        CHECK(st.holders[0].kind == lock_kind::exclusive);
+        CHECK(st.holders[0].pid == 0);
+        CHECK(st.holders[0].fencing_token == 5);
+        CHECK(st.waiters[0].position == 1);
+        CHECK(st.waiters[0].pid == 42);
+        CHECK(st.waiters[0].host == "h");
+        CHECK(st.waiters[0].lease == 0x2);
+        CHECK(st.revision == 9);
+        CHECK(st.held());
+    }
+    SECTION("readers before the first writer hold; a reader after it waits") {
+        const auto st = status_of("n",
+                                  {key_at("n/1", 5, sh), key_at("n/2", 6, sh), key_at("n/3", 7, ""),
+                                   key_at("n/4", 8, sh)},
+                                  9);
+        CHECK(keys_of(st.holders) == strings{"n/1", "n/2"});
+        CHECK(keys_of(st.waiters) == strings{"n/3", "n/4"});
+        CHECK(st.holders[1].kind == lock_kind::shared);
+        CHECK(st.holders[1].pid == 7);
+        CHECK(st.holders[1].content == "7@a");
+        CHECK(st.waiters[0].kind == lock_kind::exclusive);
+        CHECK(st.waiters[1].position == 2);
+    }
+    SECTION("the N lowest slot holders hold; a writer first excludes them all") {
+        auto st = status_of(
+            "n", {key_at("n/1", 5, two), key_at("n/2", 6, two), key_at("n/3", 7, two)}, 9);
+        CHECK(keys_of(st.holders) == strings{"n/1", "n/2"});
+        CHECK(keys_of(st.waiters) == strings{"n/3"});
+        CHECK(st.holders[0].kind == lock_kind::slot);
+        CHECK(st.holders[0].slots == 2);
+        st = status_of("n", {key_at("n/0", 4, ""), key_at("n/1", 5, two)}, 9);
+        CHECK(keys_of(st.holders) == strings{"n/0"});
+        CHECK(keys_of(st.waiters) == strings{"n/1"});
+    }
+    SECTION("no key: free") {
+        const auto st = status_of("n", {}, 3);
+        CHECK_FALSE(st.held());
+        CHECK(st.waiters.empty());
+    }
+    SECTION("a value of another form names no process") {
+        const auto p = party_of(key_at("n/1", 5, "backup job"));
+        CHECK(p.pid == 0);
+        CHECK(p.host.empty());
+        CHECK(p.content == "backup job");
+        CHECK(party_of(key_at("n/1", 5, " 12x\n")).pid == 0);
+        CHECK(party_of(key_at("n/1", 5, " 12\n")).pid == 12);
+    }
+}
+
+TEST_CASE("etcd inspect: range and time-to-live answers decoded, errors named") {
+    http_reply r;
+    r.status = 200;
+    r.body = json{{"header", {{"revision", "12"}}},
+                  {"kvs",
+                   {{{"key", base64("n/1")},
+                     {"value", base64("")},
+                     {"create_revision", "5"},
+                     {"lease", "26957"}}}}}
+                 .dump();
+    std::vector<kv> keys;
+    std::int64_t rev = 0;
+    std::string why;
+    REQUIRE_FALSE(decode_range(r, keys, rev, why));
+    CHECK(rev == 12);
+    REQUIRE(keys.size() == 1);
+    CHECK(keys[0].key == "n/1");
+    CHECK(keys[0].lease == 26957);
+    r.body = json{{"header", {{"revision", "12"}}}}.dump();  // no key: no "kvs"
+    REQUIRE_FALSE(decode_range(r, keys, rev, why));
+    CHECK(keys.empty());
+    r.body = json{{"kvs", {{{"key", "!!"}}}}}.dump();
+    CHECK(decode_range(r, keys, rev, why) == filelock::etcd::errc::bad_reply);
+    std::int64_t ttl = 0;
+    r.body = json{{"ID", "7"}, {"TTL", "-1"}}.dump();
+    REQUIRE_FALSE(decode_time_to_live(r, ttl, why));
+    CHECK(ttl == -1);
+    r.body = json{{"ID", "7"}, {"TTL", "8"}, {"grantedTTL", "10"}}.dump();
+    REQUIRE_FALSE(decode_time_to_live(r, ttl, why));
+    CHECK(ttl == 8);
+    r.body = R"({"error":"etcdserver: permission denied","code":7})";
+    r.status = 400;
+    CHECK(decode_time_to_live(r, ttl, why) == filelock::etcd::errc::auth);
+    CHECK(why.find("permission denied") != std::string::npos);
+    const json body = json::parse(request::range_by_create("n/"));
+    CHECK(body["sort_target"] == "CREATE");
+    CHECK(body["sort_order"] == "ASCEND");
+    CHECK(body["range_end"] == base64("n0"));
 }
 
 TEST_CASE("etcd slots: a holder is one of the N lowest create revisions, with a key of its own") {

@@ -202,3 +202,45 @@ TEST_CASE("etcd uv: slots and shared locks: two holders at once, a writer waits 
         }
     }
 }
+
+TEST_CASE("etcd uv: async_inspect sees the holder and the waiter in order; cancel; the loop closes",
+          "[etcd][inspect]") {
+    loop_fixture f;
+    const auto name = unique_name("inspect");
+    {
+        etcd::uv_client a(&f.loop, cfg()), b(&f.loop, cfg()), viewer(&f.loop, cfg());
+        std::optional<etcd::lock_result> ra, rb;
+        a.async_lock(name, 5s, [&](etcd::lock_result x) { ra = std::move(x); });
+        REQUIRE(f.run_until([&] { return ra.has_value(); }));
+        REQUIRE_FALSE(ra->ec);
+        b.async_lock(name, 30s, [&](etcd::lock_result x) { rb = std::move(x); });
+        REQUIRE(keys_become(f, name + "/", 2));
+        std::optional<etcd::inspect_result> r;
+        viewer.async_inspect(name, [&](etcd::inspect_result x) { r = std::move(x); });
+        CHECK_FALSE(r);  // never inline
+        REQUIRE(f.run_until([&] { return r.has_value(); }));
+        REQUIRE_FALSE(r->ec);
+        REQUIRE(r->status.holders.size() == 1);
+        REQUIRE(r->status.waiters.size() == 1);
+        CHECK(r->status.holders[0].key == ra->held.key());
+        CHECK(r->status.holders[0].fencing_token == ra->held.fencing_token());
+        CHECK(r->status.holders[0].pid == ::getpid());
+        CHECK(r->status.holders[0].ttl.has_value());
+        CHECK(r->status.waiters[0].position == 1);
+        CHECK(r->status.waiters[0].fencing_token > ra->held.fencing_token());
+
+        r.reset();
+        auto req = viewer.async_inspect(name, [&](etcd::inspect_result x) { r = std::move(x); });
+        req.cancel();
+        REQUIRE(f.run_until([&] { return r.has_value(); }));
+        CHECK(r->ec == filelock::condition::cancelled);
+
+        ra->held.release();
+        REQUIRE(f.run_until([&] { return rb.has_value(); }));
+        REQUIRE_FALSE(rb->ec);
+        bool released = false;
+        rb->held.release([&](std::error_code) { released = true; });
+        REQUIRE(f.run_until([&] { return released; }));
+        CHECK(keys_become(f, name + "/", 0));
+    }
+}

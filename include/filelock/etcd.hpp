@@ -40,12 +40,14 @@
 
 #include <filelock/error.hpp>
 #include <filelock/export.hpp>
+#include <filelock/inspect.hpp>
 #include <filelock/options.hpp>
 
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -229,6 +231,69 @@ struct lock_result {
     std::string name;
     /// On contention: the holder's value, trimmed (e.g. "1234@host").
     std::string holder;
+};
+
+/// A key under a lock's name, as inspect sees it: a holder or a waiter.
+struct lock_party {
+    /// Its key (`NAME/<lease hex>`, or `NAME/<lease hex>/<k>` for our shared
+    /// and slot locks).
+    std::string key;
+    /// What its value says: `filelock:shared` a reader, `filelock:slots=N`
+    /// one of N slots; any other value (etcdctl's and Go's Mutex's empty
+    /// one, our exclusive lock's content) an exclusive writer.
+    filelock::lock_kind kind = filelock::lock_kind::exclusive;
+    /// The N of a slot holder's `filelock:slots=N`; 0 for the other kinds.
+    unsigned slots = 0;
+    /// The key's create revision: the fencing token its holder has
+    /// (etcd::lock::fencing_token()), and its place in the queue.
+    std::int64_t fencing_token = 0;
+    /// The lease the key is bound to (0: none).
+    std::int64_t lease = 0;
+    /// The lease's TTL left, as etcd tells it; empty when the key has no
+    /// lease or the lease is gone (expired since the keys were read).
+    std::optional<std::chrono::seconds> ttl;
+    /// The process and its host, from a value of the form our locks write
+    /// (`" 1234@host\n"`, the default content template); 0 and empty when
+    /// the value says nothing of them (etcdctl's empty value, a template of
+    /// another form). etcd keeps no time for a key: since when it holds is
+    /// not known.
+    long long pid = 0;
+    /// The host named in the value.
+    std::string host;
+    /// The value without its kind's tag, trimmed (e.g. "1234@host").
+    std::string content;
+    /// Waiters: their place in the queue, 1 for the next in line; 0 for
+    /// holders.
+    std::uint64_t position = 0;
+};
+
+/// Who holds a lock of etcd and who waits for it (etcd::inspect): a snapshot
+/// at one revision of the store.
+struct lock_status {
+    /// The lock's name.
+    std::string name;
+    /// The holders by create revision: the lowest key for an exclusive lock;
+    /// the N lowest slot holders; the readers before the first writer.
+    std::vector<lock_party> holders;
+    /// The other keys, in queue order (create revision).
+    std::vector<lock_party> waiters;
+    /// The store's revision the keys were read at.
+    std::int64_t revision = 0;
+    /// The endpoint that answered.
+    std::string endpoint;
+    /// Whether someone holds the lock.
+    bool held() const noexcept { return !holders.empty(); }
+};
+
+/// An inspection's outcome: the status, or the error with a message naming
+/// the endpoint and the cause.
+struct inspect_result {
+    /// Empty on success.
+    std::error_code ec;
+    /// What was seen (empty on failure).
+    lock_status status;
+    /// The failure, naming the endpoint and the cause.
+    std::string message;
 };
 
 }  // namespace filelock::etcd

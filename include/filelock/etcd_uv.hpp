@@ -64,6 +64,12 @@ public:
     request async_lock(std::string name, std::chrono::nanoseconds timeout, const lock_options& opts,
                        std::function<void(lock_result)> callback);
 
+    /// Reads who holds `name` and who waits for it, taking nothing (no
+    /// lease, no key): see etcd::lock_status. `callback` runs once on the
+    /// loop, never inline, with the status or the error and its message
+    /// (the endpoint and the cause; cancelled: std::errc::operation_canceled).
+    request async_inspect(std::string name, std::function<void(inspect_result)> callback);
+
     /// The awaitable form for any C++20 coroutine: returns the lock; throws
     /// timeout_error naming the holder, or std::system_error (the endpoint
     /// and the cause; a stop request: std::errc::operation_canceled).

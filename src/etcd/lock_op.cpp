@@ -351,6 +351,10 @@ void session::cancel(std::uint64_t id, std::error_code code) {
     reactor_->post([w = weak_from_this(), id, code] {
         auto self = w.lock();
         if (!self) return;
+        if (auto in = self->inspects_.find(id); in != self->inspects_.end()) {
+            auto op = in->second;
+            return cancel_inspect(*op, code);
+        }
         auto it = self->ops_.find(id);
         if (it == self->ops_.end()) return;
         auto op = it->second;
@@ -361,6 +365,9 @@ void session::close() {
     closing_ = true;
     auto ops = ops_;
     for (auto& [id, op] : ops) op->cancel(std::make_error_code(std::errc::operation_canceled));
+    auto inspects = inspects_;
+    for (auto& [id, op] : inspects)
+        cancel_inspect(*op, std::make_error_code(std::errc::operation_canceled));
     maybe_revoke();
 }
 

@@ -220,6 +220,35 @@ std::error_code decode_keepalive(const http_reply& r, std::int64_t& ttl, std::st
     return {};
 }
 
+std::error_code decode_range(const http_reply& r, std::vector<kv>& out, std::int64_t& revision,
+                             std::string& why) {
+    json j;
+    if (auto ec = parse(r, j, why)) return ec;
+    try {
+        revision = j.contains("header") ? int64_of(j.at("header"), "revision") : 0;
+        if (!kvs_of(j, out)) {
+            why = "malformed key or value in the answer";
+            return errc::bad_reply;
+        }
+    } catch (const std::exception& e) {
+        why = std::string("unexpected answer: ") + e.what();
+        return errc::bad_reply;
+    }
+    return {};
+}
+
+std::error_code decode_time_to_live(const http_reply& r, std::int64_t& ttl, std::string& why) {
+    json j;
+    if (auto ec = parse(r, j, why)) return ec;
+    try {
+        ttl = int64_of(j, "TTL");
+    } catch (const std::exception& e) {
+        why = std::string("unexpected answer: ") + e.what();
+        return errc::bad_reply;
+    }
+    return {};
+}
+
 watch_message decode_watch(std::string_view text) {
     watch_message m;
     const json j = json::parse(text, nullptr, false);
@@ -323,6 +352,12 @@ std::string release_leased(const std::string& key, std::int64_t lease) {
                 {"failure", json::array()}}
         .dump();
 }
+
+std::string range_by_create(const std::string& prefix) {
+    return all_of(prefix).at("request_range").dump();
+}
+
+std::string time_to_live(std::int64_t lease) { return json{{"ID", std::to_string(lease)}}.dump(); }
 
 std::string watch(const std::string& key, std::int64_t start_revision,
                   const std::string& range_end) {

@@ -75,6 +75,12 @@ struct watch_message {
 };
 watch_message decode_watch(std::string_view text);
 
+/// A range's answer: its keys (in the order asked) and the store's revision.
+std::error_code decode_range(const http_reply& r, std::vector<kv>& out, std::int64_t& revision,
+                             std::string& why);
+/// A lease's time-to-live answer: the TTL left (-1: the lease is gone).
+std::error_code decode_time_to_live(const http_reply& r, std::int64_t& ttl, std::string& why);
+
 namespace request {
 std::string grant(std::chrono::seconds ttl);
 std::string keepalive(std::int64_t lease);
@@ -101,6 +107,10 @@ std::string release(const std::string& key, std::int64_t rev);
 /// If(lease(key) == lease) Then(delete(key)): the key only while it is
 /// bound to `lease` (ours), whatever its revision.
 std::string release_leased(const std::string& key, std::int64_t lease);
+/// Every key of `prefix`, by create revision, ascending (for /v3/kv/range).
+std::string range_by_create(const std::string& prefix);
+/// The TTL left of `lease` (for /v3/lease/timetolive).
+std::string time_to_live(std::int64_t lease);
 /// Watches `key` (with `range_end`: the keys in [key, range_end)) from
 /// `start_revision`.
 std::string watch(const std::string& key, std::int64_t start_revision,

@@ -45,6 +45,9 @@ struct held_state {
 };
 
 struct lock_op;
+struct inspect_op;
+/// Ends an inspection with `code` (inspect_op.cpp).
+void cancel_inspect(inspect_op& op, std::error_code code);
 
 class session : public std::enable_shared_from_this<session> {
 public:
@@ -73,6 +76,12 @@ public:
                        std::function<void(lock_result)> done);
     void cancel(std::uint64_t id, std::error_code code);
     void op_finished(std::uint64_t id) { ops_.erase(id); }
+    /// Reads the keys of `name` and their leases' TTL (inspect_op.cpp).
+    std::uint64_t inspect(std::string name, std::function<void(inspect_result)> done);
+    void inspect_finished(std::uint64_t id) { inspects_.erase(id); }
+    /// Calls `f(ec, why)` once requests carry an auth token: at once without
+    /// a user or with a token already, else after authenticating.
+    void with_token(std::function<void(std::error_code, const std::string&)> f);
 
     using lease_fn = std::function<void(std::error_code, const std::string&)>;
     /// Calls `f(ec, why)` once the session has a lease (granting one first).
@@ -102,6 +111,9 @@ public:
         auto ops = std::move(ops_);
         ops_.clear();
         ops.clear();
+        auto inspects = std::move(inspects_);
+        inspects_.clear();
+        inspects.clear();
         http_.drop_all();
     }
 
@@ -157,6 +169,7 @@ private:
     grant_retry grant_retry_;
     std::list<std::weak_ptr<held_state>> held_;
     std::map<std::uint64_t, std::shared_ptr<lock_op>> ops_;
+    std::map<std::uint64_t, std::shared_ptr<inspect_op>> inspects_;
     std::uint64_t next_op_ = 1;
     bool closing_ = false;
     /// Leases lost while a lock held on them was not yet released: revoked

@@ -180,6 +180,12 @@ uv_client::request uv_client::async_lock(std::string name, std::chrono::nanoseco
     return request(s_, id);
 }
 
+uv_client::request uv_client::async_inspect(std::string name,
+                                            std::function<void(inspect_result)> callback) {
+    const auto id = s_->inspect(std::move(name), std::move(callback));
+    return request(s_, id);
+}
+
 std::uint64_t uv_client::requests() const noexcept { return s_->requests(); }
 std::uint64_t uv_client::watches() const noexcept { return s_->watches(); }
 

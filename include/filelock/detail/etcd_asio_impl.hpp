@@ -290,6 +290,38 @@ public:
         if (r.ec) throw std::system_error(r.ec, r.message);
     }
 
+    /// Reads who holds the lock `name` and who waits for it, taking nothing
+    /// (no lease, no key): the keys under `NAME/` by create revision, sorted
+    /// by the lock's rules, with their leases' TTL left (see lock_status).
+    ///
+    /// Completion signature: `void(error_code ec, etcd::lock_status status)`
+    /// (Asio's error_code, as async_lock): the etcd::errc or system error,
+    /// `asio::error::operation_aborted` when cancelled. Per-operation
+    /// cancellation: terminal, partial and total (nothing is left in etcd).
+    /// The handler runs on its associated executor, never inline. Call on
+    /// the client's executor.
+    template <class CompletionToken>
+    auto async_inspect(std::string name, CompletionToken&& token) {
+        return asio_detail::net::async_initiate<CompletionToken,
+                                                void(asio_detail::error_code, lock_status)>(
+            initiate_inspect{s_, ex_}, token, std::move(name));
+    }
+    /// As async_inspect, with the completion signature
+    /// `void(inspect_result)`: the outcome with its message (the endpoint
+    /// and the cause).
+    template <class CompletionToken>
+    auto async_inspect_result(std::string name, CompletionToken&& token) {
+        return asio_detail::net::async_initiate<CompletionToken, void(inspect_result)>(
+            initiate_inspect{s_, ex_}, token, std::move(name));
+    }
+    /// The coroutine form: returns the status; throws std::system_error
+    /// naming the endpoint and the cause.
+    asio_detail::net::awaitable<lock_status> async_inspect(std::string name) {
+        auto r = co_await async_inspect_result(std::move(name), asio_detail::net::use_awaitable);
+        if (r.ec) throw std::system_error(r.ec, r.message);
+        co_return std::move(r.status);
+    }
+
     /// Waits until `held` (a lock of this client) is lost: async_wait_lost
     /// on the client's executor.
     template <class CompletionToken>
@@ -325,6 +357,39 @@ private:
                         std::move (*h)(std::move(r));
                     } else {
                         std::move (*h)(asio_detail::to_net_error(r.ec), std::move(r.held));
+                    }
+                });
+            });
+            if (slot.is_connected()) {
+                std::weak_ptr<detail::session_handle> w = s;
+                slot.assign([w, id](asio_detail::net::cancellation_type t) {
+                    if (t == asio_detail::net::cancellation_type::none) return;
+                    if (auto session = w.lock())
+                        session->cancel(id, asio_detail::operation_aborted());
+                });
+            }
+        }
+    };
+
+    struct initiate_inspect {
+        std::shared_ptr<detail::session_handle> s;
+        executor_type ex;  // the default for handlers without one
+        template <class Handler>
+        void operator()(Handler handler, std::string name) const {
+            auto work =
+                asio_detail::net::prefer(asio_detail::net::get_associated_executor(handler, ex),
+                                         asio_detail::net::execution::outstanding_work.tracked);
+            auto slot = asio_detail::net::get_associated_cancellation_slot(handler);
+            auto h = std::make_shared<Handler>(std::move(handler));
+            const auto id = s->inspect(std::move(name), [h, work](inspect_result r) {
+                asio_detail::net::get_associated_cancellation_slot(*h).clear();
+                asio_detail::net::dispatch(work, [h, r = std::move(r)]() mutable {
+                    if (r.ec == std::errc::operation_canceled)
+                        r.ec = asio_detail::operation_aborted();
+                    if constexpr (std::is_invocable_v<Handler, inspect_result>) {
+                        std::move (*h)(std::move(r));
+                    } else {
+                        std::move (*h)(asio_detail::to_net_error(r.ec), std::move(r.status));
                     }
                 });
             });
@@ -384,7 +449,31 @@ public:
         return std::move(r.held);
     }
 
+    /// Who holds `name` and who waits (client::async_inspect); throws
+    /// std::system_error naming the endpoint and the cause.
+    lock_status inspect(const std::string& name) {
+        auto r = run_inspect(name);
+        if (r.ec) throw std::system_error(r.ec, r.message);
+        return std::move(r.status);
+    }
+    /// As above; reports the failure through `ec` instead (cleared on
+    /// success).
+    lock_status inspect(const std::string& name, std::error_code& ec) {
+        auto r = run_inspect(name);
+        ec = r.ec;
+        return std::move(r.status);
+    }
+
 private:
+    inspect_result run_inspect(const std::string& name) {
+        std::promise<inspect_result> p;
+        auto f = p.get_future();
+        asio_detail::net::post(io_, [&] {
+            c_->async_inspect_result(name, [&p](inspect_result r) { p.set_value(std::move(r)); });
+        });
+        return f.get();
+    }
+
     lock_result run(const std::string& name, std::chrono::nanoseconds timeout,
                     const lock_options& opts) {
         std::promise<lock_result> p;

@@ -77,6 +77,10 @@ public:
     /// As above, for the kind of lock `o` asks for.
     std::uint64_t lock(std::string name, std::chrono::nanoseconds timeout, const lock_options& o,
                        std::function<void(etcd::lock_result)> done);
+    /// Reads who holds `name` and who waits (call on the loop's thread),
+    /// taking nothing: no lease is granted for it. `done` runs once, on the
+    /// loop, never inline. Returns an operation id for `cancel`.
+    std::uint64_t inspect(std::string name, std::function<void(etcd::inspect_result)> done);
     /// Cancels the operation (any thread): it completes with `code`
     /// (nothing held, its key deleted first). No-op once completed.
     void cancel(std::uint64_t op, std::error_code code);
