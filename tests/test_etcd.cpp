@@ -14,6 +14,8 @@
 #include "etcd_member.hpp"
 #include "tcp_proxy.hpp"
 
+#include <nlohmann/json.hpp>
+
 #include <atomic>
 #include <fstream>
 #include <optional>
@@ -1272,6 +1274,71 @@ TEST_CASE("etcd: filelock-run -s takes a reader, --slots N one of N slots", "[et
             &st);
         CHECK(st == 64);
     }
+}
+
+TEST_CASE("etcd: filelock-run --status [--json] shows the holder and the waiters, exit 1 held",
+          "[etcd][inspect]") {
+    asio::io_context io;
+    etcd::client a(io.get_executor(), cfg()), b(io.get_executor(), cfg());
+    const auto name = unique_name("tool-status");
+    const auto target = etcd_target(name);
+    int st = -1;
+    auto out = test::sh(run_tool() + " --status " + target + " 2>&1", &st);
+    CHECK(st == 0);
+    CHECK(out == target + ": free\n");
+    outcome oa, ob;
+    start_lock(a, name, 5s, oa);
+    REQUIRE(run_until(io, [&] { return oa.done; }));
+    REQUIRE_FALSE(oa.ec);
+    start_lock_kind(b, name, 30s, reader, ob);
+    REQUIRE(keys_become(io, name + "/", 2));
+    const auto leases = member().ctl("lease list");
+
+    out = test::sh(run_tool() + " --status --json " + target, &st);
+    CHECK(st == 1);
+    const auto j = nlohmann::json::parse(out, nullptr, false);
+    REQUIRE(j.is_object());
+    CHECK(j["held"] == true);
+    REQUIRE(j["holders"].size() == 1);
+    REQUIRE(j["waiters"].size() == 1);
+    const auto& h = j["holders"][0];
+    CHECK(h["key"] == oa.held.key());
+    CHECK(h["fencing_token"] == oa.held.fencing_token());
+    CHECK(h["pid"] == ::getpid());
+    CHECK(h["mode"] == "exclusive");
+    CHECK(h["lease"] == a.lease());
+    CHECK(h["ttl"].is_number());
+    CHECK_FALSE(h.contains("queue_position"));
+    const auto& w = j["waiters"][0];
+    CHECK(w["key"].get<std::string>().rfind(name + "/" + lease_hex(b.lease()) + "/", 0) == 0);
+    CHECK(w["mode"] == "shared");
+    CHECK(w["queue_position"] == 1);
+    CHECK(w["fencing_token"].get<std::int64_t>() > oa.held.fencing_token());
+
+    out = test::sh(run_tool() + " -E 7 --status " + target + " 2>&1", &st);
+    CHECK(st == 7);
+    CHECK(out.find(target + ": held\n") == 0);
+    CHECK(out.find("holder   " + std::to_string(::getpid())) != std::string::npos);
+    CHECK(out.find(oa.held.key()) != std::string::npos);
+    CHECK(out.find("queued #1") != std::string::npos);
+    // It took nothing: no key, no lease.
+    CHECK(member().keys(name + "/").size() == 2);
+    CHECK(member().ctl("lease list") == leases);
+
+    out = test::sh(
+        run_tool() + " --status etcd://127.0.0.1:" + std::to_string(test::free_port()) + "/x 2>&1",
+        &st);
+    CHECK(st == 69);
+    CHECK(out.find("127.0.0.1") != std::string::npos);
+    test::sh(run_tool() + " --json " + target + " 2>&1", &st);
+    CHECK(st == 64);
+    test::sh(run_tool() + " --status " + target + " true 2>&1", &st);
+    CHECK(st == 64);
+
+    oa.held.release();
+    REQUIRE(run_until(io, [&] { return ob.done; }));
+    release_and_wait(io, ob.held);
+    CHECK(keys_become(io, name + "/", 0));
 }
 
 TEST_CASE("etcd: filelock-run sends the lost signal to COMMAND and exits 75", "[etcd]") {

@@ -46,8 +46,8 @@ std::string option_or_env(const std::string& value, const char* name) {
 
 [[noreturn]] void usage(const std::string& msg) { cli::usage_error(msg); }
 
-// etcd://host:port[,host:port]/NAME and the options: the client's
-// configuration and the lock's name; a usage error exits.
+}  // namespace
+
 filelock::etcd::config configuration(const options& o, const char* target, std::string& name) {
     const std::string rest = target + 7;
     const auto slash = rest.find('/');
@@ -85,6 +85,8 @@ filelock::etcd::config configuration(const options& o, const char* target, std::
     if (auto ec = filelock::etcd::validate(cfg, why)) usage(why);
     return cfg;
 }
+
+namespace {
 
 // The etcd client on an io_context of its own thread. Every signal the
 // wrapper handles is blocked before that thread starts (it inherits the

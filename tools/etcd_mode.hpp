@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <filelock/etcd.hpp>
+
 #include <chrono>
 #include <csignal>
 #include <string>
@@ -26,6 +28,15 @@ struct options {
 
 /// Whether the lock target is etcd://...
 bool is_target(const char* target);
+/// etcd://host:port[,host:port]/NAME and the options: the client's
+/// configuration and the lock's name; a usage error exits.
+filelock::etcd::config configuration(const options& o, const char* target, std::string& name);
+
+/// --status [--json] etcd://...: who holds the lock and who waits
+/// (etcd_status.cpp). Returns 0 when it is free, `conflict_code` when held,
+/// 69 when etcd cannot be read.
+int status(const options& o, const char* target, bool json);
+
 /// Runs `argv` (COMMAND) while holding the etcd lock `target`; returns the
 /// exit status. `cl`: the command line, for the messages flock(1) prints.
 int run(const options& o, const cli::command_line& cl, const char* target, char** argv);

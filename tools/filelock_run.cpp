@@ -240,8 +240,6 @@ int main(int argc, char** argv) {
     set_program_name(argv[0]);
     command_line cl;
     if (auto status = parse(argc, argv, cl)) return *status;
-    if (cl.watch) return watch_form(cl);
-    if (cl.status || cl.json) return status_form(cl);
     filelock::lock_options& options = cl.options;
     const char* target = cl.target;
     const nanoseconds timeout = cl.timeout;
@@ -254,6 +252,8 @@ int main(int argc, char** argv) {
         usage_error("this filelock-run was built without etcd support");
 #endif
     }
+    if (cl.watch) return watch_form(cl);
+    if (cl.status || cl.json) return status_form(cl);
     if (cl.etcd_option) usage_error("etcd options apply to an etcd:// target");
     if (cl.slots != 1) {  // N holders of a lock file: a slot each, nothing written
         if (options.mode == filelock::lock_mode::shared)
