@@ -794,3 +794,73 @@ TEST_CASE("filelock-run --watch: a bad target names the path and the cause (66),
     CHECK(run({tool, "--json", p.string()}, &err) == 64);
     CHECK(run({tool, "--watch", "etcd://127.0.0.1:1/x"}, &err) == 64);
 }
+
+TEST_CASE("filelock-run: the holder named on conflict is the live one, not an earlier line") {
+    // An exited filelock-run left its line; flock(1), which writes nothing,
+    // holds the lock now: --verbose names flock(1).
+    scratch s;
+    const auto p = s / "a.lock";
+    const std::string tool = filelock_run_path();
+    REQUIRE(run({tool, p.string(), "true"}) == 0);
+    const std::string stale = read_file(p);
+    REQUIRE(stale.size() > 2);
+    const std::string stale_pid = stale.substr(1, stale.size() - 2);
+    program holder({"flock", p.string(), "-c", "echo locked; exec cat"});
+    REQUIRE(holder.read_line() == "locked");
+    REQUIRE(read_file(p) == stale);
+    for (const std::vector<std::string>& args :
+         {std::vector<std::string>{tool, "-n", "--verbose", p.string(), "true"},
+          std::vector<std::string>{tool, "-w", "0.05", "--verbose", p.string(), "true"}}) {
+        std::string err;
+        CHECK(run(args, &err) == 1);
+        INFO(err);
+        CHECK(err.find(p.string() + ": held by " + std::to_string(holder.pid()) + "\n") !=
+              std::string::npos);
+        CHECK(err.find(stale_pid) == std::string::npos);
+    }
+    holder.close_stdin();
+    CHECK(holder.wait() == 0);
+}
+
+TEST_CASE("filelock-run --status: a short table, a row per holder and waiter") {
+    scratch s;
+    const auto p = s / "a.lock";
+    write_file(p, "");
+    const std::string tool = filelock_run_path();
+    program holder({"flock", p.string(), "-c", "echo locked; exec cat"});
+    REQUIRE(holder.read_line() == "locked");
+    program queued({tool, "-w", "60", p.string(), "true"});
+    program blocked({"flock", p.string(), "true"});
+    // Until both wait (the queued one takes its ticket at its second
+    // attempt; the other blocks in the kernel).
+    std::vector<std::string> lines;
+    for (int i = 0; i < 1000; ++i) {
+        program status({tool, "--status", p.string()});
+        lines.clear();
+        for (std::string l; !(l = status.read_line()).empty();) lines.push_back(l);
+        CHECK(status.wait() == 1);  // held
+        if (lines.size() >= 5) break;
+        std::this_thread::sleep_for(10ms);
+    }
+    std::string all;
+    for (const auto& l : lines) all += l + "\n";
+    INFO(all);
+    REQUIRE(lines.size() == 5);
+    CHECK(lines[0] == p.string() + ": held");
+    CHECK(lines[1].rfind("ROLE     PID      HOST", 0) == 0);
+    const auto row = [](const std::string& role, pid_t pid) {
+        char start[32];
+        std::snprintf(start, sizeof start, "%-8s %-8d ", role.c_str(), static_cast<int>(pid));
+        return std::string(start);
+    };
+    CHECK(lines[2].rfind(row("holder", holder.pid()), 0) == 0);
+    CHECK(lines[2].find(" flock  exclusive") != std::string::npos);
+    CHECK(lines[3].rfind(row("waiter", queued.pid()), 0) == 0);
+    CHECK(lines[3].find("queued #1") != std::string::npos);
+    CHECK(lines[4].rfind(row("waiter", blocked.pid()), 0) == 0);
+    CHECK(lines[4].find("queued") == std::string::npos);
+    holder.close_stdin();
+    CHECK(holder.wait() == 0);
+    CHECK(queued.wait() == 0);
+    CHECK(blocked.wait() == 0);
+}
