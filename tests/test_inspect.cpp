@@ -6,9 +6,11 @@
 #include <filelock/inspect.hpp>
 #include <filelock/lock_file.hpp>
 
+#include "../src/inspect/inspect_handle.hpp"
 #include "../src/inspect/kernel_locks.hpp"
 #include "support.hpp"
 
+#include <sys/inotify.h>
 #include <thread>
 
 using namespace test;
@@ -291,4 +293,37 @@ TEST_CASE("inspect: filelock-run --status --json, parsed; exit 0 free, 1 held") 
     blocked.read_line();
     blocked.close_stdin();
     CHECK(blocked.wait() == 0);
+}
+
+TEST_CASE("inspect: through an open descriptor, it makes no open or close event on the file") {
+    // filelock-run --watch wakes on the lock file's opens and closes: its
+    // own looks must not be among them.
+    scratch s;
+    const auto p = s / "a.lock";
+    program holder = flock_holder(p);
+    REQUIRE(holder.read_line() == "locked");
+    const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    const int in = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    REQUIRE(in >= 0);
+    REQUIRE(::inotify_add_watch(in, p.c_str(), IN_OPEN | IN_CLOSE) >= 0);
+    const auto events = [in] {
+        alignas(inotify_event) char buf[4096];
+        int n = 0;
+        for (ssize_t r; (r = ::read(in, buf, sizeof buf)) > 0;)
+            for (ssize_t off = 0; off < r; ++n)
+                off += static_cast<ssize_t>(sizeof(inotify_event) +
+                                            reinterpret_cast<inotify_event*>(buf + off)->len);
+        return n;
+    };
+    std::error_code ec;
+    const auto st = filelock::detail::inspect_handle(p, fd, ec);
+    REQUIRE(!ec);
+    REQUIRE(st.holders.size() == 1);
+    CHECK(st.holders[0].pid == holder.pid());
+    CHECK(events() == 0);
+    filelock::inspect(p);  // by the path: it opens the file
+    CHECK(events() > 0);
+    ::close(in);
+    ::close(fd);
 }
