@@ -966,6 +966,60 @@ TEST_CASE("etcd inspect: readers before the first writer hold, and the N lowest 
     CHECK(viewer.lease() == 0);
 }
 
+TEST_CASE("etcd wait_change: a key created or deleted after the revision ends it, none missed",
+          "[etcd][inspect][session]") {
+    asio::io_context io;
+    etcd::client a(io.get_executor(), cfg()), viewer(io.get_executor(), cfg());
+    const auto name = unique_name("change");
+    const auto st = inspect_now(io, viewer, name);
+    REQUIRE_FALSE(st.ec);
+    // A change before the wait starts: the watch begins after the revision
+    // read, so it is seen.
+    outcome oa;
+    start_lock(a, name, 5s, oa);
+    REQUIRE(run_until(io, [&] { return oa.done; }));
+    std::optional<std::pair<test::asio_error_code, std::int64_t>> got;
+    viewer.async_wait_change(
+        name, st.status.revision,
+        [&](test::asio_error_code e, std::int64_t rev) { got.emplace(e, rev); });
+    REQUIRE(run_until(io, [&] { return got.has_value(); }));
+    CHECK_FALSE(got->first);
+    CHECK(got->second >= oa.held.fencing_token());
+    // Nothing changes: the wait goes on (the run ends by its bound);
+    // a release ends it.
+    const auto now = inspect_now(io, viewer, name);
+    got.reset();
+    viewer.async_wait_change(
+        name, now.status.revision,
+        [&](test::asio_error_code e, std::int64_t rev) { got.emplace(e, rev); });
+    io.restart();
+    io.run_for(200ms);
+    CHECK_FALSE(got.has_value());
+    oa.held.release();
+    REQUIRE(run_until(io, [&] { return got.has_value(); }));
+    CHECK_FALSE(got->first);
+    CHECK(got->second > now.status.revision);
+    // Keys under another name change nothing here; cancellation ends it.
+    asio::cancellation_signal sig;
+    const auto released_at = got->second;
+    got.reset();
+    viewer.async_wait_change(
+        name, released_at,
+        asio::bind_cancellation_slot(
+            sig.slot(), [&](test::asio_error_code e, std::int64_t rev) { got.emplace(e, rev); }));
+    outcome other;
+    start_lock(a, name + "-other", 5s, other);
+    REQUIRE(run_until(io, [&] { return other.done; }));
+    io.restart();
+    io.run_for(100ms);
+    CHECK_FALSE(got.has_value());
+    sig.emit(asio::cancellation_type::terminal);
+    REQUIRE(run_until(io, [&] { return got.has_value(); }));
+    CHECK(got->first == test::asio_error_code(asio::error::operation_aborted));
+    release_and_wait(io, other.held);
+    CHECK(viewer.lease() == 0);
+}
+
 TEST_CASE("etcd inspect: the synchronous and coroutine forms, cancellation and bad input",
           "[etcd][inspect]") {
     const auto name = unique_name("inspect-sync");

@@ -698,6 +698,15 @@ TEST_CASE("etcd inspect: range and time-to-live answers decoded, errors named") 
     r.status = 400;
     CHECK(decode_time_to_live(r, ttl, why) == filelock::etcd::errc::auth);
     CHECK(why.find("permission denied") != std::string::npos);
+    auto m =
+        decode_watch(R"({"result":{"header":{"revision":"9"},"events":[{"kv":{"key":"bi8x"}}]}})");
+    CHECK(m.events == 1);  // a put: a change, no deletion
+    CHECK(m.deletions.empty());
+    CHECK(m.revision == 9);
+    m = decode_watch(R"({"result":{"canceled":true,"compact_revision":"7"}})");
+    CHECK(m.canceled);
+    CHECK(m.compact_revision == 7);
+    CHECK(m.events == 0);
     const json body = json::parse(request::range_by_create("n/"));
     CHECK(body["sort_target"] == "CREATE");
     CHECK(body["sort_order"] == "ASCEND");

@@ -229,15 +229,21 @@ TEST_CASE("etcd uv: async_inspect sees the holder and the waiter in order; cance
         CHECK(r->status.waiters[0].position == 1);
         CHECK(r->status.waiters[0].fencing_token > ra->held.fencing_token());
 
+        std::optional<etcd::change_result> changed;
+        viewer.async_wait_change(name, r->status.revision,
+                                 [&](etcd::change_result x) { changed = std::move(x); });
         r.reset();
         auto req = viewer.async_inspect(name, [&](etcd::inspect_result x) { r = std::move(x); });
         req.cancel();
         REQUIRE(f.run_until([&] { return r.has_value(); }));
         CHECK(r->ec == filelock::condition::cancelled);
 
+        CHECK_FALSE(changed);
         ra->held.release();
-        REQUIRE(f.run_until([&] { return rb.has_value(); }));
+        REQUIRE(f.run_until([&] { return rb.has_value() && changed.has_value(); }));
         REQUIRE_FALSE(rb->ec);
+        CHECK_FALSE(changed->ec);  // the holder's key deleted
+        CHECK(changed->revision > ra->held.fencing_token());
         bool released = false;
         rb->held.release([&](std::error_code) { released = true; });
         REQUIRE(f.run_until([&] { return released; }));

@@ -296,6 +296,18 @@ struct inspect_result {
     std::string message;
 };
 
+/// A change under a lock's name (wait_change): the revision of the first
+/// key created, changed or deleted under `NAME/` after the revision asked
+/// for, or the error.
+struct change_result {
+    /// Empty when a change came.
+    std::error_code ec;
+    /// The store's revision with the change (read the lock again from it).
+    std::int64_t revision = 0;
+    /// The failure, naming the endpoint and the cause.
+    std::string message;
+};
+
 }  // namespace filelock::etcd
 
 /// @cond

@@ -70,6 +70,13 @@ public:
     /// (the endpoint and the cause; cancelled: std::errc::operation_canceled).
     request async_inspect(std::string name, std::function<void(inspect_result)> callback);
 
+    /// Waits for the next change under `name` after `revision` (an
+    /// inspection's lock_status::revision; see client::async_wait_change in
+    /// <filelock/etcd_asio.hpp>). `callback` runs once on the loop, never
+    /// inline, with the revision of the change or the error and its message.
+    request async_wait_change(std::string name, std::int64_t revision,
+                              std::function<void(change_result)> callback);
+
     /// The awaitable form for any C++20 coroutine: returns the lock; throws
     /// timeout_error naming the holder, or std::system_error (the endpoint
     /// and the cause; a stop request: std::errc::operation_canceled).

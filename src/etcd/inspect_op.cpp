@@ -2,7 +2,10 @@
 // One inspection (inspect_op): reads the keys under NAME/ by create revision
 // in one range request, sorts them into holders and waiters (inspect.hpp),
 // then asks etcd for the TTL left of each lease they are bound to. It takes
-// nothing: no lease, no key, no watch.
+// nothing: no lease, no key, no watch. The same operation waits for the next
+// change under NAME/ after a revision (wait_change: a watch of the prefix
+// from the next revision, ended at its first event), so that a view of the
+// lock is read again when, and only when, something changed.
 #include "inspect.hpp"
 #include "session.hpp"
 
@@ -21,6 +24,9 @@ struct inspect_op final : std::enable_shared_from_this<inspect_op> {
     inspect_op(session& s, std::uint64_t id, std::string name,
                std::function<void(inspect_result)> done)
         : s(s), id(id), name(std::move(name)), done(std::move(done)) {}
+    inspect_op(session& s, std::uint64_t id, std::string name, std::int64_t after,
+               std::function<void(change_result)> changed)
+        : s(s), id(id), name(std::move(name)), after(after), changed(std::move(changed)) {}
 
     session& s;
     std::uint64_t id;
@@ -34,13 +40,85 @@ struct inspect_op final : std::enable_shared_from_this<inspect_op> {
     std::map<std::int64_t, std::uint64_t> asking;  // lease -> request id
     std::map<std::int64_t, std::int64_t> ttl_of;
     std::uint64_t range_request = 0;
+    // wait_change: the revision after which a change is awaited, the
+    // callback, the watch stream.
+    std::int64_t after = -1;
+    std::function<void(change_result)> changed;
+    std::uint64_t watch = 0;
+    stream_splitter split;
 
     void start() {
         s.with_token([w = weak_from_this()](std::error_code ec, const std::string& why) {
             auto self = w.lock();
             if (!self || self->finished) return;
             if (ec) return self->fail(self->s.http().endpoint(), ec, why);
+            if (self->changed) return self->watch_prefix();
             self->read_keys();
+        });
+    }
+
+    void watch_prefix() {
+        ++s.watches;
+        const std::string prefix = name + "/";
+        watch = s.http().post(
+            "/v3/watch", request::watch(prefix, after + 1, prefix_end(prefix)),
+            [w = weak_from_this()](http_reply& r) {
+                auto self = w.lock();
+                if (!self || self->finished) return;
+                self->watch = 0;
+                if (r.ec) return self->fail(r.endpoint, r.ec, r.detail);
+                if (r.status < 200 || r.status >= 300)
+                    return self->fail(
+                        r.endpoint, errc::http_status,
+                        "not an etcd v3 gateway: HTTP status " + std::to_string(r.status));
+                self->fail(r.endpoint, errc::connection_reset, "the watch stream ended");
+            },
+            [w = weak_from_this()](std::string_view bytes) {
+                auto self = w.lock();
+                if (!self || self->finished) return;
+                const bool ok = self->split.feed(bytes, [&](std::string_view text) {
+                    if (self->finished) return;
+                    const auto m = decode_watch(text);
+                    if (!m.ok) {
+                        // An error object instead of a result (a refused
+                        // token, a bad request).
+                        http_reply e;
+                        e.status = 200;
+                        e.body = std::string(text);
+                        json j;
+                        std::string why;
+                        auto ec = parse(e, j, why);
+                        if (!ec) {
+                            ec = errc::bad_reply;
+                            why = "unexpected watch message";
+                        }
+                        return self->post_fail(ec, why);
+                    }
+                    if (m.canceled && m.compact_revision > 0)
+                        return self->post_change(m.compact_revision);  // read it again
+                    if (m.canceled)
+                        return self->post_fail(errc::server, "etcd cancelled the watch");
+                    if (m.events > 0) self->post_change(m.revision);
+                });
+                if (!ok) self->post_fail(errc::bad_reply, "malformed watch stream");
+            });
+    }
+
+    // Acted on after the stream's callbacks return.
+    void post_change(std::int64_t revision) {
+        s.loop().post([w = weak_from_this(), revision] {
+            auto self = w.lock();
+            if (!self || self->finished) return;
+            change_result r;
+            r.revision = revision;
+            self->deliver_change(std::move(r));
+        });
+    }
+    void post_fail(std::error_code ec, std::string why) {
+        s.loop().post([w = weak_from_this(), ec, why = std::move(why)] {
+            auto self = w.lock();
+            if (!self || self->finished) return;
+            self->fail(self->s.http().endpoint(), ec, why);
         });
     }
 
@@ -96,32 +174,54 @@ struct inspect_op final : std::enable_shared_from_this<inspect_op> {
     }
 
     void fail(const std::string& endpoint, std::error_code ec, const std::string& why) {
-        inspect_result r;
-        r.ec = ec;
-        r.message = "filelock: etcd at " + (endpoint.empty() ? s.http().endpoint() : endpoint) +
-                    ": cannot inspect " + name + ": " + ec.message();
-        if (!why.empty() && why != ec.message()) r.message += " (" + why + ")";
-        deliver(std::move(r));
+        std::string m = "filelock: etcd at " + (endpoint.empty() ? s.http().endpoint() : endpoint) +
+                        (changed ? ": cannot watch " : ": cannot inspect ") + name + ": " +
+                        ec.message();
+        if (!why.empty() && why != ec.message()) m += " (" + why + ")";
+        finish(ec, std::move(m));
     }
 
     void cancel(std::error_code code) {
         if (finished) return;
+        finish(code, "filelock: etcd " + std::string(changed ? "watch " : "inspect ") + name +
+                         ": cancelled");
+    }
+
+    void finish(std::error_code ec, std::string message) {
+        if (changed) {
+            change_result r;
+            r.ec = ec;
+            r.message = std::move(message);
+            return deliver_change(std::move(r));
+        }
         inspect_result r;
-        r.ec = code;
-        r.message = "filelock: etcd inspect " + name + ": cancelled";
+        r.ec = ec;
+        r.message = std::move(message);
         deliver(std::move(r));
     }
 
-    void deliver(inspect_result r) {
+    // Drops the requests; the operation is over.
+    std::shared_ptr<inspect_op> end() {
         finished = true;
         if (range_request) s.http().cancel(std::exchange(range_request, 0));
+        if (watch) s.http().cancel(std::exchange(watch, 0));
         for (auto& [lease, req] : asking) s.http().cancel(req);
         asking.clear();
         auto self = shared_from_this();
         s.inspect_finished(id);
-        // Never inline: posted, whatever the path that got here.
+        return self;
+    }
+
+    // Never inline: posted, whatever the path that got here.
+    void deliver(inspect_result r) {
+        auto self = end();
         auto rp = std::make_shared<inspect_result>(std::move(r));
         s.loop().post([self, rp] { self->done(std::move(*rp)); });
+    }
+    void deliver_change(change_result r) {
+        auto self = end();
+        auto rp = std::make_shared<change_result>(std::move(r));
+        s.loop().post([self, rp] { self->changed(std::move(*rp)); });
     }
 };
 
@@ -135,6 +235,22 @@ std::uint64_t session::inspect(std::string name, std::function<void(inspect_resu
         r.ec = errc::invalid_argument;
         r.message = "filelock: etcd inspect: the name is empty";
         op->deliver(std::move(r));
+        return id;
+    }
+    op->keep = shared_from_this();
+    inspects_.emplace(id, op);
+    op->start();
+    return id;
+}
+
+std::uint64_t session::wait_change(std::string name, std::int64_t after,
+                                   std::function<void(change_result)> done) {
+    const auto id = next_op_++;
+    auto op = std::make_shared<inspect_op>(*this, id, std::move(name), after, std::move(done));
+    if (op->name.empty() || after < 0) {
+        op->finish(errc::invalid_argument,
+                   op->name.empty() ? "filelock: etcd watch: the name is empty"
+                                    : "filelock: etcd watch " + op->name + ": a negative revision");
         return id;
     }
     op->keep = shared_from_this();
@@ -167,6 +283,11 @@ void session::with_token(std::function<void(std::error_code, const std::string&)
 std::uint64_t session_handle::inspect(std::string name,
                                       std::function<void(etcd::inspect_result)> done) {
     return s_->inspect(std::move(name), std::move(done));
+}
+
+std::uint64_t session_handle::wait_change(std::string name, std::int64_t revision,
+                                          std::function<void(etcd::change_result)> done) {
+    return s_->wait_change(std::move(name), revision, std::move(done));
 }
 
 }  // namespace filelock::etcd::detail

@@ -264,7 +264,13 @@ watch_message decode_watch(std::string_view text) {
             m.revision = 0;
         }
     }
+    try {
+        m.compact_revision = int64_of(*r, "compact_revision");
+    } catch (const std::exception&) {
+        m.compact_revision = 0;
+    }
     if (const auto ev = r->find("events"); ev != r->end() && ev->is_array()) {
+        m.events = ev->size();
         for (const auto& e : *ev) {
             if (!e.is_object() || e.value("type", "") != "DELETE") continue;
             watch_message::deletion d;

@@ -70,7 +70,9 @@ struct watch_message {
     };
     bool ok = false;  // an object with a "result" object
     bool created = false, canceled = false;
-    std::int64_t revision = 0;  // the header's; 0: none or unreadable
+    std::int64_t revision = 0;          // the header's; 0: none or unreadable
+    std::int64_t compact_revision = 0;  // a cancelled watch's, when compacted
+    std::size_t events = 0;             // of every type (puts and deletions)
     std::vector<deletion> deletions;
 };
 watch_message decode_watch(std::string_view text);

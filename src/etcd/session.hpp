@@ -78,6 +78,9 @@ public:
     void op_finished(std::uint64_t id) { ops_.erase(id); }
     /// Reads the keys of `name` and their leases' TTL (inspect_op.cpp).
     std::uint64_t inspect(std::string name, std::function<void(inspect_result)> done);
+    /// Waits for a change under `name` after `after` (inspect_op.cpp).
+    std::uint64_t wait_change(std::string name, std::int64_t after,
+                              std::function<void(change_result)> done);
     void inspect_finished(std::uint64_t id) { inspects_.erase(id); }
     /// Calls `f(ec, why)` once requests carry an auth token: at once without
     /// a user or with a token already, else after authenticating.

@@ -186,6 +186,12 @@ uv_client::request uv_client::async_inspect(std::string name,
     return request(s_, id);
 }
 
+uv_client::request uv_client::async_wait_change(std::string name, std::int64_t revision,
+                                                std::function<void(change_result)> callback) {
+    const auto id = s_->wait_change(std::move(name), revision, std::move(callback));
+    return request(s_, id);
+}
+
 std::uint64_t uv_client::requests() const noexcept { return s_->requests(); }
 std::uint64_t uv_client::watches() const noexcept { return s_->watches(); }
 

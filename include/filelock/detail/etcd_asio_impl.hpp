@@ -322,6 +322,33 @@ public:
         co_return std::move(r.status);
     }
 
+    /// Waits for the next change under the lock `name` after `revision` (an
+    /// inspection's lock_status::revision): a key created, changed or
+    /// deleted under `NAME/` (a holder released, a waiter joined or left). A
+    /// watch of the prefix from the next revision: no change in between is
+    /// missed, and nothing is taken. Inspect again from the revision it
+    /// gives.
+    ///
+    /// Completion signature: `void(error_code ec, std::int64_t revision)`:
+    /// the revision with the change, or the etcd::errc or system error
+    /// (`asio::error::operation_aborted` when cancelled). Per-operation
+    /// cancellation: terminal, partial and total. The handler runs on its
+    /// associated executor, never inline. Call on the client's executor.
+    template <class CompletionToken>
+    auto async_wait_change(std::string name, std::int64_t revision, CompletionToken&& token) {
+        return asio_detail::net::async_initiate<CompletionToken,
+                                                void(asio_detail::error_code, std::int64_t)>(
+            initiate_change{s_, ex_}, token, std::move(name), revision);
+    }
+    /// As async_wait_change, with the completion signature
+    /// `void(change_result)`: the outcome with its message.
+    template <class CompletionToken>
+    auto async_wait_change_result(std::string name, std::int64_t revision,
+                                  CompletionToken&& token) {
+        return asio_detail::net::async_initiate<CompletionToken, void(change_result)>(
+            initiate_change{s_, ex_}, token, std::move(name), revision);
+    }
+
     /// Waits until `held` (a lock of this client) is lost: async_wait_lost
     /// on the client's executor.
     template <class CompletionToken>
@@ -404,6 +431,39 @@ private:
         }
     };
 
+    struct initiate_change {
+        std::shared_ptr<detail::session_handle> s;
+        executor_type ex;  // the default for handlers without one
+        template <class Handler>
+        void operator()(Handler handler, std::string name, std::int64_t revision) const {
+            auto work =
+                asio_detail::net::prefer(asio_detail::net::get_associated_executor(handler, ex),
+                                         asio_detail::net::execution::outstanding_work.tracked);
+            auto slot = asio_detail::net::get_associated_cancellation_slot(handler);
+            auto h = std::make_shared<Handler>(std::move(handler));
+            const auto id = s->wait_change(std::move(name), revision, [h, work](change_result r) {
+                asio_detail::net::get_associated_cancellation_slot(*h).clear();
+                asio_detail::net::dispatch(work, [h, r = std::move(r)]() mutable {
+                    if (r.ec == std::errc::operation_canceled)
+                        r.ec = asio_detail::operation_aborted();
+                    if constexpr (std::is_invocable_v<Handler, change_result>) {
+                        std::move (*h)(std::move(r));
+                    } else {
+                        std::move (*h)(asio_detail::to_net_error(r.ec), r.revision);
+                    }
+                });
+            });
+            if (slot.is_connected()) {
+                std::weak_ptr<detail::session_handle> w = s;
+                slot.assign([w, id](asio_detail::net::cancellation_type t) {
+                    if (t == asio_detail::net::cancellation_type::none) return;
+                    if (auto session = w.lock())
+                        session->cancel(id, asio_detail::operation_aborted());
+                });
+            }
+        }
+    };
+
     executor_type ex_;
     std::shared_ptr<detail::session_handle> s_;
 };
@@ -464,7 +524,32 @@ public:
         return std::move(r.status);
     }
 
+    /// Blocks until a change under `name` after `revision`
+    /// (client::async_wait_change); returns the revision with the change.
+    /// Throws std::system_error naming the endpoint and the cause.
+    std::int64_t wait_change(const std::string& name, std::int64_t revision) {
+        auto r = run_change(name, revision);
+        if (r.ec) throw std::system_error(r.ec, r.message);
+        return r.revision;
+    }
+    /// As above; reports the failure through `ec` instead (0 returned).
+    std::int64_t wait_change(const std::string& name, std::int64_t revision, std::error_code& ec) {
+        auto r = run_change(name, revision);
+        ec = r.ec;
+        return r.revision;
+    }
+
 private:
+    change_result run_change(const std::string& name, std::int64_t revision) {
+        std::promise<change_result> p;
+        auto f = p.get_future();
+        asio_detail::net::post(io_, [&] {
+            c_->async_wait_change_result(name, revision,
+                                         [&p](change_result r) { p.set_value(std::move(r)); });
+        });
+        return f.get();
+    }
+
     inspect_result run_inspect(const std::string& name) {
         std::promise<inspect_result> p;
         auto f = p.get_future();

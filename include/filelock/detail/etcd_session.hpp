@@ -81,6 +81,12 @@ public:
     /// taking nothing: no lease is granted for it. `done` runs once, on the
     /// loop, never inline. Returns an operation id for `cancel`.
     std::uint64_t inspect(std::string name, std::function<void(etcd::inspect_result)> done);
+    /// Waits for a key under `NAME/` created, changed or deleted after
+    /// `revision` (a watch of the prefix from the next one; call on the
+    /// loop's thread), taking nothing. `done` runs once, on the loop, never
+    /// inline. Returns an operation id for `cancel`.
+    std::uint64_t wait_change(std::string name, std::int64_t revision,
+                              std::function<void(etcd::change_result)> done);
     /// Cancels the operation (any thread): it completes with `code`
     /// (nothing held, its key deleted first). No-op once completed.
     void cancel(std::uint64_t op, std::error_code code);
