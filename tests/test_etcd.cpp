@@ -1395,6 +1395,109 @@ TEST_CASE("etcd: filelock-run --status [--json] shows the holder and the waiters
     CHECK(keys_become(io, name + "/", 0));
 }
 
+namespace {
+
+// The lines of `path` (a watcher's output) once it has at least `n`, or
+// what it has after 10 s; runs `io` meanwhile (the clients' keep-alives and
+// acquisitions).
+std::vector<std::string> lines_of(asio::io_context& io, const std::filesystem::path& path,
+                                  std::size_t n) {
+    std::vector<std::string> lines;
+    run_until(
+        io,
+        [&] {
+            lines.clear();
+            std::ifstream in(path);
+            for (std::string l; std::getline(in, l);) lines.push_back(l);
+            return lines.size() >= n;
+        },
+        10s);
+    return lines;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "etcd: filelock-run --watch --json: lines for a join, a leave and a handoff, until SIGINT",
+    "[etcd][inspect]") {
+    asio::io_context io;
+    etcd::client a(io.get_executor(), cfg()), b(io.get_executor(), cfg());
+    const auto name = unique_name("tool-watch");
+    const auto out = std::filesystem::temp_directory_path() /
+                     ("filelock-etcd-watch-" + std::to_string(::getpid()));
+    const std::string tool = run_tool(), target = etcd_target(name);
+    const pid_t watcher = ::fork();
+    REQUIRE(watcher >= 0);
+    if (watcher == 0) {
+        std::freopen(out.c_str(), "w", stdout);
+        ::execl(tool.c_str(), tool.c_str(), "--watch", "--json", target.c_str(), nullptr);
+        ::_exit(127);
+    }
+    auto events = [&](std::size_t n) {
+        std::vector<nlohmann::json> v;
+        for (const auto& l : lines_of(io, out, n))
+            v.push_back(nlohmann::json::parse(l, nullptr, false));
+        return v;
+    };
+    auto e = events(1);
+    REQUIRE(e.size() == 1);
+    CHECK(e[0]["event"] == "state");
+    CHECK(e[0]["held"] == false);
+
+    outcome oa, ob, oc;
+    start_lock(a, name, 5s, oa);
+    REQUIRE(run_until(io, [&] { return oa.done; }));
+    e = events(2);
+    REQUIRE(e.size() == 2);
+    CHECK(e[1]["event"] == "acquired");
+    CHECK(e[1]["party"]["key"] == oa.held.key());
+    CHECK(e[1]["party"]["fencing_token"] == oa.held.fencing_token());
+
+    asio::cancellation_signal sig;
+    b.async_lock(name, 30s,
+                 asio::bind_cancellation_slot(sig.slot(), [&](std::error_code ec, etcd::lock l) {
+                     ob.done = true;
+                     ob.ec = ec;
+                     ob.held = std::move(l);
+                 }));
+    e = events(3);
+    REQUIRE(e.size() == 3);
+    CHECK(e[2]["event"] == "joined");
+    CHECK(e[2]["role"] == "waiter");
+    CHECK(e[2]["party"]["key"] == name + "/" + lease_hex(b.lease()));
+    CHECK(e[2]["party"]["queue_position"] == 1);
+    sig.emit(asio::cancellation_type::terminal);
+    REQUIRE(run_until(io, [&] { return ob.done; }));
+    e = events(4);
+    REQUIRE(e.size() == 4);
+    CHECK(e[3]["event"] == "left");
+    CHECK(e[3]["party"]["key"] == name + "/" + lease_hex(b.lease()));
+
+    start_lock(b, name, 30s, oc);
+    REQUIRE(events(5).size() == 5);
+    oa.held.release();
+    REQUIRE(run_until(io, [&] { return oc.done; }));
+    e = events(7);
+    REQUIRE(e.size() == 7);
+    CHECK(e[5]["event"] == "released");
+    CHECK(e[5]["party"]["key"] == e[1]["party"]["key"]);
+    CHECK(e[6]["event"] == "acquired");
+    CHECK(e[6]["party"]["key"] == oc.held.key());
+    release_and_wait(io, oc.held);
+    REQUIRE(events(8).size() == 8);
+
+    ::kill(watcher, SIGINT);
+    int status = 0;
+    REQUIRE(::waitpid(watcher, &status, 0) == watcher);
+    CHECK(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGINT);
+    const auto all = events(8);
+    CHECK(all.size() == 8);  // nothing more than the changes
+    for (const auto& j : all) CHECK(j.is_object());
+    std::filesystem::remove(out);
+    CHECK(keys_become(io, name + "/", 0));
+}
+
 TEST_CASE("etcd: filelock-run sends the lost signal to COMMAND and exits 75", "[etcd]") {
     const auto name = unique_name("tool-lost");
     const auto dir = std::filesystem::temp_directory_path() /

@@ -41,17 +41,19 @@ int main(int argc, char** argv) {
     if (auto status = parse(argc, argv, cl)) return *status;
     if (!cl.target || !etcd_mode::is_target(cl.target))
         usage_error("filelock-run-etcd runs etcd:// targets (filelock-run executes it)");
-    if (cl.watch) usage_fail("--watch does not support etcd:// targets yet");
-    if (cl.status || cl.json) {
-        if (!cl.status) usage_error("--json goes with --status or --watch");
-        if (cl.has_command()) usage_error("--status takes a lock and no command");
+    if (cl.status || cl.json || cl.watch) {
+        if (!cl.status && !cl.watch) usage_error("--json goes with --status or --watch");
+        if (cl.has_command())
+            usage_error(std::string(cl.watch ? "--watch" : "--status") +
+                        " takes a lock and no command");
         etcd_mode::options eo;
         eo.conflict_code = cl.conflict_code;
         eo.cacert = cl.etcd_cacert;
         eo.cert = cl.etcd_cert;
         eo.key = cl.etcd_key;
         eo.user = cl.etcd_user;
-        return etcd_mode::status(eo, cl.target, cl.json);
+        return cl.watch ? etcd_mode::watch(eo, cl.target, cl.json)
+                        : etcd_mode::status(eo, cl.target, cl.json);
     }
     std::vector<char*> command = posix_run::command_argv(cl);
     if (command.empty()) usage_error("an etcd lock needs a command to run");

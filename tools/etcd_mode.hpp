@@ -37,6 +37,10 @@ filelock::etcd::config configuration(const options& o, const char* target, std::
 /// 69 when etcd cannot be read.
 int status(const options& o, const char* target, bool json);
 
+/// --watch [--json] etcd://...: the state, then a line per change, until a
+/// signal ends the process; 69 when etcd cannot be read or watched.
+int watch(const options& o, const char* target, bool json);
+
 /// Runs `argv` (COMMAND) while holding the etcd lock `target`; returns the
 /// exit status. `cl`: the command line, for the messages flock(1) prints.
 int run(const options& o, const cli::command_line& cl, const char* target, char** argv);

@@ -2,16 +2,21 @@
 // filelock-run --status [--json] etcd://...: who holds an etcd lock and who
 // waits (etcd::sync_client::inspect), as the short table files have or as
 // JSON. Exits 0 when the lock is free, 1 (-E) when it is held, 69 when etcd
-// cannot be read.
+// cannot be read. --watch [--json]: the state, then a line per change (the
+// lines of a lock file's --watch, status.hpp), read again after each change
+// an etcd watch of the prefix reports.
 #include "cli.hpp"
 #include "etcd_mode.hpp"
+#include "status.hpp"
 
 #include <filelock/etcd_asio.hpp>
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 namespace etcd_mode {
 
@@ -59,7 +64,79 @@ void print_row(const char* role, const filelock::etcd::lock_party& p) {
     std::printf("%s\n", s.c_str());
 }
 
+nlohmann::json json_status(const char* target, const filelock::etcd::lock_status& st) {
+    nlohmann::json j = {{"target", target},
+                        {"name", st.name},
+                        {"endpoint", st.endpoint},
+                        {"revision", st.revision},
+                        {"held", st.held()},
+                        {"holders", nlohmann::json::array()},
+                        {"waiters", nlohmann::json::array()}};
+    for (const auto& h : st.holders) j["holders"].push_back(json_party(h));
+    for (const auto& w : st.waiters) j["waiters"].push_back(json_party(w));
+    return j;
+}
+
+std::string dump(const nlohmann::json& j) {
+    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// A party as --watch prints it: named by its key.
+cli::party_view view_of(const filelock::etcd::lock_party& p) {
+    cli::party_view v;
+    v.id = p.key;
+    v.who = cli::printable(p.key);
+    v.what = std::string("etcd ") + kind_name(p);
+    if (p.kind == filelock::lock_kind::slot) v.what.append(" of ").append(std::to_string(p.slots));
+    v.what.append(", token ").append(std::to_string(p.fencing_token));
+    if (p.pid > 0) {
+        v.what.append(", pid ").append(std::to_string(p.pid));
+        if (!p.host.empty()) v.what.append("@").append(cli::printable(p.host));
+    }
+    if (p.position) v.what.append(", queued #").append(std::to_string(p.position));
+    v.json = dump(json_party(p));
+    return v;
+}
+
+cli::status_view view_of(const char* target, const filelock::etcd::lock_status& st) {
+    cli::status_view v;
+    v.target = target;
+    for (const auto& h : st.holders) v.holders.push_back(view_of(h));
+    for (const auto& w : st.waiters) v.waiters.push_back(view_of(w));
+    v.json = dump(json_status(target, st));
+    return v;
+}
+
+void print_lines(const std::vector<std::string>& lines) {
+    for (const auto& l : lines) std::printf("%s\n", l.c_str());
+    std::fflush(stdout);
+}
+
 }  // namespace
+
+int watch(const options& o, const char* target, bool json) {
+    std::string name;
+    const filelock::etcd::config cfg = configuration(o, target, name);
+    try {
+        filelock::etcd::sync_client client(cfg);
+        auto st = client.inspect(name);
+        auto before = view_of(target, st);
+        print_lines({cli::watch_state_line(before, json, std::chrono::system_clock::now())});
+        // Until a signal ends the process (SIGINT, SIGTERM, SIGHUP: their
+        // default action; every line is flushed when printed).
+        for (;;) {
+            client.wait_change(name, st.revision);
+            st = client.inspect(name);
+            auto after = view_of(target, st);
+            print_lines(
+                cli::watch_change_lines(before, after, json, std::chrono::system_clock::now()));
+            before = std::move(after);
+        }
+    } catch (const std::system_error& e) {
+        cli::warn(std::string(target) + ": " + e.what());
+        return cli::ex_unavailable;
+    }
+}
 
 int status(const options& o, const char* target, bool json) {
     std::string name;
@@ -73,17 +150,7 @@ int status(const options& o, const char* target, bool json) {
         return cli::ex_unavailable;
     }
     if (json) {
-        nlohmann::json j = {{"target", target},
-                            {"name", st.name},
-                            {"endpoint", st.endpoint},
-                            {"revision", st.revision},
-                            {"held", st.held()},
-                            {"holders", nlohmann::json::array()},
-                            {"waiters", nlohmann::json::array()}};
-        for (const auto& h : st.holders) j["holders"].push_back(json_party(h));
-        for (const auto& w : st.waiters) j["waiters"].push_back(json_party(w));
-        std::printf("%s\n",
-                    j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+        std::printf("%s\n", dump(json_status(target, st)).c_str());
     } else {
         std::printf("%s: %s\n", target, st.held() ? "held" : "free");
         if (!st.holders.empty() || !st.waiters.empty())
