@@ -484,10 +484,23 @@ private:
             slot_ = static_cast<unsigned>(earlier_.size());
             return won(std::max(rev, seen_.empty() ? rev : seen_.back().second));
         }
-        // The first of them names the holder (its content, or its key).
-        const auto& first = earlier_.begin()->second.first;
-        for (const auto& k : keys)
-            if (k.key == first) holder_ = name_of(k);
+        // The holders ahead name it (their contents, or their keys): each
+        // earlier key that its own kind admits beside the keys before it.
+        holder_.clear();
+        std::vector<key_kind> ahead;
+        for (const auto& [rev, e] : earlier_) {
+            const lock_kind as{e.second.shared ? lock_mode::shared : lock_mode::exclusive,
+                               e.second.slots == 0 ? 1 : e.second.slots};
+            if (!admits(as, ahead)) break;
+            ahead.push_back(e.second);
+            for (const auto& k : keys) {
+                if (k.key != e.first) continue;
+                std::string n = name_of(k);  // " 1234@host\n": one line of the list
+                n.erase(0, n.find_first_not_of(" \n"));
+                n.erase(n.find_last_not_of(" \n") + 1);
+                holder_ += (holder_.empty() ? "" : ", ") + n;
+            }
+        }
         if (watch_key_.empty()) {
             watch_key_ = prefix_;
             watch_end_ = prefix_end(prefix_);
