@@ -16,10 +16,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 #include <optional>
 #include <set>
+#include <sstream>
 
 using namespace std::chrono_literals;
 namespace etcd = filelock::etcd;
@@ -581,6 +583,96 @@ TEST_CASE("etcd kinds: bad slots are a clear error before anything is sent", "[e
         CHECK(r.message.find(name) != std::string::npos);
     }
     CHECK(c.requests() == 0);
+}
+
+TEST_CASE(
+    "etcd slots and shared: timeouts, cancellation and release leave no key and no lease; the "
+    "timeout names every holder",
+    "[etcd][slots]") {
+    const auto leases = [] {
+        std::set<std::string> ids;
+        std::istringstream in(member().ctl("lease list"));
+        for (std::string line; std::getline(in, line);)
+            if (line.rfind("found ", 0) != 0 && !line.empty()) ids.insert(line);
+        return ids;
+    };
+    const auto before = leases();
+    const auto kind = GENERATE(etcd::lock_options{filelock::lock_mode::exclusive, 2},
+                               etcd::lock_options{filelock::lock_mode::shared, 1});
+    CAPTURE(kind.mode == filelock::lock_mode::shared, kind.slots);
+    const auto name = unique_name("kinds-leftovers");
+    asio::io_context io;
+    {
+        auto a = std::make_unique<etcd::client>(io.get_executor(), cfg());
+        auto b = std::make_unique<etcd::client>(io.get_executor(), cfg());
+        auto w = std::make_unique<etcd::client>(io.get_executor(), cfg());
+        // Two holders: both slots, or two readers; then a writer waits
+        // behind them, which fills the lock for the waiter below.
+        outcome h1, h2, wr;
+        start_lock_kind(*a, name, 5s, kind, h1);
+        start_lock_kind(*b, name, 5s, kind, h2);
+        REQUIRE(run_until(io, [&] { return h1.done && h2.done; }));
+        REQUIRE_FALSE(h1.ec);
+        REQUIRE_FALSE(h2.ec);
+        if (kind.mode == filelock::lock_mode::shared) {
+            start_lock(*w, name, 20s, wr);
+            REQUIRE(run_until(io, [&] { return member().keys(name + "/").size() == 3; }));
+        }
+        const std::size_t taken = member().keys(name + "/").size();
+        etcd::client c(io.get_executor(), cfg());
+        for (auto t : {0ms, 300ms}) {
+            std::optional<etcd::lock_result> r;
+            c.async_lock_result(name, t, kind, [&](etcd::lock_result x) { r = std::move(x); });
+            REQUIRE(run_until(io, [&] { return r.has_value(); }));
+            CHECK(r->ec == filelock::errc::timeout);
+            CAPTURE(r->holder);
+            // Both holders (slots, or the readers), not just the first.
+            const std::string me = std::to_string(::getpid()) + "@";
+            CHECK(r->holder.find(me) == 0);
+            CHECK(r->holder.find(", " + me) != std::string::npos);
+            CHECK(keys_become(io, name + "/", taken));
+        }
+        asio::cancellation_signal sig;
+        outcome oc;
+        c.async_lock(
+            name, 30s, kind,
+            asio::bind_cancellation_slot(sig.slot(), [&](std::error_code ec, etcd::lock l) {
+                oc.done = true;
+                oc.ec = ec;
+                oc.held = std::move(l);
+            }));
+        REQUIRE(run_until(io, [&] { return member().keys(name + "/").size() == taken + 1; }));
+        sig.emit(asio::cancellation_type::terminal);
+        REQUIRE(run_until(io, [&] { return oc.done; }));
+        CHECK(oc.ec == filelock::condition::cancelled);
+        CHECK(keys_become(io, name + "/", taken));
+        release_and_wait(io, h1.held);
+        release_and_wait(io, h2.held);
+        if (kind.mode == filelock::lock_mode::shared) {
+            REQUIRE(run_until(io, [&] { return wr.done; }));
+            REQUIRE_FALSE(wr.ec);
+            release_and_wait(io, wr.held);
+        }
+        // A win after the timeouts and the cancellation, released.
+        outcome won;
+        start_lock_kind(c, name, 5s, kind, won);
+        REQUIRE(run_until(io, [&] { return won.done; }));
+        REQUIRE_FALSE(won.ec);
+        release_and_wait(io, won.held);
+        CHECK(keys_become(io, name + "/", 0));
+        a.reset();
+        b.reset();
+        w.reset();
+    }
+    // Every client gone: its lease revoked (none there that was not before;
+    // earlier tests' leases may expire meanwhile).
+    CHECK(run_until(
+        io,
+        [&] {
+            const auto now = leases();
+            return std::includes(before.begin(), before.end(), now.begin(), now.end());
+        },
+        10s));
 }
 
 TEST_CASE("etcd: a mixed counter of etcdctl lock and our clients comes out exact",
