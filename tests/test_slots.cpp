@@ -175,6 +175,13 @@ TEST_CASE("slots: flock -x waits for every slot holder; flock -s coexists with t
         lock_file one(p, slots(4));
         CHECK(flock_cmd("-x", p) == 1);
         CHECK(flock_cmd("-s", p) == 0);
+        // A shared lock of ours is LOCK_SH too: beside the slot holders.
+        filelock::lock_options reader;
+        reader.mode = filelock::lock_mode::shared;
+        std::error_code shared_ec;
+        auto r = filelock::try_lock(p, reader, shared_ec);
+        CHECK(!shared_ec);
+        r.close();
         lock_file two(p, slots(4));
         CHECK(flock_cmd("-x", p) == 1);
         one.close();
