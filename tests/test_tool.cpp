@@ -748,6 +748,38 @@ TEST_CASE("filelock-run --watch: a join, a leave and a handoff, each a line; ^C 
     CHECK(first_waiter.wait() == 0);
 }
 
+TEST_CASE("filelock-run --watch: a lock file replaced or deleted and created again is followed") {
+    scratch s;
+    const auto p = s / "a.lock";
+    write_file(p, "");
+    program watch({filelock_run_path(), "--watch", p.string()});
+    CHECK(watch.read_line().find(p.string() + ": free") != std::string::npos);
+    std::string seen;
+    // Another file renamed over the path, then locked by flock(1).
+    write_file(s / "new.lock", "");
+    fs::rename(s / "new.lock", p);
+    {
+        program holder({"flock", p.string(), "-c", "echo locked; exec cat"});
+        REQUIRE(holder.read_line() == "locked");
+        const std::string pid = std::to_string(holder.pid());
+        CHECK(!watch_line(watch, {" acquired holder " + pid + " ("}, seen).empty());
+        holder.close_stdin();
+        CHECK(holder.wait() == 0);
+        CHECK(!watch_line(watch, {" released holder " + pid + " ("}, seen).empty());
+    }
+    // Deleted, then created again by flock(1).
+    fs::remove(p);
+    program holder({"flock", p.string(), "-c", "echo locked; exec cat"});
+    REQUIRE(holder.read_line() == "locked");
+    CHECK(!watch_line(watch, {" acquired holder " + std::to_string(holder.pid()) + " ("}, seen)
+               .empty());
+    INFO(seen);
+    holder.close_stdin();
+    CHECK(holder.wait() == 0);
+    ::kill(watch.pid(), SIGTERM);
+    CHECK(watch.wait() == 128 + SIGTERM);
+}
+
 TEST_CASE("filelock-run --watch --json: a JSON object a line, state then events; SIGTERM ends it") {
     scratch s;
     const auto p = s / "a.lock";
