@@ -925,8 +925,11 @@ TEST_CASE("etcd inspect: etcdctl lock's holder, then waiters in queue order with
     start_lock(b, name, 30s, ob);
     REQUIRE(keys_become(io, name + "/", 4));
 
+    const auto sent = viewer.requests();
     const auto r = inspect_now(io, viewer, name);
     REQUIRE_FALSE(r.ec);
+    // One range, then one time-to-live per lease (four sessions).
+    CHECK(viewer.requests() - sent == 1 + 4);
     const auto& st = r.status;
     CHECK(st.name == name);
     CHECK(st.endpoint == member().endpoint());
