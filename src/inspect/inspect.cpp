@@ -222,6 +222,13 @@ lock_status detail::inspect_handle(const std::filesystem::path& path, native_han
         owners_of owners;
         owners.files = files;
         bool unresolved = false;
+        // Held locks no process was found for, by where their party went.
+        struct unnamed {
+            std::vector<lock_party>* in;
+            std::size_t at;
+            kernel::lock_line line;
+        };
+        std::vector<unnamed> unnamed_locks;
         const auto add = [&](std::vector<lock_party>& to, const kernel::lock_line& l,
                              bool ticket = false) {
             lock_party p = party_of(l);
@@ -232,7 +239,7 @@ lock_status detail::inspect_handle(const std::filesystem::path& path, native_han
                 else if (l.pid > 0)
                     p.pid = l.pid;  // exited, and no process we may read shares it
                 else
-                    unresolved = true;
+                    unnamed_locks.push_back({&to, to.size(), l});
             } else if (l.blocked && l.pid <= 0) {
                 unresolved = true;  // a blocked OFD request names no process
             }
@@ -271,6 +278,28 @@ lock_status detail::inspect_handle(const std::filesystem::path& path, native_han
         for (const auto& l : lines)
             if (l.major == key.major && l.minor == key.minor && l.ino == key.ino && l.blocked)
                 add(st.waiters, l);
+        // A description being closed has left its process's fdinfo but not
+        // yet /proc/locks (its locks go when the close completes,
+        // microseconds later): such a lock, gone from a second reading, was
+        // no one's (a waiter leaving the queue); one still there belongs to
+        // a process this user may not read.
+        if (!unnamed_locks.empty()) {
+            std::vector<kernel::lock_line> again;
+            const bool reread = kernel::read_locks(files, again);
+            for (auto u = unnamed_locks.rbegin(); u != unnamed_locks.rend(); ++u) {
+                const bool still =
+                    !reread || std::any_of(again.begin(), again.end(), [&](const auto& a) {
+                        return !a.blocked && same_lock(a, u->line, true);
+                    });
+                if (still)
+                    unresolved = true;
+                else
+                    u->in->erase(u->in->begin() + static_cast<std::ptrdiff_t>(u->at));
+            }
+            std::uint64_t place = 0;
+            for (auto& w : st.waiters)
+                if (w.ticket) w.ticket = ++place;
+        }
         // A holder on another machine (NFS) whose line names its host.
         if (st.holders.empty() && f.pid != 0 && !f.host.empty() && f.host != this_host()) {
             lock_party p;
