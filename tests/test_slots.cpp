@@ -434,6 +434,49 @@ TEST_CASE("slots: local waiters queue for slots and never pass N, across threads
     CHECK(filelock::detail::local_waiters() == 0);
 }
 
+TEST_CASE("slots: a process's waiters for slots share one descriptor, and each holds once") {
+    scratch s;
+    const auto p = s / "n.lock";
+    child a = hold_in_child(p, slots(2));
+    REQUIRE(a.ready());
+    child b = hold_in_child(p, slots(2));
+    REQUIRE(b.ready());
+    uv_loop_t loop;
+    REQUIRE(uv_loop_init(&loop) == 0);
+    constexpr int n = 20;
+    int done = 0, failed = 0;
+    std::set<unsigned> seen;
+    std::vector<lock_file> held;
+    for (int i = 0; i < n; ++i)
+        filelock::uv::async_lock(&loop, p, 60s, slots(2), [&](std::error_code ec, lock_file l) {
+            ++done;
+            if (ec) {
+                ++failed;
+                return;
+            }
+            seen.insert(l.slot());
+            // Hold while the others wait: both slots are ours at the end.
+            held.push_back(std::move(l));
+            if (held.size() == 2) held.clear();
+        });
+    for (int i = 0; i < 50; ++i) uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK(done == 0);
+    CHECK(fds_on(p) == 1);  // the queue head's descriptor, for all 20
+    CHECK(filelock::detail::local_waiters() == n);
+    a.release();
+    b.release();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(done == n);
+    CHECK(failed == 0);
+    CHECK(seen == std::set<unsigned>{0, 1});
+    held.clear();
+    CHECK(fds_on(p) == 0);
+    CHECK(filelock::detail::local_waiters() == 0);
+    CHECK(uv_loop_close(&loop) == 0);
+    CHECK(a.wait() == 0);
+    CHECK(b.wait() == 0);
+}
+
 TEST_CASE("slots: asio and libuv async_lock take, wait for and time out on slots") {
     scratch s;
     const auto p = s / "n.lock";
