@@ -327,3 +327,31 @@ TEST_CASE("inspect: through an open descriptor, it makes no open or close event 
     ::close(in);
     ::close(fd);
 }
+
+TEST_CASE("inspect: a holder that exited while a child it forked keeps the lock is not named") {
+    // filelock-run wrote its pid and took the lock; COMMAND inherited the
+    // descriptor. filelock-run is killed: /proc/locks still names it as the
+    // taker, but the live holder is COMMAND.
+    scratch s;
+    const auto p = s / "a.lock";
+    program run({filelock_run_path(), p.string(), "sh", "-c", "echo $$; exec cat"});
+    const std::string command = run.read_line();
+    REQUIRE(!command.empty());
+    const std::string wrapper = std::to_string(run.pid());
+    REQUIRE(read_file(p) == " " + wrapper + "\n");
+    ::kill(run.pid(), SIGKILL);
+    CHECK(run.wait() == 128 + SIGKILL);
+    REQUIRE(::kill(std::stoi(command), 0) == 0);
+    try {
+        lock_file l(p);
+        FAIL("no contention");
+    } catch (const filelock::lock_error& e) {
+        CHECK(e.holder() == command);
+    }
+    const auto st = filelock::inspect(p);
+    CHECK_FALSE(st.content_live);
+    REQUIRE(st.holders.size() == 1);
+    CHECK(st.holders[0].pid == std::stoll(command));
+    CHECK(st.holders[0].content.empty());
+    ::kill(std::stoi(command), SIGKILL);
+}

@@ -115,8 +115,10 @@ std::string live_holder(const file::ops& os, native_handle_type h, std::string_v
     // No holder seen (released since, or one the kernel does not show us:
     // another pid namespace, another NFS client): nothing to refute.
     if (lines.empty()) return content;
+    // The writer took the lock and still lives (when it exited, a child it
+    // forked holds the lock now: that child is named).
     for (const auto& l : lines)
-        if (f.pid != 0 && l.pid == f.pid) return content;
+        if (f.pid != 0 && l.pid == f.pid && kernel::alive(l.pid)) return content;
     for (const auto& l : lines)
         if (!needs_owner(l)) return std::to_string(l.pid);
     owners_of owners;
@@ -243,10 +245,11 @@ lock_status detail::inspect_handle(const std::filesystem::path& path, native_han
             } else if (l.blocked && l.pid <= 0) {
                 unresolved = true;  // a blocked OFD request names no process
             }
-            // The content is this holder's when it names the process that
-            // took the lock (or the one holding it now).
+            // The content is this holder's when it names the process holding
+            // the lock now (not one that took it and exited since, leaving
+            // it to a child it forked).
             if (!l.blocked && f.pid != 0 && (f.host.empty() || f.host == this_host()) &&
-                l.whole_file() && (l.pid == f.pid || p.pid == f.pid) && !st.content_live) {
+                l.whole_file() && p.pid == f.pid && !st.content_live) {
                 p.content = st.content;
                 p.since = mtime;
                 st.content_live = true;
