@@ -180,3 +180,28 @@ TEST_CASE("release_registry: a release wakes the first writer of each lock on th
     CHECK(has(w, &c, false));
     CHECK(!has(w, &d, false));
 }
+
+TEST_CASE(
+    "release_registry: a queue turn wakes its waiter alone; lost events leave it registered") {
+    release_registry r;
+    const int turn = release_event::turn - 7;  // a turn's watch descriptor
+    r.add(1, &a, 10, false);
+    r.add(turn, &b, 20, false);
+    // The file's release wakes its writer, not the waiter behind another
+    // process's waiter, which is older here but waits for its turn.
+    auto w = woken_by(r, {{1, false}});
+    REQUIRE(w.size() == 1);
+    CHECK(has(w, &a, false));
+    w = woken_by(r, {{turn, false}});
+    REQUIRE(w.size() == 1);
+    CHECK(has(w, &b, false));
+    // Lost events move every file's waiter, never a turn's.
+    std::vector<int> moved;
+    w = woken_by(r, {{release_event::all, true}}, &moved);
+    REQUIRE(w.size() == 1);
+    CHECK(has(w, &a, true));
+    CHECK(moved == std::vector<int>{1});
+    CHECK(!r.idle());
+    CHECK(r.remove(&b) == turn);
+    CHECK(r.idle());
+}

@@ -558,6 +558,7 @@ int worker_main(const std::string& kind, const fs::path& dir, unsigned seed, boo
     const int baseline = test::open_fd_count();
     const int inotify_baseline = test::inotify_instances();
     const int eventfd_baseline = test::eventfds();
+    const int epoll_baseline = test::anon_fds("anon_inode:[eventpoll]");
     if (kind == "sync")
         sync_worker(f, t, seed, replacing);
     else if (kind == "asio")
@@ -572,9 +573,12 @@ int worker_main(const std::string& kind, const fs::path& dir, unsigned seed, boo
     // leak; anything else is.
     const int cached = test::inotify_instances() - inotify_baseline;
     const int cached_efd = test::eventfds() - eventfd_baseline;
+    // (each cached instance comes with its epoll set)
+    const int cached_ep = test::anon_fds("anon_inode:[eventpoll]") - epoll_baseline;
     const int fds = test::open_fd_count() -
                     (cached > 0 && cached <= test::max_cached_inotify_instances ? cached : 0) -
-                    (cached_efd > 0 && cached_efd <= test::max_cached_eventfds ? cached_efd : 0);
+                    (cached_efd > 0 && cached_efd <= test::max_cached_eventfds ? cached_efd : 0) -
+                    (cached_ep > 0 && cached_ep <= cached ? cached_ep : 0);
     std::printf("stat acquired=%ld timeouts=%ld cancels=%ld errors=%ld fd_leak=%d\n",
                 t.acquired.load(), t.timeouts.load(), t.cancels.load(), t.errors.load(),
                 fds - baseline);

@@ -112,7 +112,7 @@ public:
             return std::string("inotify_init1: ") + std::strerror(errno ? errno : ENOSYS);
         interrupt_fd = w_.interrupt_handle();
 #if defined(__linux__)
-        dir_wd_ = ::inotify_add_watch(w_.native_handle(), dir_.c_str(),
+        dir_wd_ = ::inotify_add_watch(w_.inotify_handle(), dir_.c_str(),
                                       IN_CREATE | IN_MOVED_TO | IN_ONLYDIR);
 #endif
         // (No directory watch, e.g. one we may not read: a queue file created
@@ -164,7 +164,7 @@ private:
     int add_watch(const std::filesystem::path& p) {
         const int wd = w_.add(p);
 #if defined(__linux__)
-        if (wd >= 0 && ::inotify_add_watch(w_.native_handle(), p.c_str(),
+        if (wd >= 0 && ::inotify_add_watch(w_.inotify_handle(), p.c_str(),
                                            IN_OPEN | IN_MODIFY | IN_MASK_ADD) != wd) {
             w_.remove(wd);  // replaced in between: the caller looks again
             return -1;

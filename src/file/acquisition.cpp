@@ -36,6 +36,8 @@ const std::filesystem::path& file_acquisition::path() const noexcept {
     return impl_->acq.backend().path();
 }
 
+int file_acquisition::queue_turn() const noexcept { return impl_->acq.backend().queue_turn(); }
+
 lock_file file_acquisition::take() noexcept { return adopt(impl_->acq.backend().take()); }
 
 }  // namespace filelock::detail

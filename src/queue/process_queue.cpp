@@ -11,8 +11,12 @@
 
 #if defined(__linux__)
 #include <cerrno>
+#include <cstddef>
+#include <cstdio>
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 #endif
 
@@ -20,6 +24,12 @@ namespace filelock::detail {
 
 process_queue::process_queue(process_queue&& other) noexcept
     : fd_(std::exchange(other.fd_, -1)),
+      bell_(std::exchange(other.bell_, -1)),
+      turn_(std::exchange(other.turn_, -1)),
+      behind_(std::exchange(other.behind_, 0)),
+      retarget_(std::exchange(other.retarget_, false)),
+      dev_(other.dev_),
+      ino_(other.ino_),
       ticket_(std::exchange(other.ticket_, 0)),
       contentions_(other.contentions_),
       unusable_(other.unusable_),
@@ -71,7 +81,75 @@ bool held_in(int fd, std::uint64_t from, std::uint64_t to, std::uint64_t& at,
     return true;
 }
 
+// The doorbell of ticket `t` of the queue file (dev, ino): an abstract
+// socket name (no file; gone with its last descriptor).
+socklen_t bell_name(::sockaddr_un& a, unsigned long long dev, unsigned long long ino,
+                    std::uint64_t t) noexcept {
+    a = {};
+    a.sun_family = AF_UNIX;
+    const int n =
+        std::snprintf(a.sun_path + 1, sizeof a.sun_path - 1, "filelock.queue.%llx.%llx.%llx", dev,
+                      ino, static_cast<unsigned long long>(t));
+    return static_cast<socklen_t>(offsetof(::sockaddr_un, sun_path) + 1 + static_cast<size_t>(n));
+}
+
+int bell_socket() noexcept {
+    return ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+}
+
+// Our doorbell for ticket `t`, or -1 (the name is taken, no sockets here):
+// the successors then wait for the lock file's releases.
+int open_bell(unsigned long long dev, unsigned long long ino, std::uint64_t t) noexcept {
+    const int s = bell_socket();
+    if (s < 0) return -1;
+    ::sockaddr_un a;
+    const socklen_t len = bell_name(a, dev, ino, t);
+    if (::bind(s, reinterpret_cast<const ::sockaddr*>(&a), len) != 0 ||
+        ::listen(s, SOMAXCONN) != 0) {
+        ::close(s);
+        return -1;
+    }
+    return s;
+}
+
+// A connection to ticket `t`'s doorbell, or -1 (it has none).
+int ring_of(unsigned long long dev, unsigned long long ino, std::uint64_t t) noexcept {
+    const int s = bell_socket();
+    if (s < 0) return -1;
+    ::sockaddr_un a;
+    const socklen_t len = bell_name(a, dev, ino, t);
+    int r;
+    do r = ::connect(s, reinterpret_cast<const ::sockaddr*>(&a), len);
+    while (r == -1 && errno == EINTR);
+    if (r != 0) {
+        ::close(s);
+        return -1;
+    }
+    return s;
+}
+
 }  // namespace
+
+void process_queue::wait_behind(std::uint64_t predecessor) noexcept {
+    if (predecessor == behind_) return;
+    const bool was_turn = turn_ >= 0;
+    if (turn_ >= 0) ::close(std::exchange(turn_, -1));
+    behind_ = predecessor;
+    if (predecessor != 0) turn_ = ring_of(dev_, ino_, predecessor);
+    // Waiting for a turn, or for the file after one: the driver watches anew.
+    if (was_turn || turn_ >= 0) retarget_ = true;
+}
+
+void process_queue::close_all() noexcept {
+    // The ticket first: a successor woken by the doorbell finds it gone.
+    if (fd_ >= 0) ::close(std::exchange(fd_, -1));
+    if (bell_ >= 0) ::close(std::exchange(bell_, -1));
+    if (turn_ >= 0) {
+        ::close(std::exchange(turn_, -1));
+        retarget_ = true;
+    }
+    behind_ = 0;
+}
 
 void process_queue::contended(const std::filesystem::path& lock_path, unsigned mode,
                               clock::time_point now) noexcept {
@@ -104,17 +182,26 @@ void process_queue::contended(const std::filesystem::path& lock_path, unsigned m
                 at = found >= at ? found + 1 : at + 1;
                 continue;
             }
+            // The doorbell first: a successor that sees the ticket finds it.
+            const int bell = open_bell(static_cast<unsigned long long>(st.st_dev),
+                                       static_cast<unsigned long long>(st.st_ino), at);
             if (set_lock(fd, F_WRLCK, at) == 0) {
                 fd_ = fd;
+                bell_ = bell;
+                dev_ = static_cast<unsigned long long>(st.st_dev);
+                ino_ = static_cast<unsigned long long>(st.st_ino);
                 ticket_ = at;
                 write_ = true;
                 head_ = 0;
                 head_since_ = now;
                 generation_ = stamp.generation;
                 forks_ = stamp.forks;
+                wait_behind(predecessor());
                 return;
             }
-            if (errno != EAGAIN && errno != EACCES) break;  // no OFD locks here
+            const int err = errno;
+            if (bell >= 0) ::close(bell);
+            if (err != EAGAIN && err != EACCES) break;  // no OFD locks here
         }
         ::close(fd);
         unusable_ = true;
@@ -128,7 +215,7 @@ bool process_queue::may_attempt(clock::time_point now) noexcept {
     if (!fork_stamp{generation_, forks_}.is_private()) {
         // A forked child's copy: the ticket is the parent's (an unlock here
         // would drop it for both). Close it only, and register anew.
-        ::close(std::exchange(fd_, -1));
+        close_all();
         ticket_ = 0;
         contentions_ = 0;
         return true;
@@ -141,12 +228,17 @@ bool process_queue::may_attempt(clock::time_point now) noexcept {
         head_write = write;
     }
     if (head == 0) {
+        wait_behind(0);  // the lock file's releases now
         // The head's heartbeat: its ticket flips at every attempt.
         write_ = !write_;
         (void)set_lock(fd_, write_ ? F_WRLCK : F_RDLCK, ticket_);
         return true;
     }
-    if (head != head_ || head_write != head_write_) {
+    wait_behind(predecessor());
+    // Only the next in line watches for a stalled head: the others wait for
+    // their predecessor (whose stall, once it is the head, its successor
+    // sees), and attempting on a suspicion could put them ahead of it.
+    if (head != head_ || head_write != head_write_ || behind_ != head) {
         head_ = head;
         head_write_ = head_write;
         head_since_ = now;
@@ -168,14 +260,28 @@ bool process_queue::may_attempt(clock::time_point now) noexcept {
     return true;
 }
 
-void process_queue::leave() noexcept {
-    if (fd_ >= 0) {
-        // Closing drops the ticket (the only lock on this description),
-        // unless a forked child shares it: the ticket then stays until
-        // both have closed it, which only delays the order.
-        ::close(fd_);
-        fd_ = -1;
+std::uint64_t process_queue::predecessor() const noexcept {
+    // The highest ticket held below ours, by halving [lo, hi), which holds
+    // one (tickets are few and dense: a handful of F_OFD_GETLK).
+    std::uint64_t lo = 1, hi = ticket_, at = 0;
+    bool write = false;
+    if (hi <= lo || !held_in(fd_, lo, hi, at, write)) return 0;
+    lo = at;
+    while (hi - lo > 1) {
+        const std::uint64_t mid = lo + (hi - lo) / 2;
+        if (held_in(fd_, mid, hi, at, write))
+            lo = at;
+        else
+            hi = mid;
     }
+    return lo;
+}
+
+void process_queue::leave() noexcept {
+    // Closing drops the ticket (the only lock on this description) and
+    // rings the doorbell, unless a forked child shares them: the ticket
+    // then stays until both have closed it, which only delays the order.
+    close_all();
     ticket_ = 0;
     contentions_ = 0;
 }

@@ -34,17 +34,17 @@ class release_hub {
 public:
     const unsigned generation = fork_generation();
 
-    /// Registers `w` for release events of the file `path` names now.
-    bool listen(sync_waiter& w, const std::filesystem::path& path, const lock_identity& lock) {
+    /// Registers `w` for release events of the file `path` names now (or
+    /// of its queue turn), replacing its registration.
+    bool listen(sync_waiter& w, const std::filesystem::path& path, const lock_identity& lock,
+                int turn) {
         shared_source::spare spare;  // recycled once the mutex is released
         std::lock_guard<std::mutex> g(mutex_);
-        if (!shared_.watch(path, &w, w.arrival(), w.shared(), lock)) {
-            shared_.give_back_if_idle(leader_ != nullptr, spare);
-            return false;
-        }
+        const bool ok = shared_.watch(path, &w, w.arrival(), w.shared(), lock, turn);
+        if (!ok) shared_.give_back_if_idle(leader_ != nullptr, spare);
         std::lock_guard<std::mutex> wg(w.mutex_);
-        w.hub_ = this;
-        return true;
+        w.hub_ = ok ? this : nullptr;
+        return ok;
     }
 
     void unlisten(sync_waiter& w) noexcept {
@@ -134,10 +134,9 @@ private:
 
 sync_waiter::~sync_waiter() { disarm(); }
 
-bool sync_waiter::arm(const std::filesystem::path& path, const lock_identity& lock) {
-    if (hub_) return true;
-    release_hub* hub = of_this_generation<release_hub>();
-    return hub && hub->listen(*this, path, lock);
+bool sync_waiter::arm(const std::filesystem::path& path, const lock_identity& lock, int turn) {
+    release_hub* hub = hub_ ? hub_ : of_this_generation<release_hub>();
+    return hub && hub->listen(*this, path, lock, turn);
 }
 
 void sync_waiter::disarm() noexcept {

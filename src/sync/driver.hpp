@@ -30,9 +30,10 @@ public:
 
     void wake() noexcept override { signal(&sync_waiter::turn_); }
 
-    /// Arms a release watch of `path` for the lock `lock` (or keeps the one
-    /// armed): whether release events will come.
-    bool arm(const std::filesystem::path& path, const lock_identity& lock);
+    /// Arms a release watch of `path` for the lock `lock`, or of a queue
+    /// `turn` (see release_source::watch), replacing the one armed: whether
+    /// events will come.
+    bool arm(const std::filesystem::path& path, const lock_identity& lock, int turn = -1);
     /// Drops the watch (after the file moved; and on the way out).
     void disarm() noexcept;
 
@@ -65,6 +66,16 @@ private:
 /// The domain of the sync waiters of this process (for local queues).
 FILELOCK_API const void* sync_domain() noexcept;
 
+/// The queue turn a backend waits for instead of the file's releases (-1:
+/// none).
+template <class Backend>
+int queue_turn_of(const Backend& b) noexcept {
+    if constexpr (requires { b.queue_turn(); })
+        return b.queue_turn();
+    else
+        return -1;
+}
+
 /// Runs `acq` to its end on this thread; returns its outcome (the backend
 /// holds a won lock).
 template <class Backend>
@@ -82,8 +93,9 @@ std::error_code run_sync(acquire<Backend>& acq, const std::filesystem::path& pat
             case action::kind::watch: {
                 lock_identity lock{};
                 (void)acq.backend().identity(lock);  // (its backend and range matter here)
+                const int turn = queue_turn_of(acq.backend());
                 next = acq.resume(
-                    {waiter.arm(path, lock) ? wake_reason::watched : wake_reason::unwatched,
+                    {waiter.arm(path, lock, turn) ? wake_reason::watched : wake_reason::unwatched,
                      clock::now()});
                 break;
             }

@@ -213,13 +213,13 @@ struct op final : filelock::detail::queue_waiter {
         uv_timer_start(&timer, on_timer, ms, 0);
     }
 
+    // Watching again replaces the watch (its target changed: a queue turn).
     bool watch_release() {
-        if (watching) return true;
         auto* src = ls->source();
         // No events (or no watch of this file): the backoff alone.
         filelock::detail::lock_identity lock{};
         (void)acq->identity(lock);  // (its backend and range matter here)
-        watching = src && src->watch(acq->path(), this, arrival, shared, lock);
+        watching = src && src->watch(acq->path(), this, arrival, shared, lock, acq->queue_turn());
         return watching;
     }
 

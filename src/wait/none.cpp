@@ -10,6 +10,7 @@ namespace filelock::detail {
 release_watcher::release_watcher() noexcept = default;
 release_watcher::~release_watcher() = default;
 int release_watcher::add(const std::filesystem::path&) noexcept { return -1; }
+int release_watcher::add_turn(int) noexcept { return -1; }
 void release_watcher::remove(int) noexcept {}
 void release_watcher::moved(int) noexcept {}
 std::vector<release_event> release_watcher::drain() { return {}; }

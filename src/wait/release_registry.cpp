@@ -24,10 +24,16 @@ std::vector<release_registry::wakeup> release_registry::dispatch(
     const std::vector<release_event>& events, std::vector<int>& moved) {
     std::vector<wakeup> woken;
     std::vector<const entry*> firsts;  // the longest-waiting exclusive waiter of each lock
+    const auto is_turn = [](int wd) { return wd <= release_event::turn; };
     for (const auto& ev : events) {
+        if (is_turn(ev.wd)) {
+            for (const auto& e : entries_)
+                if (e.wd == ev.wd) woken.push_back({e.waiter, false});
+            continue;
+        }
         firsts.clear();
         for (const auto& e : entries_) {
-            if (ev.wd != release_event::all && e.wd != ev.wd) continue;
+            if (is_turn(e.wd) || (ev.wd != release_event::all && e.wd != ev.wd)) continue;
             if (ev.moved || e.shared) {
                 woken.push_back({e.waiter, ev.moved});
                 continue;
@@ -43,7 +49,7 @@ std::vector<release_registry::wakeup> release_registry::dispatch(
         if (!ev.moved) continue;
         // The path may name another file now: its waiters watch anew.
         auto gone = std::stable_partition(entries_.begin(), entries_.end(), [&](const entry& e) {
-            return ev.wd != release_event::all && e.wd != ev.wd;
+            return is_turn(e.wd) || (ev.wd != release_event::all && e.wd != ev.wd);
         });
         for (auto it = gone; it != entries_.end(); ++it) moved.push_back(it->wd);
         entries_.erase(gone, entries_.end());

@@ -17,12 +17,15 @@ namespace filelock::detail {
 /// What the watcher saw on one watch since the last read.
 struct release_event {
     /// The watch descriptor; `all` when the kernel's queue overflowed:
-    /// events were lost, every watch must be taken as moved.
+    /// events were lost, every watch must be taken as moved. A queue
+    /// turn's (`wd <= turn`, see release_watcher::add_turn) is its own:
+    /// only its waiter is woken, and `all` does not concern it.
     int wd;
     /// The file was unlinked, renamed or replaced (or the watch is gone):
     /// its waiters drop this watch and watch the path anew.
     bool moved;
     static constexpr int all = -1;
+    static constexpr int turn = -2;
 };
 
 class FILELOCK_API release_registry {
@@ -44,7 +47,8 @@ public:
     /// whose reference the caller drops.
     int remove(key waiter) noexcept;
 
-    /// The waiters `events` wake, by the wake rule: on a release, every
+    /// The waiters `events` wake, by the wake rule: on a queue turn, its
+    /// waiter (its predecessor left; it stays registered); on a release, every
     /// shared waiter (a release lets all readers in) and the longest-waiting
     /// exclusive one of each lock on the file (a release lets one in: waking
     /// all would cost N attempts per release; the others keep their fallback

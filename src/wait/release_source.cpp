@@ -86,12 +86,29 @@ void release_source::recycle(std::unique_ptr<release_source> s) noexcept {
 
 int release_source::native_handle() const noexcept { return impl_->watcher.native_handle(); }
 int release_source::interrupt_handle() const noexcept { return impl_->watcher.interrupt_handle(); }
+void release_source::handles(int (&fds)[3]) const noexcept {
+    fds[0] = impl_->watcher.native_handle();
+    fds[1] = impl_->watcher.interrupt_handle();
+    fds[2] = impl_->watcher.inotify_handle();
+}
 void release_source::close_copy(int fd) noexcept { release_watcher::close_copy(fd); }
 
+static_assert(release_event::turn == release_watcher::turn_base);
+
 bool release_source::watch(const std::filesystem::path& path, waiter w, std::uint64_t arrival,
-                           bool shared, const lock_identity& lock) {
-    const int wd = impl_->watcher.add(path);
-    if (wd < 0) return false;
+                           bool shared, const lock_identity& lock, int turn) {
+    // Its target changed (a queue turn came, or the waiter became the head):
+    // the new watch replaces the one armed.
+    const int old = impl_->registry.remove(w);
+    if (old != -1) impl_->watcher.remove(old);
+    // A waiter whose predecessor has no doorbell waits for the file's
+    // releases, as every waiter did before the queue.
+    int wd = turn >= 0 ? impl_->watcher.add_turn(turn) : -1;
+    // Waiting for a turn: a watch of the file that nobody here needs goes
+    // now (kept, its events would still wake this process at each release).
+    if (wd != -1 && old != -1 && !release_watcher::is_turn(old)) impl_->watcher.moved(old);
+    if (wd == -1) wd = impl_->watcher.add(path);
+    if (wd == -1) return false;
     try {
         impl_->registry.add(wd, w, arrival, shared, lock);
     } catch (...) {
@@ -103,7 +120,7 @@ bool release_source::watch(const std::filesystem::path& path, waiter w, std::uin
 
 void release_source::unwatch(waiter w) noexcept {
     const int wd = impl_->registry.remove(w);
-    if (wd >= 0) impl_->watcher.remove(wd);
+    if (wd != -1) impl_->watcher.remove(wd);
 }
 
 std::vector<release_source::wakeup> release_source::read() {

@@ -9,7 +9,14 @@
 // BSDs, macOS) it is not valid() and drivers fall back to the backoff alone.
 // Watches are refcounted per watch descriptor (the kernel gives one per
 // inode and instance); one with no reference left stays (the next waits on
-// the path find it) until it moves or the instance closes. Not thread-safe.
+// the path find it) until it moves or the instance closes.
+//
+// Queue turns: a waiter of the cross-process queue that is not its head
+// waits for its predecessor to leave instead of for the file's releases (see
+// process_queue.hpp). Its driver hands a descriptor that becomes readable
+// then (a socket connected to the predecessor's doorbell); the watcher keeps
+// a copy of it in an epoll set beside the inotify instance, and the epoll
+// descriptor is the one drivers wait on. Not thread-safe.
 
 #include "release_registry.hpp"
 
@@ -30,9 +37,12 @@ public:
     release_watcher& operator=(const release_watcher&) = delete;
     ~release_watcher();
 
-    bool valid() const noexcept { return fd_ >= 0; }
-    /// The descriptor to wait on for readability.
-    int native_handle() const noexcept { return fd_; }
+    bool valid() const noexcept { return fd_ >= 0 && ep_ >= 0; }
+    /// The descriptor to wait on for readability (an epoll set of the
+    /// inotify instance and the queue turns).
+    int native_handle() const noexcept { return ep_; }
+    /// The inotify instance (inside native_handle()).
+    int inotify_handle() const noexcept { return fd_; }
     /// The eventfd that ends a wait() (-1: none).
     int interrupt_handle() const noexcept { return efd_; }
     /// Closes `fd` (a forked child's copy of a number of ours).
@@ -43,14 +53,20 @@ public:
     /// Watches the file `path` names now; returns its watch descriptor, or -1
     /// if it cannot be watched (the caller then relies on its timer).
     int add(const std::filesystem::path& path) noexcept;
-    /// Drops one reference taken by add().
+    /// Watches for `fd` (a queue turn) to become readable: returns the watch
+    /// descriptor of its copy (<= turn_base), or -1.
+    int add_turn(int fd) noexcept;
+    static constexpr int turn_base = -2;
+    static bool is_turn(int wd) noexcept { return wd <= turn_base; }
+    /// Drops one reference taken by add(), or the turn of add_turn().
     void remove(int wd) noexcept;
     /// The watch names a file that moved: dropped now if unreferenced.
     void moved(int wd) noexcept;
 
     static constexpr int all = release_event::all;
     /// Reads the pending events, one entry per watch descriptor that saw
-    /// any (`all`, moved, when the kernel's queue overflowed).
+    /// any (`all`, moved, when the kernel's queue overflowed); a queue turn
+    /// is reported once (never moved).
     std::vector<release_event> drain();
 
     /// Makes interrupt() possible (an eventfd); false if it cannot.
@@ -70,7 +86,10 @@ private:
     static constexpr std::size_t max_unreferenced = 8;
 
     int fd_ = -1;
+    int ep_ = -1;                        // epoll: fd_ and the turns
     int efd_ = -1;                       // interrupts a wait()
+    std::vector<int> turns_;             // the turns' copies (open until removed)
+    std::size_t armed_ = 0;              // how many of them are still in ep_
     unsigned generation_ = 0;            // fork generation it was created in
     std::unordered_map<int, int> refs_;  // watch descriptor -> references
     std::deque<int> unreferenced_;       // kept for the next waits, oldest first

@@ -35,13 +35,14 @@ void shared_source::close_inherited() noexcept {
 }
 
 bool shared_source::watch(const std::filesystem::path& path, waiter w, std::uint64_t arrival,
-                          bool shared, const lock_identity& lock) {
+                          bool shared, const lock_identity& lock, int turn) {
     if (!source_) source_ = release_source::take();
     if (!source_ || !source_->enable_interrupts() ||
-        !source_->watch(path, w, arrival, shared, lock))
+        !source_->watch(path, w, arrival, shared, lock, turn))
         return false;
-    fds_[0].store(source_->native_handle(), std::memory_order_relaxed);
-    fds_[1].store(source_->interrupt_handle(), std::memory_order_relaxed);
+    int fds[3];
+    source_->handles(fds);
+    for (int i = 0; i < 3; ++i) fds_[i].store(fds[i], std::memory_order_relaxed);
     return true;
 }
 

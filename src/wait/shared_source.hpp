@@ -52,7 +52,7 @@ public:
     /// release_source::watch); the source is taken at the first watch. False:
     /// `w` relies on its timer.
     bool watch(const std::filesystem::path& path, waiter w, std::uint64_t arrival, bool shared,
-               const lock_identity& lock);
+               const lock_identity& lock, int turn = -1);
     /// `w` stops waiting (nothing if it was forgotten: its file moved).
     void unwatch(waiter w) noexcept;
     /// A source is held (none: every waiter was forgotten and it went back).
@@ -70,7 +70,7 @@ private:
     static void close_inherited() noexcept;
 
     std::unique_ptr<release_source> source_;
-    std::atomic<int> fds_[2] = {-1, -1};  // source_'s descriptors, for a forked child
+    std::atomic<int> fds_[3] = {-1, -1, -1};  // source_'s descriptors, for a forked child
 };
 
 /// The process's `T` for this fork generation, made at the first call in

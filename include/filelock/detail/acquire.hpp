@@ -45,8 +45,13 @@
 //                                      // (the etcd backend: waiters of one
 //                                      // session share one key)
 //     bool retarget_watch();           // the lock to watch changed (the etcd
-//                                      // backend: another predecessor key):
-//                                      // the driver arms a new watch
+//                                      // backend: another predecessor key; the
+//                                      // file backend: a queue turn): the
+//                                      // driver arms a new watch
+//     clock::time_point next_look();   // while the watch is a queue turn
+//                                      // (it comes, never a mere release):
+//                                      // when to attempt again, instead of
+//                                      // the backoff and its quick retries
 //
 // Time comes in with the input: tests drive the machine with a fake clock
 // and a scripted backend (tests/test_acquire.cpp).
@@ -190,6 +195,13 @@ private:
             return false;
     }
 
+    clock::time_point next_look() const noexcept {
+        if constexpr (requires(const Backend& b) { b.next_look(); })
+            return backend_.next_look();
+        else
+            return {};
+    }
+
     void start(clock::time_point now) noexcept {
         if (started_) return;
         started_ = true;
@@ -260,14 +272,20 @@ private:
             return wait_turn(now);
         }
         if (want_watch_ && retarget_watch()) {
+            // What it waits for changed (no release of the file came): no
+            // quick retries.
+            quick_ = std::size(Backend::quick_retries);
             set_watch(watch_state::none);
             return {action::kind::watch, {}, {}, false};
         }
         if (want_watch_ && watch_ == watch_state::none) return {action::kind::watch, {}, {}, false};
         const bool watched = watch_ == watch_state::armed;
-        auto delay = quick_ < std::size(Backend::quick_retries) ? Backend::quick_retries[quick_++]
-                     : watched                                  ? backoff_.next() * watched_stretch
-                                                                : backoff_.next();
+        const auto look = watched ? next_look() : clock::time_point{};
+        if (look != clock::time_point{}) quick_ = std::size(Backend::quick_retries);
+        auto delay = look != clock::time_point{} ? std::max(look - now, clock::duration{})
+                     : quick_ < std::size(Backend::quick_retries) ? Backend::quick_retries[quick_++]
+                     : watched ? backoff_.next() * watched_stretch
+                               : backoff_.next();
         if (!forever_ && delay > deadline_ - now) delay = deadline_ - now;  // last attempt there
         return wait(now + delay, watched);
     }

@@ -137,10 +137,10 @@ public:
     explicit release_service(net::execution_context& ctx) : service(ctx) {}
 
     /// Registers `w` for events on the file `path` names now, waiting for the
-    /// lock `lock`; false if it cannot be watched (the operation relies on
-    /// its timer).
+    /// lock `lock` (or for its queue `turn`), replacing its registration;
+    /// false if it cannot be watched (the operation relies on its timer).
     bool watch(const std::filesystem::path& path, const std::shared_ptr<release_wake>& w,
-               const lock_identity& lock) {
+               const lock_identity& lock, int turn) {
         std::unique_ptr<release_source> spare;  // given back once the mutex is free
         {
             std::lock_guard<std::mutex> g(mutex_);
@@ -148,7 +148,7 @@ public:
             drop_inherited();
             if (!source_ && !(source_ = release_source::take())) return false;
             if (!stream_) stream_.emplace(w->executor, source_->native_handle());
-            if (source_->watch(path, w.get(), w->arrival, w->shared, lock)) {
+            if (source_->watch(path, w.get(), w->arrival, w->shared, lock, turn)) {
                 if (!reading_) {
                     reading_ = true;
                     stream_->async_wait(watch_readable, [this](error_code ec) { on_readable(ec); });
@@ -355,7 +355,7 @@ private:
                 case action::kind::watch: {
                     lock_identity lock{};
                     (void)acq_->identity(lock);  // (its backend and range matter here)
-                    watching_ = service().watch(acq_->path(), wake_, lock);
+                    watching_ = service().watch(acq_->path(), wake_, lock, acq_->queue_turn());
                     next = acq_->resume(
                         {watching_ ? wake_reason::watched : wake_reason::unwatched, clock::now()});
                     continue;

@@ -41,6 +41,9 @@ public:
     bool identity(lock_identity& id) const noexcept;
     /// The path to watch.
     const std::filesystem::path& path() const noexcept;
+    /// What to watch instead, behind another process's waiter (a queue
+    /// turn, see release_source::watch; -1: the path).
+    int queue_turn() const noexcept;
     /// The lock won (after `done` with an empty code); the acquisition is
     /// spent afterwards.
     lock_file take() noexcept;

@@ -98,6 +98,15 @@ public:
     /// Whether timed attempts join the path's local queue.
     bool queues() const noexcept { return policy_.queue; }
 
+    /// Behind another process's waiter: what to wait for instead of the
+    /// file's releases (process_queue::turn_handle(); -1: the file's).
+    int queue_turn() const noexcept { return order_.turn_handle(); }
+    /// What to wait for changed: the driver watches anew.
+    bool retarget_watch() noexcept { return order_.retarget(); }
+    /// While waiting for a queue turn, when to look again (time_point{}:
+    /// the backoff's time).
+    clock::time_point next_look() const noexcept { return order_.next_look(); }
+
 private:
     std::error_code attempt() noexcept;
     file::failure lock() noexcept;

@@ -24,6 +24,20 @@
 // per stall_limit), so nobody waits on
 // a free lock for longer than that because of a head that does not progress.
 //
+// A release wakes the head, not every waiting process: only the head
+// watches the lock file. Every ticket comes with a doorbell, a listening
+// unix socket in the abstract namespace named after the queue file and the
+// ticket, that is never accepted from; a waiter behind others connects to
+// its predecessor's (turn_handle()) and waits for that connection to hang
+// up, which the kernel does when the predecessor leaves the queue: it won,
+// gave up, or died. Then it looks again: the head watches the lock file,
+// the others the doorbell of their new predecessor. A predecessor without a
+// doorbell (no socket to be had, another network namespace) is waited for
+// as before the doorbells, on the lock file's releases. Between doorbells a
+// waiter looks at the head once a stall_limit (next_look()), for the stall
+// rule above, which only the next in line applies (a stalled waiter further
+// back is seen once it is the head).
+//
 // Linux only (OFD locks); elsewhere it never registers.
 
 #include <filelock/detail/backoff.hpp>
@@ -32,6 +46,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <utility>
 
 namespace filelock::detail {
 
@@ -59,8 +74,31 @@ public:
     /// The ticket held (0: not registered).
     std::uint64_t ticket() const noexcept { return ticket_; }
 
+    /// The waiter's turn: a descriptor that becomes readable when its
+    /// predecessor leaves the queue (-1: it waits for the lock file's
+    /// releases: the head, not registered, or no doorbell to connect to).
+    int turn_handle() const noexcept { return turn_; }
+    /// Whether what to wait for changed since the last call (the driver
+    /// watches anew).
+    bool retarget() noexcept { return std::exchange(retarget_, false); }
+    /// While waiting for a turn: when to look at the head again (the stall
+    /// rule); time_point{} otherwise.
+    clock::time_point next_look() const noexcept {
+        if (turn_ < 0) return {};
+        return suspect_ ? suspect_since_ + confirm_stall : head_since_ + stall_limit;
+    }
+
 private:
+    std::uint64_t predecessor() const noexcept;
+    void wait_behind(std::uint64_t predecessor) noexcept;
+    void close_all() noexcept;
+
     int fd_ = -1;
+    int bell_ = -1;             // our doorbell (a listening socket)
+    int turn_ = -1;             // connected to the predecessor's doorbell
+    std::uint64_t behind_ = 0;  // the predecessor turn_ is for (0: none)
+    bool retarget_ = false;
+    unsigned long long dev_ = 0, ino_ = 0;  // of the queue file (the doorbells' names)
     std::uint64_t ticket_ = 0;
     unsigned contentions_ = 0;
     bool unusable_ = false;  // no queue for this waiter (cannot create, no OFD locks)

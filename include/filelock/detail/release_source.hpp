@@ -54,21 +54,30 @@ public:
     int native_handle() const noexcept;
     /// The eventfd of enable_interrupts() (-1: none).
     int interrupt_handle() const noexcept;
-    /// Closes a forked child's copy of a descriptor number that
-    /// native_handle() or interrupt_handle() gave in its parent.
+    /// Every descriptor of the source (-1: none): a forked child closes its
+    /// copies of them with close_copy().
+    void handles(int (&fds)[3]) const noexcept;
+    /// Closes a forked child's copy of a descriptor number that handles()
+    /// gave in its parent.
     static void close_copy(int fd) noexcept;
 
     /// `w` waits for releases of the file `path` names now; `arrival`
     /// orders the waiters (earlier first), a `shared` one is a reader. False
     /// if it cannot be watched (its timer then). `lock` is the lock it waits
     /// for (a release wakes one exclusive waiter of each lock on the file).
+    /// With a `turn` (>= 0: a descriptor that becomes readable when the
+    /// waiter's predecessor in the cross-process queue leaves, see
+    /// process_queue.hpp) it waits for that instead of the file's releases,
+    /// and is woken alone (as by a release) when it comes; the caller may
+    /// close `turn` at once. Watching again replaces the waiter's watch.
     bool watch(const std::filesystem::path& path, waiter w, std::uint64_t arrival, bool shared,
-               const lock_identity& lock = {});
+               const lock_identity& lock = {}, int turn = -1);
     /// `w` stops waiting (nothing if it was not watching).
     void unwatch(waiter w) noexcept;
     /// Reads the pending events: the waiters to wake. Every shared waiter of
     /// a released file and its longest-waiting exclusive one; all of those of
-    /// a moved file (and all after lost events), forgotten.
+    /// a moved file (and all after lost events), forgotten; the waiter of a
+    /// queue turn that came.
     std::vector<wakeup> read();
     /// No waiter left.
     bool idle() const noexcept;

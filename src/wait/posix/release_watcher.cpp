@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <fcntl.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <unistd.h>
@@ -17,15 +19,26 @@ namespace filelock::detail {
 namespace {
 constexpr std::uint32_t watch_mask =
     IN_CLOSE_WRITE | IN_CLOSE_NOWRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ATTRIB;
+
+// The inotify instance's tag in the epoll set (a turn's is its descriptor).
+constexpr std::uint64_t inotify_tag = ~std::uint64_t(0);
+
+int decode_turn(int wd) noexcept { return release_watcher::turn_base - wd; }
+
 }  // namespace
 
 release_watcher::release_watcher() noexcept
-    : fd_(sys().inotify_init1(IN_NONBLOCK | IN_CLOEXEC)), generation_(fork_generation()) {}
-
-release_watcher::~release_watcher() {
-    if (fd_ >= 0) sys().close(fd_);
-    if (efd_ >= 0) sys().close(efd_);
+    : fd_(sys().inotify_init1(IN_NONBLOCK | IN_CLOEXEC)), generation_(fork_generation()) {
+    if (fd_ < 0) return;
+    ep_ = ::epoll_create1(EPOLL_CLOEXEC);
+    ::epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = inotify_tag;
+    if (ep_ >= 0 && ::epoll_ctl(ep_, EPOLL_CTL_ADD, fd_, &ev) == 0) return;
+    abandon();  // not valid()
 }
+
+release_watcher::~release_watcher() { abandon(); }
 
 bool release_watcher::enable_interrupts() noexcept {
     if (efd_ < 0) efd_ = sys().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -33,7 +46,7 @@ bool release_watcher::enable_interrupts() noexcept {
 }
 
 void release_watcher::wait(std::chrono::steady_clock::time_point until) noexcept {
-    ::pollfd pfds[2] = {{fd_, POLLIN, 0}, {efd_, POLLIN, 0}};
+    ::pollfd pfds[2] = {{ep_, POLLIN, 0}, {efd_, POLLIN, 0}};
     ::timespec ts{};
     const ::timespec* timeout = nullptr;
     if (until != std::chrono::steady_clock::time_point::max()) {
@@ -61,9 +74,39 @@ void release_watcher::close_copy(int fd) noexcept {
 }
 
 void release_watcher::abandon() noexcept {
-    if (fd_ >= 0) sys().close(fd_);
+    // The inotify instance last: a process with none open holds nothing of
+    // ours (the tests count on it).
+    if (ep_ >= 0) sys().close(ep_);
     if (efd_ >= 0) sys().close(efd_);
-    fd_ = efd_ = -1;
+    for (int t : turns_) sys().close(t);
+    turns_.clear();
+    armed_ = 0;
+    if (fd_ >= 0) sys().close(fd_);
+    fd_ = ep_ = efd_ = -1;
+}
+
+int release_watcher::add_turn(int fd) noexcept {
+    if (ep_ < 0 || fd < 0) return -1;
+    // A copy of our own: the caller may close its descriptor (and the
+    // number be reused) before the waiter stops waiting.
+    const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (copy < 0) return -1;
+    try {
+        turns_.push_back(copy);
+    } catch (...) {
+        sys().close(copy);
+        return -1;
+    }
+    ::epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.u64 = static_cast<std::uint64_t>(copy);
+    if (::epoll_ctl(ep_, EPOLL_CTL_ADD, copy, &ev) != 0) {
+        turns_.pop_back();
+        sys().close(copy);
+        return -1;
+    }
+    ++armed_;
+    return turn_base - copy;
 }
 
 int release_watcher::add(const std::filesystem::path& path) noexcept {
@@ -79,6 +122,18 @@ int release_watcher::add(const std::filesystem::path& path) noexcept {
 }
 
 void release_watcher::remove(int wd) noexcept {
+    if (is_turn(wd)) {
+        const int copy = decode_turn(wd);
+        auto t = std::find(turns_.begin(), turns_.end(), copy);
+        if (t == turns_.end()) return;
+        turns_.erase(t);
+        // Still in the set unless reported (explicitly: a forked child's
+        // copy would keep it there after our close).
+        ::epoll_event ev{};
+        if (::epoll_ctl(ep_, EPOLL_CTL_DEL, copy, &ev) == 0) --armed_;
+        sys().close(copy);
+        return;
+    }
     auto it = refs_.find(wd);
     if (it == refs_.end() || --it->second > 0) return;  // or the kernel dropped it (IN_IGNORED)
     // Kept for the next waits on the path, which find it without a new
@@ -141,6 +196,23 @@ std::vector<release_event> release_watcher::drain() {
         }
         // A read that did not fill the buffer took everything queued.
         if (static_cast<std::size_t>(n) + sizeof(inotify_event) + NAME_MAX + 1 <= sizeof buf) break;
+    }
+    while (armed_ > 0) {
+        ::epoll_event evs[16];
+        const int n = ::epoll_wait(ep_, evs, 16, 0);
+        if (n <= 0) break;
+        bool turned = false;
+        for (int i = 0; i < n; ++i) {
+            if (evs[i].data.u64 == inotify_tag) continue;
+            // Reported once: out of the set (it stays readable), open until
+            // its waiter stops waiting.
+            const int copy = static_cast<int>(evs[i].data.u64);
+            ::epoll_event none{};
+            if (::epoll_ctl(ep_, EPOLL_CTL_DEL, copy, &none) == 0) --armed_;
+            woken.push_back({turn_base - copy, false});
+            turned = true;
+        }
+        if (!turned) break;
     }
     return woken;
 }
