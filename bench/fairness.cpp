@@ -14,7 +14,22 @@
 // with A's local queue on (the default) and off.
 //
 //   bench_fairness [SECONDS] [K] [HOLD_US]      (default: 3 20 1000)
+//
+// And the cross-process queue with one waiter per process: while the lock is
+// held, N processes start one after another, each once the previous one is
+// queued (inspect() shows its ticket), each calling lock() once; then the
+// lock is released.
+//   bench_fairness --order [N...]               (default: 2 8 32, 5 rounds each)
+// prints the grants' inversions against the arrival order (pairs served in
+// the wrong order; 0 is first come, first served), and
+//   bench_fairness --wakeups [N] [HOLD_US]      (default: 100 1000)
+// prints how often the waiters were woken per handoff, from the release to
+// the last grant: each waiting thread sleeps at the release; its wake-ups
+// until its win are the sleeps it began since (its voluntary context
+// switches, /proc/PID/status then getrusage RUSAGE_THREAD at the win) plus
+// the one it was in; summed over the waiters, divided by the N handoffs.
 
+#include <filelock/inspect.hpp>
 #include <filelock/lock_file.hpp>
 #include <filelock/uv.hpp>
 
@@ -24,8 +39,12 @@
 #include <cstdlib>
 #include <fcntl.h>
 #include <functional>
+#include <new>
+#include <atomic>
 #include <string>
 #include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -137,9 +156,161 @@ void print(const char* who, const stats& s, long total) {
                 s.p50_ms, s.p99_ms, s.max_ms);
 }
 
+// Queued filelock waiters of `path` (their tickets), as inspect() sees them.
+std::size_t queued(const std::string& path) {
+    std::error_code ec;
+    const auto st = filelock::inspect(path, ec);
+    std::size_t n = 0;
+    for (const auto& w : st.waiters) n += w.ticket != 0;
+    return n;
+}
+
+// What the waiters of one run share with the parent.
+struct board {
+    std::atomic<int> granted{0};
+    int order[1024];      // order[k]: the arrival index of the k-th grant
+    long switches[1024];  // per arrival index: its voluntary switches in lock()
+    long involuntary[1024];
+};
+
+long thread_switches(long& involuntary) {
+    ::rusage u{};
+    ::getrusage(RUSAGE_THREAD, &u);
+    involuntary = u.ru_nivcsw;
+    return u.ru_nvcsw;
+}
+
+// The voluntary context switches of process `pid`'s main thread so far.
+long voluntary_switches(pid_t pid) {
+    std::FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/status").c_str(), "r");
+    if (!f) return 0;
+    char line[256];
+    long v = 0;
+    while (std::fgets(line, sizeof line, f))
+        if (std::sscanf(line, "voluntary_ctxt_switches: %ld", &v) == 1) break;
+    std::fclose(f);
+    return v;
+}
+
+// One run: N waiters started in order while the lock is held, then released.
+// Fills `b`; returns the milliseconds from the release to the last grant
+// (negative: a waiter failed).
+double queue_run(const std::string& path, int n, std::chrono::microseconds hold, board& b) {
+    b.granted = 0;
+    auto holder = filelock::lock_file(path);
+    std::vector<pid_t> pids;
+    bool ok = true;
+    for (int i = 0; i < n && ok; ++i) {
+        const pid_t pid = ::fork();
+        if (pid == 0) {
+            holder.close();  // our copy (closing it never unlocks the parent's lock)
+            long inv0 = 0, inv1 = 0;
+            const long v0 = thread_switches(inv0);
+            std::error_code ec;
+            auto l = filelock::lock(path, 120s, {}, ec);
+            const long v1 = thread_switches(inv1);
+            if (ec) ::_exit(1);
+            (void)v0;
+            b.switches[i] += v1 + 1;  // the sleep it was in at the release ended too
+            b.involuntary[i] = inv1 - inv0;
+            b.order[b.granted.fetch_add(1)] = i;
+            std::this_thread::sleep_for(hold);
+            ::_exit(0);
+        }
+        pids.push_back(pid);
+        // Arrived once queued: the next starts after that.
+        const auto give_up = clk::now() + 10s;
+        while (queued(path) < static_cast<std::size_t>(i + 1) && (ok = clk::now() < give_up))
+            std::this_thread::sleep_for(1ms);
+    }
+    // Each waiter sleeps now; it is woken and sleeps again from here on.
+    for (int i = 0; i < n && ok; ++i)
+        b.switches[i] = -voluntary_switches(pids[static_cast<size_t>(i)]);
+    const auto released = clk::now();
+    holder.close();
+    int failed = !ok;
+    for (pid_t pid : pids) {
+        int st = 0;
+        ::waitpid(pid, &st, 0);
+        failed += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+    }
+    return failed ? -1.0 : ms_since(released);
+}
+
+int inversions(const board& b, int n) {
+    int inv = 0;
+    for (int x = 0; x < n; ++x)
+        for (int y = x + 1; y < n; ++y) inv += b.order[x] > b.order[y];
+    return inv;
+}
+
+board* shared_board() {
+    void* m =
+        ::mmap(nullptr, sizeof(board), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    return m == MAP_FAILED ? nullptr : new (m) board;
+}
+
+int order_mode(const std::vector<int>& ns, const std::string& path) {
+    board* b = shared_board();
+    if (!b) return 1;
+    std::printf("N processes, one lock() each, started in order while the lock is held\n");
+    std::printf("  %4s %6s %11s %18s\n", "N", "rounds", "inversions", "ms per handoff");
+    int bad = 0;
+    for (int n : ns) {
+        constexpr int rounds = 5;
+        int inv = 0;
+        double ms = 0;
+        for (int r = 0; r < rounds; ++r) {
+            const double t = queue_run(path, n, 200us, *b);
+            if (t < 0) return std::printf("  N=%d: a waiter failed\n", n), 2;
+            inv += inversions(*b, n);
+            ms += t;
+        }
+        bad += inv;
+        std::printf("  %4d %6d %11d %18.3f\n", n, rounds, inv, ms / rounds / n);
+        std::fflush(stdout);
+    }
+    ::unlink(path.c_str());
+    return bad ? 3 : 0;
+}
+
+int wakeups_mode(int n, std::chrono::microseconds hold, const std::string& path) {
+    board* b = shared_board();
+    if (!b) return 1;
+    const double ms = queue_run(path, n, hold, *b);
+    if (ms < 0) return std::printf("a waiter failed\n"), 2;
+    long total = 0, most = 0, inv = 0;
+    for (int i = 0; i < n; ++i) {
+        total += b->switches[i];
+        most = std::max(most, b->switches[i]);
+        inv += b->involuntary[i];
+    }
+    std::printf("%d waiting processes, one lock() each, each holder keeps it %lld us\n", n,
+                static_cast<long long>(hold.count()));
+    std::printf(
+        "  wake-ups per handoff %.2f (voluntary switches of the waiters: %ld in %d "
+        "handoffs; most for one waiter %ld; involuntary %ld)\n",
+        static_cast<double>(total) / n, total, n, most, inv);
+    std::printf("  inversions %d, %.3f ms per handoff\n", inversions(*b, n), ms / n);
+    ::unlink(path.c_str());
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+    const std::string queue_path = "/tmp/filelock-bench-queue.lock";
+    if (argc > 1 && std::string(argv[1]) == "--order") {
+        std::vector<int> ns;
+        for (int i = 2; i < argc; ++i) ns.push_back(std::clamp(std::atoi(argv[i]), 1, 1024));
+        if (ns.empty()) ns = {2, 8, 32};
+        return order_mode(ns, queue_path);
+    }
+    if (argc > 1 && std::string(argv[1]) == "--wakeups")
+        return wakeups_mode(std::clamp(argc > 2 ? std::atoi(argv[2]) : 100, 1, 1024),
+                            std::chrono::microseconds(argc > 3 ? std::atoi(argv[3]) : 1000),
+                            queue_path);
+
     const auto seconds = std::chrono::seconds(argc > 1 ? std::atoi(argv[1]) : 3);
     const int k = argc > 2 ? std::atoi(argv[2]) : 20;
     const auto hold = std::chrono::microseconds(argc > 3 ? std::atoi(argv[3]) : 1000);
