@@ -809,6 +809,23 @@ TEST_CASE("filelock-run --watch --json: a JSON object a line, state then events;
     CHECK(run({python(), "-c", script, tool, p.string()}) == 0);
 }
 
+TEST_CASE("filelock-run --status --json: bytes that are not UTF-8 come out as latin-1, valid JSON") {
+    scratch s;
+    const auto p = s / "n\xff.lock";
+    write_file(p, "\xff\xfe bad \xc3\xa9 \xe2\x82");
+    program status({filelock_run_path(), "--status", "--json", p.string()});
+    const std::string line = status.read_line();
+    CHECK(status.wait() == 0);
+    INFO(line);
+    CHECK(line.find("\"path\":\"" + (s / "n").string() + "\\u00ff.lock\"") != std::string::npos);
+    // Valid UTF-8 (é) kept; each byte of an invalid sequence, a truncated
+    // one too, written as the latin-1 character of its number.
+    CHECK(line.find("\"content\":\"\\u00ff\\u00fe bad \xc3\xa9 \\u00e2\\u0082\"") !=
+          std::string::npos);
+    for (const char c : line)
+        if (static_cast<unsigned char>(c) >= 0x80) CHECK((c == '\xc3' || c == '\xa9'));
+}
+
 TEST_CASE("filelock-run --watch: a bad target names the path and the cause (66), usage 64") {
     scratch s;
     const std::string tool = filelock_run_path();

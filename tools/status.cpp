@@ -123,21 +123,56 @@ void print_row(const char* role, const filelock::lock_party& p) {
     std::printf("%s\n", s.c_str());
 }
 
+// The length of the valid UTF-8 sequence starting at s[i], or 0 when the
+// bytes there are not one (a stray or truncated byte, an overlong form, a
+// surrogate, or past U+10FFFF).
+std::size_t utf8_length(std::string_view s, std::size_t i) {
+    const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[i + k]); };
+    const unsigned char c = b(0);
+    std::size_t n = 0;
+    unsigned char lo = 0x80, hi = 0xbf;  // the second byte's range
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        n = 2;
+    else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+        if (c == 0xe0) lo = 0xa0;
+        if (c == 0xed) hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+        if (c == 0xf0) lo = 0x90;
+        if (c == 0xf4) hi = 0x8f;
+    } else
+        return 0;
+    if (s.size() - i < n) return 0;
+    if (b(1) < lo || b(1) > hi) return 0;
+    for (std::size_t k = 2; k < n; ++k)
+        if (b(k) < 0x80 || b(k) > 0xbf) return 0;
+    return n;
+}
+
 }  // namespace
 
 std::string json_string(std::string_view s) {
     std::string out = "\"";
-    for (const unsigned char c : s) {
+    for (std::size_t i = 0; i < s.size();) {
+        const auto c = static_cast<unsigned char>(s[i]);
+        const std::size_t n = utf8_length(s, i);
         if (c == '"' || c == '\\') {
             out += '\\';
             out += static_cast<char>(c);
-        } else if (c < 0x20 || c == 0x7f) {
+        } else if (c < 0x20 || c == 0x7f || n == 0) {
+            // Controls, and each byte of what is not UTF-8 as the
+            // character of that number (latin-1: byte 0xff is \u00ff).
             char buf[8];
             std::snprintf(buf, sizeof buf, "\\u%04x", c);
             out += buf;
         } else {
-            out += static_cast<char>(c);  // UTF-8 passes through
+            out.append(s.substr(i, n));  // valid UTF-8 passes through
+            i += n;
+            continue;
         }
+        ++i;
     }
     return out + "\"";
 }
