@@ -7,6 +7,7 @@
 
 #include "etcd_member.hpp"
 
+#include <algorithm>
 #include <thread>
 
 using namespace test;
@@ -199,4 +200,58 @@ TEST_CASE("filelock-run etcd://: a release etcd never confirms is reported, non-
     CHECK(all.find("release failed") != std::string::npos);
     CHECK(all.find("status=0") == std::string::npos);
     CHECK(wrapper.wait() == 0);
+}
+
+namespace {
+
+// A shell test that exits 3 if one of `pids` is alive (a zombie is gone):
+// the COMMAND a second filelock-run runs, once it holds the lock.
+std::string none_alive(const std::vector<pid_t>& pids) {
+    std::string check;
+    for (pid_t p : pids) {
+        const std::string s = std::to_string(p);
+        check += "kill -0 " + s + " 2>/dev/null && ! grep -q '^[^(]*([^)]*) Z' /proc/" + s +
+                 "/stat && exit 3; ";
+    }
+    return check + "exit 0";
+}
+
+// COMMAND for the tests below: writes its pid, a background child's (in
+// its group) and a setsid'd orphan's, one a line, then "up" on stdout.
+std::string leaves_children(const std::filesystem::path& pidfile) {
+    const std::string pf = pidfile.string();
+    return "echo $$ > " + pf + "; sleep 30 & echo $! >> " + pf +
+           "; ( setsid sleep 30 & echo $! >> " + pf + " ); echo up; wait; sleep 30";
+}
+
+std::vector<pid_t> pids_in(const std::filesystem::path& pidfile) {
+    std::vector<pid_t> pids;
+    std::istringstream in(read_file(pidfile));
+    for (pid_t p; in >> p;) pids.push_back(p);
+    return pids;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "filelock-run etcd://: COMMAND killed by a signal, what it started ends before the release") {
+    scratch s;
+    const auto pidfile = s / "pids";
+    const std::string name = "tool-oom/" + std::to_string(::getpid());
+    program wrapper(
+        {filelock_run_path(), "--ttl", "2", target(name), "sh", "-c", leaves_children(pidfile)});
+    REQUIRE(wrapper.read_line() == "up");
+    const auto pids = pids_in(pidfile);
+    REQUIRE(pids.size() == 3);
+    // As the OOM killer would: COMMAND alone, SIGKILL.
+    ::kill(pids[0], SIGKILL);
+    CHECK(wrapper.wait() == 128 + SIGKILL);
+    // The lock is released at once (no lease to wait for): a second holder
+    // never finds them running.
+    std::string err;
+    CHECK(run({filelock_run_path(), "-w", "8", target(name), "sh", "-c", none_alive(pids)}, &err) ==
+          0);
+    INFO(err);
+    for (pid_t p : pids)
+        if (alive(p)) ::kill(p, SIGKILL);
 }

@@ -110,8 +110,11 @@ void kill_descendants(pid_t group) {
                 ::kill(::getppid(), SIGCHLD);  // wakes filelock-run's wait
                 continue;
             }
-            // What COMMAND left running goes on, as it would without a
-            // keeper (adopted by filelock-run, then by its ancestors).
+            // Killed (the OOM killer, kill -9, a forwarded signal): what it
+            // left would run on unlocked once filelock-run releases the lock.
+            // Exited: what it left running goes on, as with flock(1)
+            // (adopted by filelock-run, then by its ancestors).
+            if (WIFSIGNALED(status)) kill_descendants(command);
             report(report_fd, {message::exited, status});
             ::_exit(0);
         }

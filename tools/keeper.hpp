@@ -15,6 +15,12 @@
 // started by another service (systemd-run, at, a terminal multiplexer's
 // server), or adopted by a subreaper below it.
 //
+// When COMMAND dies of a signal (the OOM killer, a kill -9, a signal
+// forwarded to it), the keeper kills its group and what it left behind too,
+// before filelock-run releases the lock: they would run on unlocked, and the
+// next holder is granted the lock at once. When COMMAND exits, what it left
+// running goes on (as with flock(1)), without the lock.
+//
 // It reports to filelock-run on a pipe: COMMAND's pid, its stops (relayed at
 // a terminal, see posix_run.hpp) and its wait status. If the keeper itself
 // is killed, COMMAND gets SIGKILL (PR_SET_PDEATHSIG) and filelock-run, a
