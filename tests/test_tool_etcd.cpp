@@ -255,3 +255,48 @@ TEST_CASE(
     for (pid_t p : pids)
         if (alive(p)) ::kill(p, SIGKILL);
 }
+
+TEST_CASE(
+    "filelock-run etcd://: stopped (SIGSTOP), the keeper ends COMMAND before the lease expires") {
+    scratch s;
+    const auto pidfile = s / "pids";
+    const std::string name = "tool-stop/" + std::to_string(::getpid());
+    program wrapper(
+        {filelock_run_path(), "--ttl", "2", target(name), "sh", "-c", leaves_children(pidfile)});
+    REQUIRE(wrapper.read_line() == "up");
+    const auto pids = pids_in(pidfile);
+    REQUIRE(pids.size() == 3);
+    // No keep-alive goes any more; etcd ends the lease after the TTL and
+    // grants the lock to the second run.
+    ::kill(wrapper.pid(), SIGSTOP);
+    std::string err;
+    CHECK(run({filelock_run_path(), "-w", "8", target(name), "sh", "-c", none_alive(pids)}, &err) ==
+          0);
+    INFO(err);
+    ::kill(wrapper.pid(), SIGCONT);
+    CHECK(wrapper.wait() == 75);  // the lock was lost
+    for (pid_t p : pids)
+        if (alive(p)) ::kill(p, SIGKILL);
+}
+
+TEST_CASE(
+    "filelock-run etcd://: keep-alives failing, a COMMAND that ignores the lost signal is "
+    "killed at the lease's deadline") {
+    test::etcd_cluster own(1);
+    scratch s;
+    const auto pidfile = s / "pids";
+    const std::string t = "etcd://" + own.endpoint().substr(7) + "/tool-deadline";
+    program wrapper({filelock_run_path(), "--ttl", "2", t, "sh", "-c",
+                     "trap '' TERM; " + leaves_children(pidfile)});
+    REQUIRE(wrapper.read_line() == "up");
+    const auto pids = pids_in(pidfile);
+    REQUIRE(pids.size() == 3);
+    own.kill_member(0);  // no keep-alive is answered any more
+    // End of file once filelock-run and every process of COMMAND's tree
+    // (they share its stdout) are gone; before, they ran their 30 s.
+    CHECK(wrapper.read_line().empty());
+    for (pid_t p : pids) CHECK(!alive(p));
+    CHECK(wrapper.wait() == 75);
+    for (pid_t p : pids)
+        if (alive(p)) ::kill(p, SIGKILL);
+}

@@ -6,6 +6,7 @@
 #include "etcd_mode.hpp"
 
 #include "cli.hpp"
+#include "keeper.hpp"
 #include "posix_run.hpp"
 
 #include <filelock/etcd_asio.hpp>
@@ -94,7 +95,11 @@ namespace {
 // acquisition's outcome and of a lost lock by notify_signal().
 class session {
 public:
-    explicit session(const filelock::etcd::config& cfg) : ttl_(cfg.ttl) {
+    explicit session(const filelock::etcd::config& cfg)
+        : ttl_(cfg.ttl),
+          grace_(std::min<std::chrono::nanoseconds>(cfg.lost_margin,
+                                                    std::chrono::milliseconds(cfg.ttl) / 2) /
+                 2) {
         signals_ = posix_run::forwarded_signals();
         sigaddset(&signals_, notify_signal());
         sigset_t blocked = signals_;
@@ -105,7 +110,14 @@ public:
         } catch (const std::system_error& e) {
             usage(e.what());
         }
-        loop_ = std::thread([this] { io_.run(); });
+        loop_ = std::thread([this] {
+            // A deadline told to a keeper that just ended: EPIPE, not death.
+            sigset_t pipe;
+            sigemptyset(&pipe);
+            sigaddset(&pipe, SIGPIPE);
+            ::pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
+            io_.run();
+        });
     }
     session(const session&) = delete;
     session& operator=(const session&) = delete;
@@ -114,7 +126,10 @@ public:
     /// Ends the client (a pending acquisition is cancelled) and its thread.
     void stop() {
         if (!loop_.joinable()) return;
-        asio::post(io_, [this] { client_.reset(); });
+        asio::post(io_, [this] {
+            feed_.reset();
+            client_.reset();
+        });
         work_.reset();
         loop_.join();
     }
@@ -171,6 +186,26 @@ public:
         }
     }
 
+    /// The keeper's first deadline (keeper.hpp): until when `held` is
+    /// guaranteed, plus half the margin (the lost signal's grace; etcd
+    /// cannot end the lease before the whole margin passed).
+    std::int64_t keeper_deadline(const filelock::etcd::lock& held) {
+        std::promise<std::int64_t> until;
+        auto until_f = until.get_future();
+        asio::post(io_, [&] { until.set_value(held.guaranteed_until().count()); });
+        const std::int64_t u = until_f.get();
+        return (u > 0 ? u : keeper::now()) + grace_.count();
+    }
+
+    /// Tells the keeper on `life` each later deadline of `held` (looked at
+    /// every 100 ms); once it is lost, a deadline at most the grace away.
+    void tell_keeper(const filelock::etcd::lock& held, int life, std::int64_t told) {
+        asio::post(io_, [this, &held, life, told] {
+            feed_.emplace(io_);
+            feed(held, life, told);
+        });
+    }
+
     /// Releases `held` without waiting (COMMAND never ran).
     void drop(filelock::etcd::lock& held) {
         asio::post(io_, [&] { held.release(); });
@@ -188,12 +223,30 @@ public:
     const sigset_t& old_mask() const noexcept { return old_mask_; }
 
 private:
+    void feed(const filelock::etcd::lock& held, int life, std::int64_t told) {
+        if (held.lost()) {
+            keeper::set_deadline(life, std::min(told, keeper::now() + grace_.count()));
+            return;
+        }
+        const std::int64_t until = held.guaranteed_until().count();
+        if (until > 0 && until + grace_.count() > told) {
+            told = until + grace_.count();
+            keeper::set_deadline(life, told);
+        }
+        feed_->expires_after(std::chrono::milliseconds(100));
+        feed_->async_wait([this, &held, life, told](std::error_code ec) {
+            if (!ec) feed(held, life, told);
+        });
+    }
+
     std::chrono::seconds ttl_;
+    std::chrono::nanoseconds grace_;
     sigset_t signals_{}, old_mask_{};
     const pthread_t main_thread_ = ::pthread_self();
     asio::io_context io_{1};
     asio::executor_work_guard<asio::io_context::executor_type> work_ = asio::make_work_guard(io_);
     std::optional<filelock::etcd::client> client_;
+    std::optional<asio::steady_timer> feed_;  // see tell_keeper
     std::thread loop_;
 };
 
@@ -205,13 +258,16 @@ private:
 // only the keep-alive holds it. If the lock is lost, COMMAND's group gets
 // the lost signal, once.
 int run_command(session& s, const options& o, const char* target, char** argv,
-                const std::atomic<bool>& lost, posix_run::child& c) {
+                const filelock::etcd::lock& held, const std::atomic<bool>& lost,
+                posix_run::child& c) {
     posix_run::spawn_options so;
     so.die_with_parent = true;
     so.keeper = true;
     so.mask = &s.old_mask();
+    so.deadline = s.keeper_deadline(held);
     c = posix_run::spawn(argv, so);
     if (c.pid < 0) return -1;
+    s.tell_keeper(held, c.life, so.deadline);
     int wait_status = 0;
     bool told = false;
     while (!posix_run::ended(c, wait_status)) {
@@ -262,14 +318,17 @@ int run(const options& o, const cli::command_line& cl, const char* target, char*
     ::signal(SIGCHLD, SIG_DFL);
     cli::report_executing(cl, argv[0]);
     posix_run::child c;
-    const int wait_status = run_command(s, o, target, argv, lost, c);
+    const int wait_status = run_command(s, o, target, argv, held, lost, c);
     if (c.pid < 0) {
         cli::warn(std::string("cannot fork: ") + std::strerror(errno));
         s.drop(held);
         s.stop();
         return ex_oserr;
     }
-    const bool was_lost = lost || held.lost();
+    if (c.expired)
+        cli::warn(std::string(target) + ": no keep-alive was answered in time; " + argv[0] +
+                  " and what it started were killed before the lease could expire");
+    const bool was_lost = lost || held.lost() || c.expired;
     // The release is awaited: one etcd refuses (or that never answers
     // within the TTL) leaves the key blocking the next waiter, and is
     // reported.

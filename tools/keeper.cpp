@@ -6,9 +6,11 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
+#include <ctime>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/signalfd.h>
+#include <sys/timerfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -65,19 +67,43 @@ void report(int fd, message m) {
     }
 }
 
+// A timer on the deadlines' clock (a suspend counts): readable at `at`.
+void arm(int tfd, std::int64_t at) {
+    itimerspec its{};
+    its.it_value.tv_sec = static_cast<time_t>(at / 1000000000);
+    its.it_value.tv_nsec = static_cast<long>(at % 1000000000);
+    if (at <= 0) its.it_value.tv_nsec = 1;  // 0 would disarm it
+    ::timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, nullptr);
+}
+
 }  // namespace
 
-void kill_descendants(pid_t group) {
+std::int64_t now() noexcept {
+    timespec ts{};
+    ::clock_gettime(CLOCK_BOOTTIME, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+void set_deadline(int life, std::int64_t deadline) noexcept {
+    // One message, atomic on a pipe; a full pipe (a stopped keeper) drops it.
+    while (::write(life, &deadline, sizeof deadline) < 0 && errno == EINTR) {
+    }
+}
+
+int kill_descendants(pid_t group) {
+    int group_status = -1;
     for (;;) {
         if (group > 0) ::kill(-group, SIGKILL);
         kill_children();
         // Each death may hand us its children: kill again after each.
-        const pid_t w = ::waitpid(-1, nullptr, 0);
-        if (w < 0 && errno == ECHILD) return;
+        int status = 0;
+        const pid_t w = ::waitpid(-1, &status, 0);
+        if (w < 0 && errno == ECHILD) return group_status;
+        if (w > 0 && w == group) group_status = status;
     }
 }
 
-[[noreturn]] void run(int life, int report_fd, pid_t command) {
+[[noreturn]] void run(int life, int report_fd, pid_t command, std::int64_t deadline) {
     // A report written as filelock-run dies must not kill the keeper before
     // it has done its work.
     ::signal(SIGPIPE, SIG_IGN);
@@ -88,15 +114,36 @@ void kill_descendants(pid_t group) {
     sigaddset(&chld, SIGCHLD);
     ::sigprocmask(SIG_BLOCK, &chld, nullptr);
     const int sfd = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    const int tfd = ::timerfd_create(CLOCK_BOOTTIME, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (deadline > 0 && tfd >= 0) arm(tfd, deadline);
     for (;;) {
-        pollfd fds[2] = {{life, POLLIN, 0}, {sfd, POLLIN, 0}};
-        // Without a signalfd, COMMAND is looked at every 50 ms.
-        const int n = ::poll(fds, sfd >= 0 ? 2 : 1, sfd >= 0 ? -1 : 50);
+        if (deadline > 0 && now() >= deadline) {
+            // No keep-alive answered in time: etcd may soon end the lease.
+            const int status = kill_descendants(command);
+            report(report_fd, {message::expired, status < 0 ? SIGKILL : status});
+            ::kill(::getppid(), SIGCHLD);
+            ::_exit(0);
+        }
+        pollfd fds[3] = {{life, POLLIN, 0}, {sfd, POLLIN, 0}, {tfd, POLLIN, 0}};
+        // Without a signalfd, COMMAND is looked at every 50 ms; without a
+        // timerfd, the deadline too.
+        const int n = ::poll(fds, 3, sfd >= 0 && tfd >= 0 ? -1 : 50);
         if (n < 0 && errno != EINTR) ::_exit(1);
         if (n > 0 && fds[0].revents != 0) {
-            // filelock-run died: nothing renews the lease any more.
-            kill_descendants(command);
-            ::_exit(0);
+            std::int64_t told[64];
+            const ssize_t got = ::read(life, told, sizeof told);
+            if (got == 0 || (got < 0 && errno != EINTR && errno != EAGAIN)) {
+                // filelock-run died: nothing renews the lease any more.
+                kill_descendants(command);
+                ::_exit(0);
+            }
+            if (got >= static_cast<ssize_t>(sizeof told[0])) {
+                deadline = told[static_cast<std::size_t>(got) / sizeof told[0] - 1];
+                if (tfd >= 0) arm(tfd, deadline);
+            }
+        }
+        std::uint64_t expirations;
+        while (tfd >= 0 && ::read(tfd, &expirations, sizeof expirations) > 0) {
         }
         signalfd_siginfo si;
         while (sfd >= 0 && ::read(sfd, &si, sizeof si) > 0) {

@@ -15,6 +15,12 @@
 // started by another service (systemd-run, at, a terminal multiplexer's
 // server), or adopted by a subreaper below it.
 //
+// filelock-run also tells it, on that pipe, until when the lease is
+// guaranteed (after each answered keep-alive): when that deadline passes
+// with no later one, filelock-run is stopped (SIGSTOP, a debugger) or its
+// keep-alives fail, and the keeper kills COMMAND's group and descendants
+// before etcd can expire the lease and grant the lock to another.
+//
 // When COMMAND dies of a signal (the OOM killer, a kill -9, a signal
 // forwarded to it), the keeper kills its group and what it left behind too,
 // before filelock-run releases the lock: they would run on unlocked, and the
@@ -26,23 +32,38 @@
 // is killed, COMMAND gets SIGKILL (PR_SET_PDEATHSIG) and filelock-run, a
 // subreaper too, kills what the keeper had adopted.
 
+#include <cstdint>
 #include <sys/types.h>
 
 namespace keeper {
 
 struct message {
-    enum kind_t : int { started = 1, stopped, exited } kind;
+    enum kind_t : int { started = 1, stopped, exited, expired } kind;
     /// started: COMMAND's pid (or -errno if fork failed); stopped: the
-    /// signal; exited: COMMAND's wait status.
+    /// signal; exited: COMMAND's wait status; expired: COMMAND's wait
+    /// status, killed with its descendants at the lease's deadline.
     int value;
 };
 
+/// Now on the clock of the deadlines: CLOCK_BOOTTIME (etcd's lease runs on
+/// while this machine is suspended), in nanoseconds.
+std::int64_t now() noexcept;
+
+/// Tells the keeper whose pipe is `life` to kill COMMAND's tree at
+/// `deadline` (now()'s clock) unless told a later one. Never blocks (`life`
+/// is non-blocking); async-signal-safe.
+void set_deadline(int life, std::int64_t deadline) noexcept;
+
 /// The keeper's life after forking COMMAND (`command`): reports on
-/// `report`, watches `life` (readable once filelock-run died), never returns.
-[[noreturn]] void run(int life, int report, pid_t command);
+/// `report`, watches `life` (deadlines; its end once filelock-run died),
+/// kills COMMAND's tree at `deadline` (0: none yet) unless told a later one;
+/// never returns.
+[[noreturn]] void run(int life, int report, pid_t command, std::int64_t deadline);
 
 /// Kills (SIGKILL) the process group `group` (if > 0) and every child of the
 /// calling process, again as orphans are adopted, until none is left.
-void kill_descendants(pid_t group);
+/// Returns the wait status of the child `group` if it was reaped here
+/// (-1 otherwise).
+int kill_descendants(pid_t group);
 
 }  // namespace keeper

@@ -166,7 +166,7 @@ void spawn_kept(char** argv, const spawn_options& o, child& c, bool foreground) 
         const pid_t command = ::fork();
         if (command == 0) exec_in_child(argv, o, c.tty, foreground, keeper_pid);
         if (command > 0) ::setpgid(command, command);
-        keeper::run(life[0], report[1], command > 0 ? command : -errno);
+        keeper::run(life[0], report[1], command > 0 ? command : -errno, o.deadline);
     }
     const int fork_errno = errno;
     ::close(life[0]);
@@ -178,6 +178,7 @@ void spawn_kept(char** argv, const spawn_options& o, child& c, bool foreground) 
         c.life = life[1];
         c.report = report[0];
         ::fcntl(c.report, F_SETFL, O_NONBLOCK);
+        ::fcntl(c.life, F_SETFL, O_NONBLOCK);
         if (foreground) {
             give_terminal(c.tty, c.group);
             c.had_terminal = true;
@@ -200,8 +201,9 @@ void spawn_kept(char** argv, const spawn_options& o, child& c, bool foreground) 
 bool keeper_reports(child& c, int& wait_status) {
     keeper::message m{};
     while (read_message(c.report, m)) {
-        if (m.kind == keeper::message::exited) {
+        if (m.kind == keeper::message::exited || m.kind == keeper::message::expired) {
             wait_status = m.value;
+            c.expired = m.kind == keeper::message::expired;
             return true;
         }
         if (m.kind == keeper::message::stopped && c.tty >= 0) relay_stop(c, m.value);

@@ -5,6 +5,7 @@
 // group and terminal, the signals forwarded to it, and filelock-run's own end.
 
 #include <csignal>
+#include <cstdint>
 #include <sys/types.h>
 #include <vector>
 
@@ -50,6 +51,9 @@ struct child {
     /// With a keeper (keeper.hpp; `pid` is the keeper's): its reports, and
     /// the pipe whose end tells it that filelock-run died.
     int report = -1, life = -1;
+    /// The keeper killed COMMAND and its descendants at the lease's deadline
+    /// (no keep-alive was answered in time: keeper.hpp).
+    bool expired = false;
 };
 
 struct spawn_options {
@@ -66,6 +70,9 @@ struct spawn_options {
     /// started when filelock-run dies (Linux; elsewhere die_with_parent
     /// alone).
     bool keeper = false;
+    /// With a keeper: until when the lease is guaranteed (keeper::now()'s
+    /// clock), then later ones by keeper::set_deadline() on `child::life`.
+    std::int64_t deadline = 0;
 };
 
 /// Forks and executes argv; pid -1 when fork failed (errno set).

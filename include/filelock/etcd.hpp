@@ -198,6 +198,14 @@ public:
     bool lost() const noexcept;
     /// Why (etcd::errc::lost), or empty while not lost.
     std::error_code lost_reason() const noexcept;
+    /// Until when ownership is guaranteed: the lost signal's deadline (the
+    /// send time of the last answered keep-alive + TTL - the margin, see the
+    /// header comment), as a time since the epoch of CLOCK_BOOTTIME on Linux
+    /// (of std::chrono::steady_clock elsewhere), which another process of
+    /// this machine can compare with its own reading. It moves on with each
+    /// answered keep-alive; zero when nothing is held or the lease is gone.
+    /// Use it on the client's loop thread.
+    std::chrono::nanoseconds guaranteed_until() const noexcept;
 
     /// Calls `f(reason)` once, on the loop, when the lock is lost (at once,
     /// through a post, if it already is); not called after release. A later

@@ -97,6 +97,13 @@ std::int64_t lock::fencing_token() const noexcept { return s_ ? s_->rev : 0; }
 std::int64_t lock::lease() const noexcept { return s_ ? s_->lease : 0; }
 unsigned lock::slot() const noexcept { return s_ ? s_->slot : 0; }
 bool lock::lost() const noexcept { return static_cast<bool>(lost_reason()); }
+std::chrono::nanoseconds lock::guaranteed_until() const noexcept {
+    if (!s_ || !s_->s) return {};
+    const detail::lease_state& l = s_->s->lease_view();
+    if (l.id == 0 || l.id != s_->lease || l.deadline == detail::lease_clock::time_point::min())
+        return {};
+    return l.deadline.time_since_epoch();
+}
 std::error_code lock::lost_reason() const noexcept {
     if (!s_) return {};
     std::lock_guard<std::mutex> g(s_->m);
