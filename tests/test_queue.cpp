@@ -110,9 +110,10 @@ TEST_CASE("queue: tickets in registration order; only the head may attempt") {
     b.contended(p, 0644, t0);
     c.contended(p, 0644, t0);
     c.contended(p, 0644, t0);
+    // Writers' tickets are odd (readers' even).
     REQUIRE(a.ticket() == 1);
-    CHECK(b.ticket() == 2);
-    CHECK(c.ticket() == 3);
+    CHECK(b.ticket() == 3);
+    CHECK(c.ticket() == 5);
     CHECK(fs::file_size(filelock::queue_path(p)) == 0);
     CHECK(a.may_attempt(t0));
     CHECK_FALSE(b.may_attempt(t0));
@@ -126,7 +127,7 @@ TEST_CASE("queue: tickets in registration order; only the head may attempt") {
     process_queue d;
     d.contended(p, 0644, t0);
     d.contended(p, 0644, t0);
-    CHECK(d.ticket() == 4);
+    CHECK(d.ticket() == 7);
     CHECK_FALSE(d.may_attempt(t0));
     c.leave();
     d.leave();
@@ -138,6 +139,52 @@ TEST_CASE("queue: tickets in registration order; only the head may attempt") {
     CHECK(e.ticket() == 1);
 }
 
+TEST_CASE("queue: readers attempt before the first waiting writer; those after it wait for it") {
+    scratch s;
+    const auto p = s / "a.lock";
+    const auto t0 = steady::now();
+    const auto reader = [&](process_queue& q) {
+        q.contended(p, 0644, t0, true);
+        q.contended(p, 0644, t0, true);
+    };
+    const auto writer = [&](process_queue& q) {
+        q.contended(p, 0644, t0);
+        q.contended(p, 0644, t0);
+    };
+    process_queue r1, r2, w1, r3, w2, r4;
+    CHECK_FALSE(r1.writer_waits(p));
+    reader(r1);
+    reader(r2);
+    CHECK_FALSE(r2.writer_waits(p));  // readers only
+    writer(w1);
+    process_queue late;
+    CHECK(late.writer_waits(p));
+    reader(r3);
+    writer(w2);
+    reader(r4);
+    CHECK(r1.may_attempt(t0));
+    CHECK(r2.may_attempt(t0));
+    CHECK_FALSE(w1.may_attempt(t0));  // behind the readers
+    CHECK_FALSE(r3.may_attempt(t0));  // behind the writer
+    CHECK_FALSE(w2.may_attempt(t0));
+    CHECK_FALSE(r4.may_attempt(t0));
+    r1.leave();
+    r2.leave();
+    CHECK(w1.may_attempt(t0));
+    CHECK_FALSE(r3.may_attempt(t0));
+    w1.leave();
+    CHECK(r3.may_attempt(t0));        // no writer before it now
+    CHECK_FALSE(w2.may_attempt(t0));  // behind that reader
+    CHECK_FALSE(r4.may_attempt(t0));  // behind the second writer
+    r3.leave();
+    CHECK(w2.may_attempt(t0));
+    w2.leave();
+    CHECK(r4.may_attempt(t0));
+    r4.leave();
+    CHECK_FALSE(late.writer_waits(p));
+    CHECK(fs::file_size(filelock::queue_path(p)) == 0);
+}
+
 TEST_CASE("queue: a head that makes no attempt is passed by the others, within a bound") {
     scratch s;
     const auto p = s / "a.lock";
@@ -147,7 +194,7 @@ TEST_CASE("queue: a head that makes no attempt is passed by the others, within a
     head.contended(p, 0644, t0);
     next.contended(p, 0644, t0);
     next.contended(p, 0644, t0);
-    REQUIRE(next.ticket() == 2);
+    REQUIRE(next.ticket() == 3);
     CHECK_FALSE(next.may_attempt(t0));
     // A head that attempts (its heartbeat) is waited for.
     CHECK(head.may_attempt(t0 + 1s));
@@ -179,7 +226,7 @@ TEST_CASE("queue: a killed waiter leaves at once; the queue file is not needed t
     process_queue mine;
     mine.contended(p, 0644, steady::now());
     mine.contended(p, 0644, steady::now());
-    CHECK(mine.ticket() == 2);
+    CHECK(mine.ticket() == 3);
     CHECK_FALSE(mine.may_attempt(steady::now()));
     waiter_child.kill();
     waiter_child.wait();
@@ -246,6 +293,33 @@ TEST_CASE(
     CHECK(holder.wait() == 0);
     for (auto& w : waiters) CHECK(w.wait() == 0);
     CHECK(lines_of(out) == std::vector<std::string>{"1", "2", "3"});
+}
+
+TEST_CASE("queue: a reader that comes after a waiting writer waits for it, though readers hold") {
+    // Before, shared locks did not queue: a reader got in beside the
+    // readers holding the lock, and a stream of readers starved the writer.
+    scratch s;
+    const auto p = s / "a.lock";
+    const auto out = s / "out";
+    write_file(out, "");
+    filelock::lock_options shared;
+    shared.mode = filelock::lock_mode::shared;
+    filelock::lock_file holding(p, shared);
+    spawned writer({filelock_run_path(), "-w", "60", p.string(), "sh", "-c",
+                    "echo writer >> '" + out.string() + "'"});
+    REQUIRE(queued(p, 1));
+    spawned reader({filelock_run_path(), "-s", "-w", "60", p.string(), "sh", "-c",
+                    "echo reader >> '" + out.string() + "'"});
+    REQUIRE(queued(p, 2));  // before: it got in at once, and never queued
+    CHECK(lines_of(out).empty());
+    const auto st = filelock::inspect(p);
+    REQUIRE(st.waiters.size() >= 2);
+    CHECK(st.waiters[0].kind == filelock::lock_kind::exclusive);
+    CHECK(st.waiters[1].kind == filelock::lock_kind::shared);
+    holding.close();
+    CHECK(writer.wait() == 0);
+    CHECK(reader.wait() == 0);
+    CHECK(lines_of(out) == std::vector<std::string>{"writer", "reader"});
 }
 
 TEST_CASE("queue: deleting the queue file while processes wait never gives two holders") {

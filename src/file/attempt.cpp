@@ -101,9 +101,17 @@ std::error_code file_backend::try_acquire() noexcept {
     // Behind an earlier waiter of another process: its turn, not ours.
     const auto now = clock::now();
     if (!order_.may_attempt(now)) return errc::locked;
+    const bool reader = policy_.mode == lock_mode::shared;
+    if (reader && order_.writer_waits(path_)) {
+        // A writer waits: a reader does not attempt (it would get in while
+        // readers hold the lock, and starve the writer) but counts it as
+        // contention, and lines up behind it at the second.
+        order_.contended(path_, policy_.file_mode, now, reader);
+        return errc::locked;
+    }
     const std::error_code ec = attempt();
     if (ec == errc::locked)
-        order_.contended(path_, policy_.file_mode, now);
+        order_.contended(path_, policy_.file_mode, now, reader);
     else
         order_.leave();  // won (or failed): the next in line is the head
     return ec;

@@ -271,9 +271,10 @@ lock_status detail::inspect_handle(const std::filesystem::path& path, native_han
         std::uint64_t position = 0;
         for (const auto& l : queued) {
             add(st.waiters, l, true);
-            // A waiter for the exclusive flock(2) lock on the whole file.
+            // A waiter for the flock(2) lock on the whole file: a writer's
+            // ticket is odd, a reader's even.
             auto& w = st.waiters.back();
-            w.kind = lock_kind::exclusive;
+            w.kind = l.start % 2 == 0 ? lock_kind::shared : lock_kind::exclusive;
             w.api = lock_api::flock;
             w.start = w.length = 0;
             w.ticket = ++position;

@@ -33,6 +33,7 @@ process_queue::process_queue(process_queue&& other) noexcept
       ticket_(std::exchange(other.ticket_, 0)),
       contentions_(other.contentions_),
       unusable_(other.unusable_),
+      reader_(other.reader_),
       write_(other.write_),
       head_(other.head_),
       head_write_(other.head_write_),
@@ -79,6 +80,24 @@ bool held_in(int fd, std::uint64_t from, std::uint64_t to, std::uint64_t& at,
     at = static_cast<std::uint64_t>(lk.l_start);
     write = lk.l_type == F_WRLCK;
     return true;
+}
+
+bool is_writer(std::uint64_t ticket) noexcept { return ticket % 2 == 1; }
+
+// The lowest ticket held in [1, to) (0: none). The kernel reports one
+// conflicting lock of a range (the oldest first, in practice the head).
+std::uint64_t lowest(int fd, std::uint64_t from, std::uint64_t to) noexcept {
+    std::uint64_t low = 0, at = 0;
+    bool write = false;
+    for (; to > from && held_in(fd, from, to, at, write) && at < to; to = at) low = at;
+    return low;
+}
+
+// The lowest writer's ticket held below `to` (0: none): readers wait for it.
+std::uint64_t lowest_writer(int fd, std::uint64_t to) noexcept {
+    for (std::uint64_t from = 1, t; (t = lowest(fd, from, to)) != 0; from = t + 1)
+        if (is_writer(t)) return t;
+    return 0;
 }
 
 // The doorbell of ticket `t` of the queue file (dev, ino): an abstract
@@ -151,9 +170,26 @@ void process_queue::close_all() noexcept {
     behind_ = 0;
 }
 
+bool process_queue::writer_waits(const std::filesystem::path& lock_path) noexcept {
+    if (fd_ >= 0 || unusable_) return false;
+    try {
+        const std::filesystem::path q = queue_path(lock_path);
+        int fd;
+        do fd = ::open(q.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK);
+        while (fd == -1 && errno == EINTR);
+        if (fd < 0) return false;  // no queue file: nobody waits
+        const bool waits = lowest_writer(fd, max_ticket) != 0;
+        ::close(fd);
+        return waits;
+    } catch (...) {
+        return false;
+    }
+}
+
 void process_queue::contended(const std::filesystem::path& lock_path, unsigned mode,
-                              clock::time_point now) noexcept {
+                              clock::time_point now, bool reader) noexcept {
     if (fd_ >= 0 || unusable_ || ++contentions_ < 2) return;
+    reader_ = reader;
     try {
         const std::filesystem::path q = queue_path(lock_path);
         const fork_stamp stamp = fork_stamp::now();
@@ -180,6 +216,11 @@ void process_queue::contended(const std::filesystem::path& lock_path, unsigned m
         for (int probe = 0; probe < max_probes && at <= max_ticket; ++probe) {
             if (held_in(fd, at, 0, found, write)) {
                 at = found >= at ? found + 1 : at + 1;
+                continue;
+            }
+            // A writer's ticket is odd, a reader's even.
+            if ((at % 2 == 1) == reader_) {
+                ++at;
                 continue;
             }
             // The doorbell first: a successor that sees the ticket finds it.
@@ -220,12 +261,17 @@ bool process_queue::may_attempt(clock::time_point now) noexcept {
         contentions_ = 0;
         return true;
     }
-    // The lowest ticket below ours: the head.
+    // The lowest ticket below ours: the head. A reader's: the lowest
+    // writer's (readers before it attempt as it does).
     std::uint64_t head = 0, at = 0;
     bool head_write = false, write = false;
     for (std::uint64_t to = ticket_; to > 1 && held_in(fd_, 1, to, at, write) && at < to; to = at) {
         head = at;
         head_write = write;
+    }
+    if (reader_ && head != 0 && !is_writer(head)) {
+        head = lowest_writer(fd_, ticket_);
+        if (head != 0) (void)held_in(fd_, head, head + 1, at, head_write);
     }
     if (head == 0) {
         wait_behind(0);  // the lock file's releases now
@@ -261,20 +307,26 @@ bool process_queue::may_attempt(clock::time_point now) noexcept {
 }
 
 std::uint64_t process_queue::predecessor() const noexcept {
-    // The highest ticket held below ours, by halving [lo, hi), which holds
+    // The highest ticket held below `hi`, by halving [lo, hi), which holds
     // one (tickets are few and dense: a handful of F_OFD_GETLK).
-    std::uint64_t lo = 1, hi = ticket_, at = 0;
-    bool write = false;
-    if (hi <= lo || !held_in(fd_, lo, hi, at, write)) return 0;
-    lo = at;
-    while (hi - lo > 1) {
-        const std::uint64_t mid = lo + (hi - lo) / 2;
-        if (held_in(fd_, mid, hi, at, write))
-            lo = at;
-        else
-            hi = mid;
-    }
-    return lo;
+    const auto highest = [this](std::uint64_t hi) -> std::uint64_t {
+        std::uint64_t lo = 1, at = 0;
+        bool write = false;
+        if (hi <= lo || !held_in(fd_, lo, hi, at, write)) return 0;
+        lo = at;
+        while (hi - lo > 1) {
+            const std::uint64_t mid = lo + (hi - lo) / 2;
+            if (held_in(fd_, mid, hi, at, write))
+                lo = at;
+            else
+                hi = mid;
+        }
+        return lo;
+    };
+    // A reader waits for the last writer before it, not for other readers.
+    std::uint64_t p = highest(ticket_);
+    while (reader_ && p != 0 && !is_writer(p)) p = highest(p);
+    return p;
 }
 
 void process_queue::leave() noexcept {
@@ -288,9 +340,11 @@ void process_queue::leave() noexcept {
 
 #else  // no OFD locks: never registers
 
-void process_queue::contended(const std::filesystem::path&, unsigned, clock::time_point) noexcept {
+void process_queue::contended(const std::filesystem::path&, unsigned, clock::time_point,
+                              bool) noexcept {
     unusable_ = true;
 }
+bool process_queue::writer_waits(const std::filesystem::path&) noexcept { return false; }
 bool process_queue::may_attempt(clock::time_point) noexcept { return true; }
 void process_queue::leave() noexcept {
     ticket_ = 0;

@@ -38,6 +38,14 @@
 // rule above, which only the next in line applies (a stalled waiter further
 // back is seen once it is the head).
 //
+// Readers (shared locks) line up too, so that a waiting writer is not
+// starved by readers that keep the lock shared: a reader's ticket is even, a
+// writer's odd. A reader attempts when no writer's ticket is below its own
+// (readers before the first waiting writer all attempt), and waits for the
+// doorbell of the last writer before it; a reader that is not registered yet
+// and finds a writer waiting (writer_waits()) registers at once instead of
+// attempting. A writer waits for every ticket before its own.
+//
 // Linux only (OFD locks); elsewhere it never registers.
 
 #include <filelock/detail/backoff.hpp>
@@ -66,9 +74,13 @@ public:
     /// head stalled. A head's call is its heartbeat.
     bool may_attempt(clock::time_point now) noexcept;
     /// An attempt met contention: registers at the second one (the lock
-    /// file `lock_path`, created files get `mode`).
-    void contended(const std::filesystem::path& lock_path, unsigned mode,
-                   clock::time_point now) noexcept;
+    /// file `lock_path`, created files get `mode`), as a `reader` (a shared
+    /// lock's waiter) or a writer.
+    void contended(const std::filesystem::path& lock_path, unsigned mode, clock::time_point now,
+                   bool reader = false) noexcept;
+    /// Whether a writer waits in the queue of `lock_path` (a reader that is
+    /// not registered yet lines up behind it instead of attempting).
+    bool writer_waits(const std::filesystem::path& lock_path) noexcept;
     /// Leaves the queue (won, gave up, or destroyed). Idempotent.
     void leave() noexcept;
     /// The ticket held (0: not registered).
@@ -102,6 +114,7 @@ private:
     std::uint64_t ticket_ = 0;
     unsigned contentions_ = 0;
     bool unusable_ = false;  // no queue for this waiter (cannot create, no OFD locks)
+    bool reader_ = false;    // a shared lock's waiter: an even ticket (a writer's is odd)
     bool write_ = true;      // the ticket's lock type now (the heartbeat flips it)
     // the head last seen and since when (stall detection)
     std::uint64_t head_ = 0;
