@@ -300,3 +300,34 @@ TEST_CASE(
     for (pid_t p : pids)
         if (alive(p)) ::kill(p, SIGKILL);
 }
+
+TEST_CASE(
+    "filelock-run etcd://: pkill -9 -f of its command line leaves the keeper, which ends COMMAND's "
+    "tree") {
+    scratch s;
+    const auto pidfile = s / "pids";
+    const std::string name = "tool-pkill/" + std::to_string(::getpid());
+    program wrapper(
+        {filelock_run_path(), "--ttl", "2", target(name), "sh", "-c", leaves_children(pidfile)});
+    REQUIRE(wrapper.read_line() == "up");
+    const auto pids = pids_in(pidfile);
+    REQUIRE(pids.size() == 3);
+    // What `pkill -9 -f filelock-run` and `killall -9 filelock-run` do: every
+    // process whose command line or name is filelock-run's. COMMAND's
+    // command line is not.
+    const std::string t = target(name);
+    for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+        const std::string pid = e.path().filename();
+        if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+        std::string cmdline = read_file(e.path() / "cmdline");
+        std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+        if (cmdline.find(t) != std::string::npos) ::kill(std::stoi(pid), SIGKILL);
+    }
+    wrapper.wait();
+    std::string err;
+    CHECK(run({filelock_run_path(), "-w", "8", target(name), "sh", "-c", none_alive(pids)}, &err) ==
+          0);
+    INFO(err);
+    for (pid_t p : pids)
+        if (alive(p)) ::kill(p, SIGKILL);
+}

@@ -9,6 +9,7 @@
 #include <ctime>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
 #include <sys/wait.h>
@@ -84,6 +85,58 @@ std::int64_t now() noexcept {
     return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
+std::string program_path() {
+    char self[4096];
+    const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return {};
+    std::string dir(self, static_cast<std::size_t>(n));
+    return dir.substr(0, dir.rfind('/') + 1) + "filelock-keeper";
+}
+
+namespace {
+
+// `v` in decimal at `out` (room for 21 characters and the NUL).
+void decimal(char* out, long long v) {
+    char digits[24];
+    int n = 0;
+    const bool negative = v < 0;
+    unsigned long long u =
+        negative ? 0ULL - static_cast<unsigned long long>(v) : static_cast<unsigned long long>(v);
+    do digits[n++] = static_cast<char>('0' + u % 10);
+    while ((u /= 10) > 0);
+    if (negative) *out++ = '-';
+    while (n > 0) *out++ = digits[--n];
+    *out = '\0';
+}
+
+}  // namespace
+
+void exec_program(const char* program, int life, int report, pid_t command, std::int64_t deadline) {
+    if (program && *program) {
+        char a[4][24];
+        decimal(a[0], life);
+        decimal(a[1], report);
+        decimal(a[2], command);
+        decimal(a[3], deadline);
+        char name[] = "filelock-keeper";
+        char* argv[] = {name, a[0], a[1], a[2], a[3], nullptr};
+        // The pipes stay open across the exec (COMMAND, forked before,
+        // closes them at its own).
+        ::fcntl(life, F_SETFD, 0);
+        ::fcntl(report, F_SETFD, 0);
+        ::execv(program, argv);
+        ::fcntl(life, F_SETFD, FD_CLOEXEC);
+        ::fcntl(report, F_SETFD, FD_CLOEXEC);
+    }
+    // Not installed beside this program: at least a name of its own
+    // (killall, pkill without -f); its command line stays filelock-run's.
+    ::prctl(PR_SET_NAME, "filelock-keeper");
+}
+
+void report_started(int report_fd, pid_t command) {
+    report(report_fd, {message::started, command});
+}
+
 void set_deadline(int life, std::int64_t deadline) noexcept {
     // One message, atomic on a pipe; a full pipe (a stopped keeper) drops it.
     while (::write(life, &deadline, sizeof deadline) < 0 && errno == EINTR) {
@@ -107,7 +160,6 @@ int kill_descendants(pid_t group) {
     // A report written as filelock-run dies must not kill the keeper before
     // it has done its work.
     ::signal(SIGPIPE, SIG_IGN);
-    report(report_fd, {message::started, command});
     if (command < 0) ::_exit(1);
     sigset_t chld;
     sigemptyset(&chld);

@@ -33,6 +33,7 @@
 // subreaper too, kills what the keeper had adopted.
 
 #include <cstdint>
+#include <string>
 #include <sys/types.h>
 
 namespace keeper {
@@ -53,6 +54,22 @@ std::int64_t now() noexcept;
 /// `deadline` (now()'s clock) unless told a later one. Never blocks (`life`
 /// is non-blocking); async-signal-safe.
 void set_deadline(int life, std::int64_t deadline) noexcept;
+
+/// In the keeper's process, once COMMAND is forked: tells filelock-run
+/// COMMAND's pid (or -errno), before the exec (a keeper killed during it is
+/// then a keeper killed while COMMAND runs). Async-signal-safe.
+void report_started(int report, pid_t command);
+
+/// The keeper's program (filelock-keeper, keeper_main.cpp): next to the
+/// running program (filelock-run-etcd), whose directory it is installed in.
+/// Empty if /proc/self/exe cannot be read.
+std::string program_path();
+
+/// In the keeper's process, once COMMAND is forked: executes `program`
+/// (program_path()) with `life`, `report`, `command` and `deadline`;
+/// returns only if it could not (then run() is called in place, under the
+/// name filelock-keeper). Async-signal-safe.
+void exec_program(const char* program, int life, int report, pid_t command, std::int64_t deadline);
 
 /// The keeper's life after forking COMMAND (`command`): reports on
 /// `report`, watches `life` (deadlines; its end once filelock-run died),

@@ -156,6 +156,7 @@ void spawn_kept(char** argv, const spawn_options& o, child& c, bool foreground) 
     }
     // What the keeper adopted comes to filelock-run if the keeper is killed.
     ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+    const std::string program = keeper::program_path();
     c.pid = ::fork();
     if (c.pid == 0) {
         ::close(life[1]);
@@ -165,7 +166,11 @@ void spawn_kept(char** argv, const spawn_options& o, child& c, bool foreground) 
         const pid_t keeper_pid = ::getpid();
         const pid_t command = ::fork();
         if (command == 0) exec_in_child(argv, o, c.tty, foreground, keeper_pid);
-        if (command > 0) ::setpgid(command, command);
+        keeper::report_started(report[1], command > 0 ? command : -errno);
+        if (command > 0) {
+            ::setpgid(command, command);
+            keeper::exec_program(program.c_str(), life[0], report[1], command, o.deadline);
+        }
         keeper::run(life[0], report[1], command > 0 ? command : -errno, o.deadline);
     }
     const int fork_errno = errno;
