@@ -96,6 +96,38 @@ program flock_holder(const fs::path& p) {
     return program({"flock", p.string(), "-c", "echo locked; exec cat"});
 }
 
+// flock(1) holds a.lock in a scratch directory; filelock-run waiters line
+// up behind it, each appending its name to `out` when it runs.
+struct flock_held {
+    scratch s;
+    fs::path p = s / "a.lock";
+    fs::path out = s / "out";
+    program holder = start();
+    std::vector<spawned> waiters;
+
+    flock_held() { REQUIRE(holder.read_line() == "locked"); }
+    program start() {
+        write_file(out, "");
+        return flock_holder(p);
+    }
+    // Releases the lock; the waiters' exit statuses, in the order they came.
+    std::vector<int> finish() {
+        holder.close_stdin();
+        CHECK(holder.wait() == 0);
+        std::vector<int> st;
+        for (auto& w : waiters) st.push_back(w.wait());
+        return st;
+    }
+    // Starts the waiters named first to last, each once the one before is
+    // queued (`ahead`: how many are queued before the first).
+    void line_up(int first, int last, std::size_t ahead = 0) {
+        for (int i = first; i <= last; ++i) {
+            waiters.emplace_back(waiter(p, out, std::to_string(i)));
+            REQUIRE(queued(p, ahead + static_cast<std::size_t>(i - first + 1)));
+        }
+    }
+};
+
 }  // namespace
 
 TEST_CASE("queue: tickets in registration order; only the head may attempt") {
@@ -235,25 +267,17 @@ TEST_CASE("queue: a killed waiter leaves at once; the queue file is not needed t
 
 TEST_CASE("queue: filelock-run waiters run in the order they came, a killed one left out") {
     const bool kill_second = GENERATE(false, true);
-    scratch s;
-    const auto p = s / "a.lock";
-    const auto out = s / "out";
-    write_file(out, "");
-    program holder = flock_holder(p);
-    REQUIRE(holder.read_line() == "locked");
-    std::vector<spawned> waiters;
-    for (int i = 1; i <= 5; ++i) {
-        waiters.emplace_back(waiter(p, out, std::to_string(i)));
-        REQUIRE(queued(p, static_cast<std::size_t>(i)));
-    }
+    flock_held f;
+    const auto& p = f.p;
+    f.line_up(1, 5);
     if (kill_second) {
-        ::kill(waiters[1].pid, SIGKILL);
+        ::kill(f.waiters[1].pid, SIGKILL);
         REQUIRE(queued(p, 4));
     }
-    holder.close_stdin();
-    CHECK(holder.wait() == 0);
-    for (std::size_t i = 0; i < waiters.size(); ++i)
-        CHECK(waiters[i].wait() == (kill_second && i == 1 ? 128 + SIGKILL : 0));
+    const auto st = f.finish();
+    for (std::size_t i = 0; i < st.size(); ++i)
+        CHECK(st[i] == (kill_second && i == 1 ? 128 + SIGKILL : 0));
+    const auto& out = f.out;
     const std::vector<std::string> want = kill_second
                                               ? std::vector<std::string>{"1", "3", "4", "5"}
                                               : std::vector<std::string>{"1", "2", "3", "4", "5"};
@@ -268,31 +292,20 @@ TEST_CASE(
     "queue: only the head process watches the lock file; a release wakes it, not the others") {
     // Before, every waiting process watched the lock file and woke at each
     // release: 100 waiters, 100 wake-ups per handoff.
-    scratch s;
-    const auto p = s / "a.lock";
-    const auto out = s / "out";
-    write_file(out, "");
-    program holder = flock_holder(p);
-    REQUIRE(holder.read_line() == "locked");
-    std::vector<spawned> waiters;
-    for (int i = 1; i <= 3; ++i) {
-        waiters.emplace_back(waiter(p, out, std::to_string(i)));
-        REQUIRE(queued(p, static_cast<std::size_t>(i)));
-    }
+    flock_held f;
+    f.line_up(1, 3);
     // The others wait for their predecessor's doorbell (a queued waiter
     // drops its watch of the file right after it takes its ticket).
     const auto watching = [&] {
         std::vector<int> w;
-        for (auto& x : waiters) w.push_back(watches_of(x.pid, p));
+        for (auto& x : f.waiters) w.push_back(watches_of(x.pid, f.p));
         return w;
     };
     for (int i = 0; i < 500 && watching() != std::vector<int>{1, 0, 0}; ++i)
         std::this_thread::sleep_for(10ms);
     CHECK(watching() == std::vector<int>{1, 0, 0});
-    holder.close_stdin();
-    CHECK(holder.wait() == 0);
-    for (auto& w : waiters) CHECK(w.wait() == 0);
-    CHECK(lines_of(out) == std::vector<std::string>{"1", "2", "3"});
+    CHECK(f.finish() == std::vector<int>{0, 0, 0});
+    CHECK(lines_of(f.out) == std::vector<std::string>{"1", "2", "3"});
 }
 
 TEST_CASE("queue: a reader that comes after a waiting writer waits for it, though readers hold") {
@@ -323,23 +336,15 @@ TEST_CASE("queue: a reader that comes after a waiting writer waits for it, thoug
 }
 
 TEST_CASE("queue: deleting the queue file while processes wait never gives two holders") {
-    scratch s;
-    const auto p = s / "a.lock";
-    const auto out = s / "out";
-    write_file(out, "");
-    program holder = flock_holder(p);
-    REQUIRE(holder.read_line() == "locked");
-    std::vector<spawned> waiters;
-    for (int i = 1; i <= 3; ++i) {
-        waiters.emplace_back(waiter(p, out, std::to_string(i)));
-        REQUIRE(queued(p, static_cast<std::size_t>(i)));
-    }
+    flock_held f;
+    const auto& p = f.p;
+    const auto& out = f.out;
+    auto& holder = f.holder;
+    auto& waiters = f.waiters;
+    f.line_up(1, 3);
     fs::remove(filelock::queue_path(p));
     // A new queue, with its own head, beside the old one.
-    for (int i = 4; i <= 6; ++i) {
-        waiters.emplace_back(waiter(p, out, std::to_string(i)));
-        REQUIRE(queued(p, static_cast<std::size_t>(i - 3)));
-    }
+    f.line_up(4, 6);
     holder.close_stdin();
     CHECK(holder.wait() == 0);
     for (auto& w : waiters) CHECK(w.wait() == 0);  // 9: two were inside at once
@@ -347,16 +352,12 @@ TEST_CASE("queue: deleting the queue file while processes wait never gives two h
 }
 
 TEST_CASE("queue: a stopped head does not keep the others off a free lock") {
-    scratch s;
-    const auto p = s / "a.lock";
-    const auto out = s / "out";
-    write_file(out, "");
-    program holder = flock_holder(p);
-    REQUIRE(holder.read_line() == "locked");
-    spawned first(waiter(p, out, "1"));
-    REQUIRE(queued(p, 1));
-    spawned second(waiter(p, out, "2"));
-    REQUIRE(queued(p, 2));
+    flock_held f;
+    const auto& out = f.out;
+    auto& holder = f.holder;
+    f.line_up(1, 2);
+    spawned& first = f.waiters[0];
+    spawned& second = f.waiters[1];
     ::kill(first.pid, SIGSTOP);
     holder.close_stdin();
     CHECK(holder.wait() == 0);
