@@ -211,6 +211,27 @@ TEST_CASE("filelock-run: -n on a held lock exits 1 (or -E), silent; --verbose na
     CHECK(err.find("timeout while waiting to get lock") != std::string::npos);
 }
 
+TEST_CASE("filelock-run --slots: with every slot taken, --verbose names the holders") {
+    scratch s;
+    const auto p = s / "a.lock";
+    write_file(p, "");
+    const std::string tool = filelock_run_path();
+    lock_file mine(p, {.slots = 2});
+    program other({tool, "--slots", "2", "-o", p.string(), "sh", "-c", "echo locked; exec cat"});
+    REQUIRE(other.read_line() == "locked");
+    std::string err;
+    CHECK(run({tool, "-n", "--slots", "2", "--verbose", p.string(), "true"}, &err) == 1);
+    INFO(err);
+    CHECK(err.find("failed to get lock") != std::string::npos);
+    const auto held_by = err.find(p.string() + ": held by ");
+    REQUIRE(held_by != std::string::npos);
+    const std::string names = err.substr(held_by, err.find('\n', held_by) - held_by);
+    CHECK(names.find(std::to_string(::getpid())) != std::string::npos);
+    CHECK(names.find(std::to_string(other.pid())) != std::string::npos);
+    other.close_stdin();
+    CHECK(other.wait() == 0);
+}
+
 TEST_CASE("filelock-run: waits for a release by default") {
     scratch s;
     const auto p = s / "a.lock";
@@ -809,7 +830,8 @@ TEST_CASE("filelock-run --watch --json: a JSON object a line, state then events;
     CHECK(run({python(), "-c", script, tool, p.string()}) == 0);
 }
 
-TEST_CASE("filelock-run --status --json: bytes that are not UTF-8 come out as latin-1, valid JSON") {
+TEST_CASE(
+    "filelock-run --status --json: bytes that are not UTF-8 come out as latin-1, valid JSON") {
     scratch s;
     const auto p = s / "n\xff.lock";
     write_file(p, "\xff\xfe bad \xc3\xa9 \xe2\x82");

@@ -17,6 +17,7 @@
 
 #include <filelock/detail/acquire.hpp>
 #include <filelock/detail/file_backend.hpp>
+#include <filelock/inspect.hpp>
 #include <filelock/lock_file.hpp>
 
 #include "../src/file/content.hpp"
@@ -25,6 +26,7 @@
 #include "posix_run.hpp"
 #include "status.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -233,6 +235,21 @@ bool may_write(const char* path) {
            filelock::detail::is_holder_line(std::string_view(buf, static_cast<std::size_t>(n)));
 }
 
+// Who holds the slots of `path`, as lock_error::holder() names them: the
+// pids of its holders, each once, "1234, 5678" ("" when none can be named).
+std::string slot_holders(const char* path) {
+    std::error_code ec;
+    const filelock::lock_status st = filelock::inspect(path, ec);
+    std::vector<long long> pids;
+    std::string out;
+    for (const auto& h : st.holders) {
+        if (h.pid <= 0 || std::find(pids.begin(), pids.end(), h.pid) != pids.end()) continue;
+        pids.push_back(h.pid);
+        out += (out.empty() ? "" : ", ") + std::to_string(h.pid);
+    }
+    return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -338,8 +355,9 @@ int main(int argc, char** argv) {
         }
     }
     if (ec == filelock::errc::timeout)
-        return report_conflict(
-            cl, dir_fd >= 0 ? std::string() : printable(filelock::read_holder(target)));
+        return report_conflict(cl, dir_fd >= 0         ? std::string()
+                                   : options.slots > 1 ? slot_holders(target)
+                                                       : printable(filelock::read_holder(target)));
     if (ec == filelock::errc::invalid_template)
         usage_error("invalid --content template '" + cl.content_arg + "'");
     if (ec) {
