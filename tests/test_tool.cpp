@@ -292,6 +292,11 @@ TEST_CASE("filelock-run: -c, -F, the descriptor form, -u and directories") {
     // A directory is locked read-only, as flock(1) does.
     CHECK(run({tool, s.dir.string(), "sh", "-c", "flock -n \"$0\" true && exit 3; exit 0",
                s.dir.string()}) == 0);
+    // With --slots it is refused, naming it: a slot is a byte of a file.
+    std::string dir_err;
+    CHECK(run({tool, "-n", "--slots", "2", s.dir.string(), "true"}, &dir_err) == 66);
+    CHECK(dir_err.find(s.dir.string()) != std::string::npos);
+    CHECK(dir_err.find("slots need a regular file") != std::string::npos);
     CHECK(run({tool, "-V"}) == 0);
     std::string out;
     program version({tool, "--version"});

@@ -339,6 +339,12 @@ int main(int argc, char** argv) {
             warn(std::string(target) + ": not writable; locked without writing content");
     }
     int dir_fd = -1;
+    if (ec == std::errc::is_a_directory && options.slots > 1) {
+        // A slot is a byte of the lock file: a directory has none to lock.
+        warn(std::string("cannot lock ") + target + " with --slots: " + ec.message() +
+             " (slots need a regular file)");
+        return open_failure_status(ec);
+    }
     if (ec == std::errc::is_a_directory) {
         // flock(1) locks directories too (read-only, nothing written).
         dir_fd = ::open(target, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOCTTY);
