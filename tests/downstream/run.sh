@@ -12,8 +12,9 @@
 #                LICENSE; the installed filelock-run runs from a custom prefix;
 #                each installed header compiles alone, and detail/ holds only
 #                what public headers include (headers.sh)
-#   pkg-config   g++ and clang++ with `pkg-config filelock filelock-asio filelock-uv`
-#   cmake        find_package(filelock 0.2 COMPONENTS asio uv), strict warnings
+#   pkg-config   g++ and clang++ with `pkg-config filelock filelock-asio filelock-uv`;
+#                the etcd consumer with g++
+#   cmake        find_package(filelock 0.2 COMPONENTS asio uv), strict warnings, g++
 #   clang-order  clang++ with Asio's headers first: works with the packages'
 #                flags; without them a clear #error says what to do
 #   subproject   a parent meson project (strict warnings, werror) that installs
@@ -80,6 +81,9 @@ for cxx in g++ clang++-14; do
             -Wold-style-cast -Wnon-virtual-dtor '$src/tests/downstream/consumer.cpp' \
             \$(pkg-config --cflags --libs filelock filelock-asio filelock-uv) \
             -Wl,-rpath,'$prefix/$libdir' -o '$work/pc-$cxx' && '$work/pc-$cxx' '$work/pc.lock'"
+    # The etcd consumer once, with g++: clang's strict warnings on the
+    # installed headers are the Asio consumer's check (CI's budget).
+    [ $cxx = g++ ] || continue
     check "pkg-config etcd consumer, $cxx (strict warnings)" bash -c "
         $cxx -std=c++20 -Wall -Wextra -Werror -Wshadow -Wconversion -Wsign-conversion \
             -Wold-style-cast -Wnon-virtual-dtor '$src/tests/downstream/etcd_consumer.cpp' \
@@ -100,7 +104,9 @@ if command -v clang++-14 >/dev/null; then
 fi
 
 if command -v cmake >/dev/null; then
-    for cxx in g++ clang++-14; do
+    # With g++ only: the package's targets are the same for either compiler,
+    # and clang's compile of the consumer is the pkg-config check's.
+    for cxx in g++; do
         check "CMake find_package consumer, $cxx" bash -c "
             cmake -S '$src/tests/downstream/cmake-consumer' -B '$work/cmake-$cxx' \
                 -DCMAKE_CXX_COMPILER=$cxx -DCMAKE_PREFIX_PATH='$prefix' \
