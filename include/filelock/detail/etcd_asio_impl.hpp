@@ -364,103 +364,74 @@ public:
     std::int64_t lease() const noexcept { return s_->lease(); }
 
 private:
+    // Runs the session operation `begin(done)` (it returns the operation's
+    // id) for `handler`: the result goes to the handler on its executor,
+    // whole (a handler taking `Result`) or as its error code and what the
+    // capture-less `Value` takes from it; the handler's cancellation slot
+    // cancels the operation.
+    template <class Result, class Handler, class Begin, class Value>
+    static void start(const std::shared_ptr<detail::session_handle>& s, const executor_type& ex,
+                      Handler handler, Begin begin, Value) {
+        auto work = asio_detail::net::prefer(asio_detail::net::get_associated_executor(handler, ex),
+                                             asio_detail::net::execution::outstanding_work.tracked);
+        auto slot = asio_detail::net::get_associated_cancellation_slot(handler);
+        auto h = std::make_shared<Handler>(std::move(handler));
+        const auto id = begin([h, work](Result r) {
+            asio_detail::net::get_associated_cancellation_slot(*h).clear();
+            asio_detail::net::dispatch(work, [h, r = std::move(r)]() mutable {
+                if (r.ec == std::errc::operation_canceled) r.ec = asio_detail::operation_aborted();
+                if constexpr (std::is_invocable_v<Handler, Result>) {
+                    std::move (*h)(std::move(r));
+                } else {
+                    std::move (*h)(asio_detail::to_net_error(r.ec), Value{}(r));
+                }
+            });
+        });
+        if (slot.is_connected()) {
+            std::weak_ptr<detail::session_handle> w = s;
+            slot.assign([w, id](asio_detail::net::cancellation_type t) {
+                if (t == asio_detail::net::cancellation_type::none) return;
+                if (auto session = w.lock()) session->cancel(id, asio_detail::operation_aborted());
+            });
+        }
+    }
+
     struct initiate {
         std::shared_ptr<detail::session_handle> s;
         executor_type ex;  // the default for handlers without one
         template <class Handler>
         void operator()(Handler handler, std::string name, std::chrono::nanoseconds timeout,
                         const lock_options& opts) const {
-            auto work =
-                asio_detail::net::prefer(asio_detail::net::get_associated_executor(handler, ex),
-                                         asio_detail::net::execution::outstanding_work.tracked);
-            auto slot = asio_detail::net::get_associated_cancellation_slot(handler);
-            auto h = std::make_shared<Handler>(std::move(handler));
-            const auto id = s->lock(std::move(name), timeout, opts, [h, work](lock_result r) {
-                asio_detail::net::get_associated_cancellation_slot(*h).clear();
-                asio_detail::net::dispatch(work, [h, r = std::move(r)]() mutable {
-                    if (r.ec == std::errc::operation_canceled)
-                        r.ec = asio_detail::operation_aborted();
-                    if constexpr (std::is_invocable_v<Handler, lock_result>) {
-                        std::move (*h)(std::move(r));
-                    } else {
-                        std::move (*h)(asio_detail::to_net_error(r.ec), std::move(r.held));
-                    }
-                });
-            });
-            if (slot.is_connected()) {
-                std::weak_ptr<detail::session_handle> w = s;
-                slot.assign([w, id](asio_detail::net::cancellation_type t) {
-                    if (t == asio_detail::net::cancellation_type::none) return;
-                    if (auto session = w.lock())
-                        session->cancel(id, asio_detail::operation_aborted());
-                });
-            }
+            start<lock_result>(
+                s, ex, std::move(handler),
+                [&](auto done) { return s->lock(std::move(name), timeout, opts, std::move(done)); },
+                [](lock_result& r) { return std::move(r.held); });
         }
     };
 
     struct initiate_inspect {
         std::shared_ptr<detail::session_handle> s;
-        executor_type ex;  // the default for handlers without one
+        executor_type ex;
         template <class Handler>
         void operator()(Handler handler, std::string name) const {
-            auto work =
-                asio_detail::net::prefer(asio_detail::net::get_associated_executor(handler, ex),
-                                         asio_detail::net::execution::outstanding_work.tracked);
-            auto slot = asio_detail::net::get_associated_cancellation_slot(handler);
-            auto h = std::make_shared<Handler>(std::move(handler));
-            const auto id = s->inspect(std::move(name), [h, work](inspect_result r) {
-                asio_detail::net::get_associated_cancellation_slot(*h).clear();
-                asio_detail::net::dispatch(work, [h, r = std::move(r)]() mutable {
-                    if (r.ec == std::errc::operation_canceled)
-                        r.ec = asio_detail::operation_aborted();
-                    if constexpr (std::is_invocable_v<Handler, inspect_result>) {
-                        std::move (*h)(std::move(r));
-                    } else {
-                        std::move (*h)(asio_detail::to_net_error(r.ec), std::move(r.status));
-                    }
-                });
-            });
-            if (slot.is_connected()) {
-                std::weak_ptr<detail::session_handle> w = s;
-                slot.assign([w, id](asio_detail::net::cancellation_type t) {
-                    if (t == asio_detail::net::cancellation_type::none) return;
-                    if (auto session = w.lock())
-                        session->cancel(id, asio_detail::operation_aborted());
-                });
-            }
+            start<inspect_result>(
+                s, ex, std::move(handler),
+                [&](auto done) { return s->inspect(std::move(name), std::move(done)); },
+                [](inspect_result& r) { return std::move(r.status); });
         }
     };
 
     struct initiate_change {
         std::shared_ptr<detail::session_handle> s;
-        executor_type ex;  // the default for handlers without one
+        executor_type ex;
         template <class Handler>
         void operator()(Handler handler, std::string name, std::int64_t revision) const {
-            auto work =
-                asio_detail::net::prefer(asio_detail::net::get_associated_executor(handler, ex),
-                                         asio_detail::net::execution::outstanding_work.tracked);
-            auto slot = asio_detail::net::get_associated_cancellation_slot(handler);
-            auto h = std::make_shared<Handler>(std::move(handler));
-            const auto id = s->wait_change(std::move(name), revision, [h, work](change_result r) {
-                asio_detail::net::get_associated_cancellation_slot(*h).clear();
-                asio_detail::net::dispatch(work, [h, r = std::move(r)]() mutable {
-                    if (r.ec == std::errc::operation_canceled)
-                        r.ec = asio_detail::operation_aborted();
-                    if constexpr (std::is_invocable_v<Handler, change_result>) {
-                        std::move (*h)(std::move(r));
-                    } else {
-                        std::move (*h)(asio_detail::to_net_error(r.ec), r.revision);
-                    }
-                });
-            });
-            if (slot.is_connected()) {
-                std::weak_ptr<detail::session_handle> w = s;
-                slot.assign([w, id](asio_detail::net::cancellation_type t) {
-                    if (t == asio_detail::net::cancellation_type::none) return;
-                    if (auto session = w.lock())
-                        session->cancel(id, asio_detail::operation_aborted());
-                });
-            }
+            start<change_result>(
+                s, ex, std::move(handler),
+                [&](auto done) {
+                    return s->wait_change(std::move(name), revision, std::move(done));
+                },
+                [](change_result& r) { return r.revision; });
         }
     };
 
