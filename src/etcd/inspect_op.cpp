@@ -268,14 +268,9 @@ void session::with_token(std::function<void(std::error_code, const std::string&)
                [w = weak_from_this(), f = std::move(f)](http_reply& r) {
                    auto self = w.lock();
                    if (!self) return;
-                   json j;
-                   std::string why;
-                   auto ec = parse(r, j, why);
-                   if (!ec && (!j.contains("token") || !j["token"].is_string())) {
-                       ec = errc::bad_reply;
-                       why = "no token in the answer";
-                   }
-                   if (!ec) self->http_.set_token(j["token"].get<std::string>());
+                   std::string token, why;
+                   const auto ec = parse_token(r, token, why);
+                   if (!ec) self->http_.set_token(std::move(token));
                    f(ec, why);
                });
 }

@@ -158,6 +158,17 @@ std::error_code parse(const http_reply& r, json& out, std::string& why) {
     return {};
 }
 
+std::error_code parse_token(const http_reply& r, std::string& token, std::string& why) {
+    json j;
+    if (auto ec = parse(r, j, why)) return ec;
+    if (!j.contains("token") || !j["token"].is_string()) {
+        why = "no token in the answer";
+        return errc::bad_reply;
+    }
+    token = j["token"].get<std::string>();
+    return {};
+}
+
 int grpc_code(const json& answer) noexcept {
     if (!answer.is_object()) return 0;
     const auto code_of = [](const json& o, const char* field) {

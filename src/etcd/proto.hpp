@@ -35,6 +35,9 @@ std::int64_t int64_of(const json& j, const char* field);
 /// error (`{"error": ..., "code": ...}`) or malformed JSON. `why` names the
 /// cause.
 std::error_code parse(const http_reply& r, json& out, std::string& why);
+/// The token of an answer to /v3/auth/authenticate, or the error as parse()
+/// gives it (an answer with no token is errc::bad_reply).
+std::error_code parse_token(const http_reply& r, std::string& token, std::string& why);
 /// The gRPC status code of an error answer of the gateway (`{"code": N}`,
 /// or a stream's `{"error": {"grpc_code": N}}`); 0 when it is none.
 int grpc_code(const json& answer) noexcept;

@@ -28,15 +28,10 @@ void session::grant() {
                [w = weak_from_this(), after_auth](http_reply& r) {
                    auto self = w.lock();
                    if (!self) return;
-                   json j;
-                   std::string why;
-                   auto ec = parse(r, j, why);
-                   if (!ec && (!j.contains("token") || !j["token"].is_string())) {
-                       ec = errc::bad_reply;
-                       why = "no token in the answer";
-                   }
-                   if (ec) return self->granted(ec, why, self->retry_grant(r, ec));
-                   self->http_.set_token(j["token"].get<std::string>());
+                   std::string token, why;
+                   if (const auto ec = parse_token(r, token, why))
+                       return self->granted(ec, why, self->retry_grant(r, ec));
+                   self->http_.set_token(std::move(token));
                    after_auth();
                });
 }
