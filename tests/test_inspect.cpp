@@ -355,3 +355,76 @@ TEST_CASE("inspect: a holder that exited while a child it forked keeps the lock 
     CHECK(st.holders[0].content.empty());
     ::kill(std::stoi(command), SIGKILL);
 }
+
+TEST_CASE("inspect: a slot holder is one holder, mode slot with its slot number, beside flock -s") {
+    // A slot holder holds a shared flock(2) lock of the whole file and the
+    // byte of its slot on one open file description: one holder, not a
+    // shared holder and a slot. flock(1) -s beside it is a shared holder.
+    scratch s;
+    const auto p = s / "a.lock";
+    write_file(p, "");
+    const std::string tool = filelock_run_path();
+    lock_file mine(p, {.slots = 3});
+    REQUIRE(mine.slot() == 0);
+    // COMMAND inherits the descriptor: two processes share the description.
+    program other({tool, "--slots", "3", p.string(), "sh", "-c", "echo locked; exec cat"});
+    REQUIRE(other.read_line() == "locked");
+    program reader = flock_holder(p, "-s");
+    REQUIRE(reader.read_line() == "locked");
+    const auto st = filelock::inspect(p);
+    CHECK(st.complete);
+    REQUIRE(st.holders.size() == 3);
+    const auto by_pid = [&](long long pid) {
+        const auto it = std::find_if(st.holders.begin(), st.holders.end(),
+                                     [&](const auto& h) { return h.pid == pid; });
+        REQUIRE(it != st.holders.end());
+        return *it;
+    };
+    const auto ours = by_pid(::getpid());
+    CHECK(ours.kind == lock_kind::slot);
+    CHECK(ours.api == lock_api::ofd);
+    CHECK(ours.slot == 0u);
+    CHECK(ours.start == filelock::slot_offset);
+    CHECK(ours.length == 1);
+    const auto theirs = by_pid(other.pid());
+    CHECK(theirs.kind == lock_kind::slot);
+    CHECK(theirs.slot == 1u);
+    CHECK(theirs.start == filelock::slot_offset + 1);
+    const auto flock_s = by_pid(reader.pid());
+    CHECK(flock_s.kind == lock_kind::shared);
+    CHECK(flock_s.api == lock_api::flock);
+    CHECK_FALSE(flock_s.slot.has_value());
+
+    // filelock-run --status --json and --watch's first line: three holders.
+    const std::string script =
+        tool + " --status --json " + p.string() + " | " + python() +
+        " -c 'import json,sys; h=json.load(sys.stdin)[\"holders\"]; "
+        "sys.exit(0 if sorted((x[\"pid\"], x[\"mode\"], x.get(\"slot\")) for x in h) == "
+        "sorted([(" +
+        std::to_string(::getpid()) + ", \"slot\", 0), (" + std::to_string(other.pid()) +
+        ", \"slot\", 1), (" + std::to_string(reader.pid()) + ", \"shared\", None)]) else 11)'";
+    CHECK(run({"sh", "-c", script}) == 0);
+    program watch({tool, "--watch", p.string()});
+    const std::string first = watch.read_line();
+    INFO(first);
+    const auto held_by = first.find(": held by ");
+    REQUIRE(held_by != std::string::npos);
+    std::string names = first.substr(held_by + 10);
+    std::vector<std::string> seen;
+    for (std::size_t at = 0; at < names.size();) {
+        const auto end = std::min(names.find(", ", at), names.size());
+        seen.push_back(names.substr(at, end - at));
+        at = end + 2;
+    }
+    std::sort(seen.begin(), seen.end());
+    std::vector<std::string> want{std::to_string(::getpid()), std::to_string(other.pid()),
+                                  std::to_string(reader.pid())};
+    std::sort(want.begin(), want.end());
+    CHECK(seen == want);
+    ::kill(watch.pid(), SIGTERM);
+    CHECK(watch.wait() == 128 + SIGTERM);
+    other.close_stdin();
+    CHECK(other.wait() == 0);
+    reader.close_stdin();
+    CHECK(reader.wait() == 0);
+}

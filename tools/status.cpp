@@ -41,6 +41,7 @@ std::string json_party(const filelock::lock_party& p) {
     s += ",\"lock\":\"" + std::string(api_name(p.api)) + "\"";
     if (p.kind == filelock::lock_kind::slot)
         s += ",\"start\":" + std::to_string(p.start) + ",\"length\":" + std::to_string(p.length);
+    if (p.slot) s += ",\"slot\":" + std::to_string(*p.slot);
     s += ",\"since\":" + (p.since ? "\"" + iso_time(*p.since) + "\"" : std::string("null"));
     s += ",\"content\":" + (p.content.empty() ? std::string("null") : json_string(p.content));
     s += ",\"verified\":" + std::string(p.verified ? "true" : "false");
@@ -50,15 +51,22 @@ std::string json_party(const filelock::lock_party& p) {
 
 std::string pid_text(long long pid) { return pid > 0 ? std::to_string(pid) : "?"; }
 
-// What a party holds or waits for: "flock exclusive", "ofd slot 5+1".
-std::string lock_text(const filelock::lock_party& p) {
-    std::string what = std::string(api_name(p.api)) + " " + kind_name(p.kind);
-    if (p.kind == filelock::lock_kind::slot)
+// A range's mode: "slot 3" (filelock's slot 3), "slot 5+1" (bytes 5 to 5).
+std::string mode_text(const filelock::lock_party& p) {
+    std::string what = kind_name(p.kind);
+    if (p.slot)
+        what.append(" ").append(std::to_string(*p.slot));
+    else if (p.kind == filelock::lock_kind::slot)
         what.append(" ")
             .append(std::to_string(p.start))
             .append("+")
             .append(p.length ? std::to_string(p.length) : std::string("EOF"));
     return what;
+}
+
+// What a party holds or waits for: "flock exclusive", "ofd slot 5+1".
+std::string lock_text(const filelock::lock_party& p) {
+    return std::string(api_name(p.api)) + " " + mode_text(p);
 }
 
 party_view party_of(const filelock::lock_party& p) {
@@ -100,12 +108,7 @@ std::string change_line(const char* event, const char* role, const party_view& p
 }
 
 void print_row(const char* role, const filelock::lock_party& p) {
-    std::string what = kind_name(p.kind);
-    if (p.kind == filelock::lock_kind::slot)
-        what.append(" ")
-            .append(std::to_string(p.start))
-            .append("+")
-            .append(p.length ? std::to_string(p.length) : std::string("EOF"));
+    const std::string what = mode_text(p);
     // Appended, not `"literal" + string`: g++ 12 at -O3 reports a false
     // -Wrestrict in that operator+ (GCC bug 105329).
     std::string note;

@@ -46,7 +46,7 @@ namespace filelock {
 enum class lock_kind {
     exclusive,  ///< the whole file, one holder (LOCK_EX, F_WRLCK)
     shared,     ///< the whole file, shared holders (LOCK_SH, F_RDLCK)
-    slot,       ///< a byte range of the file (an OFD or POSIX range lock)
+    slot,       ///< a byte range of the file (an OFD or POSIX range lock, a slot)
 };
 
 /// The kernel lock a party uses.
@@ -72,6 +72,11 @@ struct lock_party {
     std::uint64_t start = 0;
     /// The length of a slot's range; 0 runs to the end of the file.
     std::uint64_t length = 0;
+    /// The slot it holds (lock_file::slot()), when its range is the byte
+    /// `slot_offset + slot` (options.hpp). A slot holder of filelock also
+    /// holds a shared flock(2) lock of the whole file on the same open file
+    /// description: that lock is part of this holder, not another one.
+    std::optional<unsigned> slot;
     /// Since when it holds (the mtime of the content it wrote), when known.
     std::optional<std::chrono::system_clock::time_point> since;
     /// The content it wrote, when the lock file's content is this holder's.

@@ -3,6 +3,7 @@
 // (kernel_locks.hpp) and what the lock file holds. Also the live holder
 // named on contention (live_holder.hpp).
 #include <filelock/inspect.hpp>
+#include <filelock/options.hpp>
 
 #include "../file/content.hpp"
 #include "../file/ops.hpp"
@@ -77,12 +78,15 @@ struct owners_of {
     bool scanned = false;
     std::vector<kernel::file_key> files;
 
+    void scan() {
+        if (scanned) return;
+        all = kernel::scan_owners(files);
+        used.assign(all.size(), false);
+        scanned = true;
+    }
+
     long long resolve(const kernel::lock_line& l, bool any_type = false) {
-        if (!scanned) {
-            all = kernel::scan_owners(files);
-            used.assign(all.size(), false);
-            scanned = true;
-        }
+        scan();
         for (std::size_t i = 0; i < all.size(); ++i) {
             if (used[i] || !same_lock(all[i].lock, l, any_type)) continue;
             used[i] = true;
@@ -90,9 +94,34 @@ struct owners_of {
         }
         return 0;
     }
+
+    // The shared flock(2) lock of the whole file that the open file
+    // description holding `l` also holds (a filelock slot holder's other
+    // lock), as that description's fdinfo shows it, with a process sharing
+    // the description. False when there is none or no fdinfo shows `l`.
+    bool gate_of(const kernel::lock_line& l, kernel::owner& gate) {
+        scan();
+        for (const auto& d : all) {
+            if (!same_lock(d.lock, l, false)) continue;
+            for (const auto& g : all)
+                if (g.pid == d.pid && g.fd == d.fd && g.lock.api == lock_api::flock &&
+                    !g.lock.write && g.lock.whole_file() && g.lock.major == l.major &&
+                    g.lock.minor == l.minor && g.lock.ino == l.ino) {
+                    gate = g;
+                    return true;
+                }
+        }
+        return false;
+    }
 };
 
 bool needs_owner(const kernel::lock_line& l) { return l.pid <= 0 || !kernel::alive(l.pid); }
+
+// Whether `l` is the byte lock of a slot (slot_offset + slot, one byte).
+bool slot_byte(const kernel::lock_line& l) noexcept {
+    return l.api == lock_api::ofd && l.write && l.start == l.end && l.start >= slot_offset &&
+           l.start - slot_offset < max_slots;
+}
 
 }  // namespace
 
@@ -256,9 +285,42 @@ lock_status detail::inspect_handle(const std::filesystem::path& path, native_han
             }
             to.push_back(std::move(p));
         };
-        for (const auto& l : lines)
-            if (l.major == key.major && l.minor == key.minor && l.ino == key.ino && !l.blocked)
-                add(st.holders, l);
+        const auto held_here = [&](const kernel::lock_line& l) {
+            return l.major == key.major && l.minor == key.minor && l.ino == key.ino && !l.blocked;
+        };
+        // A filelock slot holder holds its slot's byte and a shared flock(2)
+        // lock of the whole file on one open file description (whose fdinfo
+        // shows both): one holder, a slot, named as a flock holder is (the
+        // process that took it, while it lives). Each shared flock lock so
+        // paired is that holder's, not a shared holder of its own.
+        std::vector<bool> is_gate(lines.size(), false);
+        std::vector<std::ptrdiff_t> gate_line(lines.size(), -1);
+        std::vector<long long> sharer(lines.size(), 0);
+        for (std::size_t i = 0; i < lines.size(); ++i) {
+            kernel::owner g;
+            if (!held_here(lines[i]) || !slot_byte(lines[i]) || !owners.gate_of(lines[i], g))
+                continue;
+            for (std::size_t j = 0; j < lines.size(); ++j)
+                if (!is_gate[j] && held_here(lines[j]) && same_lock(lines[j], g.lock, false) &&
+                    lines[j].pid == g.lock.pid) {
+                    is_gate[j] = true;
+                    gate_line[i] = static_cast<std::ptrdiff_t>(j);
+                    sharer[i] = g.pid;
+                    break;
+                }
+        }
+        for (std::size_t i = 0; i < lines.size(); ++i) {
+            const auto& l = lines[i];
+            if (!held_here(l) || is_gate[i]) continue;
+            add(st.holders, l);
+            if (!slot_byte(l)) continue;
+            auto& h = st.holders.back();
+            h.slot = static_cast<unsigned>(l.start - slot_offset);
+            if (gate_line[i] >= 0) {
+                const auto& g = lines[static_cast<std::size_t>(gate_line[i])];
+                h.pid = needs_owner(g) ? sharer[i] : g.pid;
+            }
+        }
         // filelock's queue: one 1-byte lock per waiter, at its ticket.
         std::vector<kernel::lock_line> queued;
         if (have_queue && !(qkey == key))

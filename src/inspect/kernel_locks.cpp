@@ -155,7 +155,8 @@ std::vector<owner> scan_owners(const std::vector<file_key>& files) {
         DIR* fds = ::opendir(path.c_str());
         if (!fds) continue;  // gone, or not ours to read
         while (const dirent* f = ::readdir(fds)) {
-            if (!all_digits(f->d_name)) continue;
+            int fd = -1;
+            if (!all_digits(f->d_name) || !to_number(std::string_view(f->d_name), fd)) continue;
             if (!slurp((path + "/" + f->d_name).c_str(), text)) continue;
             std::string_view rest(text);
             while (!rest.empty()) {
@@ -165,7 +166,7 @@ std::vector<owner> scan_owners(const std::vector<file_key>& files) {
                 if (line.substr(0, 5) != "lock:") continue;
                 lock_line l;
                 if (parse_lock_line(line.substr(5), l) && !l.blocked && about(files, l))
-                    found.push_back({pid, l});
+                    found.push_back({pid, fd, l});
             }
         }
         ::closedir(fds);

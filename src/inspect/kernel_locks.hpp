@@ -55,6 +55,7 @@ FILELOCK_API bool read_locks(const std::vector<file_key>& files, std::vector<loc
 /// cannot be read are skipped.
 struct owner {
     long long pid = 0;
+    int fd = -1;  // the descriptor: the locks of one (pid, fd) are one description's
     lock_line lock;
 };
 /// Scans /proc/*/fdinfo/* once for the held locks on `files`.
