@@ -6,6 +6,9 @@
 // The tag [session] marks cases about what libfilelock-etcd does once for
 // every driver (the session, its transport, the protocol, the member's
 // side): the Boost.Asio copy leaves them out, as it leaves out filelock-run.
+// The tag [faults] marks the cases that stop, kill or cut off members: they
+// spend their time waiting out TTLs, and run as a test of their own beside
+// the others (tests/meson.build).
 #include "asio_flavour.hpp"
 #include FILELOCK_TEST_ETCD_ASIO
 
@@ -1167,7 +1170,8 @@ TEST_CASE("etcd inspect: the synchronous and coroutine forms, cancellation and b
     CHECK(*cancelled == test::asio_error_code(asio::error::operation_aborted));
 }
 
-TEST_CASE("etcd: a SIGKILLed holder's lock is granted within TTL + 1 s", "[etcd][session]") {
+TEST_CASE("etcd: a SIGKILLed holder's lock is granted within TTL + 1 s",
+          "[etcd][session][faults]") {
     const auto name = unique_name("killed");
     int pipefd[2];
     REQUIRE(::pipe(pipefd) == 0);
@@ -1210,7 +1214,7 @@ TEST_CASE("etcd: a SIGKILLed holder's lock is granted within TTL + 1 s", "[etcd]
 TEST_CASE(
     "etcd: a holder cut off from etcd is told it lost the lock before another is granted "
     "it",
-    "[etcd]") {
+    "[etcd][faults]") {
     // Its own member: it is stopped for longer than the TTL.
     test::etcd_cluster m(1);
     auto c = cfg(2s);
@@ -1268,7 +1272,7 @@ int leader_of(const test::etcd_cluster& c, int members) {
 }  // namespace
 
 TEST_CASE("etcd: on a 3-member cluster, killing the leader never gives two holders",
-          "[etcd][session]") {
+          "[etcd][session][faults]") {
     test::etcd_cluster cl(3);
     etcd::config c;
     c.endpoints = cl.endpoints();
@@ -1674,7 +1678,7 @@ TEST_CASE("etcd: a watch whose connection drops resumes and misses no deletion",
 }
 
 TEST_CASE("etcd: a held lock whose watch cannot be made again backs off, then is lost",
-          "[etcd][session]") {
+          "[etcd][session][faults]") {
     test::tcp_proxy proxy(
         std::stoi(member().endpoint().substr(member().endpoint().rfind(':') + 1)));
     asio::io_context io;
@@ -1711,7 +1715,7 @@ TEST_CASE("etcd: a held lock whose watch cannot be made again backs off, then is
 }
 
 TEST_CASE("etcd: malformed, truncated and error answers are clear errors naming the endpoint",
-          "[etcd][session]") {
+          "[etcd][session][faults]") {
     struct canned {
         const char* what;
         std::string response;
@@ -1927,7 +1931,7 @@ TEST_CASE("etcd: a waiter paused past its lease never wins while etcdctl lock ho
 }
 
 TEST_CASE("etcd: an expired auth token is renewed: the release and the revoke go through",
-          "[etcd][session]") {
+          "[etcd][session][faults]") {
     // The server forgets a token after --auth-token-ttl; keep-alives go on
     // without one, so a lock held longer than that is released with a
     // refused token unless the client authenticates again.
@@ -2044,7 +2048,7 @@ struct stalled_endpoint {
 }  // namespace
 
 TEST_CASE("etcd: a request timed out or reset by one member is tried again on another",
-          "[etcd][session]") {
+          "[etcd][session][faults]") {
     stalled_endpoint stalled;
     test::tcp_proxy cut(0,
                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
@@ -2127,7 +2131,7 @@ TEST_CASE("etcd: a lost lock is not granted to another before its owner releases
 }
 
 TEST_CASE("etcd: a holder whose member stalls keeps its lock: keep-alives go to another",
-          "[etcd][session]") {
+          "[etcd][session][faults]") {
     // The first endpoint stops answering (a paused member) with the
     // connections open: a keep-alive that waited for the whole request
     // timeout (7 s) outlived the lease's deadline (TTL 3 s - 1 s).

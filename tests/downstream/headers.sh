@@ -26,19 +26,31 @@ headers=$(find filelock -name '*.hpp' | sort)
 # filelock headers each installed header includes.
 includes_of() { sed -n 's|^[[:space:]]*#[[:space:]]*include[[:space:]]*<\(filelock/[^>]*\)>.*|\1|p' "$1"; }
 
+# compile_alone N HEADER: compiles HEADER alone; its verdict in $work/N.out.
+compile_alone() {
+    printf '#include <%s>\n' "$2" >"$work/$1.cpp"
+    if "$cxx" "${strict[@]}" -fsyntax-only -I"$inc" "${cflags[@]}" "$work/$1.cpp" \
+        >"$work/$1.log" 2>&1; then
+        echo "ok: $2 compiles on its own" >"$work/$1.out"
+    else
+        { echo "FAILED: $2 does not compile on its own"; head -n 20 "$work/$1.log"; } >"$work/$1.out"
+    fi
+}
+jobs=$(nproc 2>/dev/null || echo 2)
+n=0
 for h in $headers; do
     for dep in $(includes_of "$h"); do
         [ -e "$dep" ] || { echo "FAILED: $h includes $dep, which is not installed"; failed=1; }
     done
-    printf '#include <%s>\n' "$h" >"$work/one.cpp"
-    if "$cxx" "${strict[@]}" -fsyntax-only -I"$inc" "${cflags[@]}" "$work/one.cpp" \
-        >"$work/log" 2>&1; then
-        echo "ok: $h compiles on its own"
-    else
-        echo "FAILED: $h does not compile on its own"
-        head -n 20 "$work/log"
-        failed=1
-    fi
+    # As many compiles at once as there are cores.
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+    compile_alone $n "$h" &
+    n=$((n + 1))
+done
+wait
+for i in $(seq 0 $((n - 1))); do
+    cat "$work/$i.out"
+    grep -q '^FAILED' "$work/$i.out" && failed=1
 done
 
 # Every detail header is reachable from a public one.
