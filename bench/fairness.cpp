@@ -24,23 +24,33 @@
 // the wrong order; 0 is first come, first served), and
 //   bench_fairness --wakeups [N] [HOLD_US]      (default: 100 1000)
 // prints how often the waiters were woken per handoff, from the release to
-// the last grant: each waiting thread sleeps at the release; its wake-ups
-// until its win are the sleeps it began since (its voluntary context
-// switches, /proc/PID/status then getrusage RUSAGE_THREAD at the win) plus
-// the one it was in; summed over the waiters, divided by the N handoffs.
+// the last grant: each waiting process sleeps at the release; its wake-ups
+// until its win are the sleeps its threads began since (their voluntary
+// context switches, /proc/PID/task/*/status at the release, then
+// /proc/self/task/*/status at the win) plus the one it was in; summed over
+// the waiters, divided by the N handoffs.
+//
+// --order and --wakeups take `--driver sync|asio|uv` first (default sync):
+// each waiter calls filelock::lock(), or async_lock() on an Asio
+// io_context or a libuv loop of its own, which it runs until the win.
 
 #include <filelock/inspect.hpp>
 #include <filelock/lock_file.hpp>
 #include <filelock/uv.hpp>
+#ifdef FILELOCK_BENCH_ASIO
+#include <filelock/asio.hpp>
+#include <asio/io_context.hpp>
+#endif
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <dirent.h>
 #include <fcntl.h>
 #include <functional>
 #include <new>
-#include <atomic>
 #include <string>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -173,29 +183,88 @@ struct board {
     long involuntary[1024];
 };
 
-long thread_switches(long& involuntary) {
+// The involuntary context switches of this process so far.
+long involuntary_switches() {
     ::rusage u{};
-    ::getrusage(RUSAGE_THREAD, &u);
-    involuntary = u.ru_nivcsw;
-    return u.ru_nvcsw;
+    ::getrusage(RUSAGE_SELF, &u);
+    return u.ru_nivcsw;
 }
 
-// The voluntary context switches of process `pid`'s main thread so far.
-long voluntary_switches(pid_t pid) {
-    std::FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/status").c_str(), "r");
-    if (!f) return 0;
-    char line[256];
-    long v = 0;
-    while (std::fgets(line, sizeof line, f))
-        if (std::sscanf(line, "voluntary_ctxt_switches: %ld", &v) == 1) break;
-    std::fclose(f);
-    return v;
+// The voluntary context switches of the threads of process `pid` so far
+// ("self": this one), each read from /proc/PID/task/TID/status.
+long voluntary_switches(const std::string& pid) {
+    const std::string dir = "/proc/" + pid + "/task";
+    DIR* d = ::opendir(dir.c_str());
+    if (!d) return 0;
+    long sum = 0;
+    while (const dirent* e = ::readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        std::FILE* f = std::fopen((dir + "/" + e->d_name + "/status").c_str(), "r");
+        if (!f) continue;
+        char line[256];
+        long v = 0;
+        while (std::fgets(line, sizeof line, f))
+            if (std::sscanf(line, "voluntary_ctxt_switches: %ld", &v) == 1) break;
+        std::fclose(f);
+        sum += v;
+    }
+    ::closedir(d);
+    return sum;
+}
+
+enum class driver { sync, asio, uv };
+
+const char* driver_name(driver d) {
+    return d == driver::asio ? "asio" : d == driver::uv ? "uv" : "sync";
+}
+
+// Takes `path` once with driver `d`, waiting up to `timeout`; calls `won`
+// at the win, in the thread that won (before the loop winds down).
+std::error_code take(driver d, const std::string& path, std::chrono::seconds timeout,
+                     const std::function<void()>& won) {
+    std::error_code ec;
+    filelock::lock_file held;
+    switch (d) {
+        case driver::sync:
+            held = filelock::lock(path, timeout, {}, ec);
+            if (!ec) won();
+            break;
+        case driver::asio: {
+#ifdef FILELOCK_BENCH_ASIO
+            asio::io_context io;
+            filelock::async_lock(io, path, timeout, [&](std::error_code e, filelock::lock_file l) {
+                ec = e;
+                if (!e) won();
+                held = std::move(l);
+            });
+            io.run();
+#else
+            ec = std::make_error_code(std::errc::function_not_supported);
+#endif
+            break;
+        }
+        case driver::uv: {
+            uv_loop_t loop;
+            uv_loop_init(&loop);
+            filelock::uv::async_lock(&loop, path, timeout, {},
+                                     [&](std::error_code e, filelock::lock_file l) {
+                                         ec = e;
+                                         if (!e) won();
+                                         held = std::move(l);
+                                     });
+            uv_run(&loop, UV_RUN_DEFAULT);
+            uv_loop_close(&loop);
+            break;
+        }
+    }
+    return ec;
 }
 
 // One run: N waiters started in order while the lock is held, then released.
 // Fills `b`; returns the milliseconds from the release to the last grant
 // (negative: a waiter failed).
-double queue_run(const std::string& path, int n, std::chrono::microseconds hold, board& b) {
+double queue_run(const std::string& path, int n, std::chrono::microseconds hold, board& b,
+                 driver d) {
     b.granted = 0;
     auto holder = filelock::lock_file(path);
     std::vector<pid_t> pids;
@@ -204,18 +273,15 @@ double queue_run(const std::string& path, int n, std::chrono::microseconds hold,
         const pid_t pid = ::fork();
         if (pid == 0) {
             holder.close();  // our copy (closing it never unlocks the parent's lock)
-            long inv0 = 0, inv1 = 0;
-            const long v0 = thread_switches(inv0);
-            std::error_code ec;
-            auto l = filelock::lock(path, 120s, {}, ec);
-            const long v1 = thread_switches(inv1);
-            if (ec) ::_exit(1);
-            (void)v0;
-            b.switches[i] += v1 + 1;  // the sleep it was in at the release ended too
-            b.involuntary[i] = inv1 - inv0;
-            b.order[b.granted.fetch_add(1)] = i;
-            std::this_thread::sleep_for(hold);
-            ::_exit(0);
+            const long inv0 = involuntary_switches();
+            const std::error_code ec = take(d, path, 120s, [&] {
+                const long v1 = voluntary_switches("self");
+                b.switches[i] += v1 + 1;  // the sleep it was in at the release ended too
+                b.involuntary[i] = involuntary_switches() - inv0;
+                b.order[b.granted.fetch_add(1)] = i;
+                std::this_thread::sleep_for(hold);
+            });
+            ::_exit(ec ? 1 : 0);
         }
         pids.push_back(pid);
         // Arrived once queued: the next starts after that.
@@ -225,7 +291,7 @@ double queue_run(const std::string& path, int n, std::chrono::microseconds hold,
     }
     // Each waiter sleeps now; it is woken and sleeps again from here on.
     for (int i = 0; i < n && ok; ++i)
-        b.switches[i] = -voluntary_switches(pids[static_cast<size_t>(i)]);
+        b.switches[i] = -voluntary_switches(std::to_string(pids[static_cast<size_t>(i)]));
     const auto released = clk::now();
     holder.close();
     int failed = !ok;
@@ -250,10 +316,16 @@ board* shared_board() {
     return m == MAP_FAILED ? nullptr : new (m) board;
 }
 
-int order_mode(const std::vector<int>& ns, const std::string& path) {
+// What each waiter calls: "lock()", "asio async_lock()", "uv async_lock()".
+std::string call_of(driver d) {
+    return d == driver::sync ? "lock()" : std::string(driver_name(d)) + " async_lock()";
+}
+
+int order_mode(const std::vector<int>& ns, const std::string& path, driver d) {
     board* b = shared_board();
     if (!b) return 1;
-    std::printf("N processes, one lock() each, started in order while the lock is held\n");
+    std::printf("N processes, one %s each, started in order while the lock is held\n",
+                call_of(d).c_str());
     std::printf("  %4s %6s %11s %18s\n", "N", "rounds", "inversions", "ms per handoff");
     int bad = 0;
     for (int n : ns) {
@@ -261,7 +333,7 @@ int order_mode(const std::vector<int>& ns, const std::string& path) {
         int inv = 0;
         double ms = 0;
         for (int r = 0; r < rounds; ++r) {
-            const double t = queue_run(path, n, 200us, *b);
+            const double t = queue_run(path, n, 200us, *b, d);
             if (t < 0) return std::printf("  N=%d: a waiter failed\n", n), 2;
             inv += inversions(*b, n);
             ms += t;
@@ -274,10 +346,10 @@ int order_mode(const std::vector<int>& ns, const std::string& path) {
     return bad ? 3 : 0;
 }
 
-int wakeups_mode(int n, std::chrono::microseconds hold, const std::string& path) {
+int wakeups_mode(int n, std::chrono::microseconds hold, const std::string& path, driver d) {
     board* b = shared_board();
     if (!b) return 1;
-    const double ms = queue_run(path, n, hold, *b);
+    const double ms = queue_run(path, n, hold, *b, d);
     if (ms < 0) return std::printf("a waiter failed\n"), 2;
     long total = 0, most = 0, inv = 0;
     for (int i = 0; i < n; ++i) {
@@ -285,8 +357,8 @@ int wakeups_mode(int n, std::chrono::microseconds hold, const std::string& path)
         most = std::max(most, b->switches[i]);
         inv += b->involuntary[i];
     }
-    std::printf("%d waiting processes, one lock() each, each holder keeps it %lld us\n", n,
-                static_cast<long long>(hold.count()));
+    std::printf("%d waiting processes, one %s each, each holder keeps it %lld us\n", n,
+                call_of(d).c_str(), static_cast<long long>(hold.count()));
     std::printf(
         "  wake-ups per handoff %.2f (voluntary switches of the waiters: %ld in %d "
         "handoffs; most for one waiter %ld; involuntary %ld)\n",
@@ -300,16 +372,34 @@ int wakeups_mode(int n, std::chrono::microseconds hold, const std::string& path)
 
 int main(int argc, char** argv) {
     const std::string queue_path = "/tmp/filelock-bench-queue.lock";
+    driver d = driver::sync;
+    if (argc > 2 && std::string(argv[1]) == "--driver") {
+        const std::string name = argv[2];
+        if (name == "asio")
+            d = driver::asio;
+        else if (name == "uv")
+            d = driver::uv;
+        else if (name != "sync")
+            return std::fprintf(stderr, "--driver: sync, asio or uv, not %s\n", argv[2]), 64;
+#ifndef FILELOCK_BENCH_ASIO
+        if (d == driver::asio)
+            return std::fprintf(stderr, "--driver asio: built without Asio\n"), 64;
+#endif
+        argv += 2;
+        argc -= 2;
+        if (argc < 2 || (std::string(argv[1]) != "--order" && std::string(argv[1]) != "--wakeups"))
+            return std::fprintf(stderr, "--driver goes before --order or --wakeups\n"), 64;
+    }
     if (argc > 1 && std::string(argv[1]) == "--order") {
         std::vector<int> ns;
         for (int i = 2; i < argc; ++i) ns.push_back(std::clamp(std::atoi(argv[i]), 1, 1024));
         if (ns.empty()) ns = {2, 8, 32};
-        return order_mode(ns, queue_path);
+        return order_mode(ns, queue_path, d);
     }
     if (argc > 1 && std::string(argv[1]) == "--wakeups")
         return wakeups_mode(std::clamp(argc > 2 ? std::atoi(argv[2]) : 100, 1, 1024),
                             std::chrono::microseconds(argc > 3 ? std::atoi(argv[3]) : 1000),
-                            queue_path);
+                            queue_path, d);
 
     const auto seconds = std::chrono::seconds(argc > 1 ? std::atoi(argv[1]) : 3);
     const int k = argc > 2 ? std::atoi(argv[2]) : 20;
