@@ -428,3 +428,28 @@ TEST_CASE("inspect: a slot holder is one holder, mode slot with its slot number,
     reader.close_stdin();
     CHECK(reader.wait() == 0);
 }
+
+TEST_CASE("inspect: a queued shared waiter is a shared waiter with its place in the queue") {
+    // Readers take tickets too (even ones): behind a writer they are seen
+    // before they hold, in queue order.
+    scratch s;
+    const auto p = s / "a.lock";
+    write_file(p, "");
+    program holder = flock_holder(p);
+    REQUIRE(holder.read_line() == "locked");
+    const std::string tool = filelock_run_path();
+    program reader({tool, "-s", "-w", "10", p.string(), "sh", "-c", "echo locked; exec cat"});
+    const auto st = inspect_until(p, [](const auto& st) { return !st.waiters.empty(); });
+    REQUIRE(st.holders.size() == 1);
+    CHECK(st.holders[0].pid == holder.pid());
+    REQUIRE(st.waiters.size() == 1);
+    CHECK(st.waiters[0].pid == reader.pid());
+    CHECK(st.waiters[0].kind == lock_kind::shared);
+    CHECK(st.waiters[0].api == lock_api::flock);
+    CHECK(st.waiters[0].ticket == 1);
+    holder.close_stdin();
+    CHECK(holder.wait() == 0);
+    REQUIRE(reader.read_line() == "locked");
+    reader.close_stdin();
+    CHECK(reader.wait() == 0);
+}
