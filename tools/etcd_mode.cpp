@@ -235,7 +235,10 @@ private:
         }
         feed_->expires_after(std::chrono::milliseconds(100));
         feed_->async_wait([this, &held, life, told](std::error_code ec) {
-            if (!ec) feed(held, life, told);
+            // A tick that came due before stop() reset the timer still runs,
+            // without an error, after it: re-arming the destroyed timer then
+            // kept the loop, and filelock-run, running forever.
+            if (!ec && feed_) feed(held, life, told);
         });
     }
 
