@@ -24,7 +24,9 @@ Fails on:
   can be granted with its key already deleted (etcd #9921: its key's delete
   revision is at or below ETCD_LOCK_REV), and runs its command on after its
   key is gone; those overlaps are counted apart, as etcdctl's, not
-  filelock's;
+  filelock's. So are overlaps after a leader paused past the TTL revoked
+  live leases as it resumed (etcd #15247, see OLD_LEADER_WINDOW), when its
+  own counter shows the revokes and filelock-run told COMMAND at once;
 - a filelock-run section that began after its own key had been deleted;
 - fencing tokens that do not rise from one filelock-run section to the next;
 - a worker still waiting long after the end (a waiter on a free lock);
@@ -126,6 +128,18 @@ class Cluster:
 
     def hostport(self, i):
         return "127.0.0.1:%d" % self.client[i]
+
+    def lease_expired(self, i, timeout=0.5):
+        """The leases member i revoked for want of keep-alives (its lessor's
+        etcd_debugging_server_lease_expired_total), or None."""
+        try:
+            with urllib.request.urlopen(self.endpoint(i) + "/metrics", timeout=timeout) as r:
+                for line in r.read().decode(errors="replace").splitlines():
+                    if line.startswith("etcd_debugging_server_lease_expired_total "):
+                        return int(float(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        return None
 
     def start(self, i):
         log = open(os.path.join(self.work, "m%d.log" % i), "a")
@@ -358,16 +372,33 @@ def parse_sections(path):
 # their own start, are judged without slack.
 WIN_SLACK = 1.0
 
+# etcd before 3.4.28 and 3.5.11 (#15247, fixed by #16822): a leader paused
+# past the TTL resumes still thinking itself the leader, and its lessor
+# revokes the leases it saw no keep-alive for, before it steps down. The
+# revokes are committed by the new leader, which was renewing those leases:
+# a live lock's key goes with no deadline passed, and the next waiter is
+# granted. No client can foresee it; filelock-run is told by the watch of its
+# key and tells COMMAND. Such a deletion is judged apart only when the
+# resumed member's own counter shows it revoked leases after it resumed
+# (each revoke accounts for one key), the key went within OLD_LEADER_WINDOW
+# of the resume, while its section ran, and the section ended, told (the
+# lost signal), within TOLD_WITHIN of the deletion being seen, and the
+# other section began after that deletion.
+OLD_LEADER_WINDOW = 2.0
+TOLD_WITHIN = 1.0
 
-def analyze(sections, incs, seen, wins=()):
+
+def analyze(sections, incs, seen, wins=(), revokes=()):
     """Overlaps by kind and the other findings.
 
     sections: parse_sections(); incs: history()[0]; seen: {revision: the wall
     time it was first seen}; wins: filelock-run's "holding KEY (fencing token
     N)" lines, with the time they were read. A filelock-run section (who
     starts with "fl") carries its token (its key's create revision); an
-    etcdctl section ("ctl") its key and the revision it was granted at."""
-    r = {"fl_fl": [], "fl_ctl_live": [], "fl_dead_ctl": [], "fl_ctl_9921": [], "fl_ctl_after_key": [],
+    etcdctl section ("ctl") its key and the revision it was granted at.
+    revokes: {"member", "t" (when it resumed), "revoked"} for each leader that
+    revoked leases after its pause (etcd #15247, above)."""
+    r = {"fl_fl": [], "fl_old_leader": [], "fl_ctl_live": [], "fl_dead_ctl": [], "fl_ctl_9921": [], "fl_ctl_after_key": [],
          "fl_dead_start": [], "ctl_dead_start": [], "tokens_out_of_order": [],
          "marker": sum(1 for s in sections if s["busy"])}
 
@@ -394,6 +425,26 @@ def analyze(sections, incs, seen, wins=()):
                                  and d <= s["rev"])
         if when is not None and when < s["t0"]:
             (r["fl_dead_start"] if s["who"].startswith("fl") else r["ctl_dead_start"]).append(s)
+    blamed = [set() for _ in revokes]  # keys each resumed ex-leader's revokes account for
+
+    def revoked_live(f, other):
+        """f's key was revoked by a resumed ex-leader (see OLD_LEADER_WINDOW),
+        f was told at once, and `other` began after the deletion."""
+        d, when = f.get("deleted"), f.get("deleted_at")
+        if not f["lost"] or d is None or when is None or not f["t0"] <= when:
+            return False
+        if f["t1"] - when > TOLD_WITHIN:
+            return False
+        after = other["rev"] if other["who"].startswith("ctl") else other.get("rev0")
+        if not ((after is not None and after >= d) or (other["token"] is not None and other["token"] > d)):
+            return False
+        for ep, keys in zip(revokes, blamed):
+            if ep["t"] <= when <= ep["t"] + OLD_LEADER_WINDOW and (
+                    f["created"] in keys or len(keys) < ep["revoked"]):
+                keys.add(f["created"])
+                return True
+        return False
+
     order = sorted(sections, key=lambda s: s["t0"])
     for i, a in enumerate(order):
         for b in order[i + 1:]:
@@ -401,7 +452,7 @@ def analyze(sections, incs, seen, wins=()):
                 break
             fl = [s for s in (a, b) if s["who"].startswith("fl")]
             if len(fl) == 2:
-                r["fl_fl"].append((a, b))
+                r["fl_old_leader" if revoked_live(a, b) else "fl_fl"].append((a, b))
             elif len(fl) == 1:
                 f = fl[0]
                 e = b if f is a else a
@@ -417,6 +468,8 @@ def analyze(sections, incs, seen, wins=()):
                     # began: seen gone, or gone before filelock-run's key was
                     # created, or at a revision a member had applied by then.
                     r["fl_ctl_after_key"].append((a, b))
+                elif revoked_live(f, e):
+                    r["fl_old_leader"].append((a, b))
                 else:
                     r["fl_ctl_live"].append((a, b))
     r["fl_dead_win"] = []
@@ -461,13 +514,15 @@ def print_events(events, seen, lo, hi):
 def print_findings(r, limit=10, events=(), seen=None):
     for kind, title in (("fl_fl", "filelock-run overlaps filelock-run"),
                         ("fl_ctl_live", "filelock-run overlaps a live etcdctl section"),
+                        ("fl_old_leader", "overlap after a resumed ex-leader revoked a live lease "
+                         "(etcd #15247)"),
                         ("fl_dead_ctl", "filelock-run on a deleted key overlaps etcdctl"),
                         ("fl_ctl_9921", "overlap with etcdctl granted on a deleted key (etcd #9921)"),
                         ("fl_ctl_after_key", "overlap with etcdctl running on after its key was deleted"),
                         ("tokens_out_of_order", "fencing tokens not rising")):
         for a, b in r[kind][:limit]:
             print("  %s:\n    %s\n    %s" % (title, describe(a), describe(b)))
-            if kind in ("fl_fl", "fl_ctl_live", "fl_dead_ctl") and events:
+            if kind in ("fl_fl", "fl_ctl_live", "fl_dead_ctl", "fl_old_leader") and events:
                 revs = [x for x in (a.get("created"), b.get("created"), a.get("deleted"),
                                     b.get("deleted"), a.get("rev"), b.get("rev")) if x]
                 print("    etcd's events meanwhile:")
@@ -488,8 +543,8 @@ def self_check():
     section script run by unlocked loops: both must be flagged."""
     failed = 0
 
-    def sec(who, t0, t1, token=None, key=None, rev=None, busy=False, rev0=None):
-        return {"who": who, "t0": t0, "t1": t1, "busy": busy, "lost": False, "token": token,
+    def sec(who, t0, t1, token=None, key=None, rev=None, busy=False, rev0=None, lost=False):
+        return {"who": who, "t0": t0, "t1": t1, "busy": busy, "lost": lost, "token": token,
                 "key": key, "rev": rev, "rev0": rev0}
 
     keys = {10: ["n/a", 12], 11: ["n/b", 14], 13: ["n/c", 16], 15: ["n/d", 17]}
@@ -532,8 +587,40 @@ def self_check():
         ("a win read within the slack of its key's deletion",
          [], {"fl_dead_win": 0, "failures": 0}, [dict(win, t=2.9)]),
     ]
-    for title, sections, want, *wins in cases:
-        r = analyze(sections, keys, seen, *wins)
+    # n/b (token 11) deleted at rev 14, seen at 2.05 s: revoked by m0, resumed
+    # at 2.0 s, while fl2's section ran; n/c granted at rev 14 then.
+    m0 = [{"member": 0, "t": 2.0, "revoked": 1}]
+    cases += [
+        ("a live lease revoked by a resumed ex-leader (etcd #15247), COMMAND told",
+         [sec("fl2", 2.0, 2.1, 11, lost=True), sec("ctl", 2.08, 2.5, key="n/c", rev=14)],
+         {"fl_old_leader": 1, "fl_ctl_live": 0, "failures": 0}, (), m0),
+        ("... also against filelock-run begun after the deletion",
+         [sec("fl2", 2.0, 2.1, 11, lost=True), sec("fl3", 2.08, 2.5, 13, rev0=14)],
+         {"fl_old_leader": 1, "fl_fl": 0, "failures": 0}, (), m0),
+        ("a key deleted with no ex-leader's revoke: filelock-run's",
+         [sec("fl2", 2.0, 2.1, 11, lost=True), sec("ctl", 2.08, 2.5, key="n/c", rev=14)],
+         {"fl_old_leader": 0, "fl_ctl_live": 1, "failures": 1}, (), []),
+        ("a revoked key, COMMAND not told: filelock-run's",
+         [sec("fl2", 2.0, 2.1, 11), sec("ctl", 2.08, 2.5, key="n/c", rev=14)],
+         {"fl_old_leader": 0, "fl_ctl_live": 1, "failures": 1}, (), m0),
+        ("a revoked key, COMMAND told late: filelock-run's",
+         [sec("fl2", 2.0, 3.2, 11, lost=True), sec("ctl", 2.08, 2.5, key="n/c", rev=14)],
+         {"fl_old_leader": 0, "fl_ctl_live": 1, "failures": 1}, (), m0),
+        ("a revoke long after the resume: filelock-run's",
+         [sec("fl2", 2.0, 2.1, 11, lost=True), sec("ctl", 2.08, 2.5, key="n/c", rev=14)],
+         {"fl_old_leader": 0, "fl_ctl_live": 1, "failures": 1}, (),
+         [{"member": 0, "t": 0.0, "revoked": 1}]),
+        ("one revoke accounts for one key",
+         [sec("fl2", 2.0, 2.1, 11, lost=True), sec("ctl", 2.08, 2.5, key="n/x", rev=14),
+          sec("fl3", 3.0, 3.1, 13, lost=True), sec("ctl", 3.08, 3.5, key="n/y", rev=16)],
+         {"fl_old_leader": 1, "fl_ctl_live": 1, "failures": 1}, (),
+         [{"member": 0, "t": 1.9, "revoked": 1}]),
+        ("etcdctl granted before the deletion: filelock-run's",
+         [sec("fl2", 2.0, 2.1, 11, lost=True), sec("ctl", 2.08, 2.5, key="n/c", rev=13)],
+         {"fl_old_leader": 0, "fl_ctl_live": 1, "failures": 1}, (), m0),
+    ]
+    for title, sections, want, *more in cases:
+        r = analyze(sections, keys, seen, *more)
         got = {k: (v if isinstance(v, int) else len(v)) for k, v in r.items() if k in want}
         if got != want:
             failed += 1
@@ -627,6 +714,7 @@ def run(seconds, ttl, nworkers, keep=False):
     workers, cluster = [], None
     faults = {"leader killed": 0, "leader paused": 0, "waiter paused": 0}
     fault_log = []
+    revokes = []  # leaders that revoked leases once resumed (etcd #15247)
     hung = []
     ok = True
     try:
@@ -728,17 +816,27 @@ def run(seconds, ttl, nworkers, keep=False):
                 cluster.start(lead)
                 note("restarted m%d" % lead)
             else:
+                expired = cluster.lease_expired(lead)
                 cluster.signal(lead, signal.SIGSTOP)
                 faults["leader paused"] += 1
                 note("SIGSTOP leader m%d for %.1f s" % (lead, ttl + 1.5))
                 time.sleep(ttl + 1.5)
                 cluster.signal(lead, signal.SIGCONT)
+                resumed = time.time()
                 note("SIGCONT m%d" % lead)
             if not cluster.wait_healthy(10):
                 note("cluster not healthy 10 s after the fault")
             leader[0] = cluster.leader()
             k += 1
             time.sleep(0.5)
+            if kind == "pause" and expired is not None and cluster.leader() not in (lead, None):
+                # A follower again: what its counter gained since the pause,
+                # it revoked as the leader it no longer was.
+                now = cluster.lease_expired(lead)
+                if now is not None and now > expired:
+                    revokes.append({"member": lead, "t": resumed, "revoked": now - expired})
+                    note("m%d, resumed, revoked %d lease(s) as a leader it no longer was "
+                         "(etcd #15247)" % (lead, now - expired))
         while time.monotonic() < end:
             time.sleep(0.1)
         # The end: no new runs; what runs finishes (the lock goes round).
@@ -781,7 +879,7 @@ def run(seconds, ttl, nworkers, keep=False):
             seen_copy = dict(seen)
         sections = parse_sections(os.path.join(work, "sections"))
         wins = [h for w in workers for h in w.holding]
-        r = analyze(sections, keys, seen_copy, wins)
+        r = analyze(sections, keys, seen_copy, wins, revokes)
     finally:
         stop_workers.set()
         stop_watch.set()
@@ -822,12 +920,14 @@ def run(seconds, ttl, nworkers, keep=False):
                                     for i, (name, t) in enumerate(phases)))
     print("  exit statuses: filelock-run %s, etcdctl %s" % (
         dict(sorted(exits_fl.items())), dict(sorted(exits_ctl.items()))))
-    print("  faults: %s" % ", ".join("%s %d" % kv for kv in faults.items()))
+    print("  faults: %s; leases revoked by resumed ex-leaders (etcd #15247) %d"
+          % (", ".join("%s %d" % kv for kv in faults.items()), sum(e["revoked"] for e in revokes)))
     print("  overlaps: filelock-run/filelock-run %d, filelock-run/live etcdctl %d, filelock-run on "
           "a deleted key/etcdctl %d; etcdctl's own: granted on a deleted key (etcd #9921) %d, ran "
-          "on after its key was deleted %d"
+          "on after its key was deleted %d; after a resumed ex-leader revoked a live lease "
+          "(etcd #15247) %d"
           % (len(r["fl_fl"]), len(r["fl_ctl_live"]), len(r["fl_dead_ctl"]), len(r["fl_ctl_9921"]),
-             len(r["fl_ctl_after_key"])))
+             len(r["fl_ctl_after_key"]), len(r["fl_old_leader"])))
     print("  sections begun after their key was deleted: filelock-run %d, etcdctl %d; "
           "filelock-run wins reported after it: %d"
           % (len(r["fl_dead_start"]), len(r["ctl_dead_start"]), len(r["fl_dead_win"])))
@@ -851,7 +951,7 @@ def run(seconds, ttl, nworkers, keep=False):
     for k in released_left:
         print("  a holder that exited left its key: %s" % k)
     bad = (r["failures"] or left or released_left or procs_left or dir_left or hung or odd)
-    if bad or r["fl_ctl_9921"] or r["fl_ctl_after_key"] or r["ctl_dead_start"]:
+    if bad or r["fl_ctl_9921"] or r["fl_ctl_after_key"] or r["ctl_dead_start"] or r["fl_old_leader"]:
         print("  faults injected:")
         for f in fault_log:
             print("    " + f)
