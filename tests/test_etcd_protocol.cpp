@@ -734,9 +734,67 @@ TEST_CASE("etcd slots: a holder is one of the N lowest create revisions, with a 
     CHECK(f.b().won_at() == 20);
 }
 
+namespace {
+// The touch an admitted slot waiter sends: its key written, value and lease
+// kept, while it is still the key created at `rev`.
+void check_touch(const std::string& body, std::int64_t rev) {
+    const json t = json::parse(body);
+    CHECK(t["compare"][0]["key"] == base64(mine + "/0"));
+    CHECK(t["compare"][0]["create_revision"] == std::to_string(rev));
+    const json& put = t["success"][0]["request_put"];
+    CHECK(put["key"] == base64(mine + "/0"));
+    CHECK(put["ignore_value"] == true);
+    CHECK(put["ignore_lease"] == true);
+    CHECK_FALSE(put.contains("value"));
+}
+}  // namespace
+
 TEST_CASE(
-    "etcd slots: only the deletion that admits a waiter wakes it, and wins without a "
-    "request") {
+    "etcd slots: the next in line watches the prefix's deletions; only the one that admits it "
+    "wakes it") {
+    kind_fixture f({filelock::lock_mode::exclusive, 2});
+    f.resume(wake_reason::start);
+    const json keys = range(
+        {kv_val("job/a", 5, slots2), kv_val("job/b", 7, slots2), kv_val(mine + "/0", 20, slots2)});
+    auto a = f.reply({{"header", header(20)},
+                      {"succeeded", true},
+                      {"responses", {{{"response_put", json::object()}}, keys}}});
+    REQUIRE(a.what == action::kind::watch);
+    // Any of the 2 holders' deletions admits it: the prefix, deletions only.
+    CHECK(f.b().watch_key() == "job/");
+    CHECK(f.b().watch_range_end() == "job0");
+    CHECK_FALSE(f.b().watch_puts());
+    CHECK(json::parse(request::watch("job/", 21, "job0", false))["create_request"]["filters"] ==
+          json::array({"NOPUT"}));
+    CHECK(f.b().watch_revision() == 21);
+    CHECK(f.b().holder() == "job/a, job/b");
+    f.b().watch_armed();
+    a = f.resume(wake_reason::watched);
+    REQUIRE(a.what == action::kind::send);  // the earlier keys, read again
+    const json again = json::parse(f.b().body());
+    CHECK(again["success"][0]["request_range"]["max_create_revision"] == "19");
+    a = f.reply({{"header", header(21)},
+                 {"succeeded", true},
+                 {"responses", {range({kv_val("job/a", 5, slots2), kv_val("job/b", 7, slots2)})}}});
+    REQUIRE(a.what == action::kind::wait);
+    CHECK(a.on_release);
+    CHECK_FALSE(f.b().on_delete("job/zz", 23));  // a later key: not ours to count
+    CHECK(f.b().on_delete("job/b", 24));
+    // Admitted after waiting: it writes its key (the waiter behind it watches
+    // that key alone), then holds.
+    a = f.resume(wake_reason::release);
+    REQUIRE(a.what == action::kind::send);
+    check_touch(f.b().body(), 20);
+    a = f.reply({{"header", header(25)}, {"succeeded", true}, {"responses", json::array()}});
+    REQUIRE(a.is_done());
+    CHECK_FALSE(a.ec);
+    CHECK(f.b().won_at() == 25);  // the held lock's watch starts after its own write
+    CHECK(f.b().slot() == 1);
+}
+
+TEST_CASE(
+    "etcd slots: a waiter behind the next in line watches only the key before its own, and "
+    "reads again when that one is admitted or gone") {
     kind_fixture f({filelock::lock_mode::exclusive, 2});
     f.resume(wake_reason::start);
     const json keys = range({kv_val("job/a", 5, slots2), kv_val("job/b", 7, slots2),
@@ -745,30 +803,72 @@ TEST_CASE(
                       {"succeeded", true},
                       {"responses", {{{"response_put", json::object()}}, keys}}});
     REQUIRE(a.what == action::kind::watch);
-    CHECK(f.b().watch_key() == "job/");
-    CHECK(f.b().watch_revision() == 21);
-    CHECK(f.b().holder() == "job/a, job/b");  // the two holders (job/c waits too)
+    CHECK(f.b().watch_key() == "job/c");  // one key, its writes too
+    CHECK(f.b().watch_range_end().empty());
+    CHECK(f.b().watch_puts());
+    CHECK_FALSE(json::parse(request::watch("job/c", 21))["create_request"].contains("filters"));
+    CHECK(f.b().holder() == "job/a, job/b");
     f.b().watch_armed();
     a = f.resume(wake_reason::watched);
-    REQUIRE(a.what == action::kind::send);  // the earlier keys, read again
-    const json again = json::parse(f.b().body());
-    CHECK(again["success"][0]["request_range"]["max_create_revision"] == "19");
+    REQUIRE(a.what == action::kind::send);
     a = f.reply({{"header", header(21)},
                  {"succeeded", true},
                  {"responses",
                   {range({kv_val("job/a", 5, slots2), kv_val("job/b", 7, slots2),
                           kv_val("job/c", 9, slots2)})}}});
     REQUIRE(a.what == action::kind::wait);
-    CHECK(a.on_release);
-    // Two of three earlier keys must go for 2 slots: the first wakes nothing.
-    CHECK_FALSE(f.b().on_delete("job/b", 22));
-    CHECK_FALSE(f.b().on_delete("job/zz", 23));  // a later key: not ours to count
-    CHECK(f.b().on_delete("job/c", 24));
+    CHECK_FALSE(f.b().on_put("job/a", 22));  // not the watched key
+    CHECK_FALSE(f.b().on_put("job/c", 21));  // already read
+    // job/c admitted (job/a went) and wrote its key: this one is next now.
+    CHECK(f.b().on_put("job/c", 23));
     a = f.resume(wake_reason::release);
+    REQUIRE(a.what == action::kind::send);
+    a = f.reply({{"header", header(23)},
+                 {"succeeded", true},
+                 {"responses", {range({kv_val("job/b", 7, slots2), kv_val("job/c", 9, slots2)})}}});
+    REQUIRE(a.what == action::kind::watch);  // the prefix now, from after that answer
+    CHECK(f.b().watch_key() == "job/");
+    CHECK(f.b().watch_revision() == 24);
+    CHECK_FALSE(f.b().watch_puts());
+    f.b().watch_armed();
+    a = f.resume(wake_reason::watched);
+    REQUIRE(a.what == action::kind::send);
+    a = f.reply({{"header", header(24)},
+                 {"succeeded", true},
+                 {"responses", {range({kv_val("job/b", 7, slots2), kv_val("job/c", 9, slots2)})}}});
+    REQUIRE(a.what == action::kind::wait);
+    CHECK(f.b().on_delete("job/c", 25));
+    a = f.resume(wake_reason::release);
+    REQUIRE(a.what == action::kind::send);
+    check_touch(f.b().body(), 20);
+    a = f.reply({{"header", header(26)}, {"succeeded", true}, {"responses", json::array()}});
     REQUIRE(a.is_done());
     CHECK_FALSE(a.ec);
-    CHECK(f.b().won_at() == 24);
     CHECK(f.b().slot() == 1);
+}
+
+TEST_CASE("etcd slots: a waiter whose key vanished before its touch holds nothing") {
+    kind_fixture f({filelock::lock_mode::exclusive, 2});
+    f.resume(wake_reason::start);
+    auto a = f.reply({{"header", header(20)},
+                      {"succeeded", true},
+                      {"responses",
+                       {{{"response_put", json::object()}},
+                        range({kv_val("job/a", 5, slots2), kv_val("job/b", 7, slots2),
+                               kv_val(mine + "/0", 20, slots2)})}}});
+    REQUIRE(a.what == action::kind::watch);
+    f.b().watch_armed();
+    f.resume(wake_reason::watched);
+    f.reply({{"header", header(21)},
+             {"succeeded", true},
+             {"responses", {range({kv_val("job/a", 5, slots2), kv_val("job/b", 7, slots2)})}}});
+    CHECK(f.b().on_delete("job/a", 22));
+    a = f.resume(wake_reason::release);
+    REQUIRE(a.what == action::kind::send);
+    a = f.reply({{"header", header(23)}, {"succeeded", false}, {"responses", json::array()}});
+    CHECK_FALSE((a.is_done() && !a.ec));  // never a win
+    CHECK(f.b().why().find("was deleted while waiting") != std::string::npos);
+    CHECK_FALSE(f.b().has_key());
 }
 
 TEST_CASE("etcd slots: an exclusive key before a slot waiter (etcdctl's empty value) excludes it") {
@@ -780,6 +880,8 @@ TEST_CASE("etcd slots: an exclusive key before a slot waiter (etcdctl's empty va
                        {{{"response_put", json::object()}},
                         range({kv_val("job/694d", 5, ""), kv_val(mine + "/0", 20, "")})}}});
     REQUIRE(a.what == action::kind::watch);
+    CHECK(f.b().watch_key() == "job/694d");  // the only key whose deletion admits it
+    CHECK(f.b().watch_range_end().empty());
     f.b().watch_armed();
     f.resume(wake_reason::watched);
     a = f.reply({{"header", header(20)},
@@ -788,6 +890,9 @@ TEST_CASE("etcd slots: an exclusive key before a slot waiter (etcdctl's empty va
     REQUIRE(a.what == action::kind::wait);
     CHECK(f.b().on_delete("job/694d", 25));
     a = f.resume(wake_reason::release);
+    REQUIRE(a.what == action::kind::send);
+    check_touch(f.b().body(), 20);
+    a = f.reply({{"header", header(26)}, {"succeeded", true}, {"responses", json::array()}});
     REQUIRE(a.is_done());
     CHECK_FALSE(a.ec);
     CHECK(f.b().slot() == 0);
@@ -816,6 +921,8 @@ TEST_CASE("etcd shared: a reader waits only for earlier writers, never for reade
                             range({kv_val("job/r1", 5, reader), kv_val("job/w", 7, " 9@x\n"),
                                    kv_val(mine + "/0", 20, reader)})}}});
         REQUIRE(a.what == action::kind::watch);
+        CHECK(f.b().watch_key() == "job/w");  // the last earlier writer alone
+        CHECK(f.b().watch_range_end().empty());
         CHECK(f.b().holder() == "job/r1");
         f.b().watch_armed();
         f.resume(wake_reason::watched);

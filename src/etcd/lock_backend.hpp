@@ -36,10 +36,20 @@
 //      key, so a stream of readers never starves it); a holder of N slots is
 //      one of the N lowest create revisions, all of them slot holders
 //      (an exclusive key, etcdctl's too, excludes them all, either order).
-//   3. Contended: the waiter watches the prefix from the answer's revision
-//      + 1 and keeps the set of earlier keys itself: a deletion of one of
-//      them that admits it is a win at that revision, without a request;
-//      any other deletion changes the set and wakes nothing (no herd).
+//   3. Contended: the waiter watches, from the answer's revision + 1, only
+//      what can admit it (watch_target), as Go's waitDeletes does:
+//      - an earlier key of a kind that excludes it (a reader: the last
+//        earlier writer; slots: the last earlier key that is not a slot
+//        holder): its deletion; then step 2 reads the earlier keys again;
+//      - slots, more than N earlier keys: the key just before its own, when
+//        that is a waiter for as many slots. That waiter is admitted exactly
+//        when this one becomes next in line, and writes its key (touch,
+//        value and lease kept) once admitted after waiting; that write or
+//        the key's deletion makes this one read again;
+//      - the next in line (N earlier slot holders, any of whose deletions
+//        admits it), or slots of another N before it: the deletions of the
+//        prefix; it keeps the set of earlier keys itself, and the deletion
+//        that admits it is a win at that revision (after its touch).
 //      Otherwise (a fallback timer) step 2 reads the earlier keys again.
 
 #include <filelock/detail/acquire.hpp>
@@ -218,7 +228,7 @@ public:
             return won(pred_deleted_at_);
         }
         if (!kind_.one_holder() && my_rev_ != 0 && admitted_at_ && !own_deleted_)
-            return won(admitted_at_);  // a deletion the watch saw admitted it
+            return won_or_touch(admitted_at_);  // a deletion the watch saw admitted it
         path_ = "/v3/kv/txn";
         if (my_rev_ == 0) {
             step_ = step::create;
@@ -259,6 +269,7 @@ public:
                     ++creates_;
                     return std::make_error_code(std::errc::operation_in_progress);
                 case step::predecessor: return predecessor(j);
+                case step::touch: return touched(j);
             }
             return errc::bad_reply;
         } catch (const std::exception& e) {
@@ -286,13 +297,24 @@ public:
             own_deleted_ = true;
             return true;
         }
-        if (!kind_.one_holder()) return earlier_deleted(key, revision);
+        if (!kind_.one_holder()) {
+            // Admitted without a request, or (a watch of one key) read again.
+            const bool admitted = earlier_deleted(key, revision);
+            return on_put(key, revision) || admitted;
+        }
         if (key == pred_key_ && !pred_deleted_ && revision > pred_rev_) {
             pred_deleted_ = true;
             pred_deleted_at_ = revision;
             return true;
         }
         return false;
+    }
+
+    /// A write (or, from a watch of one key, a deletion) seen at `revision`:
+    /// whether it is a release event (the watched key's: read again).
+    bool on_put(const std::string& key, std::int64_t revision) {
+        return !kind_.one_holder() && my_rev_ != 0 && watch_end_.empty() && key == watch_key_ &&
+               revision > snapshot_rev_;
     }
 
     /// What a failed attempt (done with `ec`) leads to: lining up again
@@ -330,6 +352,9 @@ public:
     const std::string& watch_key() const noexcept { return watch_key_; }
     const std::string& watch_range_end() const noexcept { return watch_end_; }
     std::int64_t watch_revision() const noexcept { return watch_rev_; }
+    /// Whether the watch reports writes (a watch of one key) or only
+    /// deletions (of the prefix).
+    bool watch_puts() const noexcept { return watch_end_.empty(); }
     void watch_armed() { watched_key_ = watch_key_; }
     /// Whether etcd has a key of ours to delete (after a failure).
     bool has_key() const noexcept { return my_rev_ != 0; }
@@ -370,7 +395,7 @@ public:
     std::error_code unanswered() const noexcept { return unanswered_; }
 
 private:
-    enum class step { create, clear_stale, predecessor };
+    enum class step { create, clear_stale, predecessor, touch };
 
     std::error_code failed(std::error_code ec, std::string why, bool retry = false) {
         why_ = std::move(why);
@@ -482,8 +507,9 @@ private:
         for (const auto& [key, at] : seen_) erase_earlier(key);
         if (admitted()) {
             slot_ = static_cast<unsigned>(earlier_.size());
-            return won(std::max(rev, seen_.empty() ? rev : seen_.back().second));
+            return won_or_touch(std::max(rev, seen_.empty() ? rev : seen_.back().second));
         }
+        contended_ = true;
         // The holders ahead name it (their contents, or their keys): each
         // earlier key that its own kind admits beside the keys before it.
         holder_.clear();
@@ -501,12 +527,58 @@ private:
                 holder_ += (holder_.empty() ? "" : ", ") + n;
             }
         }
-        if (watch_key_.empty()) {
-            watch_key_ = prefix_;
-            watch_end_ = prefix_end(prefix_);
+        std::string key, end;
+        watch_target(key, end);
+        if (key != watch_key_ || end != watch_end_) {
+            watch_key_ = std::move(key);
+            watch_end_ = std::move(end);
             watch_rev_ = rev + 1;
         }
         return filelock::errc::locked;
+    }
+
+    // What a waiter not admitted watches (see the top of this file): one key
+    // (`end` empty) or the prefix.
+    void watch_target(std::string& key, std::string& end) const {
+        const bool reader = kind_.mode == lock_mode::shared;
+        const std::string* blocker = nullptr;
+        for (const auto& [rev, e] : earlier_)
+            if (reader ? !e.second.shared : e.second.slots == 0) blocker = &e.first;
+        if (blocker) {
+            key = *blocker;
+            return;
+        }
+        if (!reader && earlier_.size() > kind_.slots) {
+            const auto& last = earlier_.rbegin()->second;
+            if (last.second.slots == kind_.slots) {
+                key = last.first;
+                return;
+            }
+        }
+        key = prefix_;
+        end = prefix_end(prefix_);
+    }
+
+    // Admitted: a waiter that was ever turned away writes its key first, so
+    // that the waiter behind it, which watches that key alone, learns that it
+    // is next in line (a reader has nobody watching it for that).
+    std::error_code won_or_touch(std::int64_t rev) {
+        if (!contended_ || kind_.mode == lock_mode::shared) return won(rev);
+        admitted_at_ = rev;
+        step_ = step::touch;
+        path_ = "/v3/kv/txn";
+        body_ = request::touch(key_, my_rev_);
+        return std::make_error_code(std::errc::operation_in_progress);
+    }
+
+    std::error_code touched(const json& j) {
+        if (!j.value("succeeded", false)) {
+            my_rev_ = 0;
+            why_ = "the lock's key " + key_ + " was deleted while waiting (lease expired?)";
+            return errc::lost;
+        }
+        // The held lock watches its key after this write.
+        return won(std::max(admitted_at_, int64_of(j.at("header"), "revision")));
     }
 
     bool admitted() const {
@@ -574,6 +646,7 @@ private:
     std::map<std::int64_t, std::pair<std::string, key_kind>> earlier_;
     std::vector<std::pair<std::string, std::int64_t>> seen_;
     std::int64_t snapshot_rev_ = 0, admitted_at_ = 0;
+    bool contended_ = false;  // turned away once: writes its key when admitted
 };
 
 using etcd_acquire = filelock::detail::acquire<lock_backend>;

@@ -149,7 +149,7 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
                 drop_watch();
                 if (b.watch_key().empty()) return resume(wake_reason::unwatched);
                 st = state::watching;
-                open_watch(b.watch_key(), b.watch_range_end(), b.watch_revision());
+                open_watch(b.watch_key(), b.watch_range_end(), b.watch_revision(), b.watch_puts());
                 return;
             }
             case action::kind::wait: {
@@ -175,11 +175,11 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
         }
     }
 
-    void open_watch(const std::string& key, const std::string& end, std::int64_t from) {
+    void open_watch(const std::string& key, const std::string& end, std::int64_t from, bool puts) {
         ++s.watches;
         split = {};
         watch = s.http().post(
-            "/v3/watch", request::watch(key, from, end),
+            "/v3/watch", request::watch(key, from, end, puts),
             [w = weak_from_this()](http_reply&) {
                 // The stream ended: the watch is gone; look again.
                 auto self = w.lock();
@@ -215,6 +215,11 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
             if (!d.key_ok) continue;
             if (!d.revision_ok) return moved_soon();
             if (acq->backend().on_delete(d.key, d.mod_revision)) release = true;
+        }
+        for (const auto& p : m.puts) {
+            if (!p.key_ok) continue;
+            if (!p.revision_ok) return moved_soon();
+            if (acq->backend().on_put(p.key, p.mod_revision)) release = true;
         }
         if (release) on_released();
     }

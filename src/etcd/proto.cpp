@@ -283,7 +283,9 @@ watch_message decode_watch(std::string_view text) {
     if (const auto ev = r->find("events"); ev != r->end() && ev->is_array()) {
         m.events = ev->size();
         for (const auto& e : *ev) {
-            if (!e.is_object() || e.value("type", "") != "DELETE") continue;
+            if (!e.is_object()) continue;
+            // A put's type is the enum's default, which the gateway leaves out.
+            const bool deleted = e.value("type", "") == "DELETE";
             watch_message::deletion d;
             const auto kv = e.find("kv");
             if (kv == e.end() || !kv->is_object()) {
@@ -298,7 +300,7 @@ watch_message decode_watch(std::string_view text) {
                     d.revision_ok = false;
                 }
             }
-            m.deletions.push_back(std::move(d));
+            (deleted ? m.deletions : m.puts).push_back(std::move(d));
         }
     }
     return m;
@@ -359,6 +361,14 @@ std::string release(const std::string& key, std::int64_t rev) {
         .dump();
 }
 
+std::string touch(const std::string& key, std::int64_t rev) {
+    const json put = {{"key", base64(key)}, {"ignore_value", true}, {"ignore_lease", true}};
+    return json{{"compare", json::array({create_is(key, rev)})},
+                {"success", json::array({{{"request_put", put}}})},
+                {"failure", json::array()}}
+        .dump();
+}
+
 std::string release_leased(const std::string& key, std::int64_t lease) {
     const json bound = {{"target", "LEASE"},
                         {"key", base64(key)},
@@ -376,10 +386,11 @@ std::string range_by_create(const std::string& prefix) {
 
 std::string time_to_live(std::int64_t lease) { return json{{"ID", std::to_string(lease)}}.dump(); }
 
-std::string watch(const std::string& key, std::int64_t start_revision,
-                  const std::string& range_end) {
+std::string watch(const std::string& key, std::int64_t start_revision, const std::string& range_end,
+                  bool puts) {
     json c = {{"key", base64(key)}, {"start_revision", std::to_string(start_revision)}};
     if (!range_end.empty()) c["range_end"] = base64(range_end);
+    if (!puts) c["filters"] = json::array({"NOPUT"});
     return json{{"create_request", c}}.dump();
 }
 

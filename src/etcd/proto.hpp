@@ -77,6 +77,7 @@ struct watch_message {
     std::int64_t compact_revision = 0;  // a cancelled watch's, when compacted
     std::size_t events = 0;             // of every type (puts and deletions)
     std::vector<deletion> deletions;
+    std::vector<deletion> puts;  // keys created or written
 };
 watch_message decode_watch(std::string_view text);
 
@@ -109,6 +110,10 @@ std::string earlier(const std::string& key, std::int64_t rev, const std::string&
 std::string predecessor(const std::string& key, std::int64_t rev, const std::string& prefix);
 /// If(create_revision(key) == rev) Then(delete(key)).
 std::string release(const std::string& key, std::int64_t rev);
+/// If(create_revision(key) == rev) Then(put(key) keeping its value and
+/// lease): a write that only its watchers see (an admitted slot waiter
+/// tells the waiter behind it).
+std::string touch(const std::string& key, std::int64_t rev);
 /// If(lease(key) == lease) Then(delete(key)): the key only while it is
 /// bound to `lease` (ours), whatever its revision.
 std::string release_leased(const std::string& key, std::int64_t lease);
@@ -117,9 +122,9 @@ std::string range_by_create(const std::string& prefix);
 /// The TTL left of `lease` (for /v3/lease/timetolive).
 std::string time_to_live(std::int64_t lease);
 /// Watches `key` (with `range_end`: the keys in [key, range_end)) from
-/// `start_revision`.
+/// `start_revision`; without `puts`, deletions only (filter NOPUT).
 std::string watch(const std::string& key, std::int64_t start_revision,
-                  const std::string& range_end = {});
+                  const std::string& range_end = {}, bool puts = true);
 }  // namespace request
 
 /// Splits a watch stream into its JSON objects (one per message).
