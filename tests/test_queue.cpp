@@ -335,6 +335,36 @@ TEST_CASE("queue: a reader that comes after a waiting writer waits for it, thoug
     CHECK(lines_of(out) == std::vector<std::string>{"writer", "reader"});
 }
 
+TEST_CASE("queue: a slot waiter that comes after a waiting writer waits for it, a slot free") {
+    // Before, slot waiters did not queue: they took the free slot beside the
+    // holders, and slot users in a loop starved a writer (issue 23).
+    scratch s;
+    const auto p = s / "a.lock";
+    const auto out = s / "out";
+    write_file(out, "");
+    filelock::lock_options slots;
+    slots.slots = 3;
+    filelock::lock_file a(p, slots), b(p, slots);  // two of three slots held
+    spawned writer({filelock_run_path(), "-w", "60", p.string(), "sh", "-c",
+                    "echo writer >> '" + out.string() + "'"});
+    REQUIRE(queued(p, 1));
+    // A single attempt reports contention, as a shared one does.
+    std::error_code ec;
+    auto once = filelock::try_lock(p, slots, ec);
+    CHECK(ec == filelock::errc::locked);
+    CHECK_FALSE(once.is_locked());
+    spawned slot({filelock_run_path(), "--slots", "3", "-w", "60", p.string(), "sh", "-c",
+                  "echo slot >> '" + out.string() + "'"});
+    REQUIRE(queued(p, 2));  // before: it ran at once, and never queued
+    CHECK(lines_of(out).empty());
+    a.close();
+    b.close();
+    CHECK(writer.wait() == 0);
+    CHECK(slot.wait() == 0);
+    CHECK(lines_of(out) == std::vector<std::string>{"writer", "slot"});
+    CHECK(fs::file_size(filelock::queue_path(p)) == 0);
+}
+
 TEST_CASE("queue: deleting the queue file while processes wait never gives two holders") {
     flock_held f;
     const auto& p = f.p;

@@ -187,7 +187,9 @@ struct lock_options {
     /// removes the file (remove_on_release is ignored). Holders of one path
     /// should agree on `slots`: a holder counts against another's only in
     /// the slots both have. Waiters wake on any holder's release and queue
-    /// locally as for the one-holder lock.
+    /// locally as for the one-holder lock; across processes they wait for
+    /// the exclusive waiters queued before them (README, "Processes in the
+    /// order they came").
     ///
     /// Rejected before the file is touched (`std::errc::invalid_argument`,
     /// the message naming the path and the cause): 0, more than max_slots,

@@ -101,7 +101,8 @@ std::error_code file_backend::try_acquire() noexcept {
     // Behind an earlier waiter of another process: its turn, not ours.
     const auto now = clock::now();
     if (!order_.may_attempt(now)) return errc::locked;
-    const bool reader = policy_.mode == lock_mode::shared;
+    // Slot waiters line up as readers do: the holders hold the file shared.
+    const bool reader = policy_.mode == lock_mode::shared || policy_.slots > 1;
     if (reader && order_.writer_waits(path_)) {
         // A writer waits: a reader does not attempt (it would get in while
         // readers hold the lock, and starve the writer) but counts it as

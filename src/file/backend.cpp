@@ -34,13 +34,10 @@ file_policy policy_of(const lock_options& o) noexcept {
     p.remove = o.remove_on_release && exclusive && owns_file;
     p.wake = o.wake_on_release;
     p.queue = o.queue_local_waiters && exclusive;
-    // Processes line up for a flock(2) lock on the whole file, readers too
-    // (shared locks, which do not queue locally): they wait for the writers
-    // before them, which are not starved. Not slot waiters: a head that wins
-    // a slot wakes nobody, and the next in line would wait on a free slot
-    // until its timer.
-    p.order =
-        o.queue_local_waiters && o.backend == lock_backend::flock && owns_file && o.slots == 1;
+    // Processes line up for a flock(2) lock on the whole file, readers and
+    // slot waiters too (a slot holder holds the file shared): they wait for
+    // the writers before them, which are not starved, and not for each other.
+    p.order = o.queue_local_waiters && o.backend == lock_backend::flock && owns_file;
     p.file_mode = o.file_mode & 0777;
     // A slot holder shares the file with the other holders: it writes
     // nothing, never removes it, and its byte lock (F_WRLCK) needs a

@@ -44,7 +44,9 @@
 // (readers before the first waiting writer all attempt), and waits for the
 // doorbell of the last writer before it; a reader that is not registered yet
 // and finds a writer waiting (writer_waits()) registers at once instead of
-// attempting. A writer waits for every ticket before its own.
+// attempting. A writer waits for every ticket before its own. Slot waiters
+// are readers here (a slot holder holds the file shared): a free slot is not
+// taken while a writer waits, so looping slot users do not starve it.
 //
 // Linux only (OFD locks); elsewhere it never registers.
 
@@ -75,7 +77,7 @@ public:
     bool may_attempt(clock::time_point now) noexcept;
     /// An attempt met contention: registers at the second one (the lock
     /// file `lock_path`, created files get `mode`), as a `reader` (a shared
-    /// lock's waiter) or a writer.
+    /// lock's or a slot's waiter) or a writer.
     void contended(const std::filesystem::path& lock_path, unsigned mode, clock::time_point now,
                    bool reader = false) noexcept;
     /// Whether a writer waits in the queue of `lock_path` (a reader that is
