@@ -732,6 +732,7 @@ TEST_CASE("etcd slots: a holder is one of the N lowest create revisions, with a 
     CHECK_FALSE(a.ec);
     CHECK(f.b().slot() == 2);
     CHECK(f.b().won_at() == 20);
+    CHECK_FALSE(f.b().touch_after_win());  // nobody behind it waited on it
 }
 
 namespace {
@@ -780,15 +781,14 @@ TEST_CASE(
     CHECK(a.on_release);
     CHECK_FALSE(f.b().on_delete("job/zz", 23));  // a later key: not ours to count
     CHECK(f.b().on_delete("job/b", 24));
-    // Admitted after waiting: it writes its key (the waiter behind it watches
-    // that key alone), then holds.
+    // Admitted after waiting: it holds, and its key is written beside the win
+    // (the waiter behind it watches that key alone).
     a = f.resume(wake_reason::release);
-    REQUIRE(a.what == action::kind::send);
-    check_touch(f.b().body(), 20);
-    a = f.reply({{"header", header(25)}, {"succeeded", true}, {"responses", json::array()}});
     REQUIRE(a.is_done());
+    CHECK(f.b().touch_after_win());
+    check_touch(f.b().touch_body(), 20);
     CHECK_FALSE(a.ec);
-    CHECK(f.b().won_at() == 25);  // the held lock's watch starts after its own write
+    CHECK(f.b().won_at() == 24);
     CHECK(f.b().slot() == 1);
 }
 
@@ -839,36 +839,11 @@ TEST_CASE(
     REQUIRE(a.what == action::kind::wait);
     CHECK(f.b().on_delete("job/c", 25));
     a = f.resume(wake_reason::release);
-    REQUIRE(a.what == action::kind::send);
-    check_touch(f.b().body(), 20);
-    a = f.reply({{"header", header(26)}, {"succeeded", true}, {"responses", json::array()}});
     REQUIRE(a.is_done());
+    CHECK(f.b().touch_after_win());
+    check_touch(f.b().touch_body(), 20);
     CHECK_FALSE(a.ec);
     CHECK(f.b().slot() == 1);
-}
-
-TEST_CASE("etcd slots: a waiter whose key vanished before its touch holds nothing") {
-    kind_fixture f({filelock::lock_mode::exclusive, 2});
-    f.resume(wake_reason::start);
-    auto a = f.reply({{"header", header(20)},
-                      {"succeeded", true},
-                      {"responses",
-                       {{{"response_put", json::object()}},
-                        range({kv_val("job/a", 5, slots2), kv_val("job/b", 7, slots2),
-                               kv_val(mine + "/0", 20, slots2)})}}});
-    REQUIRE(a.what == action::kind::watch);
-    f.b().watch_armed();
-    f.resume(wake_reason::watched);
-    f.reply({{"header", header(21)},
-             {"succeeded", true},
-             {"responses", {range({kv_val("job/a", 5, slots2), kv_val("job/b", 7, slots2)})}}});
-    CHECK(f.b().on_delete("job/a", 22));
-    a = f.resume(wake_reason::release);
-    REQUIRE(a.what == action::kind::send);
-    a = f.reply({{"header", header(23)}, {"succeeded", false}, {"responses", json::array()}});
-    CHECK_FALSE((a.is_done() && !a.ec));  // never a win
-    CHECK(f.b().why().find("was deleted while waiting") != std::string::npos);
-    CHECK_FALSE(f.b().has_key());
 }
 
 TEST_CASE("etcd slots: an exclusive key before a slot waiter (etcdctl's empty value) excludes it") {
@@ -890,10 +865,9 @@ TEST_CASE("etcd slots: an exclusive key before a slot waiter (etcdctl's empty va
     REQUIRE(a.what == action::kind::wait);
     CHECK(f.b().on_delete("job/694d", 25));
     a = f.resume(wake_reason::release);
-    REQUIRE(a.what == action::kind::send);
-    check_touch(f.b().body(), 20);
-    a = f.reply({{"header", header(26)}, {"succeeded", true}, {"responses", json::array()}});
     REQUIRE(a.is_done());
+    CHECK(f.b().touch_after_win());
+    check_touch(f.b().touch_body(), 20);
     CHECK_FALSE(a.ec);
     CHECK(f.b().slot() == 0);
 }
@@ -938,6 +912,7 @@ TEST_CASE("etcd shared: a reader waits only for earlier writers, never for reade
         REQUIRE(a.is_done());
         CHECK_FALSE(a.ec);
         CHECK(f.b().won_at() == 22);
+        CHECK_FALSE(f.b().touch_after_win());  // a reader: nobody waits on its admission
     }
 }
 

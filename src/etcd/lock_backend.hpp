@@ -49,7 +49,7 @@
 //      - the next in line (N earlier slot holders, any of whose deletions
 //        admits it), or slots of another N before it: the deletions of the
 //        prefix; it keeps the set of earlier keys itself, and the deletion
-//        that admits it is a win at that revision (after its touch).
+//        that admits it is a win at that revision (its touch sent beside it).
 //      Otherwise (a fallback timer) step 2 reads the earlier keys again.
 
 #include <filelock/detail/acquire.hpp>
@@ -269,7 +269,6 @@ public:
                     ++creates_;
                     return std::make_error_code(std::errc::operation_in_progress);
                 case step::predecessor: return predecessor(j);
-                case step::touch: return touched(j);
             }
             return errc::bad_reply;
         } catch (const std::exception& e) {
@@ -352,6 +351,12 @@ public:
     const std::string& watch_key() const noexcept { return watch_key_; }
     const std::string& watch_range_end() const noexcept { return watch_end_; }
     std::int64_t watch_revision() const noexcept { return watch_rev_; }
+    /// Whether the won lock's key is to be written (touch_body(), sent by the
+    /// driver beside the win, its answer ignored): the waiter behind it
+    /// learns so that it is next in line. Lost, it leaves that waiter to its
+    /// fallback reads.
+    bool touch_after_win() const noexcept { return touch_; }
+    std::string touch_body() const { return request::touch(key_, my_rev_); }
     /// Whether the watch reports writes (a watch of one key) or only
     /// deletions (of the prefix).
     bool watch_puts() const noexcept { return watch_end_.empty(); }
@@ -395,7 +400,7 @@ public:
     std::error_code unanswered() const noexcept { return unanswered_; }
 
 private:
-    enum class step { create, clear_stale, predecessor, touch };
+    enum class step { create, clear_stale, predecessor };
 
     std::error_code failed(std::error_code ec, std::string why, bool retry = false) {
         why_ = std::move(why);
@@ -559,26 +564,13 @@ private:
         end = prefix_end(prefix_);
     }
 
-    // Admitted: a waiter that was ever turned away writes its key first, so
-    // that the waiter behind it, which watches that key alone, learns that it
-    // is next in line (a reader has nobody watching it for that).
+    // Admitted: a slot waiter that was ever turned away writes its key once
+    // it holds (touch_after_win), so that the waiter behind it, which watches
+    // that key alone, learns that it is next in line. The win does not wait
+    // for that write (a reader has nobody watching it for that).
     std::error_code won_or_touch(std::int64_t rev) {
-        if (!contended_ || kind_.mode == lock_mode::shared) return won(rev);
-        admitted_at_ = rev;
-        step_ = step::touch;
-        path_ = "/v3/kv/txn";
-        body_ = request::touch(key_, my_rev_);
-        return std::make_error_code(std::errc::operation_in_progress);
-    }
-
-    std::error_code touched(const json& j) {
-        if (!j.value("succeeded", false)) {
-            my_rev_ = 0;
-            why_ = "the lock's key " + key_ + " was deleted while waiting (lease expired?)";
-            return errc::lost;
-        }
-        // The held lock watches its key after this write.
-        return won(std::max(admitted_at_, int64_of(j.at("header"), "revision")));
+        touch_ = contended_ && kind_.mode != lock_mode::shared;
+        return won(rev);
     }
 
     bool admitted() const {
@@ -646,7 +638,8 @@ private:
     std::map<std::int64_t, std::pair<std::string, key_kind>> earlier_;
     std::vector<std::pair<std::string, std::int64_t>> seen_;
     std::int64_t snapshot_rev_ = 0, admitted_at_ = 0;
-    bool contended_ = false;  // turned away once: writes its key when admitted
+    bool contended_ = false;  // turned away once
+    bool touch_ = false;      // writes its key once won
 };
 
 using etcd_acquire = filelock::detail::acquire<lock_backend>;

@@ -263,6 +263,7 @@ struct lock_op final : filelock::detail::queue_waiter, std::enable_shared_from_t
         b.hand_over_claim();
         s.add_held(h);
         s.watch_held(h);
+        if (b.touch_after_win()) s.http().post("/v3/kv/txn", b.touch_body(), [](http_reply&) {});
         lock_result r;
         r.held = etcd::lock(std::move(h));
         deliver(std::move(r));
