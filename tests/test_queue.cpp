@@ -228,11 +228,13 @@ TEST_CASE("queue: a head that makes no attempt is passed by the others, within a
     next.contended(p, 0644, t0);
     REQUIRE(next.ticket() == 3);
     CHECK_FALSE(next.may_attempt(t0));
-    // A head that attempts (its heartbeat) is waited for.
+    // A head that attempts in vain (its heartbeat) is waited for.
     CHECK(head.may_attempt(t0 + 1s));
+    head.contended(p, 0644, t0 + 1s);
     CHECK_FALSE(next.may_attempt(t0 + 1500ms));
     CHECK_FALSE(next.may_attempt(t0 + 3s));
     CHECK(head.may_attempt(t0 + 3s));
+    head.contended(p, 0644, t0 + 3s);
     CHECK_FALSE(next.may_attempt(t0 + 3100ms));
     // Then it stops: after the stall limit, and a confirming look, the next
     // attempts too.
@@ -241,6 +243,40 @@ TEST_CASE("queue: a head that makes no attempt is passed by the others, within a
     CHECK_FALSE(next.may_attempt(quiet + process_queue::stall_limit + 1ms));
     CHECK(
         next.may_attempt(quiet + process_queue::stall_limit + 1ms + process_queue::confirm_stall));
+}
+
+TEST_CASE("queue: a winner's ticket is gone once lock() returns; its doorbell rings at release") {
+    // Before, the winner closed its doorbell too before lock() returned: the
+    // next in line woke to find the lock still held (and the winner paid for
+    // the close on its way to the lock).
+    scratch s;
+    const auto p = s / "a.lock";
+    const int holder = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    REQUIRE(::flock(holder, LOCK_EX) == 0);
+    filelock::lock_file won;
+    std::thread first([&] { won = filelock::lock(p, 20s); });
+    REQUIRE(queued(p, 1));
+    process_queue next;
+    next.contended(p, 0644, steady::now());
+    next.contended(p, 0644, steady::now());
+    REQUIRE(next.ticket() == 3);
+    REQUIRE(next.turn_handle() >= 0);  // the first one's doorbell
+    ::close(holder);
+    first.join();
+    REQUIRE(won.is_locked());
+    CHECK(filelock::inspect(p).waiters.size() == 1);  // `next` only, at the head
+    ::pollfd turn{next.turn_handle(), POLLIN, 0};
+    CHECK(::poll(&turn, 1, 0) == 0);  // not rung while the lock is held
+    won.close();
+    CHECK(::poll(&turn, 1, 5000) == 1);
+    CHECK(next.may_attempt(steady::now()));  // the head now
+    next.leave();
+    CHECK(filelock::inspect(p).waiters.empty());
+    // A newcomer takes the first ticket again (its doorbell's name is free).
+    process_queue again;
+    again.contended(p, 0644, steady::now());
+    again.contended(p, 0644, steady::now());
+    CHECK(again.ticket() == 1);
 }
 
 TEST_CASE("queue: a killed waiter leaves at once; the queue file is not needed to exclude") {

@@ -77,6 +77,7 @@ void file_backend::unlock_and_close() noexcept {
     }
     fd_ = no_handle;
     won_ = false;
+    process_queue::close_bell(std::exchange(bell_, -1));  // after the unlock
 }
 
 bool file_backend::won_inherited() const noexcept {
@@ -94,6 +95,7 @@ std::error_code file_backend::try_acquire() noexcept {
     if (fd_ != no_handle && !fork_stamp{fd_generation_, fd_forks_}.is_private()) {
         close_fd();  // never unlocked: the other process's lock, if any
         won_ = false;
+        process_queue::close_bell(std::exchange(bell_, -1));
     }
     if (won_) return {};
     failed_call_ = nullptr;
@@ -113,8 +115,10 @@ std::error_code file_backend::try_acquire() noexcept {
     const std::error_code ec = attempt();
     if (ec == errc::locked)
         order_.contended(path_, policy_.file_mode, now, reader);
+    else if (ec)
+        order_.leave();  // failed: the next in line is the head
     else
-        order_.leave();  // won (or failed): the next in line is the head
+        bell_ = order_.leave_won();  // rung once the lock is released (release_held)
     return ec;
 }
 
@@ -276,6 +280,11 @@ void release_held(const ops& os, held_file& h) noexcept {
     if (h.fd == no_handle) return;
     const native_handle_type fd = std::exchange(h.fd, no_handle);
     const fork_stamp stamp{h.generation, h.forks};
+    // The doorbell after the unlock: the next in line finds the lock free.
+    struct ring_after {
+        int bell;
+        ~ring_after() { process_queue::close_bell(bell); }
+    } ring{std::exchange(h.bell, -1)};
     // A lock another process may share after a fork() is only closed (see
     // file_backend::unlock_and_close), and its file is not removed from
     // under the other holder.

@@ -112,7 +112,8 @@ file_backend::file_backend(file_backend&& other) noexcept
       ino_(other.ino_),
       fd_generation_(other.fd_generation_),
       fd_forks_(other.fd_forks_),
-      order_(std::move(other.order_)) {}
+      order_(std::move(other.order_)),
+      bell_(std::exchange(other.bell_, -1)) {}
 
 file_backend::~file_backend() {
     if (won_)
@@ -137,6 +138,7 @@ held_file file_backend::take() noexcept {
     h.dev = dev_;
     h.ino = ino_;
     h.path = std::move(path_);  // the backend is spent once its lock is taken
+    h.bell = std::exchange(bell_, -1);
     return h;
 }
 

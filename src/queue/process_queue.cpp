@@ -35,6 +35,7 @@ process_queue::process_queue(process_queue&& other) noexcept
       unusable_(other.unusable_),
       reader_(other.reader_),
       write_(other.write_),
+      beat_(other.beat_),
       head_(other.head_),
       head_write_(other.head_write_),
       head_since_(other.head_since_),
@@ -116,15 +117,19 @@ int bell_socket() noexcept {
     return ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 }
 
-// Our doorbell for ticket `t`, or -1 (the name is taken, no sockets here):
-// the successors then wait for the lock file's releases.
-int open_bell(unsigned long long dev, unsigned long long ino, std::uint64_t t) noexcept {
+// Our doorbell for ticket `t`, or -1 (no sockets here: the successors then
+// wait for the lock file's releases; `taken`: the name is still a winner's,
+// see leave_won()).
+int open_bell(unsigned long long dev, unsigned long long ino, std::uint64_t t,
+              bool& taken) noexcept {
+    taken = false;
     const int s = bell_socket();
     if (s < 0) return -1;
     ::sockaddr_un a;
     const socklen_t len = bell_name(a, dev, ino, t);
     if (::bind(s, reinterpret_cast<const ::sockaddr*>(&a), len) != 0 ||
         ::listen(s, SOMAXCONN) != 0) {
+        taken = errno == EADDRINUSE;
         ::close(s);
         return -1;
     }
@@ -188,6 +193,12 @@ bool process_queue::writer_waits(const std::filesystem::path& lock_path) noexcep
 
 void process_queue::contended(const std::filesystem::path& lock_path, unsigned mode,
                               clock::time_point now, bool reader) noexcept {
+    if (fd_ >= 0 && std::exchange(beat_, false)) {
+        // The head's heartbeat: its ticket flips at every attempt that fails
+        // (not before the attempt: a winner's path has no call of it).
+        write_ = !write_;
+        (void)set_lock(fd_, write_ ? F_WRLCK : F_RDLCK, ticket_);
+    }
     if (fd_ >= 0 || unusable_ || ++contentions_ < 2) return;
     reader_ = reader;
     try {
@@ -224,8 +235,13 @@ void process_queue::contended(const std::filesystem::path& lock_path, unsigned m
                 continue;
             }
             // The doorbell first: a successor that sees the ticket finds it.
+            bool taken = false;
             const int bell = open_bell(static_cast<unsigned long long>(st.st_dev),
-                                       static_cast<unsigned long long>(st.st_ino), at);
+                                       static_cast<unsigned long long>(st.st_ino), at, taken);
+            if (taken) {
+                ++at;  // a winner still holds this ticket's doorbell: the next one
+                continue;
+            }
             if (set_lock(fd, F_WRLCK, at) == 0) {
                 fd_ = fd;
                 bell_ = bell;
@@ -275,9 +291,7 @@ bool process_queue::may_attempt(clock::time_point now) noexcept {
     }
     if (head == 0) {
         wait_behind(0);  // the lock file's releases now
-        // The head's heartbeat: its ticket flips at every attempt.
-        write_ = !write_;
-        (void)set_lock(fd_, write_ ? F_WRLCK : F_RDLCK, ticket_);
+        beat_ = true;    // flipped by contended(), if this attempt fails
         return true;
     }
     wait_behind(predecessor());
@@ -336,6 +350,19 @@ void process_queue::leave() noexcept {
     close_all();
     ticket_ = 0;
     contentions_ = 0;
+    beat_ = false;
+}
+
+int process_queue::leave_won() noexcept {
+    // A successor connected to the doorbell would only wake to find the
+    // lock held: it is woken when the lock is released (close_bell()).
+    const int bell = std::exchange(bell_, -1);
+    leave();
+    return bell;
+}
+
+void process_queue::close_bell(int bell) noexcept {
+    if (bell >= 0) ::close(bell);
 }
 
 #else  // no OFD locks: never registers
@@ -350,6 +377,11 @@ void process_queue::leave() noexcept {
     ticket_ = 0;
     contentions_ = 0;
 }
+int process_queue::leave_won() noexcept {
+    leave();
+    return -1;
+}
+void process_queue::close_bell(int) noexcept {}
 
 #endif
 

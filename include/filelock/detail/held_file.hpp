@@ -34,6 +34,9 @@ struct held_file {
     unsigned forks = 0;
     unsigned long long dev = 0, ino = 0;
     std::filesystem::path path;
+    // The queue's doorbell kept by a waiter that won (-1: none), closed after
+    // the unlock: it wakes the next process in line when the lock is free.
+    int bell = -1;
 };
 
 }  // namespace filelock::detail

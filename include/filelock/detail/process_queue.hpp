@@ -19,19 +19,24 @@
 // a free lock, and a deleted or unusable queue file only costs the order.
 // A head that stops attempting (a stopped process, a stalled event loop) is
 // seen by the others: the head flips its ticket between write and read lock
-// at each attempt, and a waiter that sees the same head unchanged for
-// `stall_limit` (and still `confirm_stall` later) attempts too (then once
-// per stall_limit), so nobody waits on
-// a free lock for longer than that because of a head that does not progress.
+// at each attempt that fails (one that wins leaves the queue), and a waiter
+// that sees the same head unchanged for `stall_limit` (and still
+// `confirm_stall` later) attempts too (then once per stall_limit), so nobody
+// waits on a free lock for longer than that because of a head that does not
+// progress.
 //
 // A release wakes the head, not every waiting process: only the head
 // watches the lock file. Every ticket comes with a doorbell, a listening
 // unix socket in the abstract namespace named after the queue file and the
 // ticket, that is never accepted from; a waiter behind others connects to
 // its predecessor's (turn_handle()) and waits for that connection to hang
-// up, which the kernel does when the predecessor leaves the queue: it won,
-// gave up, or died. Then it looks again: the head watches the lock file,
-// the others the doorbell of their new predecessor. A predecessor without a
+// up, which the kernel does when the predecessor gives up or dies, or
+// releases the lock it won: a winner drops its ticket at once but keeps its
+// doorbell with the lock (leave_won()), so that the next in line is woken
+// once, when the lock is free, and the winner's own path closes nothing but
+// its ticket (a doorbell name still held so is skipped by a registrant,
+// which takes the next ticket). Then it looks again: the head watches the
+// lock file, the others the doorbell of their new predecessor. A predecessor without a
 // doorbell (no socket to be had, another network namespace) is waited for
 // as before the doorbells, on the lock file's releases. Between doorbells a
 // waiter looks at the head once a stall_limit (next_look()), for the stall
@@ -73,9 +78,9 @@ public:
     ~process_queue() { leave(); }
 
     /// Whether the waiter may attempt now: not registered, the head, or the
-    /// head stalled. A head's call is its heartbeat.
+    /// head stalled. A head's call, then contended(), is its heartbeat.
     bool may_attempt(clock::time_point now) noexcept;
-    /// An attempt met contention: registers at the second one (the lock
+    /// An attempt met contention: a head's heartbeat; registers at the second one (the lock
     /// file `lock_path`, created files get `mode`), as a `reader` (a shared
     /// lock's or a slot's waiter) or a writer.
     void contended(const std::filesystem::path& lock_path, unsigned mode, clock::time_point now,
@@ -83,8 +88,14 @@ public:
     /// Whether a writer waits in the queue of `lock_path` (a reader that is
     /// not registered yet lines up behind it instead of attempting).
     bool writer_waits(const std::filesystem::path& lock_path) noexcept;
-    /// Leaves the queue (won, gave up, or destroyed). Idempotent.
+    /// Leaves the queue (gave up, or destroyed). Idempotent.
     void leave() noexcept;
+    /// Leaves the queue on winning: the ticket goes now (the next in line is
+    /// the head), the doorbell is handed over (-1: none), for close_bell()
+    /// once the lock won is released: the next in line is woken then.
+    int leave_won() noexcept;
+    /// Closes a doorbell handed over by leave_won() (-1: nothing).
+    static void close_bell(int bell) noexcept;
     /// The ticket held (0: not registered).
     std::uint64_t ticket() const noexcept { return ticket_; }
 
@@ -118,6 +129,7 @@ private:
     bool unusable_ = false;  // no queue for this waiter (cannot create, no OFD locks)
     bool reader_ = false;    // a shared lock's waiter: an even ticket (a writer's is odd)
     bool write_ = true;      // the ticket's lock type now (the heartbeat flips it)
+    bool beat_ = false;      // the head attempts: flip the ticket if the attempt fails
     // the head last seen and since when (stall detection)
     std::uint64_t head_ = 0;
     bool head_write_ = false;
