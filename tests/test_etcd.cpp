@@ -396,11 +396,20 @@ TEST_CASE("etcd slots: a slot is free again on release and when its holder's lea
     REQUIRE_FALSE(o2.ec);
     CHECK(o1.held.slot() == 0);
     CHECK(o2.held.slot() == 1);
-    // Both slots taken: a third waits; `dead` no longer runs, so its lease
-    // is not kept alive and etcd deletes its key within the TTL (1 s).
+    // Both slots taken: a third waits. `dead` runs (on a thread of its own,
+    // so that etcdctl's slowness under load cannot starve its keep-alives)
+    // until the third's key is there: the 1 s lease cannot expire before the
+    // third queues. Then `dead` stops, its lease is no longer kept alive and
+    // etcd deletes its key within the TTL, which must free the slot.
+    auto keep_alive = asio::make_work_guard(dead);
+    dead.restart();
+    std::thread alive([&] { dead.run(); });
     etcd::client third(io.get_executor(), cfg());
     start_lock_kind(third, name, 15s, two, o3);
-    REQUIRE(run_until(io, [&] { return member().keys(name + "/").size() == 3; }));
+    const bool queued = run_until(io, [&] { return member().keys(name + "/").size() == 3; });
+    dead.stop();
+    alive.join();
+    REQUIRE(queued);
     CHECK_FALSE(o3.done);
     REQUIRE(run_until(
         io, [&] { return o3.done; }, 15s));
