@@ -349,6 +349,37 @@ std::vector<pid_t> pids_in(const std::filesystem::path& pidfile) {
     return pids;
 }
 
+// filelock-run --ttl 2 TARGET sh -c PREFIX+leaves_children(): the wrapper,
+// once COMMAND said "up", and COMMAND's three pids; whatever the test's
+// outcome, none of them outlives it.
+struct command_tree {
+    program wrapper;
+    std::vector<pid_t> pids;
+
+    command_tree(const std::string& t, const std::filesystem::path& pidfile,
+                 const std::string& prefix = "")
+        : wrapper({filelock_run_path(), "--ttl", "2", t, "sh", "-c",
+                   prefix + leaves_children(pidfile)}) {
+        REQUIRE(wrapper.read_line() == "up");
+        pids = pids_in(pidfile);
+        REQUIRE(pids.size() == 3);
+    }
+    command_tree(const command_tree&) = delete;
+    command_tree& operator=(const command_tree&) = delete;
+    ~command_tree() {
+        for (pid_t p : pids)
+            if (alive(p)) ::kill(p, SIGKILL);
+    }
+};
+
+// A second filelock-run of TARGET, whose COMMAND finds none of pids alive.
+void check_second_holder_sees_none(const std::string& t, const std::vector<pid_t>& pids) {
+    std::string err;
+    const int status = run({filelock_run_path(), "-w", "8", t, "sh", "-c", none_alive(pids)}, &err);
+    INFO(err);
+    CHECK(status == 0);
+}
+
 }  // namespace
 
 TEST_CASE(
@@ -356,22 +387,13 @@ TEST_CASE(
     scratch s;
     const auto pidfile = s / "pids";
     const std::string name = "tool-oom/" + std::to_string(::getpid());
-    program wrapper(
-        {filelock_run_path(), "--ttl", "2", target(name), "sh", "-c", leaves_children(pidfile)});
-    REQUIRE(wrapper.read_line() == "up");
-    const auto pids = pids_in(pidfile);
-    REQUIRE(pids.size() == 3);
+    command_tree tree(target(name), pidfile);
     // As the OOM killer would: COMMAND alone, SIGKILL.
-    ::kill(pids[0], SIGKILL);
-    CHECK(wrapper.wait() == 128 + SIGKILL);
+    ::kill(tree.pids[0], SIGKILL);
+    CHECK(tree.wrapper.wait() == 128 + SIGKILL);
     // The lock is released at once (no lease to wait for): a second holder
     // never finds them running.
-    std::string err;
-    CHECK(run({filelock_run_path(), "-w", "8", target(name), "sh", "-c", none_alive(pids)}, &err) ==
-          0);
-    INFO(err);
-    for (pid_t p : pids)
-        if (alive(p)) ::kill(p, SIGKILL);
+    check_second_holder_sees_none(target(name), tree.pids);
 }
 
 TEST_CASE(
@@ -379,22 +401,13 @@ TEST_CASE(
     scratch s;
     const auto pidfile = s / "pids";
     const std::string name = "tool-stop/" + std::to_string(::getpid());
-    program wrapper(
-        {filelock_run_path(), "--ttl", "2", target(name), "sh", "-c", leaves_children(pidfile)});
-    REQUIRE(wrapper.read_line() == "up");
-    const auto pids = pids_in(pidfile);
-    REQUIRE(pids.size() == 3);
+    command_tree tree(target(name), pidfile);
     // No keep-alive goes any more; etcd ends the lease after the TTL and
     // grants the lock to the second run.
-    ::kill(wrapper.pid(), SIGSTOP);
-    std::string err;
-    CHECK(run({filelock_run_path(), "-w", "8", target(name), "sh", "-c", none_alive(pids)}, &err) ==
-          0);
-    INFO(err);
-    ::kill(wrapper.pid(), SIGCONT);
-    CHECK(wrapper.wait() == 75);  // the lock was lost
-    for (pid_t p : pids)
-        if (alive(p)) ::kill(p, SIGKILL);
+    ::kill(tree.wrapper.pid(), SIGSTOP);
+    check_second_holder_sees_none(target(name), tree.pids);
+    ::kill(tree.wrapper.pid(), SIGCONT);
+    CHECK(tree.wrapper.wait() == 75);  // the lock was lost
 }
 
 TEST_CASE(
@@ -404,19 +417,13 @@ TEST_CASE(
     scratch s;
     const auto pidfile = s / "pids";
     const std::string t = "etcd://" + own.endpoint().substr(7) + "/tool-deadline";
-    program wrapper({filelock_run_path(), "--ttl", "2", t, "sh", "-c",
-                     "trap '' TERM; " + leaves_children(pidfile)});
-    REQUIRE(wrapper.read_line() == "up");
-    const auto pids = pids_in(pidfile);
-    REQUIRE(pids.size() == 3);
+    command_tree tree(t, pidfile, "trap '' TERM; ");
     own.kill_member(0);  // no keep-alive is answered any more
     // End of file once filelock-run and every process of COMMAND's tree
     // (they share its stdout) are gone; before, they ran their 30 s.
-    CHECK(wrapper.read_line().empty());
-    for (pid_t p : pids) CHECK(!alive(p));
-    CHECK(wrapper.wait() == 75);
-    for (pid_t p : pids)
-        if (alive(p)) ::kill(p, SIGKILL);
+    CHECK(tree.wrapper.read_line().empty());
+    for (pid_t p : tree.pids) CHECK(!alive(p));
+    CHECK(tree.wrapper.wait() == 75);
 }
 
 TEST_CASE(
@@ -425,11 +432,7 @@ TEST_CASE(
     scratch s;
     const auto pidfile = s / "pids";
     const std::string name = "tool-pkill/" + std::to_string(::getpid());
-    program wrapper(
-        {filelock_run_path(), "--ttl", "2", target(name), "sh", "-c", leaves_children(pidfile)});
-    REQUIRE(wrapper.read_line() == "up");
-    const auto pids = pids_in(pidfile);
-    REQUIRE(pids.size() == 3);
+    command_tree tree(target(name), pidfile);
     // What `pkill -9 -f filelock-run` and `killall -9 filelock-run` do: every
     // process whose command line or name is filelock-run's. COMMAND's
     // command line is not.
@@ -441,11 +444,6 @@ TEST_CASE(
         std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
         if (cmdline.find(t) != std::string::npos) ::kill(std::stoi(pid), SIGKILL);
     }
-    wrapper.wait();
-    std::string err;
-    CHECK(run({filelock_run_path(), "-w", "8", target(name), "sh", "-c", none_alive(pids)}, &err) ==
-          0);
-    INFO(err);
-    for (pid_t p : pids)
-        if (alive(p)) ::kill(p, SIGKILL);
+    tree.wrapper.wait();
+    check_second_holder_sees_none(target(name), tree.pids);
 }
