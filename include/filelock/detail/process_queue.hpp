@@ -48,8 +48,8 @@
 // writer's odd. A reader attempts when no writer's ticket is below its own
 // (readers before the first waiting writer all attempt), and waits for the
 // doorbell of the last writer before it; a reader that is not registered yet
-// and finds a writer waiting (writer_waits()) registers at once instead of
-// attempting. A writer waits for every ticket before its own. Slot waiters
+// and finds a writer waiting (writer_waits()) does not attempt, and counts it
+// as a contended attempt (it registers at the second, as any waiter). A writer waits for every ticket before its own. Slot waiters
 // are readers here (a slot holder holds the file shared): a free slot is not
 // taken while a writer waits, so looping slot users do not starve it.
 //
