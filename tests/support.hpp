@@ -134,6 +134,7 @@ public:
         wait();
         if (ready_ >= 0) ::close(ready_);
     }
+    pid_t pid() const noexcept { return pid_; }
     /// Waits for the child's ready byte; false if it exited first.
     bool ready() {
         char c;
@@ -271,6 +272,9 @@ public:
         in_ = -1;
     }
     pid_t pid() const noexcept { return pid_; }
+    /// The write end of its stdin (a forked child closes its copy, or the
+    /// program never sees EOF while the child lives).
+    int stdin_handle() const noexcept { return in_; }
     int wait() {
         if (pid_ <= 0) return status_;
         int st = 0;

@@ -10,7 +10,12 @@
 
 #include "support.hpp"
 
+#include <condition_variable>
 #include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <sstream>
 #include <sys/stat.h>
 #include <thread>
 
@@ -88,6 +93,38 @@ int watches_of(pid_t pid, const fs::path& p) {
         for (std::string line; std::getline(in, line);)
             n += line.rfind("inotify wd:", 0) == 0 && line.find(ino) != std::string::npos;
     }
+    return n;
+}
+
+// The descriptors of process `pid` on the queue of `p` (the targets of
+// their /proc links, one per descriptor): the queue file's (a ticket, and
+// nothing else keeps it open) and the doorbells (listening sockets named
+// "@filelock.queue.*" in /proc/net/unix).
+std::multiset<std::string> queue_fds(pid_t pid, const fs::path& p) {
+    std::set<std::string> bells;
+    std::ifstream unix_sockets("/proc/net/unix");
+    for (std::string line; std::getline(unix_sockets, line);) {
+        std::istringstream in(line);
+        std::string f[8];
+        for (auto& x : f) in >> x;
+        if (f[7].rfind("@filelock.queue.", 0) == 0) bells.insert("socket:[" + f[6] + "]");
+    }
+    const std::string queue = fs::weakly_canonical(filelock::queue_path(p)).string();
+    std::multiset<std::string> out;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+        std::string to = fs::read_symlink(e.path(), ec).string();
+        if (to == queue || bells.count(to) != 0) out.insert(std::move(to));
+    }
+    return out;
+}
+
+// How many of the descriptors of process `pid` link to one of `targets`.
+int fds_among(pid_t pid, const std::multiset<std::string>& targets) {
+    int n = 0;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec))
+        n += targets.count(fs::read_symlink(e.path(), ec).string()) != 0;
     return n;
 }
 
@@ -399,6 +436,85 @@ TEST_CASE("queue: a slot waiter that comes after a waiting writer waits for it, 
     CHECK(slot.wait() == 0);
     CHECK(lines_of(out) == std::vector<std::string>{"writer", "slot"});
     CHECK(fs::file_size(filelock::queue_path(p)) == 0);
+}
+
+TEST_CASE(
+    "queue: a child forked while a thread waits closes its copies of the ticket and doorbell") {
+    // Before, the child kept a copy of each (2 descriptors) for its whole
+    // life: the ticket stayed held and the doorbell listening after the
+    // waiter left, and the next in line waited a stall (2 s) at a time.
+    flock_held f;
+    std::thread t([&] {
+        auto held = filelock::lock(f.p, 20s);
+        std::ofstream(f.out, std::ios::app) << "thread\n";
+    });
+    REQUIRE(queued(f.p, 1));
+    f.waiters.emplace_back(waiter(f.p, f.out, "1"));
+    REQUIRE(queued(f.p, 2));
+    const auto ours = queue_fds(::getpid(), f.p);
+    REQUIRE(ours.size() == 2);  // the thread's ticket and doorbell
+    const int holder_stdin = f.holder.stdin_handle();
+    child c([&](int ready) {
+        ::close(holder_stdin);  // or flock(1) never sees EOF while the child lives
+        (void)!::write(ready, "r", 1);
+        return 0;
+    });
+    REQUIRE(c.ready());
+    CHECK(fds_among(c.pid(), ours) == 0);
+    CHECK(queue_fds(::getpid(), f.p) == ours);  // the parent's ticket and doorbell stay
+    // The child lives on: the queue goes on in order, with no stall.
+    CHECK(queued(f.p, 2));
+    CHECK(f.finish() == std::vector<int>{0});
+    t.join();
+    CHECK(lines_of(f.out) == std::vector<std::string>{"thread", "1"});
+}
+
+TEST_CASE(
+    "queue: a child forked while a thread holds a lock won in line closes its copy of the "
+    "doorbell") {
+    // The winner keeps its doorbell until it releases (the next in line is
+    // woken then). Before, the child kept a copy of it for its whole life.
+    flock_held f;
+    std::mutex m;
+    std::condition_variable cv;
+    bool won = false, release = false;
+    std::thread t([&] {
+        auto held = filelock::lock(f.p, 20s);
+        std::ofstream(f.out, std::ios::app) << "thread\n";
+        std::unique_lock<std::mutex> g(m);
+        won = true;
+        cv.notify_all();
+        cv.wait(g, [&] { return release; });
+    });
+    REQUIRE(queued(f.p, 1));
+    f.waiters.emplace_back(waiter(f.p, f.out, "1"));
+    REQUIRE(queued(f.p, 2));
+    f.holder.close_stdin();
+    CHECK(f.holder.wait() == 0);
+    {
+        std::unique_lock<std::mutex> g(m);
+        REQUIRE(cv.wait_for(g, 20s, [&] { return won; }));
+    }
+    const auto ours = queue_fds(::getpid(), f.p);
+    CHECK(ours.size() == 1);  // the doorbell (the ticket went with the win)
+    {
+        child c([](int ready) {
+            (void)!::write(ready, "r", 1);
+            return 0;
+        });
+        REQUIRE(c.ready());
+        CHECK(fds_among(c.pid(), ours) == 0);
+        CHECK(queue_fds(::getpid(), f.p) == ours);
+        {
+            std::lock_guard<std::mutex> g(m);
+            release = true;
+        }
+        cv.notify_all();
+        t.join();
+        CHECK(queue_fds(::getpid(), f.p).empty());
+    }  // the child exits, and its copy of the lock with it (see "fork() and exec")
+    CHECK(f.finish() == std::vector<int>{0});
+    CHECK(lines_of(f.out) == std::vector<std::string>{"thread", "1"});
 }
 
 TEST_CASE("queue: deleting the queue file while processes wait never gives two holders") {

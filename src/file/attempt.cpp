@@ -77,7 +77,7 @@ void file_backend::unlock_and_close() noexcept {
     }
     fd_ = no_handle;
     won_ = false;
-    process_queue::close_bell(std::exchange(bell_, -1));  // after the unlock
+    process_queue::close_bell(std::exchange(bell_, -1), fd_generation_);  // after the unlock
 }
 
 bool file_backend::won_inherited() const noexcept {
@@ -95,7 +95,7 @@ std::error_code file_backend::try_acquire() noexcept {
     if (fd_ != no_handle && !fork_stamp{fd_generation_, fd_forks_}.is_private()) {
         close_fd();  // never unlocked: the other process's lock, if any
         won_ = false;
-        process_queue::close_bell(std::exchange(bell_, -1));
+        process_queue::close_bell(std::exchange(bell_, -1), fd_generation_);
     }
     if (won_) return {};
     failed_call_ = nullptr;
@@ -283,8 +283,9 @@ void release_held(const ops& os, held_file& h) noexcept {
     // The doorbell after the unlock: the next in line finds the lock free.
     struct ring_after {
         int bell;
-        ~ring_after() { process_queue::close_bell(bell); }
-    } ring{std::exchange(h.bell, -1)};
+        unsigned generation;
+        ~ring_after() { process_queue::close_bell(bell, generation); }
+    } ring{std::exchange(h.bell, -1), h.generation};
     // A lock another process may share after a fork() is only closed (see
     // file_backend::unlock_and_close), and its file is not removed from
     // under the other holder.

@@ -7,7 +7,10 @@
 
 #include "../platform.hpp"
 
+#include <algorithm>
+#include <mutex>
 #include <utility>
+#include <vector>
 
 #if defined(__linux__)
 #include <cerrno>
@@ -22,27 +25,67 @@
 
 namespace filelock::detail {
 
-process_queue::process_queue(process_queue&& other) noexcept
-    : fd_(std::exchange(other.fd_, -1)),
-      bell_(std::exchange(other.bell_, -1)),
-      turn_(std::exchange(other.turn_, -1)),
-      behind_(std::exchange(other.behind_, 0)),
-      retarget_(std::exchange(other.retarget_, false)),
-      dev_(other.dev_),
-      ino_(other.ino_),
-      ticket_(std::exchange(other.ticket_, 0)),
-      contentions_(other.contentions_),
-      unusable_(other.unusable_),
-      reader_(other.reader_),
-      write_(other.write_),
-      beat_(other.beat_),
-      head_(other.head_),
-      head_write_(other.head_write_),
-      head_since_(other.head_since_),
-      suspect_since_(other.suspect_since_),
-      suspect_(other.suspect_),
-      generation_(other.generation_),
-      forks_(other.forks_) {}
+// The descriptors of the queue that this process holds (see fork() in
+// process_queue.hpp): its waiters that hold some, and the doorbells that
+// winners keep until they release. The mutex guards both lists and every
+// opening and closing of what they hold, and is held across fork(): the
+// child finds each descriptor listed or not yet open, never half done. It
+// is a leaf: nothing else is locked while it is held.
+struct live_tickets {
+#if defined(F_OFD_SETLK)
+    std::mutex mutex;
+    process_queue* first = nullptr;
+    std::vector<int> bells;  // handed over by leave_won(), until close_bell()
+
+    static live_tickets& get() noexcept;
+    // With the mutex held.
+    void link(process_queue& q) noexcept {
+        q.prev_ = nullptr;
+        q.next_ = std::exchange(first, &q);
+        if (q.next_) q.next_->prev_ = &q;
+    }
+    void unlink(process_queue& q) noexcept {
+        (q.prev_ ? q.prev_->next_ : first) = q.next_;
+        if (q.next_) q.next_->prev_ = q.prev_;
+        q.prev_ = q.next_ = nullptr;
+    }
+    static void close_in_child() noexcept;
+#endif
+    static void move(process_queue& to, process_queue& from) noexcept;
+};
+
+void live_tickets::move(process_queue& to, process_queue& from) noexcept {
+#if defined(F_OFD_SETLK)
+    std::unique_lock<std::mutex> g;
+    if (from.fd_ >= 0) g = std::unique_lock<std::mutex>(get().mutex);
+#endif
+    to.fd_ = std::exchange(from.fd_, -1);
+    to.bell_ = std::exchange(from.bell_, -1);
+    to.turn_ = std::exchange(from.turn_, -1);
+    to.behind_ = std::exchange(from.behind_, 0);
+    to.retarget_ = std::exchange(from.retarget_, false);
+    to.dev_ = from.dev_;
+    to.ino_ = from.ino_;
+    to.ticket_ = std::exchange(from.ticket_, 0);
+    to.contentions_ = from.contentions_;
+    to.unusable_ = from.unusable_;
+    to.reader_ = from.reader_;
+    to.write_ = from.write_;
+    to.beat_ = from.beat_;
+    to.head_ = from.head_;
+    to.head_write_ = from.head_write_;
+    to.head_since_ = from.head_since_;
+    to.suspect_since_ = from.suspect_since_;
+    to.suspect_ = from.suspect_;
+#if defined(F_OFD_SETLK)
+    if (to.fd_ >= 0) {
+        get().unlink(from);
+        get().link(to);
+    }
+#endif
+}
+
+process_queue::process_queue(process_queue&& other) noexcept { live_tickets::move(*this, other); }
 
 #if defined(F_OFD_SETLK)
 
@@ -154,8 +197,46 @@ int ring_of(unsigned long long dev, unsigned long long ino, std::uint64_t t) noe
 
 }  // namespace
 
+live_tickets& live_tickets::get() noexcept {
+    static live_tickets* t = [] {
+        auto* made = new live_tickets;  // never destroyed: a lock released during exit uses it
+        at_fork([] { get().mutex.lock(); }, [] { get().mutex.unlock(); }, close_in_child);
+        return made;
+    }();
+    return *t;
+}
+
+// In a forked child, at once: its copies of the parent's descriptors are
+// closed, and nothing else. Closing a copy releases nothing of the parent's
+// (a ticket is an OFD lock: it goes with the description's last descriptor;
+// a doorbell listens until its last descriptor closes); an unlock would
+// release the parent's ticket. The copies of the waiters start
+// unregistered; the doorbells' numbers in the copies of won locks are
+// never closed again (close_bell() knows them by their fork generation).
+void live_tickets::close_in_child() noexcept {
+    const int saved = errno;
+    live_tickets& t = get();
+    for (process_queue* q = std::exchange(t.first, nullptr); q != nullptr;) {
+        process_queue* next = std::exchange(q->next_, nullptr);
+        q->prev_ = nullptr;
+        if (q->turn_ >= 0) q->retarget_ = true;
+        for (int* fd : {&q->fd_, &q->bell_, &q->turn_})
+            if (*fd >= 0) ::close(std::exchange(*fd, -1));
+        q->behind_ = 0;
+        q->ticket_ = 0;
+        q->contentions_ = 0;
+        q->beat_ = false;
+        q = next;
+    }
+    for (int bell : t.bells) ::close(bell);
+    t.bells.clear();  // keeps its memory: no allocator call here
+    t.mutex.unlock();
+    errno = saved;
+}
+
 void process_queue::wait_behind(std::uint64_t predecessor) noexcept {
     if (predecessor == behind_) return;
+    std::lock_guard<std::mutex> g(live_tickets::get().mutex);
     const bool was_turn = turn_ >= 0;
     if (turn_ >= 0) ::close(std::exchange(turn_, -1));
     behind_ = predecessor;
@@ -165,8 +246,16 @@ void process_queue::wait_behind(std::uint64_t predecessor) noexcept {
 }
 
 void process_queue::close_all() noexcept {
+    if (fd_ < 0) return;  // nothing open (a turn_ comes with a ticket)
+    live_tickets& t = live_tickets::get();
+    std::lock_guard<std::mutex> g(t.mutex);
+    close_listed();
+}
+
+void process_queue::close_listed() noexcept {
+    live_tickets::get().unlink(*this);
     // The ticket first: a successor woken by the doorbell finds it gone.
-    if (fd_ >= 0) ::close(std::exchange(fd_, -1));
+    ::close(std::exchange(fd_, -1));
     if (bell_ >= 0) ::close(std::exchange(bell_, -1));
     if (turn_ >= 0) {
         ::close(std::exchange(turn_, -1));
@@ -179,6 +268,7 @@ bool process_queue::writer_waits(const std::filesystem::path& lock_path) noexcep
     if (fd_ >= 0 || unusable_) return false;
     try {
         const std::filesystem::path q = queue_path(lock_path);
+        std::lock_guard<std::mutex> g(live_tickets::get().mutex);  // no child keeps a copy
         int fd;
         do fd = ::open(q.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK);
         while (fd == -1 && errno == EINTR);
@@ -203,7 +293,8 @@ void process_queue::contended(const std::filesystem::path& lock_path, unsigned m
     reader_ = reader;
     try {
         const std::filesystem::path q = queue_path(lock_path);
-        const fork_stamp stamp = fork_stamp::now();
+        live_tickets& tickets = live_tickets::get();
+        std::unique_lock<std::mutex> g(tickets.mutex);  // until listed: see fork()
         int fd;
         do
             fd =
@@ -251,8 +342,8 @@ void process_queue::contended(const std::filesystem::path& lock_path, unsigned m
                 write_ = true;
                 head_ = 0;
                 head_since_ = now;
-                generation_ = stamp.generation;
-                forks_ = stamp.forks;
+                tickets.link(*this);
+                g.unlock();
                 wait_behind(predecessor());
                 return;
             }
@@ -269,14 +360,6 @@ void process_queue::contended(const std::filesystem::path& lock_path, unsigned m
 
 bool process_queue::may_attempt(clock::time_point now) noexcept {
     if (fd_ < 0) return true;
-    if (!fork_stamp{generation_, forks_}.is_private()) {
-        // A forked child's copy: the ticket is the parent's (an unlock here
-        // would drop it for both). Close it only, and register anew.
-        close_all();
-        ticket_ = 0;
-        contentions_ = 0;
-        return true;
-    }
     // The lowest ticket below ours: the head. A reader's: the lowest
     // writer's (readers before it attempt as it does).
     std::uint64_t head = 0, at = 0;
@@ -345,8 +428,7 @@ std::uint64_t process_queue::predecessor() const noexcept {
 
 void process_queue::leave() noexcept {
     // Closing drops the ticket (the only lock on this description) and
-    // rings the doorbell, unless a forked child shares them: the ticket
-    // then stays until both have closed it, which only delays the order.
+    // rings the doorbell: no forked child keeps a copy of either.
     close_all();
     ticket_ = 0;
     contentions_ = 0;
@@ -356,13 +438,39 @@ void process_queue::leave() noexcept {
 int process_queue::leave_won() noexcept {
     // A successor connected to the doorbell would only wake to find the
     // lock held: it is woken when the lock is released (close_bell()).
-    const int bell = std::exchange(bell_, -1);
-    leave();
+    int bell = -1;
+    if (fd_ >= 0) {
+        live_tickets& t = live_tickets::get();
+        std::lock_guard<std::mutex> g(t.mutex);
+        if (bell_ >= 0) {
+            try {
+                t.bells.push_back(bell_);
+                bell = std::exchange(bell_, -1);
+            } catch (...) {
+                // Out of memory: it goes with the ticket (the next in line
+                // wakes once more, to find the lock held).
+            }
+        }
+        close_listed();
+    }
+    ticket_ = 0;
+    contentions_ = 0;
+    beat_ = false;
     return bell;
 }
 
-void process_queue::close_bell(int bell) noexcept {
-    if (bell >= 0) ::close(bell);
+void process_queue::close_bell(int bell, unsigned generation) noexcept {
+    // A forked child's copy of a parent's doorbell was closed at the fork,
+    // and its number may be a descriptor of the child's own by now.
+    if (bell < 0 || generation != fork_generation()) return;
+    live_tickets& t = live_tickets::get();
+    std::lock_guard<std::mutex> g(t.mutex);
+    auto it = std::find(t.bells.begin(), t.bells.end(), bell);
+    if (it != t.bells.end()) {
+        *it = t.bells.back();
+        t.bells.pop_back();
+    }
+    ::close(bell);  // under the mutex: a child forked now never has a copy
 }
 
 #else  // no OFD locks: never registers
@@ -381,7 +489,7 @@ int process_queue::leave_won() noexcept {
     leave();
     return -1;
 }
-void process_queue::close_bell(int) noexcept {}
+void process_queue::close_bell(int, unsigned) noexcept {}
 
 #endif
 

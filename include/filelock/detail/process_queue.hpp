@@ -49,9 +49,20 @@
 // (readers before the first waiting writer all attempt), and waits for the
 // doorbell of the last writer before it; a reader that is not registered yet
 // and finds a writer waiting (writer_waits()) does not attempt, and counts it
-// as a contended attempt (it registers at the second, as any waiter). A writer waits for every ticket before its own. Slot waiters
-// are readers here (a slot holder holds the file shared): a free slot is not
-// taken while a writer waits, so looping slot users do not starve it.
+// as a contended attempt (it registers at the second, as any waiter). A writer waits for every
+// ticket before its own. Slot waiters are readers here (a slot holder holds the file shared): a
+// free slot is not taken while a writer waits, so looping slot users do not starve it.
+//
+// fork(): a child never keeps a copy of the queue's descriptors (a
+// waiter's ticket, its doorbell, its connection to a predecessor's, a
+// winner's doorbell kept with its lock): a pthread_atfork child handler
+// closes them at once, from a registry of those the process holds, and
+// does nothing else (no unlock: the copies share the parent's locks). A
+// copy would keep the ticket held and the doorbell listening after the
+// waiter left or the lock was released, and its successors would wait a
+// stall at a time for as long as the child lives. The parent's waiter keeps
+// its ticket; the child's copy of it (whose thread or loop the child may not
+// have) starts unregistered.
 //
 // Linux only (OFD locks); elsewhere it never registers.
 
@@ -94,8 +105,10 @@ public:
     /// the head), the doorbell is handed over (-1: none), for close_bell()
     /// once the lock won is released: the next in line is woken then.
     int leave_won() noexcept;
-    /// Closes a doorbell handed over by leave_won() (-1: nothing).
-    static void close_bell(int bell) noexcept;
+    /// Closes a doorbell handed over by leave_won() (-1: nothing) in the
+    /// fork generation of the lock won (fork_generation(), src/platform.hpp):
+    /// a forked child's copy, closed at the fork, is left alone.
+    static void close_bell(int bell, unsigned generation) noexcept;
     /// The ticket held (0: not registered).
     std::uint64_t ticket() const noexcept { return ticket_; }
 
@@ -117,6 +130,7 @@ private:
     std::uint64_t predecessor() const noexcept;
     void wait_behind(std::uint64_t predecessor) noexcept;
     void close_all() noexcept;
+    void close_listed() noexcept;  // close_all(), the registry's mutex held
 
     int fd_ = -1;
     int bell_ = -1;             // our doorbell (a listening socket)
@@ -136,8 +150,10 @@ private:
     clock::time_point head_since_{};
     clock::time_point suspect_since_{};
     bool suspect_ = false;
-    // fork bookkeeping of fd_ (see fork_stamp in src/platform.hpp)
-    unsigned generation_ = 0, forks_ = 0;
+    // The registry of waiters holding descriptors (fd_ >= 0), for fork.
+    friend struct live_tickets;
+    process_queue* prev_ = nullptr;
+    process_queue* next_ = nullptr;
 };
 
 }  // namespace filelock::detail
