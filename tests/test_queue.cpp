@@ -439,20 +439,27 @@ TEST_CASE("queue: a slot waiter that comes after a waiting writer waits for it, 
 }
 
 TEST_CASE(
-    "queue: a child forked while a thread waits closes its copies of the ticket and doorbell") {
-    // Before, the child kept a copy of each (2 descriptors) for its whole
-    // life: the ticket stayed held and the doorbell listening after the
-    // waiter left, and the next in line waited a stall (2 s) at a time.
+    "queue: a child forked while a thread waits closes its copies of the queue's descriptors") {
+    // Before, the child kept a copy of each for its whole life: the ticket
+    // stayed held and the doorbell listening after the waiter left, and the
+    // next in line waited a stall (2 s) at a time.
     flock_held f;
+    f.line_up(0, 0);
     std::thread t([&] {
         auto held = filelock::lock(f.p, 20s);
         std::ofstream(f.out, std::ios::app) << "thread\n";
     });
-    REQUIRE(queued(f.p, 1));
-    f.waiters.emplace_back(waiter(f.p, f.out, "1"));
     REQUIRE(queued(f.p, 2));
-    const auto ours = queue_fds(::getpid(), f.p);
-    REQUIRE(ours.size() == 2);  // the thread's ticket and doorbell
+    f.line_up(1, 1, 2);
+    // The thread's ticket and doorbell, its connection to 0's doorbell and
+    // the release watcher's copy of it (the test's only sockets).
+    auto ours = queue_fds(::getpid(), f.p);
+    for (const auto& e : fs::directory_iterator("/proc/self/fd")) {
+        std::error_code ec;
+        const std::string to = fs::read_symlink(e.path(), ec).string();
+        if (to.rfind("socket:", 0) == 0 && ours.count(to) == 0) ours.insert(to);
+    }
+    REQUIRE(fds_among(::getpid(), ours) == 4);
     const int holder_stdin = f.holder.stdin_handle();
     child c([&](int ready) {
         ::close(holder_stdin);  // or flock(1) never sees EOF while the child lives
@@ -461,12 +468,12 @@ TEST_CASE(
     });
     REQUIRE(c.ready());
     CHECK(fds_among(c.pid(), ours) == 0);
-    CHECK(queue_fds(::getpid(), f.p) == ours);  // the parent's ticket and doorbell stay
+    CHECK(fds_among(::getpid(), ours) == 4);  // the parent's stay
     // The child lives on: the queue goes on in order, with no stall.
-    CHECK(queued(f.p, 2));
-    CHECK(f.finish() == std::vector<int>{0});
+    CHECK(queued(f.p, 3));
+    CHECK(f.finish() == std::vector<int>{0, 0});
     t.join();
-    CHECK(lines_of(f.out) == std::vector<std::string>{"thread", "1"});
+    CHECK(lines_of(f.out) == std::vector<std::string>{"0", "thread", "1"});
 }
 
 TEST_CASE(

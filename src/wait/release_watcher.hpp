@@ -16,7 +16,9 @@
 // process_queue.hpp). Its driver hands a descriptor that becomes readable
 // then (a socket connected to the predecessor's doorbell); the watcher keeps
 // a copy of it in an epoll set beside the inotify instance, and the epoll
-// descriptor is the one drivers wait on. Not thread-safe.
+// descriptor is the one drivers wait on; a forked child closes its copies of
+// the turns at the fork (an inherited watcher never closes them again). Not
+// thread-safe.
 
 #include "release_registry.hpp"
 
