@@ -1642,7 +1642,8 @@ TEST_CASE("etcd: filelock-run sends the lost signal to COMMAND and exits 75", "[
     const std::string cmd = "(" + run_tool() + " --lost-signal USR1 " + etcd_target(name) +
                             " sh -c 'trap \"echo usr1 > " + got.string() +
                             "; exit 3\" USR1; sleep 20 & wait' >/dev/null 2>&1; echo $? > " +
-                            (dir / "status").string() + ") &";
+                            (dir / "status.tmp").string() + "; mv " +
+                            (dir / "status.tmp").string() + " " + (dir / "status").string() + ") &";
     REQUIRE(std::system(cmd.c_str()) == 0);
     std::vector<std::string> keys;
     for (int i = 0; i < 500 && keys.empty(); ++i) {
@@ -1651,9 +1652,10 @@ TEST_CASE("etcd: filelock-run sends the lost signal to COMMAND and exits 75", "[
     }
     REQUIRE(keys.size() == 1);
     member().ctl("lease revoke " + keys[0].substr(keys[0].rfind('/') + 1));
-    for (int i = 0; i < 1000 && !std::filesystem::exists(dir / "status"); ++i)
+    // The status file appears whole (renamed into place): no sleep that
+    // guesses when the shell has written it.
+    for (int i = 0; i < 3000 && !std::filesystem::exists(dir / "status"); ++i)
         std::this_thread::sleep_for(10ms);
-    std::this_thread::sleep_for(50ms);
     int status = -1;
     std::ifstream(dir / "status") >> status;
     CHECK(status == 75);
