@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: MIT
-// A COMMAND for filelock-run's signal tests: prints "up", then counts the
-// deliveries of SIGTERM (or of the signal ARGV[2] names: TERM, INT, HUP) for
-// ARGV[1] milliseconds (each delivery runs the handler once; two sends
-// coalesce only while one is still pending) and prints the count.
+// A COMMAND for filelock-run's signal tests: prints "up", waits up to 30 s
+// for a first delivery of SIGTERM (or of the signal ARGV[2] names: TERM,
+// INT, HUP), counts the deliveries until ARGV[1] milliseconds after that
+// first one (each delivery runs the handler once; two sends coalesce only
+// while one is still pending) and prints the count. The window starts at the
+// first delivery, not at "up": a test delayed under load still sees a second
+// delivery that follows the first.
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -25,6 +28,10 @@ int main(int argc, char** argv) {
     std::printf("up\n");
     std::fflush(stdout);
     const long ms = argc > 1 ? std::atol(argv[1]) : 1000;
+    for (int tick = 0; deliveries == 0 && tick < 3000; ++tick) {
+        timespec ten_ms{0, 10000000L};
+        nanosleep(&ten_ms, nullptr);  // an interrupted sleep: looked at again
+    }
     timespec left{ms / 1000, (ms % 1000) * 1000000L};
     while (nanosleep(&left, &left) != 0) {
     }
