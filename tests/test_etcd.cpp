@@ -247,6 +247,9 @@ TEST_CASE("etcd: waiters of one client queue locally: one key, one watch", "[etc
     const auto watches_before = b.watches();
     for (auto& o : os) start_lock(b, name, 30s, o);
     REQUIRE(run_until(io, [&] { return member().keys(name + "/").size() == 2; }));
+    // The head's watch comes after its key (and its read of the earlier
+    // keys): waited for, then 200 ms more for any other to show.
+    REQUIRE(run_until(io, [&] { return b.watches() > watches_before; }));
     io.restart();
     io.run_for(200ms);
     CHECK(member().keys(name + "/").size() == 2);  // a's and b's queue head's
