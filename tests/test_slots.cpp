@@ -269,6 +269,7 @@ TEST_CASE("slots: cancellation and timeout leave no slot taken, in every driver"
     const auto others_only = [&] {
         // The two children's flock and byte locks, and nothing of ours.
         const auto lines = proc_locks(p);
+        CAPTURE(lines, a.pid(), b.pid());
         CHECK(lines.size() == 4);
         CHECK(count_with(lines, "FLOCK  ADVISORY  READ") == 2);
         CHECK(count_with(lines, "OFDLCK ADVISORY  WRITE") == 2);
