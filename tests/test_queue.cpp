@@ -10,8 +10,10 @@
 
 #include "support.hpp"
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdio>
+#include <fcntl.h>
 #include <fstream>
 #include <mutex>
 #include <set>
@@ -22,6 +24,10 @@
 using namespace test;
 using steady = filelock::detail::clock;
 using filelock::detail::process_queue;
+
+namespace filelock::detail {
+unsigned fork_generation() noexcept;  // src/platform.hpp
+}
 
 namespace {
 
@@ -522,6 +528,161 @@ TEST_CASE(
     }  // the child exits, and its copy of the lock with it (see "fork() and exec")
     CHECK(f.finish() == std::vector<int>{0});
     CHECK(lines_of(f.out) == std::vector<std::string>{"thread", "1"});
+}
+
+TEST_CASE(
+    "queue: a child forked by a waiter's own thread starts unregistered, closes no descriptor of "
+    "its own, and lines up anew") {
+    // The forking thread's waiters (a loop's operations) live on in the
+    // child: their copies are closed at the fork, so the numbers may be the
+    // child's own files by the time they leave or register again.
+    scratch s;
+    const auto p = s / "a.lock";
+    const auto t0 = steady::now();
+    process_queue a, b;
+    for (auto* q : {&a, &a, &b, &b}) q->contended(p, 0644, t0);
+    REQUIRE(a.ticket() == 1);
+    REQUIRE(b.ticket() == 3);
+    REQUIRE(b.turn_handle() >= 0);
+    const auto ours = queue_fds(::getpid(), p);
+    std::vector<int> numbers;  // ours, and the rest: the child's files go on those closed
+    for (const auto& e : fs::directory_iterator("/proc/self/fd"))
+        if (const int n = std::stoi(e.path().filename()); n < 1000) numbers.push_back(n);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        int bad = 0;
+        if (a.ticket() != 0 || b.ticket() != 0 || b.turn_handle() != -1) bad |= 1;
+        if (fds_among(::getpid(), ours) != 0) bad |= 2;
+        std::vector<int> files;
+        for (int n : numbers)
+            if (::fcntl(n, F_GETFD) == -1) {
+                const int f = ::open("/dev/null", O_RDONLY);
+                if (f != n && (::dup2(f, n) != n || ::close(f) != 0)) bad |= 4;
+                files.push_back(n);
+            }
+        a.leave();
+        b.leave();
+        // Behind the parent's tickets, which stay.
+        process_queue c;
+        c.contended(p, 0644, t0);
+        c.contended(p, 0644, t0);
+        if (c.ticket() != 5 || c.may_attempt(t0)) bad |= 8;
+        c.leave();
+        for (int n : files)
+            if (::fcntl(n, F_GETFD) == -1) bad |= 16;
+        ::_exit(bad);
+    }
+    int st = 0;
+    REQUIRE(::waitpid(pid, &st, 0) == pid);
+    CHECK(WIFEXITED(st));
+    CHECK(WEXITSTATUS(st) == 0);
+    CHECK(queue_fds(::getpid(), p) == ours);
+    CHECK(a.may_attempt(t0));
+    CHECK_FALSE(b.may_attempt(t0));
+    a.leave();
+    CHECK(b.may_attempt(t0));
+}
+
+TEST_CASE(
+    "queue: a forked child and its own child never close the number of a winner's doorbell "
+    "again") {
+    scratch s;
+    const auto p = s / "a.lock";
+    const auto t0 = steady::now();
+    process_queue a;
+    a.contended(p, 0644, t0);
+    a.contended(p, 0644, t0);
+    const int bell = a.leave_won();
+    REQUIRE(bell >= 0);
+    const unsigned generation = filelock::detail::fork_generation();
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        int bad = ::fcntl(bell, F_GETFD) == -1 ? 0 : 1;  // closed at the fork
+        // The child's own file on that number: the lock's release leaves it.
+        const int f = ::open("/dev/null", O_RDONLY);
+        if (f != bell && (::dup2(f, bell) != bell || ::close(f) != 0)) bad |= 2;
+        process_queue::close_bell(bell, generation);
+        if (::fcntl(bell, F_GETFD) == -1) bad |= 4;
+        const pid_t grandchild = ::fork();
+        if (grandchild == 0) ::_exit(::fcntl(bell, F_GETFD) == -1 ? 1 : 0);
+        int st = 0;
+        if (::waitpid(grandchild, &st, 0) != grandchild || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            bad |= 8;
+        ::_exit(bad);
+    }
+    int st = 0;
+    REQUIRE(::waitpid(pid, &st, 0) == pid);
+    CHECK(WIFEXITED(st));
+    CHECK(WEXITSTATUS(st) == 0);
+    CHECK(::fcntl(bell, F_GETFD) != -1);  // the parent's stays until its lock's release
+    process_queue::close_bell(bell, generation);
+    CHECK(::fcntl(bell, F_GETFD) == -1);
+}
+
+TEST_CASE(
+    "queue: children forked while threads register, win and give up hold none of the queue's "
+    "descriptors") {
+    // The registries' mutexes are held across fork(): a child never finds a
+    // descriptor half opened or half closed, and the parent leaks none.
+    flock_held f;
+    f.line_up(0, 0);
+    scratch s2;
+    const auto p2 = s2 / "b.lock";
+    std::atomic<bool> stop{false};
+    std::atomic<int> timeouts{0}, wins{0};
+    std::thread waits([&] {  // behind 0: registers, connects a turn, gives up
+        while (!stop) {
+            std::error_code ec;
+            auto l = filelock::lock(f.p, 20ms, ec);
+            timeouts += ec == filelock::errc::timeout;
+        }
+    });
+    std::thread wins_in_line([&] {
+        while (!stop) {
+            process_queue a, b;
+            const auto now = steady::now();
+            for (auto* q : {&a, &a, &b, &b}) q->contended(p2, 0644, now);
+            (void)b.may_attempt(now);
+            process_queue::close_bell(a.leave_won(), filelock::detail::fork_generation());
+            ++wins;
+        }
+    });
+    const std::string queue = fs::weakly_canonical(filelock::queue_path(f.p)).string();
+    const std::string queue2 = fs::weakly_canonical(filelock::queue_path(p2)).string();
+    // The queue files' descriptors, and sockets (the test has none of its own).
+    const auto queue_like = [&] {
+        int n = 0;
+        std::error_code ec;
+        for (const auto& e : fs::directory_iterator("/proc/self/fd", ec)) {
+            const std::string to = fs::read_symlink(e.path(), ec).string();
+            n += to == queue || to == queue2 || to.rfind("socket:", 0) == 0;
+        }
+        return n;
+    };
+    const int holder_stdin = f.holder.stdin_handle();
+    int kept = 0;
+    for (int i = 0; i < 100; ++i) {
+        const pid_t pid = ::fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) {
+            ::close(holder_stdin);
+            ::_exit(queue_like() == 0 ? 0 : 1);
+        }
+        int st = 0;
+        REQUIRE(::waitpid(pid, &st, 0) == pid);
+        kept += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+        std::this_thread::sleep_for(2ms);
+    }
+    stop = true;
+    waits.join();
+    wins_in_line.join();
+    CHECK(kept == 0);
+    CHECK(timeouts > 0);
+    CHECK(wins > 0);
+    CHECK(queue_like() == 0);  // the threads closed all of theirs
+    CHECK(f.finish() == std::vector<int>{0});
 }
 
 TEST_CASE("queue: deleting the queue file while processes wait never gives two holders") {
