@@ -165,6 +165,15 @@ private:
     int ready_ = -1, go_ = -1, status_ = -1;
 };
 
+/// Runs `body` (no arguments, returning an int) in a child process to its
+/// end: the child's exit status, `body`'s value (99 if it threw).
+template <class F>
+int run_in_child(F body) {
+    child c([&](int) { return body(); });
+    c.release();
+    return c.wait();
+}
+
 /// A child that holds the lock on `p` through the library until released.
 inline child hold_in_child(const fs::path& p, filelock::lock_options opts = {}) {
     return child([p, opts](int ready) {
@@ -190,15 +199,13 @@ inline int raw_ofd_lock(int fd, short type, off_t start, off_t length) {
 /// A child process that tries F_OFD_SETLK (`type`) on one byte of `p`, and
 /// exits 0 (won), 1 (contention: EAGAIN/EACCES) or 2 (another error).
 inline int probe_in_child(const fs::path& p, short type, off_t start) {
-    child c([&](int) {
+    return run_in_child([&] {
         const int fd = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
         if (fd < 0) return 2;
         const int err = raw_ofd_lock(fd, type, start, 1);
         ::close(fd);
         return err == 0 ? 0 : (err == EAGAIN || err == EACCES) ? 1 : 2;
     });
-    c.release();
-    return c.wait();
 }
 
 /// A child process that holds F_OFD_SETLK (`type`) on one byte of `p` until

@@ -134,6 +134,13 @@ int fds_among(pid_t pid, const std::multiset<std::string>& targets) {
     return n;
 }
 
+// Opens a file of this process's own (/dev/null) on the number `n`, as a
+// program that opens files after a fork does: false if it could not.
+bool own_file_on(int n) {
+    const int f = ::open("/dev/null", O_RDONLY);
+    return f == n || (f >= 0 && ::dup2(f, n) == n && ::close(f) == 0);
+}
+
 // flock(1) holding `p` until its stdin closes.
 program flock_holder(const fs::path& p) {
     return program({"flock", p.string(), "-c", "echo locked; exec cat"});
@@ -548,17 +555,14 @@ TEST_CASE(
     std::vector<int> numbers;  // ours, and the rest: the child's files go on those closed
     for (const auto& e : fs::directory_iterator("/proc/self/fd"))
         if (const int n = std::stoi(e.path().filename()); n < 1000) numbers.push_back(n);
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
+    const int bad = run_in_child([&] {
         int bad = 0;
         if (a.ticket() != 0 || b.ticket() != 0 || b.turn_handle() != -1) bad |= 1;
         if (fds_among(::getpid(), ours) != 0) bad |= 2;
         std::vector<int> files;
         for (int n : numbers)
             if (::fcntl(n, F_GETFD) == -1) {
-                const int f = ::open("/dev/null", O_RDONLY);
-                if (f != n && (::dup2(f, n) != n || ::close(f) != 0)) bad |= 4;
+                if (!own_file_on(n)) bad |= 4;
                 files.push_back(n);
             }
         a.leave();
@@ -571,12 +575,9 @@ TEST_CASE(
         c.leave();
         for (int n : files)
             if (::fcntl(n, F_GETFD) == -1) bad |= 16;
-        ::_exit(bad);
-    }
-    int st = 0;
-    REQUIRE(::waitpid(pid, &st, 0) == pid);
-    CHECK(WIFEXITED(st));
-    CHECK(WEXITSTATUS(st) == 0);
+        return bad;
+    });
+    CHECK(bad == 0);
     CHECK(queue_fds(::getpid(), p) == ours);
     CHECK(a.may_attempt(t0));
     CHECK_FALSE(b.may_attempt(t0));
@@ -596,26 +597,16 @@ TEST_CASE(
     const int bell = a.leave_won();
     REQUIRE(bell >= 0);
     const unsigned generation = filelock::detail::fork_generation();
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
+    const int bad = run_in_child([&] {
         int bad = ::fcntl(bell, F_GETFD) == -1 ? 0 : 1;  // closed at the fork
         // The child's own file on that number: the lock's release leaves it.
-        const int f = ::open("/dev/null", O_RDONLY);
-        if (f != bell && (::dup2(f, bell) != bell || ::close(f) != 0)) bad |= 2;
+        if (!own_file_on(bell)) bad |= 2;
         process_queue::close_bell(bell, generation);
         if (::fcntl(bell, F_GETFD) == -1) bad |= 4;
-        const pid_t grandchild = ::fork();
-        if (grandchild == 0) ::_exit(::fcntl(bell, F_GETFD) == -1 ? 1 : 0);
-        int st = 0;
-        if (::waitpid(grandchild, &st, 0) != grandchild || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
-            bad |= 8;
-        ::_exit(bad);
-    }
-    int st = 0;
-    REQUIRE(::waitpid(pid, &st, 0) == pid);
-    CHECK(WIFEXITED(st));
-    CHECK(WEXITSTATUS(st) == 0);
+        if (run_in_child([&] { return ::fcntl(bell, F_GETFD) == -1 ? 1 : 0; }) != 0) bad |= 8;
+        return bad;
+    });
+    CHECK(bad == 0);
     CHECK(::fcntl(bell, F_GETFD) != -1);  // the parent's stays until its lock's release
     process_queue::close_bell(bell, generation);
     CHECK(::fcntl(bell, F_GETFD) == -1);
@@ -664,15 +655,10 @@ TEST_CASE(
     const int holder_stdin = f.holder.stdin_handle();
     int kept = 0;
     for (int i = 0; i < 100; ++i) {
-        const pid_t pid = ::fork();
-        REQUIRE(pid >= 0);
-        if (pid == 0) {
-            ::close(holder_stdin);
-            ::_exit(queue_like() == 0 ? 0 : 1);
-        }
-        int st = 0;
-        REQUIRE(::waitpid(pid, &st, 0) == pid);
-        kept += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+        kept += run_in_child([&] {
+                    ::close(holder_stdin);
+                    return queue_like() == 0 ? 0 : 1;
+                }) != 0;
         std::this_thread::sleep_for(2ms);
     }
     stop = true;
