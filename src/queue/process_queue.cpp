@@ -7,12 +7,12 @@
 
 #include "../platform.hpp"
 
-#include <algorithm>
 #include <mutex>
 #include <utility>
-#include <vector>
 
 #if defined(__linux__)
+#include "../posix/fork_closed.hpp"
+
 #include <cerrno>
 #include <cstddef>
 #include <cstdio>
@@ -26,16 +26,17 @@
 namespace filelock::detail {
 
 // The descriptors of the queue that this process holds (see fork() in
-// process_queue.hpp): its waiters that hold some, and the doorbells that
-// winners keep until they release. The mutex guards both lists and every
-// opening and closing of what they hold, and is held across fork(): the
-// child finds each descriptor listed or not yet open, never half done. It
-// is a leaf: nothing else is locked while it is held.
+// process_queue.hpp): its waiters that hold some, listed here, and the
+// doorbells that winners keep until they release, in fork_closed's list
+// (handed over by leave_won(), until close_bell()). fork_closed's mutex
+// guards both lists and every opening and closing of what they hold, and is
+// held across fork(): the child finds each descriptor listed or not yet
+// open, never half done. It is a leaf: nothing else is locked while it is
+// held.
 struct live_tickets {
 #if defined(F_OFD_SETLK)
-    std::mutex mutex;
+    std::mutex& mutex = fork_closed::get().mutex();
     process_queue* first = nullptr;
-    std::vector<int> bells;  // handed over by leave_won(), until close_bell()
 
     static live_tickets& get() noexcept;
     // With the mutex held.
@@ -200,7 +201,8 @@ int ring_of(unsigned long long dev, unsigned long long ino, std::uint64_t t) noe
 live_tickets& live_tickets::get() noexcept {
     static live_tickets* t = [] {
         auto* made = new live_tickets;  // never destroyed: a lock released during exit uses it
-        at_fork([] { get().mutex.lock(); }, [] { get().mutex.unlock(); }, close_in_child);
+        // fork_closed's handlers lock and unlock the mutex around the fork.
+        at_fork(nullptr, nullptr, close_in_child);
         return made;
     }();
     return *t;
@@ -211,8 +213,7 @@ live_tickets& live_tickets::get() noexcept {
 // (a ticket is an OFD lock: it goes with the description's last descriptor;
 // a doorbell listens until its last descriptor closes); an unlock would
 // release the parent's ticket. The copies of the waiters start
-// unregistered; the doorbells' numbers in the copies of won locks are
-// never closed again (close_bell() knows them by their fork generation).
+// unregistered. (The doorbells of won locks are fork_closed's.)
 void live_tickets::close_in_child() noexcept {
     const int saved = errno;
     live_tickets& t = get();
@@ -228,9 +229,6 @@ void live_tickets::close_in_child() noexcept {
         q->beat_ = false;
         q = next;
     }
-    for (int bell : t.bells) ::close(bell);
-    t.bells.clear();  // keeps its memory: no allocator call here
-    t.mutex.unlock();
     errno = saved;
 }
 
@@ -440,17 +438,10 @@ int process_queue::leave_won() noexcept {
     // lock held: it is woken when the lock is released (close_bell()).
     int bell = -1;
     if (fd_ >= 0) {
-        live_tickets& t = live_tickets::get();
-        std::lock_guard<std::mutex> g(t.mutex);
-        if (bell_ >= 0) {
-            try {
-                t.bells.push_back(bell_);
-                bell = std::exchange(bell_, -1);
-            } catch (...) {
-                // Out of memory: it goes with the ticket (the next in line
-                // wakes once more, to find the lock held).
-            }
-        }
+        std::lock_guard<std::mutex> g(live_tickets::get().mutex);
+        // Out of memory, it goes with the ticket (the next in line wakes
+        // once more, to find the lock held).
+        if (bell_ >= 0 && fork_closed::get().add(bell_)) bell = std::exchange(bell_, -1);
         close_listed();
     }
     ticket_ = 0;
@@ -463,14 +454,9 @@ void process_queue::close_bell(int bell, unsigned generation) noexcept {
     // A forked child's copy of a parent's doorbell was closed at the fork,
     // and its number may be a descriptor of the child's own by now.
     if (bell < 0 || generation != fork_generation()) return;
-    live_tickets& t = live_tickets::get();
-    std::lock_guard<std::mutex> g(t.mutex);
-    auto it = std::find(t.bells.begin(), t.bells.end(), bell);
-    if (it != t.bells.end()) {
-        *it = t.bells.back();
-        t.bells.pop_back();
-    }
-    ::close(bell);  // under the mutex: a child forked now never has a copy
+    fork_closed& c = fork_closed::get();
+    std::lock_guard<std::mutex> g(c.mutex());
+    c.close(bell);  // under the mutex: a child forked now never has a copy
 }
 
 #else  // no OFD locks: never registers

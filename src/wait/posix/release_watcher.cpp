@@ -3,6 +3,7 @@
 
 // Linux's release events (inotify); meson builds src/wait/none.cpp instead
 // where there is no inotify.
+#include "../../posix/fork_closed.hpp"
 #include "../../posix/sys.hpp"
 
 #include <algorithm>
@@ -25,43 +26,6 @@ constexpr std::uint32_t watch_mask =
 constexpr std::uint64_t inotify_tag = ~std::uint64_t(0);
 
 int decode_turn(int wd) noexcept { return release_watcher::turn_base - wd; }
-
-// The turns' copies that this process holds, of every watcher: a forked
-// child closes its copies of them at the fork (each is a connection to a
-// doorbell of the cross-process queue, see process_queue.hpp), and nothing
-// else. The mutex guards the list and every opening and closing of a copy,
-// and is held across fork(); it is a leaf. An inherited watcher never
-// closes its turns again: their numbers may be the child's own by then.
-struct turn_copies {
-    std::mutex mutex;
-    std::vector<int> fds;
-
-    static turn_copies& get() noexcept {
-        static turn_copies* t = [] {
-            auto* made = new turn_copies;  // never destroyed: usable during exit
-            at_fork([] { get().mutex.lock(); }, [] { get().mutex.unlock(); },
-                    [] {
-                        const int saved = errno;
-                        turn_copies& c = get();
-                        for (int fd : c.fds) ::close(fd);
-                        c.fds.clear();  // keeps its memory: no allocator call here
-                        c.mutex.unlock();
-                        errno = saved;
-                    });
-            return made;
-        }();
-        return *t;
-    }
-    // With the mutex held.
-    void close(int fd) noexcept {
-        auto it = std::find(fds.begin(), fds.end(), fd);
-        if (it != fds.end()) {
-            *it = fds.back();
-            fds.pop_back();
-        }
-        sys().close(fd);
-    }
-};
 
 }  // namespace
 
@@ -117,8 +81,8 @@ void release_watcher::abandon() noexcept {
     if (ep_ >= 0) sys().close(ep_);
     if (efd_ >= 0) sys().close(efd_);
     if (!turns_.empty() && generation_ == fork_generation()) {
-        turn_copies& c = turn_copies::get();
-        std::lock_guard<std::mutex> g(c.mutex);
+        fork_closed& c = fork_closed::get();
+        std::lock_guard<std::mutex> g(c.mutex());
         for (int t : turns_) c.close(t);
     }
     turns_.clear();  // an inherited watcher's: closed at the fork
@@ -129,14 +93,20 @@ void release_watcher::abandon() noexcept {
 
 int release_watcher::add_turn(int fd) noexcept {
     if (ep_ < 0 || fd < 0) return -1;
-    turn_copies& c = turn_copies::get();
-    std::lock_guard<std::mutex> g(c.mutex);
+    // The turns' copies are closed by a forked child at the fork (each is a
+    // connection to a doorbell of the cross-process queue), and never again
+    // by an inherited watcher: their numbers may be the child's own by then.
+    fork_closed& c = fork_closed::get();
+    std::lock_guard<std::mutex> g(c.mutex());
     // A copy of our own: the caller may close its descriptor (and the
     // number be reused) before the waiter stops waiting.
     const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (copy < 0) return -1;
+    if (!c.add(copy)) {
+        sys().close(copy);
+        return -1;
+    }
     try {
-        c.fds.push_back(copy);
         turns_.push_back(copy);
     } catch (...) {
         c.close(copy);
@@ -179,8 +149,8 @@ void release_watcher::remove(int wd) noexcept {
         // description elsewhere would keep it there after our close).
         ::epoll_event ev{};
         if (::epoll_ctl(ep_, EPOLL_CTL_DEL, copy, &ev) == 0) --armed_;
-        turn_copies& c = turn_copies::get();
-        std::lock_guard<std::mutex> g(c.mutex);
+        fork_closed& c = fork_closed::get();
+        std::lock_guard<std::mutex> g(c.mutex());
         c.close(copy);
         return;
     }

@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: MIT
+#include "fork_closed.hpp"
+
+#include "sys.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <unistd.h>
+
+namespace filelock::detail {
+
+fork_closed& fork_closed::get() noexcept {
+    static fork_closed* c = [] {
+        auto* made = new fork_closed;
+        at_fork([] { get().mutex_.lock(); }, [] { get().mutex_.unlock(); }, close_in_child);
+        return made;
+    }();
+    return *c;
+}
+
+bool fork_closed::add(int fd) noexcept {
+    try {
+        fds_.push_back(fd);
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
+void fork_closed::close(int fd) noexcept {
+    auto it = std::find(fds_.begin(), fds_.end(), fd);
+    if (it != fds_.end()) {
+        *it = fds_.back();
+        fds_.pop_back();
+    }
+    sys().close(fd);
+}
+
+// In a forked child, at once: closing a copy releases nothing of the
+// parent's (a doorbell listens, a connection stays up, until its last
+// descriptor closes).
+void fork_closed::close_in_child() noexcept {
+    const int saved = errno;
+    fork_closed& c = get();
+    for (int fd : c.fds_) ::close(fd);
+    c.fds_.clear();  // keeps its memory: no allocator call here
+    c.mutex_.unlock();
+    errno = saved;
+}
+
+}  // namespace filelock::detail

@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// The descriptors of this process that a forked child must not keep (the
+// cross-process queue's doorbells kept by winners, see process_queue.hpp,
+// and the release watcher's copies of the queue turns): a pthread_atfork
+// child handler closes every one registered, and does nothing else. Its
+// mutex guards the list, and is held across every opening and closing of a
+// descriptor that is registered, and across fork(): the child finds each one
+// registered or not yet open, never half done. It is a leaf: nothing else is
+// locked while it is held. A number registered in a parent is never closed
+// again by the child (it may be a file of the child's own by then): its
+// owner knows it by its fork generation.
+
+#include <mutex>
+#include <vector>
+
+namespace filelock::detail {
+
+class fork_closed {
+public:
+    /// The process's (never destroyed: a lock released during exit uses it).
+    static fork_closed& get() noexcept;
+    fork_closed(const fork_closed&) = delete;
+    fork_closed& operator=(const fork_closed&) = delete;
+
+    std::mutex& mutex() noexcept { return mutex_; }
+
+    // With the mutex held:
+    /// Registers `fd`; false (not registered) if out of memory.
+    bool add(int fd) noexcept;
+    /// Unregisters `fd` (nothing if it is not registered) and closes it.
+    void close(int fd) noexcept;
+
+private:
+    fork_closed() = default;
+    static void close_in_child() noexcept;
+
+    std::mutex mutex_;
+    std::vector<int> fds_;
+};
+
+}  // namespace filelock::detail
