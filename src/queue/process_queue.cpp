@@ -224,9 +224,7 @@ void live_tickets::close_in_child() noexcept {
         for (int* fd : {&q->fd_, &q->bell_, &q->turn_})
             if (*fd >= 0) ::close(std::exchange(*fd, -1));
         q->behind_ = 0;
-        q->ticket_ = 0;
-        q->contentions_ = 0;
-        q->beat_ = false;
+        q->forget();
         q = next;
     }
     errno = saved;
@@ -428,9 +426,7 @@ void process_queue::leave() noexcept {
     // Closing drops the ticket (the only lock on this description) and
     // rings the doorbell: no forked child keeps a copy of either.
     close_all();
-    ticket_ = 0;
-    contentions_ = 0;
-    beat_ = false;
+    forget();
 }
 
 int process_queue::leave_won() noexcept {
@@ -444,9 +440,7 @@ int process_queue::leave_won() noexcept {
         if (bell_ >= 0 && fork_closed::get().add(bell_)) bell = std::exchange(bell_, -1);
         close_listed();
     }
-    ticket_ = 0;
-    contentions_ = 0;
-    beat_ = false;
+    forget();
     return bell;
 }
 
@@ -467,10 +461,7 @@ void process_queue::contended(const std::filesystem::path&, unsigned, clock::tim
 }
 bool process_queue::writer_waits(const std::filesystem::path&) noexcept { return false; }
 bool process_queue::may_attempt(clock::time_point) noexcept { return true; }
-void process_queue::leave() noexcept {
-    ticket_ = 0;
-    contentions_ = 0;
-}
+void process_queue::leave() noexcept { forget(); }
 int process_queue::leave_won() noexcept {
     leave();
     return -1;

@@ -131,6 +131,12 @@ private:
     void wait_behind(std::uint64_t predecessor) noexcept;
     void close_all() noexcept;
     void close_listed() noexcept;  // close_all(), the registry's mutex held
+    // Out of the queue: the next contention counts from zero again.
+    void forget() noexcept {
+        ticket_ = 0;
+        contentions_ = 0;
+        beat_ = false;
+    }
 
     int fd_ = -1;
     int bell_ = -1;             // our doorbell (a listening socket)
