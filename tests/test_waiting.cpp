@@ -22,8 +22,10 @@
 #include <atomic>
 #include <cstring>
 #include <fstream>
+#include <poll.h>
 #include <sys/file.h>
 #include <sys/inotify.h>
+#include <sys/socket.h>
 #include <thread>
 #include <unistd.h>
 
@@ -465,6 +467,35 @@ TEST_CASE("waiting: a forked child's source forgetting its waiters leaves the pa
     c.release();
     CHECK(c.wait() == 0);
     CHECK(src->forget_all().size() == n);
+}
+
+TEST_CASE("waiting: a watcher inherited across fork takes no queue turn in the child") {
+    // The child's copy of a watcher shares the parent's epoll set: a turn
+    // added there would be reported to the parent's waiters, none of which
+    // took it, and the child would never close its copy of the turn (an
+    // inherited watcher's turns are closed at the fork, never by remove()).
+    fdetail::release_watcher w;
+    REQUIRE(w.valid());
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    child c([&](int ready) {
+        ::close(sv[1]);
+        const int before = open_fd_count();
+        const int wd = w.add_turn(sv[0]);
+        (void)!::write(ready, "r", 1);
+        await_release();
+        int bad = wd == -1 ? 0 : 1;
+        if (wd != -1) w.remove(wd);
+        if (open_fd_count() != before) bad |= 2;
+        return bad;
+    });
+    REQUIRE(c.ready());
+    ::close(sv[1]);  // the turn's peer is gone: sv[0] and every copy of it are readable
+    ::pollfd p{w.native_handle(), POLLIN, 0};
+    CHECK(::poll(&p, 1, 0) == 0);  // nothing of the child's in the parent's set
+    c.release();
+    CHECK(c.wait() == 0);
+    ::close(sv[0]);
 }
 
 TEST_CASE("waiting: lock(path, timeout, ec) waits with the default options") {

@@ -56,7 +56,8 @@ public:
     /// if it cannot be watched (the caller then relies on its timer).
     int add(const std::filesystem::path& path) noexcept;
     /// Watches for `fd` (a queue turn) to become readable: returns the watch
-    /// descriptor of its copy (<= turn_base), or -1.
+    /// descriptor of its copy (<= turn_base), or -1 (also when inherited
+    /// across fork).
     int add_turn(int fd) noexcept;
     static constexpr int turn_base = -2;
     static bool is_turn(int wd) noexcept { return wd <= turn_base; }

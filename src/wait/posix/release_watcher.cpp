@@ -92,7 +92,10 @@ void release_watcher::abandon() noexcept {
 }
 
 int release_watcher::add_turn(int fd) noexcept {
-    if (ep_ < 0 || fd < 0) return -1;
+    // Not on an inherited watcher: its epoll set is the parent's, which the
+    // turn would wake, and the child could never close its copy (see
+    // remove()).
+    if (ep_ < 0 || fd < 0 || generation_ != fork_generation()) return -1;
     // The turns' copies are closed by a forked child at the fork (each is a
     // connection to a doorbell of the cross-process queue), and never again
     // by an inherited watcher: their numbers may be the child's own by then.
