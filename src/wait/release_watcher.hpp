@@ -17,13 +17,17 @@
 // then (a socket connected to the predecessor's doorbell); the watcher keeps
 // a copy of it in an epoll set beside the inotify instance, and the epoll
 // descriptor is the one drivers wait on; a forked child closes its copies of
-// the turns at the fork (an inherited watcher never closes them again). Not
-// thread-safe.
+// the turns at the fork (an inherited watcher never closes them again).
+// wait() polls the inotify instance itself while no turn is in the set (the
+// epoll layer would only add a wake-up in between). Not thread-safe, but
+// for wait(), which may run beside the others: a turn armed meanwhile
+// interrupts it.
 
 #include "release_registry.hpp"
 
 #include <filelock/export.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <deque>
 #include <filesystem>
@@ -88,11 +92,15 @@ public:
 private:
     static constexpr std::size_t max_unreferenced = 8;
 
+    // `armed_` changes by `delta`; wait() polls ep_ while it is not 0.
+    void rearm(int delta) noexcept;
+
     int fd_ = -1;
     int ep_ = -1;                        // epoll: fd_ and the turns
     int efd_ = -1;                       // interrupts a wait()
     std::vector<int> turns_;             // the turns' copies (open until removed)
     std::size_t armed_ = 0;              // how many of them are still in ep_
+    std::atomic<int> polled_{-1};        // what wait() polls: fd_, or ep_ while armed_
     unsigned generation_ = 0;            // fork generation it was created in
     std::unordered_map<int, int> refs_;  // watch descriptor -> references
     std::deque<int> unreferenced_;       // kept for the next waits, oldest first

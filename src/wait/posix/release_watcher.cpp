@@ -36,8 +36,21 @@ release_watcher::release_watcher() noexcept
     ::epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.u64 = inotify_tag;
-    if (ep_ >= 0 && ::epoll_ctl(ep_, EPOLL_CTL_ADD, fd_, &ev) == 0) return;
+    if (ep_ >= 0 && ::epoll_ctl(ep_, EPOLL_CTL_ADD, fd_, &ev) == 0) {
+        polled_.store(fd_);
+        return;
+    }
     abandon();  // not valid()
+}
+
+void release_watcher::rearm(int delta) noexcept {
+    const std::size_t was = armed_;
+    armed_ = delta < 0 && armed_ == 0 ? 0 : armed_ + static_cast<std::size_t>(delta);
+    if ((was == 0) == (armed_ == 0)) return;
+    polled_.store(armed_ > 0 ? ep_ : fd_);
+    // A wait() that began before may poll the inotify instance alone: it
+    // ends now, and the next one polls the set.
+    if (armed_ > 0) interrupt();
 }
 
 release_watcher::~release_watcher() { abandon(); }
@@ -48,7 +61,7 @@ bool release_watcher::enable_interrupts() noexcept {
 }
 
 void release_watcher::wait(std::chrono::steady_clock::time_point until) noexcept {
-    ::pollfd pfds[2] = {{ep_, POLLIN, 0}, {efd_, POLLIN, 0}};
+    ::pollfd pfds[2] = {{polled_.load(), POLLIN, 0}, {efd_, POLLIN, 0}};
     ::timespec ts{};
     const ::timespec* timeout = nullptr;
     if (until != std::chrono::steady_clock::time_point::max()) {
@@ -87,6 +100,7 @@ void release_watcher::abandon() noexcept {
     }
     turns_.clear();  // an inherited watcher's: closed at the fork
     armed_ = 0;
+    polled_.store(-1);
     if (fd_ >= 0) sys().close(fd_);
     fd_ = ep_ = efd_ = -1;
 }
@@ -123,7 +137,7 @@ int release_watcher::add_turn(int fd) noexcept {
         c.close(copy);
         return -1;
     }
-    ++armed_;
+    rearm(1);
     return turn_base - copy;
 }
 
@@ -151,7 +165,7 @@ void release_watcher::remove(int wd) noexcept {
         // Still in the set unless reported (explicitly: a copy of the
         // description elsewhere would keep it there after our close).
         ::epoll_event ev{};
-        if (::epoll_ctl(ep_, EPOLL_CTL_DEL, copy, &ev) == 0) --armed_;
+        if (::epoll_ctl(ep_, EPOLL_CTL_DEL, copy, &ev) == 0) rearm(-1);
         fork_closed& c = fork_closed::get();
         std::lock_guard<std::mutex> g(c.mutex());
         c.close(copy);
@@ -231,7 +245,7 @@ std::vector<release_event> release_watcher::drain() {
             // its waiter stops waiting.
             const int copy = static_cast<int>(evs[i].data.u64);
             ::epoll_event none{};
-            if (::epoll_ctl(ep_, EPOLL_CTL_DEL, copy, &none) == 0) --armed_;
+            if (::epoll_ctl(ep_, EPOLL_CTL_DEL, copy, &none) == 0) rearm(-1);
             woken.push_back({turn_base - copy, false});
             turned = true;
         }
