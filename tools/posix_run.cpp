@@ -166,12 +166,16 @@ void spawn_kept(char** argv, const spawn_options& o, child& c, bool foreground) 
         const pid_t keeper_pid = ::getpid();
         const pid_t command = ::fork();
         if (command == 0) exec_in_child(argv, o, c.tty, foreground, keeper_pid);
-        keeper::report_started(report[1], command > 0 ? command : -errno);
-        if (command > 0) {
-            ::setpgid(command, command);
+        const int fork_error = command > 0 ? 0 : errno;
+        // COMMAND's group exists before filelock-run hears of it (COMMAND
+        // also makes it, first thing, but may not have run yet): a signal
+        // sent to the group at once (the lost signal, a loss seen as COMMAND
+        // starts; a forwarded one) found no such group and was dropped.
+        if (command > 0) ::setpgid(command, command);
+        keeper::report_started(report[1], command > 0 ? command : -fork_error);
+        if (command > 0)
             keeper::exec_program(program.c_str(), life[0], report[1], command, o.deadline);
-        }
-        keeper::run(life[0], report[1], command > 0 ? command : -errno, o.deadline);
+        keeper::run(life[0], report[1], command > 0 ? command : -fork_error, o.deadline);
     }
     const int fork_errno = errno;
     ::close(life[0]);
