@@ -27,7 +27,9 @@ Fails on:
   filelock's. So are overlaps after a leader paused past the TTL revoked
   live leases as it resumed (etcd #15247, see OLD_LEADER_WINDOW), when its
   own counter shows the revokes and filelock-run told COMMAND at once;
-- a filelock-run section that began after its own key had been deleted;
+- a filelock-run section that began after its own key had been deleted
+  (but for a key revoked by a resumed ex-leader after the win, as above:
+  COMMAND starts at the win, the section logs its start a little later);
 - fencing tokens that do not rise from one filelock-run section to the next;
 - a worker still waiting long after the end (a waiter on a free lock);
 - anything left behind: keys under the name, processes, the scratch
@@ -381,11 +383,17 @@ WIN_SLACK = 1.0
 # key and tells COMMAND. Such a deletion is judged apart only when the
 # resumed member's own counter shows it revoked leases after it resumed
 # (each revoke accounts for one key), the key went within OLD_LEADER_WINDOW
-# of the resume, while its section ran, and the section ended, told (the
-# lost signal), within TOLD_WITHIN of the deletion being seen, and the
-# other section began after that deletion.
+# of the resume, the section ended within TOLD_WITHIN of the deletion being
+# seen, told (the lost signal) unless it ended by itself within UNTOLD_GRACE
+# of it, and the other section began after that deletion. The deletion may
+# come before the section's logged start: COMMAND is already running when
+# filelock-run wins, and the section script first reads etcd's revision
+# (up to 0.1 s per member, more on a loaded machine) before it logs.
+# UNTOLD_GRACE is about what a watch event takes to reach filelock-run and
+# its signal COMMAND on a loaded machine (0.09-0.10 s seen under load).
 OLD_LEADER_WINDOW = 2.0
 TOLD_WITHIN = 1.0
+UNTOLD_GRACE = 0.2
 
 
 def analyze(sections, incs, seen, wins=(), revokes=()):
@@ -423,28 +431,36 @@ def analyze(sections, incs, seen, wins=(), revokes=()):
         s["deleted"], s["deleted_at"] = d, when
         s["granted_dead"] = bool(s["who"].startswith("ctl") and d is not None and s["rev"] is not None
                                  and d <= s["rev"])
-        if when is not None and when < s["t0"]:
-            (r["fl_dead_start"] if s["who"].startswith("fl") else r["ctl_dead_start"]).append(s)
     blamed = [set() for _ in revokes]  # keys each resumed ex-leader's revokes account for
 
-    def revoked_live(f, other):
+    def revoked_live(f, other=None):
         """f's key was revoked by a resumed ex-leader (see OLD_LEADER_WINDOW),
-        f was told at once, and `other` began after the deletion."""
+        f was told at once (or ended by itself first), and `other`, if
+        given, began after the deletion."""
         d, when = f.get("deleted"), f.get("deleted_at")
-        if not f["lost"] or d is None or when is None or not f["t0"] <= when:
+        if d is None or when is None or not f["t1"] >= when:
             return False
-        if f["t1"] - when > TOLD_WITHIN:
+        if f["t1"] - when > TOLD_WITHIN or (not f["lost"] and f["t1"] - when > UNTOLD_GRACE):
             return False
-        after = other["rev"] if other["who"].startswith("ctl") else other.get("rev0")
-        if not ((after is not None and after >= d) or (other["token"] is not None and other["token"] > d)):
-            return False
+        if other is not None:
+            after = other["rev"] if other["who"].startswith("ctl") else other.get("rev0")
+            if not ((after is not None and after >= d) or
+                    (other["token"] is not None and other["token"] > d)):
+                return False
         for ep, keys in zip(revokes, blamed):
             if ep["t"] <= when <= ep["t"] + OLD_LEADER_WINDOW and (
                     f["created"] in keys or len(keys) < ep["revoked"]):
                 keys.add(f["created"])
+                f["revoked"] = True
                 return True
         return False
 
+    for s in sections:
+        if s["deleted_at"] is not None and s["deleted_at"] < s["t0"]:
+            if not s["who"].startswith("fl"):
+                r["ctl_dead_start"].append(s)
+            elif not revoked_live(s):
+                r["fl_dead_start"].append(s)
     order = sorted(sections, key=lambda s: s["t0"])
     for i, a in enumerate(order):
         for b in order[i + 1:]:
@@ -452,11 +468,13 @@ def analyze(sections, incs, seen, wins=(), revokes=()):
                 break
             fl = [s for s in (a, b) if s["who"].startswith("fl")]
             if len(fl) == 2:
-                r["fl_old_leader" if revoked_live(a, b) else "fl_fl"].append((a, b))
+                r["fl_old_leader" if revoked_live(a, b) or revoked_live(b, a) else "fl_fl"].append((a, b))
             elif len(fl) == 1:
                 f = fl[0]
                 e = b if f is a else a
-                if f["deleted_at"] is not None and f["deleted_at"] < f["t0"]:
+                if revoked_live(f, e):
+                    r["fl_old_leader"].append((a, b))
+                elif f["deleted_at"] is not None and f["deleted_at"] < f["t0"]:
                     r["fl_dead_ctl"].append((a, b))
                 elif e["granted_dead"] or (e["deleted_at"] is not None and e["deleted_at"] < e["t0"]):
                     r["fl_ctl_9921"].append((a, b))
@@ -468,8 +486,6 @@ def analyze(sections, incs, seen, wins=(), revokes=()):
                     # began: seen gone, or gone before filelock-run's key was
                     # created, or at a revision a member had applied by then.
                     r["fl_ctl_after_key"].append((a, b))
-                elif revoked_live(f, e):
-                    r["fl_old_leader"].append((a, b))
                 else:
                     r["fl_ctl_live"].append((a, b))
     r["fl_dead_win"] = []
@@ -477,7 +493,9 @@ def analyze(sections, incs, seen, wins=(), revokes=()):
         d = incs.get(w["token"], [None, None])[1]
         if d is not None and d in seen and seen[d] < w["t"] - WIN_SLACK:
             r["fl_dead_win"].append(dict(w, deleted=d, deleted_at=seen[d]))
-    fl = [s for s in order if s["who"].startswith("fl")]
+    # A section whose key a resumed ex-leader revoked may log its start after
+    # the next holder's: its token is left out of the order.
+    fl = [s for s in order if s["who"].startswith("fl") and not s.get("revoked")]
     for a, b in zip(fl, fl[1:]):
         if b["token"] is None or a["token"] is None or b["token"] <= a["token"]:
             r["tokens_out_of_order"].append((a, b))
@@ -601,8 +619,22 @@ def self_check():
          [sec("fl2", 2.0, 2.1, 11, lost=True), sec("ctl", 2.08, 2.5, key="n/c", rev=14)],
          {"fl_old_leader": 0, "fl_ctl_live": 1, "failures": 1}, (), []),
         ("a revoked key, COMMAND not told: filelock-run's",
-         [sec("fl2", 2.0, 2.1, 11), sec("ctl", 2.08, 2.5, key="n/c", rev=14)],
+         [sec("fl2", 2.0, 2.4, 11), sec("ctl", 2.08, 2.5, key="n/c", rev=14)],
          {"fl_old_leader": 0, "fl_ctl_live": 1, "failures": 1}, (), m0),
+        ("a revoked key, COMMAND not told but ended by itself at once",
+         [sec("fl2", 2.0, 2.12, 11), sec("ctl", 2.08, 2.5, key="n/c", rev=14)],
+         {"fl_old_leader": 1, "fl_ctl_live": 0, "failures": 0}, (), m0),
+        ("a key revoked after the win, before the section logged its start, COMMAND told",
+         [sec("fl2", 2.08, 2.15, 11, lost=True), sec("fl3", 2.1, 2.5, 13, rev0=14)],
+         {"fl_old_leader": 1, "fl_fl": 0, "fl_dead_start": 0, "failures": 0}, (), m0),
+        ("... the same against etcdctl, not told but ended by itself at once",
+         [sec("fl2", 2.08, 2.13, 11), sec("ctl", 2.1, 2.5, key="n/c", rev=14)],
+         {"fl_old_leader": 1, "fl_dead_ctl": 0, "fl_dead_start": 0, "failures": 0}, (), m0),
+        ("... the other section logged first",
+         [sec("fl3", 2.07, 2.5, 13, rev0=14), sec("fl2", 2.08, 2.15, 11, lost=True)],
+         {"fl_old_leader": 1, "fl_fl": 0, "fl_dead_start": 0, "failures": 0}, (), m0),
+        ("a section begun long after its key was revoked: filelock-run's",
+         [sec("fl2", 3.2, 3.3, 11, lost=True)], {"fl_dead_start": 1, "failures": 1}, (), m0),
         ("a revoked key, COMMAND told late: filelock-run's",
          [sec("fl2", 2.0, 3.2, 11, lost=True), sec("ctl", 2.08, 2.5, key="n/c", rev=14)],
          {"fl_old_leader": 0, "fl_ctl_live": 1, "failures": 1}, (), m0),
