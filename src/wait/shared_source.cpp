@@ -16,14 +16,16 @@ std::atomic<shared_source*>& current() {
 
 }  // namespace
 
-shared_source::shared_source() noexcept {
-    static const bool registered = [] {
-        at_fork(nullptr, nullptr, close_inherited);
-        return true;
-    }();
-    (void)registered;
-    current().store(this, std::memory_order_release);
-}
+// Registered when the library is loaded, not by the first shared_source:
+// that one is made under of_this_generation()'s mutex, which a prepare
+// handler locks for the fork, and glibc's pthread_atfork waits for a lock
+// that fork() holds while it runs the prepare handlers.
+const bool shared_source::fork_handler_registered = [] {
+    at_fork(nullptr, nullptr, close_inherited);
+    return true;
+}();
+
+shared_source::shared_source() noexcept { current().store(this, std::memory_order_release); }
 
 // In a forked child, at once: its copies of the parent's descriptors are
 // closed before it can reuse their numbers (closed at its next wait, they

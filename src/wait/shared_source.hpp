@@ -68,6 +68,7 @@ public:
 
 private:
     static void close_inherited() noexcept;
+    static const bool fork_handler_registered;
 
     std::unique_ptr<release_source> source_;
     std::atomic<int> fds_[3] = {-1, -1, -1};  // source_'s descriptors, for a forked child
@@ -76,7 +77,9 @@ private:
 /// The process's `T` for this fork generation, made at the first call in
 /// each (nullptr: out of memory) and never destroyed: a forked child makes
 /// its own and never touches its parent's, whose mutexes may be held by
-/// threads the child does not have. `T` has `const unsigned generation`.
+/// threads the child does not have. `T` has `const unsigned generation`;
+/// its constructor runs under a mutex that a prepare handler of fork()
+/// locks, so it never registers fork handlers (at_fork()).
 template <class T>
 T* of_this_generation() noexcept {
     static std::mutex create;
