@@ -228,7 +228,7 @@ public:
             return won(pred_deleted_at_);
         }
         if (!kind_.one_holder() && my_rev_ != 0 && admitted_at_ && !own_deleted_)
-            return won_or_touch(admitted_at_);  // a deletion the watch saw admitted it
+            return won(admitted_at_);  // a deletion the watch saw admitted it
         path_ = "/v3/kv/txn";
         if (my_rev_ == 0) {
             step_ = step::create;
@@ -352,10 +352,11 @@ public:
     const std::string& watch_range_end() const noexcept { return watch_end_; }
     std::int64_t watch_revision() const noexcept { return watch_rev_; }
     /// Whether the won lock's key is to be written (touch_body(), sent by the
-    /// driver beside the win, its answer ignored): the waiter behind it
-    /// learns so that it is next in line. Lost, it leaves that waiter to its
-    /// fallback reads.
-    bool touch_after_win() const noexcept { return touch_; }
+    /// driver beside the win, its answer ignored): a slot waiter that was
+    /// ever turned away, so that the waiter behind it, which watches that key
+    /// alone, learns that it is next in line (a reader has nobody watching
+    /// it for that). Lost, it leaves that waiter to its fallback reads.
+    bool touch_after_win() const noexcept { return contended_ && kind_.mode != lock_mode::shared; }
     std::string touch_body() const { return request::touch(key_, my_rev_); }
     /// Whether the watch reports writes (a watch of one key) or only
     /// deletions (of the prefix).
@@ -512,7 +513,7 @@ private:
         for (const auto& [key, at] : seen_) erase_earlier(key);
         if (admitted()) {
             slot_ = static_cast<unsigned>(earlier_.size());
-            return won_or_touch(std::max(rev, seen_.empty() ? rev : seen_.back().second));
+            return won(std::max(rev, seen_.empty() ? rev : seen_.back().second));
         }
         contended_ = true;
         // The holders ahead name it (their contents, or their keys): each
@@ -562,15 +563,6 @@ private:
         }
         key = prefix_;
         end = prefix_end(prefix_);
-    }
-
-    // Admitted: a slot waiter that was ever turned away writes its key once
-    // it holds (touch_after_win), so that the waiter behind it, which watches
-    // that key alone, learns that it is next in line. The win does not wait
-    // for that write (a reader has nobody watching it for that).
-    std::error_code won_or_touch(std::int64_t rev) {
-        touch_ = contended_ && kind_.mode != lock_mode::shared;
-        return won(rev);
     }
 
     bool admitted() const {
@@ -638,8 +630,7 @@ private:
     std::map<std::int64_t, std::pair<std::string, key_kind>> earlier_;
     std::vector<std::pair<std::string, std::int64_t>> seen_;
     std::int64_t snapshot_rev_ = 0, admitted_at_ = 0;
-    bool contended_ = false;  // turned away once
-    bool touch_ = false;      // writes its key once won
+    bool contended_ = false;  // turned away once (not the one-holder kind)
 };
 
 using etcd_acquire = filelock::detail::acquire<lock_backend>;
