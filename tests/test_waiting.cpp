@@ -498,6 +498,45 @@ TEST_CASE("waiting: a watcher inherited across fork takes no queue turn in the c
     ::close(sv[0]);
 }
 
+TEST_CASE("waiting: a queue turn armed by another thread during a wait wakes it when it comes") {
+    // The sync waiters' reader may be polling while another thread arms a
+    // turn (the watcher then polls the inotify instance alone, not its
+    // epoll set): the turn must wake it, not its deadline.
+    scratch s;
+    const auto p = s / "a.lock";
+    write_file(p, "");
+    fdetail::release_watcher w;
+    REQUIRE(w.valid());
+    REQUIRE(w.enable_interrupts());
+    const int file = w.add(p);
+    REQUIRE(file >= 0);
+    const auto until = sclock::now() + 20s;
+    std::atomic<int> turn{0};  // set once armed and come
+    bool seen = false;
+    std::thread reader([&] {
+        while (!seen && sclock::now() < until) {
+            w.clear_interrupts();
+            w.wait(until);
+            const int t = turn.load();
+            if (t == 0) continue;  // woken before the turn came
+            for (const auto& ev : w.drain()) seen |= ev.wd == t;
+        }
+    });
+    std::this_thread::sleep_for(200ms);  // (if not yet in its poll, it polls the set)
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    const int t = w.add_turn(sv[0]);
+    REQUIRE(fdetail::release_watcher::is_turn(t));
+    ::close(sv[1]);  // the turn comes
+    turn = t;
+    reader.join();
+    CHECK(seen);
+    CHECK(sclock::now() < until - 10s);
+    w.remove(t);
+    w.remove(file);
+    ::close(sv[0]);
+}
+
 TEST_CASE("waiting: lock(path, timeout, ec) waits with the default options") {
     // The README's `filelock::lock(path, timeout[, options][, ec])`: the form
     // without options did not compile.
