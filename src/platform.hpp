@@ -12,6 +12,7 @@
 #include <filelock/export.hpp>
 
 #include <filesystem>
+#include <mutex>
 #include <string>
 #include <system_error>
 
@@ -41,6 +42,16 @@ struct fork_stamp {
     /// A forked child's copy of its parent's descriptor.
     FILELOCK_API bool inherited() const noexcept;
 };
+
+/// The descriptors that a forked child closes at the fork (src/posix/
+/// fork_closed.hpp), for the lock file descriptors of pending attempts: add
+/// and remove with its lock held, which fork() holds too. Where there is no
+/// fork() the lock is empty and nothing is ever added.
+std::unique_lock<std::mutex> fork_closed_lock() noexcept;
+/// Adds `fd` (false: not added, out of memory or no fork()).
+bool fork_closed_add(native_handle_type fd) noexcept;
+/// Takes `fd` off (its owner closes it or hands it over under the lock).
+void fork_closed_remove(native_handle_type fd) noexcept;
 
 /// Appends the machine's name (the `{hostname}` field).
 std::error_code append_hostname(std::string& out);

@@ -11,8 +11,10 @@
 #include <asio/io_context.hpp>
 
 #include <atomic>
+#include <fstream>
 #include <sys/stat.h>
 #include <thread>
+#include <vector>
 
 using namespace test;
 using filelock::errc;
@@ -64,6 +66,17 @@ lock_options with_queue(bool queue) {
     lock_options o;
     o.queue_local_waiters = queue;
     return o;
+}
+
+// The descriptors of this process open on the file `p` names.
+std::vector<int> fd_numbers_on(const fs::path& p) {
+    std::vector<int> fds;
+    std::error_code ec;
+    const fs::path target = fs::canonical(p, ec);
+    for (const auto& e : fs::directory_iterator("/proc/self/fd", ec))
+        if (fs::read_symlink(e.path(), ec) == target && !ec)
+            fds.push_back(std::stoi(e.path().filename().string()));
+    return fds;
 }
 
 }  // namespace
@@ -309,4 +322,69 @@ TEST_CASE(
     h.holder.release();
     waiter.join();
     CHECK(outcome == 0);
+}
+
+TEST_CASE("fork: a child forked while a thread waits in lock() keeps no copy of its lock file") {
+    // The waiter keeps its descriptor between attempts. Before, a child
+    // forked meanwhile kept a copy for its whole life: an idle descriptor of
+    // ours, on which the parent could even win in the window between its
+    // check for a fork and its attempt (the lock then stayed held by the
+    // child after the parent released it).
+    held_elsewhere h;
+    std::atomic<int> outcome{-1};
+    std::thread waiter([&] {
+        std::error_code ec;
+        auto l = filelock::lock(h.path, 30s, {}, ec);
+        outcome = ec ? 1 : 0;
+    });
+    std::vector<int> ours;
+    for (int i = 0; i < 1000 && ours.empty(); ++i) {
+        ::usleep(10000);
+        ours = fd_numbers_on(h.path);  // the holder is another process: the waiter's
+    }
+    REQUIRE(ours.size() == 1);
+    const int copies = run_in_child([&] { return static_cast<int>(fd_numbers_on(h.path).size()); });
+    CHECK(copies == 0);
+    CHECK(fd_numbers_on(h.path) == ours);  // the parent's stays
+    h.holder.release();
+    waiter.join();
+    CHECK(outcome == 0);
+    CHECK(lock_is_free(h.path));
+}
+
+TEST_CASE(
+    "fork: a child's loop never closes a file of its own on the number of its parent's pending "
+    "attempt") {
+    // The child's copy of the waiting operation attempts again on a
+    // descriptor of its own; the number of the parent's, closed at the fork,
+    // may be a file of the child's by then.
+    held_elsewhere h;
+    asio::io_context io;
+    bool done = false;
+    filelock::async_lock(io, h.path, 300ms, [&](std::error_code, lock_file) { done = true; });
+    io.poll();  // the first attempt met the holder: waiting
+    REQUIRE_FALSE(done);
+    const auto ours = fd_numbers_on(h.path);
+    REQUIRE(ours.size() == 1);
+    const auto mine = h.dir / "mine";
+    { std::ofstream(mine) << "child's file\n"; }
+    io.notify_fork(asio::execution_context::fork_prepare);
+    const int code = run_in_child([&] {
+        io.notify_fork(asio::execution_context::fork_child);
+        int bad = ::fcntl(ours[0], F_GETFD) == -1 ? 0 : 1;  // closed at the fork
+        const int fd = ::open(mine.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || (fd != ours[0] && (::dup2(fd, ours[0]) != ours[0] || ::close(fd) != 0)))
+            return 8;
+        struct stat want {};
+        ::fstat(ours[0], &want);
+        io.run();  // attempts, then times out: the holder holds on
+        struct stat got {};
+        if (!done) bad |= 2;
+        if (::fstat(ours[0], &got) != 0 || got.st_ino != want.st_ino) bad |= 4;
+        return bad;
+    });
+    io.notify_fork(asio::execution_context::fork_parent);
+    CHECK(code == 0);
+    io.run();
+    CHECK(done);
 }

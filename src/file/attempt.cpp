@@ -58,9 +58,45 @@ void unlock_close(const file::ops& os, native_handle_type fd, const file::lock_s
 
 }  // namespace
 
-void file_backend::close_fd() noexcept {
-    if (fd_ != no_handle) ops_->close(fd_);
+// A descriptor kept for the next attempts (contention) is one that a forked
+// child closes at the fork (fork_closed): the child never shares a pending
+// attempt, nor the lock won on it before it is handed over. Not over a
+// test's seam, whose descriptors are not the process's.
+void file_backend::list_fd() noexcept {
+    if (fd_listed_ || fd_ == no_handle || ops_ != &file::platform_ops()) return;
+    std::unique_lock<std::mutex> g = fork_closed_lock();
+    fd_listed_ = fork_closed_add(fd_);
+}
+
+// A listed descriptor leaves the list as it closes or is handed over, under
+// the list's lock (fork() finds it listed or gone). A forked child's copy of
+// one was closed at the fork: its number may be a file of the child's own.
+void file_backend::unlist_fd(bool close, bool unlock) noexcept {
+    if (fd_ == no_handle) return;
+    const auto release = [&] {
+        if (!close) return;
+        if (unlock)
+            unlock_close(*ops_, fd_, spec_of(policy_), policy_.slots, slot_);
+        else
+            ops_->close(fd_);
+    };
+    if (!fd_listed_) {
+        release();
+    } else {
+        std::unique_lock<std::mutex> g = fork_closed_lock();
+        if (fd_generation_ == fork_generation()) {
+            fork_closed_remove(fd_);
+            release();
+        }
+        fd_listed_ = false;
+    }
     fd_ = no_handle;
+}
+
+void file_backend::close_fd() noexcept { unlist_fd(true, false); }
+
+bool file_backend::fd_open() const noexcept {
+    return fd_ != no_handle && !(fd_listed_ && fd_generation_ != fork_generation());
 }
 
 // After a fork() the parent and the child share the descriptor's open file
@@ -69,13 +105,7 @@ void file_backend::close_fd() noexcept {
 // closed, and the lock stays held until every copy is closed (as
 // flock(1)'s is).
 void file_backend::unlock_and_close() noexcept {
-    if (fd_ != no_handle) {
-        if (fork_stamp{fd_generation_, fd_forks_}.is_private())
-            unlock_close(*ops_, fd_, spec_of(policy_), policy_.slots, slot_);
-        else
-            ops_->close(fd_);
-    }
-    fd_ = no_handle;
+    unlist_fd(true, fork_stamp{fd_generation_, fd_forks_}.is_private());
     won_ = false;
     process_queue::close_bell(std::exchange(bell_, -1), fd_generation_);  // after the unlock
 }
@@ -148,6 +178,8 @@ std::error_code file_backend::attempt() noexcept {
             if (f.ec != errc::locked) {
                 close_fd();  // nothing to unlock
                 failed_call_ = f.call;
+            } else {
+                list_fd();
             }
             return f.ec;
         }
@@ -239,8 +271,7 @@ file::failure file_backend::lock() noexcept {
 
 bool file_backend::identity(lock_identity& id) const noexcept {
     file::file_info st;
-    if (fd_ != no_handle ? ops_->info(fd_, st) : ops_->info_at(path_, policy_.nofollow, st))
-        return false;
+    if (fd_open() ? ops_->info(fd_, st) : ops_->info_at(path_, policy_.nofollow, st)) return false;
     id = detail::identity(st.dev, st.ino, policy_.backend, policy_.range, policy_.slots);
     return true;
 }
@@ -250,10 +281,10 @@ std::string file_backend::holder() const noexcept {
         // Slot holders write nothing: the holders are the processes holding
         // the file's whole-file locks.
         file::file_info st;
-        if (fd_ != no_handle ? ops_->info(fd_, st) : ops_->info_at(path_, false, st)) return {};
+        if (fd_open() ? ops_->info(fd_, st) : ops_->info_at(path_, false, st)) return {};
         return ops_->flock_holders(st);
     }
-    return fd_ != no_handle ? file::read_holder_handle(*ops_, fd_) : read_holder_at(path_);
+    return fd_open() ? file::read_holder_handle(*ops_, fd_) : read_holder_at(path_);
 }
 
 lock_identity identity_of(const held_file& h) noexcept {

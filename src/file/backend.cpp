@@ -106,6 +106,7 @@ file_backend::file_backend(file_backend&& other) noexcept
       init_error_(other.init_error_),
       failed_call_(other.failed_call_),
       fd_(std::exchange(other.fd_, no_handle)),
+      fd_listed_(std::exchange(other.fd_listed_, false)),
       won_(std::exchange(other.won_, false)),
       slot_(other.slot_),
       dev_(other.dev_),
@@ -126,7 +127,8 @@ held_file file_backend::take() noexcept {
     if (!won_) return {};
     won_ = false;
     held_file h;
-    h.fd = std::exchange(fd_, no_handle);
+    h.fd = fd_;
+    unlist_fd(false, false);  // a held lock is shared with children, as flock(1)'s
     h.ofd = policy_.backend == lock_backend::ofd;
     h.start = policy_.range.start;
     h.length = policy_.range.length;

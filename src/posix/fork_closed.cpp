@@ -27,14 +27,24 @@ bool fork_closed::add(int fd) noexcept {
     }
 }
 
-void fork_closed::close(int fd) noexcept {
+void fork_closed::remove(int fd) noexcept {
     auto it = std::find(fds_.begin(), fds_.end(), fd);
     if (it != fds_.end()) {
         *it = fds_.back();
         fds_.pop_back();
     }
+}
+
+void fork_closed::close(int fd) noexcept {
+    remove(fd);
     sys().close(fd);
 }
+
+std::unique_lock<std::mutex> fork_closed_lock() noexcept {
+    return std::unique_lock<std::mutex>(fork_closed::get().mutex());
+}
+bool fork_closed_add(int fd) noexcept { return fork_closed::get().add(fd); }
+void fork_closed_remove(int fd) noexcept { fork_closed::get().remove(fd); }
 
 // In a forked child, at once: closing a copy releases nothing of the
 // parent's (a doorbell listens, a connection stays up, until its last

@@ -1,16 +1,19 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-// The descriptors of this process that a forked child must not keep (the
-// cross-process queue's doorbells kept by winners, see process_queue.hpp,
-// and the release watcher's copies of the queue turns): a pthread_atfork
-// child handler closes every one registered, and does nothing else. Its
-// mutex guards the list, and is held across every opening and closing of a
-// descriptor that is registered, and across fork(): the child finds each one
-// registered or not yet open, never half done. It is a leaf: nothing else is
-// locked while it is held. A number registered in a parent is never closed
-// again by the child (it may be a file of the child's own by then): its
-// owner knows it by its fork generation.
+// The descriptors of this process that a forked child must not keep: the
+// cross-process queue's doorbells kept by winners (see process_queue.hpp),
+// the release watcher's copies of the queue turns, and the lock file
+// descriptor that a waiting attempt keeps between attempts (from its first
+// contention on, through src/platform.hpp's fork_closed_add(); see
+// src/file/attempt.cpp). A pthread_atfork child handler closes every one
+// registered, and does nothing else. Its mutex guards the list, and is held
+// across fork() and around every registering, closing and handing over of a
+// registered descriptor (and, for the queue's, its opening): the child finds
+// each one registered or not, never half done. It is a leaf: nothing else
+// is locked while it is held. A number registered in a parent is never
+// closed again by the child (it may be a file of the child's own by then):
+// its owner knows it by its fork generation.
 
 #include <mutex>
 #include <vector>
@@ -29,7 +32,9 @@ public:
     // With the mutex held:
     /// Registers `fd`; false (not registered) if out of memory.
     bool add(int fd) noexcept;
-    /// Unregisters `fd` (nothing if it is not registered) and closes it.
+    /// Unregisters `fd` (nothing if it is not registered).
+    void remove(int fd) noexcept;
+    /// Unregisters `fd` and closes it.
     void close(int fd) noexcept;
 
 private:

@@ -72,6 +72,9 @@ void at_fork(void (*)(), void (*)(), void (*)()) noexcept {}
 fork_stamp fork_stamp::now() noexcept { return {}; }
 bool fork_stamp::is_private() const noexcept { return true; }
 bool fork_stamp::inherited() const noexcept { return false; }
+std::unique_lock<std::mutex> fork_closed_lock() noexcept { return {}; }
+bool fork_closed_add(native_handle_type) noexcept { return false; }
+void fork_closed_remove(native_handle_type) noexcept {}
 
 std::string narrow(const wchar_t* s, std::size_t n) {
     if (n == 0) return {};

@@ -61,8 +61,8 @@ public:
                                                         std::chrono::microseconds(500)};
 
     /// One attempt: {} = won (take() it), errc::locked = contention (the
-    /// descriptor stays open for the next attempt), anything else = error
-    /// (nothing held, nothing open).
+    /// descriptor stays open for the next attempt; a forked child closes its
+    /// copy at the fork), anything else = error (nothing held, nothing open).
     std::error_code try_acquire() noexcept;
     /// Attempts never send requests.
     std::error_code on_reply(std::error_code) noexcept { return errc::locked; }
@@ -112,6 +112,9 @@ private:
     file::failure lock() noexcept;
     void unlock_and_close() noexcept;
     void close_fd() noexcept;
+    void list_fd() noexcept;
+    void unlist_fd(bool close, bool unlock) noexcept;
+    bool fd_open() const noexcept;  // fd_, unless a forked child closed its copy at the fork
 
     const file::ops* ops_;
     std::filesystem::path path_;
@@ -120,6 +123,7 @@ private:
     std::error_code init_error_;
     const char* failed_call_ = nullptr;
     native_handle_type fd_ = no_handle;
+    bool fd_listed_ = false;  // closed by a forked child at the fork (fork_closed_add)
     bool won_ = false;
     unsigned slot_ = 0;                     // the slot won (slots > 1)
     unsigned long long dev_ = 0, ino_ = 0;  // of the file won
