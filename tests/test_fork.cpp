@@ -267,6 +267,23 @@ std::vector<int> anon_fd_numbers(const std::string& what) {
     return out;
 }
 
+// A thread of this process waiting in lock() for `p` (up to 30 s).
+struct waiting_thread {
+    std::atomic<int> outcome{-1};  // 0: won
+    std::thread t;
+    explicit waiting_thread(const fs::path& p)
+        : t([this, p] {
+              std::error_code ec;
+              auto l = filelock::lock(p, 30s, {}, ec);
+              outcome = ec ? 1 : 0;
+          }) {}
+    /// 0: it won.
+    int join() {
+        t.join();
+        return outcome;
+    }
+};
+
 }  // namespace
 
 TEST_CASE(
@@ -278,12 +295,7 @@ TEST_CASE(
     // then opens its files), then waits in lock() itself. The child's copies
     // are closed at the fork, never later: its files stay open.
     held_elsewhere h;
-    std::atomic<int> outcome{-1};
-    std::thread waiter([&] {
-        std::error_code ec;
-        auto l = filelock::lock(h.path, 30s, {}, ec);
-        outcome = ec ? 1 : 0;
-    });
+    waiting_thread waiter(h.path);
     std::vector<int> numbers;
     for (int i = 0; i < 1000 && numbers.size() < 2; ++i) {
         ::usleep(10000);
@@ -320,8 +332,7 @@ TEST_CASE(
     c.release();
     CHECK(c.wait() == 0);  // 10: the copies outlived the fork; 2, 4: its files were closed
     h.holder.release();
-    waiter.join();
-    CHECK(outcome == 0);
+    CHECK(waiter.join() == 0);
 }
 
 TEST_CASE("fork: a child forked while a thread waits in lock() keeps no copy of its lock file") {
@@ -331,12 +342,7 @@ TEST_CASE("fork: a child forked while a thread waits in lock() keeps no copy of 
     // check for a fork and its attempt (the lock then stayed held by the
     // child after the parent released it).
     held_elsewhere h;
-    std::atomic<int> outcome{-1};
-    std::thread waiter([&] {
-        std::error_code ec;
-        auto l = filelock::lock(h.path, 30s, {}, ec);
-        outcome = ec ? 1 : 0;
-    });
+    waiting_thread waiter(h.path);
     std::vector<int> ours;
     for (int i = 0; i < 1000 && ours.empty(); ++i) {
         ::usleep(10000);
@@ -347,8 +353,7 @@ TEST_CASE("fork: a child forked while a thread waits in lock() keeps no copy of 
     CHECK(copies == 0);
     CHECK(fd_numbers_on(h.path) == ours);  // the parent's stays
     h.holder.release();
-    waiter.join();
-    CHECK(outcome == 0);
+    CHECK(waiter.join() == 0);
     CHECK(lock_is_free(h.path));
 }
 
