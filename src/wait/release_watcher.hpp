@@ -96,14 +96,15 @@ private:
     void rearm(int delta) noexcept;
 
     int fd_ = -1;
-    int ep_ = -1;                        // epoll: fd_ and the turns
-    int efd_ = -1;                       // interrupts a wait()
-    std::vector<int> turns_;             // the turns' copies (open until removed)
-    std::size_t armed_ = 0;              // how many of them are still in ep_
-    std::atomic<int> polled_{-1};        // what wait() polls: fd_, or ep_ while armed_
-    unsigned generation_ = 0;            // fork generation it was created in
-    std::unordered_map<int, int> refs_;  // watch descriptor -> references
-    std::deque<int> unreferenced_;       // kept for the next waits, oldest first
+    int ep_ = -1;                           // epoll: fd_ and the turns
+    int efd_ = -1;                          // interrupts a wait()
+    std::atomic<bool> interrupted_{false};  // efd_ was written since the last clear
+    std::vector<int> turns_;                // the turns' copies (open until removed)
+    std::size_t armed_ = 0;                 // how many of them are still in ep_
+    std::atomic<int> polled_{-1};           // what wait() polls: fd_, or ep_ while armed_
+    unsigned generation_ = 0;               // fork generation it was created in
+    std::unordered_map<int, int> refs_;     // watch descriptor -> references
+    std::deque<int> unreferenced_;          // kept for the next waits, oldest first
 };
 
 }  // namespace filelock::detail

@@ -71,17 +71,23 @@ void release_watcher::wait(std::chrono::steady_clock::time_point until) noexcept
         ts = {static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
         timeout = &ts;
     }
-    (void)sys().ppoll(pfds, efd_ >= 0 ? 2 : 1, timeout, nullptr);
+    // An interrupt seen here is read at the next clear, even if its writer
+    // has not yet said so.
+    if (sys().ppoll(pfds, efd_ >= 0 ? 2 : 1, timeout, nullptr) > 0 && (pfds[1].revents & POLLIN))
+        interrupted_.store(true);
 }
 
 void release_watcher::interrupt() noexcept {
     const std::uint64_t one = 1;
-    if (efd_ >= 0) (void)!sys().write(efd_, &one, sizeof one);
+    if (efd_ < 0) return;
+    (void)!sys().write(efd_, &one, sizeof one);
+    interrupted_.store(true);  // after the write: a clear that misses it sees it in wait()
 }
 
 void release_watcher::clear_interrupts() noexcept {
+    // Read only when something was written: most waits had no interrupt.
     std::uint64_t stale;
-    if (efd_ >= 0) (void)!sys().read(efd_, &stale, sizeof stale);
+    if (efd_ >= 0 && interrupted_.exchange(false)) (void)!sys().read(efd_, &stale, sizeof stale);
 }
 
 void release_watcher::close_copy(int fd) noexcept {
