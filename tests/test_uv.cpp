@@ -130,6 +130,58 @@ TEST_CASE("uv: an uncontended lock is delivered on a later loop iteration, not i
     CHECK(settled_fd_count() == fds);
 }
 
+TEST_CASE(
+    "uv: a lock released between the first attempt and the watch is delivered on a later loop "
+    "iteration, not inline") {
+    // The first attempt meets contention; the attempt made once the release
+    // watch is set up wins. That win came inside async_lock(): the awaitable
+    // then resumed its coroutine inside await_suspend, which went on to use
+    // the awaitable the coroutine had destroyed (ASan, in the torture). The
+    // release lands at a point swept across the window, many times over.
+    scratch s;
+    const auto p = s / "a.lock";
+    const int other = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    REQUIRE(other >= 0);
+    std::atomic<int> go{-1};
+    std::atomic<bool> stop{false};
+    std::thread releaser([&] {
+        while (!stop) {
+            const int d = go.exchange(-1);
+            if (d < 0) {
+                std::this_thread::yield();
+                continue;
+            }
+            const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(d);
+            while (std::chrono::steady_clock::now() < until) {
+            }
+            ::flock(other, LOCK_UN);
+        }
+    });
+    int inline_calls = 0, won = 0;
+    for (int i = 0; i < 400; ++i) {
+        REQUIRE(::flock(other, LOCK_EX) == 0);
+        uv_loop_fixture f;
+        bool inside = true, called_inside = false;
+        outcome out;
+        go = (i % 100) * 500;  // 0-50 us after the call begins
+        fuv::async_lock(f.loop, p, 5s, [&](std::error_code ec, lock_file l) {
+            called_inside = inside;
+            capture(out)(ec, std::move(l));
+        });
+        inside = false;
+        f.run();
+        inline_calls += called_inside;
+        won += out.called && !out.ec;
+        while (go != -1) std::this_thread::yield();  // the releaser took it
+        out.lock = lock_file();
+    }
+    stop = true;
+    releaser.join();
+    ::close(other);
+    CHECK(inline_calls == 0);
+    CHECK(won == 400);
+}
+
 TEST_CASE("uv: a contended lock is won when another process releases it") {
     scratch s;
     const auto p = s / "a.lock";

@@ -146,6 +146,7 @@ struct op final : filelock::detail::queue_waiter {
     uv_timer_t timer{};
     bool finished = false;
     bool delivering = false;  // done inside async_lock(): delivered on the next iteration
+    bool starting = false;    // inside async_lock(): an outcome waits for the next iteration
     bool on_release = false;  // the current wait ends on a release event
     bool moved = false;       // its watch was dropped (a fork): resumed as `moved`
     const bool shared;
@@ -197,7 +198,15 @@ struct op final : filelock::detail::queue_waiter {
                     return start_timer(next.until);
                 case action::kind::send:  // the file backend never sends
                     return finish(std::make_error_code(std::errc::function_not_supported));
-                case action::kind::done: return finish(next.ec);
+                case action::kind::done:
+                    if (starting) {
+                        // Never from inside async_lock() (the attempt made once
+                        // the watch is set up may win): the machine delivers
+                        // its outcome again then.
+                        delivering = true;
+                        return uv_timer_start(&timer, on_timer, 0, 0), void();
+                    }
+                    return finish(next.ec);
             }
         }
     }
@@ -474,18 +483,17 @@ request async_lock(uv_loop_t* loop, const std::filesystem::path& path,
     o->ctl->target = o.get();
     detail::op* op = o.release();
     // The timeout counts from now, and a waiter lines up behind this domain's
-    // waiters in the order of these calls: the machine starts here. A lock
-    // won at once is delivered on the next loop iteration (never from inside
-    // this call), and a cancel() made before then releases it again.
+    // waiters in the order of these calls: the machine starts here. An
+    // outcome reached here (a lock won at once, or by the attempt made once
+    // the watch is set up) is delivered on the next loop iteration, never
+    // from inside this call, and a cancel() made before then releases it
+    // again.
+    op->starting = true;
     try {
-        const auto next = op->acq->resume({detail::wake_reason::start, detail::clock::now()});
-        if (next.is_done()) {
-            op->delivering = true;
-            uv_timer_start(&op->timer, detail::op::on_timer, 0, 0);
-        } else {
-            op->run(next);
-        }
+        op->run(op->acq->resume({detail::wake_reason::start, detail::clock::now()}));
+        op->starting = false;
     } catch (...) {
+        op->starting = false;
         op->delivering = true;  // delivers the machine's outcome on the next iteration
         uv_timer_start(&op->timer, detail::op::on_timer, 0, 0);
     }
