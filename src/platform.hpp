@@ -44,9 +44,10 @@ struct fork_stamp {
 };
 
 /// The descriptors that a forked child closes at the fork (src/posix/
-/// fork_closed.hpp), for the lock file descriptors of pending attempts: add
-/// and remove with its lock held, which fork() holds too. Where there is no
-/// fork() the lock is empty and nothing is ever added.
+/// fork_closed.hpp), for the lock file descriptors of pending attempts (from
+/// their open on, see file_backend::open_fd): add and remove with its lock
+/// held, which fork() holds too. Where there is no fork() the lock is empty
+/// and nothing is ever added.
 std::unique_lock<std::mutex> fork_closed_lock() noexcept;
 /// Adds `fd` (false: not added, out of memory or no fork()).
 bool fork_closed_add(native_handle_type fd) noexcept;

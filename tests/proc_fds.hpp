@@ -73,6 +73,17 @@ inline int settled_fd_count() {
     return open_fd_count();
 }
 
+/// Whether the process `pid` has a descriptor on the open file description
+/// of this process's `fd` (a copy inherited across fork(), or a dup of it).
+inline bool shares_description(pid_t pid, int fd) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+        const int theirs = std::stoi(e.path().filename().string());
+        if (::syscall(SYS_kcmp, ::getpid(), pid, KCMP_FILE, fd, theirs) == 0) return true;
+    }
+    return false;
+}
+
 /// inotify watches held by this process, over all its instances (a
 /// descriptor dup()ed from another counts once).
 inline int inotify_watches() {

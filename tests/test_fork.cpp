@@ -6,6 +6,7 @@
 #include <filelock/lock_file.hpp>
 #include <filelock/uv.hpp>
 
+#include "../src/posix/sys.hpp"
 #include "support.hpp"
 
 #include <asio/io_context.hpp>
@@ -78,6 +79,57 @@ std::vector<int> fd_numbers_on(const fs::path& p) {
             fds.push_back(std::stoi(e.path().filename().string()));
     return fds;
 }
+
+// Replaces entries of the system call table for one test.
+struct seam {
+    filelock::detail::sys_table saved = filelock::detail::sys();
+    ~seam() { filelock::detail::sys() = saved; }
+};
+
+// A system call on one file, held back until the test lets it go: a flock(2)
+// attempt before it locks (the attempt's thread stands between its open and
+// its lock), or an open(2) once it opened (between the open and what the
+// attempt does next).
+struct held_back {
+    static inline std::atomic<ino_t> ino{0};
+    static inline std::atomic<int> state{0};  // 1: a thread is held back; 2: let go
+    seam fake;
+    enum call { flock, open };
+    held_back(const fs::path& p, call which) {
+        struct stat st {};
+        REQUIRE(::stat(p.c_str(), &st) == 0);
+        ino = st.st_ino;
+        state = 0;
+        if (which == flock)
+            filelock::detail::sys().flock = [](int fd, int op) {
+                if (op & LOCK_NB) hold(fd);
+                return filelock::detail::default_sys().flock(fd, op);
+            };
+        else
+            filelock::detail::sys().open = [](const char* path, int flags, mode_t mode) {
+                const int fd = filelock::detail::default_sys().open(path, flags, mode);
+                if (fd >= 0) hold(fd);
+                return fd;
+            };
+    }
+    // The first call on the file waits for let_go().
+    static void hold(int fd) {
+        const int err = errno;
+        struct stat st {};
+        int idle = 0;
+        if (::fstat(fd, &st) == 0 && st.st_ino == ino && state.compare_exchange_strong(idle, 1)) {
+            state.notify_all();
+            state.wait(1);
+        }
+        errno = err;
+    }
+    /// Until a thread is held back.
+    void wait_held() { state.wait(0); }
+    void let_go() {
+        state = 2;
+        state.notify_all();
+    }
+};
 
 }  // namespace
 
@@ -392,4 +444,46 @@ TEST_CASE(
     CHECK(code == 0);
     io.run();
     CHECK(done);
+}
+
+TEST_CASE(
+    "fork: a child forked between a first attempt's open and its winning lock keeps no copy of "
+    "the lock") {
+    // The descriptor of an attempt was listed for the fork's child only once
+    // it met contention: a child forked between the open and a lock that won
+    // kept a copy, and the lock stayed held by the child after the parent
+    // released it. A fork right after the open (before the listing) makes
+    // the attempt open again: the child's copy is of a description never
+    // locked.
+    {
+        const int probe = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+        REQUIRE(shares_description(::getpid(), probe));  // kcmp(2) works here
+        ::close(probe);
+    }
+    for (const auto call : {held_back::flock, held_back::open}) {
+        CAPTURE(call);
+        scratch dir;
+        const fs::path p = dir / "a.lock";
+        { std::ofstream(p) << ""; }
+        held_back h(p, call);
+        std::error_code ec;
+        lock_file l;
+        std::thread attempt([&] { l = filelock::try_lock(p, ec); });
+        h.wait_held();
+        child c([](int ready) {  // its fork handlers have run once it is ready
+            (void)!::write(ready, "r", 1);
+            return 0;
+        });
+        REQUIRE(c.ready());
+        h.let_go();
+        attempt.join();
+        REQUIRE_FALSE(ec);
+        const auto held = fd_numbers_on(p);
+        REQUIRE(held.size() == 1);
+        CHECK_FALSE(shares_description(c.pid(), held[0]));
+        l.close();
+        CHECK(lock_is_free(p));  // held by the child's copy before
+        c.release();
+        CHECK(c.wait() == 0);
+    }
 }

@@ -22,6 +22,10 @@ namespace {
 // replaced under it before it counts as contention.
 constexpr int max_identity_rounds = 16;
 
+// How many opens of one attempt a fork may come in the middle of (see
+// file_backend::open_fd) before the last is made with fork() held off.
+constexpr int max_open_rounds = 4;
+
 file::lock_spec spec_of(const file_policy& p) noexcept {
     return {p.backend == lock_backend::ofd, p.mode == lock_mode::shared, p.range};
 }
@@ -58,14 +62,41 @@ void unlock_close(const file::ops& os, native_handle_type fd, const file::lock_s
 
 }  // namespace
 
-// A descriptor kept for the next attempts (contention) is one that a forked
-// child closes at the fork (fork_closed): the child never shares a pending
-// attempt, nor the lock won on it before it is handed over. Not over a
-// test's seam, whose descriptors are not the process's.
-void file_backend::list_fd() noexcept {
-    if (fd_listed_ || fd_ == no_handle || ops_ != &file::platform_ops()) return;
-    std::unique_lock<std::mutex> g = fork_closed_lock();
-    fd_listed_ = fork_closed_add(fd_);
+// Opens fd_ as one that a forked child closes at the fork (fork_closed),
+// from the open on: the child never shares a pending attempt, nor the lock
+// won on it before it is handed over (a child forked between the open and a
+// lock that wins would keep that lock held after the parent's release). The
+// open itself is made without the list's lock, which fork() waits for (an
+// open on NFS or FUSE may take long): a fork between the stamp and the
+// listing shows in the stamp, and the descriptor, which the child may have
+// kept, is closed (nothing is locked on it yet) and opened again. After
+// `max_open_rounds - 1` such forks in a row the last open is made with the
+// lock held: a fork storm delays the forks then, it never starves the
+// attempt. Not over a test's seam, whose descriptors are not the process's.
+file::failure file_backend::open_fd() noexcept {
+    const file::ops& os = *ops_;
+    const bool listed = ops_ == &file::platform_ops();
+    for (int round = 1;; ++round) {
+        // Stamped before the open: a fork that may have copied the
+        // descriptor always shows.
+        const fork_stamp stamp = fork_stamp::now();
+        fd_generation_ = stamp.generation;
+        fd_forks_ = stamp.forks;
+        std::unique_lock<std::mutex> g;
+        if (listed && round == max_open_rounds) g = fork_closed_lock();
+        // Never truncated: a contender must not touch the holder's content.
+        if (auto f = os.open(path_, {policy_.writable, policy_.nofollow, policy_.file_mode}, fd_))
+            return f;
+        if (!listed) return {};
+        if (!g.owns_lock()) g = fork_closed_lock();
+        if (stamp.is_private()) {
+            fd_listed_ = fork_closed_add(fd_);  // out of memory: try_acquire's check
+            return {};
+        }
+        g.unlock();
+        os.close(fd_);
+        fd_ = no_handle;
+    }
 }
 
 // A listed descriptor leaves the list as it closes or is handed over, under
@@ -87,6 +118,9 @@ void file_backend::unlist_fd(bool close, bool unlock) noexcept {
         if (fd_generation_ == fork_generation()) {
             fork_closed_remove(fd_);
             release();
+            // Handed over: listed since its open, it was closed by every
+            // child forked since, so it is private as of now.
+            if (!close) fd_forks_ = fork_stamp::now().forks;
         }
         fd_listed_ = false;
     }
@@ -103,9 +137,10 @@ bool file_backend::fd_open() const noexcept {
 // description, and with it the lock, so an unlock in either would release
 // it for both: a descriptor that is not private (see fork_stamp) is only
 // closed, and the lock stays held until every copy is closed (as
-// flock(1)'s is).
+// flock(1)'s is). A listed one's copies are closed by the children at the
+// fork, unused: it is unlocked.
 void file_backend::unlock_and_close() noexcept {
-    unlist_fd(true, fork_stamp{fd_generation_, fd_forks_}.is_private());
+    unlist_fd(true, fd_listed_ || fork_stamp{fd_generation_, fd_forks_}.is_private());
     won_ = false;
     process_queue::close_bell(std::exchange(bell_, -1), fd_generation_);  // after the unlock
 }
@@ -162,15 +197,7 @@ std::error_code file_backend::attempt() noexcept {
     };
     for (int round = 0; round < max_identity_rounds; ++round) {
         if (fd_ == no_handle) {
-            // Stamped before the open: a fork that may have copied the
-            // descriptor always shows.
-            const fork_stamp stamp = fork_stamp::now();
-            fd_generation_ = stamp.generation;
-            fd_forks_ = stamp.forks;
-            // Never truncated: a contender must not touch the holder's content.
-            if (auto f =
-                    os.open(path_, {policy_.writable, policy_.nofollow, policy_.file_mode}, fd_))
-                return fail(f);
+            if (auto f = open_fd()) return fail(f);
         }
         if (auto f = lock()) {
             // Contention keeps the descriptor for the next attempt: reopening
@@ -178,8 +205,6 @@ std::error_code file_backend::attempt() noexcept {
             if (f.ec != errc::locked) {
                 close_fd();  // nothing to unlock
                 failed_call_ = f.call;
-            } else {
-                list_fd();
             }
             return f.ec;
         }

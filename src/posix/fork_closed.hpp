@@ -4,9 +4,9 @@
 // The descriptors of this process that a forked child must not keep: the
 // cross-process queue's doorbells kept by winners (see process_queue.hpp),
 // the release watcher's copies of the queue turns, and the lock file
-// descriptor that a waiting attempt keeps between attempts (from its first
-// contention on, through src/platform.hpp's fork_closed_add(); see
-// src/file/attempt.cpp). A pthread_atfork child handler closes every one
+// descriptor of an attempt, from its open until it is closed or handed over
+// with a won lock (through src/platform.hpp's fork_closed_add(); see
+// file_backend::open_fd in src/file/attempt.cpp). A pthread_atfork child handler closes every one
 // registered, and does nothing else. Its mutex guards the list, and is held
 // across fork() and around every registering, closing and handing over of a
 // registered descriptor (and, for the queue's, its opening): the child finds

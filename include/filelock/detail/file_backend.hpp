@@ -112,7 +112,7 @@ private:
     file::failure lock() noexcept;
     void unlock_and_close() noexcept;
     void close_fd() noexcept;
-    void list_fd() noexcept;
+    file::failure open_fd() noexcept;
     void unlist_fd(bool close, bool unlock) noexcept;
     bool fd_open() const noexcept;  // fd_, unless a forked child closed its copy at the fork
 
@@ -123,7 +123,7 @@ private:
     std::error_code init_error_;
     const char* failed_call_ = nullptr;
     native_handle_type fd_ = no_handle;
-    bool fd_listed_ = false;  // closed by a forked child at the fork (fork_closed_add)
+    bool fd_listed_ = false;  // since its open, closed by a forked child at the fork (open_fd)
     bool won_ = false;
     unsigned slot_ = 0;                     // the slot won (slots > 1)
     unsigned long long dev_ = 0, ino_ = 0;  // of the file won
