@@ -10,6 +10,7 @@
 #include "../src/inspect/kernel_locks.hpp"
 #include "support.hpp"
 
+#include <optional>
 #include <sys/inotify.h>
 #include <thread>
 
@@ -452,4 +453,104 @@ TEST_CASE("inspect: a queued shared waiter is a shared waiter with its place in 
     REQUIRE(reader.read_line() == "locked");
     reader.close_stdin();
     CHECK(reader.wait() == 0);
+}
+
+TEST_CASE("inspect: a queued slot waiter is a slot waiter of N; kernel-blocked waiters as before") {
+    // A slot waiter's ticket is a reader's (even), as a shared waiter's: it
+    // was shown as a shared waiter. Beside it: a queued shared waiter, a
+    // flock(1) blocked in the kernel and an OFD range request blocked in the
+    // kernel (which /proc/locks names as pid -1: no process to name).
+    scratch s;
+    const auto p = s / "a.lock";
+    write_file(p, "");
+    program holder = flock_holder(p);
+    REQUIRE(holder.read_line() == "locked");
+    filelock::lock_options r;
+    r.backend = filelock::lock_backend::ofd;
+    r.range = {100, 10};
+    std::optional<lock_file> range(std::in_place, p, r);
+    const std::string tool = filelock_run_path();
+    program slots(
+        {tool, "--slots", "3", "-w", "10", p.string(), "sh", "-c", "echo locked; exec cat"});
+    inspect_until(p, [](const auto& st) { return st.waiters.size() == 1; });
+    program reader({tool, "-s", "-w", "10", p.string(), "sh", "-c", "echo locked; exec cat"});
+    inspect_until(p, [](const auto& st) { return st.waiters.size() == 2; });
+    program blocked = flock_holder(p);
+    inspect_until(p, [](const auto& st) { return st.waiters.size() == 3; });
+    program ofd({python(), "-c",
+                 "import fcntl, os, struct, sys\n"
+                 "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+                 "fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, struct.pack('hhqqi', fcntl.F_WRLCK, 0, "
+                 "105, 10, 0))\n"
+                 "print('locked', flush=True)\n"
+                 "sys.stdin.read()\n",
+                 p.string()});
+    const auto st = inspect_until(p, [](const auto& st) { return st.waiters.size() == 4; });
+    REQUIRE(st.holders.size() == 2);
+    REQUIRE(st.waiters.size() == 4);
+
+    const auto& w = st.waiters[0];
+    CHECK(w.pid == slots.pid());
+    CHECK(w.kind == lock_kind::slot);
+    CHECK(w.slots == 3);
+    CHECK(w.api == lock_api::ofd);
+    CHECK(w.start == filelock::slot_offset);
+    CHECK(w.length == 3);
+    CHECK_FALSE(w.slot.has_value());
+    CHECK(w.ticket == 1);
+
+    const auto& sh = st.waiters[1];
+    CHECK(sh.pid == reader.pid());
+    CHECK(sh.kind == lock_kind::shared);
+    CHECK(sh.slots == 0);
+    CHECK(sh.api == lock_api::flock);
+    CHECK(sh.ticket == 2);
+
+    // The kernel's blocked requests, in /proc/locks order (their blockers'
+    // order, which varies).
+    const bool flock_first = st.waiters[2].api == lock_api::flock;
+    const auto& fl = st.waiters[flock_first ? 2 : 3];
+    CHECK(fl.pid == blocked.pid());
+    CHECK(fl.kind == lock_kind::exclusive);
+    CHECK(fl.api == lock_api::flock);
+    CHECK(fl.slots == 0);
+    CHECK(fl.ticket == 0);
+
+    const auto& rg = st.waiters[flock_first ? 3 : 2];
+    CHECK(rg.pid == 0);  // a blocked OFD request names no process
+    CHECK(rg.kind == lock_kind::slot);
+    CHECK(rg.api == lock_api::ofd);
+    CHECK(rg.start == 105);
+    CHECK(rg.length == 10);
+    CHECK(rg.slots == 0);
+    CHECK_FALSE(rg.slot.has_value());
+    CHECK(rg.ticket == 0);
+    CHECK_FALSE(st.complete);
+
+    // filelock-run --status --json says the same.
+    const std::string want =
+        "[(" + std::to_string(slots.pid()) + ", 'slot', 'ofd', 3, 1, " +
+        std::to_string(filelock::slot_offset) + ", 3), (" + std::to_string(reader.pid()) +
+        ", 'shared', 'flock', None, 2, None, None), (" + std::to_string(blocked.pid()) +
+        ", 'exclusive', 'flock', None, None, None, None), (0, 'slot', 'ofd', None, None, 105, 10)]";
+    const std::string script =
+        "out=$(" + tool + " --status --json " + p.string() + "); [ $? -eq 1 ] || exit 10; " +
+        "printf %s \"$out\" | " + python() +
+        " -c \"import json, sys; d = json.load(sys.stdin); "
+        "got = [(w['pid'], w['mode'], w['lock'], w.get('slots'), w.get('queue_position'), "
+        "w.get('start'), w.get('length')) for w in d['waiters']]; "
+        "print(got, file=sys.stderr); want = " +
+        want +
+        "; sys.exit(0 if got[:2] == want[:2] and sorted(got[2:], key=str) == "
+        "sorted(want[2:], key=str) else 11)\"";
+    std::string err;
+    const int status = run({"sh", "-c", script}, &err);
+    INFO(err);
+    CHECK(status == 0);
+
+    for (program* w : {&slots, &reader, &blocked, &ofd}) w->close_stdin();
+    range.reset();
+    holder.close_stdin();
+    CHECK(holder.wait() == 0);
+    for (program* w : {&slots, &reader, &blocked, &ofd}) CHECK(w->wait() == 0);
 }

@@ -42,6 +42,7 @@ std::string json_party(const filelock::lock_party& p) {
     if (p.kind == filelock::lock_kind::slot)
         s += ",\"start\":" + std::to_string(p.start) + ",\"length\":" + std::to_string(p.length);
     if (p.slot) s += ",\"slot\":" + std::to_string(*p.slot);
+    if (p.slots) s += ",\"slots\":" + std::to_string(p.slots);
     s += ",\"since\":" + (p.since ? "\"" + iso_time(*p.since) + "\"" : std::string("null"));
     s += ",\"content\":" + (p.content.empty() ? std::string("null") : json_string(p.content));
     s += ",\"verified\":" + std::string(p.verified ? "true" : "false");
@@ -51,11 +52,14 @@ std::string json_party(const filelock::lock_party& p) {
 
 std::string pid_text(long long pid) { return pid > 0 ? std::to_string(pid) : "?"; }
 
-// A range's mode: "slot 3" (filelock's slot 3), "slot 5+1" (bytes 5 to 5).
+// A range's mode: "slot 3" (filelock's slot 3), "slot of 4" (a waiter for
+// one of 4 slots), "slot 5+1" (bytes 5 to 5).
 std::string mode_text(const filelock::lock_party& p) {
     std::string what = kind_name(p.kind);
     if (p.slot)
         what.append(" ").append(std::to_string(*p.slot));
+    else if (p.slots)
+        what.append(" of ").append(std::to_string(p.slots));
     else if (p.kind == filelock::lock_kind::slot)
         what.append(" ")
             .append(std::to_string(p.start))

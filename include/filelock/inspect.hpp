@@ -46,7 +46,8 @@ namespace filelock {
 enum class lock_kind {
     exclusive,  ///< the whole file, one holder (LOCK_EX, F_WRLCK)
     shared,     ///< the whole file, shared holders (LOCK_SH, F_RDLCK)
-    slot,       ///< a byte range of the file (an OFD or POSIX range lock, a slot)
+    slot,       ///< a byte range of the file (an OFD or POSIX range lock, a slot), or
+                ///< filelock's waiter for one of N slots (lock_party::slots)
 };
 
 /// The kernel lock a party uses.
@@ -77,6 +78,13 @@ struct lock_party {
     /// holds a shared flock(2) lock of the whole file on the same open file
     /// description: that lock is part of this holder, not another one.
     std::optional<unsigned> slot;
+    /// A waiter for one of N slots (lock_options::slots) in filelock's
+    /// queue: N, with `kind` slot, `start` slot_offset and `length` N (the
+    /// bytes it may take); 0 for every other party. A slot waiter whose N
+    /// cannot be read (a process this user may not read, or a build of
+    /// filelock that did not record it) shows as `shared`: its ticket is a
+    /// reader's.
+    unsigned slots = 0;
     /// Since when it holds (the mtime of the content it wrote), when known.
     std::optional<std::chrono::system_clock::time_point> since;
     /// The content it wrote, when the lock file's content is this holder's.

@@ -174,12 +174,12 @@ std::error_code file_backend::try_acquire() noexcept {
         // A writer waits: a reader does not attempt (it would get in while
         // readers hold the lock, and starve the writer) but counts it as
         // contention, and lines up behind it at the second.
-        order_.contended(path_, policy_.file_mode, now, reader);
+        order_.contended(path_, policy_.file_mode, now, reader, policy_.slots);
         return errc::locked;
     }
     const std::error_code ec = attempt();
     if (ec == errc::locked)
-        order_.contended(path_, policy_.file_mode, now, reader);
+        order_.contended(path_, policy_.file_mode, now, reader, policy_.slots);
     else if (ec)
         order_.leave();  // failed: the next in line is the head
     else

@@ -85,14 +85,20 @@ struct owners_of {
         scanned = true;
     }
 
-    long long resolve(const kernel::lock_line& l, bool any_type = false) {
+    // The owner of `l` (nullptr: none found).
+    const kernel::owner* take(const kernel::lock_line& l, bool any_type = false) {
         scan();
         for (std::size_t i = 0; i < all.size(); ++i) {
             if (used[i] || !same_lock(all[i].lock, l, any_type)) continue;
             used[i] = true;
-            return all[i].pid;
+            return &all[i];
         }
-        return 0;
+        return nullptr;
+    }
+
+    long long resolve(const kernel::lock_line& l, bool any_type = false) {
+        const kernel::owner* o = take(l, any_type);
+        return o ? o->pid : 0;
     }
 
     // The shared flock(2) lock of the whole file that the open file
@@ -260,11 +266,15 @@ lock_status detail::inspect_handle(const std::filesystem::path& path, native_han
             kernel::lock_line line;
         };
         std::vector<unnamed> unnamed_locks;
+        // Adds the party of `l` to `to`; returns the owner found for it
+        // through fdinfo (nullptr: none looked for, or none found).
         const auto add = [&](std::vector<lock_party>& to, const kernel::lock_line& l,
-                             bool ticket = false) {
+                             bool ticket = false) -> const kernel::owner* {
             lock_party p = party_of(l);
+            const kernel::owner* o = nullptr;
             if (!l.blocked && needs_owner(l)) {
-                const long long pid = owners.resolve(l, ticket);
+                o = owners.take(l, ticket);
+                const long long pid = o ? o->pid : 0;
                 if (pid != 0)
                     p.pid = pid;
                 else if (l.pid > 0)
@@ -284,6 +294,7 @@ lock_status detail::inspect_handle(const std::filesystem::path& path, native_han
                 st.content_live = true;
             }
             to.push_back(std::move(p));
+            return o;
         };
         const auto held_here = [&](const kernel::lock_line& l) {
             return l.major == key.major && l.minor == key.minor && l.ino == key.ino && !l.blocked;
@@ -332,13 +343,25 @@ lock_status detail::inspect_handle(const std::filesystem::path& path, native_han
                   [](const auto& a, const auto& b) { return a.start < b.start; });
         std::uint64_t position = 0;
         for (const auto& l : queued) {
-            add(st.waiters, l, true);
-            // A waiter for the flock(2) lock on the whole file: a writer's
-            // ticket is odd, a reader's even.
+            const kernel::owner* o = add(st.waiters, l, true);
+            // A writer's ticket is odd, a reader's even: a waiter for the
+            // flock(2) lock on the whole file, exclusive or shared, or for
+            // one of N slots, whose registration positions its descriptor
+            // of the queue file at N (process_queue.cpp; 0 for the others).
             auto& w = st.waiters.back();
-            w.kind = l.start % 2 == 0 ? lock_kind::shared : lock_kind::exclusive;
-            w.api = lock_api::flock;
-            w.start = w.length = 0;
+            const bool reader = l.start % 2 == 0;
+            const std::uint64_t n = o ? o->pos : 0;
+            if (reader && n >= 2 && n <= max_slots) {
+                w.kind = lock_kind::slot;
+                w.api = lock_api::ofd;
+                w.slots = static_cast<unsigned>(n);
+                w.start = slot_offset;
+                w.length = n;
+            } else {
+                w.kind = reader ? lock_kind::shared : lock_kind::exclusive;
+                w.api = lock_api::flock;
+                w.start = w.length = 0;
+            }
             w.ticket = ++position;
         }
         for (const auto& l : lines)

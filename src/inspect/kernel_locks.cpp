@@ -159,14 +159,19 @@ std::vector<owner> scan_owners(const std::vector<file_key>& files) {
             if (!all_digits(f->d_name) || !to_number(std::string_view(f->d_name), fd)) continue;
             if (!slurp((path + "/" + f->d_name).c_str(), text)) continue;
             std::string_view rest(text);
+            std::uint64_t pos = 0;  // fdinfo's first line, before its locks
             while (!rest.empty()) {
                 const auto nl = std::min(rest.find('\n'), rest.size());
                 auto line = rest.substr(0, nl);
                 rest.remove_prefix(std::min(nl + 1, rest.size()));
+                if (line.substr(0, 4) == "pos:") {
+                    auto value = line.substr(4);
+                    if (!to_number(next_word(value), pos)) pos = 0;
+                }
                 if (line.substr(0, 5) != "lock:") continue;
                 lock_line l;
                 if (parse_lock_line(line.substr(5), l) && !l.blocked && about(files, l))
-                    found.push_back({pid, fd, l});
+                    found.push_back({pid, fd, l, pos});
             }
         }
         ::closedir(fds);

@@ -57,6 +57,7 @@ struct owner {
     long long pid = 0;
     int fd = -1;  // the descriptor: the locks of one (pid, fd) are one description's
     lock_line lock;
+    std::uint64_t pos = 0;  // the description's file offset (fdinfo's "pos:")
 };
 /// Scans /proc/*/fdinfo/* once for the held locks on `files`.
 FILELOCK_API std::vector<owner> scan_owners(const std::vector<file_key>& files);

@@ -278,7 +278,7 @@ bool process_queue::writer_waits(const std::filesystem::path& lock_path) noexcep
 }
 
 void process_queue::contended(const std::filesystem::path& lock_path, unsigned mode,
-                              clock::time_point now, bool reader) noexcept {
+                              clock::time_point now, bool reader, unsigned slots) noexcept {
     if (fd_ >= 0 && std::exchange(beat_, false)) {
         // The head's heartbeat: its ticket flips at every attempt that fails
         // (not before the attempt: a winner's path has no call of it).
@@ -307,6 +307,11 @@ void process_queue::contended(const std::filesystem::path& lock_path, unsigned m
             unusable_ = true;
             return;
         }
+        // A slot waiter's N, for inspect() (which reads it in our fdinfo):
+        // the offset of this description, which is never read nor written
+        // through. Set before the ticket is taken, so a ticket seen is
+        // always seen with it.
+        if (slots > 1) (void)::lseek(fd, static_cast<off_t>(slots), SEEK_SET);
         // One past the highest ticket held; a ticket taken by another
         // registrant in between makes us look further.
         std::uint64_t at = 1, found = 0;
@@ -455,8 +460,8 @@ void process_queue::close_bell(int bell, unsigned generation) noexcept {
 
 #else  // no OFD locks: never registers
 
-void process_queue::contended(const std::filesystem::path&, unsigned, clock::time_point,
-                              bool) noexcept {
+void process_queue::contended(const std::filesystem::path&, unsigned, clock::time_point, bool,
+                              unsigned) noexcept {
     unusable_ = true;
 }
 bool process_queue::writer_waits(const std::filesystem::path&) noexcept { return false; }

@@ -52,6 +52,9 @@
 // as a contended attempt (it registers at the second, as any waiter). A writer waits for every
 // ticket before its own. Slot waiters are readers here (a slot holder holds the file shared): a
 // free slot is not taken while a writer waits, so looping slot users do not starve it.
+// inspect() tells a slot waiter from a shared one by the file offset of
+// its descriptor of the queue file, set to its N (lseek; the file stays
+// empty) before it takes its ticket; every other waiter's stays 0.
 //
 // fork(): a child never keeps a copy of the queue's descriptors (a
 // waiter's ticket, its doorbell, its connection to a predecessor's, a
@@ -93,9 +96,11 @@ public:
     bool may_attempt(clock::time_point now) noexcept;
     /// An attempt met contention: a head's heartbeat; registers at the second one (the lock
     /// file `lock_path`, created files get `mode`), as a `reader` (a shared
-    /// lock's or a slot's waiter) or a writer.
+    /// lock's or a slot's waiter) or a writer. A slot waiter's `slots` (its
+    /// N, when more than 1) is recorded for inspect() as the offset of its
+    /// queue file descriptor (fdinfo's "pos:"): nothing is written.
     void contended(const std::filesystem::path& lock_path, unsigned mode, clock::time_point now,
-                   bool reader = false) noexcept;
+                   bool reader = false, unsigned slots = 1) noexcept;
     /// Whether a writer waits in the queue of `lock_path` (a reader that is
     /// not registered yet lines up behind it instead of attempting).
     bool writer_waits(const std::filesystem::path& lock_path) noexcept;
