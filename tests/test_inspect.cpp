@@ -554,3 +554,42 @@ TEST_CASE("inspect: a queued slot waiter is a slot waiter of N; kernel-blocked w
     CHECK(holder.wait() == 0);
     for (program* w : {&slots, &reader, &blocked, &ofd}) CHECK(w->wait() == 0);
 }
+
+TEST_CASE("inspect: --watch shows a queued slot waiter that wins a slot as served, not as left") {
+    // The waiter is "slot of 3", the holder it becomes "slot 0": one party,
+    // served, not a waiter that left and a holder that came.
+    scratch s;
+    const auto p = s / "a.lock";
+    write_file(p, "");
+    const std::string tool = filelock_run_path();
+    program watch({tool, "--watch", p.string()});
+    std::string seen = watch.read_line() + "\n";
+    // Lines up to the first that contains `part` (at most 50).
+    const auto until = [&](const std::string& part) {
+        for (int i = 0; i < 50; ++i) {
+            const std::string line = watch.read_line();
+            if (line.empty()) return false;
+            seen += line + "\n";
+            if (line.find(part) != std::string::npos) return true;
+        }
+        return false;
+    };
+    program holder = flock_holder(p);
+    REQUIRE(holder.read_line() == "locked");
+    CHECK(until(" acquired holder " + std::to_string(holder.pid())));
+    program waiter(
+        {tool, "--slots", "3", "-w", "10", p.string(), "sh", "-c", "echo ran; exec cat"});
+    const std::string pid = std::to_string(waiter.pid());
+    CHECK(until(" joined waiter " + pid + " (ofd slot of 3, queued #1)"));
+    holder.close_stdin();
+    CHECK(holder.wait() == 0);
+    CHECK(until(" acquired holder " + pid + " (ofd slot 0)"));
+    REQUIRE(waiter.read_line() == "ran");
+    waiter.close_stdin();
+    CHECK(waiter.wait() == 0);
+    CHECK(until(" released holder " + pid + " (ofd slot 0)"));
+    INFO(seen);
+    CHECK(seen.find(" left waiter " + pid) == std::string::npos);
+    ::kill(watch.pid(), SIGTERM);
+    CHECK(watch.wait() == 128 + SIGTERM);
+}

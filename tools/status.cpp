@@ -77,6 +77,7 @@ party_view party_of(const filelock::lock_party& p) {
     party_view v;
     v.id = std::to_string(p.pid) + " " + api_name(p.api) + " " + kind_name(p.kind) + " " +
            std::to_string(p.start) + " " + std::to_string(p.length);
+    if (p.slot || p.slots) v.served_as = std::to_string(p.pid) + " slot";
     v.who = pid_text(p.pid);
     if (!p.verified && !p.host.empty()) v.who.append("@").append(p.host);
     v.what = lock_text(p);
@@ -260,11 +261,14 @@ std::vector<std::string> watch_change_lines(const status_view& before, const sta
         lines.push_back(change_line("acquired", "holder", *p, json, time));
     // A waiter that went is one that left, unless it is among the holders
     // that came (it was served).
+    const auto key = [](const party_view& v) -> const std::string& {
+        return v.served_as.empty() ? v.id : v.served_as;
+    };
     std::vector<bool> served(acquired.size(), false);
     for (const party_view* p : missing(before.waiters, after.waiters)) {
         bool was_served = false;
         for (std::size_t i = 0; i < acquired.size() && !was_served; ++i)
-            if (!served[i] && acquired[i]->id == p->id) served[i] = was_served = true;
+            if (!served[i] && key(*acquired[i]) == key(*p)) served[i] = was_served = true;
         if (!was_served) lines.push_back(change_line("left", "waiter", *p, json, time));
     }
     for (const party_view* p : missing(after.waiters, before.waiters))

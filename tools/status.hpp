@@ -36,6 +36,10 @@ struct party_view {
     /// Names the same party from one look to the next, as a holder or as a
     /// waiter (files: pid, lock and range; etcd: the key).
     std::string id;
+    /// Names a waiter and the holder it becomes, when `id` does not (empty:
+    /// `id` does): a filelock slot waiter ("of N" slots) and the holder of
+    /// the one slot it won, both "PID slot".
+    std::string served_as;
     /// Who, in a human line: a pid ("?" when unknown), an etcd key.
     std::string who;
     /// What, in a human line: "flock exclusive", "flock exclusive, queued #2".
