@@ -46,6 +46,21 @@ unsigned fork_generation() noexcept;  // src/platform.hpp
 
 namespace {
 
+// Lines `q` up in the queue of `p`, as a waiter does: its first contention
+// registers nothing, its second takes a ticket (a `reader`'s is even).
+void line_up(process_queue& q, const fs::path& p, steady::time_point now, bool reader = false) {
+    q.contended(p, 0644, now, reader);
+    q.contended(p, 0644, now, reader);
+}
+
+// The setting of the tests that drive process_queue directly: a lock file
+// `p` in a scratch directory, and the time `t0` its waiters line up at.
+struct queue_test {
+    scratch s;
+    const fs::path p = s / "a.lock";
+    const steady::time_point t0 = steady::now();
+};
+
 // Polls inspect() until `n` filelock waiters are queued; at most 20 s.
 bool queued(const fs::path& p, std::size_t n) {
     for (int i = 0; i < 2000; ++i) {
@@ -195,18 +210,13 @@ struct flock_held {
 
 }  // namespace
 
-TEST_CASE("queue: tickets in registration order; only the head may attempt") {
-    scratch s;
-    const auto p = s / "a.lock";
-    const auto t0 = steady::now();
+TEST_CASE_METHOD(queue_test, "queue: tickets in registration order; only the head may attempt") {
     process_queue a, b, c;
     a.contended(p, 0644, t0);
     CHECK(a.ticket() == 0);  // a single contention never registers
     a.contended(p, 0644, t0);
-    b.contended(p, 0644, t0);
-    b.contended(p, 0644, t0);
-    c.contended(p, 0644, t0);
-    c.contended(p, 0644, t0);
+    line_up(b, p, t0);
+    line_up(c, p, t0);
     // Writers' tickets are odd (readers' even).
     REQUIRE(a.ticket() == 1);
     CHECK(b.ticket() == 3);
@@ -222,8 +232,7 @@ TEST_CASE("queue: tickets in registration order; only the head may attempt") {
     CHECK(c.may_attempt(t0));
     // A newcomer lines up behind the one left.
     process_queue d;
-    d.contended(p, 0644, t0);
-    d.contended(p, 0644, t0);
+    line_up(d, p, t0);
     CHECK(d.ticket() == 7);
     CHECK_FALSE(d.may_attempt(t0));
     c.leave();
@@ -231,23 +240,15 @@ TEST_CASE("queue: tickets in registration order; only the head may attempt") {
     CHECK(fs::file_size(filelock::queue_path(p)) == 0);
     // Empty again: tickets start over.
     process_queue e;
-    e.contended(p, 0644, t0);
-    e.contended(p, 0644, t0);
+    line_up(e, p, t0);
     CHECK(e.ticket() == 1);
 }
 
-TEST_CASE("queue: readers attempt before the first waiting writer; those after it wait for it") {
-    scratch s;
-    const auto p = s / "a.lock";
-    const auto t0 = steady::now();
-    const auto reader = [&](process_queue& q) {
-        q.contended(p, 0644, t0, true);
-        q.contended(p, 0644, t0, true);
-    };
-    const auto writer = [&](process_queue& q) {
-        q.contended(p, 0644, t0);
-        q.contended(p, 0644, t0);
-    };
+TEST_CASE_METHOD(
+    queue_test,
+    "queue: readers attempt before the first waiting writer; those after it wait for it") {
+    const auto reader = [&](process_queue& q) { line_up(q, p, t0, true); };
+    const auto writer = [&](process_queue& q) { line_up(q, p, t0); };
     process_queue r1, r2, w1, r3, w2, r4;
     CHECK_FALSE(r1.writer_waits(p));
     reader(r1);
@@ -282,15 +283,11 @@ TEST_CASE("queue: readers attempt before the first waiting writer; those after i
     CHECK(fs::file_size(filelock::queue_path(p)) == 0);
 }
 
-TEST_CASE("queue: a head that makes no attempt is passed by the others, within a bound") {
-    scratch s;
-    const auto p = s / "a.lock";
-    const auto t0 = steady::now();
+TEST_CASE_METHOD(queue_test,
+                 "queue: a head that makes no attempt is passed by the others, within a bound") {
     process_queue head, next;
-    head.contended(p, 0644, t0);
-    head.contended(p, 0644, t0);
-    next.contended(p, 0644, t0);
-    next.contended(p, 0644, t0);
+    line_up(head, p, t0);
+    line_up(next, p, t0);
     REQUIRE(next.ticket() == 3);
     CHECK_FALSE(next.may_attempt(t0));
     // A head that attempts in vain (its heartbeat) is waited for.
@@ -322,8 +319,7 @@ TEST_CASE("queue: a winner's ticket is gone once lock() returns; its doorbell ri
     std::thread first([&] { won = filelock::lock(p, 20s); });
     REQUIRE(queued(p, 1));
     process_queue next;
-    next.contended(p, 0644, steady::now());
-    next.contended(p, 0644, steady::now());
+    line_up(next, p, steady::now());
     REQUIRE(next.ticket() == 3);
     REQUIRE(next.turn_handle() >= 0);  // the first one's doorbell
     ::close(holder);
@@ -339,8 +335,7 @@ TEST_CASE("queue: a winner's ticket is gone once lock() returns; its doorbell ri
     CHECK(filelock::inspect(p).waiters.empty());
     // A newcomer takes the first ticket again (its doorbell's name is free).
     process_queue again;
-    again.contended(p, 0644, steady::now());
-    again.contended(p, 0644, steady::now());
+    line_up(again, p, steady::now());
     CHECK(again.ticket() == 1);
 }
 
@@ -349,16 +344,14 @@ TEST_CASE("queue: a killed waiter leaves at once; the queue file is not needed t
     const auto p = s / "a.lock";
     child waiter_child([&](int ready) {
         process_queue q;
-        q.contended(p, 0644, steady::now());
-        q.contended(p, 0644, steady::now());
+        line_up(q, p, steady::now());
         (void)!::write(ready, "r", 1);
         await_release();
         return 0;
     });
     REQUIRE(waiter_child.ready());
     process_queue mine;
-    mine.contended(p, 0644, steady::now());
-    mine.contended(p, 0644, steady::now());
+    line_up(mine, p, steady::now());
     CHECK(mine.ticket() == 3);
     CHECK_FALSE(mine.may_attempt(steady::now()));
     waiter_child.kill();
@@ -552,17 +545,16 @@ TEST_CASE(
     CHECK(lines_of(f.out) == std::vector<std::string>{"thread", "1"});
 }
 
-TEST_CASE(
+TEST_CASE_METHOD(
+    queue_test,
     "queue: a child forked by a waiter's own thread starts unregistered, closes no descriptor of "
     "its own, and lines up anew") {
     // The forking thread's waiters (a loop's operations) live on in the
     // child: their copies are closed at the fork, so the numbers may be the
     // child's own files by the time they leave or register again.
-    scratch s;
-    const auto p = s / "a.lock";
-    const auto t0 = steady::now();
     process_queue a, b;
-    for (auto* q : {&a, &a, &b, &b}) q->contended(p, 0644, t0);
+    line_up(a, p, t0);
+    line_up(b, p, t0);
     REQUIRE(a.ticket() == 1);
     REQUIRE(b.ticket() == 3);
     REQUIRE(b.turn_handle() >= 0);
@@ -584,8 +576,7 @@ TEST_CASE(
         b.leave();
         // Behind the parent's tickets, which stay.
         process_queue c;
-        c.contended(p, 0644, t0);
-        c.contended(p, 0644, t0);
+        line_up(c, p, t0);
         if (c.ticket() != 5 || c.may_attempt(t0)) bad |= 8;
         c.leave();
         for (int n : files)
@@ -600,15 +591,12 @@ TEST_CASE(
     CHECK(b.may_attempt(t0));
 }
 
-TEST_CASE(
+TEST_CASE_METHOD(
+    queue_test,
     "queue: a forked child and its own child never close the number of a winner's doorbell "
     "again") {
-    scratch s;
-    const auto p = s / "a.lock";
-    const auto t0 = steady::now();
     process_queue a;
-    a.contended(p, 0644, t0);
-    a.contended(p, 0644, t0);
+    line_up(a, p, t0);
     const int bell = a.leave_won();
     REQUIRE(bell >= 0);
     const unsigned generation = filelock::detail::fork_generation();
@@ -649,7 +637,8 @@ TEST_CASE(
         while (!stop) {
             process_queue a, b;
             const auto now = steady::now();
-            for (auto* q : {&a, &a, &b, &b}) q->contended(p2, 0644, now);
+            line_up(a, p2, now);
+            line_up(b, p2, now);
             (void)b.may_attempt(now);
             process_queue::close_bell(a.leave_won(), filelock::detail::fork_generation());
             ++wins;
