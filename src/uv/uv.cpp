@@ -362,7 +362,10 @@ filelock::detail::release_source* loop_state::source() {
         auto wp = std::make_unique<watch_poll>();
         wp->ls = this;
         wp->handle.data = wp.get();
-        wp->source = filelock::detail::release_source::take();
+        // Its descriptor is the loop's: uv_loop_fork() polls it in the
+        // child, which closes it in check_fork().
+        wp->source = filelock::detail::release_source::take(
+            filelock::detail::release_source::fork_copies::closed_by_loop);
         if (!wp->source || uv_poll_init(loop, &wp->handle, wp->source->native_handle()) != 0) {
             watch_failed = true;
             return nullptr;

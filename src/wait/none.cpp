@@ -19,6 +19,6 @@ void release_watcher::wait(std::chrono::steady_clock::time_point) noexcept {}
 void release_watcher::interrupt() noexcept {}
 void release_watcher::clear_interrupts() noexcept {}
 void release_watcher::abandon() noexcept {}
-void release_watcher::close_copy(int) noexcept {}
+bool release_watcher::list_for_fork(bool) noexcept { return true; }
 
 }  // namespace filelock::detail

@@ -18,7 +18,9 @@ struct release_source::impl {
 namespace {
 
 // The idle source, kept for one linger. Reached only under its mutex, which
-// is never held across a call that could fork.
+// is never held across a call that could fork. A forked child's copies of
+// its descriptors are closed at the fork (listed in fork_closed, as every
+// source is while no event loop holds it).
 struct idle_pool {
     std::mutex mutex;
     std::unique_ptr<release_source> kept;
@@ -27,14 +29,9 @@ struct idle_pool {
 idle_pool& pool() {
     static auto* p = [] {
         auto* made = new idle_pool;  // never destroyed: usable during exit
-        // Held across fork(): a child never inherits it locked. A child's
-        // copy of the idle instance is closed at once (it would keep the
-        // parent's instance alive for the child's life).
+        // Held across fork(): a child never inherits it locked.
         at_fork([] { pool().mutex.lock(); }, [] { pool().mutex.unlock(); },
-                [] {
-                    if (pool().kept) pool().kept->abandon();
-                    pool().mutex.unlock();
-                });
+                [] { pool().mutex.unlock(); });
         return made;
     }();
     return *p;
@@ -51,7 +48,7 @@ void reap_idle() {
 release_source::release_source(std::unique_ptr<impl> i) noexcept : impl_(std::move(i)) {}
 release_source::~release_source() = default;
 
-std::unique_ptr<release_source> release_source::take() {
+std::unique_ptr<release_source> release_source::take(fork_copies copies) {
     std::unique_ptr<release_source> s;
     {
         std::lock_guard<std::mutex> g(pool().mutex);
@@ -59,19 +56,23 @@ std::unique_ptr<release_source> release_source::take() {
     }
     if (s && !s->inherited()) {
         (void)s->impl_->watcher.drain();  // what was queued concerns nobody now
-        return s;
+    } else {
+        s.reset();
+        auto made = std::make_unique<impl>();  // listed from its creation on
+        if (!made->watcher.valid()) return nullptr;
+        s.reset(new release_source(std::move(made)));
     }
-    s.reset();
-    auto made = std::make_unique<impl>();
-    if (!made->watcher.valid()) return nullptr;
-    return std::unique_ptr<release_source>(new release_source(std::move(made)));
+    if (copies == fork_copies::closed_by_loop) (void)s->impl_->watcher.list_for_fork(false);
+    return s;
 }
 
 void release_source::recycle(std::unique_ptr<release_source> s) noexcept {
     // A forked child's copy of its parent's instance is closed, not kept;
     // so is one that still has waiters (a driver that lost track of one):
     // the next driver to take it would be woken with a key it never gave.
-    if (!s || s->inherited() || !s->idle()) return;
+    // Kept, it is closed by a forked child at the fork (closed now if it
+    // cannot be listed).
+    if (!s || s->inherited() || !s->idle() || !s->impl_->watcher.list_for_fork(true)) return;
     {
         std::lock_guard<std::mutex> g(pool().mutex);
         if (pool().kept) return;  // closed here, after its last waiter's completion
@@ -86,12 +87,6 @@ void release_source::recycle(std::unique_ptr<release_source> s) noexcept {
 
 int release_source::native_handle() const noexcept { return impl_->watcher.native_handle(); }
 int release_source::interrupt_handle() const noexcept { return impl_->watcher.interrupt_handle(); }
-void release_source::handles(int (&fds)[3]) const noexcept {
-    fds[0] = impl_->watcher.native_handle();
-    fds[1] = impl_->watcher.interrupt_handle();
-    fds[2] = impl_->watcher.inotify_handle();
-}
-void release_source::close_copy(int fd) noexcept { release_watcher::close_copy(fd); }
 
 static_assert(release_event::turn == release_watcher::turn_base);
 

@@ -51,8 +51,6 @@ public:
     int inotify_handle() const noexcept { return fd_; }
     /// The eventfd that ends a wait() (-1: none).
     int interrupt_handle() const noexcept { return efd_; }
-    /// Closes `fd` (a forked child's copy of a number of ours).
-    static void close_copy(int fd) noexcept;
     /// The fork generation it was made in.
     unsigned generation() const noexcept { return generation_; }
 
@@ -85,9 +83,19 @@ public:
     void interrupt() noexcept;
     /// Forgets interrupts meant for earlier waits.
     void clear_interrupts() noexcept;
-    /// A forked child's copy of its parent's instance: closes its
-    /// descriptors, leaving the watches (the parent's) alone.
+    /// Closes its descriptors now (in a forked child's copy of its parent's
+    /// instance, those not closed at the fork, leaving the watches, the
+    /// parent's, alone).
     void abandon() noexcept;
+
+    /// Whether a forked child closes its copies of the inotify instance, the
+    /// epoll set and the eventfd at the fork (listed in src/posix/
+    /// fork_closed.hpp, as they are from their creation on), or leaves them
+    /// to an event loop that registered them (its fork handling registers
+    /// them again in the child's loop, which then drops the inherited copy,
+    /// closing them). False if they cannot be listed (out of memory, or a
+    /// forked child's copy).
+    bool list_for_fork(bool on) noexcept;
 
 private:
     static constexpr std::size_t max_unreferenced = 8;
@@ -103,6 +111,7 @@ private:
     std::size_t armed_ = 0;                 // how many of them are still in ep_
     std::atomic<int> polled_{-1};           // what wait() polls: fd_, or ep_ while armed_
     unsigned generation_ = 0;               // fork generation it was created in
+    bool listed_ = false;                   // fd_, ep_, efd_ closed at the fork (list_for_fork)
     std::unordered_map<int, int> refs_;     // watch descriptor -> references
     std::deque<int> unreferenced_;          // kept for the next waits, oldest first
 };

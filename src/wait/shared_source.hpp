@@ -3,7 +3,8 @@
 
 // The release source that the threads of a process share (the sync
 // waiters'): taken at the first watch, given back once nobody watches it and
-// nobody reads it, and closed by a forked child at the fork: the child's
+// nobody reads it, and closed by a forked child at the fork, from its
+// creation on (release_source::fork_copies::closed_at_fork): the child's
 // next wait may come after it reused the descriptors' numbers for files of
 // its own. The sync driver keeps only its way of reading it (one waiting
 // thread polls, the others sleep). Not thread-safe: its owner serialises
@@ -67,11 +68,7 @@ public:
     void give_back_if_idle(bool reading, spare& out) noexcept;
 
 private:
-    static void close_inherited() noexcept;
-    static const bool fork_handler_registered;
-
     std::unique_ptr<release_source> source_;
-    std::atomic<int> fds_[3] = {-1, -1, -1};  // source_'s descriptors, for a forked child
 };
 
 /// The process's `T` for this fork generation, made at the first call in

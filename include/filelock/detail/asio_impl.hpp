@@ -146,7 +146,11 @@ public:
             std::lock_guard<std::mutex> g(mutex_);
             if (shut_down_) return false;
             drop_inherited();
-            if (!source_ && !(source_ = release_source::take())) return false;
+            // Its descriptor is the reactor's: re-registered by the child's
+            // notify_fork, closed by drop_inherited().
+            if (!source_ &&
+                !(source_ = release_source::take(release_source::fork_copies::closed_by_loop)))
+                return false;
             if (!stream_) stream_.emplace(w->executor, source_->native_handle());
             if (source_->watch(path, w.get(), w->arrival, w->shared, lock, turn)) {
                 if (!reading_) {

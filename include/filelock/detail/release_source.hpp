@@ -37,9 +37,22 @@ public:
         bool moved;  // its file moved (or a fork): it watches anew; else it attempts now
     };
 
+    /// Who closes a forked child's copies of the source's descriptors.
+    enum class fork_copies {
+        /// The child, at the fork: a source that no event loop registers
+        /// (the sync waiters').
+        closed_at_fork,
+        /// The event loop that reads it: its fork handling registers the
+        /// descriptor again in the child's loop, and the child then
+        /// destroys the inherited source (inherited()), which closes them.
+        closed_by_loop,
+    };
+
     /// The process's idle source, or a new one; nullptr where there are no
-    /// release events (or no instance can be made now).
-    static std::unique_ptr<release_source> take();
+    /// release events (or no instance can be made now). A forked child
+    /// closes its copies of an idle source, and of a new one from its
+    /// creation on, at the fork; from take()'s return on, as `copies` says.
+    static std::unique_ptr<release_source> take(fork_copies copies = fork_copies::closed_at_fork);
     /// Gives `s` back (its last waiter left): kept a linger for the next
     /// driver that waits, then closed. Closes nothing now, but starts the
     /// thread that closes it later when none runs (a system call): call it
@@ -54,12 +67,6 @@ public:
     int native_handle() const noexcept;
     /// The eventfd of enable_interrupts() (-1: none).
     int interrupt_handle() const noexcept;
-    /// Every descriptor of the source (-1: none): a forked child closes its
-    /// copies of them with close_copy().
-    void handles(int (&fds)[3]) const noexcept;
-    /// Closes a forked child's copy of a descriptor number that handles()
-    /// gave in its parent.
-    static void close_copy(int fd) noexcept;
 
     /// `w` waits for releases of the file `path` names now; `arrival`
     /// orders the waiters (earlier first), a `shared` one is a reader. False
@@ -86,14 +93,16 @@ public:
     /// this process is the child is the parent's instance (its events are
     /// the parent's). The driver wakes the waiters forget_all() returns as
     /// moved (they watch anew, on a source of this process's own) and
-    /// destroys it, which closes this process's copies only.
+    /// destroys it, which closes this process's copies only (those not
+    /// closed at the fork).
     bool inherited() const noexcept;
     /// Forgets every waiter and returns them (also for a driver that goes
     /// away with waiters registered); their watches' references go with
     /// them, but in a forked child's copy, whose watches are the parent's.
     std::vector<waiter> forget_all() noexcept;
     /// Closes this process's copies of the descriptors now (for a copy that
-    /// cannot be destroyed yet).
+    /// cannot be destroyed yet; in a forked child, those not closed at the
+    /// fork).
     void abandon() noexcept;
 
     /// The sync driver's way of reading: an eventfd that ends a wait().

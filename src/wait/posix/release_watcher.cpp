@@ -29,10 +29,24 @@ int decode_turn(int wd) noexcept { return release_watcher::turn_base - wd; }
 
 }  // namespace
 
-release_watcher::release_watcher() noexcept
-    : fd_(sys().inotify_init1(IN_NONBLOCK | IN_CLOEXEC)), generation_(fork_generation()) {
-    if (fd_ < 0) return;
-    ep_ = ::epoll_create1(EPOLL_CLOEXEC);
+// `fd`, just made, in fork_closed's list (with its mutex held); closed if it
+// cannot be listed.
+static int listed(fork_closed& c, int fd) noexcept {
+    if (fd < 0 || c.add(fd)) return fd;
+    sys().close(fd);
+    return -1;
+}
+
+// Listed as they are made: a child forked at any time finds them listed, or
+// not made yet.
+release_watcher::release_watcher() noexcept : generation_(fork_generation()) {
+    {
+        fork_closed& c = fork_closed::get();
+        std::lock_guard<std::mutex> g(c.mutex());
+        listed_ = true;
+        fd_ = listed(c, sys().inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+        if (fd_ >= 0) ep_ = listed(c, ::epoll_create1(EPOLL_CLOEXEC));
+    }
     ::epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.u64 = inotify_tag;
@@ -41,6 +55,25 @@ release_watcher::release_watcher() noexcept
         return;
     }
     abandon();  // not valid()
+}
+
+bool release_watcher::list_for_fork(bool on) noexcept {
+    if (on == listed_) return true;
+    if (generation_ != fork_generation()) return false;  // a forked child's copy
+    fork_closed& c = fork_closed::get();
+    std::lock_guard<std::mutex> g(c.mutex());
+    const int fds[] = {fd_, ep_, efd_};
+    for (std::size_t i = 0; i < std::size(fds); ++i) {
+        if (fds[i] < 0) continue;
+        if (!on) {
+            c.remove(fds[i]);
+        } else if (!c.add(fds[i])) {
+            for (std::size_t j = 0; j < i; ++j) c.remove(fds[j]);  // (-1 is never listed)
+            return false;
+        }
+    }
+    listed_ = on;
+    return true;
 }
 
 void release_watcher::rearm(int delta) noexcept {
@@ -56,7 +89,14 @@ void release_watcher::rearm(int delta) noexcept {
 release_watcher::~release_watcher() { abandon(); }
 
 bool release_watcher::enable_interrupts() noexcept {
-    if (efd_ < 0) efd_ = sys().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (efd_ >= 0) return true;
+    if (!listed_) {
+        efd_ = sys().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    } else if (generation_ == fork_generation()) {
+        fork_closed& c = fork_closed::get();
+        std::lock_guard<std::mutex> g(c.mutex());
+        efd_ = listed(c, sys().eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    }
     return efd_ >= 0;
 }
 
@@ -90,25 +130,35 @@ void release_watcher::clear_interrupts() noexcept {
     if (efd_ >= 0 && interrupted_.exchange(false)) (void)!sys().read(efd_, &stale, sizeof stale);
 }
 
-void release_watcher::close_copy(int fd) noexcept {
-    if (fd >= 0) sys().close(fd);
-}
-
 void release_watcher::abandon() noexcept {
+    // A forked child's copies of listed descriptors, and of the turns, were
+    // closed at the fork: their numbers may be files of the child's own by
+    // now, never closed here.
+    const bool inherited = generation_ != fork_generation();
+    if (inherited) {
+        turns_.clear();
+        if (listed_) fd_ = ep_ = efd_ = -1;
+    }
+    fork_closed& c = fork_closed::get();
+    std::unique_lock<std::mutex> g(c.mutex(), std::defer_lock);
+    if ((listed_ && (fd_ >= 0 || ep_ >= 0 || efd_ >= 0)) || !turns_.empty()) g.lock();
+    const auto close = [&](int& fd) {
+        if (fd < 0) return;
+        if (listed_)
+            c.close(fd);
+        else
+            sys().close(fd);
+        fd = -1;
+    };
     // The inotify instance last: a process with none open holds nothing of
     // ours (the tests count on it).
-    if (ep_ >= 0) sys().close(ep_);
-    if (efd_ >= 0) sys().close(efd_);
-    if (!turns_.empty() && generation_ == fork_generation()) {
-        fork_closed& c = fork_closed::get();
-        std::lock_guard<std::mutex> g(c.mutex());
-        for (int t : turns_) c.close(t);
-    }
-    turns_.clear();  // an inherited watcher's: closed at the fork
+    close(ep_);
+    close(efd_);
+    for (int t : turns_) c.close(t);
+    turns_.clear();
     armed_ = 0;
     polled_.store(-1);
-    if (fd_ >= 0) sys().close(fd_);
-    fd_ = ep_ = efd_ = -1;
+    close(fd_);
 }
 
 int release_watcher::add_turn(int fd) noexcept {
