@@ -10,13 +10,19 @@
 namespace filelock::detail {
 
 fork_closed& fork_closed::get() noexcept {
-    static fork_closed* c = [] {
-        auto* made = new fork_closed;
-        at_fork([] { get().mutex_.lock(); }, [] { get().mutex_.unlock(); }, close_in_child);
-        return made;
-    }();
+    static fork_closed* c = new fork_closed;
     return *c;
 }
+
+// Registered when the library is loaded, not at the first use: that may
+// come under a mutex that another prepare handler locks (glibc's
+// pthread_atfork waits for a lock that fork() holds while it runs the
+// prepare handlers), and registered before every handler registered later,
+// its prepare handler runs after theirs: the mutex, a leaf, is taken last.
+const bool fork_closed::handlers_registered = [] {
+    at_fork([] { get().mutex_.lock(); }, [] { get().mutex_.unlock(); }, close_in_child);
+    return true;
+}();
 
 bool fork_closed::add(int fd) noexcept {
     try {
@@ -38,6 +44,12 @@ void fork_closed::remove(int fd) noexcept {
 void fork_closed::close(int fd) noexcept {
     remove(fd);
     sys().close(fd);
+}
+
+void fork_closed::close_locked(int fd) noexcept {
+    fork_closed& c = get();
+    std::lock_guard<std::mutex> g(c.mutex_);
+    c.close(fd);
 }
 
 std::unique_lock<std::mutex> fork_closed_lock() noexcept {

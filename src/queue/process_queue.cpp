@@ -453,9 +453,7 @@ void process_queue::close_bell(int bell, unsigned generation) noexcept {
     // A forked child's copy of a parent's doorbell was closed at the fork,
     // and its number may be a descriptor of the child's own by now.
     if (bell < 0 || generation != fork_generation()) return;
-    fork_closed& c = fork_closed::get();
-    std::lock_guard<std::mutex> g(c.mutex());
-    c.close(bell);  // under the mutex: a child forked now never has a copy
+    fork_closed::close_locked(bell);  // a child forked now never has a copy
 }
 
 #else  // no OFD locks: never registers

@@ -139,13 +139,10 @@ void release_watcher::abandon() noexcept {
         turns_.clear();
         if (listed_) fd_ = ep_ = efd_ = -1;
     }
-    fork_closed& c = fork_closed::get();
-    std::unique_lock<std::mutex> g(c.mutex(), std::defer_lock);
-    if ((listed_ && (fd_ >= 0 || ep_ >= 0 || efd_ >= 0)) || !turns_.empty()) g.lock();
-    const auto close = [&](int& fd) {
+    const auto close = [this](int& fd) {
         if (fd < 0) return;
         if (listed_)
-            c.close(fd);
+            fork_closed::close_locked(fd);
         else
             sys().close(fd);
         fd = -1;
@@ -154,7 +151,7 @@ void release_watcher::abandon() noexcept {
     // ours (the tests count on it).
     close(ep_);
     close(efd_);
-    for (int t : turns_) c.close(t);
+    for (int t : turns_) fork_closed::close_locked(t);
     turns_.clear();
     armed_ = 0;
     polled_.store(-1);
@@ -169,20 +166,19 @@ int release_watcher::add_turn(int fd) noexcept {
     // The turns' copies are closed by a forked child at the fork (each is a
     // connection to a doorbell of the cross-process queue), and never again
     // by an inherited watcher: their numbers may be the child's own by then.
-    fork_closed& c = fork_closed::get();
-    std::lock_guard<std::mutex> g(c.mutex());
-    // A copy of our own: the caller may close its descriptor (and the
-    // number be reused) before the waiter stops waiting.
-    const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (copy < 0) return -1;
-    if (!c.add(copy)) {
-        sys().close(copy);
-        return -1;
+    int copy = -1;
+    {
+        fork_closed& c = fork_closed::get();
+        std::lock_guard<std::mutex> g(c.mutex());
+        // A copy of our own: the caller may close its descriptor (and the
+        // number be reused) before the waiter stops waiting.
+        copy = listed(c, ::fcntl(fd, F_DUPFD_CLOEXEC, 0));
     }
+    if (copy < 0) return -1;
     try {
         turns_.push_back(copy);
     } catch (...) {
-        c.close(copy);
+        fork_closed::close_locked(copy);
         return -1;
     }
     ::epoll_event ev{};
@@ -190,7 +186,7 @@ int release_watcher::add_turn(int fd) noexcept {
     ev.data.u64 = static_cast<std::uint64_t>(copy);
     if (::epoll_ctl(ep_, EPOLL_CTL_ADD, copy, &ev) != 0) {
         turns_.pop_back();
-        c.close(copy);
+        fork_closed::close_locked(copy);
         return -1;
     }
     rearm(1);
@@ -222,9 +218,7 @@ void release_watcher::remove(int wd) noexcept {
         // description elsewhere would keep it there after our close).
         ::epoll_event ev{};
         if (::epoll_ctl(ep_, EPOLL_CTL_DEL, copy, &ev) == 0) rearm(-1);
-        fork_closed& c = fork_closed::get();
-        std::lock_guard<std::mutex> g(c.mutex());
-        c.close(copy);
+        fork_closed::close_locked(copy);
         return;
     }
     auto it = refs_.find(wd);
