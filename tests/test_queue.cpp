@@ -27,16 +27,6 @@
 
 using namespace test;
 
-namespace {
-// getdents64's record (glibc declares no type for it).
-struct linux_dirent64 {
-    ino64_t d_ino;
-    off64_t d_off;
-    unsigned short d_reclen;
-    unsigned char d_type;
-    char d_name[1];
-};
-}  // namespace
 using steady = filelock::detail::clock;
 using filelock::detail::process_queue;
 
@@ -647,27 +637,12 @@ TEST_CASE(
     const std::string queue = fs::weakly_canonical(filelock::queue_path(f.p)).string();
     const std::string queue2 = fs::weakly_canonical(filelock::queue_path(p2)).string();
     // The queue files' descriptors, and sockets (the test has none of its
-    // own). It allocates nothing: a child forked while the other threads
-    // allocate may find the allocator's lock taken for good (ASan's, in
-    // clang 14, is not reset at fork; the child then hangs).
+    // own), counted without allocating (see count_fds(): the children's
+    // count runs beside the other threads).
     const auto queue_like = [&] {
-        int n = 0;
-        const int dir = ::open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dir < 0) return 1000;
-        alignas(8) char buf[4096];
-        for (long got; (got = ::syscall(SYS_getdents64, dir, buf, sizeof buf)) > 0;) {
-            for (long at = 0; at < got;) {
-                const auto* e = reinterpret_cast<const linux_dirent64*>(buf + at);
-                at += e->d_reclen;
-                char to[PATH_MAX];
-                const ssize_t len = ::readlinkat(dir, e->d_name, to, sizeof to - 1);
-                if (len < 0) continue;
-                to[len] = '\0';
-                n += queue == to || queue2 == to || std::strncmp(to, "socket:", 7) == 0;
-            }
-        }
-        ::close(dir);
-        return n;
+        return count_fds([&](const char* to) {
+            return queue == to || queue2 == to || std::strncmp(to, "socket:", 7) == 0;
+        });
     };
     const int holder_stdin = f.holder.stdin_handle();
     int kept = 0;
