@@ -19,7 +19,11 @@ fork_closed& fork_closed::get() noexcept {
 // pthread_atfork waits for a lock that fork() holds while it runs the
 // prepare handlers), and registered before every handler registered later,
 // its prepare handler runs after theirs: the mutex, a leaf, is taken last.
+// After the fork counters': in the parent, the fork is counted before the
+// mutex is released, so that whoever takes it next sees the fork in its
+// stamp (file_backend::open_fd).
 const bool fork_closed::handlers_registered = [] {
+    register_fork_counters();
     at_fork([] { get().mutex_.lock(); }, [] { get().mutex_.unlock(); }, close_in_child);
     return true;
 }();

@@ -92,13 +92,18 @@ void on_fork_child() noexcept {
     generation.fetch_add(1, std::memory_order_relaxed);
 }
 
-// Registered once when the library is loaded.
-const int atfork_registered = [] {
-    cached_pid.store(::getpid(), std::memory_order_relaxed);
-    return ::pthread_atfork(nullptr, on_fork_parent, on_fork_child);
-}();
+// Registered when the library is loaded.
+const bool atfork_registered = (register_fork_counters(), true);
 
 }  // namespace
+
+void register_fork_counters() noexcept {
+    static const int registered = [] {
+        cached_pid.store(::getpid(), std::memory_order_relaxed);
+        return ::pthread_atfork(nullptr, on_fork_parent, on_fork_child);
+    }();
+    (void)registered;
+}
 
 sys_table& sys() noexcept { return table; }
 

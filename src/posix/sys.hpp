@@ -66,6 +66,13 @@ struct sys_table {
     sys_entry<int(unsigned initval, int flags)> eventfd;
 };
 
+/// Registers, once, the fork handlers that keep the pid, the fork generation
+/// and the count of forks made (fork_stamp) up to date; done when the
+/// library is loaded. Handlers registered at load that need the count
+/// already updated when theirs run in the parent call it first (parent
+/// handlers run in the order of registration).
+void register_fork_counters() noexcept;
+
 /// The table in use. Tests replace entries and restore them.
 FILELOCK_API sys_table& sys() noexcept;
 /// The libc functions.
