@@ -125,12 +125,31 @@ void file_backend::unlist_fd(bool close, bool unlock) noexcept {
         fd_listed_ = false;
     }
     fd_ = no_handle;
+    fd_known_ = fd_writable_fs_ = false;
 }
 
 void file_backend::close_fd() noexcept { unlist_fd(true, false); }
 
 bool file_backend::fd_open() const noexcept {
     return fd_ != no_handle && !(fd_listed_ && fd_generation_ != fork_generation());
+}
+
+// The open descriptor's file, asked of the system once: a waiter's
+// identity, and the check after each win, cost no call on the descriptor.
+file::failure file_backend::fd_identity(unsigned long long& dev, unsigned long long& ino,
+                                        bool& regular) const noexcept {
+    if (!fd_known_) {
+        file::file_info st;
+        if (auto f = ops_->info(fd_, st)) return f;
+        fd_dev_ = st.dev;
+        fd_ino_ = st.ino;
+        fd_regular_ = st.type == file::file_type::regular;
+        fd_known_ = true;
+    }
+    dev = fd_dev_;
+    ino = fd_ino_;
+    regular = fd_regular_;
+    return {};
 }
 
 // After a fork() the parent and the child share the descriptor's open file
@@ -210,16 +229,24 @@ std::error_code file_backend::attempt() noexcept {
         }
         won_ = true;
 
+        // The descriptor's file: asked once per descriptor (a waiter's
+        // contention asked it already), as is its filesystem.
         file::file_info held;
-        if (auto f = os.info(fd_, held)) return fail(f);
-        if (held.type != file::file_type::regular) return fail(os.not_regular(held.type));
-        if (!content_.empty()) {
+        bool regular = false;
+        if (auto f = fd_identity(held.dev, held.ino, regular)) return fail(f);
+        if (!regular) {
+            if (auto f = os.info(fd_, held)) return fail(f);
+            return fail(os.not_regular(held.type));
+        }
+        if (!content_.empty() && !fd_writable_fs_) {
             // Writing to /proc/sys/... changes kernel settings: never.
             long magic = 0;
             if (auto f = os.fs_type(fd_, held, magic)) return fail(f);
             if (is_pseudo_filesystem(magic)) return fail({errc::pseudo_file});
+            fd_writable_fs_ = true;
         }
         // The lock counts only if the path still names the locked file.
+        // (Then the path's size is the file's.)
         file::file_info named;
         if (auto f = os.info_at(path_, policy_.nofollow, named)) {
             if (!f.gone) return fail(f);
@@ -233,10 +260,10 @@ std::error_code file_backend::attempt() noexcept {
         dev_ = held.dev;
         ino_ = held.ino;
         bool write = !content_.empty();
-        std::uint64_t old_size = held.size;  // what the truncation must cut
-        if (write && held.size > 0) {
+        std::uint64_t old_size = named.size;  // what the truncation must cut
+        if (write && named.size > 0) {
             // Only a lock holder's line is overwritten, never a script or data.
-            bool holder_line = held.size <= max_holder_bytes;
+            bool holder_line = named.size <= max_holder_bytes;
             if (holder_line) {
                 // One byte more than a holder line may have: a file that grew
                 // since the size was taken is seen as what it is now.
@@ -296,7 +323,10 @@ file::failure file_backend::lock() noexcept {
 
 bool file_backend::identity(lock_identity& id) const noexcept {
     file::file_info st;
-    if (fd_open() ? ops_->info(fd_, st) : ops_->info_at(path_, policy_.nofollow, st)) return false;
+    bool regular = false;
+    if (fd_open() ? static_cast<bool>(fd_identity(st.dev, st.ino, regular))
+                  : static_cast<bool>(ops_->info_at(path_, policy_.nofollow, st)))
+        return false;
     id = detail::identity(st.dev, st.ino, policy_.backend, policy_.range, policy_.slots);
     return true;
 }

@@ -115,6 +115,8 @@ private:
     file::failure open_fd() noexcept;
     void unlist_fd(bool close, bool unlock) noexcept;
     bool fd_open() const noexcept;  // fd_, unless a forked child closed its copy at the fork
+    file::failure fd_identity(unsigned long long& dev, unsigned long long& ino,
+                              bool& regular) const noexcept;
 
     const file::ops* ops_;
     std::filesystem::path path_;
@@ -127,6 +129,12 @@ private:
     bool won_ = false;
     unsigned slot_ = 0;                     // the slot won (slots > 1)
     unsigned long long dev_ = 0, ino_ = 0;  // of the file won
+    // What never changes for fd_, taken at most once per descriptor: its
+    // file (device, inode, whether a regular one), and that its filesystem
+    // may be written.
+    mutable unsigned long long fd_dev_ = 0, fd_ino_ = 0;
+    mutable bool fd_known_ = false, fd_regular_ = false;
+    bool fd_writable_fs_ = false;
     // fork bookkeeping of fd_ (see fork_stamp in src/platform.hpp)
     unsigned fd_generation_ = 0, fd_forks_ = 0;
     process_queue order_;  // this waiter's place among processes
