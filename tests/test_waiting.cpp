@@ -22,6 +22,9 @@
 #include <atomic>
 #include <cstring>
 #include <fstream>
+#include <mutex>
+#include <string>
+#include <vector>
 #include <poll.h>
 #include <sys/file.h>
 #include <sys/inotify.h>
@@ -634,6 +637,76 @@ TEST_CASE("waiting: close events on another watched file are not taken as a rele
     waiter.join();
     CHECK(!y_ec);
     CHECK(!x_ec);
+}
+
+// The waiter's path from a release to its return: what it asks the system.
+namespace lone {
+std::mutex mutex;
+std::vector<std::string> calls;  // of the waiting thread, in order
+std::atomic<long> ino{0};
+std::atomic<int> fstats{0};  // of the lock file's descriptor
+bool on_lock_file(int fd) {
+    struct ::stat st {};
+    return ::fstat(fd, &st) == 0 && static_cast<long>(st.st_ino) == ino;
+}
+void note(std::string c) {
+    std::lock_guard<std::mutex> g(mutex);
+    calls.push_back(std::move(c));
+}
+}  // namespace lone
+
+TEST_CASE(
+    "waiting: a lone waiter woken by its file's release attempts before it reads the event, "
+    "and asks its descriptor's file once") {
+    scratch s;
+    const auto x = s / "x.lock";
+    auto hold = hold_in_child(x);
+    REQUIRE(hold.ready());
+    struct ::stat st {};
+    REQUIRE(::stat(x.c_str(), &st) == 0);
+    lone::ino = static_cast<long>(st.st_ino);
+    lone::fstats = 0;
+    lone::calls.clear();
+    seam fake;
+    fdetail::sys().flock = [](int fd, int op) {
+        const int r = fdetail::default_sys().flock(fd, op);
+        if ((op & LOCK_NB) && lone::on_lock_file(fd)) lone::note(r == 0 ? "won" : "flock");
+        return r;
+    };
+    fdetail::sys().fstat = [](int fd, struct ::stat* out) {
+        if (lone::on_lock_file(fd)) ++lone::fstats;
+        return fdetail::default_sys().fstat(fd, out);
+    };
+    fdetail::sys().read = [](int fd, void* buf, size_t n) {
+        const ssize_t r = fdetail::default_sys().read(fd, buf, n);
+        if (r > 0) lone::note("read");
+        return r;
+    };
+    fdetail::sys().ppoll = [](::pollfd* fds, ::nfds_t n, const ::timespec* t, const ::sigset_t* m) {
+        const int r = fdetail::default_sys().ppoll(fds, n, t, m);
+        if (r > 0) lone::note("woken");
+        return r;
+    };
+    std::error_code ec;
+    std::thread waiter([&] { (void)filelock::lock(x, 30s, event_only(), ec); });
+    while (fdetail::local_waiters() == 0) std::this_thread::sleep_for(1ms);
+    std::this_thread::sleep_for(100ms);
+    hold.release();
+    waiter.join();
+    REQUIRE(!ec);
+    std::vector<std::string> seen;
+    {
+        std::lock_guard<std::mutex> g(lone::mutex);
+        seen = lone::calls;
+    }
+    CAPTURE(seen);
+    REQUIRE(seen.size() >= 2);
+    CHECK(seen.back() == "won");
+    // Woken by the release, it attempts at once: the event is read later.
+    CHECK(seen[seen.size() - 2] == "woken");
+    // Its file's device and inode never change: asked once, not again at
+    // each contention and after the win.
+    CHECK(lone::fstats == 1);
 }
 
 TEST_CASE("waiting: an overflowed event queue counts as every watched file moved") {

@@ -88,6 +88,7 @@ public:
     void lead(sync_waiter& w, clock::time_point until, bool on_release) {
         shared_.source().clear_interrupts();  // interrupts meant for earlier leaders
         bool go = true;
+        bool events = false;
         {
             std::lock_guard<std::mutex> wg(w.mutex_);
             w.lead_ = false;
@@ -95,15 +96,28 @@ public:
             w.leading_ = go;
         }
         if (go) {
-            shared_.source().wait(until);
+            events = shared_.source().wait(until);
             std::lock_guard<std::mutex> wg(w.mutex_);
             w.leading_ = false;
         }
         shared_source::spare spare;
         std::lock_guard<std::mutex> g(mutex_);
-        for (const auto& [key, moved] : shared_.read()) {
-            auto* x = const_cast<sync_waiter*>(static_cast<const sync_waiter*>(key));
-            x->signal(moved ? &sync_waiter::moved_ : &sync_waiter::release_);
+        if (events && on_release && !unread_ && followers_.empty() &&
+            shared_.source().sole_waiter(&w)) {
+            // `w` alone waits, and its file alone is watched: the events
+            // are its file's, a release most likely, so its attempt comes
+            // first and the read after. Events left unread end the next
+            // poll at once, whose leader reads them (a file that moved is
+            // seen one attempt later); a source given back is drained when
+            // taken again.
+            unread_ = true;
+            w.signal(&sync_waiter::release_);
+        } else {
+            unread_ = false;
+            for (const auto& [key, moved] : shared_.read()) {
+                auto* x = const_cast<sync_waiter*>(static_cast<const sync_waiter*>(key));
+                x->signal(moved ? &sync_waiter::moved_ : &sync_waiter::release_);
+            }
         }
         leader_ = nullptr;
         offer();
@@ -130,6 +144,7 @@ private:
     shared_source shared_;
     sync_waiter* leader_ = nullptr;
     std::vector<sync_waiter*> followers_;
+    bool unread_ = false;  // a leader attempted before reading the pending events
 };
 
 sync_waiter::~sync_waiter() { disarm(); }

@@ -15,7 +15,7 @@ void release_watcher::remove(int) noexcept {}
 void release_watcher::moved(int) noexcept {}
 std::vector<release_event> release_watcher::drain() { return {}; }
 bool release_watcher::enable_interrupts() noexcept { return false; }
-void release_watcher::wait(std::chrono::steady_clock::time_point) noexcept {}
+bool release_watcher::wait(std::chrono::steady_clock::time_point) noexcept { return false; }
 void release_watcher::interrupt() noexcept {}
 void release_watcher::clear_interrupts() noexcept {}
 void release_watcher::abandon() noexcept {}

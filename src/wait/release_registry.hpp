@@ -66,6 +66,10 @@ public:
     std::vector<key> clear(std::vector<int>& wds);
     /// No waiter left: the driver may give its watcher back.
     bool idle() const noexcept { return entries_.empty(); }
+    /// `waiter` is the only one.
+    bool sole(key waiter) const noexcept {
+        return entries_.size() == 1 && entries_.front().waiter == waiter;
+    }
 
 private:
     struct entry {

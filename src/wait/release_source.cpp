@@ -156,8 +156,11 @@ std::vector<release_source::waiter> release_source::forget_all() noexcept {
 
 void release_source::abandon() noexcept { impl_->watcher.abandon(); }
 bool release_source::enable_interrupts() noexcept { return impl_->watcher.enable_interrupts(); }
-void release_source::wait(std::chrono::steady_clock::time_point until) noexcept {
-    impl_->watcher.wait(until);
+bool release_source::wait(std::chrono::steady_clock::time_point until) noexcept {
+    return impl_->watcher.wait(until);
+}
+bool release_source::sole_waiter(waiter w) const noexcept {
+    return impl_->registry.sole(w) && impl_->watcher.watches_one();
 }
 void release_source::interrupt() noexcept { impl_->watcher.interrupt(); }
 void release_source::clear_interrupts() noexcept { impl_->watcher.clear_interrupts(); }

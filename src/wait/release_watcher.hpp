@@ -77,8 +77,11 @@ public:
     /// Makes interrupt() possible (an eventfd); false if it cannot.
     bool enable_interrupts() noexcept;
     /// Sleeps until events are pending, interrupt() is called, or `until`
-    /// passes (the sync driver's way of reading the events).
-    void wait(std::chrono::steady_clock::time_point until) noexcept;
+    /// passes (the sync driver's way of reading the events). True: events
+    /// of the file watches are pending, and no turn was polled.
+    bool wait(std::chrono::steady_clock::time_point until) noexcept;
+    /// One file is watched, and no turn: every event is that file's.
+    bool watches_one() const noexcept { return refs_.size() == 1 && armed_ == 0; }
     /// Ends a wait() now, or the next one to start.
     void interrupt() noexcept;
     /// Forgets interrupts meant for earlier waits.

@@ -108,7 +108,11 @@ public:
     /// The sync driver's way of reading: an eventfd that ends a wait().
     bool enable_interrupts() noexcept;
     /// Sleeps until events are pending, interrupt() is called, or `until`.
-    void wait(std::chrono::steady_clock::time_point until) noexcept;
+    /// True: events of file watches (no turn's) are pending.
+    bool wait(std::chrono::steady_clock::time_point until) noexcept;
+    /// `w` is the only waiter, and its file the only one watched: the
+    /// pending events are its file's.
+    bool sole_waiter(waiter w) const noexcept;
     void interrupt() noexcept;
     void clear_interrupts() noexcept;
 

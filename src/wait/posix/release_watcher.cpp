@@ -100,7 +100,7 @@ bool release_watcher::enable_interrupts() noexcept {
     return efd_ >= 0;
 }
 
-void release_watcher::wait(std::chrono::steady_clock::time_point until) noexcept {
+bool release_watcher::wait(std::chrono::steady_clock::time_point until) noexcept {
     ::pollfd pfds[2] = {{polled_.load(), POLLIN, 0}, {efd_, POLLIN, 0}};
     ::timespec ts{};
     const ::timespec* timeout = nullptr;
@@ -113,8 +113,9 @@ void release_watcher::wait(std::chrono::steady_clock::time_point until) noexcept
     }
     // An interrupt seen here is read at the next clear, even if its writer
     // has not yet said so.
-    if (sys().ppoll(pfds, efd_ >= 0 ? 2 : 1, timeout, nullptr) > 0 && (pfds[1].revents & POLLIN))
-        interrupted_.store(true);
+    if (sys().ppoll(pfds, efd_ >= 0 ? 2 : 1, timeout, nullptr) <= 0) return false;
+    if (pfds[1].revents & POLLIN) interrupted_.store(true);
+    return pfds[0].fd == fd_ && (pfds[0].revents & POLLIN);
 }
 
 void release_watcher::interrupt() noexcept {
