@@ -536,3 +536,62 @@ TEST_CASE(
         CHECK_FALSE(ec);
     }
 }
+
+namespace {
+// Children forked by open_forking(), and the descriptor each blocks on.
+std::atomic<int> opens_seen{0};
+pid_t forked_at_open[2];
+int forked_gate[2] = {-1, -1};
+// Forks a child right after each of the first two opens of the lock file
+// (between the open and its listing for the fork): a child that then waits
+// for the end of `forked_gate`.
+int open_forking(const char* path, int flags, mode_t mode) {
+    const int fd = filelock::detail::default_sys().open(path, flags, mode);
+    struct stat st {};
+    if (fd >= 0 && ::fstat(fd, &st) == 0 && st.st_ino == held_back::ino) {
+        const int n = opens_seen++;
+        if (n < 2) {
+            const pid_t pid = ::fork();
+            if (pid == 0) {
+                ::close(forked_gate[1]);
+                char c;
+                while (::read(forked_gate[0], &c, 1) < 0 && errno == EINTR) {
+                }
+                ::_exit(0);
+            }
+            forked_at_open[n] = pid;
+        }
+    }
+    return fd;
+}
+}  // namespace
+
+TEST_CASE("fork: an attempt opens again after each fork that comes before its listing") {
+    // Each fork between an open and its listing leaves the child a copy of a
+    // description that the attempt then never locks: it wins on a third.
+    scratch dir;
+    const fs::path p = dir / "a.lock";
+    { std::ofstream(p) << ""; }
+    struct stat st {};
+    REQUIRE(::stat(p.c_str(), &st) == 0);
+    held_back::ino = st.st_ino;
+    REQUIRE(::pipe2(forked_gate, O_CLOEXEC) == 0);
+    opens_seen = 0;
+    lock_file l;
+    std::error_code ec;
+    {
+        seam fake;
+        filelock::detail::sys().open = open_forking;
+        l = filelock::try_lock(p, ec);
+    }
+    ::close(forked_gate[0]);
+    REQUIRE_FALSE(ec);
+    CHECK(opens_seen == 3);
+    const auto held = fd_numbers_on(p);
+    REQUIRE(held.size() == 1);
+    for (pid_t pid : forked_at_open) CHECK_FALSE(shares_description(pid, held[0]));
+    l.close();
+    CHECK(lock_is_free(p));
+    ::close(forked_gate[1]);  // the children exit
+    for (pid_t pid : forked_at_open) CHECK(exit_code(pid) == 0);
+}
