@@ -8,6 +8,7 @@
 // wrongly wait does so until a deadline of seconds.
 
 #include <filelock/asio.hpp>
+#include <filelock/detail/file_backend.hpp>
 #include <filelock/detail/local_queue.hpp>
 #include "../src/wait/release_watcher.hpp"
 #include <filelock/lock_file.hpp>
@@ -707,6 +708,39 @@ TEST_CASE(
     // Its file's device and inode never change: asked once, not again at
     // each contention and after the win.
     CHECK(lone::fstats == 1);
+}
+
+TEST_CASE(
+    "waiting: a waiter whose path comes to name a free file, its directory renamed, takes "
+    "that file's lock") {
+    // No event on the held file tells: the directory on the way is swapped.
+    scratch s;
+    const auto d = s / "d", x = d / "x.lock";
+    fs::create_directory(d);
+    auto hold = hold_in_child(x);  // keeps the old file held all along
+    REQUIRE(hold.ready());
+    std::error_code ec;
+    filelock::lock_file won;
+    std::atomic<bool> done{false};
+    std::thread waiter([&] {
+        won = filelock::lock(x, 5s, {}, ec);
+        done = true;
+    });
+    while (fdetail::local_waiters() == 0) std::this_thread::sleep_for(1ms);
+    std::this_thread::sleep_for(100ms);
+    fs::rename(d, s / "d.old");
+    fs::create_directory(d);
+    write_file(x, "");  // free: nobody holds it
+    waiter.join();
+    CHECK(done);
+    REQUIRE(!ec);  // won, not timed out: the old file stays held
+    struct ::stat named {
+    }, held{};
+    REQUIRE(::stat(x.c_str(), &named) == 0);
+    REQUIRE(::fstat(won.native_handle(), &held) == 0);
+    CHECK(named.st_ino == held.st_ino);
+    won.close();
+    hold.release();
 }
 
 TEST_CASE("waiting: an overflowed event queue counts as every watched file moved") {

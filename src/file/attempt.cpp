@@ -87,6 +87,7 @@ file::failure file_backend::open_fd() noexcept {
         // Never truncated: a contender must not touch the holder's content.
         if (auto f = os.open(path_, {policy_.writable, policy_.nofollow, policy_.file_mode}, fd_))
             return f;
+        path_looked_ = clock::now();
         if (!listed) return {};
         if (!g.owns_lock()) g = fork_closed_lock();
         if (stamp.is_private()) {
@@ -132,6 +133,22 @@ void file_backend::close_fd() noexcept { unlist_fd(true, false); }
 
 bool file_backend::fd_open() const noexcept {
     return fd_ != no_handle && !(fd_listed_ && fd_generation_ != fork_generation());
+}
+
+// Contended: whether the path has come to name another file than fd_'s
+// (looked at every path_look). A path that names nothing is waited on as
+// before: the holder's release tells (a directory swapped by two renames
+// names nothing for a moment).
+bool file_backend::path_names_another() noexcept {
+    const auto now = clock::now();
+    if (now - path_looked_ < path_look) return false;
+    path_looked_ = now;
+    unsigned long long dev = 0, ino = 0;
+    bool regular = false;
+    file::file_info named;
+    if (fd_identity(dev, ino, regular) || ops_->info_at(path_, policy_.nofollow, named))
+        return false;
+    return named.dev != dev || named.ino != ino;
 }
 
 // The open descriptor's file, asked of the system once: a waiter's
@@ -224,6 +241,12 @@ std::error_code file_backend::attempt() noexcept {
             if (f.ec != errc::locked) {
                 close_fd();  // nothing to unlock
                 failed_call_ = f.call;
+            } else if (path_names_another()) {
+                // The lock to wait for is that file's now: attempted on at
+                // once, and watched.
+                close_fd();
+                path_moved_ = true;
+                continue;
             }
             return f.ec;
         }

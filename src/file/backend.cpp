@@ -116,6 +116,8 @@ file_backend::file_backend(file_backend&& other) noexcept
       fd_known_(std::exchange(other.fd_known_, false)),
       fd_regular_(other.fd_regular_),
       fd_writable_fs_(std::exchange(other.fd_writable_fs_, false)),
+      path_looked_(other.path_looked_),
+      path_moved_(std::exchange(other.path_moved_, false)),
       fd_generation_(other.fd_generation_),
       fd_forks_(other.fd_forks_),
       order_(std::move(other.order_)),

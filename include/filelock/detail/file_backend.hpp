@@ -101,8 +101,17 @@ public:
     /// Behind another process's waiter: what to wait for instead of the
     /// file's releases (process_queue::turn_handle(); -1: the file's).
     int queue_turn() const noexcept { return order_.turn_handle(); }
-    /// What to wait for changed: the driver watches anew.
-    bool retarget_watch() noexcept { return order_.retarget(); }
+    /// What to wait for changed (a queue turn, or the file the path names):
+    /// the driver watches anew.
+    bool retarget_watch() noexcept {
+        const bool moved = std::exchange(path_moved_, false);
+        return order_.retarget() || moved;
+    }
+
+    /// How often a waiter looks whether its path names another file than
+    /// its descriptor's (no event tells when a directory on the way is
+    /// renamed, or a symbolic link on it re-pointed).
+    static constexpr clock::duration path_look = std::chrono::milliseconds(100);
     /// While waiting for a queue turn, when to look again (time_point{}:
     /// the backoff's time).
     clock::time_point next_look() const noexcept { return order_.next_look(); }
@@ -113,6 +122,7 @@ private:
     void unlock_and_close() noexcept;
     void close_fd() noexcept;
     file::failure open_fd() noexcept;
+    bool path_names_another() noexcept;
     void unlist_fd(bool close, bool unlock) noexcept;
     bool fd_open() const noexcept;  // fd_, unless a forked child closed its copy at the fork
     file::failure fd_identity(unsigned long long& dev, unsigned long long& ino,
@@ -135,6 +145,8 @@ private:
     mutable unsigned long long fd_dev_ = 0, fd_ino_ = 0;
     mutable bool fd_known_ = false, fd_regular_ = false;
     bool fd_writable_fs_ = false;
+    clock::time_point path_looked_{};  // when the path was last found to name fd_'s file
+    bool path_moved_ = false;          // left for another file: watch anew
     // fork bookkeeping of fd_ (see fork_stamp in src/platform.hpp)
     unsigned fd_generation_ = 0, fd_forks_ = 0;
     process_queue order_;  // this waiter's place among processes
