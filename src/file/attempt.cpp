@@ -87,7 +87,6 @@ file::failure file_backend::open_fd() noexcept {
         // Never truncated: a contender must not touch the holder's content.
         if (auto f = os.open(path_, {policy_.writable, policy_.nofollow, policy_.file_mode}, fd_))
             return f;
-        path_looked_ = clock::now();
         if (!listed) return {};
         if (!g.owns_lock()) g = fork_closed_lock();
         if (stamp.is_private()) {
@@ -127,6 +126,7 @@ void file_backend::unlist_fd(bool close, bool unlock) noexcept {
     }
     fd_ = no_handle;
     fd_known_ = fd_writable_fs_ = false;
+    path_looked_ = {};
 }
 
 void file_backend::close_fd() noexcept { unlist_fd(true, false); }
@@ -136,36 +136,36 @@ bool file_backend::fd_open() const noexcept {
 }
 
 // Contended: whether the path has come to name another file than fd_'s
-// (looked at every path_look). A path that names nothing is waited on as
+// (looked at every path_look, the first time a path_look after the first
+// contention on the descriptor). A path that names nothing is waited on as
 // before: the holder's release tells (a directory swapped by two renames
 // names nothing for a moment).
 bool file_backend::path_names_another() noexcept {
     const auto now = clock::now();
+    if (path_looked_ == clock::time_point{}) path_looked_ = now;
     if (now - path_looked_ < path_look) return false;
     path_looked_ = now;
-    unsigned long long dev = 0, ino = 0;
-    bool regular = false;
-    file::file_info named;
-    if (fd_identity(dev, ino, regular) || ops_->info_at(path_, policy_.nofollow, named))
-        return false;
-    return named.dev != dev || named.ino != ino;
+    file::file_info held, named;
+    if (fd_info(held) || ops_->info_at(path_, policy_.nofollow, named)) return false;
+    return named.dev != held.dev || named.ino != held.ino;
 }
 
-// The open descriptor's file, asked of the system once: a waiter's
-// identity, and the check after each win, cost no call on the descriptor.
-file::failure file_backend::fd_identity(unsigned long long& dev, unsigned long long& ino,
-                                        bool& regular) const noexcept {
+// The open descriptor's file (its size left 0), asked of the system once: a
+// waiter's identity, and the check after each win, cost no call on the
+// descriptor.
+file::failure file_backend::fd_info(file::file_info& out) const noexcept {
     if (!fd_known_) {
         file::file_info st;
         if (auto f = ops_->info(fd_, st)) return f;
         fd_dev_ = st.dev;
         fd_ino_ = st.ino;
-        fd_regular_ = st.type == file::file_type::regular;
+        fd_type_ = static_cast<unsigned char>(st.type);
         fd_known_ = true;
     }
-    dev = fd_dev_;
-    ino = fd_ino_;
-    regular = fd_regular_;
+    out = {};
+    out.dev = fd_dev_;
+    out.ino = fd_ino_;
+    out.type = static_cast<file::file_type>(fd_type_);
     return {};
 }
 
@@ -255,12 +255,8 @@ std::error_code file_backend::attempt() noexcept {
         // The descriptor's file: asked once per descriptor (a waiter's
         // contention asked it already), as is its filesystem.
         file::file_info held;
-        bool regular = false;
-        if (auto f = fd_identity(held.dev, held.ino, regular)) return fail(f);
-        if (!regular) {
-            if (auto f = os.info(fd_, held)) return fail(f);
-            return fail(os.not_regular(held.type));
-        }
+        if (auto f = fd_info(held)) return fail(f);
+        if (held.type != file::file_type::regular) return fail(os.not_regular(held.type));
         if (!content_.empty() && !fd_writable_fs_) {
             // Writing to /proc/sys/... changes kernel settings: never.
             long magic = 0;
@@ -346,10 +342,7 @@ file::failure file_backend::lock() noexcept {
 
 bool file_backend::identity(lock_identity& id) const noexcept {
     file::file_info st;
-    bool regular = false;
-    if (fd_open() ? static_cast<bool>(fd_identity(st.dev, st.ino, regular))
-                  : static_cast<bool>(ops_->info_at(path_, policy_.nofollow, st)))
-        return false;
+    if (fd_open() ? fd_info(st) : ops_->info_at(path_, policy_.nofollow, st)) return false;
     id = detail::identity(st.dev, st.ino, policy_.backend, policy_.range, policy_.slots);
     return true;
 }
@@ -359,7 +352,7 @@ std::string file_backend::holder() const noexcept {
         // Slot holders write nothing: the holders are the processes holding
         // the file's whole-file locks.
         file::file_info st;
-        if (fd_open() ? ops_->info(fd_, st) : ops_->info_at(path_, false, st)) return {};
+        if (fd_open() ? fd_info(st) : ops_->info_at(path_, false, st)) return {};
         return ops_->flock_holders(st);
     }
     return fd_open() ? file::read_holder_handle(*ops_, fd_) : read_holder_at(path_);

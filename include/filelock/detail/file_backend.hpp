@@ -25,6 +25,7 @@ namespace filelock::detail {
 namespace file {
 class ops;  // the platform seam (src/file/ops.hpp)
 struct failure;
+struct file_info;
 }  // namespace file
 
 /// What an attempt does, computed once from lock_options.
@@ -125,8 +126,7 @@ private:
     bool path_names_another() noexcept;
     void unlist_fd(bool close, bool unlock) noexcept;
     bool fd_open() const noexcept;  // fd_, unless a forked child closed its copy at the fork
-    file::failure fd_identity(unsigned long long& dev, unsigned long long& ino,
-                              bool& regular) const noexcept;
+    file::failure fd_info(file::file_info& out) const noexcept;
 
     const file::ops* ops_;
     std::filesystem::path path_;
@@ -140,13 +140,16 @@ private:
     unsigned slot_ = 0;                     // the slot won (slots > 1)
     unsigned long long dev_ = 0, ino_ = 0;  // of the file won
     // What never changes for fd_, taken at most once per descriptor: its
-    // file (device, inode, whether a regular one), and that its filesystem
-    // may be written.
+    // file (device, inode, file::file_type), and that its filesystem may be
+    // written.
     mutable unsigned long long fd_dev_ = 0, fd_ino_ = 0;
-    mutable bool fd_known_ = false, fd_regular_ = false;
+    mutable unsigned char fd_type_ = 0;
+    mutable bool fd_known_ = false;
     bool fd_writable_fs_ = false;
-    clock::time_point path_looked_{};  // when the path was last found to name fd_'s file
-    bool path_moved_ = false;          // left for another file: watch anew
+    // When the path was last found to name fd_'s file ({}: not yet looked,
+    // since its open).
+    clock::time_point path_looked_{};
+    bool path_moved_ = false;  // left for another file: watch anew
     // fork bookkeeping of fd_ (see fork_stamp in src/platform.hpp)
     unsigned fd_generation_ = 0, fd_forks_ = 0;
     process_queue order_;  // this waiter's place among processes
