@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 // Giving idle waiting resources back costs waiters nothing: the thread that
-// closes idle instances a linger later is started outside every lock that
-// waiters take. This program defines pthread_create to see that thread's
-// start (calls go on to the real one).
+// closes idle instances a linger later is started when a wait takes them,
+// outside every lock that waiters take, and never on a winner's way out.
+// This program defines pthread_create to see that thread's start (calls go
+// on to the real one).
 
 #include <filelock/lock_file.hpp>
 
@@ -49,12 +50,14 @@ extern "C" int pthread_create(pthread_t* t, const pthread_attr_t* attr, void* (*
 }
 
 TEST_CASE(
-    "linger: the last sync waiter starts the linger thread after letting go of the waiters' "
-    "lock") {
-    // Thread A waits in lock() and wins: the last waiter gives the instance
-    // back, which starts the thread that closes it a linger later. Meanwhile
-    // thread B starts waiting for another lock: it registers its watch with
-    // the same sync waiters' state, which A must not be holding then.
+    "linger: a wait starts the linger thread outside the waiters' lock, and its winner's way "
+    "out starts none") {
+    // Thread A waits in lock(): taking the instance starts the thread that
+    // closes it a linger after the last waiter. Meanwhile thread B starts
+    // waiting for another lock: it registers its watch with the same sync
+    // waiters' state, which A must not be holding then. When A wins, giving
+    // the instance back starts nothing: a thread's start (tens of
+    // microseconds) would come between the release and A's return.
     scratch s;
     const auto p = s / "a.lock", q = s / "b.lock";
     settle();  // no instance lingers: the linger thread ends
@@ -65,35 +68,47 @@ TEST_CASE(
     REQUIRE(holder_p.ready());
     REQUIRE(holder_q.ready());
     fdetail::sys().inotify_add_watch = count_add_watch;
-    std::atomic<bool> b_go{false}, started{false}, b_blocked{false};
+    std::atomic<bool> b_go{false}, started_at_wait{false}, b_blocked{false};
+    std::atomic<bool> started_on_exit{false}, first_done{false};
     std::thread b([&] {
         while (!b_go) std::this_thread::sleep_for(1ms);
         std::error_code ec;
         (void)filelock::lock(q, 100ms, {}, ec);  // held: it watches, then times out
     });
     on_thread_start = [&] {
-        started = true;
+        started_at_wait = true;
         const int before = watches_added;
         b_go = true;
         // B registers its watch, unless this thread holds the waiters' lock.
         for (int i = 0; i < 500 && watches_added == before; ++i) ::usleep(10000);
         b_blocked = watches_added == before;
+        first_done = true;
     };
-    std::atomic<bool> a_won{false};
+    std::atomic<bool> a_won{false}, a_go{false};
     std::thread a([&] {
+        while (!a_go) std::this_thread::sleep_for(1ms);
         std::error_code ec;
         auto l = filelock::lock(p, 30s, {}, ec);
         a_won = !ec;
     });
+    hook_armed = true;  // A's own start is not counted
+    a_go = true;
     while (watches_added == 0) std::this_thread::sleep_for(1ms);  // A waits, watching
+    // The thread's start comes right after A's watch (or never: then the
+    // hook is disarmed after a while, and the checks below fail).
+    for (int i = 0; i < 10000 && !first_done; ++i) ::usleep(1000);
+    hook_armed = false;
+    b_go = true;
+    b.join();  // B timed out; A still waits
+    on_thread_start = [&] { started_on_exit = true; };
     hook_armed = true;
     holder_p.release();
     a.join();
     hook_armed = false;
-    b_go = true;
-    b.join();
     fdetail::sys().inotify_add_watch = fdetail::default_sys().inotify_add_watch;
     CHECK(a_won);
-    REQUIRE(started);  // the linger thread's start was seen
+    REQUIRE(started_at_wait);  // the linger thread's start was seen, while A waited
     CHECK(!b_blocked);
+    CHECK(!started_on_exit);
+    CHECK(threads_now() == 2);  // the linger thread, closing the instance a linger later
 }

@@ -38,6 +38,9 @@ public:
     /// of its queue turn), replacing its registration.
     bool listen(sync_waiter& w, const std::filesystem::path& path, const lock_identity& lock,
                 int turn) {
+        struct start_lingering {  // once the mutex is released: a system call
+            ~start_lingering() { release_source::start_lingering(); }
+        } start;
         shared_source::spare spare;  // recycled once the mutex is released
         std::lock_guard<std::mutex> g(mutex_);
         const bool ok = shared_.watch(path, &w, w.arrival(), w.shared(), lock, turn);

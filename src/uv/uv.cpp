@@ -366,6 +366,7 @@ filelock::detail::release_source* loop_state::source() {
         // child, which closes it in check_fork().
         wp->source = filelock::detail::release_source::take(
             filelock::detail::release_source::fork_copies::closed_by_loop);
+        filelock::detail::release_source::start_lingering();
         if (!wp->source || uv_poll_init(loop, &wp->handle, wp->source->native_handle()) != 0) {
             watch_failed = true;
             return nullptr;

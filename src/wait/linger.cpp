@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -25,8 +26,10 @@ struct lingering {
     std::condition_variable cv;
     std::array<std::pair<void (*)(), std::chrono::steady_clock::time_point>, 4> due{};
     std::thread thread;
-    bool running = false;  // the thread is in run()
-    bool stop = false;     // a fork is coming: the thread leaves run()
+    unsigned held = 0;                // resources in use that will linger (linger_hold())
+    std::atomic<bool> wanted{false};  // a hold found no thread: linger_start() starts it
+    bool running = false;             // the thread is in run()
+    bool stop = false;                // a fork is coming: the thread leaves run()
 };
 
 void run() noexcept;
@@ -56,13 +59,17 @@ lingering& state() {
             [] {
                 lingering& l = state();
                 l.stop = false;
-                if (std::any_of(l.due.begin(), l.due.end(), [](const auto& e) { return e.first; }))
+                if (l.held > 0 ||
+                    std::any_of(l.due.begin(), l.due.end(), [](const auto& e) { return e.first; }))
                     start(l);
                 l.mutex.unlock();
             },
             [] {
+                // The child holds nothing yet: what its parent held is the
+                // parent's (inherited resources are closed, not given back).
                 lingering& l = state();
                 l.stop = false;
+                l.held = 0;
                 l.mutex.unlock();
             });
         return made;
@@ -77,7 +84,13 @@ void run() noexcept {
         auto next = std::min_element(s.due.begin(), s.due.end(), [](const auto& a, const auto& b) {
             return b.first == nullptr || (a.first != nullptr && a.second < b.second);
         });
-        if (next->first == nullptr) break;
+        if (next->first == nullptr) {
+            if (s.held == 0) break;
+            // In use: given back without a word (no wake-up on a waiter's
+            // way out), seen at the next look.
+            s.cv.wait_for(g, idle_linger);
+            continue;
+        }
         if (std::chrono::steady_clock::now() < next->second) {
             s.cv.wait_until(g, next->second);
             continue;
@@ -114,6 +127,33 @@ void start(lingering& s) noexcept {
 }
 
 }  // namespace
+
+void linger_hold() noexcept {
+    lingering& s = state();
+    std::lock_guard<std::mutex> g(s.mutex);
+    ++s.held;
+    if (!s.running) s.wanted.store(true, std::memory_order_relaxed);
+}
+
+void linger_start() noexcept {
+    lingering& s = state();
+    if (!s.wanted.load(std::memory_order_relaxed)) return;
+    std::lock_guard<std::mutex> g(s.mutex);
+    s.wanted.store(false, std::memory_order_relaxed);
+    if (s.held > 0) start(s);
+}
+
+void linger_unhold() noexcept {
+    lingering& s = state();
+    std::lock_guard<std::mutex> g(s.mutex);
+    if (s.held > 0) --s.held;
+}
+
+bool lingering_thread_runs() noexcept {
+    lingering& s = state();
+    std::lock_guard<std::mutex> g(s.mutex);
+    return s.running;
+}
 
 bool reap_later(void (*reap)()) noexcept {
     lingering& s = state();

@@ -7,12 +7,14 @@
 #include "release_watcher.hpp"
 
 #include <mutex>
+#include <utility>
 
 namespace filelock::detail {
 
 struct release_source::impl {
     release_watcher watcher;
     release_registry registry;
+    bool held = false;  // counted by linger_hold(), from take() to its giving back
 };
 
 namespace {
@@ -46,7 +48,13 @@ void reap_idle() {
 }  // namespace
 
 release_source::release_source(std::unique_ptr<impl> i) noexcept : impl_(std::move(i)) {}
-release_source::~release_source() = default;
+release_source::~release_source() { unhold(); }
+
+// Taken for a wait no longer (a forked child's copy was never counted: the
+// child starts with nothing held).
+void release_source::unhold() noexcept {
+    if (impl_ && std::exchange(impl_->held, false) && !inherited()) linger_unhold();
+}
 
 std::unique_ptr<release_source> release_source::take(fork_copies copies) {
     std::unique_ptr<release_source> s;
@@ -63,10 +71,16 @@ std::unique_ptr<release_source> release_source::take(fork_copies copies) {
         s.reset(new release_source(std::move(made)));
     }
     if (copies == fork_copies::closed_by_loop) (void)s->impl_->watcher.list_for_fork(false);
+    // The thread that will close it after its linger runs from the
+    // caller's start_lingering() on: the winner that gives it back starts
+    // none.
+    s->impl_->held = true;
+    linger_hold();
     return s;
 }
 
 void release_source::recycle(std::unique_ptr<release_source> s) noexcept {
+    if (s) s->unhold();
     // A forked child's copy of its parent's instance is closed, not kept;
     // so is one that still has waiters (a driver that lost track of one):
     // the next driver to take it would be woken with a key it never gave.
@@ -84,6 +98,8 @@ void release_source::recycle(std::unique_ptr<release_source> s) noexcept {
         s = std::move(pool().kept);  // closed now
     }
 }
+
+void release_source::start_lingering() noexcept { linger_start(); }
 
 int release_source::native_handle() const noexcept { return impl_->watcher.native_handle(); }
 int release_source::interrupt_handle() const noexcept { return impl_->watcher.interrupt_handle(); }

@@ -52,11 +52,18 @@ public:
     /// release events (or no instance can be made now). A forked child
     /// closes its copies of an idle source, and of a new one from its
     /// creation on, at the fork; from take()'s return on, as `copies` says.
+    /// The thread that will close it after its linger is started by the
+    /// caller's start_lingering(), before the wait rather than on a
+    /// winner's way out.
     static std::unique_ptr<release_source> take(fork_copies copies = fork_copies::closed_at_fork);
+    /// After take(), outside the locks that waiters take: starts the thread
+    /// that closes given-back sources a linger later, if none runs (a system
+    /// call; one atomic load otherwise).
+    static void start_lingering() noexcept;
     /// Gives `s` back (its last waiter left): kept a linger for the next
-    /// driver that waits, then closed. Closes nothing now, but starts the
-    /// thread that closes it later when none runs (a system call): call it
-    /// outside the locks that waiters take.
+    /// driver that waits, then closed. Closes nothing now, and starts the
+    /// thread that closes it later only if none could be started before (a
+    /// system call): call it outside the locks that waiters take.
     static void recycle(std::unique_ptr<release_source> s) noexcept;
 
     release_source(const release_source&) = delete;
@@ -119,6 +126,7 @@ public:
 private:
     struct impl;
     explicit release_source(std::unique_ptr<impl> i) noexcept;
+    void unhold() noexcept;
     std::unique_ptr<impl> impl_;
 };
 
