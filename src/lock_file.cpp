@@ -40,12 +40,13 @@ lock_file::~lock_file() { close(); }
 
 void lock_file::close() noexcept {
     if (h_.fd == detail::no_handle) return;
-    const detail::lock_identity id = detail::identity_of(h_);
-    const bool inherited = detail::fork_stamp{h_.generation, h_.forks}.inherited();
+    // The unlock first: what follows is not between a release and its next
+    // holder (release_held() leaves what identifies the lock as it was).
     detail::release_held(h_);
     // The next waiter of this process, at once (a forked child's copy of its
     // parent's lock has no waiters of ours to hand it to).
-    if (!inherited) detail::local_release(id);
+    if (!detail::fork_stamp{h_.generation, h_.forks}.inherited())
+        detail::local_release(detail::identity_of(h_));
 }
 
 simple_lock_file::simple_lock_file(const std::filesystem::path& path, lock_options options)

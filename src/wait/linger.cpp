@@ -149,15 +149,10 @@ void linger_unhold() noexcept {
     if (s.held > 0) --s.held;
 }
 
-bool lingering_thread_runs() noexcept {
+bool reap_later(void (*reap)(), bool unhold) noexcept {
     lingering& s = state();
     std::lock_guard<std::mutex> g(s.mutex);
-    return s.running;
-}
-
-bool reap_later(void (*reap)()) noexcept {
-    lingering& s = state();
-    std::lock_guard<std::mutex> g(s.mutex);
+    if (unhold && s.held > 0) --s.held;
     const auto at = std::chrono::steady_clock::now() + idle_linger;
     auto slot =
         std::find_if(s.due.begin(), s.due.end(), [&](const auto& e) { return e.first == reap; });

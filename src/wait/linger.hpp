@@ -32,13 +32,11 @@ void linger_unhold() noexcept;
 
 /// Calls `reap` once, about idle_linger from now, on the lingering thread.
 /// Calling it again for the same `reap` before then moves the time. `reap`
-/// decides for itself whether what it gives back is still idle. Starts the
-/// thread only when none runs (nothing was held since the last linger, or
-/// no thread could be started then). False when no thread can be started:
-/// the caller gives its resources back now.
-bool reap_later(void (*reap)()) noexcept;
-
-/// Whether the lingering thread runs (for tests).
-bool lingering_thread_runs() noexcept;
+/// decides for itself whether what it gives back is still idle; `unhold`:
+/// what it gives back was counted by linger_hold() (one lock for both).
+/// Starts the thread only when none runs (nothing was held since the last
+/// linger, or no thread could be started then). False when no thread can
+/// be started: the caller gives its resources back now.
+bool reap_later(void (*reap)(), bool unhold = false) noexcept;
 
 }  // namespace filelock::detail

@@ -80,20 +80,29 @@ std::unique_ptr<release_source> release_source::take(fork_copies copies) {
 }
 
 void release_source::recycle(std::unique_ptr<release_source> s) noexcept {
-    if (s) s->unhold();
+    if (!s) return;
+    // Counted by take() (a forked child's copy never was): no longer held,
+    // told to the lingering thread along with the linger to come, if any.
+    const bool held = std::exchange(s->impl_->held, false) && !s->inherited();
     // A forked child's copy of its parent's instance is closed, not kept;
     // so is one that still has waiters (a driver that lost track of one):
     // the next driver to take it would be woken with a key it never gave.
     // Kept, it is closed by a forked child at the fork (closed now if it
     // cannot be listed).
-    if (!s || s->inherited() || !s->idle() || !s->impl_->watcher.list_for_fork(true)) return;
-    {
+    bool kept = !s->inherited() && s->idle() && s->impl_->watcher.list_for_fork(true);
+    if (kept) {
         std::lock_guard<std::mutex> g(pool().mutex);
-        if (pool().kept) return;  // closed here, after its last waiter's completion
-        pool().kept = std::move(s);
-        pool().until = std::chrono::steady_clock::now() + idle_linger;
+        kept = !pool().kept;  // else closed here, after its last waiter's completion
+        if (kept) {
+            pool().kept = std::move(s);
+            pool().until = std::chrono::steady_clock::now() + idle_linger;
+        }
     }
-    if (!reap_later(reap_idle)) {
+    if (!kept) {
+        if (held) linger_unhold();
+        return;
+    }
+    if (!reap_later(reap_idle, held)) {
         std::lock_guard<std::mutex> g(pool().mutex);
         s = std::move(pool().kept);  // closed now
     }
