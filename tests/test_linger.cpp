@@ -2,8 +2,9 @@
 // Giving idle waiting resources back costs waiters nothing: the thread that
 // closes idle instances a linger later is started when a wait takes them,
 // outside every lock that waiters take, and never on a winner's way out.
-// This program defines pthread_create to see that thread's start (calls go
-// on to the real one).
+// This program defines pthread_create to see that thread's start, and
+// pthread_join to fork from another thread while a fork joins it (calls go
+// on to the real ones).
 
 #include <filelock/lock_file.hpp>
 
@@ -24,6 +25,9 @@ namespace {
 std::atomic<bool> hook_armed{false};
 std::function<void()> on_thread_start;  // set before arming, on the test's thread
 std::atomic<int> watches_added{0};
+// Armed before a fork(): the join that this fork's handler makes lets
+// another thread fork meanwhile (at most 5 s).
+std::atomic<bool> fork_in_join{false}, second_fork{false}, second_forked{false};
 
 int count_add_watch(int fd, const char* path, uint32_t mask) {
     ++watches_added;
@@ -47,6 +51,16 @@ extern "C" int pthread_create(pthread_t* t, const pthread_attr_t* attr, void* (*
     static const auto real = reinterpret_cast<real_fn>(::dlsym(RTLD_NEXT, "pthread_create"));
     if (hook_armed.exchange(false)) on_thread_start();
     return real(t, attr, f, arg);
+}
+
+extern "C" int pthread_join(pthread_t t, void** ret) {
+    using real_fn = int (*)(pthread_t, void**);
+    static const auto real = reinterpret_cast<real_fn>(::dlsym(RTLD_NEXT, "pthread_join"));
+    if (fork_in_join.exchange(false)) {
+        second_fork = true;
+        for (int i = 0; i < 500 && !second_forked; ++i) ::usleep(10000);
+    }
+    return real(t, ret);
 }
 
 TEST_CASE(
@@ -110,4 +124,66 @@ TEST_CASE(
     REQUIRE(started_at_wait);  // the linger thread's start was seen, while A waited
     CHECK(!b_blocked);
     CHECK(!started_on_exit);
+}
+
+TEST_CASE("linger: two threads that fork at once while a third waits neither hang nor abort") {
+    // The thread that closes idle instances runs while a wait lasts; each
+    // fork() ends it before and starts it again after, in the parent. Here
+    // a second thread forks while the first fork's handler waits for that
+    // thread's end: neither may join it again, nor start it again while a
+    // fork is under way (the first fork would wait for the end of the
+    // wait); the thread runs again after both. In a child process, which
+    // exits with what failed: a hang is seen from here.
+    scratch s;
+    const auto p = s / "a.lock";
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        auto fork_one = [] {  // a child with no thread of ours: 0
+            const pid_t c = ::fork();
+            if (c == 0) ::_exit(threads_now() == 1 ? 0 : 1);
+            int st = 0;
+            return c > 0 && ::waitpid(c, &st, 0) == c && WIFEXITED(st) ? WEXITSTATUS(st) : 2;
+        };
+        int failed = 0;
+        std::thread([] {}).join();  // a sanitizer's thread of its own starts with the first
+        const int base = threads_now();
+        {
+            auto holder = hold_in_child(p);
+            if (!holder.ready()) ::_exit(64);
+            std::thread waiter([&] {
+                std::error_code ec;
+                (void)filelock::lock(p, 10s, {}, ec);  // until the holder's release
+            });
+            std::atomic<int> second{-1};
+            std::thread b([&] {
+                for (int i = 0; i < 500 && !second_fork; ++i) ::usleep(10000);
+                second = fork_one();
+                second_forked = true;
+            });
+            for (int i = 0; i < 500 && threads_now() < base + 3; ++i) ::usleep(10000);  // it runs
+            fork_in_join = true;
+            if (fork_one() != 0) failed |= 1;
+            fork_in_join = false;
+            b.join();
+            if (second != 0) failed |= 2;
+            if (!second_fork) failed |= 4;
+            if (threads_now() != base + 2) failed |= 8;  // the waiter's and the linger thread
+            holder.release();
+            waiter.join();
+        }
+        for (int i = 0; i < 200 && threads_now() > base; ++i) ::usleep(10000);
+        if (threads_now() != base) failed |= 16;
+        ::_exit(failed);
+    }
+    int st = 0;
+    pid_t done = 0;
+    for (int i = 0; i < 3000 && (done = ::waitpid(pid, &st, WNOHANG)) == 0; ++i) ::usleep(10000);
+    if (done == 0) {  // hung: 30 s
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, &st, 0);
+    }
+    CHECK(done == pid);
+    REQUIRE(WIFEXITED(st));
+    CHECK(WEXITSTATUS(st) == 0);
 }

@@ -29,7 +29,7 @@ struct lingering {
     unsigned held = 0;                // resources in use that will linger (linger_hold())
     std::atomic<bool> wanted{false};  // a hold found no thread: linger_start() starts it
     bool running = false;             // the thread is in run()
-    bool stop = false;                // a fork is coming: the thread leaves run()
+    unsigned forking = 0;             // forks under way: the thread leaves run(), none starts
 };
 
 void run() noexcept;
@@ -45,30 +45,37 @@ lingering& state() {
         // still lingers. The mutex is held across fork(), so a child never
         // inherits it locked. This handler is registered after the idle
         // pool's, so it runs before the pool's mutex is taken for the fork.
+        // Threads may fork at once: another's fork may come while this one
+        // joins the thread (the mutex is free then). The thread is joined by
+        // the fork that takes it, and none starts until the last fork under
+        // way is over.
         at_fork(
             [] {
                 lingering& l = state();
                 std::unique_lock<std::mutex> g(l.mutex);
-                l.stop = true;
+                ++l.forking;
                 l.cv.notify_all();
+                l.cv.wait(g, [&] { return !l.running; });
+                std::thread ended = std::move(l.thread);
                 g.unlock();
-                if (l.thread.joinable()) l.thread.join();
+                if (ended.joinable()) ended.join();
                 g.lock();
                 g.release();  // held across fork()
             },
             [] {
                 lingering& l = state();
-                l.stop = false;
-                if (l.held > 0 ||
-                    std::any_of(l.due.begin(), l.due.end(), [](const auto& e) { return e.first; }))
+                if (--l.forking == 0 &&
+                    (l.held > 0 || std::any_of(l.due.begin(), l.due.end(),
+                                               [](const auto& e) { return e.first; })))
                     start(l);
                 l.mutex.unlock();
             },
             [] {
                 // The child holds nothing yet: what its parent held is the
-                // parent's (inherited resources are closed, not given back).
+                // parent's (inherited resources are closed, not given back);
+                // the other forks under way are the parent's.
                 lingering& l = state();
-                l.stop = false;
+                l.forking = 0;
                 l.held = 0;
                 l.mutex.unlock();
             });
@@ -80,7 +87,7 @@ lingering& state() {
 void run() noexcept {
     lingering& s = state();
     std::unique_lock<std::mutex> g(s.mutex);
-    while (!s.stop) {
+    while (s.forking == 0) {
         auto next = std::min_element(s.due.begin(), s.due.end(), [](const auto& a, const auto& b) {
             return b.first == nullptr || (a.first != nullptr && a.second < b.second);
         });
@@ -102,12 +109,13 @@ void run() noexcept {
     }
     s.running = false;
     // Done: nobody joins it (before a fork, the fork's handler does).
-    if (!s.stop) s.thread.detach();
+    if (s.forking == 0) s.thread.detach();
+    s.cv.notify_all();  // the forks that wait for its end
 }
 
 // With the mutex held.
 void start(lingering& s) noexcept {
-    if (s.running || s.stop) return;           // (stopping: the fork's parent handler starts it)
+    if (s.running || s.forking > 0) return;    // (forking: the fork's parent handler starts it)
     if (s.thread.joinable()) s.thread.join();  // it has left run(): ends at once
 #ifndef _WIN32
     // The thread takes no signal meant for the process (a program that
@@ -162,7 +170,7 @@ bool reap_later(void (*reap)(), bool unhold) noexcept {
     if (slot == s.due.end()) return false;
     *slot = {reap, at};
     start(s);
-    if (s.running || s.stop) return true;  // stopping: the fork's parent handler starts it
+    if (s.running || s.forking > 0) return true;  // the fork's parent handler starts it
     slot->first = nullptr;
     return false;
 }
