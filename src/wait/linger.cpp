@@ -26,11 +26,16 @@ struct lingering {
     std::condition_variable cv;
     std::array<std::pair<void (*)(), std::chrono::steady_clock::time_point>, 4> due{};
     std::thread thread;
-    unsigned held = 0;                // resources in use that will linger (linger_hold())
+    unsigned held = 0;  // resources in use that will linger (linger_hold())
+    std::chrono::milliseconds look = idle_linger;  // the next look while held, from now
     std::atomic<bool> wanted{false};  // a hold found no thread: linger_start() starts it
     bool running = false;             // the thread is in run()
     unsigned forking = 0;             // forks under way: the thread leaves run(), none starts
 };
+
+// The longest interval between two looks at the table while something is
+// held (so what a long wait gives back is closed within this and a linger).
+constexpr std::chrono::milliseconds max_look{1600};
 
 void run() noexcept;
 void start(lingering& s) noexcept;
@@ -93,9 +98,12 @@ void run() noexcept {
         });
         if (next->first == nullptr) {
             if (s.held == 0) break;
-            // In use: given back without a word (no wake-up on a waiter's
-            // way out), seen at the next look.
-            s.cv.wait_for(g, idle_linger);
+            // In use: given back without a word (a wake-up on a waiter's
+            // way out costs it tens of microseconds), seen at the next look:
+            // a linger after the last giving back or start, then at doubling
+            // intervals while the wait lasts (a 3 s wait: 4 looks, not 15).
+            s.cv.wait_for(g, s.look);
+            s.look = std::min(s.look * 2, max_look);
             continue;
         }
         if (std::chrono::steady_clock::now() < next->second) {
@@ -125,6 +133,7 @@ void start(lingering& s) noexcept {
     pthread_sigmask(SIG_SETMASK, &all, &old);
 #endif
     try {
+        s.look = idle_linger;
         s.thread = std::thread(run);
         s.running = true;
     } catch (...) {
@@ -169,6 +178,7 @@ bool reap_later(void (*reap)(), bool unhold) noexcept {
                             [](const auto& e) { return e.first == nullptr; });
     if (slot == s.due.end()) return false;
     *slot = {reap, at};
+    s.look = idle_linger;
     start(s);
     if (s.running || s.forking > 0) return true;  // the fork's parent handler starts it
     slot->first = nullptr;

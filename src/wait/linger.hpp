@@ -20,7 +20,9 @@ inline constexpr std::chrono::milliseconds idle_linger{200};
 
 /// Resources that will linger were taken for a wait: the lingering thread
 /// runs from the next linger_start() until they are given back
-/// (linger_unhold()) and their linger is over.
+/// (linger_unhold()) and their linger is over. Giving back wakes nobody:
+/// while they are held the thread looks a linger after its start or the
+/// last giving back, then at doubling intervals up to 1.6 s.
 void linger_hold() noexcept;
 /// Starts the lingering thread if a hold asked for it and none runs (a
 /// system call: call it outside the locks that waiters take, before a
