@@ -45,6 +45,23 @@ struct path_queue {
     // domain's queue of one lock, a range.
     static std::map<key_type, std::unique_ptr<path_queue>> queues;
     static std::atomic<std::size_t> waiters;
+    // Queues left empty are kept, up to max_idle of them, as new ones
+    // (reset): a lone waiter's way from its win back to its caller frees
+    // nothing, and its next wait allocates nothing.
+    static constexpr std::size_t max_idle = 16;
+    static std::size_t idle;
+
+    // With the mutex held: `q`, empty now, is kept (reset) or erased.
+    static void emptied(path_queue& q) noexcept {
+        if (idle < max_idle) {
+            ++idle;
+            const key_type key = q.key;
+            q = path_queue{};
+            q.key = key;
+        } else {
+            queues.erase(queues.find(q.key));
+        }
+    }
 
     // With the mutex held.
     void push(queue_waiter& w) {
@@ -113,6 +130,7 @@ struct path_queue {
 std::mutex path_queue::mutex;
 std::map<path_queue::key_type, std::unique_ptr<path_queue>> path_queue::queues;
 std::atomic<std::size_t> path_queue::waiters{0};
+std::size_t path_queue::idle = 0;
 
 namespace {
 
@@ -127,6 +145,7 @@ const bool atfork_registered = [] {
                 ++queues_generation;
                 for (auto& q : path_queue::queues) (void)q.second.release();  // leaked
                 path_queue::queues.clear();
+                path_queue::idle = 0;
                 path_queue::waiters.store(0);
                 path_queue::mutex.unlock();
             });
@@ -145,6 +164,8 @@ bool queue_waiter::join(const lock_identity& id, const void* domain) noexcept {
             auto q = std::make_unique<path_queue>();
             q->key = key;
             it = path_queue::queues.emplace(key, std::move(q)).first;
+        } else if (it->second->head == nullptr) {
+            --path_queue::idle;  // a kept one
         }
         generation_ = queues_generation;
         it->second->push(*this);
@@ -163,7 +184,7 @@ void queue_waiter::leave() noexcept {
         return;
     }
     path_queue* q = queue_;
-    if (q->unlink(*this)) path_queue::queues.erase(path_queue::queues.find(q->key));
+    if (q->unlink(*this)) path_queue::emptied(*q);
 }
 
 std::chrono::steady_clock::duration queue_waiter::hold_off(

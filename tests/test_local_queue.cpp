@@ -95,7 +95,7 @@ bool asio_run_until(asio::io_context& io, Pred pred) {
 
 // Locks as the queue knows them: device, inode, backend.
 const fdetail::lock_identity id_x{1, 10, 0}, id_y{1, 11, 0}, id_fork{1, 12, 0}, id_other{1, 13, 0},
-    id_fair{1, 14, 0};
+    id_fair{1, 14, 0}, id_kept{1, 15, 0};
 const char dom = 0;  // a driver domain
 
 std::vector<int> iota(int n, std::initializer_list<int> except = {}) {
@@ -182,6 +182,41 @@ TEST_CASE("local queue: a release by a local holder wakes the head, and only the
     CHECK(b.wakes == 0);
     fdetail::local_release(id_other);  // no queue there: nothing happens
     CHECK(a.wakes == 1);
+}
+
+TEST_CASE("local queue: a queue left empty comes back as a new one, with no streak") {
+    // Empty queues are kept for the next waits; a kept one must not carry a
+    // streak over (its first local release would then be left to other
+    // processes, with a hold-off).
+    fake_waiter a;
+    a.join(id_kept, &dom);
+    a.watching = true;
+    fdetail::local_release(id_kept);  // starts a streak: a is handed the lock
+    CHECK(a.wakes == 1);
+    std::this_thread::sleep_for(fdetail::min_fair_share * 2);
+    a.leave();  // handed locally: its leaving does not end the streak
+    fake_waiter b;
+    CHECK(b.join(id_kept, &dom));
+    b.watching = true;
+    fdetail::local_release(id_kept);
+    CHECK(b.wakes == 1);
+    CHECK(b.hold_off(std::chrono::steady_clock::now()) ==
+          std::chrono::steady_clock::duration::zero());
+    b.leave();
+    // Many locks' queues emptied at once: each is joined again as new.
+    std::vector<std::unique_ptr<fake_waiter>> many;
+    for (unsigned long long i = 0; i < 40; ++i) {
+        many.push_back(std::make_unique<fake_waiter>());
+        CHECK(many.back()->join({2, i, 0}, &dom));
+    }
+    for (auto& w : many) w->leave();
+    for (unsigned long long i = 0; i < 40; ++i) {
+        fake_waiter w, x;
+        CHECK(w.join({2, i, 0}, &dom));
+        CHECK_FALSE(x.join({2, i, 0}, &dom));
+        w.leave();
+        CHECK(x.wakes == 1);
+    }
 }
 
 TEST_CASE(
