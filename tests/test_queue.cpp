@@ -234,6 +234,37 @@ TEST_CASE_METHOD(queue_test, "queue: tickets in registration order; only the hea
     CHECK(e.ticket() == 1);
 }
 
+TEST_CASE_METHOD(queue_test,
+                 "queue: the head attempts without looking again; a ticket taken below it in the "
+                 "same moment is seen at its next failed attempt") {
+    // Before, the head looked at the queue (an F_OFD_GETLK) before each
+    // attempt, the winning one too: on the way from a release to the lock.
+    process_queue x, a;
+    line_up(x, p, t0);
+    line_up(a, p, t0);
+    REQUIRE(x.ticket() == 1);
+    REQUIRE(a.ticket() == 3);
+    CHECK_FALSE(a.may_attempt(t0));
+    x.leave();
+    CHECK(a.may_attempt(t0));  // it looks: the head now
+    // A registrant that takes ticket 1 only now, its look made before `a`
+    // took its ticket (as an OFD lock of byte 1 on a description of its own).
+    const int late = ::open(filelock::queue_path(p).c_str(), O_RDWR | O_CLOEXEC);
+    REQUIRE(late >= 0);
+    struct ::flock lk {};
+    lk.l_type = F_WRLCK;
+    lk.l_whence = SEEK_SET;
+    lk.l_start = 1;
+    lk.l_len = 1;
+    REQUIRE(::fcntl(late, F_OFD_SETLK, &lk) == 0);
+    CHECK(a.may_attempt(t0));        // no look: two heads attempt, the kernel lock decides
+    a.contended(p, 0644, t0);        // that attempt failed: the heartbeat, and a look
+    CHECK_FALSE(a.may_attempt(t0));  // behind the late one now
+    ::close(late);
+    CHECK(a.may_attempt(t0));
+    a.leave();
+}
+
 TEST_CASE_METHOD(
     queue_test,
     "queue: readers attempt before the first waiting writer; those after it wait for it") {

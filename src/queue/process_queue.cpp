@@ -74,6 +74,7 @@ void live_tickets::move(process_queue& to, process_queue& from) noexcept {
     to.reader_ = from.reader_;
     to.write_ = from.write_;
     to.beat_ = from.beat_;
+    to.head_known_ = std::exchange(from.head_known_, false);
     to.head_ = from.head_;
     to.head_write_ = from.head_write_;
     to.head_since_ = from.head_since_;
@@ -285,6 +286,10 @@ void process_queue::contended(const std::filesystem::path& lock_path, unsigned m
         // (not before the attempt: a winner's path has no call of it).
         write_ = !write_;
         (void)set_lock(fd_, write_ ? F_WRLCK : F_RDLCK, ticket_);
+        // And it looks again now, for its next attempt (see may_attempt()).
+        head_known_ = false;
+        (void)may_attempt(now);
+        beat_ = false;  // set again by the next attempt's may_attempt()
     }
     if (fd_ >= 0 || unusable_ || ++contentions_ < 2) return;
     reader_ = reader;
@@ -346,7 +351,9 @@ void process_queue::contended(const std::filesystem::path& lock_path, unsigned m
                 head_since_ = now;
                 tickets.link(*this);
                 g.unlock();
-                wait_behind(predecessor());
+                const std::uint64_t p = predecessor();
+                wait_behind(p);
+                head_known_ = p == 0;  // nobody before us: the head
                 return;
             }
             const int err = errno;
@@ -362,6 +369,17 @@ void process_queue::contended(const std::filesystem::path& lock_path, unsigned m
 
 bool process_queue::may_attempt(clock::time_point now) noexcept {
     if (fd_ < 0) return true;
+    // The head stays the head: a registrant takes a ticket above the
+    // highest one held. So a head seen at its registration or after its
+    // last failed attempt attempts without looking again, and a winner's
+    // way has no call of the queue's before its attempt. (A registrant that
+    // took a lower ticket in the same moment as ours, its look done before
+    // our ticket was taken, is seen at our next failed attempt: until then
+    // both attempt, as two heads; the kernel lock decides.)
+    if (head_known_) {
+        beat_ = true;
+        return true;
+    }
     // The lowest ticket below ours: the head. A reader's: the lowest
     // writer's (readers before it attempt as it does).
     std::uint64_t head = 0, at = 0;
@@ -374,6 +392,7 @@ bool process_queue::may_attempt(clock::time_point now) noexcept {
         head = lowest_writer(fd_, ticket_);
         if (head != 0) (void)held_in(fd_, head, head + 1, at, head_write);
     }
+    head_known_ = head == 0;
     if (head == 0) {
         wait_behind(0);  // the lock file's releases now
         beat_ = true;    // flipped by contended(), if this attempt fails

@@ -149,6 +149,7 @@ private:
         ticket_ = 0;
         contentions_ = 0;
         beat_ = false;
+        head_known_ = false;
     }
 
     int fd_ = -1;
@@ -159,10 +160,11 @@ private:
     unsigned long long dev_ = 0, ino_ = 0;  // of the queue file (the doorbells' names)
     std::uint64_t ticket_ = 0;
     unsigned contentions_ = 0;
-    bool unusable_ = false;  // no queue for this waiter (cannot create, no OFD locks)
-    bool reader_ = false;    // a shared lock's waiter: an even ticket (a writer's is odd)
-    bool write_ = true;      // the ticket's lock type now (the heartbeat flips it)
-    bool beat_ = false;      // the head attempts: flip the ticket if the attempt fails
+    bool unusable_ = false;    // no queue for this waiter (cannot create, no OFD locks)
+    bool reader_ = false;      // a shared lock's waiter: an even ticket (a writer's is odd)
+    bool write_ = true;        // the ticket's lock type now (the heartbeat flips it)
+    bool beat_ = false;        // the head attempts: flip the ticket if the attempt fails
+    bool head_known_ = false;  // the head, as of the last look (may_attempt())
     // the head last seen and since when (stall detection)
     std::uint64_t head_ = 0;
     bool head_write_ = false;
