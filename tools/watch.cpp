@@ -254,14 +254,6 @@ private:
     struct ::stat queue_file_ {};
 };
 
-bool same_lines(const std::vector<kernel::lock_line>& a, const std::vector<kernel::lock_line>& b) {
-    return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](const auto& x, const auto& y) {
-        return x.blocked == y.blocked && x.api == y.api && x.write == y.write && x.pid == y.pid &&
-               x.major == y.major && x.minor == y.minor && x.ino == y.ino && x.start == y.start &&
-               x.end == y.end;
-    });
-}
-
 bool same_party(const filelock::lock_party& a, const filelock::lock_party& b) {
     return a.pid == b.pid && a.api == b.api && a.kind == b.kind && a.start == b.start &&
            a.length == b.length;
@@ -340,7 +332,7 @@ int watch_form(const command_line& cl) {
             // changed (inspect may read every process's fdinfo to name the
             // owners of OFD locks, such as queue tickets: milliseconds).
             std::vector<kernel::lock_line> lines;
-            look = !fw.lock_lines(lines) || !same_lines(lines, last_lines);
+            look = !fw.lock_lines(lines) || !kernel::same_lines(lines, last_lines);
             next_safety = now + safety_interval;
         }
         if (look) {

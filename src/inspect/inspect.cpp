@@ -175,9 +175,13 @@ std::filesystem::path queue_path(const std::filesystem::path& path) {
     return q;
 }
 
-lock_status detail::inspect_handle(const std::filesystem::path& path, native_handle_type held,
-                                   std::error_code& ec) noexcept {
-    using namespace detail;
+namespace detail {
+namespace {
+
+// One look; `files` and `lines`: the lock files and the kernel's lock lines
+// it read (none on Windows).
+lock_status look(const std::filesystem::path& path, native_handle_type held, std::error_code& ec,
+                 std::vector<kernel::file_key>& files, std::vector<kernel::lock_line>& lines) {
     ec.clear();
     try {
         lock_status st;
@@ -214,14 +218,14 @@ lock_status detail::inspect_handle(const std::filesystem::path& path, native_han
                 : line_fields{};
 
         const kernel::file_key key = kernel::key_of(info.dev, info.ino);
-        std::vector<kernel::file_key> files{key};
+        files = {key};
         file::file_info qinfo;
         const bool have_queue = !os.info_at(queue_path(path), false, qinfo);
         const kernel::file_key qkey = kernel::key_of(qinfo.dev, qinfo.ino);
         if (have_queue) files.push_back(qkey);
 
-        std::vector<kernel::lock_line> lines;
         if (!kernel::read_locks(files, lines)) {
+            lines.clear();
             // Windows (or no /proc/locks): the content is all there is, and
             // on Windows whether byte 0 is locked (reading a byte another
             // process locked fails with ERROR_LOCK_VIOLATION; nothing taken).
@@ -409,6 +413,32 @@ lock_status detail::inspect_handle(const std::filesystem::path& path, native_han
                     "description locks of processes this user may not read";
         }
         return st;
+    } catch (const std::bad_alloc&) {
+        ec = std::make_error_code(std::errc::not_enough_memory);
+        return {};
+    }
+}
+
+}  // namespace
+}  // namespace detail
+
+lock_status detail::inspect_handle(const std::filesystem::path& path, native_handle_type held,
+                                   std::error_code& ec) noexcept {
+    // A look reads the kernel's lock lines, then the processes' fdinfo (to
+    // name the owners of OFD locks). A party that moves on meanwhile can be
+    // missing from it: a waiter that wins takes the lock, then drops its
+    // ticket, and one reading of /proc/locks may see neither (it walks one
+    // list per CPU). So the lines are read again after the look, and a look
+    // whose lines changed is made again (three at most).
+    try {
+        for (int tries = 3;; --tries) {
+            std::vector<kernel::file_key> files;
+            std::vector<kernel::lock_line> lines, again;
+            lock_status st = look(path, held, ec, files, lines);
+            if (ec || lines.empty() || tries == 1 || !kernel::read_locks(files, again) ||
+                kernel::same_lines(lines, again))
+                return st;
+        }
     } catch (const std::bad_alloc&) {
         ec = std::make_error_code(std::errc::not_enough_memory);
         return {};

@@ -197,4 +197,12 @@ bool alive(long long) noexcept { return false; }
 
 #endif
 
+bool same_lines(const std::vector<lock_line>& a, const std::vector<lock_line>& b) {
+    return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](const auto& x, const auto& y) {
+        return x.blocked == y.blocked && x.api == y.api && x.write == y.write && x.pid == y.pid &&
+               x.major == y.major && x.minor == y.minor && x.ino == y.ino && x.start == y.start &&
+               x.end == y.end;
+    });
+}
+
 }  // namespace filelock::detail::kernel

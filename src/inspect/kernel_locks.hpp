@@ -50,6 +50,10 @@ FILELOCK_API bool available() noexcept;
 /// False when it cannot be read.
 FILELOCK_API bool read_locks(const std::vector<file_key>& files, std::vector<lock_line>& out);
 
+/// Whether two readings found the same locks, in the same order (the
+/// kernel's numbering of the lines aside).
+FILELOCK_API bool same_lines(const std::vector<lock_line>& a, const std::vector<lock_line>& b);
+
 /// Which processes own the held lock `l` according to their fdinfo (every
 /// process sharing the open file description shows it). Processes that
 /// cannot be read are skipped.
