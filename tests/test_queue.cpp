@@ -123,8 +123,8 @@ int watches_of(pid_t pid, const fs::path& p) {
 }
 
 // The descriptors of process `pid` on the queue of `p` (the targets of
-// their /proc links, one per descriptor): the queue file's (a waiter's
-// ticket, or a winner's until it releases) and the doorbells (listening sockets named
+// their /proc links, one per descriptor): the queue file's (a ticket, and
+// nothing else keeps it open) and the doorbells (listening sockets named
 // "@filelock.queue.*" in /proc/net/unix).
 std::multiset<std::string> queue_fds(pid_t pid, const fs::path& p) {
     std::set<std::string> bells;
@@ -519,8 +519,8 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "queue: a child forked while a thread holds a lock won in line closes its copies of the "
-    "doorbell and the queue file") {
+    "queue: a child forked while a thread holds a lock won in line closes its copy of the "
+    "doorbell") {
     // The winner keeps its doorbell until it releases (the next in line is
     // woken then). Before, the child kept a copy of it for its whole life.
     flock_held f;
@@ -545,9 +545,7 @@ TEST_CASE(
         REQUIRE(cv.wait_for(g, 20s, [&] { return won; }));
     }
     const auto ours = queue_fds(::getpid(), f.p);
-    // The doorbell, and the queue file's descriptor, whose ticket went with
-    // the win.
-    CHECK(ours.size() == 2);
+    CHECK(ours.size() == 1);  // the doorbell (the ticket went with the win)
     {
         child c([](int ready) {
             (void)!::write(ready, "r", 1);
@@ -616,73 +614,26 @@ TEST_CASE_METHOD(
 
 TEST_CASE_METHOD(
     queue_test,
-    "queue: a forked child and its own child never close the numbers of a winner's doorbell "
-    "and queue file again") {
+    "queue: a forked child and its own child never close the number of a winner's doorbell "
+    "again") {
     process_queue a;
     line_up(a, p, t0);
-    const process_queue::won_place kept = a.leave_won();
-    REQUIRE(kept.bell >= 0);
-    REQUIRE(kept.file >= 0);
+    const int bell = a.leave_won();
+    REQUIRE(bell >= 0);
     const unsigned generation = filelock::detail::fork_generation();
     const int bad = run_in_child([&] {
-        int bad = 0;
-        for (const int n : {kept.bell, kept.file}) {
-            if (::fcntl(n, F_GETFD) != -1) bad |= 1;  // closed at the fork
-            // The child's own file on that number: the lock's release leaves it.
-            if (!own_file_on(n)) bad |= 2;
-        }
-        process_queue::won_place copy = kept;
-        process_queue::close_won(copy, generation);
-        if (copy.bell != -1 || copy.file != -1) bad |= 4;
-        for (const int n : {kept.bell, kept.file}) {
-            if (::fcntl(n, F_GETFD) == -1) bad |= 8;
-            if (run_in_child([&] { return ::fcntl(n, F_GETFD) == -1 ? 1 : 0; }) != 0) bad |= 16;
-        }
+        int bad = ::fcntl(bell, F_GETFD) == -1 ? 0 : 1;  // closed at the fork
+        // The child's own file on that number: the lock's release leaves it.
+        if (!own_file_on(bell)) bad |= 2;
+        process_queue::close_bell(bell, generation);
+        if (::fcntl(bell, F_GETFD) == -1) bad |= 4;
+        if (run_in_child([&] { return ::fcntl(bell, F_GETFD) == -1 ? 1 : 0; }) != 0) bad |= 8;
         return bad;
     });
     CHECK(bad == 0);
-    // The parent's stay until its lock's release.
-    CHECK(::fcntl(kept.bell, F_GETFD) != -1);
-    CHECK(::fcntl(kept.file, F_GETFD) != -1);
-    process_queue::won_place mine = kept;
-    process_queue::close_won(mine, generation);
-    CHECK(::fcntl(kept.bell, F_GETFD) == -1);
-    CHECK(::fcntl(kept.file, F_GETFD) == -1);
-}
-
-TEST_CASE_METHOD(queue_test,
-                 "queue: a winner's ticket goes at the win, by an unlock; its descriptor goes "
-                 "with the doorbell") {
-    process_queue a, b;
-    line_up(a, p, t0);
-    line_up(b, p, t0);
-    REQUIRE_FALSE(b.may_attempt(t0));  // behind a
-    const std::uint64_t ticket = a.ticket();
-    process_queue::won_place kept = a.leave_won();
-    REQUIRE(kept.file >= 0);
-    CHECK(a.ticket() == 0);
-    CHECK(b.may_attempt(t0));  // the head now
-    // Nothing is locked on the descriptor kept: not the ticket, nor any byte.
-    const int other = ::open(filelock::queue_path(p).c_str(), O_RDWR | O_CLOEXEC);
-    REQUIRE(other >= 0);
-    struct ::flock lk {};
-    lk.l_type = F_WRLCK;
-    lk.l_whence = SEEK_SET;
-    lk.l_start = static_cast<off_t>(ticket);
-    lk.l_len = 1;
-    REQUIRE(::fcntl(other, F_OFD_GETLK, &lk) == 0);
-    CHECK(lk.l_type == F_UNLCK);
-    ::close(other);
-    // It is the queue file's, and it is closed with the doorbell.
-    struct ::stat kept_st {
-    }, queue_st{};
-    REQUIRE(::fstat(kept.file, &kept_st) == 0);
-    REQUIRE(::stat(filelock::queue_path(p).c_str(), &queue_st) == 0);
-    CHECK(kept_st.st_ino == queue_st.st_ino);
-    const int file = kept.file;
-    process_queue::close_won(kept, filelock::detail::fork_generation());
-    CHECK(::fcntl(file, F_GETFD) == -1);
-    b.leave();
+    CHECK(::fcntl(bell, F_GETFD) != -1);  // the parent's stays until its lock's release
+    process_queue::close_bell(bell, generation);
+    CHECK(::fcntl(bell, F_GETFD) == -1);
 }
 
 TEST_CASE(
@@ -710,8 +661,7 @@ TEST_CASE(
             line_up(a, p2, now);
             line_up(b, p2, now);
             (void)b.may_attempt(now);
-            auto kept = a.leave_won();
-            process_queue::close_won(kept, filelock::detail::fork_generation());
+            process_queue::close_bell(a.leave_won(), filelock::detail::fork_generation());
             ++wins;
         }
     });

@@ -178,7 +178,7 @@ file::failure file_backend::fd_info(file::file_info& out) const noexcept {
 void file_backend::unlock_and_close() noexcept {
     unlist_fd(true, fd_listed_ || fork_stamp{fd_generation_, fd_forks_}.is_private());
     won_ = false;
-    process_queue::close_won(kept_, fd_generation_);  // after the unlock
+    process_queue::close_bell(std::exchange(bell_, -1), fd_generation_);  // after the unlock
 }
 
 bool file_backend::won_inherited() const noexcept {
@@ -196,7 +196,7 @@ std::error_code file_backend::try_acquire() noexcept {
     if (fd_ != no_handle && !fork_stamp{fd_generation_, fd_forks_}.is_private()) {
         close_fd();  // never unlocked: the other process's lock, if any
         won_ = false;
-        process_queue::close_won(kept_, fd_generation_);
+        process_queue::close_bell(std::exchange(bell_, -1), fd_generation_);
     }
     if (won_) return {};
     failed_call_ = nullptr;
@@ -219,7 +219,7 @@ std::error_code file_backend::try_acquire() noexcept {
     else if (ec)
         order_.leave();  // failed: the next in line is the head
     else
-        kept_ = order_.leave_won();  // rung once the lock is released (release_held)
+        bell_ = order_.leave_won();  // rung once the lock is released (release_held)
     return ec;
 }
 
@@ -384,10 +384,10 @@ void release_held(const ops& os, held_file& h) noexcept {
     const fork_stamp stamp{h.generation, h.forks};
     // The doorbell after the unlock: the next in line finds the lock free.
     struct ring_after {
-        process_queue::won_place kept;
+        int bell;
         unsigned generation;
-        ~ring_after() { process_queue::close_won(kept, generation); }
-    } ring{{std::exchange(h.bell, -1), std::exchange(h.queue_file, -1)}, h.generation};
+        ~ring_after() { process_queue::close_bell(bell, generation); }
+    } ring{std::exchange(h.bell, -1), h.generation};
     // A lock another process may share after a fork() is only closed (see
     // file_backend::unlock_and_close), and its file is not removed from
     // under the other holder.

@@ -121,7 +121,7 @@ file_backend::file_backend(file_backend&& other) noexcept
       fd_generation_(other.fd_generation_),
       fd_forks_(other.fd_forks_),
       order_(std::move(other.order_)),
-      kept_(std::exchange(other.kept_, {})) {}
+      bell_(std::exchange(other.bell_, -1)) {}
 
 file_backend::~file_backend() {
     if (won_)
@@ -147,9 +147,7 @@ held_file file_backend::take() noexcept {
     h.dev = dev_;
     h.ino = ino_;
     h.path = std::move(path_);  // the backend is spent once its lock is taken
-    const auto kept = std::exchange(kept_, {});
-    h.bell = kept.bell;
-    h.queue_file = kept.file;
+    h.bell = std::exchange(bell_, -1);
     return h;
 }
 

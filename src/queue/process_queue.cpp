@@ -27,9 +27,8 @@ namespace filelock::detail {
 
 // The descriptors of the queue that this process holds (see fork() in
 // process_queue.hpp): its waiters that hold some, listed here, and the
-// doorbells and queue file descriptors that winners keep until they
-// release, in fork_closed's list (handed over by leave_won(), until
-// close_won()). fork_closed's mutex
+// doorbells that winners keep until they release, in fork_closed's list
+// (handed over by leave_won(), until close_bell()). fork_closed's mutex
 // guards both lists and every opening and closing of what they hold, and is
 // held across fork(): the child finds each descriptor listed or not yet
 // open, never half done. It is a leaf: nothing else is locked while it is
@@ -253,7 +252,7 @@ void process_queue::close_all() noexcept {
 void process_queue::close_listed() noexcept {
     live_tickets::get().unlink(*this);
     // The ticket first: a successor woken by the doorbell finds it gone.
-    if (fd_ >= 0) ::close(std::exchange(fd_, -1));
+    ::close(std::exchange(fd_, -1));
     if (bell_ >= 0) ::close(std::exchange(bell_, -1));
     if (turn_ >= 0) {
         ::close(std::exchange(turn_, -1));
@@ -454,33 +453,26 @@ void process_queue::leave() noexcept {
     forget();
 }
 
-process_queue::won_place process_queue::leave_won() noexcept {
+int process_queue::leave_won() noexcept {
     // A successor connected to the doorbell would only wake to find the
-    // lock held: it is woken when the lock is released (close_won()).
-    won_place kept;
+    // lock held: it is woken when the lock is released (close_bell()).
+    int bell = -1;
     if (fd_ >= 0) {
         std::lock_guard<std::mutex> g(live_tickets::get().mutex);
-        fork_closed& fc = fork_closed::get();
-        // Out of memory, the doorbell goes with the ticket (the next in
-        // line wakes once more, to find the lock held).
-        if (bell_ >= 0 && fc.add(bell_)) kept.bell = std::exchange(bell_, -1);
-        // The ticket goes by an unlock; the descriptor, which holds nothing
-        // then, is closed with the doorbell (or here, if it cannot be kept).
-        if (set_lock(fd_, F_UNLCK, ticket_) == 0 && fc.add(fd_)) kept.file = std::exchange(fd_, -1);
+        // Out of memory, it goes with the ticket (the next in line wakes
+        // once more, to find the lock held).
+        if (bell_ >= 0 && fork_closed::get().add(bell_)) bell = std::exchange(bell_, -1);
         close_listed();
     }
     forget();
-    return kept;
+    return bell;
 }
 
-void process_queue::close_won(won_place& kept, unsigned generation) noexcept {
-    // A forked child's copies were closed at the fork, and their numbers
-    // may be descriptors of the child's own by now.
-    const won_place k = std::exchange(kept, {});
-    if (generation != fork_generation()) return;
-    // A child forked now never has a copy.
-    if (k.bell >= 0) fork_closed::close_locked(k.bell);
-    if (k.file >= 0) fork_closed::close_locked(k.file);
+void process_queue::close_bell(int bell, unsigned generation) noexcept {
+    // A forked child's copy of a parent's doorbell was closed at the fork,
+    // and its number may be a descriptor of the child's own by now.
+    if (bell < 0 || generation != fork_generation()) return;
+    fork_closed::close_locked(bell);  // a child forked now never has a copy
 }
 
 #else  // no OFD locks: never registers
@@ -492,11 +484,11 @@ void process_queue::contended(const std::filesystem::path&, unsigned, clock::tim
 bool process_queue::writer_waits(const std::filesystem::path&) noexcept { return false; }
 bool process_queue::may_attempt(clock::time_point) noexcept { return true; }
 void process_queue::leave() noexcept { forget(); }
-process_queue::won_place process_queue::leave_won() noexcept {
+int process_queue::leave_won() noexcept {
     leave();
-    return {};
+    return -1;
 }
-void process_queue::close_won(won_place& kept, unsigned) noexcept { kept = {}; }
+void process_queue::close_bell(int, unsigned) noexcept {}
 
 #endif
 

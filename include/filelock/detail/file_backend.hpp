@@ -152,8 +152,8 @@ private:
     bool path_moved_ = false;  // left for another file: watch anew
     // fork bookkeeping of fd_ (see fork_stamp in src/platform.hpp)
     unsigned fd_generation_ = 0, fd_forks_ = 0;
-    process_queue order_;            // this waiter's place among processes
-    process_queue::won_place kept_;  // kept with a won lock (process_queue::leave_won)
+    process_queue order_;  // this waiter's place among processes
+    int bell_ = -1;        // the doorbell kept with a won lock (process_queue::leave_won)
 };
 
 /// The acquisition of a lock file: the protocol over the file backend.

@@ -37,9 +37,6 @@ struct held_file {
     // The queue's doorbell kept by a waiter that won (-1: none), closed after
     // the unlock: it wakes the next process in line when the lock is free.
     int bell = -1;
-    // The descriptor its queue ticket was on (dropped at the win; -1: none),
-    // closed with the doorbell.
-    int queue_file = -1;
 };
 
 }  // namespace filelock::detail

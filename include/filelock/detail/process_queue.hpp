@@ -106,22 +106,14 @@ public:
     bool writer_waits(const std::filesystem::path& lock_path) noexcept;
     /// Leaves the queue (gave up, or destroyed). Idempotent.
     void leave() noexcept;
-    /// What a waiter that won keeps until its lock is released (-1: none):
-    /// its doorbell, and the descriptor its ticket was on.
-    struct won_place {
-        int bell = -1;
-        int file = -1;
-    };
-    /// Leaves the queue on winning: the ticket goes now, by an unlock (the
-    /// next in line is the head); the doorbell and the descriptor are handed
-    /// over, for close_won() once the lock won is released: the next in
-    /// line is woken then. (Closing the descriptor costs a file's release,
-    /// twice the unlock: that is the releaser's, not the winner's way.)
-    won_place leave_won() noexcept;
-    /// Closes what leave_won() handed over (the doorbell first), in the
+    /// Leaves the queue on winning: the ticket goes now (the next in line is
+    /// the head), the doorbell is handed over (-1: none), for close_bell()
+    /// once the lock won is released: the next in line is woken then.
+    int leave_won() noexcept;
+    /// Closes a doorbell handed over by leave_won() (-1: nothing) in the
     /// fork generation of the lock won (fork_generation(), src/platform.hpp):
-    /// a forked child's copies, closed at the fork, are left alone.
-    static void close_won(won_place& kept, unsigned generation) noexcept;
+    /// a forked child's copy, closed at the fork, is left alone.
+    static void close_bell(int bell, unsigned generation) noexcept;
     /// The ticket held (0: not registered).
     std::uint64_t ticket() const noexcept { return ticket_; }
 
