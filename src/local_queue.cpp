@@ -143,7 +143,11 @@ const bool atfork_registered = [] {
     at_fork([] { path_queue::mutex.lock(); }, [] { path_queue::mutex.unlock(); },
             [] {
                 ++queues_generation;
-                for (auto& q : path_queue::queues) (void)q.second.release();  // leaked
+                // The parent's waiters' copies point to their queues, which
+                // are leaked (the copies never touch them: another
+                // generation); the kept empty ones have none, and are freed.
+                for (auto& q : path_queue::queues)
+                    if (q.second->head) (void)q.second.release();
                 path_queue::queues.clear();
                 path_queue::idle = 0;
                 path_queue::waiters.store(0);
