@@ -251,12 +251,7 @@ TEST_CASE_METHOD(queue_test,
     // took its ticket (as an OFD lock of byte 1 on a description of its own).
     const int late = ::open(filelock::queue_path(p).c_str(), O_RDWR | O_CLOEXEC);
     REQUIRE(late >= 0);
-    struct ::flock lk {};
-    lk.l_type = F_WRLCK;
-    lk.l_whence = SEEK_SET;
-    lk.l_start = 1;
-    lk.l_len = 1;
-    REQUIRE(::fcntl(late, F_OFD_SETLK, &lk) == 0);
+    REQUIRE(raw_ofd_lock(late, F_WRLCK, 1, 1) == 0);
     CHECK(a.may_attempt(t0));        // no look: two heads attempt, the kernel lock decides
     a.contended(p, 0644, t0);        // that attempt failed: the heartbeat, and a look
     CHECK_FALSE(a.may_attempt(t0));  // behind the late one now
