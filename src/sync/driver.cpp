@@ -38,10 +38,8 @@ public:
     /// of its queue turn), replacing its registration.
     bool listen(sync_waiter& w, const std::filesystem::path& path, const lock_identity& lock,
                 int turn) {
-        struct start_lingering {  // once the mutex is released: a system call
-            ~start_lingering() { release_source::start_lingering(); }
-        } start;
-        shared_source::spare spare;  // recycled once the mutex is released
+        release_source::start_lingering_after start;  // once the mutex is released: a system call
+        shared_source::spare spare;                   // recycled once the mutex is released
         std::lock_guard<std::mutex> g(mutex_);
         const bool ok = shared_.watch(path, &w, w.arrival(), w.shared(), lock, turn);
         if (!ok) shared_.give_back_if_idle(leader_ != nullptr, spare);

@@ -141,10 +141,8 @@ public:
     /// false if it cannot be watched (the operation relies on its timer).
     bool watch(const std::filesystem::path& path, const std::shared_ptr<release_wake>& w,
                const lock_identity& lock, int turn) {
-        struct start_lingering {  // once the mutex is free: a system call
-            ~start_lingering() { release_source::start_lingering(); }
-        } start;
-        std::unique_ptr<release_source> spare;  // given back once the mutex is free
+        release_source::start_lingering_after start;  // once the mutex is free: a system call
+        std::unique_ptr<release_source> spare;        // given back once the mutex is free
         {
             std::lock_guard<std::mutex> g(mutex_);
             if (shut_down_) return false;

@@ -60,6 +60,14 @@ public:
     /// that closes given-back sources a linger later, if none runs (a system
     /// call; one atomic load otherwise).
     static void start_lingering() noexcept;
+    /// Calls start_lingering() as it goes out of scope: declared before the
+    /// lock that waiters take, it starts the thread once that lock is free.
+    struct start_lingering_after {
+        start_lingering_after() = default;
+        start_lingering_after(const start_lingering_after&) = delete;
+        start_lingering_after& operator=(const start_lingering_after&) = delete;
+        ~start_lingering_after() { start_lingering(); }
+    };
     /// Gives `s` back (its last waiter left): kept a linger for the next
     /// driver that waits, then closed. Closes nothing now, and starts the
     /// thread that closes it later only if none could be started before (a
