@@ -144,7 +144,7 @@ for mode in alone system-wide; do
     # the parent resolves every module the same way.
     [ $mode = system-wide ] && env=(PKG_CONFIG_PATH="$PKG_CONFIG_PATH") || env=(PKG_CONFIG_PATH=)
     check "meson subproject ($mode): configure, build, install" bash -c "
-        env ${env[*]} meson setup '$work/pb-$mode' '$parent' --prefix='$pp' \
+        env ${env[*]} meson setup '$work/pb-$mode' '$parent' --prefix='$pp' -Ddebug=false \
             -Dfilelock:tests=disabled -Dfilelock:docs=disabled -Dfilelock:examples=false \
             -Dfilelock:etcd=disabled -Dfilelock:boost_asio=disabled &&
         ninja -C '$work/pb-$mode' && meson install -C '$work/pb-$mode' --quiet"
