@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# Downstream builds, one per way of consuming filelock, each against a fresh
-# install of this source tree:
-#   buildtype    a release build (-O3, NDEBUG) configured as users do, which
-#                forces no -Werror, then built with --werror;
-#                `-Dtests=disabled` needs no Catch2. The other levels are
-#                CI's builds: -O2 the README's, -O0 (where a symbol missing
-#                from the library shows) the sanitizers', -Os (g++ 12's
-#                -Wdangling-pointer false positives) the minimal one
+# Downstream builds, one per way of consuming filelock, each against the
+# install tree of the build under test (its `meson install` into a directory
+# of its own):
+#   buildtype    a release build configured as users do forces no -Werror,
+#                and `-Dtests=disabled` needs no Catch2 (configured, not
+#                compiled: CI's budget). CI compiles with -Werror at -O2 (the
+#                README's build), -O0 (where a symbol missing from the library
+#                shows: the sanitizers'), -Os (g++ 12's -Wdangling-pointer
+#                false positives: the minimal one)
 #   install      libraries, headers, pkg-config modules, CMake package, man page,
-#                LICENSE; the installed filelock-run runs from a custom prefix;
+#                LICENSE; the installed filelock-run runs from a tree that is
+#                not its prefix (its rpath is relative);
 #                each installed header compiles alone, and detail/ holds only
 #                what public headers include (headers.sh)
 #   pkg-config   g++ and clang++ with `pkg-config filelock filelock-asio filelock-uv`;
@@ -22,11 +24,13 @@
 #                and the same with filelock also installed system-wide. The parent
 #                uses the core, Asio and libuv modules, so the subproject is
 #                configured without etcd and Boost.Asio (a third of CI's time
-#                for this test went to compiling them again)
-# Usage: run.sh SOURCE_DIR. Prints "ok: ..." / "FAILED: ..." / "NOT RUN: ..."
+#                for this test went to compiling them again), and the parent
+#                without debug information (-O0 either way)
+# Usage: run.sh SOURCE_DIR BUILD_DIR (built). Prints "ok: ..." / "FAILED: ..." / "NOT RUN: ..."
 # per check and exits non-zero if one failed.
 set -uo pipefail
 src=$(cd "$1" && pwd)
+build=$(cd "$2" && pwd)
 work=$(mktemp -d /tmp/filelock-downstream-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 failed=0
@@ -43,19 +47,27 @@ check() {
     fi
 }
 
-prefix=$work/prefix
 check "release build, tests disabled, configured without forcing -Werror" bash -c "
     meson setup '$work/release' '$src' --buildtype=release -Dtests=disabled -Dexamples=false \
-        -Ddocs=disabled --prefix='$prefix' &&
+        -Ddocs=disabled &&
     meson introspect --buildoptions '$work/release' | /usr/bin/python3 -c \
         'import json,sys; sys.exit(any(o[\"name\"]==\"werror\" and o[\"value\"] for o in json.load(sys.stdin)))' &&
     ! grep -q -- -Werror '$work/release/build.ninja'"
-# Configured again before the first compile: one build.
-check "release build compiles with --werror" \
-    bash -c "meson configure '$work/release' -Dwerror=true && ninja -C '$work/release'"
-check "meson install" meson install -C "$work/release" --quiet
-libdir=$(meson introspect --buildoptions "$work/release" | /usr/bin/python3 -c \
-    'import json,sys; print(next(o["value"] for o in json.load(sys.stdin) if o["name"]=="libdir"))')
+# option NAME: the build's value of option NAME.
+option() {
+    meson introspect --buildoptions "$build" | /usr/bin/python3 -c \
+        'import json,sys; print(next(o["value"] for o in json.load(sys.stdin) if o["name"]==sys.argv[1]))' "$1"
+}
+# The build's install, under $work/dest. CMake's package finds its own
+# prefix; the pkg-config modules' first line, prefix=, is moved with the tree
+# (every other path in them must follow it).
+dest=$work/dest
+prefix=$dest$(option prefix)
+libdir=$(option libdir)
+case $libdir in /*) libpath=$dest$libdir ;; *) libpath=$prefix/$libdir ;; esac
+pcdir=$libpath/pkgconfig
+check "meson install" bash -c "meson install -C '$build' --no-rebuild --destdir '$dest' --quiet &&
+    sed -i 's|^prefix=.*|prefix=$prefix|' '$pcdir'/filelock*.pc"
 for f in "$libdir/libfilelock.so.0.2" "$libdir/libfilelock-uv.so.0.2" \
          "$libdir/pkgconfig/filelock.pc" "$libdir/pkgconfig/filelock-asio.pc" \
          "$libdir/pkgconfig/filelock-uv.pc" "$libdir/cmake/filelock/filelockConfig.cmake" \
@@ -66,24 +78,24 @@ for f in "$libdir/libfilelock.so.0.2" "$libdir/libfilelock-uv.so.0.2" \
          "$libdir/libfilelock-etcd-uv.so.0.2" "$libdir/pkgconfig/filelock-etcd.pc" \
          "$libdir/pkgconfig/filelock-etcd-uv.pc" include/filelock/etcd.hpp \
          include/filelock/etcd_asio.hpp include/filelock/etcd_uv.hpp; do
-    case $f in /*) p=$f ;; *) p=$prefix/$f ;; esac  # libdir may be absolute
+    case $f in /*) p=$dest$f ;; *) p=$prefix/$f ;; esac  # libdir may be absolute
     [ -e "$p" ] && ok "installed $f" || bad "installed $f"
 done
 check "installed headers: each compiles alone (strict warnings); detail/ only what public ones include" \
     "$src/tests/downstream/headers.sh" "$prefix/include" -pthread -DASIO_HAS_CO_AWAIT=1
-check "installed filelock-run runs from a custom prefix (rpath)" \
+check "installed filelock-run runs from a tree that is not its prefix (relative rpath)" \
     bash -c "env -u LD_LIBRARY_PATH '$prefix/bin/filelock-run' -V | grep -q 'filelock) 0.2'"
 check "installed filelock-run locks" \
     "$prefix/bin/filelock-run" -n "$work/a.lock" true
 
-export PKG_CONFIG_PATH=$prefix/$libdir/pkgconfig
+export PKG_CONFIG_PATH=$pcdir
 for cxx in g++ clang++-14; do
     if ! command -v $cxx >/dev/null; then echo "NOT RUN: pkg-config with $cxx (not installed)"; continue; fi
     check "pkg-config consumer, $cxx (Asio included first, strict warnings)" bash -c "
         $cxx -std=c++20 -Wall -Wextra -Werror -Wshadow -Wconversion -Wsign-conversion \
             -Wold-style-cast -Wnon-virtual-dtor '$src/tests/downstream/consumer.cpp' \
             \$(pkg-config --cflags --libs filelock filelock-asio filelock-uv) \
-            -Wl,-rpath,'$prefix/$libdir' -o '$work/pc-$cxx' && '$work/pc-$cxx' '$work/pc.lock'"
+            -Wl,-rpath,'$libpath' -o '$work/pc-$cxx' && '$work/pc-$cxx' '$work/pc.lock'"
     # The etcd consumer once, with g++: clang's strict warnings on the
     # installed headers are the Asio consumer's check (CI's budget).
     [ $cxx = g++ ] || continue
@@ -91,7 +103,7 @@ for cxx in g++ clang++-14; do
         $cxx -std=c++20 -Wall -Wextra -Werror -Wshadow -Wconversion -Wsign-conversion \
             -Wold-style-cast -Wnon-virtual-dtor '$src/tests/downstream/etcd_consumer.cpp' \
             \$(pkg-config --cflags --libs filelock-etcd filelock-etcd-uv filelock-asio) \
-            -Wl,-rpath,'$prefix/$libdir' -o '$work/pce-$cxx' && '$work/pce-$cxx'"
+            -Wl,-rpath,'$libpath' -o '$work/pce-$cxx' && '$work/pce-$cxx'"
 done
 if command -v clang++-14 >/dev/null; then
     # Without the packages' flags, clang with Asio first must stop with the
@@ -113,13 +125,13 @@ if command -v cmake >/dev/null; then
         check "CMake find_package consumer, $cxx" bash -c "
             cmake -S '$src/tests/downstream/cmake-consumer' -B '$work/cmake-$cxx' \
                 -DCMAKE_CXX_COMPILER=$cxx -DCMAKE_PREFIX_PATH='$prefix' \
-                -DCMAKE_BUILD_RPATH='$prefix/$libdir' &&
+                -DCMAKE_BUILD_RPATH='$libpath' &&
             cmake --build '$work/cmake-$cxx' &&
             '$work/cmake-$cxx/consumer' '$work/cmake.lock'"
     done
     check "CMake find_package etcd consumer (components etcd, etcd_uv)" bash -c "
         cmake -S '$src/tests/downstream/cmake-etcd' -B '$work/cmake-etcd' \
-            -DCMAKE_PREFIX_PATH='$prefix' -DCMAKE_BUILD_RPATH='$prefix/$libdir' &&
+            -DCMAKE_PREFIX_PATH='$prefix' -DCMAKE_BUILD_RPATH='$libpath' &&
         cmake --build '$work/cmake-etcd' && '$work/cmake-etcd/etcd_consumer'"
     check "CMake refuses an incompatible version (0.3)" bash -c "
         mkdir -p '$work/cmake-v' && printf '%s\n' 'cmake_minimum_required(VERSION 3.16)' \
@@ -150,7 +162,7 @@ for mode in alone system-wide; do
         ninja -C '$work/pb-$mode' && meson install -C '$work/pb-$mode' --quiet"
     # (system-wide: the libraries are the "system's", where its loader looks)
     check "meson subproject ($mode): the installed program runs" \
-        env LD_LIBRARY_PATH="$([ $mode = system-wide ] && echo "$prefix/$libdir")" \
+        env LD_LIBRARY_PATH="$([ $mode = system-wide ] && echo "$libpath")" \
         "$pp/bin/consumer" "$work/sub-$mode.lock"
 done
 rm -f "$parent/subprojects/filelock"
