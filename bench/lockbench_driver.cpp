@@ -4,6 +4,8 @@
 // adapter on standalone Asio (-DLOCKBENCH_ASIO) or on Boost.Asio
 // (-DLOCKBENCH_BOOST_ASIO), or of the libuv adapter (-DLOCKBENCH_UV), each
 // run to completion on its own event loop; release = lock_file::close().
+// -DLOCKBENCH_NO_QUEUE: the sync facade with lock_options::queue_local_waiters
+// off (no queue of either kind), to measure what the queue costs.
 
 #include "lockbench_driver.h"
 
@@ -65,7 +67,11 @@ void* acquire(const char* path, double timeout_s, int* timed_out) {
                              });
     uv_run(loop, UV_RUN_DEFAULT);
 #else
-    lock = filelock::lock(path, to_timeout(timeout_s), {}, ec);
+    filelock::lock_options options;
+#if defined(LOCKBENCH_NO_QUEUE)
+    options.queue_local_waiters = false;
+#endif
+    lock = filelock::lock(path, to_timeout(timeout_s), options, ec);
 #endif
     return finish(ec, std::move(lock), timed_out);
 }
@@ -81,6 +87,8 @@ int main(int argc, char** argv) {
     lockbench_ops ops = {"filelock-boost-asio", acquire, release};
 #elif defined(LOCKBENCH_UV)
     lockbench_ops ops = {"filelock-uv", acquire, release};
+#elif defined(LOCKBENCH_NO_QUEUE)
+    lockbench_ops ops = {"filelock-noqueue", acquire, release};
 #else
     lockbench_ops ops = {"filelock", acquire, release};
 #endif
