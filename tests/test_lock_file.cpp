@@ -120,6 +120,29 @@ TEST_CASE("lock_file: braces are escaped with {{ and }}") {
     CHECK(out == " {x}-" + std::to_string(::getpid()) + "\n");
 }
 
+TEST_CASE("lock_file: the default template names the process that locks, a forked child too") {
+    std::string fast, general;
+    REQUIRE(!filelock::detail::expand_content("{pid}", fast));
+    REQUIRE(!filelock::detail::expand_content("{pid}{{}}", general));
+    CHECK(fast == pid_content());
+    CHECK(general == " " + std::to_string(::getpid()) + "{}\n");
+    scratch s;
+    const auto p = s / "a.lock";
+    { lock_file parent(p); }
+    CHECK(read_file(p) == pid_content());
+    // The child writes its own pid over the parent's line.
+    CHECK(run_in_child([&] {
+              std::string line;
+              if (filelock::detail::expand_content("{pid}", line) || line != pid_content())
+                  return 1;
+              lock_file l(p);
+              return read_file(p) == pid_content() ? 0 : 2;
+          }) == 0);
+    const std::string left = read_file(p);
+    CHECK(left != pid_content());
+    CHECK(left.front() == ' ');
+}
+
 TEST_CASE("lock_file: a malformed template is rejected before the file is touched") {
     for (std::string bad : {"{", "}", "{pid", "{nope}", "a}b", "{}", "{pid}{"}) {
         CAPTURE(bad);

@@ -7,12 +7,23 @@
 
 #include "../platform.hpp"
 
+#include <charconv>
 #include <string>
 
 namespace filelock {
 namespace detail {
 
 std::error_code expand_content(std::string_view tmpl, std::string& out) {
+    // The default template, expanded for every lock taken: its line written
+    // directly, the same bytes as the general case below makes. The pid is
+    // read now, so a forked child names itself.
+    if (tmpl == "{pid}") {
+        char line[24] = " ";
+        char* end = std::to_chars(line + 1, line + sizeof line - 1, current_pid()).ptr;
+        *end++ = '\n';
+        out.assign(line, end);
+        return {};
+    }
     std::string result = " ";
     for (std::size_t i = 0; i < tmpl.size(); ++i) {
         const char c = tmpl[i];
