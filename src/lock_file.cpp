@@ -25,13 +25,13 @@ lock_file::lock_file(const std::filesystem::path& path, const lock_options& opti
     *this = detail::adopt(target.take());
 }
 
-lock_file::lock_file(lock_file&& other) noexcept
-    : h_(std::exchange(other.h_, detail::held_file{})) {}
+// A held_file moved from holds nothing (see held_file.hpp).
+lock_file::lock_file(lock_file&& other) noexcept : h_(std::move(other.h_)) {}
 
 lock_file& lock_file::operator=(lock_file&& other) noexcept {
     if (this != &other) {
         close();
-        h_ = std::exchange(other.h_, detail::held_file{});
+        h_ = std::move(other.h_);
     }
     return *this;
 }

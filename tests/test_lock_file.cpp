@@ -222,12 +222,18 @@ TEST_CASE("lock_file: moving transfers the lock; the moved-from object holds not
     lock_file a(p);
     lock_file b(std::move(a));
     CHECK(!a.is_locked());
+    CHECK(a.native_handle() == -1);
+    CHECK(a.path().empty());
     CHECK(b.is_locked());
+    CHECK(b.path() == p);
     a.close();  // must not release b's lock
     CHECK(!lock_is_free(p));
     lock_file c;
     c = std::move(b);
     CHECK(c.is_locked());
+    CHECK(!b.is_locked());
+    CHECK(b.path().empty());
+    CHECK(c.path() == p);
     CHECK(!lock_is_free(p));
     c = lock_file();
     CHECK(lock_is_free(p));

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <utility>
 
 namespace filelock::detail {
 
@@ -37,6 +38,29 @@ struct held_file {
     // The queue's doorbell kept by a waiter that won (-1: none), closed after
     // the unlock: it wakes the next process in line when the lock is free.
     int bell = -1;
+
+    held_file() = default;
+    // Moved from, a held_file holds nothing, as a default one does. Member
+    // by member: a lock changes hands several times on its way to the
+    // caller, and each time building, moving and destroying a whole default
+    // held_file (its path included) would cost more than the move itself.
+    held_file(held_file&& other) noexcept { *this = std::move(other); }
+    held_file& operator=(held_file&& other) noexcept {
+        fd = std::exchange(other.fd, no_handle);
+        ofd = std::exchange(other.ofd, false);
+        start = std::exchange(other.start, 0);
+        length = std::exchange(other.length, 0);
+        slots = std::exchange(other.slots, 1);
+        slot = std::exchange(other.slot, 0);
+        remove = std::exchange(other.remove, false);
+        generation = std::exchange(other.generation, 0);
+        forks = std::exchange(other.forks, 0);
+        dev = std::exchange(other.dev, 0);
+        ino = std::exchange(other.ino, 0);
+        path = std::move(other.path);  // which leaves other.path empty
+        bell = std::exchange(other.bell, -1);
+        return *this;
+    }
 };
 
 }  // namespace filelock::detail
