@@ -5,12 +5,14 @@
 #include <filelock/detail/file_acquisition.hpp>
 #include <filelock/detail/file_backend.hpp>
 
+#include <utility>
+
 namespace filelock::detail {
 
 struct file_acquisition::impl {
     impl(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
          const lock_options& options)
-        : acq(file_backend(path, options), timeout, options.backoff, random_seed()) {}
+        : acq(std::in_place, timeout, options.backoff, random_seed(), path, options) {}
     file_acquire acq;
 };
 

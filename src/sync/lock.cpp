@@ -6,14 +6,15 @@
 #include "driver.hpp"
 
 #include <new>
+#include <utility>
 
 namespace filelock {
 namespace {
 
 lock_file lock_impl(const std::filesystem::path& path, std::chrono::nanoseconds timeout,
                     const lock_options& options, std::error_code& ec, bool throwing) {
-    detail::file_acquire acq(detail::file_backend(path, options), timeout, options.backoff,
-                             detail::random_seed());
+    detail::file_acquire acq(std::in_place, timeout, options.backoff, detail::random_seed(), path,
+                             options);
     ec = detail::run_sync(acq, path, options.mode == lock_mode::shared);
     if (!ec) return detail::adopt(acq.backend().take());
     if (throwing)

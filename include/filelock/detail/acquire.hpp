@@ -110,7 +110,14 @@ public:
     /// one attempt; `wait_forever` never expires.
     acquire(Backend backend, clock::duration timeout, const backoff_policy& policy,
             std::uint64_t seed) noexcept(std::is_nothrow_move_constructible_v<Backend>)
-        : backend_(std::move(backend)), timeout_(timeout), backoff_(policy, seed) {
+        : acquire(std::in_place, timeout, policy, seed, std::move(backend)) {}
+    /// The same, with the backend constructed in place from `args`: a
+    /// backend that is costly to move (the file backend) is not moved.
+    template <class... Args>
+    acquire(std::in_place_t, clock::duration timeout, const backoff_policy& policy,
+            std::uint64_t seed,
+            Args&&... args) noexcept(std::is_nothrow_constructible_v<Backend, Args&&...>)
+        : backend_(std::forward<Args>(args)...), timeout_(timeout), backoff_(policy, seed) {
         want_watch_ = backend_.wake_on_release() && !single_attempt();
     }
 
