@@ -80,12 +80,14 @@ std::error_code check_range(const lock_options& o, const char*& call) noexcept {
 
 }  // namespace
 
-file_backend::file_backend(std::filesystem::path path, const lock_options& options)
-    : file_backend(std::move(path), options, file::platform_ops()) {}
+// The path is taken by reference and copied once, into path_: the callers
+// keep theirs, and a by-value parameter would add a move on the way in.
+file_backend::file_backend(const std::filesystem::path& path, const lock_options& options)
+    : file_backend(path, options, file::platform_ops()) {}
 
-file_backend::file_backend(std::filesystem::path path, const lock_options& options,
+file_backend::file_backend(const std::filesystem::path& path, const lock_options& options,
                            const file::ops& os)
-    : ops_(&os), path_(std::move(path)), policy_(policy_of(options)) {
+    : ops_(&os), path_(path), policy_(policy_of(options)) {
     // The queue is the platform's, beside the seam: not over a test's seam.
     policy_.order = policy_.order && &os == &file::platform_ops();
     init_error_ = check_range(options, failed_call_);

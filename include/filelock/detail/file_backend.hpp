@@ -48,9 +48,10 @@ class FILELOCK_API file_backend {
 public:
     /// Validates and expands the content template; a bad one is reported by
     /// the first try_acquire(), before the file is touched.
-    file_backend(std::filesystem::path path, const lock_options& options);
+    file_backend(const std::filesystem::path& path, const lock_options& options);
     /// The same over another platform seam (tests).
-    file_backend(std::filesystem::path path, const lock_options& options, const file::ops& os);
+    file_backend(const std::filesystem::path& path, const lock_options& options,
+                 const file::ops& os);
     file_backend(file_backend&& other) noexcept;
     file_backend& operator=(file_backend&&) = delete;
     ~file_backend();
