@@ -133,9 +133,9 @@ file_backend::~file_backend() {
 }
 
 held_file file_backend::take() noexcept {
-    if (!won_) return {};
+    held_file h;  // returned on every path: built in the caller's place, never moved
+    if (!won_) return h;
     won_ = false;
-    held_file h;
     h.fd = fd_;
     unlist_fd(false, false);  // a held lock is shared with children, as flock(1)'s
     h.ofd = policy_.backend == lock_backend::ofd;
