@@ -44,7 +44,21 @@ struct held_file {
     // by member: a lock changes hands several times on its way to the
     // caller, and each time building, moving and destroying a whole default
     // held_file (its path included) would cost more than the move itself.
-    held_file(held_file&& other) noexcept { *this = std::move(other); }
+    // A member added here is added to both lists below, with its default.
+    held_file(held_file&& other) noexcept
+        : fd(std::exchange(other.fd, no_handle)),
+          ofd(std::exchange(other.ofd, false)),
+          start(std::exchange(other.start, 0)),
+          length(std::exchange(other.length, 0)),
+          slots(std::exchange(other.slots, 1)),
+          slot(std::exchange(other.slot, 0)),
+          remove(std::exchange(other.remove, false)),
+          generation(std::exchange(other.generation, 0)),
+          forks(std::exchange(other.forks, 0)),
+          dev(std::exchange(other.dev, 0)),
+          ino(std::exchange(other.ino, 0)),
+          path(std::move(other.path)),  // which leaves other.path empty
+          bell(std::exchange(other.bell, -1)) {}
     held_file& operator=(held_file&& other) noexcept {
         fd = std::exchange(other.fd, no_handle);
         ofd = std::exchange(other.ofd, false);
