@@ -22,7 +22,7 @@ lock_file::lock_file(const std::filesystem::path& path, const lock_options& opti
     if (auto ec = target.try_acquire())
         detail::throw_error(ec, path, ec == errc::locked ? target.holder() : std::string(),
                             target.failed_call());
-    *this = detail::adopt(target.take());
+    h_ = target.take();
 }
 
 // A held_file moved from holds nothing (see held_file.hpp).
