@@ -16,7 +16,8 @@ namespace detail {
 std::error_code expand_content(std::string_view tmpl, std::string& out) {
     // The default template, expanded for every lock taken: its line written
     // directly, the same bytes as the general case below makes. The pid is
-    // read now, so a forked child names itself.
+    // read at each expansion (a backend built in a forked child has the
+    // child's).
     if (tmpl == "{pid}") {
         char line[24] = " ";
         char* end = std::to_chars(line + 1, line + sizeof line - 1, current_pid()).ptr;

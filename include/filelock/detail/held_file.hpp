@@ -45,6 +45,7 @@ struct held_file {
     // caller, and each time building, moving and destroying a whole default
     // held_file (its path included) would cost more than the move itself.
     // A member added here is added to both lists below, with its default.
+    // (The path is emptied explicitly: a moved-from path is unspecified.)
     held_file(held_file&& other) noexcept
         : fd(std::exchange(other.fd, no_handle)),
           ofd(std::exchange(other.ofd, false)),
@@ -57,7 +58,7 @@ struct held_file {
           forks(std::exchange(other.forks, 0)),
           dev(std::exchange(other.dev, 0)),
           ino(std::exchange(other.ino, 0)),
-          path(std::move(other.path)),  // which leaves other.path empty
+          path(std::exchange(other.path, {})),
           bell(std::exchange(other.bell, -1)) {}
     held_file& operator=(held_file&& other) noexcept {
         fd = std::exchange(other.fd, no_handle);
@@ -71,7 +72,7 @@ struct held_file {
         forks = std::exchange(other.forks, 0);
         dev = std::exchange(other.dev, 0);
         ino = std::exchange(other.ino, 0);
-        path = std::move(other.path);  // which leaves other.path empty
+        path = std::exchange(other.path, {});
         bell = std::exchange(other.bell, -1);
         return *this;
     }
