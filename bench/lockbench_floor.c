@@ -9,13 +9,17 @@
  * acquire = open(O_NOFOLLOW | O_NONBLOCK, never truncated)
  *           + flock(LOCK_EX | LOCK_NB)
  *           + [busy, timeout > 0: fstat once, an inotify watch of the path on
- *              one instance kept for the process, then ppoll until a close
- *              event or the deadline and flock(LOCK_NB) again]
+ *              one instance kept for the process (the watch is kept too),
+ *              then ppoll until a close event or the deadline, and
+ *              flock(LOCK_NB) again]
  *           + fstat (uncontended) or nothing (asked at the contention), lstat:
  *              the path must still name the locked file
- *           + pread: only an empty file or a holder's line is overwritten,
- *              and nothing is written when the line is already its own
- *           + [pwrite " <pid>\n", ftruncate if something is left over]
+ *           + [an fstatfs when the device's major is 0 (tmpfs, btrfs, NFS):
+ *              nothing is written on a pseudo filesystem]
+ *           + pread unless the file is empty: only an empty file or a
+ *              holder's line (a short line starting with a space) is
+ *              overwritten, and nothing is written when it is its own
+ *           + [ftruncate if the old line is longer, pwrite " <pid>\n"]
  * release = flock(LOCK_UN) + close
  *
  * No local queue, no queue between processes, no threads, no timer besides
@@ -30,6 +34,8 @@
 #include <sys/file.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
 
 static char g_line[32];
 static int g_line_len;
@@ -43,14 +49,15 @@ static int open_lock(const char* path) {
     return open(path, O_RDWR | O_CREAT | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC, 0666);
 }
 
-/* Waits for the lock on `fd` until the deadline: 0 won, 1 timed out. */
+/* Waits for the lock on `fd` until the deadline: 0 won, 1 timed out, -1 an
+ * error. */
 static int wait_release(int fd, const char* path, double timeout_s) {
     if (g_inotify < 0) g_inotify = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (g_inotify < 0 || inotify_add_watch(g_inotify, path,
                                            IN_CLOSE_WRITE | IN_CLOSE_NOWRITE | IN_ATTRIB |
                                                IN_DELETE_SELF | IN_MOVE_SELF) < 0) {
         perror("inotify");
-        return 1;
+        return -1;
     }
     const long long deadline = lockbench_now_ns() + (long long)(timeout_s * 1e9);
     char events[4096];
@@ -88,9 +95,10 @@ static void* floor_acquire(const char* path, double timeout_s, int* timed_out) {
                 return NULL;
             }
             known = 1;
-            if (wait_release(fd, path, timeout_s) != 0) {
+            const int waited = wait_release(fd, path, timeout_s);
+            if (waited != 0) {
                 close(fd);
-                *timed_out = 1;
+                *timed_out = waited == 1;
                 return NULL;
             }
         }
@@ -99,11 +107,22 @@ static void* floor_acquire(const char* path, double timeout_s, int* timed_out) {
             close(fd); /* replaced under us: again, on the file it names now */
             continue;
         }
+        struct statfs fs;
+        if (major(held.st_dev) == 0 && fstatfs(fd, &fs) != 0) {
+            perror("fstatfs");
+            close(fd);
+            return NULL;
+        }
         char old[1025];
-        const ssize_t n = pread(fd, old, sizeof old, 0);
+        const ssize_t n = named.st_size == 0 ? 0 : pread(fd, old, sizeof old, 0);
+        if (n < 0 || n > 1024 || (n > 0 && old[0] != ' ')) {
+            fprintf(stderr, "%s: not a holder's line\n", path);
+            close(fd);
+            return NULL;
+        }
         if (n != g_line_len || memcmp(old, g_line, (size_t)g_line_len) != 0) {
-            if (pwrite(fd, g_line, (size_t)g_line_len, 0) != g_line_len ||
-                (n > g_line_len && ftruncate(fd, g_line_len) != 0)) {
+            if ((n > g_line_len && ftruncate(fd, g_line_len) != 0) ||
+                pwrite(fd, g_line, (size_t)g_line_len, 0) != g_line_len) {
                 perror("write");
                 close(fd);
                 return NULL;
