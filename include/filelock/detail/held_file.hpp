@@ -45,7 +45,7 @@ struct held_file {
     // caller, and each time building, moving and destroying a whole default
     // held_file (its path included) would cost more than the move itself.
     // A member added here is added to both lists below, with its default.
-    // (The path is emptied explicitly: a moved-from path is unspecified.)
+    // (A moved-from path is unspecified: it is cleared.)
     held_file(held_file&& other) noexcept
         : fd(std::exchange(other.fd, no_handle)),
           ofd(std::exchange(other.ofd, false)),
@@ -58,9 +58,12 @@ struct held_file {
           forks(std::exchange(other.forks, 0)),
           dev(std::exchange(other.dev, 0)),
           ino(std::exchange(other.ino, 0)),
-          path(std::exchange(other.path, {})),
-          bell(std::exchange(other.bell, -1)) {}
+          path(std::move(other.path)),
+          bell(std::exchange(other.bell, -1)) {
+        other.path.clear();
+    }
     held_file& operator=(held_file&& other) noexcept {
+        if (this == &other) return *this;
         fd = std::exchange(other.fd, no_handle);
         ofd = std::exchange(other.ofd, false);
         start = std::exchange(other.start, 0);
@@ -72,7 +75,8 @@ struct held_file {
         forks = std::exchange(other.forks, 0);
         dev = std::exchange(other.dev, 0);
         ino = std::exchange(other.ino, 0);
-        path = std::exchange(other.path, {});
+        path = std::move(other.path);
+        other.path.clear();
         bell = std::exchange(other.bell, -1);
         return *this;
     }
