@@ -211,6 +211,36 @@ TEST_CASE("fork: an Asio async_lock waiting across fork() never gives both proce
     }
 }
 
+TEST_CASE(
+    "fork: an Asio async_lock begun before fork() and won in the child writes the child's pid") {
+    // The content was expanded when the wait began, in the parent: a child
+    // that wins must not name its parent as the holder.
+    held_elsewhere h;
+    asio::io_context io;
+    enum { own_line = 0, parents_line = 1, not_won = 3, no_answer = 4 };
+    int mine = no_answer;
+    filelock::async_lock(io, h.path, 5s, [&](std::error_code ec, lock_file l) {
+        mine = ec || !l                                                       ? not_won
+               : read_file(h.path) == " " + std::to_string(::getpid()) + "\n" ? own_line
+                                                                              : parents_line;
+    });
+    io.poll();  // the first attempt met the holder: waiting
+    REQUIRE(mine == no_answer);
+    io.notify_fork(asio::execution_context::fork_prepare);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        io.notify_fork(asio::execution_context::fork_child);
+        io.run();
+        ::_exit(mine);
+    }
+    io.notify_fork(asio::execution_context::fork_parent);
+    h.holder.release();
+    io.run();  // the parent's wait goes on too: each wins in turn
+    CHECK(mine == own_line);
+    CHECK(exit_code(pid) == own_line);
+}
+
 TEST_CASE("fork: an Asio lock won before fork() but delivered in the child is not the child's") {
     // The window between a win and its handler: the lock won is the parent's,
     // so the child attempts again on a descriptor of its own and, while the

@@ -13,6 +13,7 @@
 #include "ops.hpp"
 
 #include <algorithm>
+#include <new>
 #include <utility>
 
 namespace filelock::detail {
@@ -225,6 +226,16 @@ std::error_code file_backend::try_acquire() noexcept {
 
 std::error_code file_backend::attempt() noexcept {
     const file::ops& os = *ops_;
+    // Begun before a fork(), attempted in the child: the line names the
+    // child. (The general template's expansion may allocate.)
+    if (!content_.empty() && !pid_template_.empty() && content_generation_ != fork_generation()) {
+        try {
+            if (auto ec = expand_content(pid_template_, content_)) return ec;
+        } catch (const std::bad_alloc&) {
+            return std::make_error_code(std::errc::not_enough_memory);
+        }
+        content_generation_ = fork_generation();
+    }
     // Gives up what the round holds and reports `f`.
     const auto fail = [this](const file::failure& f) {
         unlock_and_close();

@@ -91,10 +91,14 @@ file_backend::file_backend(const std::filesystem::path& path, const lock_options
     // The queue is the platform's, beside the seam: not over a test's seam.
     policy_.order = policy_.order && &os == &file::platform_ops();
     init_error_ = check_range(options, failed_call_);
-    if (options.write_content && !init_error_)
+    if (options.write_content && !init_error_) {
         init_error_ = options.content_template.fits()
                           ? expand_content(options.content_template.view(), content_)
                           : make_error_code(errc::invalid_template);
+        content_generation_ = fork_generation();
+        if (options.content_template.view().find("{pid}") != std::string_view::npos)
+            pid_template_ = options.content_template.view();
+    }
     if (!(options.write_content && options.mode == lock_mode::exclusive &&
           options.range.whole_file() && options.slots == 1))
         content_.clear();
@@ -105,6 +109,8 @@ file_backend::file_backend(file_backend&& other) noexcept
       path_(std::move(other.path_)),
       policy_(other.policy_),
       content_(std::move(other.content_)),
+      pid_template_(std::move(other.pid_template_)),
+      content_generation_(other.content_generation_),
       init_error_(other.init_error_),
       failed_call_(other.failed_call_),
       fd_(std::exchange(other.fd_, no_handle)),

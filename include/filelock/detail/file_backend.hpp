@@ -133,6 +133,11 @@ private:
     std::filesystem::path path_;
     file_policy policy_;
     std::string content_;  // what to write after winning ("" = nothing)
+    // A template that names the pid, kept to expand it again in a forked
+    // child (an acquisition begun before fork() and won after it in the
+    // child), and the fork generation content_ was expanded in.
+    std::string pid_template_;
+    unsigned content_generation_ = 0;
     std::error_code init_error_;
     const char* failed_call_ = nullptr;
     native_handle_type fd_ = no_handle;
