@@ -78,6 +78,9 @@ using portable::read_file;
 using portable::slots;
 using portable::write_file;
 
+/// The line the default template writes for this process.
+inline std::string pid_content() { return " " + std::to_string(::getpid()) + "\n"; }
+
 /// Is the lock on `p` free right now (as seen by an independent flock)?
 inline bool lock_is_free(const fs::path& p) {
     const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);

@@ -54,6 +54,22 @@ int exit_code(pid_t pid) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+// Forks with `io` told of it. The child runs `io` to its end and exits with
+// what its handlers made of `outcome`; the parent, told it is the parent,
+// gets the child's pid.
+template <class Outcome>
+pid_t fork_running(asio::io_context& io, const Outcome& outcome) {
+    io.notify_fork(asio::execution_context::fork_prepare);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        io.notify_fork(asio::execution_context::fork_child);
+        io.run();
+        ::_exit(static_cast<int>(outcome));
+    }
+    io.notify_fork(asio::execution_context::fork_parent);
+    return pid;
+}
 // A lock file held by another process until `holder.release()`, and the
 // marker of the processes that will compete for it.
 struct held_elsewhere {
@@ -194,15 +210,7 @@ TEST_CASE("fork: an Asio async_lock waiting across fork() never gives both proce
         io.poll();  // the first attempt met the holder: waiting
         REQUIRE(mine == no_outcome);
 
-        io.notify_fork(asio::execution_context::fork_prepare);
-        const pid_t pid = ::fork();
-        REQUIRE(pid >= 0);
-        if (pid == 0) {
-            io.notify_fork(asio::execution_context::fork_child);
-            io.run();
-            ::_exit(mine);
-        }
-        io.notify_fork(asio::execution_context::fork_parent);
+        const pid_t pid = fork_running(io, mine);
         holder.release();
         io.run();
         CHECK(mine == won_alone);
@@ -220,21 +228,11 @@ TEST_CASE(
     enum { own_line = 0, parents_line = 1, not_won = 3, no_answer = 4 };
     int mine = no_answer;
     filelock::async_lock(io, h.path, 5s, [&](std::error_code ec, lock_file l) {
-        mine = ec || !l                                                       ? not_won
-               : read_file(h.path) == " " + std::to_string(::getpid()) + "\n" ? own_line
-                                                                              : parents_line;
+        mine = ec || !l ? not_won : read_file(h.path) == pid_content() ? own_line : parents_line;
     });
     io.poll();  // the first attempt met the holder: waiting
     REQUIRE(mine == no_answer);
-    io.notify_fork(asio::execution_context::fork_prepare);
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        io.notify_fork(asio::execution_context::fork_child);
-        io.run();
-        ::_exit(mine);
-    }
-    io.notify_fork(asio::execution_context::fork_parent);
+    const pid_t pid = fork_running(io, mine);
     h.holder.release();
     io.run();  // the parent's wait goes on too: each wins in turn
     CHECK(mine == own_line);

@@ -25,8 +25,6 @@ using filelock::simple_lock_file;
 
 namespace {
 
-std::string pid_content() { return " " + std::to_string(::getpid()) + "\n"; }
-
 // An earlier holder's line of `n` bytes (longer than ours: ftruncate runs).
 std::string leftover_line(std::size_t n) { return " " + std::string(n - 2, '9') + "\n"; }
 

@@ -21,8 +21,6 @@ using filelock::lock_file;
 
 namespace {
 
-std::string pid_content() { return " " + std::to_string(::getpid()) + "\n"; }
-
 filelock::lock_options range_opts(std::uint64_t start, std::uint64_t length,
                                   filelock::lock_mode mode = filelock::lock_mode::exclusive) {
     filelock::lock_options o;
