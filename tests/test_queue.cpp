@@ -70,15 +70,15 @@ std::vector<std::string> lines_of(const fs::path& p) {
     return out;
 }
 
-// A filelock-run waiting for `lock` (-w 60), then appending `name` to `out`
+// A filelock-run waiting for `lock` (-w `wait`), then appending `name` to `out`
 // under the lock, and failing if another holder is inside at the same time
 // (a directory only one may create).
-std::vector<std::string> waiter(const fs::path& lock, const fs::path& out,
-                                const std::string& name) {
+std::vector<std::string> waiter(const fs::path& lock, const fs::path& out, const std::string& name,
+                                const std::string& wait = "60") {
     const std::string inside = (lock.parent_path() / "inside").string();
     return {filelock_run_path(),
             "-w",
-            "60",
+            wait,
             lock.string(),
             "sh",
             "-c",
@@ -321,6 +321,55 @@ TEST_CASE_METHOD(queue_test,
     CHECK_FALSE(next.may_attempt(quiet + process_queue::stall_limit + 1ms));
     CHECK(
         next.may_attempt(quiet + process_queue::stall_limit + 1ms + process_queue::confirm_stall));
+}
+
+TEST_CASE_METHOD(queue_test,
+                 "queue: a stopped head is passed at once by the next in line, while it stays "
+                 "stopped") {
+    // Before, the next in line waited a stall (2 s) for a stopped head too.
+    int ready[2];
+    REQUIRE(::pipe(ready) == 0);
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        ::close(ready[0]);
+        process_queue head;
+        line_up(head, p, steady::now());
+        const char c = head.ticket() == 1 ? 'y' : 'n';
+        if (::write(ready[1], &c, 1) == 1) ::pause();  // until killed
+        ::_exit(0);
+    }
+    ::close(ready[1]);
+    struct reaped {
+        pid_t pid;
+        ~reaped() {
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, nullptr, 0);
+        }
+    } reap{child};
+    char c = 0;
+    REQUIRE(::read(ready[0], &c, 1) == 1);
+    ::close(ready[0]);
+    REQUIRE(c == 'y');
+    process_queue next;
+    line_up(next, p, t0);
+    REQUIRE(next.ticket() == 3);
+    CHECK_FALSE(next.may_attempt(t0));  // a head that runs is waited for
+    CHECK(next.turn_handle() >= 0);     // on its doorbell
+    int st = 0;
+    ::kill(child, SIGSTOP);
+    REQUIRE(::waitpid(child, &st, WUNTRACED) == child);
+    REQUIRE(WIFSTOPPED(st));
+    // At once, not a stall later; on the lock file's releases from now on.
+    CHECK(next.may_attempt(t0 + 1ms));
+    CHECK(next.turn_handle() == -1);
+    CHECK(next.may_attempt(t0 + 2ms));
+    ::kill(child, SIGCONT);
+    REQUIRE(::waitpid(child, &st, WCONTINUED) == child);
+    REQUIRE(WIFCONTINUED(st));
+    CHECK_FALSE(next.may_attempt(t0 + 3ms));  // continued: waited for again
+    CHECK(next.turn_handle() >= 0);
+    CHECK_FALSE(next.may_attempt(t0 + 3ms + process_queue::stall_limit - 1ms));
 }
 
 TEST_CASE("queue: a winner's ticket is gone once lock() returns; its doorbell rings at release") {
@@ -715,12 +764,35 @@ TEST_CASE("queue: a stopped head does not keep the others off a free lock") {
     ::kill(first.pid, SIGSTOP);
     holder.close_stdin();
     CHECK(holder.wait() == 0);
-    // The second runs while the first is stopped (after the stall limit).
+    // The second runs while the first is stopped (at its next look).
     CHECK(second.wait() == 0);
     CHECK(lines_of(out) == std::vector<std::string>{"2"});
     ::kill(first.pid, SIGCONT);
     CHECK(first.wait() == 0);
     CHECK(lines_of(out) == std::vector<std::string>{"2", "1"});
+}
+
+TEST_CASE("queue: behind a stopped head, every handoff is at once, not a stall each") {
+    // Before, each waiter that became the next in line behind a stopped head
+    // waited a stall (2 s) for it: the third, which waits 2 s, timed out.
+    flock_held f;
+    f.line_up(1, 1);
+    const pid_t first = f.waiters[0].pid;
+    ::kill(first, SIGSTOP);
+    int st = 0;
+    REQUIRE(::waitpid(first, &st, WUNTRACED) == first);
+    REQUIRE(WIFSTOPPED(st));
+    f.line_up(2, 2, 1);
+    f.waiters.emplace_back(waiter(f.p, f.out, "3", "2"));
+    REQUIRE(queued(f.p, 3));
+    f.holder.close_stdin();
+    CHECK(f.holder.wait() == 0);
+    CHECK(f.waiters[1].wait() == 0);
+    CHECK(f.waiters[2].wait() == 0);
+    CHECK(lines_of(f.out) == std::vector<std::string>{"2", "3"});
+    ::kill(first, SIGCONT);
+    CHECK(f.waiters[0].wait() == 0);
+    CHECK(lines_of(f.out) == std::vector<std::string>{"2", "3", "1"});
 }
 
 TEST_CASE("queue: five filelock-run started 0.3 s apart while flock(1) holds, several times",

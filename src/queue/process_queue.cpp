@@ -64,6 +64,9 @@ void live_tickets::move(process_queue& to, process_queue& from) noexcept {
     to.bell_ = std::exchange(from.bell_, -1);
     to.turn_ = std::exchange(from.turn_, -1);
     to.behind_ = std::exchange(from.behind_, 0);
+    to.behind_pid_ = std::exchange(from.behind_pid_, 0);
+    to.passed_ = std::exchange(from.passed_, 0);
+    to.passed_pid_ = from.passed_pid_;
     to.retarget_ = std::exchange(from.retarget_, false);
     to.dev_ = from.dev_;
     to.ino_ = from.ino_;
@@ -197,6 +200,15 @@ int ring_of(unsigned long long dev, unsigned long long ino, std::uint64_t t) noe
     return s;
 }
 
+// The process listening on the doorbell that `conn` is connected to (0:
+// unknown, as for a process of another pid namespace).
+int listener_pid(int conn) noexcept {
+    ::ucred cred{};
+    ::socklen_t len = sizeof cred;
+    if (conn < 0 || ::getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return 0;
+    return cred.pid > 0 ? cred.pid : 0;
+}
+
 }  // namespace
 
 live_tickets& live_tickets::get() noexcept {
@@ -225,6 +237,7 @@ void live_tickets::close_in_child() noexcept {
         for (int* fd : {&q->fd_, &q->bell_, &q->turn_})
             if (*fd >= 0) ::close(std::exchange(*fd, -1));
         q->behind_ = 0;
+        q->behind_pid_ = 0;
         q->forget();
         q = next;
     }
@@ -238,6 +251,7 @@ void process_queue::wait_behind(std::uint64_t predecessor) noexcept {
     if (turn_ >= 0) ::close(std::exchange(turn_, -1));
     behind_ = predecessor;
     if (predecessor != 0) turn_ = ring_of(dev_, ino_, predecessor);
+    behind_pid_ = listener_pid(turn_);
     // Waiting for a turn, or for the file after one: the driver watches anew.
     if (was_turn || turn_ >= 0) retarget_ = true;
 }
@@ -259,7 +273,40 @@ void process_queue::close_listed() noexcept {
         retarget_ = true;
     }
     behind_ = 0;
+    behind_pid_ = 0;
 }
+
+namespace {
+
+// Whether process `pid` is stopped (SIGSTOP, ^Z, a debugger): state T or t
+// in /proc/PID/stat. Unknown is not stopped. Read with the registry's mutex
+// held, so that no child forked meanwhile keeps the descriptor.
+bool stopped(int pid) noexcept {
+    if (pid <= 0) return false;
+    char path[32];
+    std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    char buf[256];
+    ::ssize_t n = -1;
+    {
+        std::lock_guard<std::mutex> g(live_tickets::get().mutex);
+        int fd;
+        do fd = ::open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        while (fd == -1 && errno == EINTR);
+        if (fd < 0) return false;
+        do n = ::read(fd, buf, sizeof buf);
+        while (n == -1 && errno == EINTR);
+        ::close(fd);
+    }
+    // "PID (COMM) STATE ...": COMM (at most 16 bytes) may hold spaces and
+    // parentheses, no field after it does.
+    const char* paren = nullptr;
+    for (::ssize_t i = 0; i < n; ++i)
+        if (buf[i] == ')') paren = buf + i;
+    if (paren == nullptr || buf + n - paren < 3) return false;
+    return paren[2] == 'T' || paren[2] == 't';
+}
+
+}  // namespace
 
 bool process_queue::writer_waits(const std::filesystem::path& lock_path) noexcept {
     if (fd_ >= 0 || unusable_) return false;
@@ -393,11 +440,28 @@ bool process_queue::may_attempt(clock::time_point now) noexcept {
     }
     head_known_ = head == 0;
     if (head == 0) {
+        passed_ = 0;
         wait_behind(0);  // the lock file's releases now
         beat_ = true;    // flipped by contended(), if this attempt fails
         return true;
     }
-    wait_behind(predecessor());
+    // A stopped head makes no attempt until it is continued: the next in
+    // line attempts beside it, on the lock file's releases, for as long as
+    // it stays stopped (then both attempt once; the kernel lock decides).
+    const std::uint64_t before = predecessor();
+    if (passed_ != 0) {
+        if (head == passed_ && before == head && stopped(passed_pid_)) return true;
+        passed_ = 0;
+        head_ = 0;  // looked at anew: a stall counts from now
+    }
+    wait_behind(before);
+    if (behind_ == head && stopped(behind_pid_)) {
+        passed_ = head;
+        passed_pid_ = behind_pid_;
+        suspect_ = false;
+        wait_behind(0);
+        return true;
+    }
     // Only the next in line watches for a stalled head: the others wait for
     // their predecessor (whose stall, once it is the head, its successor
     // sees), and attempting on a suspicion could put them ahead of it.

@@ -23,7 +23,11 @@
 // that sees the same head unchanged for `stall_limit` (and still
 // `confirm_stall` later) attempts too (then once per stall_limit), so nobody
 // waits on a free lock for longer than that because of a head that does not
-// progress.
+// progress. A head whose process is stopped (SIGSTOP, ^Z, a debugger: state
+// T or t in /proc/PID/stat, the PID its doorbell's listener, SO_PEERCRED) is
+// passed at once: the next in line attempts beside it on the lock file's
+// releases for as long as it stays stopped, so a stopped head does not make
+// every handoff behind it wait a stall.
 //
 // A release wakes the head, not every waiting process: only the head
 // watches the lock file. Every ticket comes with a doorbell, a listening
@@ -142,12 +146,17 @@ private:
         contentions_ = 0;
         beat_ = false;
         head_known_ = false;
+        passed_ = 0;
     }
 
     int fd_ = -1;
     int bell_ = -1;             // our doorbell (a listening socket)
     int turn_ = -1;             // connected to the predecessor's doorbell
     std::uint64_t behind_ = 0;  // the predecessor turn_ is for (0: none)
+    int behind_pid_ = 0;        // the process listening on its doorbell (0: unknown)
+    // A stopped head the next in line attempts beside (0: none), and its process.
+    std::uint64_t passed_ = 0;
+    int passed_pid_ = 0;
     bool retarget_ = false;
     unsigned long long dev_ = 0, ino_ = 0;  // of the queue file (the doorbells' names)
     std::uint64_t ticket_ = 0;
