@@ -53,17 +53,14 @@ check "release build, tests disabled, configured without forcing -Werror" bash -
     meson introspect --buildoptions '$work/release' | /usr/bin/python3 -c \
         'import json,sys; sys.exit(any(o[\"name\"]==\"werror\" and o[\"value\"] for o in json.load(sys.stdin)))' &&
     ! grep -q -- -Werror '$work/release/build.ninja'"
-# option NAME: the build's value of option NAME.
-option() {
-    meson introspect --buildoptions "$build" | /usr/bin/python3 -c \
-        'import json,sys; print(next(o["value"] for o in json.load(sys.stdin) if o["name"]==sys.argv[1]))' "$1"
-}
 # The build's install, under $work/dest. CMake's package finds its own
 # prefix; the pkg-config modules' first line, prefix=, is moved with the tree
-# (every other path in them must follow it).
+# (every other path in them must follow it). The build's prefix and libdir,
+# a line each, from one look at its options:
+{ read -r prefix; read -r libdir; } < <(meson introspect --buildoptions "$build" |
+    /usr/bin/python3 -c 'import json,sys; o={x["name"]: x["value"] for x in json.load(sys.stdin)}; print(o["prefix"]); print(o["libdir"])')
 dest=$work/dest
-prefix=$dest$(option prefix)
-libdir=$(option libdir)
+prefix=$dest$prefix
 case $libdir in /*) libpath=$dest$libdir ;; *) libpath=$prefix/$libdir ;; esac
 pcdir=$libpath/pkgconfig
 check "meson install" bash -c "meson install -C '$build' --no-rebuild --destdir '$dest' --quiet &&
