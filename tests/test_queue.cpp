@@ -326,7 +326,8 @@ TEST_CASE_METHOD(queue_test,
 TEST_CASE_METHOD(queue_test,
                  "queue: a stopped head is passed at once by the next in line, while it stays "
                  "stopped") {
-    // Before, the next in line waited a stall (2 s) for a stopped head too.
+    // Before, the next in line passed a stopped head only once it had not
+    // moved for a stall (2 s), as a head that runs and makes no attempt.
     int ready[2];
     REQUIRE(::pipe(ready) == 0);
     const pid_t child = ::fork();
@@ -772,9 +773,10 @@ TEST_CASE("queue: a stopped head does not keep the others off a free lock") {
     CHECK(lines_of(out) == std::vector<std::string>{"2", "1"});
 }
 
-TEST_CASE("queue: behind a stopped head, every handoff is at once, not a stall each") {
-    // Before, each waiter that became the next in line behind a stopped head
-    // waited a stall (2 s) for it: the third, which waits 2 s, timed out.
+TEST_CASE("queue: behind a stopped head, the handoffs are at once, not a stall later") {
+    // Before, each waiter behind a stopped head attempted only once a stall
+    // (2 s) had passed since it last looked at the head: the third, which
+    // waits 2 s and came last, timed out.
     flock_held f;
     f.line_up(1, 1);
     const pid_t first = f.waiters[0].pid;
