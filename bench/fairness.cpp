@@ -30,7 +30,14 @@
 // /proc/self/task/*/status at the win) plus the one it was in; summed over
 // the waiters, divided by the N handoffs.
 //
-// --order and --wakeups take `--driver sync|asio|uv` first (default sync):
+//   bench_fairness --stopped-head [N] [HELD_MS]  (default: 4 3000, 3 rounds)
+// prints when each of N waiters was served, from the release, behind a head
+// that queued first and was stopped (SIGSTOP) before they came; the lock is
+// released HELD_MS after the last one queued, and the head continued once
+// they are served.
+//
+// --order, --wakeups and --stopped-head take `--driver sync|asio|uv` first
+// (default sync):
 // each waiter calls filelock::lock(), or async_lock() on an Asio
 // io_context or a libuv loop of its own, which it runs until the win.
 
@@ -178,9 +185,11 @@ std::size_t queued(const std::string& path) {
 // What the waiters of one run share with the parent.
 struct board {
     std::atomic<int> granted{0};
-    int order[1024];      // order[k]: the arrival index of the k-th grant
-    long switches[1024];  // per arrival index: its voluntary switches in lock()
-    long involuntary[1024];
+    std::atomic<long long> released_ns{0};  // steady clock, shared by the processes
+    int order[1025];                        // order[k]: the arrival index of the k-th grant
+    long switches[1025];                    // per arrival index: its voluntary switches in lock()
+    long involuntary[1025];
+    double served_ms[1025];  // per arrival index: from the release to its grant
 };
 
 // The involuntary context switches of this process so far.
@@ -260,22 +269,29 @@ std::error_code take(driver d, const std::string& path, std::chrono::seconds tim
     return ec;
 }
 
-// One run: N waiters started in order while the lock is held, then released.
-// Fills `b`; returns the milliseconds from the release to the last grant
-// (negative: a waiter failed).
-double queue_run(const std::string& path, int n, std::chrono::microseconds hold, board& b,
-                 driver d) {
+// One run: N waiters started in order while the lock is held, then released
+// (`held_on` after the last one queued). With `stop_first`, one more waiter
+// comes first (arrival 0) and is stopped (SIGSTOP) once queued, then
+// continued once the others are served. Fills `b`; returns the milliseconds
+// from the release to the last grant of the others (negative: a waiter
+// failed).
+double queue_run(const std::string& path, int n, std::chrono::microseconds hold, board& b, driver d,
+                 bool stop_first = false, std::chrono::milliseconds held_on = {}) {
     b.granted = 0;
     auto holder = filelock::lock_file(path);
     std::vector<pid_t> pids;
     bool ok = true;
-    for (int i = 0; i < n && ok; ++i) {
+    const int all = n + (stop_first ? 1 : 0);
+    for (int i = 0; i < all && ok; ++i) {
         const pid_t pid = ::fork();
         if (pid == 0) {
             holder.close();  // our copy (closing it never unlocks the parent's lock)
             const long inv0 = involuntary_switches();
             const std::error_code ec = take(d, path, 120s, [&] {
                 const long v1 = voluntary_switches("self");
+                b.served_ms[i] = static_cast<double>(clk::now().time_since_epoch().count() -
+                                                     b.released_ns.load()) /
+                                 1e6;
                 b.switches[i] += v1 + 1;  // the sleep it was in at the release ended too
                 b.involuntary[i] = involuntary_switches() - inv0;
                 b.order[b.granted.fetch_add(1)] = i;
@@ -288,19 +304,33 @@ double queue_run(const std::string& path, int n, std::chrono::microseconds hold,
         const auto give_up = clk::now() + 10s;
         while (queued(path) < static_cast<std::size_t>(i + 1) && (ok = clk::now() < give_up))
             std::this_thread::sleep_for(1ms);
+        int st = 0;
+        if (ok && stop_first && i == 0)
+            ok = ::kill(pid, SIGSTOP) == 0 && ::waitpid(pid, &st, WUNTRACED) == pid;
     }
+    std::this_thread::sleep_for(held_on);
     // Each waiter sleeps now; it is woken and sleeps again from here on.
-    for (int i = 0; i < n && ok; ++i)
+    for (int i = 0; i < all && ok; ++i)
         b.switches[i] = -voluntary_switches(std::to_string(pids[static_cast<size_t>(i)]));
     const auto released = clk::now();
+    b.released_ns = released.time_since_epoch().count();
     holder.close();
     int failed = !ok;
-    for (pid_t pid : pids) {
+    double ms = 0;
+    for (std::size_t i = 0; i < pids.size(); ++i) {
+        if (stop_first && i == 0) continue;  // continued below
         int st = 0;
-        ::waitpid(pid, &st, 0);
+        ::waitpid(pids[i], &st, 0);
         failed += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
     }
-    return failed ? -1.0 : ms_since(released);
+    ms = ms_since(released);
+    if (stop_first && !pids.empty()) {
+        ::kill(pids[0], SIGCONT);
+        int st = 0;
+        ::waitpid(pids[0], &st, 0);
+        failed += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+    }
+    return failed ? -1.0 : ms;
 }
 
 int inversions(const board& b, int n) {
@@ -368,6 +398,26 @@ int wakeups_mode(int n, std::chrono::microseconds hold, const std::string& path,
     return 0;
 }
 
+int stopped_head_mode(int n, std::chrono::milliseconds held_on, const std::string& path, driver d) {
+    board* b = shared_board();
+    if (!b) return 1;
+    std::printf(
+        "%d processes, one %s each, behind a head stopped before they came; the lock released "
+        "%lld ms after they queued\n",
+        n, call_of(d).c_str(), static_cast<long long>(held_on.count()));
+    std::printf("  %5s  %s\n", "round", "each served, ms after the release (in arrival order)");
+    for (int r = 1; r <= 3; ++r) {
+        if (queue_run(path, n, 200us, *b, d, true, held_on) < 0)
+            return std::printf("  a waiter failed\n"), 2;
+        std::printf("  %5d ", r);
+        for (int i = 1; i <= n; ++i) std::printf(" %9.3f", b->served_ms[i]);
+        std::printf("\n");
+        std::fflush(stdout);
+    }
+    ::unlink(path.c_str());
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -387,9 +437,16 @@ int main(int argc, char** argv) {
 #endif
         argv += 2;
         argc -= 2;
-        if (argc < 2 || (std::string(argv[1]) != "--order" && std::string(argv[1]) != "--wakeups"))
-            return std::fprintf(stderr, "--driver goes before --order or --wakeups\n"), 64;
+        if (argc < 2 || (std::string(argv[1]) != "--order" && std::string(argv[1]) != "--wakeups" &&
+                         std::string(argv[1]) != "--stopped-head"))
+            return std::fprintf(stderr,
+                                "--driver goes before --order, --wakeups or --stopped-head\n"),
+                   64;
     }
+    if (argc > 1 && std::string(argv[1]) == "--stopped-head")
+        return stopped_head_mode(std::clamp(argc > 2 ? std::atoi(argv[2]) : 4, 1, 1024),
+                                 std::chrono::milliseconds(argc > 3 ? std::atoi(argv[3]) : 3000),
+                                 queue_path, d);
     if (argc > 1 && std::string(argv[1]) == "--order") {
         std::vector<int> ns;
         for (int i = 2; i < argc; ++i) ns.push_back(std::clamp(std::atoi(argv[i]), 1, 1024));
