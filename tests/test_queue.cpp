@@ -323,54 +323,99 @@ TEST_CASE_METHOD(queue_test,
         next.may_attempt(quiet + process_queue::stall_limit + 1ms + process_queue::confirm_stall));
 }
 
+// A process that lines up in the queue of `p` (ticket `ticket`) and waits
+// there, doing nothing, until it is killed (by the destructor).
+struct queued_process {
+    pid_t pid = -1;
+    queued_process(const fs::path& p, std::uint64_t ticket) {
+        int ready[2];
+        REQUIRE(::pipe(ready) == 0);
+        pid = ::fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) {
+            ::close(ready[0]);
+            process_queue q;
+            line_up(q, p, steady::now());
+            const char c = q.ticket() == ticket ? 'y' : 'n';
+            if (::write(ready[1], &c, 1) == 1) ::pause();  // until killed
+            ::_exit(0);
+        }
+        ::close(ready[1]);
+        char c = 0;
+        const bool told = ::read(ready[0], &c, 1) == 1;
+        ::close(ready[0]);
+        REQUIRE(told);
+        REQUIRE(c == 'y');
+    }
+    ~queued_process() {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+    }
+    void stop() const {
+        int st = 0;
+        ::kill(pid, SIGSTOP);
+        REQUIRE(::waitpid(pid, &st, WUNTRACED) == pid);
+        REQUIRE(WIFSTOPPED(st));
+    }
+    void resume() const {
+        int st = 0;
+        ::kill(pid, SIGCONT);
+        REQUIRE(::waitpid(pid, &st, WCONTINUED) == pid);
+        REQUIRE(WIFCONTINUED(st));
+    }
+};
+
 TEST_CASE_METHOD(queue_test,
                  "queue: a stopped head is passed at once by the next in line, while it stays "
                  "stopped") {
     // Before, the next in line passed a stopped head only once it had not
     // moved for a stall (2 s), as a head that runs and makes no attempt.
-    int ready[2];
-    REQUIRE(::pipe(ready) == 0);
-    const pid_t child = ::fork();
-    REQUIRE(child >= 0);
-    if (child == 0) {
-        ::close(ready[0]);
-        process_queue head;
-        line_up(head, p, steady::now());
-        const char c = head.ticket() == 1 ? 'y' : 'n';
-        if (::write(ready[1], &c, 1) == 1) ::pause();  // until killed
-        ::_exit(0);
-    }
-    ::close(ready[1]);
-    struct reaped {
-        pid_t pid;
-        ~reaped() {
-            ::kill(pid, SIGKILL);
-            ::waitpid(pid, nullptr, 0);
-        }
-    } reap{child};
-    char c = 0;
-    REQUIRE(::read(ready[0], &c, 1) == 1);
-    ::close(ready[0]);
-    REQUIRE(c == 'y');
+    queued_process head(p, 1);
     process_queue next;
     line_up(next, p, t0);
     REQUIRE(next.ticket() == 3);
     CHECK_FALSE(next.may_attempt(t0));  // a head that runs is waited for
     CHECK(next.turn_handle() >= 0);     // on its doorbell
-    int st = 0;
-    ::kill(child, SIGSTOP);
-    REQUIRE(::waitpid(child, &st, WUNTRACED) == child);
-    REQUIRE(WIFSTOPPED(st));
+    head.stop();
     // At once, not a stall later; on the lock file's releases from now on.
     CHECK(next.may_attempt(t0 + 1ms));
     CHECK(next.turn_handle() == -1);
     CHECK(next.may_attempt(t0 + 2ms));
-    ::kill(child, SIGCONT);
-    REQUIRE(::waitpid(child, &st, WCONTINUED) == child);
-    REQUIRE(WIFCONTINUED(st));
+    head.resume();
     CHECK_FALSE(next.may_attempt(t0 + 3ms));  // continued: waited for again
     CHECK(next.turn_handle() >= 0);
     CHECK_FALSE(next.may_attempt(t0 + 3ms + process_queue::stall_limit - 1ms));
+}
+
+TEST_CASE_METHOD(queue_test,
+                 "queue: stopped waiters at the front are passed by the first one behind them "
+                 "that runs") {
+    // Before, with the head and the next in line both stopped, the waiters
+    // behind them waited for the next in line's doorbell, and nobody applied
+    // the stall rule: they waited on a free lock until their deadline.
+    queued_process head(p, 1);
+    queued_process second(p, 3);
+    process_queue third;
+    line_up(third, p, t0);
+    REQUIRE(third.ticket() == 5);
+    CHECK_FALSE(third.may_attempt(t0));
+    head.stop();
+    CHECK_FALSE(third.may_attempt(t0 + 1ms));  // the second, which runs, passes the head
+    second.stop();
+    CHECK(third.may_attempt(t0 + 2ms));  // nobody before it runs
+    CHECK(third.turn_handle() == -1);
+    second.resume();
+    CHECK_FALSE(third.may_attempt(t0 + 3ms));  // the second again
+    CHECK(third.turn_handle() >= 0);
+    second.stop();
+    head.resume();
+    // Behind the head that runs, past the stopped second: its doorbell is
+    // the head's, and a stall of the head is its to see.
+    CHECK_FALSE(third.may_attempt(t0 + 4ms));
+    CHECK(third.turn_handle() >= 0);
+    CHECK_FALSE(third.may_attempt(t0 + 4ms + process_queue::stall_limit + 1ms));
+    CHECK(third.may_attempt(t0 + 4ms + process_queue::stall_limit + 1ms +
+                            process_queue::confirm_stall));
 }
 
 TEST_CASE("queue: a winner's ticket is gone once lock() returns; its doorbell rings at release") {
@@ -773,28 +818,39 @@ TEST_CASE("queue: a stopped head does not keep the others off a free lock") {
     CHECK(lines_of(out) == std::vector<std::string>{"2", "1"});
 }
 
-TEST_CASE("queue: behind a stopped head, the handoffs are at once, not a stall later") {
+TEST_CASE(
+    "queue: behind stopped waiters at the front, the handoffs are at once, not a stall "
+    "later") {
     // Before, each waiter behind a stopped head attempted only once a stall
-    // (2 s) had passed since it last looked at the head: the third, which
-    // waits 2 s and came last, timed out.
+    // (2 s) had passed since it last looked at the head: the last one,
+    // which waits 2 s, timed out. With the next in line stopped too, nobody
+    // looked: the others waited on the free lock until their deadline.
+    const int stopped = GENERATE(1, 2);
     flock_held f;
-    f.line_up(1, 1);
-    const pid_t first = f.waiters[0].pid;
-    ::kill(first, SIGSTOP);
-    int st = 0;
-    REQUIRE(::waitpid(first, &st, WUNTRACED) == first);
-    REQUIRE(WIFSTOPPED(st));
-    f.line_up(2, 2, 1);
-    f.waiters.emplace_back(waiter(f.p, f.out, "3", "2"));
-    REQUIRE(queued(f.p, 3));
+    f.line_up(1, stopped);
+    for (int i = 0; i < stopped; ++i) {
+        const pid_t pid = f.waiters[static_cast<std::size_t>(i)].pid;
+        ::kill(pid, SIGSTOP);
+        int st = 0;
+        REQUIRE(::waitpid(pid, &st, WUNTRACED) == pid);
+        REQUIRE(WIFSTOPPED(st));
+    }
+    const auto n = static_cast<std::size_t>(stopped);
+    f.line_up(stopped + 1, stopped + 1, n);
+    f.waiters.emplace_back(waiter(f.p, f.out, std::to_string(stopped + 2), "2"));
+    REQUIRE(queued(f.p, n + 2));
     f.holder.close_stdin();
     CHECK(f.holder.wait() == 0);
-    CHECK(f.waiters[1].wait() == 0);
-    CHECK(f.waiters[2].wait() == 0);
-    CHECK(lines_of(f.out) == std::vector<std::string>{"2", "3"});
-    ::kill(first, SIGCONT);
-    CHECK(f.waiters[0].wait() == 0);
-    CHECK(lines_of(f.out) == std::vector<std::string>{"2", "3", "1"});
+    CHECK(f.waiters[n].wait() == 0);
+    CHECK(f.waiters[n + 1].wait() == 0);
+    std::vector<std::string> want{std::to_string(stopped + 1), std::to_string(stopped + 2)};
+    CHECK(lines_of(f.out) == want);
+    for (std::size_t i = 0; i < n; ++i) {
+        ::kill(f.waiters[i].pid, SIGCONT);
+        CHECK(f.waiters[i].wait() == 0);  // in turn: the head first
+        want.push_back(std::to_string(i + 1));
+    }
+    CHECK(lines_of(f.out) == want);
 }
 
 TEST_CASE("queue: five filelock-run started 0.3 s apart while flock(1) holds, several times",

@@ -7,6 +7,8 @@
 
 #include "../platform.hpp"
 
+#include <algorithm>
+#include <iterator>
 #include <mutex>
 #include <utility>
 
@@ -65,8 +67,8 @@ void live_tickets::move(process_queue& to, process_queue& from) noexcept {
     to.turn_ = std::exchange(from.turn_, -1);
     to.behind_ = std::exchange(from.behind_, 0);
     to.behind_pid_ = std::exchange(from.behind_pid_, 0);
-    to.passed_ = std::exchange(from.passed_, 0);
-    to.passed_pid_ = from.passed_pid_;
+    std::copy(std::begin(from.known_), std::end(from.known_), std::begin(to.known_));
+    to.known_next_ = from.known_next_;
     to.retarget_ = std::exchange(from.retarget_, false);
     to.dev_ = from.dev_;
     to.ino_ = from.ino_;
@@ -252,6 +254,8 @@ void process_queue::wait_behind(std::uint64_t predecessor) noexcept {
     behind_ = predecessor;
     if (predecessor != 0) turn_ = ring_of(dev_, ino_, predecessor);
     behind_pid_ = listener_pid(turn_);
+    if (behind_pid_ > 0 && !known(predecessor))
+        known_[known_next_++ % std::size(known_)] = {predecessor, behind_pid_};
     // Waiting for a turn, or for the file after one: the driver watches anew.
     if (was_turn || turn_ >= 0) retarget_ = true;
 }
@@ -440,32 +444,30 @@ bool process_queue::may_attempt(clock::time_point now) noexcept {
     }
     head_known_ = head == 0;
     if (head == 0) {
-        passed_ = 0;
         wait_behind(0);  // the lock file's releases now
         beat_ = true;    // flipped by contended(), if this attempt fails
         return true;
     }
-    // A stopped head makes no attempt until it is continued: the next in
-    // line attempts beside it, on the lock file's releases, for as long as
-    // it stays stopped (then both attempt once; the kernel lock decides).
-    const std::uint64_t before = predecessor();
-    if (passed_ != 0) {
-        if (head == passed_ && before == head && stopped(passed_pid_)) return true;
-        passed_ = 0;
-        head_ = 0;  // looked at anew: a stall counts from now
-    }
-    wait_behind(before);
-    if (behind_ == head && stopped(behind_pid_)) {
-        passed_ = head;
-        passed_pid_ = behind_pid_;
+    // A waiter whose process is stopped makes no attempt until it is
+    // continued: we wait for the nearest one before us that runs, and when
+    // none does, attempt beside them on the lock file's releases, as a head
+    // does, for as long as they stay stopped (continued, one attempts again
+    // with us once; the kernel lock decides). A predecessor new to us is
+    // connected to first: its doorbell is what we wait on, and tells its
+    // process.
+    std::uint64_t ahead = predecessor();
+    if (ahead != behind_ && !known(ahead)) wait_behind(ahead);
+    while (ahead != 0 && stopped(pid_of(ahead))) ahead = predecessor(ahead);
+    wait_behind(ahead);
+    if (ahead == 0) {
+        head_ = 0;  // one before us that runs again is waited for anew
         suspect_ = false;
-        wait_behind(0);
         return true;
     }
     // Only the next in line watches for a stalled head: the others wait for
     // their predecessor (whose stall, once it is the head, its successor
     // sees), and attempting on a suspicion could put them ahead of it.
-    if (head != head_ || head_write != head_write_ || behind_ != head) {
+    if (head != head_ || head_write != head_write_ || ahead != head) {
         head_ = head;
         head_write_ = head_write;
         head_since_ = now;
@@ -487,7 +489,28 @@ bool process_queue::may_attempt(clock::time_point now) noexcept {
     return true;
 }
 
-std::uint64_t process_queue::predecessor() const noexcept {
+const process_queue::known_pid* process_queue::known(std::uint64_t t) const noexcept {
+    for (const known_pid& k : known_)
+        if (k.ticket == t && t != 0) return &k;
+    return nullptr;
+}
+
+int process_queue::pid_of(std::uint64_t t) noexcept {
+    if (t == behind_ && behind_pid_ > 0) return behind_pid_;
+    if (const known_pid* k = known(t)) return k->pid;
+    // Asked once: the connection stays in its listener's queue until it goes.
+    int pid = 0;
+    {
+        std::lock_guard<std::mutex> g(live_tickets::get().mutex);  // no child keeps a copy
+        const int c = ring_of(dev_, ino_, t);
+        pid = listener_pid(c);
+        if (c >= 0) ::close(c);
+    }
+    known_[known_next_++ % std::size(known_)] = {t, pid};
+    return pid;
+}
+
+std::uint64_t process_queue::predecessor(std::uint64_t below) const noexcept {
     // The highest ticket held below `hi`, by halving [lo, hi), which holds
     // one (tickets are few and dense: a handful of F_OFD_GETLK).
     const auto highest = [this](std::uint64_t hi) -> std::uint64_t {
@@ -505,7 +528,7 @@ std::uint64_t process_queue::predecessor() const noexcept {
         return lo;
     };
     // A reader waits for the last writer before it, not for other readers.
-    std::uint64_t p = highest(ticket_);
+    std::uint64_t p = highest(below);
     while (reader_ && p != 0 && !is_writer(p)) p = highest(p);
     return p;
 }

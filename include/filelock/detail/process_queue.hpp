@@ -23,11 +23,14 @@
 // that sees the same head unchanged for `stall_limit` (and still
 // `confirm_stall` later) attempts too (then once per stall_limit), so nobody
 // waits on a free lock for longer than that because of a head that does not
-// progress. A head whose process is stopped (SIGSTOP, ^Z, a debugger: state
+// progress. A waiter whose process is stopped (SIGSTOP, ^Z, a debugger: state
 // T or t in /proc/PID/stat, the PID its doorbell's listener, SO_PEERCRED) is
-// passed at once: the next in line attempts beside it on the lock file's
-// releases for as long as it stays stopped, so a stopped head does not make
-// every handoff behind it wait a stall.
+// passed at once: the waiter behind it waits for the nearest one before it
+// whose process runs, and when none before it runs (the head and everyone
+// up to it stopped) attempts beside them on the lock file's releases, for as
+// long as they stay stopped. So stopped waiters, however many at the front,
+// neither make every handoff behind them wait a stall nor keep the others
+// off a free lock.
 //
 // A release wakes the head, not every waiting process: only the head
 // watches the lock file. Every ticket comes with a doorbell, a listening
@@ -136,7 +139,14 @@ public:
     }
 
 private:
-    std::uint64_t predecessor() const noexcept;
+    // The highest ticket held below `below` (a reader's: the last writer's).
+    std::uint64_t predecessor(std::uint64_t below) const noexcept;
+    std::uint64_t predecessor() const noexcept { return predecessor(ticket_); }
+    // The process listening on ticket `t`'s doorbell (0: unknown), asked
+    // once (a connection left in its listener's queue), then remembered.
+    int pid_of(std::uint64_t t) noexcept;
+    struct known_pid;
+    const known_pid* known(std::uint64_t t) const noexcept;
     void wait_behind(std::uint64_t predecessor) noexcept;
     void close_all() noexcept;
     void close_listed() noexcept;  // close_all(), the registry's mutex held
@@ -146,7 +156,7 @@ private:
         contentions_ = 0;
         beat_ = false;
         head_known_ = false;
-        passed_ = 0;
+        for (auto& k : known_) k = {};
     }
 
     int fd_ = -1;
@@ -154,9 +164,14 @@ private:
     int turn_ = -1;             // connected to the predecessor's doorbell
     std::uint64_t behind_ = 0;  // the predecessor turn_ is for (0: none)
     int behind_pid_ = 0;        // the process listening on its doorbell (0: unknown)
-    // A stopped head the next in line attempts beside (0: none), and its process.
-    std::uint64_t passed_ = 0;
-    int passed_pid_ = 0;
+    // The processes of tickets before ours, as their doorbells told (a
+    // ticket below ours is never taken again while ours is held).
+    struct known_pid {
+        std::uint64_t ticket = 0;
+        int pid = 0;
+    };
+    known_pid known_[8];
+    unsigned known_next_ = 0;
     bool retarget_ = false;
     unsigned long long dev_ = 0, ino_ = 0;  // of the queue file (the doorbells' names)
     std::uint64_t ticket_ = 0;
