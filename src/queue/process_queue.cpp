@@ -452,12 +452,14 @@ bool process_queue::may_attempt(clock::time_point now) noexcept {
     // continued: we wait for the nearest one before us that runs, and when
     // none does, attempt beside them on the lock file's releases, as a head
     // does, for as long as they stay stopped (continued, one attempts again
-    // with us once; the kernel lock decides). A predecessor new to us is
-    // connected to first: its doorbell is what we wait on, and tells its
-    // process.
+    // with us once; the kernel lock decides). One new to us is connected to
+    // first: its doorbell is what we wait on if it runs, and tells its
+    // process (a stopped one's is left once, then its process remembered).
     std::uint64_t ahead = predecessor();
-    if (ahead != behind_ && !known(ahead)) wait_behind(ahead);
-    while (ahead != 0 && stopped(pid_of(ahead))) ahead = predecessor(ahead);
+    for (; ahead != 0; ahead = predecessor(ahead)) {
+        if (ahead != behind_ && !known(ahead)) wait_behind(ahead);
+        if (!stopped(pid_of(ahead))) break;
+    }
     wait_behind(ahead);
     if (ahead == 0) {
         head_ = 0;  // one before us that runs again is waited for anew
@@ -495,19 +497,10 @@ const process_queue::known_pid* process_queue::known(std::uint64_t t) const noex
     return nullptr;
 }
 
-int process_queue::pid_of(std::uint64_t t) noexcept {
-    if (t == behind_ && behind_pid_ > 0) return behind_pid_;
-    if (const known_pid* k = known(t)) return k->pid;
-    // Asked once: the connection stays in its listener's queue until it goes.
-    int pid = 0;
-    {
-        std::lock_guard<std::mutex> g(live_tickets::get().mutex);  // no child keeps a copy
-        const int c = ring_of(dev_, ino_, t);
-        pid = listener_pid(c);
-        if (c >= 0) ::close(c);
-    }
-    known_[known_next_++ % std::size(known_)] = {t, pid};
-    return pid;
+int process_queue::pid_of(std::uint64_t t) const noexcept {
+    if (t == behind_) return behind_pid_;
+    const known_pid* k = known(t);
+    return k ? k->pid : 0;
 }
 
 std::uint64_t process_queue::predecessor(std::uint64_t below) const noexcept {

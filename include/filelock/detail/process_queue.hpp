@@ -142,9 +142,9 @@ private:
     // The highest ticket held below `below` (a reader's: the last writer's).
     std::uint64_t predecessor(std::uint64_t below) const noexcept;
     std::uint64_t predecessor() const noexcept { return predecessor(ticket_); }
-    // The process listening on ticket `t`'s doorbell (0: unknown), asked
-    // once (a connection left in its listener's queue), then remembered.
-    int pid_of(std::uint64_t t) noexcept;
+    // The process listening on the doorbell of ticket `t`, as told when we
+    // connected to it (0: unknown).
+    int pid_of(std::uint64_t t) const noexcept;
     struct known_pid;
     const known_pid* known(std::uint64_t t) const noexcept;
     void wait_behind(std::uint64_t predecessor) noexcept;
