@@ -789,6 +789,36 @@ TEST_CASE("remove_on_release: a file that no longer is the one held is not remov
     CHECK(read_file(p) == "someone else's");
 }
 
+TEST_CASE("remove_on_release: a file with other content, taken as it was, is never removed") {
+    // Before, the option removed whatever file the lock was on: a script
+    // locked without content, data locked by a simple_lock_file.
+    scratch s;
+    const auto script = s / "deploy.sh";
+    const auto data = s / "data.csv";
+    write_file(script, "#!/bin/sh\necho deploying\n");
+    write_file(data, "id,amount\n1,100\n");
+    lock_options o;
+    o.remove_on_release = true;
+    o.on_foreign_content = filelock::foreign_content::lock_without_content;
+    { lock_file l(script, o); }
+    CHECK(read_file(script) == "#!/bin/sh\necho deploying\n");
+    lock_options plain;
+    plain.remove_on_release = true;
+    { simple_lock_file l(data, plain); }
+    CHECK(read_file(data) == "id,amount\n1,100\n");
+    // A lock file is: one that holds the line of the lock that writes none
+    // is empty, and goes.
+    const auto empty = s / "e.lock";
+    write_file(empty, "");
+    { simple_lock_file l(empty, plain); }
+    CHECK_FALSE(fs::exists(empty));
+    // Another holder's line is a lock file's: overwritten, then removed.
+    const auto other = s / "o.lock";
+    write_file(other, " 1\n");
+    { lock_file l(other, o); }
+    CHECK_FALSE(fs::exists(other));
+}
+
 TEST_CASE("remove_on_release: a waiter holding the removed file retries on the new one") {
     scratch s;
     const auto p = s / "a.lock";

@@ -239,6 +239,10 @@ struct lock_options {
     /// other tools do not check, so one of them waiting on the old file could
     /// hold it while a filelock user holds the new one: leave this off when
     /// the lock file is shared with them. Ignored for shared locks.
+    /// Only a lock file is removed: one that holds the holder's line, or,
+    /// for a lock that writes none, an empty one; never a file with other
+    /// content taken as it was (foreign_content::lock_without_content, or
+    /// a lock that writes nothing on a script or data).
     bool remove_on_release = false;
 
     /// Timed and async acquisitions wake when the holder releases (Linux:

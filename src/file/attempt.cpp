@@ -290,6 +290,8 @@ std::error_code file_backend::attempt() noexcept {
         dev_ = held.dev;
         ino_ = held.ino;
         bool write = !content_.empty();
+        // A file with other content, kept as it is, is never removed.
+        removable_ = policy_.remove && (write || named.size == 0);
         std::uint64_t old_size = named.size;  // what the truncation must cut
         if (write && named.size > 0) {
             // Only a lock holder's line is overwritten, never a script or data.
@@ -310,7 +312,7 @@ std::error_code file_backend::attempt() noexcept {
             if (!holder_line) {
                 if (policy_.on_foreign == foreign_content::fail)
                     return fail({errc::foreign_content});
-                write = false;
+                write = removable_ = false;
             }
         }
         if (write) {

@@ -147,7 +147,7 @@ held_file file_backend::take() noexcept {
     h.ofd = policy_.backend == lock_backend::ofd;
     h.start = policy_.range.start;
     h.length = policy_.range.length;
-    h.remove = policy_.remove;
+    h.remove = removable_;
     h.slots = policy_.slots;
     h.slot = slot_;
     h.generation = fd_generation_;

@@ -143,6 +143,9 @@ private:
     native_handle_type fd_ = no_handle;
     bool fd_listed_ = false;  // since its open, closed by a forked child at the fork (open_fd)
     bool won_ = false;
+    // remove_on_release may remove the file won: it holds our line, or,
+    // for a lock that writes none, nothing (never a file judged foreign).
+    bool removable_ = false;
     unsigned slot_ = 0;                     // the slot won (slots > 1)
     unsigned long long dev_ = 0, ino_ = 0;  // of the file won
     // What never changes for fd_, taken at most once per descriptor: its
