@@ -87,6 +87,15 @@ TEST_CASE("inspect: a missing file is an error naming the path; nothing is creat
     }
 }
 
+TEST_CASE("inspect and read_holder read no content from a /proc file") {
+    // Reading some /proc files consumes what they hold (/proc/kmsg: each
+    // --status took about 1 KiB of the kernel log from its reader). Before,
+    // both read a /proc file's first bytes as a holder's content.
+    const fs::path p = "/proc/self/status";
+    CHECK(filelock::inspect(p).content.empty());
+    CHECK(filelock::read_holder(p).empty());
+}
+
 TEST_CASE("inspect: a free lock has no holder and no waiter; the stale line is not live") {
     scratch s;
     const auto p = s / "a.lock";

@@ -378,8 +378,15 @@ lock_identity identity_of(const held_file& h) noexcept {
 
 namespace file {
 
+bool content_readable(const ops& os, native_handle_type h, const file_info& f) noexcept {
+    long magic = 0;
+    return f.type == file_type::regular && !os.fs_type(h, f, magic) && !is_pseudo_filesystem(magic);
+}
+
 std::string read_holder_handle(const ops& os, native_handle_type h) noexcept {
     try {
+        file_info f;
+        if (os.info(h, f) || !content_readable(os, h, f)) return {};
         char buf[max_holder_bytes];
         const std::uint64_t at = os.holder_offset();
         std::size_t n = 0;

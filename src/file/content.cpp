@@ -101,6 +101,10 @@ bool is_pseudo_filesystem(long magic) noexcept {
         case 0x19800202UL:  // mqueue
         case 0x1cd1UL:      // devpts
         case 0x67596969UL:  // rpc_pipefs
+        case 0x6e667364UL:  // nfsd (writing /proc/fs/nfsd/threads sets the thread count)
+        case 0x07655821UL:  // resctrl
+        case 0xabba1974UL:  // xenfs
+        case 0x9fa1UL:      // openprom
         case 0x57ac6e9dUL:  // stack_end (never a file, listed for completeness)
             return true;
         default: return false;

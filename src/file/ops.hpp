@@ -117,6 +117,11 @@ const ops& platform_ops() noexcept;
 /// file held), unlocks (unless a forked child may share it), closes.
 FILELOCK_API void release_held(const ops& os, held_file& h) noexcept;
 
+/// Whether the content of `h`'s file, `f`, may be read: a regular file on a
+/// filesystem of files (reading some /proc files consumes what they hold:
+/// /proc/kmsg).
+bool content_readable(const ops& os, native_handle_type h, const file_info& f) noexcept;
+
 /// The holder's content read through `h` (bounded), or "".
 std::string read_holder_handle(const ops& os, native_handle_type h) noexcept;
 
