@@ -142,7 +142,11 @@ TEST_CASE("lock_file: the default template names the process that locks, a forke
 }
 
 TEST_CASE("lock_file: a malformed template is rejected before the file is touched") {
-    for (std::string bad : {"{", "}", "{pid", "{nope}", "a}b", "{}", "{pid}{"}) {
+    // The last three made lines with control bytes: before, they were
+    // written, and every later lock that writes a line failed on the file
+    // (foreign content).
+    for (std::string bad : {"{", "}", "{pid", "{nope}", "a}b", "{}", "{pid}{", "job\nname",
+                            "{pid}\t{hostname}", "\x1b[31m{pid}"}) {
         CAPTURE(bad);
         scratch s;
         const auto p = s / "a.lock";

@@ -204,7 +204,11 @@ struct lock_options {
     /// format). Fields: `{pid}`, `{hostname}`; `{{` and `}}` are literal
     /// braces. Anything else in braces is rejected (errc::invalid_template)
     /// before the file is touched, and so is a template longer than
-    /// template_string::max_size.
+    /// template_string::max_size, and one whose line would not read as a
+    /// holder's: with a control byte (newline, tab, ESC), or longer than
+    /// 1,024 bytes once expanded (`{hostname}` many times over). Such a
+    /// line would make every later lock that writes one fail on the file
+    /// (errc::foreign_content).
     template_string content_template = "{pid}";
 
     /// false: write nothing, as `simple_lock_file` does. A simple lock also

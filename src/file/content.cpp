@@ -58,6 +58,10 @@ std::error_code expand_content(std::string_view tmpl, std::string& out) {
         i = close;
     }
     result += '\n';
+    // A line that no holder could take for a holder's (control bytes, more
+    // than max_holder_bytes) would make every later lock that writes one
+    // fail on this file (errc::foreign_content): never written.
+    if (!is_holder_line(result)) return errc::invalid_template;
     out = std::move(result);
     return {};
 }

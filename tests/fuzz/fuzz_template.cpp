@@ -19,6 +19,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         return 0;
     }
     if (out.size() < 2 || out.front() != ' ' || out.back() != '\n') std::abort();
+    // Only a line that reads as a holder's is ever written.
+    if (!filelock::detail::is_holder_line(out)) std::abort();
     // Without braces the template is copied as it is.
     if (tmpl.find_first_of("{}") == std::string_view::npos && out != " " + std::string(tmpl) + "\n")
         std::abort();
