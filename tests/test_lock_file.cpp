@@ -163,6 +163,31 @@ TEST_CASE("lock_file: a malformed template is rejected before the file is touche
     }
 }
 
+TEST_CASE(
+    "lock_file: options whose enumerators name no value are rejected before the file is "
+    "touched") {
+    // Before, mode 7 took an exclusive lock writing nothing, backend 7 fell
+    // back to flock, on_foreign_content 7 acted as lock_without_content.
+    for (int which = 0; which < 3; ++which) {
+        CAPTURE(which);
+        scratch s;
+        const auto p = s / "a.lock";
+        lock_options o;
+        if (which == 0) o.mode = static_cast<filelock::lock_mode>(7);
+        if (which == 1) o.backend = static_cast<filelock::lock_backend>(7);
+        if (which == 2) o.on_foreign_content = static_cast<filelock::foreign_content>(7);
+        std::error_code ec;
+        auto l = filelock::try_lock(p, o, ec);
+        CHECK(ec == std::errc::invalid_argument);
+        CHECK(!l.is_locked());
+        CHECK(!fs::exists(p));
+        CHECK_THROWS_AS(lock_file(p, o), std::filesystem::filesystem_error);
+        l = filelock::lock(p, 1s, o, ec);
+        CHECK(ec == std::errc::invalid_argument);
+        CHECK(!fs::exists(p));
+    }
+}
+
 TEST_CASE("lock_file: the content is truncated after a longer previous one") {
     scratch s;
     const auto p = s / "a.lock";

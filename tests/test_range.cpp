@@ -164,6 +164,10 @@ TEST_CASE("range: a range with the flock backend is rejected before the file is 
     CHECK(ec == std::errc::invalid_argument);
     far = filelock::try_lock(p, range_opts(10, (std::uint64_t(1) << 63) - 9), ec);
     CHECK(ec == std::errc::invalid_argument);
+    // A length no off_t holds (before, it passed, and fcntl refused it once
+    // the file was made).
+    far = filelock::try_lock(p, range_opts(0, std::uint64_t(1) << 63), ec);
+    CHECK(ec == std::errc::invalid_argument);
     CHECK(!fs::exists(p));
     far = filelock::try_lock(p, range_opts(10, (std::uint64_t(1) << 63) - 10), ec);
     CHECK(!ec);  // its last byte is the largest offset, 2^63 - 1

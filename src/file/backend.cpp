@@ -55,6 +55,16 @@ static_assert(max_slots == 1024, "the message below names the maximum");
 
 // What makes the options unusable, before the file is touched.
 std::error_code check_range(const lock_options& o, const char*& call) noexcept {
+    // An enumerator that names none of its values (a cast, a newer header).
+    call = o.mode != lock_mode::exclusive && o.mode != lock_mode::shared
+               ? "lock_options::mode is neither exclusive nor shared"
+           : o.backend != lock_backend::flock && o.backend != lock_backend::ofd
+               ? "lock_options::backend is neither flock nor ofd"
+           : o.on_foreign_content != foreign_content::fail &&
+                   o.on_foreign_content != foreign_content::lock_without_content
+               ? "lock_options::on_foreign_content is neither fail nor lock_without_content"
+               : nullptr;
+    if (call) return std::make_error_code(std::errc::invalid_argument);
     if (o.slots != 1) {
         call = o.slots == 0 || o.slots > max_slots
                    ? "lock_options::slots must be from 1 to filelock::max_slots (1024)"
@@ -70,7 +80,9 @@ std::error_code check_range(const lock_options& o, const char*& call) noexcept {
         call = "lock_options::range needs lock_backend::ofd";
         return std::make_error_code(std::errc::invalid_argument);
     }
-    if (o.range.start > max_offset ||
+    // (fcntl's l_len is an off_t too: a length past max_offset cannot be
+    // asked for, whatever the start.)
+    if (o.range.start > max_offset || o.range.length > max_offset ||
         (o.range.length != 0 && o.range.length - 1 > max_offset - o.range.start)) {
         call = "lock_options::range past the largest file offset";
         return std::make_error_code(std::errc::invalid_argument);
