@@ -691,7 +691,8 @@ TEST_CASE("filelock-run: a lock file it may read but not write is locked without
               &err) == 0);
     CHECK(err.empty());
     CHECK(run(cmd({"--verbose", p.string(), "true"}), &err) == 0);
-    CHECK(err.find("not writable; locked without writing content") != std::string::npos);
+    CHECK(err.find("not writable (Permission denied); locked without writing content") !=
+          std::string::npos);
     CHECK(read_file(p).empty());
     {
         lock_file held(p, [] {
@@ -704,6 +705,22 @@ TEST_CASE("filelock-run: a lock file it may read but not write is locked without
     // Not even readable: the error, as flock(1).
     fs::permissions(p, fs::perms::none);
     if (!as_user.empty()) CHECK(run(cmd({p.string(), "true"}), &err) == 66);
+}
+
+TEST_CASE("filelock-run: content it cannot write (a file size limit) is left out, as flock(1)") {
+    // Before, a full disk, a quota, a size limit or an immutable file made
+    // it refuse (exit 73 or 66) where flock(1), which writes nothing, ran
+    // COMMAND. RLIMIT_FSIZE 0 (SIGXFSZ ignored) fails the write with EFBIG.
+    scratch s;
+    const auto p = s / "full.lock";
+    write_file(p, "");
+    const std::string limited = "ulimit -f 0; trap '' XFSZ; exec \"$0\" \"$@\"";
+    std::string err;
+    CHECK(run({"/bin/sh", "-c", limited, filelock_run_path(), "--verbose", p.string(), "sh", "-c",
+               "flock -n \"$0\" true && exit 3; exit 0", p.string()},
+              &err) == 0);
+    CHECK(err.find("locked without writing content") != std::string::npos);
+    CHECK(read_file(p).empty());
 }
 
 TEST_CASE("filelock-run: -u FILE COMMAND runs COMMAND at once, as flock(1)") {

@@ -235,6 +235,17 @@ bool may_write(const char* path) {
            filelock::detail::is_holder_line(std::string_view(buf, static_cast<std::size_t>(n)));
 }
 
+// Whether a lock that writes content failed where flock(1), which writes
+// nothing, still locks: the file cannot be written (no write access, a
+// read-only mount, an immutable or append-only file), or its content
+// cannot (a full disk or quota, a file size limit).
+bool content_unwritable(std::error_code ec) {
+    return ec == std::errc::permission_denied || ec == std::errc::read_only_file_system ||
+           ec == std::errc::operation_not_permitted || ec == std::errc::no_space_on_device ||
+           ec == std::errc::file_too_large ||
+           (ec.category() == std::system_category() && ec.value() == EDQUOT);
+}
+
 // Who holds the slots of `path`, as lock_error::holder() names them: the
 // pids of its holders, each once, "1234, 5678" ("" when none can be named).
 std::string slot_holders(const char* path) {
@@ -327,16 +338,17 @@ int main(int argc, char** argv) {
         options.write_content = false;
         held = filelock::lock(target, timeout, options, ec);
     }
-    if (options.write_content &&
-        (ec == std::errc::permission_denied || ec == std::errc::read_only_file_system) &&
-        ::access(target, R_OK) == 0) {
+    if (options.write_content && content_unwritable(ec) && ::access(target, R_OK) == 0) {
         // A file we may read but not write (root's 0644 lock file shared by
-        // users, a 0444 file, a read-only mount): flock(2) needs no write
-        // access, so lock it as flock(1) does, without content.
+        // users, a 0444 file, a read-only mount, an immutable or append-only
+        // file, a full disk or quota): flock(2) needs no write access, so
+        // lock it as flock(1) does, without content.
+        const std::string why = ec.message();
         options.write_content = false;
         held = filelock::lock(target, timeout, options, ec);
         if (!ec && verbose_note)
-            warn(std::string(target) + ": not writable; locked without writing content");
+            warn(std::string(target) + ": not writable (" + why +
+                 "); locked without writing content");
     }
     int dir_fd = -1;
     if (ec == std::errc::is_a_directory && options.slots > 1) {
