@@ -650,6 +650,24 @@ TEST_CASE("filelock-run: a signal sent to it alone still reaches COMMAND, once")
     }
 }
 
+TEST_CASE("filelock-run: a signal its caller ignores (nohup) is not forwarded, as flock(1)") {
+    // Before, a blocked signal that was ignored still came to sigwaitinfo,
+    // and was forwarded: under nohup, COMMAND got the HUP.
+    scratch s;
+    const auto p = s / "a.lock";
+    program wrapper({"/bin/sh", "-c", "trap '' HUP; exec \"$0\" \"$@\"", filelock_run_path(),
+                     p.string(), signal_counter(), "500", "HUP"});
+    REQUIRE(wrapper.read_line() == "up");
+    ::kill(wrapper.pid(), SIGHUP);       // sh exec'd filelock-run: its pid
+    std::this_thread::sleep_for(100ms);  // (a forwarded copy would be there by now)
+    const std::string pid = std::to_string(wrapper.pid());
+    const std::string kids = read_file("/proc/" + pid + "/task/" + pid + "/children");
+    REQUIRE(!kids.empty());
+    ::kill(std::stoi(kids), SIGHUP);  // COMMAND's own, which it handles
+    CHECK(wrapper.read_line() == "1");
+    CHECK(wrapper.wait() == 0);
+}
+
 TEST_CASE("filelock-run: killed with SIGTERM, it dies of SIGTERM when COMMAND does") {
     scratch s;
     const auto p = s / "a.lock";

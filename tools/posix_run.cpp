@@ -39,8 +39,15 @@ std::vector<char*> command_argv(const cli::command_line& cl) {
 sigset_t forwarded_signals() {
     sigset_t set;
     sigemptyset(&set);
-    for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGTSTP, SIGCHLD})
+    for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGTSTP}) {
+        // One the caller ignores (nohup, trap '' SIG, a background job's
+        // SIGINT) stays ignored, as it does for flock(1): never taken nor
+        // forwarded, and COMMAND inherits it ignored.
+        struct sigaction now {};
+        if (::sigaction(sig, nullptr, &now) == 0 && now.sa_handler == SIG_IGN) continue;
         sigaddset(&set, sig);
+    }
+    sigaddset(&set, SIGCHLD);
     return set;
 }
 
