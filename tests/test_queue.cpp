@@ -853,6 +853,24 @@ TEST_CASE(
     CHECK(lines_of(f.out) == want);
 }
 
+TEST_CASE(
+    "queue: behind a head that makes no attempt, a waiter takes a free lock at its "
+    "deadline") {
+    // Before, a waiter whose deadline came before the stall limit (2 s)
+    // timed out on the free lock: only the head, or the stall rule, let it
+    // attempt.
+    flock_held f;
+    process_queue head;  // lines up first, then never attempts (a stalled event loop)
+    line_up(head, f.p, steady::now());
+    REQUIRE(head.ticket() == 1);
+    f.waiters.emplace_back(waiter(f.p, f.out, "1", "1"));
+    REQUIRE(queued(f.p, 2));
+    f.holder.close_stdin();
+    CHECK(f.holder.wait() == 0);
+    CHECK(f.waiters[0].wait() == 0);
+    CHECK(lines_of(f.out) == std::vector<std::string>{"1"});
+}
+
 TEST_CASE("queue: five filelock-run started 0.3 s apart while flock(1) holds, several times",
           "[.long]") {
     for (int round = 0; round < 4; ++round) {

@@ -201,13 +201,16 @@ std::error_code file_backend::try_acquire() noexcept {
     }
     if (won_) return {};
     failed_call_ = nullptr;
+    const bool last = std::exchange(at_deadline_, false);
     if (!policy_.order) return attempt();
-    // Behind an earlier waiter of another process: its turn, not ours.
+    // Behind an earlier waiter of another process: its turn, not ours
+    // (unless this is the wait's last attempt: a stalled head, a stopped
+    // writer, does not make it time out on a free lock).
     const auto now = clock::now();
-    if (!order_.may_attempt(now)) return errc::locked;
+    if (!last && !order_.may_attempt(now)) return errc::locked;
     // Slot waiters line up as readers do: the holders hold the file shared.
     const bool reader = policy_.mode == lock_mode::shared || policy_.slots > 1;
-    if (reader && order_.writer_waits(path_)) {
+    if (!last && reader && order_.writer_waits(path_)) {
         // A writer waits: a reader does not attempt (it would get in while
         // readers hold the lock, and starve the writer) but counts it as
         // contention, and lines up behind it at the second.

@@ -52,6 +52,10 @@
 //                                      // (it comes, never a mere release):
 //                                      // when to attempt again, instead of
 //                                      // the backoff and its quick retries
+//     void at_deadline();              // the next try_acquire is a timed
+//                                      // wait's last: made whatever its
+//                                      // place among other processes'
+//                                      // waiters (the file backend)
 //
 // Time comes in with the input: tests drive the machine with a fake clock
 // and a scripted backend (tests/test_acquire.cpp).
@@ -264,6 +268,11 @@ private:
         if (want_watch_ && contended_ && watch_ == watch_state::none)
             return {action::kind::watch, {}, {}, false};
         ++attempts_;
+        // A wait's last attempt is made on the lock, not only on a queue's
+        // say-so: a waiter never times out on a free lock because of another
+        // waiter's place (a single attempt keeps the queue's answer).
+        if constexpr (requires(Backend & b) { b.at_deadline(); })
+            if (!single_attempt() && expired(now)) backend_.at_deadline();
         return attempted(backend_.try_acquire(), now);
     }
 

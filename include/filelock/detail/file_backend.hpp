@@ -70,6 +70,9 @@ public:
     std::error_code on_reply(std::error_code) noexcept { return errc::locked; }
     /// Gives a won lock back (a cancellation came before it was handed over).
     void release_won() noexcept { unlock_and_close(); }
+    /// The next attempt is a timed wait's last: made on the lock whatever
+    /// the cross-process queue says (see acquire::attempt).
+    void at_deadline() noexcept { at_deadline_ = true; }
     /// The lock's identity: the open file's device and inode (or those of the
     /// file the path names now, before the first open), and the backend.
     bool identity(lock_identity& id) const noexcept;
@@ -146,6 +149,7 @@ private:
     // remove_on_release may remove the file won: it holds our line, or,
     // for a lock that writes none, nothing (never a file judged foreign).
     bool removable_ = false;
+    bool at_deadline_ = false;              // see at_deadline()
     unsigned slot_ = 0;                     // the slot won (slots > 1)
     unsigned long long dev_ = 0, ino_ = 0;  // of the file won
     // What never changes for fd_, taken at most once per descriptor: its

@@ -23,14 +23,14 @@
 // that sees the same head unchanged for `stall_limit` (and still
 // `confirm_stall` later) attempts too (then once per stall_limit), so nobody
 // waits on a free lock for longer than that because of a head that does not
-// progress. A waiter whose process is stopped (SIGSTOP, ^Z, a debugger: state
-// T or t in /proc/PID/stat, the PID its doorbell's listener, SO_PEERCRED) is
-// passed at once: the waiter behind it waits for the nearest one before it
-// whose process runs, and when none before it runs (the head and everyone
-// up to it stopped) attempts beside them on the lock file's releases, for as
-// long as they stay stopped. So stopped waiters, however many at the front,
-// neither make every handoff behind them wait a stall nor keep the others
-// off a free lock.
+// progress (and a timed wait's last attempt, at its deadline, is made on the
+// lock whatever the queue says: see acquire::attempt). A waiter whose process
+// is stopped (SIGSTOP, ^Z, a debugger: state T or t in /proc/PID/stat, the
+// PID its doorbell's listener, SO_PEERCRED) is passed at once: the waiter behind it waits for the
+// nearest one before it whose process runs, and when none before it runs (the head and everyone up
+// to it stopped) attempts beside them on the lock file's releases, for as long as they stay
+// stopped. So stopped waiters, however many at the front, neither make every handoff behind them
+// wait a stall nor keep the others off a free lock.
 //
 // A release wakes the head, not every waiting process: only the head
 // watches the lock file. Every ticket comes with a doorbell, a listening
