@@ -342,6 +342,20 @@ TEST_CASE("filelock-run --start K --length 1 and F_OFD_SETLK exclude each other 
         CHECK(run({tool, "-n", "--start", "4", "--length", "1", p, "true"}) == 0);
         CHECK(run({tool, "-n", "--start", "0", "--length", "3", p, "true"}) == 0);
         CHECK(run({tool, "-n", "--start", "2", "--length", "0", p, "true"}) == 1);  // to EOF
+        // util-linux's strtosize: any base, suffixes, fractions. Before,
+        // base 10 only: 03 was 3 (here, too), 0x3 and 0.5K were refused.
+        CHECK(run({tool, "-n", "--start", "0x3", "--length", "1", p, "true"}) == 1);
+        CHECK(run({tool, "-n", "--start", "03", "--length", "1", p, "true"}) == 1);
+        CHECK(run({tool, "-n", "--start", "010", "--length", "1", p, "true"}) == 0);   // 8
+        CHECK(run({tool, "-n", "--start", "0", "--length", "0.5K", p, "true"}) == 1);  // 512
+        CHECK(run({tool, "-n", "--start", "1KiB", "--length", "1KB", p, "true"}) == 0);
+        std::string err;
+        CHECK(run({tool, "--start", "1.5", p, "true"}, &err) == 64);
+        CHECK(err == "filelock-run: invalid as start offset: '1.5'\n");
+        CHECK(run({tool, "--length", "99999999999999999999", p, "true"}, &err) == 64);
+        CHECK(err ==
+              "filelock-run: invalid as length of lock range: '99999999999999999999': Numerical "
+              "result out of range\n");
     }
     // filelock-run holding byte 3: F_OFD_SETLK on byte 3 fails, on 4 works.
     program holder(

@@ -10,7 +10,9 @@
 
 #include <filelock/version.hpp>
 
+#include <cctype>
 #include <cerrno>
+#include <cinttypes>
 #include <climits>
 #include <cmath>
 #include <cstdio>
@@ -211,33 +213,91 @@ bool parse_seconds(const char* text, double& seconds) {
     return errno == 0 && end != text && *end == '\0' && std::isfinite(seconds) && seconds >= 0;
 }
 
-// A size as util-linux's strtosize reads it: digits with an optional binary
-// suffix (K, M, G, T, KiB, ..., or KB, MB, ... for powers of 1000).
-bool parse_size(const char* text, std::uint64_t& out) {
-    if (!*text || *text == '-' || *text == '+') return false;
+// A size as util-linux's strtosize (ul_parse_size) reads it: a number in
+// any base strtoumax(..., 0) reads (010 is 8, 0x10 is 16), with an optional
+// suffix K, M, G, T, P, E, Z, Y (or k, m, ...), alone or with iB (powers of
+// 1024) or B (powers of 1000), and a fraction before it ("1.5K"). 0 or
+// -errno (-EINVAL: not a size; -ERANGE: too large).
+int parse_size(const char* text, std::uint64_t& out) {
+    out = 0;
+    if (!text || !*text) return -EINVAL;
+    const char* p = text;
+    while (std::isspace(static_cast<unsigned char>(*p))) ++p;
+    if (*p == '-') return -EINVAL;
     char* end = nullptr;
     errno = 0;
-    const unsigned long long v = std::strtoull(text, &end, 10);
-    if (errno != 0 || end == text) return false;
-    const std::string_view suffix(end);
-    if (suffix.empty()) return out = v, true;
-    static const char units[] = "KMGTPE";
-    const char* u = std::strchr(units, suffix[0] & ~0x20);
-    if (!u || suffix[0] == '\0') return false;
-    const std::string_view rest = suffix.substr(1);
+    std::uintmax_t x = std::strtoumax(text, &end, 0);
+    if (end == text || (errno != 0 && (x == UINTMAX_MAX || x == 0)))
+        return errno ? -errno : -EINVAL;
+    if (!*end) return out = x, 0;
+    p = end;
+    std::uintmax_t frac = 0;
+    int frac_zeros = 0;
     unsigned base = 1024;
-    if (rest == "B" || rest == "b")
-        base = 1000;
-    else if (!(rest.empty() || rest == "iB" || rest == "ib"))
-        return false;
-    unsigned long long mult = 1;
-    for (const char* p = units; p <= u; ++p) {
-        if (mult > ULLONG_MAX / base) return false;
-        mult *= base;
+    for (;;) {
+        if (p[1] == 'i' && (p[2] == 'B' || p[2] == 'b') && !p[3]) {
+            base = 1024;
+        } else if ((p[1] == 'B' || p[1] == 'b') && !p[2]) {
+            base = 1000;
+        } else if (p[1]) {
+            // A fraction ("1.5K"), once: its digits, then the suffix.
+            if (frac != 0 || *p != '.') return -EINVAL;
+            const char* f = p + 1;
+            for (p = f; *p == '0'; ++p) ++frac_zeros;
+            f = p;
+            if (std::isdigit(static_cast<unsigned char>(*f))) {
+                errno = 0;
+                frac = std::strtoumax(f, &end, 0);
+                if (end == f || (errno != 0 && (frac == UINTMAX_MAX || frac == 0)))
+                    return errno ? -errno : -EINVAL;
+            } else {
+                end = const_cast<char*>(p);
+            }
+            if (!*end) return -EINVAL;  // a fraction without a suffix
+            p = end;
+            continue;
+        }
+        break;
     }
-    if (v > ULLONG_MAX / mult) return false;
-    out = v * mult;
-    return true;
+    static const char upper[] = "KMGTPEZY", lower[] = "kmgtpezy";
+    const char* u = std::strchr(upper, *p);
+    const char* l = u ? nullptr : std::strchr(lower, *p);
+    if (!*p || (!u && !l)) return -EINVAL;
+    const int power = static_cast<int>(u ? u - upper : l - lower) + 1;
+    const auto scale = [&](std::uintmax_t& v) {
+        for (int i = 0; i < power; ++i) {
+            if (v > UINTMAX_MAX / base) return false;
+            v *= base;
+        }
+        return true;
+    };
+    if (!scale(x)) return -ERANGE;
+    if (frac != 0) {
+        std::uintmax_t frac_div = 10, frac_poz = 1, frac_base = 1;
+        if (!scale(frac_base)) return -ERANGE;
+        while (frac_div < frac) {
+            if (frac_div <= UINTMAX_MAX / 10)
+                frac_div *= 10;
+            else
+                frac /= 10;
+        }
+        for (int i = 0; i < frac_zeros; ++i) {
+            if (frac_div <= UINTMAX_MAX / 10)
+                frac_div *= 10;
+            else
+                frac /= 10;
+        }
+        // From the last digit back, what each stands for in frac_base.
+        do {
+            const unsigned seg = static_cast<unsigned>(frac % 10);
+            const std::uintmax_t seg_div = frac_div / frac_poz;
+            frac /= 10;
+            frac_poz *= 10;
+            if (seg && seg_div / seg) x += frac_base / (seg_div / seg);
+        } while (frac);
+    }
+    out = x;
+    return 0;
 }
 
 void apply_timeout(command_line& out, const char* arg) {
@@ -322,11 +382,14 @@ std::optional<int> apply(command_line& out, opt_id id, const char* arg) {
         case o_fcntl: out.fcntl = true; break;
         case o_start:
         case o_length:
-            if (!parse_size(arg, id == o_start ? out.start : out.length) ||
-                (id == o_start ? out.start : out.length) > std::uint64_t(INT64_MAX))
-                usage_error(std::string(id == o_start ? "invalid start offset: '"
-                                                      : "invalid range length: '") +
-                            arg + "'");
+            if (const int rc = parse_size(arg, id == o_start ? out.start : out.length);
+                rc != 0 || (id == o_start ? out.start : out.length) > std::uint64_t(INT64_MAX))
+                // As util-linux's strtosize_or_err says it (no "Try" line).
+                usage_fail(std::string(id == o_start ? "invalid as start offset: '"
+                                                     : "invalid as length of lock range: '") +
+                           arg + "'" +
+                           (rc != 0 && rc != -EINVAL ? ": " + std::string(std::strerror(-rc))
+                                                     : std::string()));
             out.fcntl = out.range_given = true;
             break;
         case o_fd:
