@@ -137,8 +137,7 @@ const long_option long_options[] = {
     {"shared", false, o_shared, flock_always},
     {"exclusive", false, o_exclusive, flock_always},
     {"unlock", false, o_unlock, flock_always},
-    {"nonblocking", false, o_nonblock, flock_now},
-    {"nonblock", false, o_nonblock, flock_always},  // 2.38's name
+    {"nonblocking", false, o_nonblock, flock_always},  // (2.38's --help says --nonblock)
     {"nb", false, o_nonblock, flock_always},
     {"timeout", true, o_timeout, flock_always},
     {"wait", true, o_timeout, flock_always},
@@ -305,7 +304,9 @@ void apply_timeout(command_line& out, const char* arg) {
     double seconds = 0;
     if (!parse_seconds(arg, seconds))
         usage_fail(std::string("invalid timeout value: '") + arg + "'");
-    if (seconds == 0) out.nonblock = true;  // -w 0 is -n, as in flock(1)
+    // -w 0 is -n, as in flock(1), and so is any timeout under a
+    // microsecond (its timeval is zero there).
+    if (seconds < 1e-6) out.nonblock = true;
     out.timeout = seconds >= 1e9 ? filelock::wait_forever
                                  : duration_cast<nanoseconds>(duration<double>(seconds));
 }
@@ -349,6 +350,21 @@ std::string printable(std::string_view s) {
     return out;
 }
 
+int parse_s32(const char* text, long& out) {
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(text, &end, 10);
+    if (errno == ERANGE || (end != text && *end == '\0' && (v < INT32_MIN || v > INT32_MAX)))
+        return -ERANGE;
+    if (errno != 0 || end == text || *end != '\0') return -EINVAL;
+    out = static_cast<long>(v);
+    return 0;
+}
+
+std::string errno_suffix(int rc) {
+    return rc == -ERANGE ? std::string(": ") + std::strerror(ERANGE) : std::string();
+}
+
 bool parse_int(const char* text, long lo, long hi, int& out) {
     char* end = nullptr;
     errno = 0;
@@ -369,10 +385,15 @@ std::optional<int> apply(command_line& out, opt_id id, const char* arg) {
         case o_unlock: out.unlock = true; break;
         case o_nonblock: out.nonblock = true; break;
         case o_timeout: apply_timeout(out, arg); break;
-        case o_conflict:
-            if (!parse_int(arg, 0, 255, out.conflict_code))
-                usage_fail("exit code out of range (expected 0 to 255)");
+        case o_conflict: {
+            // As util-linux reads it: a 32-bit number first, then the range.
+            long v = 0;
+            if (const int rc = parse_s32(arg, v); rc != 0)
+                usage_fail(std::string("invalid exit code: '") + arg + "'" + errno_suffix(rc));
+            if (v < 0 || v > 255) usage_fail("exit code out of range (expected 0 to 255)");
+            out.conflict_code = static_cast<int>(v);
             break;
+        }
         case o_close: out.close_fd = true; break;
         case o_no_fork: out.no_fork = true; break;
         case o_verbose: out.verbose = true; break;
@@ -464,6 +485,10 @@ std::optional<int> read_short_options(const char* a, int argc, char** argv, int&
         const short_option* o = nullptr;
         for (const auto& s : short_options)
             if (s.letter == *p) o = &s;
+        if (!o && *p == '?') {  // in flock(1)'s optstring: its usage hint alone
+            std::fprintf(stderr, "Try '%s --help' for more information.\n", program_name());
+            std::exit(ex_usage);
+        }
         if (!o) usage_error(std::string("invalid option -- '") + *p + "'");
         const char* arg = nullptr;
         if (o->has_arg) {
@@ -487,7 +512,7 @@ void read_operands(int argc, char** argv, int i, bool command_option, command_li
     if (command_option) {
         if (argc != i + 1)
             usage_fail(std::string(argv[i - 1]) + " requires exactly one command argument");
-        if (out.fd < 0) usage_error("missing file descriptor, file or directory");
+        if (out.fd < 0) usage_fail("missing file descriptor, file or directory");
         out.shell_command = argv[i];
         return;
     }
@@ -496,7 +521,7 @@ void read_operands(int argc, char** argv, int i, bool command_option, command_li
         out.command.assign(argv + i, argv + argc);
         return;
     }
-    if (i >= argc) usage_error("missing file descriptor, file or directory");
+    if (i >= argc) usage_fail("missing file descriptor, file or directory");
     out.target = argv[i];
     // The command: the rest of the line, or -c STRING through the shell.
     if (argc > i + 1) {

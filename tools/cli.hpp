@@ -77,6 +77,12 @@ void warn(const std::string& msg);
 std::string printable(std::string_view s);
 
 bool parse_int(const char* text, long lo, long hi, int& out);
+/// A 32-bit number as util-linux's strtos32_or_err reads it: 0, or -EINVAL
+/// (not a number) or -ERANGE (out of range).
+int parse_s32(const char* text, long& out);
+/// What util-linux's messages add for `rc` (": Numerical result out of
+/// range" for -ERANGE, nothing else).
+std::string errno_suffix(int rc);
 
 /// A conflict (nonblocking, or timed out), as flock(1) reports it: nothing
 /// without --verbose; with it, flock(1)'s line and then what we know of the

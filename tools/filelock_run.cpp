@@ -296,10 +296,12 @@ int main(int argc, char** argv) {
 
     // The file descriptor form: `( filelock-run -n 9 || exit 1; ... ) 9>FILE`.
     if (command.empty()) {
-        int fd = -1;
-        if (!parse_int(target, 0, 1 << 30, fd))
-            usage_fail(std::string("bad file descriptor: '") + target + "'");
-        return descriptor_form(cl, fd, nullptr);
+        // As util-linux reads it (a 32-bit number); a number no descriptor
+        // has fails in flock(2), as there (65, "N: Bad file descriptor").
+        long fd = -1;
+        if (const int rc = parse_s32(target, fd); rc != 0 || fd < 0)
+            usage_fail(std::string("bad file descriptor: '") + target + "'" + errno_suffix(rc));
+        return descriptor_form(cl, static_cast<int>(fd), nullptr);
     }
 
     const auto started = steady_clock::now();
