@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <fcntl.h>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -816,6 +817,29 @@ TEST_CASE("queue: a stopped head does not keep the others off a free lock") {
     ::kill(first.pid, SIGCONT);
     CHECK(first.wait() == 0);
     CHECK(lines_of(out) == std::vector<std::string>{"2", "1"});
+}
+
+TEST_CASE_METHOD(queue_test,
+                 "queue: past more stopped waiters than a few, each is asked its process once") {
+    // Before, a waiter remembered 8 processes: past 9 stopped ones it asked
+    // them all again at every look, connecting to each doorbell (retarget:
+    // the driver attempted again at once), and spun until the doorbells
+    // were full (then it took one for running, and waited on a free lock).
+    std::vector<std::unique_ptr<queued_process>> ahead;
+    for (std::uint64_t t = 1; t <= 23; t += 2) {
+        ahead.push_back(std::make_unique<queued_process>(p, t));
+        ahead.back()->stop();
+    }
+    process_queue last;
+    line_up(last, p, t0);
+    REQUIRE(last.ticket() == 25);
+    CHECK(last.may_attempt(t0));  // nobody before it runs
+    (void)last.retarget();
+    for (int look = 1; look <= 3; ++look) {
+        CHECK(last.may_attempt(t0 + look * 1ms));
+        CHECK_FALSE(last.retarget());  // no doorbell connected to again
+    }
+    CHECK(last.turn_handle() == -1);
 }
 
 TEST_CASE(

@@ -18,6 +18,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdio>
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -67,8 +68,8 @@ void live_tickets::move(process_queue& to, process_queue& from) noexcept {
     to.turn_ = std::exchange(from.turn_, -1);
     to.behind_ = std::exchange(from.behind_, 0);
     to.behind_pid_ = std::exchange(from.behind_pid_, 0);
-    std::copy(std::begin(from.known_), std::end(from.known_), std::begin(to.known_));
-    to.known_next_ = from.known_next_;
+    to.known_ = std::move(from.known_);
+    from.known_.clear();
     to.retarget_ = std::exchange(from.retarget_, false);
     to.dev_ = from.dev_;
     to.ino_ = from.ino_;
@@ -213,6 +214,11 @@ int listener_pid(int conn) noexcept {
 
 }  // namespace
 
+// Registered at load, not at the first registration: glibc does not run a
+// child handler registered while another thread's fork() runs its prepare
+// handlers, and that child would keep the tickets (as fork_closed does).
+[[maybe_unused]] const bool live_tickets_ready = (live_tickets::get(), true);
+
 live_tickets& live_tickets::get() noexcept {
     static live_tickets* t = [] {
         auto* made = new live_tickets;  // never destroyed: a lock released during exit uses it
@@ -254,8 +260,12 @@ void process_queue::wait_behind(std::uint64_t predecessor) noexcept {
     behind_ = predecessor;
     if (predecessor != 0) turn_ = ring_of(dev_, ino_, predecessor);
     behind_pid_ = listener_pid(turn_);
-    if (behind_pid_ > 0 && !known(predecessor))
-        known_[known_next_++ % std::size(known_)] = {predecessor, behind_pid_};
+    if (behind_pid_ > 0 && !known(predecessor)) {
+        try {
+            known_.push_back({predecessor, behind_pid_});
+        } catch (...) {  // out of memory: asked again at the next look
+        }
+    }
     // Waiting for a turn, or for the file after one: the driver watches anew.
     if (was_turn || turn_ >= 0) retarget_ = true;
 }
@@ -282,9 +292,20 @@ void process_queue::close_listed() noexcept {
 
 namespace {
 
+// Whether a /proc stat line ("PID (COMM) STATE ...") says stopped: T or t.
+// COMM (at most 16 bytes) may hold spaces and parentheses, no field after
+// it does.
+bool stopped_state(const char* buf, ::ssize_t n) noexcept {
+    const char* paren = nullptr;
+    for (::ssize_t i = 0; i < n; ++i)
+        if (buf[i] == ')') paren = buf + i;
+    if (paren == nullptr || buf + n - paren < 3) return false;
+    return paren[2] == 'T' || paren[2] == 't';
+}
+
 // Whether process `pid` is stopped (SIGSTOP, ^Z, a debugger): state T or t
-// in /proc/PID/stat. Unknown is not stopped. Read with the registry's mutex
-// held, so that no child forked meanwhile keeps the descriptor.
+// in /proc/PID/stat, and in each of its threads'. Unknown is not stopped. Read with the registry's
+// mutex held, so that no child forked meanwhile keeps the descriptor.
 bool stopped(int pid) noexcept {
     if (pid <= 0) return false;
     char path[32];
@@ -301,13 +322,31 @@ bool stopped(int pid) noexcept {
         while (n == -1 && errno == EINTR);
         ::close(fd);
     }
-    // "PID (COMM) STATE ...": COMM (at most 16 bytes) may hold spaces and
-    // parentheses, no field after it does.
-    const char* paren = nullptr;
-    for (::ssize_t i = 0; i < n; ++i)
-        if (buf[i] == ')') paren = buf + i;
-    if (paren == nullptr || buf + n - paren < 3) return false;
-    return paren[2] == 'T' || paren[2] == 't';
+    if (!stopped_state(buf, n)) return false;
+    // The main thread is stopped: so is the process only if every thread
+    // is (a debugger may stop one thread while the waiting one runs).
+    char dir_path[32];
+    std::snprintf(dir_path, sizeof dir_path, "/proc/%d/task", pid);
+    std::lock_guard<std::mutex> g(live_tickets::get().mutex);
+    DIR* dir = ::opendir(dir_path);
+    if (dir == nullptr) return true;
+    bool all = true;
+    while (const ::dirent* e = ::readdir(dir)) {
+        if (e->d_name[0] == '.') continue;
+        char task[sizeof dir_path + sizeof e->d_name + 8];
+        std::snprintf(task, sizeof task, "%s/%s/stat", dir_path, e->d_name);
+        const int fd = ::open(task, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0) continue;  // ended meanwhile
+        do n = ::read(fd, buf, sizeof buf);
+        while (n == -1 && errno == EINTR);
+        ::close(fd);
+        if (n > 0 && !stopped_state(buf, n)) {
+            all = false;
+            break;
+        }
+    }
+    ::closedir(dir);
+    return all;
 }
 
 }  // namespace

@@ -83,6 +83,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <utility>
+#include <vector>
 
 namespace filelock::detail {
 
@@ -156,7 +157,7 @@ private:
         contentions_ = 0;
         beat_ = false;
         head_known_ = false;
-        for (auto& k : known_) k = {};
+        known_.clear();
     }
 
     int fd_ = -1;
@@ -165,13 +166,14 @@ private:
     std::uint64_t behind_ = 0;  // the predecessor turn_ is for (0: none)
     int behind_pid_ = 0;        // the process listening on its doorbell (0: unknown)
     // The processes of tickets before ours, as their doorbells told (a
-    // ticket below ours is never taken again while ours is held).
+    // ticket below ours is never taken again while ours is held), each asked
+    // once however many there are: a walk past stopped waiters that forgot
+    // some would connect to them again at every look.
     struct known_pid {
         std::uint64_t ticket = 0;
         int pid = 0;
     };
-    known_pid known_[8];
-    unsigned known_next_ = 0;
+    std::vector<known_pid> known_;
     bool retarget_ = false;
     unsigned long long dev_ = 0, ino_ = 0;  // of the queue file (the doorbells' names)
     std::uint64_t ticket_ = 0;
