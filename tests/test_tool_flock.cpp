@@ -155,6 +155,21 @@ TEST_CASE("filelock-run as flock(1): spellings and outcomes, status, stdout and 
         // -u with a command: a harmless unlock, then the command
         {{"-u", "FILE", "true"}, H, 0, "", "", true},
         {{"--u", "FILE", "echo", "ran"}, H, 0, "ran\n", "", true},
+        // ... with the descriptor of FILE (-o: without)
+        {{"-u", "FILE", "sh", "-c",
+          "for f in /proc/$$/fd/*; do readlink $f; done | grep -c '^FILE$'"},
+         N,
+         0,
+         "1\n",
+         "",
+         true},
+        {{"-o", "-u", "FILE", "sh", "-c",
+          "for f in /proc/$$/fd/*; do readlink $f; done | grep -c '^FILE$'"},
+         N,
+         1,
+         "0\n",
+         "",
+         true},
         // conflict and timeout: silent, the status says it
         {{"-n", "FILE", "true"}, H, 1, "", "", true},
         {{"-n", "-E", "9", "FILE", "true"}, H, 9, "", "", true},
@@ -351,6 +366,24 @@ TEST_CASE("filelock-run names itself as invoked") {
     fs::create_symlink(filelock_run_path(), other);
     const output renamed = run_both({other, "--verbose", p, "true"});
     CHECK(renamed.out == "locker: getting lock took <n> seconds\nlocker: executing true\n");
+}
+
+TEST_CASE("filelock-run as flock(1): a write error on its standard output is one (status 1)") {
+    // util-linux's close_stdout at exit. Before, --version to /dev/full
+    // exited 0, and --verbose's COMMAND's status was kept.
+    scratch s;
+    const auto p = (s / "a.lock").string();
+    const auto tool = filelock_run_path();
+    for (const std::string& prog : {std::string("/usr/bin/flock"), tool}) {
+        CAPTURE(prog);
+        std::string err;
+        CHECK(run({"/bin/sh", "-c", "exec \"$0\" --version >/dev/full", prog}, &err) == 1);
+        CHECK(err.find("write error: No space left on device\n") != std::string::npos);
+        CHECK(run({"/bin/sh", "-c", "exec \"$0\" --verbose \"$1\" sh -c 'exit 3' >/dev/full", prog,
+                   p},
+                  &err) == 1);
+        CHECK(err.find("write error: No space left on device\n") != std::string::npos);
+    }
 }
 
 TEST_CASE("filelock-run --start K --length 1 and F_OFD_SETLK exclude each other on one byte") {

@@ -332,6 +332,27 @@ const char* program_name() noexcept { return name_storage.c_str(); }
 
 void warn(const std::string& msg) { std::fprintf(stderr, "%s: %s\n", program_name(), msg.c_str()); }
 
+namespace {
+// Why a flush of standard output failed before the exit (0: none did).
+int stdout_error = 0;
+void flush_stdout() noexcept {
+    errno = 0;
+    if (std::fflush(stdout) != 0 && stdout_error == 0) stdout_error = errno;
+}
+}  // namespace
+
+void close_stdout() noexcept {
+    errno = 0;
+    const bool failed = std::ferror(stdout) != 0;
+    if ((std::fflush(stdout) != 0 || failed) && errno != EPIPE && stdout_error != EPIPE) {
+        const int err = errno ? errno : stdout_error;
+        std::fprintf(stderr, "%s: write error%s%s\n", program_name(), err ? ": " : "",
+                     err ? std::strerror(err) : "");
+        std::_Exit(1);
+    }
+    if (std::fflush(stderr) != 0) std::_Exit(1);
+}
+
 [[noreturn]] void usage_error(const std::string& msg) {
     // No positional arguments (%1$s): Windows' printf lacks them.
     std::fprintf(stderr, "%s: %s\nTry '%s --help' for more information.\n", program_name(),
@@ -581,13 +602,13 @@ void report_took(const command_line& cl, std::chrono::steady_clock::time_point s
     const auto us = duration_cast<microseconds>(steady_clock::now() - started).count();
     std::printf("%s: getting lock took %lld.%06lld seconds\n", program_name(),
                 static_cast<long long>(us / 1000000), static_cast<long long>(us % 1000000));
-    std::fflush(stdout);
+    flush_stdout();
 }
 
 void report_executing(const command_line& cl, const char* command) {
     if (!cl.verbose) return;
     std::printf("%s: executing %s\n", program_name(), command);
-    std::fflush(stdout);
+    flush_stdout();
 }
 
 }  // namespace cli

@@ -72,6 +72,10 @@ std::optional<int> parse(int argc, char** argv, command_line& out);
 [[noreturn]] void usage_fail(const std::string& msg);
 /// Prints "NAME: MSG" to stderr.
 void warn(const std::string& msg);
+/// util-linux's close_stdout, for std::atexit: a write error on standard
+/// output (a full disk, /dev/full) is reported ("write error: ...") and the
+/// exit status becomes 1, as flock(1)'s does.
+void close_stdout() noexcept;
 
 /// The holder's content, printable whatever bytes it has.
 std::string printable(std::string_view s);

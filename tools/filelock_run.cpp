@@ -266,6 +266,7 @@ std::string slot_holders(const char* path) {
 int main(int argc, char** argv) {
     using namespace std::chrono;
     set_program_name(argv[0]);
+    std::atexit(close_stdout);
     command_line cl;
     if (auto status = parse(argc, argv, cl)) return *status;
     filelock::lock_options& options = cl.options;
@@ -317,7 +318,8 @@ int main(int argc, char** argv) {
             warn(std::string("cannot open lock file ") + target + ": " + ec.message());
             return open_failure_status(ec);
         }
-        const int status = run(cl, command.data(), -1);
+        // COMMAND inherits the descriptor, as flock(1)'s does (-o: not).
+        const int status = run(cl, command.data(), dir_fd);
         ::close(dir_fd);
         return status;
     }
