@@ -535,6 +535,12 @@ TEST_CASE("queue: a reader that comes after a waiting writer waits for it, thoug
     REQUIRE(st.waiters.size() >= 2);
     CHECK(st.waiters[0].kind == filelock::lock_kind::exclusive);
     CHECK(st.waiters[1].kind == filelock::lock_kind::shared);
+    // A timed reader's last attempt keeps the queue's answer too: at its
+    // deadline it does not get in beside the holder, ahead of the writer.
+    std::string err;
+    CHECK(run({filelock_run_path(), "-s", "-w", "0.3", p.string(), "sh", "-c",
+               "echo late >> '" + out.string() + "'"},
+              &err) == 1);
     holding.close();
     CHECK(writer.wait() == 0);
     CHECK(reader.wait() == 0);

@@ -201,16 +201,18 @@ std::error_code file_backend::try_acquire() noexcept {
     }
     if (won_) return {};
     failed_call_ = nullptr;
-    const bool last = std::exchange(at_deadline_, false);
-    if (!policy_.order) return attempt();
-    // Behind an earlier waiter of another process: its turn, not ours
-    // (unless this is the wait's last attempt: a stalled head, a stopped
-    // writer, does not make it time out on a free lock).
-    const auto now = clock::now();
-    if (!last && !order_.may_attempt(now)) return errc::locked;
     // Slot waiters line up as readers do: the holders hold the file shared.
     const bool reader = policy_.mode == lock_mode::shared || policy_.slots > 1;
-    if (!last && reader && order_.writer_waits(path_)) {
+    // An exclusive wait's last attempt is made on the lock whatever the
+    // queue says: it wins only a free lock, which a stalled head left free.
+    // A reader's is not (it would get in beside other readers, and starve
+    // the writer the queue keeps it behind).
+    const bool last = std::exchange(at_deadline_, false) && !reader;
+    if (!policy_.order) return attempt();
+    // Behind an earlier waiter of another process: its turn, not ours.
+    const auto now = clock::now();
+    if (!last && !order_.may_attempt(now)) return errc::locked;
+    if (reader && order_.writer_waits(path_)) {
         // A writer waits: a reader does not attempt (it would get in while
         // readers hold the lock, and starve the writer) but counts it as
         // contention, and lines up behind it at the second.

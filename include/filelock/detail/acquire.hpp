@@ -53,9 +53,9 @@
 //                                      // when to attempt again, instead of
 //                                      // the backoff and its quick retries
 //     void at_deadline();              // the next try_acquire is a timed
-//                                      // wait's last: made whatever its
-//                                      // place among other processes'
-//                                      // waiters (the file backend)
+//                                      // wait's last (the file backend's
+//                                      // exclusive one is made whatever its
+//                                      // place among other processes')
 //
 // Time comes in with the input: tests drive the machine with a fake clock
 // and a scripted backend (tests/test_acquire.cpp).
@@ -268,9 +268,10 @@ private:
         if (want_watch_ && contended_ && watch_ == watch_state::none)
             return {action::kind::watch, {}, {}, false};
         ++attempts_;
-        // A wait's last attempt is made on the lock, not only on a queue's
-        // say-so: a waiter never times out on a free lock because of another
-        // waiter's place (a single attempt keeps the queue's answer).
+        // A wait's last attempt may be made on the lock, not only on the
+        // cross-process queue's say-so (the file backend's exclusive waits:
+        // a stalled head does not make them time out on a free lock). A
+        // single attempt keeps the queue's answer; so does the local queue.
         if constexpr (requires(Backend & b) { b.at_deadline(); })
             if (!single_attempt() && expired(now)) backend_.at_deadline();
         return attempted(backend_.try_acquire(), now);
