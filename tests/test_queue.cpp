@@ -96,10 +96,20 @@ struct spawned {
         portable::default_signals sig;
         REQUIRE(::posix_spawn(&pid, args[0], nullptr, &sig.attr, args.data(), environ) == 0);
     }
+    spawned(spawned&& other) noexcept : pid(std::exchange(other.pid, 0)) {}
+    spawned& operator=(spawned&&) = delete;
+    // One left running by a failed check (stopped, waiting) is ended.
+    ~spawned() {
+        if (pid <= 0) return;
+        ::kill(pid, SIGKILL);
+        ::kill(pid, SIGCONT);
+        ::waitpid(pid, nullptr, 0);
+    }
     int wait() {
         int st = 0;
         while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
         }
+        pid = 0;
         return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
     }
 };
@@ -345,6 +355,10 @@ struct queued_process {
         char c = 0;
         const bool told = ::read(ready[0], &c, 1) == 1;
         ::close(ready[0]);
+        if (!told || c != 'y') {
+            ::kill(pid, SIGKILL);  // the destructor does not run for a failed constructor
+            ::waitpid(pid, nullptr, 0);
+        }
         REQUIRE(told);
         REQUIRE(c == 'y');
     }
@@ -893,7 +907,7 @@ TEST_CASE(
     process_queue head;  // lines up first, then never attempts (a stalled event loop)
     line_up(head, f.p, steady::now());
     REQUIRE(head.ticket() == 1);
-    f.waiters.emplace_back(waiter(f.p, f.out, "1", "1"));
+    f.waiters.emplace_back(waiter(f.p, f.out, "1", "1.8"));  // within the stall limit
     REQUIRE(queued(f.p, 2));
     f.holder.close_stdin();
     CHECK(f.holder.wait() == 0);

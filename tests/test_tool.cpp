@@ -741,6 +741,20 @@ TEST_CASE("filelock-run: content it cannot write (a file size limit) is left out
     CHECK(read_file(p).empty());
 }
 
+TEST_CASE("filelock-run: started with standard output closed, it writes nothing into the lock") {
+    // Before, the lock file was opened on descriptor 1: --verbose's lines
+    // (and COMMAND's output) went into it, over the holder's line.
+    scratch s;
+    const auto p = s / "a.lock";
+    CHECK(run({"/bin/sh", "-c", "exec \"$0\" --verbose \"$1\" echo out >&-", filelock_run_path(),
+               p.string()}) == 0);
+    const std::string content = read_file(p);
+    CHECK(content.find("executing") == std::string::npos);
+    CHECK(content.find("out") == std::string::npos);
+    CHECK(
+        (content.empty() || (content.front() == ' ' && content.find('\n') == content.size() - 1)));
+}
+
 TEST_CASE("filelock-run: -u FILE COMMAND runs COMMAND at once, as flock(1)") {
     scratch s;
     const auto p = s / "a.lock";

@@ -344,7 +344,9 @@ void flush_stdout() noexcept {
 void close_stdout() noexcept {
     errno = 0;
     const bool failed = std::ferror(stdout) != 0;
-    if ((std::fflush(stdout) != 0 || failed) && errno != EPIPE && stdout_error != EPIPE) {
+    // EPIPE is the reader's leaving; EBADF, no standard output at all.
+    if ((std::fflush(stdout) != 0 || failed) && errno != EPIPE && errno != EBADF &&
+        stdout_error != EPIPE && stdout_error != EBADF) {
         const int err = errno ? errno : stdout_error;
         std::fprintf(stderr, "%s: write error%s%s\n", program_name(), err ? ": " : "",
                      err ? std::strerror(err) : "");
@@ -430,8 +432,7 @@ std::optional<int> apply(command_line& out, opt_id id, const char* arg) {
                 usage_fail(std::string(id == o_start ? "invalid as start offset: '"
                                                      : "invalid as length of lock range: '") +
                            arg + "'" +
-                           (rc != 0 && rc != -EINVAL ? ": " + std::string(std::strerror(-rc))
-                                                     : std::string()));
+                           (rc != 0 ? ": " + std::string(std::strerror(-rc)) : std::string()));
             out.fcntl = out.range_given = true;
             break;
         case o_fd:

@@ -266,6 +266,11 @@ std::string slot_holders(const char* path) {
 int main(int argc, char** argv) {
     using namespace std::chrono;
     set_program_name(argv[0]);
+    // A standard descriptor left closed by the caller is /dev/null: the lock
+    // file opened on it would take our messages and COMMAND's output.
+    for (int fd = 0; fd <= 2; ++fd)
+        if (::fcntl(fd, F_GETFD) == -1 && errno == EBADF)
+            (void)::open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
     std::atexit(close_stdout);
     command_line cl;
     if (auto status = parse(argc, argv, cl)) return *status;
@@ -300,7 +305,7 @@ int main(int argc, char** argv) {
         // As util-linux reads it (a 32-bit number); a number no descriptor
         // has fails in flock(2), as there (65, "N: Bad file descriptor").
         long fd = -1;
-        if (const int rc = parse_s32(target, fd); rc != 0 || fd < 0)
+        if (const int rc = parse_s32(target, fd); rc != 0)
             usage_fail(std::string("bad file descriptor: '") + target + "'" + errno_suffix(rc));
         return descriptor_form(cl, static_cast<int>(fd), nullptr);
     }
@@ -346,10 +351,14 @@ int main(int argc, char** argv) {
         // A file we may read but not write (root's 0644 lock file shared by
         // users, a 0444 file, a read-only mount, an immutable or append-only
         // file, a full disk or quota): flock(2) needs no write access, so
-        // lock it as flock(1) does, without content.
+        // lock it as flock(1) does, without content, in the time left (a
+        // write that failed came after a wait).
         const std::string why = ec.message();
         options.write_content = false;
-        held = filelock::lock(target, timeout, options, ec);
+        const nanoseconds spent = steady_clock::now() - started;
+        const nanoseconds left =
+            timeout == filelock::wait_forever ? timeout : std::max(timeout - spent, nanoseconds{});
+        held = filelock::lock(target, left, options, ec);
         if (!ec && verbose_note)
             warn(std::string(target) + ": not writable (" + why +
                  "); locked without writing content");
