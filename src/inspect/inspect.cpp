@@ -200,7 +200,8 @@ lock_status look(const std::filesystem::path& path, native_handle_type held, std
                 char buf[max_holder_bytes];
                 std::size_t n = 0;
                 const std::uint64_t at = os.holder_offset();
-                if (file::content_readable(os, h, info) &&
+                file::file_info opened;  // the file opened (the path may name another now)
+                if (!os.info(h, opened) && file::content_readable(os, h, opened) &&
                     !os.read_at(h, buf, sizeof buf - at, at, n))
                     raw.assign(buf, n);
                 if (h != held) os.close(h);
