@@ -7,8 +7,6 @@
 
 #include "../platform.hpp"
 
-#include <algorithm>
-#include <iterator>
 #include <mutex>
 #include <utility>
 
@@ -67,7 +65,6 @@ void live_tickets::move(process_queue& to, process_queue& from) noexcept {
     to.bell_ = std::exchange(from.bell_, -1);
     to.turn_ = std::exchange(from.turn_, -1);
     to.behind_ = std::exchange(from.behind_, 0);
-    to.behind_pid_ = std::exchange(from.behind_pid_, 0);
     to.known_ = std::move(from.known_);
     from.known_.clear();
     to.retarget_ = std::exchange(from.retarget_, false);
@@ -245,7 +242,6 @@ void live_tickets::close_in_child() noexcept {
         for (int* fd : {&q->fd_, &q->bell_, &q->turn_})
             if (*fd >= 0) ::close(std::exchange(*fd, -1));
         q->behind_ = 0;
-        q->behind_pid_ = 0;
         q->forget();
         q = next;
     }
@@ -259,10 +255,9 @@ void process_queue::wait_behind(std::uint64_t predecessor) noexcept {
     if (turn_ >= 0) ::close(std::exchange(turn_, -1));
     behind_ = predecessor;
     if (predecessor != 0) turn_ = ring_of(dev_, ino_, predecessor);
-    behind_pid_ = listener_pid(turn_);
-    if (behind_pid_ > 0 && !known(predecessor)) {
+    if (const int pid = listener_pid(turn_); pid > 0 && !known(predecessor)) {
         try {
-            known_.push_back({predecessor, behind_pid_});
+            known_.push_back({predecessor, pid});
         } catch (...) {  // out of memory: asked again at the next look
         }
     }
@@ -287,7 +282,6 @@ void process_queue::close_listed() noexcept {
         retarget_ = true;
     }
     behind_ = 0;
-    behind_pid_ = 0;
 }
 
 namespace {
@@ -303,31 +297,35 @@ bool stopped_state(const char* buf, ::ssize_t n) noexcept {
     return paren[2] == 'T' || paren[2] == 't';
 }
 
+// The /proc stat line at `path`: 1 if it says stopped, 0 if not, -1 if it
+// cannot be read (the registry's mutex held by the caller).
+int stat_says_stopped(const char* path) noexcept {
+    int fd;
+    do fd = ::open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    while (fd == -1 && errno == EINTR);
+    if (fd < 0) return -1;
+    char buf[256];
+    ::ssize_t n;
+    do n = ::read(fd, buf, sizeof buf);
+    while (n == -1 && errno == EINTR);
+    ::close(fd);
+    return n > 0 ? static_cast<int>(stopped_state(buf, n)) : -1;
+}
+
 // Whether process `pid` is stopped (SIGSTOP, ^Z, a debugger): state T or t
-// in /proc/PID/stat, and in each of its threads'. Unknown is not stopped. Read with the registry's
-// mutex held, so that no child forked meanwhile keeps the descriptor.
+// in /proc/PID/stat, and in each of its threads'. Unknown is not stopped.
+// Read with the registry's mutex held, so that no child forked meanwhile
+// keeps a descriptor.
 bool stopped(int pid) noexcept {
     if (pid <= 0) return false;
     char path[32];
     std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    char buf[256];
-    ::ssize_t n = -1;
-    {
-        std::lock_guard<std::mutex> g(live_tickets::get().mutex);
-        int fd;
-        do fd = ::open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        while (fd == -1 && errno == EINTR);
-        if (fd < 0) return false;
-        do n = ::read(fd, buf, sizeof buf);
-        while (n == -1 && errno == EINTR);
-        ::close(fd);
-    }
-    if (!stopped_state(buf, n)) return false;
+    std::lock_guard<std::mutex> g(live_tickets::get().mutex);
+    if (stat_says_stopped(path) != 1) return false;
     // The main thread is stopped: so is the process only if every thread
     // is (a debugger may stop one thread while the waiting one runs).
     char dir_path[32];
     std::snprintf(dir_path, sizeof dir_path, "/proc/%d/task", pid);
-    std::lock_guard<std::mutex> g(live_tickets::get().mutex);
     DIR* dir = ::opendir(dir_path);
     if (dir == nullptr) return true;
     bool all = true;
@@ -335,12 +333,7 @@ bool stopped(int pid) noexcept {
         if (e->d_name[0] == '.') continue;
         char task[sizeof dir_path + sizeof e->d_name + 8];
         std::snprintf(task, sizeof task, "%s/%s/stat", dir_path, e->d_name);
-        const int fd = ::open(task, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        if (fd < 0) continue;  // ended meanwhile
-        do n = ::read(fd, buf, sizeof buf);
-        while (n == -1 && errno == EINTR);
-        ::close(fd);
-        if (n > 0 && !stopped_state(buf, n)) {
+        if (stat_says_stopped(task) == 0) {  // (one that ended meanwhile is left out)
             all = false;
             break;
         }
@@ -537,7 +530,6 @@ const process_queue::known_pid* process_queue::known(std::uint64_t t) const noex
 }
 
 int process_queue::pid_of(std::uint64_t t) const noexcept {
-    if (t == behind_) return behind_pid_;
     const known_pid* k = known(t);
     return k ? k->pid : 0;
 }

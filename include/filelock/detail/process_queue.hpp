@@ -164,7 +164,6 @@ private:
     int bell_ = -1;             // our doorbell (a listening socket)
     int turn_ = -1;             // connected to the predecessor's doorbell
     std::uint64_t behind_ = 0;  // the predecessor turn_ is for (0: none)
-    int behind_pid_ = 0;        // the process listening on its doorbell (0: unknown)
     // The processes of tickets before ours, as their doorbells told (a
     // ticket below ours is never taken again while ours is held), each asked
     // once however many there are: a walk past stopped waiters that forgot
