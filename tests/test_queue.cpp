@@ -334,6 +334,14 @@ TEST_CASE_METHOD(queue_test,
         next.may_attempt(quiet + process_queue::stall_limit + 1ms + process_queue::confirm_stall));
 }
 
+// Stops child `pid` (SIGSTOP) and waits until it is stopped.
+void stop_child(pid_t pid) {
+    int st = 0;
+    ::kill(pid, SIGSTOP);
+    REQUIRE(::waitpid(pid, &st, WUNTRACED) == pid);
+    REQUIRE(WIFSTOPPED(st));
+}
+
 // A process that lines up in the queue of `p` (ticket `ticket`) and waits
 // there, doing nothing, until it is killed (by the destructor).
 struct queued_process {
@@ -366,12 +374,7 @@ struct queued_process {
         ::kill(pid, SIGKILL);
         ::waitpid(pid, nullptr, 0);
     }
-    void stop() const {
-        int st = 0;
-        ::kill(pid, SIGSTOP);
-        REQUIRE(::waitpid(pid, &st, WUNTRACED) == pid);
-        REQUIRE(WIFSTOPPED(st));
-    }
+    void stop() const { stop_child(pid); }
     void resume() const {
         int st = 0;
         ::kill(pid, SIGCONT);
@@ -872,13 +875,7 @@ TEST_CASE(
     const int stopped = GENERATE(1, 2);
     flock_held f;
     f.line_up(1, stopped);
-    for (int i = 0; i < stopped; ++i) {
-        const pid_t pid = f.waiters[static_cast<std::size_t>(i)].pid;
-        ::kill(pid, SIGSTOP);
-        int st = 0;
-        REQUIRE(::waitpid(pid, &st, WUNTRACED) == pid);
-        REQUIRE(WIFSTOPPED(st));
-    }
+    for (int i = 0; i < stopped; ++i) stop_child(f.waiters[static_cast<std::size_t>(i)].pid);
     const auto n = static_cast<std::size_t>(stopped);
     f.line_up(stopped + 1, stopped + 1, n);
     f.waiters.emplace_back(waiter(f.p, f.out, std::to_string(stopped + 2), "2"));
