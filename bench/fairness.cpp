@@ -316,19 +316,16 @@ double queue_run(const std::string& path, int n, std::chrono::microseconds hold,
     b.released_ns = released.time_since_epoch().count();
     holder.close();
     int failed = !ok;
-    double ms = 0;
-    for (std::size_t i = 0; i < pids.size(); ++i) {
-        if (stop_first && i == 0) continue;  // continued below
+    const auto reap = [&](pid_t pid) {
         int st = 0;
-        ::waitpid(pids[i], &st, 0);
+        ::waitpid(pid, &st, 0);
         failed += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
-    }
-    ms = ms_since(released);
-    if (stop_first && !pids.empty()) {
+    };
+    for (std::size_t i = stop_first ? 1 : 0; i < pids.size(); ++i) reap(pids[i]);
+    const double ms = ms_since(released);
+    if (stop_first && !pids.empty()) {  // continued once the others are served
         ::kill(pids[0], SIGCONT);
-        int st = 0;
-        ::waitpid(pids[0], &st, 0);
-        failed += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+        reap(pids[0]);
     }
     return failed ? -1.0 : ms;
 }
