@@ -38,12 +38,24 @@ std::vector<std::string> proc_locks(const fs::path& p) {
     char id[64];
     std::snprintf(id, sizeof id, " %02x:%02x:%llu ", major(st.st_dev), minor(st.st_dev),
                   static_cast<unsigned long long>(st.st_ino));
-    std::ifstream in("/proc/locks");
-    std::vector<std::string> out;
-    for (std::string line; std::getline(in, line);)
-        if (line.find(id) != std::string::npos && line.find("->") == std::string::npos)
-            out.push_back(line.substr(line.find(' ') + 1));
-    return out;
+    const auto look = [&] {
+        std::ifstream in("/proc/locks");
+        std::vector<std::string> out;
+        for (std::string line; std::getline(in, line);)
+            if (line.find(id) != std::string::npos && line.find("->") == std::string::npos)
+                out.push_back(line.substr(line.find(' ') + 1));
+        return out;
+    };
+    // /proc/locks is read a piece at a time: while other processes (the
+    // tests beside this one) take and drop locks, one reading can show a
+    // line twice or miss one. Two readings that agree are taken.
+    std::vector<std::string> last = look();
+    for (int i = 0; i < 20; ++i) {
+        std::vector<std::string> again = look();
+        if (again == last) break;
+        last = std::move(again);
+    }
+    return last;
 }
 
 std::size_t count_with(const std::vector<std::string>& lines, const std::string& what) {
